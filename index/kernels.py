@@ -1,0 +1,126 @@
+"""numba kernels: pure functions on arrays that release the GIL.
+
+Every kernel here has a numpy reference implementation in tests/test_kernels.py.
+Scores are "higher is better" inside the kernels: cosine and dot use the inner
+product (cosine rows and queries are unit-normalised beforehand), l2 uses the
+negated squared distance; ``finish_scores`` turns them into user-facing scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from lamina.types import FloatMatrix
+
+METRIC_IP = 0
+METRIC_L2 = 1
+
+
+@njit(nogil=True, fastmath=True, cache=True, inline="always")
+def _sift_down(scores: np.ndarray, rows: np.ndarray, size: int) -> None:
+    # min-heap on scores: the worst kept candidate sits at index 0
+    pos = 0
+    while True:
+        left = 2 * pos + 1
+        if left >= size:
+            return
+        child = left
+        right = left + 1
+        if right < size and scores[right] < scores[left]:
+            child = right
+        if scores[child] >= scores[pos]:
+            return
+        scores[pos], scores[child] = scores[child], scores[pos]
+        rows[pos], rows[child] = rows[child], rows[pos]
+        pos = child
+
+
+@njit(nogil=True, fastmath=True, cache=True, inline="always")
+def _push(scores: np.ndarray, rows: np.ndarray, size: int, k: int, score: float, row: int) -> int:
+    """Offer (score, row) to a bounded min-heap of capacity k; return the new size."""
+    if size < k:
+        pos = size
+        scores[pos] = score
+        rows[pos] = row
+        while pos > 0:  # sift up
+            parent = (pos - 1) // 2
+            if scores[parent] <= scores[pos]:
+                break
+            scores[pos], scores[parent] = scores[parent], scores[pos]
+            rows[pos], rows[parent] = rows[parent], rows[pos]
+            pos = parent
+        return size + 1
+    if score > scores[0]:
+        scores[0] = score
+        rows[0] = row
+        _sift_down(scores, rows, size)
+    return size
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _sort_heap(scores: np.ndarray, rows: np.ndarray, size: int) -> None:
+    """Heap-sort in place so that entries come best (highest score) first."""
+    end = size
+    while end > 1:
+        end -= 1
+        scores[0], scores[end] = scores[end], scores[0]
+        rows[0], rows[end] = rows[end], rows[0]
+        _sift_down(scores, rows, end)
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def topk_scan(
+    matrix: np.ndarray, allowed: np.ndarray, queries: np.ndarray, k: int, metric: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k of every query over the rows of ``matrix`` where ``allowed`` is True.
+
+    Rows are the outer loop so that each row is read from memory once per batch.
+    Returns (scores (q, k) float32, rows (q, k) int64, counts (q,) int64); entries
+    past ``counts[i]`` are unused (fewer than k rows allowed).
+    """
+    nq = queries.shape[0]
+    dim = queries.shape[1]
+    n = allowed.shape[0]
+    out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_rows = np.full((nq, k), -1, dtype=np.int64)
+    sizes = np.zeros(nq, dtype=np.int64)
+    for i in range(n):
+        if not allowed[i]:
+            continue
+        row = matrix[i]
+        for q in range(nq):
+            query = queries[q]
+            acc = np.float32(0.0)
+            if metric == METRIC_IP:
+                for j in range(dim):
+                    acc += row[j] * query[j]
+            else:
+                for j in range(dim):
+                    diff = row[j] - query[j]
+                    acc -= diff * diff
+            sizes[q] = _push(out_scores[q], out_rows[q], sizes[q], k, acc, i)
+    for q in range(nq):
+        _sort_heap(out_scores[q], out_rows[q], sizes[q])
+    return out_scores, out_rows, sizes
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def normalize_rows(matrix: np.ndarray) -> np.ndarray:
+    """Unit-normalise each row (rows of norm 0 stay 0); returns a new array."""
+    out = np.empty_like(matrix)
+    for i in range(matrix.shape[0]):
+        acc = np.float32(0.0)
+        for j in range(matrix.shape[1]):
+            acc += matrix[i, j] * matrix[i, j]
+        inv = np.float32(1.0) / np.sqrt(acc) if acc > 0 else np.float32(0.0)
+        for j in range(matrix.shape[1]):
+            out[i, j] = matrix[i, j] * inv
+    return out
+
+
+def finish_scores(scores: FloatMatrix, metric: int) -> FloatMatrix:
+    """Turn kernel scores into user scores: l2 becomes the euclidean distance."""
+    if metric == METRIC_L2:
+        return np.sqrt(np.maximum(-scores, 0.0)).astype(np.float32)
+    return scores

@@ -1,0 +1,176 @@
+"""Input checks shared by the SDK (fail fast, before a round trip) and the engine
+(the authority: a server never trusts its clients). One function per kind of input,
+one message per mistake, so both transports say the same thing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from lamina.config import Limits
+from lamina.errors import InvalidArgument, ResourceExhausted
+from lamina.types import COLLECTION_NAME_RE, FloatMatrix, Payload, PointId
+
+U64_MAX = (1 << 64) - 1
+
+
+def check_collection_name(name: object) -> str:
+    if not isinstance(name, str) or not COLLECTION_NAME_RE.match(name):
+        raise InvalidArgument(
+            f"invalid collection name {name!r}: use 1-128 characters from letters, digits, "
+            "'_', '-' and '.', starting with a letter or digit"
+        )
+    return name
+
+
+def check_id(raw: object, limits: Limits) -> PointId:
+    """Return the id as ``int`` or ``str``, or raise InvalidArgument saying why not."""
+    if isinstance(raw, str):
+        if not raw:
+            raise InvalidArgument("invalid id '': string ids must be non-empty")
+        if len(raw.encode("utf-8", "surrogatepass")) > limits.max_id_bytes:
+            raise InvalidArgument(f"invalid id: string ids are limited to {limits.max_id_bytes} bytes")
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument("invalid id: string ids must be valid UTF-8") from None
+        return raw
+    if isinstance(raw, bool) or not isinstance(raw, (int, np.integer)):
+        raise InvalidArgument(
+            f"invalid id {raw!r} of type {type(raw).__name__}: ids are unsigned 64-bit integers or strings"
+        )
+    value = int(raw)
+    if not 0 <= value <= U64_MAX:
+        raise InvalidArgument(f"invalid id {value}: integer ids must be in [0, 2**64 - 1]")
+    return value
+
+
+def check_ids(ids: Iterable[object], limits: Limits, *, unique: bool = True) -> list[PointId]:
+    if isinstance(ids, (str, bytes, int)):
+        raise InvalidArgument("ids must be a sequence of ids, e.g. [1, 2] or ['a'], not a single value")
+    out = [check_id(i, limits) for i in ids]
+    if len(out) > limits.max_batch:
+        raise ResourceExhausted(f"batch of {len(out)} ids exceeds the limit of {limits.max_batch} per request")
+    if unique and len(set(out)) != len(out):
+        seen: set[PointId] = set()
+        dup = next(i for i in out if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise InvalidArgument(f"id {dup!r} appears more than once in the batch: ids in one request must be unique")
+    return out
+
+
+def _check_finite(arr: np.ndarray, what: str) -> None:
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise InvalidArgument(f"{what} contains NaN or infinity at index {tuple(int(i) for i in bad)}")
+
+
+def as_matrix(vectors: object, dim: int, what: str = "vectors") -> FloatMatrix:
+    """Return a C-contiguous float32 (n, dim) array of finite values."""
+    try:
+        arr = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{what} must be a numeric (n, {dim}) array: {exc}") from None
+    if arr.ndim == 1 and arr.size == dim:
+        arr = arr.reshape(1, dim)
+    if arr.ndim != 2:
+        raise InvalidArgument(f"{what} must be a 2-d array of shape (n, {dim}), got shape {arr.shape}")
+    if arr.shape[1] != dim:
+        raise InvalidArgument(
+            f"{what} have dimension {arr.shape[1]} but the collection has dimension {dim}"
+        )
+    _check_finite(arr, what)
+    return np.ascontiguousarray(arr)
+
+
+def as_query(vector: object, dim: int) -> FloatMatrix:
+    """Return a single query as a float32 (dim,) array."""
+    try:
+        arr = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"query vector must be numeric: {exc}") from None
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1:
+        raise InvalidArgument(f"query vector must be 1-d of length {dim}, got shape {arr.shape}; use search_batch for many")
+    if arr.shape[0] != dim:
+        raise InvalidArgument(f"query vector has dimension {arr.shape[0]} but the collection has dimension {dim}")
+    _check_finite(arr, "query vector")
+    return np.ascontiguousarray(arr)
+
+
+def check_k(k: object, limits: Limits) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InvalidArgument(f"k must be an integer, got {type(k).__name__}")
+    if k <= 0:
+        raise InvalidArgument(f"k must be positive, got {k}")
+    if k > limits.max_k:
+        raise InvalidArgument(f"k={k} exceeds the maximum of {limits.max_k}")
+    return int(k)
+
+
+def check_json_value(value: Any, path: str = "payload", depth: int = 0, max_depth: int = 64) -> None:
+    """Raise InvalidArgument unless ``value`` is plain JSON (finite numbers, str keys)."""
+    if depth > max_depth:
+        raise InvalidArgument(f"{path} is nested deeper than {max_depth} levels")
+    if value is None or isinstance(value, (str, bool)):
+        return
+    if isinstance(value, int):
+        if not -(1 << 63) <= value <= U64_MAX:
+            raise InvalidArgument(f"{path} holds integer {value} outside the 64-bit range")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{path} holds {value}: JSON has no NaN or infinity")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidArgument(f"{path} has key {key!r}: JSON object keys must be strings")
+            check_json_value(item, f"{path}.{key}", depth + 1, max_depth)
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_json_value(item, f"{path}[{i}]", depth + 1, max_depth)
+        return
+    raise InvalidArgument(f"{path} holds a {type(value).__name__}, which is not JSON")
+
+
+def encode_payloads(payloads: Sequence[object] | None, n: int, limits: Limits) -> list[bytes]:
+    """Validate payloads (one JSON object per point, or None) and encode them as JSON bytes."""
+    if payloads is None:
+        return [b"{}"] * n
+    if isinstance(payloads, dict):
+        raise InvalidArgument("payloads must be a list with one dict per point, not a single dict")
+    payload_list = list(payloads)
+    if len(payload_list) != n:
+        raise InvalidArgument(f"got {len(payload_list)} payloads for {n} ids: give one payload per id (or none)")
+    out = []
+    for i, payload in enumerate(payload_list):
+        if payload is None:
+            out.append(b"{}")
+            continue
+        if not isinstance(payload, dict):
+            raise InvalidArgument(f"payloads[{i}] is a {type(payload).__name__}: each payload must be a JSON object (dict)")
+        check_json_value(payload, f"payloads[{i}]")
+        blob = orjson.dumps(payload)
+        if len(blob) > limits.max_payload_bytes:
+            raise InvalidArgument(
+                f"payloads[{i}] is {len(blob)} bytes of JSON, over the limit of {limits.max_payload_bytes}"
+            )
+        out.append(blob)
+    return out
+
+
+def decode_payload(blob: bytes | str) -> Payload:
+    """Parse a payload received as JSON; InvalidArgument if it is not a JSON object."""
+    try:
+        value = orjson.loads(blob)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"payload is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"payload must be a JSON object, got {type(value).__name__}")
+    return value

@@ -1,0 +1,160 @@
+"""One RocksDB database per collection, through rocksdict.
+
+Column families:
+
+=========  ======================  =====================================
+``meta``   name                    value
+``ids``    id key (storage.keys)   row (8-byte big-endian)
+``rows``   row                     id key
+``vecs``   row                     float32 little-endian vector bytes
+``pays``   row                     payload JSON bytes
+=========  ======================  =====================================
+
+Every request becomes one ``WriteBatch``, so it is applied whole or not at all;
+the write-ahead log makes an acknowledged batch survive ``kill -9`` of the
+process, and ``sync=True`` fsyncs the log on each batch for power-loss safety.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from lamina.storage.keys import row_from_key, row_key
+
+_COLUMN_FAMILIES = ("meta", "ids", "rows", "vecs", "pays")
+NEXT_ROW = b"next_row"
+CONFIG = b"config"
+FORMAT = b"format"
+FORMAT_VERSION = b"1"
+
+
+def _options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    return opts
+
+
+@dataclass(frozen=True)
+class PointWrite:
+    """One point as written: its id key, new row, vector bytes and payload JSON."""
+
+    id_key: bytes
+    row: int
+    vector: bytes
+    payload: bytes
+
+
+class CollectionStore:
+    """The durable state of one collection. Not thread-safe for writes: the engine
+    serialises writers; reads may run concurrently."""
+
+    def __init__(self, path: Path, *, sync: bool = False) -> None:
+        self.path = path
+        self._db = Rdict(str(path), _options(), column_families={cf: _options() for cf in _COLUMN_FAMILIES})
+        self._cf = {cf: self._db.get_column_family(cf) for cf in _COLUMN_FAMILIES}
+        self._handle = {cf: self._db.get_column_family_handle(cf) for cf in _COLUMN_FAMILIES}
+        self._write_opts = WriteOptions()
+        self._write_opts.sync = sync
+
+    # ----------------------------------------------------------------- meta
+    def get_meta(self, key: bytes) -> bytes | None:
+        value = self._cf["meta"].get(key)
+        return None if value is None else bytes(value)
+
+    def put_meta(self, items: dict[bytes, bytes]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for key, value in items.items():
+            batch.put(key, value, self._handle["meta"])
+        self._db.write(batch, self._write_opts)
+
+    # ----------------------------------------------------------------- writes
+    def apply(self, writes: Sequence[PointWrite], dead: Sequence[tuple[bytes, int]], next_row: int) -> None:
+        """Atomically write points and remove rows.
+
+        ``dead`` lists (id key, row) of rows to drop; an id key that is also in
+        ``writes`` keeps its new mapping (an upsert replacing a point).
+        """
+        batch = WriteBatch(raw_mode=True)
+        live_keys = {w.id_key for w in writes}
+        for key, row in dead:
+            rk = row_key(row)
+            if key not in live_keys:
+                batch.delete(key, self._handle["ids"])
+            batch.delete(rk, self._handle["rows"])
+            batch.delete(rk, self._handle["vecs"])
+            batch.delete(rk, self._handle["pays"])
+        for w in writes:
+            rk = row_key(w.row)
+            batch.put(w.id_key, rk, self._handle["ids"])
+            batch.put(rk, w.id_key, self._handle["rows"])
+            batch.put(rk, w.vector, self._handle["vecs"])
+            batch.put(rk, w.payload, self._handle["pays"])
+        batch.put(NEXT_ROW, row_key(next_row), self._handle["meta"])
+        self._db.write(batch, self._write_opts)
+
+    # ----------------------------------------------------------------- reads
+    def rows_of(self, id_keys: Sequence[bytes]) -> list[int | None]:
+        if not id_keys:
+            return []
+        found = self._cf["ids"].get(list(id_keys))
+        return [None if v is None else row_from_key(v) for v in found]
+
+    def _multi_get(self, cf: str, rows: Sequence[int]) -> list[bytes | None]:
+        if not rows:
+            return []
+        return list(self._cf[cf].get([row_key(r) for r in rows]))
+
+    def id_keys_of(self, rows: Sequence[int]) -> list[bytes | None]:
+        return self._multi_get("rows", rows)
+
+    def vectors_of(self, rows: Sequence[int]) -> list[bytes | None]:
+        return self._multi_get("vecs", rows)
+
+    def payloads_of(self, rows: Sequence[int]) -> list[bytes | None]:
+        return self._multi_get("pays", rows)
+
+    def _scan(self, cf: str, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        it = self._cf[cf].iter(ReadOptions())
+        if start is None:
+            it.seek_to_first()
+        else:
+            it.seek(start)
+        while it.valid():
+            yield it.key(), it.value()
+            it.next()
+
+    def scan_vectors(self) -> Iterator[tuple[int, bytes]]:
+        """(row, vector bytes) of every stored row, in row order."""
+        for key, value in self._scan("vecs"):
+            yield row_from_key(key), value
+
+    def scan_payloads(self) -> Iterator[tuple[int, bytes]]:
+        """(row, payload JSON) of every stored row, in row order."""
+        for key, value in self._scan("pays"):
+            yield row_from_key(key), value
+
+    def scan_ids(self, start: bytes | None = None) -> Iterator[tuple[bytes, int]]:
+        """(id key, row) in id order, from ``start`` (inclusive)."""
+        for key, value in self._scan("ids", start):
+            yield key, row_from_key(value)
+
+    # ----------------------------------------------------------------- lifecycle
+    def flush(self) -> None:
+        self._db.flush_wal(True)
+
+    def close(self) -> None:
+        for cf in self._cf.values():
+            cf.close()
+        self._cf.clear()
+        self._handle.clear()
+        self._db.close()
+
+    @staticmethod
+    def destroy(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
