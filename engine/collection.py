@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import orjson
-
-from lamina.config import Limits
 from lamina.engine.filters import Predicate, compile_filter
-from lamina.errors import InvalidArgument, NotFound
 from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows, topk_scan
 from lamina.storage.keys import id_from_key, id_key, row_from_key
 from lamina.storage.rocks import CONFIG, FORMAT, FORMAT_VERSION, NEXT_ROW, CollectionStore, PointWrite
+
+from lamina.config import Limits
+from lamina.errors import InvalidArgument, NotFound
 from lamina.types import CollectionConfig, CollectionInfo, FloatMatrix, Hit, Payload, Point, PointId
 from lamina.validation import as_matrix, as_query, check_ids, check_k, encode_payloads
 

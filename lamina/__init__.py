@@ -1,0 +1,56 @@
+"""Lamina: a vector search database for Python teams.
+
+>>> import numpy as np, lamina, tempfile
+>>> db = lamina.connect(tempfile.mkdtemp())
+>>> col = db.create_collection("docs", dim=3, metric="cosine")
+>>> col.upsert(ids=[1, 2], vectors=np.eye(3, dtype="float32")[:2], payloads=[{"lang": "en"}, {"lang": "de"}])
+2
+>>> col.search([1, 0, 0], k=1)[0].id
+1
+>>> db.close()
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from lamina.client.api import Client, Collection, connect
+from lamina.config import Limits
+from lamina.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    LaminaError,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from lamina.types import CollectionConfig, CollectionInfo, Hit, Point, PointId
+
+__all__ = [
+    "AlreadyExists",
+    "Client",
+    "Collection",
+    "CollectionConfig",
+    "CollectionInfo",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Hit",
+    "Internal",
+    "InvalidArgument",
+    "LaminaError",
+    "Limits",
+    "NotFound",
+    "PermissionDenied",
+    "Point",
+    "PointId",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "__version__",
+    "connect",
+]

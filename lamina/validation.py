@@ -70,14 +70,7 @@ def _check_finite(arr: np.ndarray, what: str) -> None:
 
 def as_matrix(vectors: object, dim: int, what: str = "vectors") -> FloatMatrix:
     """Return a C-contiguous float32 (n, dim) array of finite values."""
-    try:
-        arr = np.asarray(vectors, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"{what} must be a numeric (n, {dim}) array: {exc}") from None
-    if arr.ndim == 1 and arr.size == dim:
-        arr = arr.reshape(1, dim)
-    if arr.ndim != 2:
-        raise InvalidArgument(f"{what} must be a 2-d array of shape (n, {dim}), got shape {arr.shape}")
+    arr = as_rows(vectors, what)
     if arr.shape[1] != dim:
         raise InvalidArgument(
             f"{what} have dimension {arr.shape[1]} but the collection has dimension {dim}"
@@ -86,8 +79,8 @@ def as_matrix(vectors: object, dim: int, what: str = "vectors") -> FloatMatrix:
     return np.ascontiguousarray(arr)
 
 
-def as_query(vector: object, dim: int) -> FloatMatrix:
-    """Return a single query as a float32 (dim,) array."""
+def as_vector(vector: object) -> FloatMatrix:
+    """Return one vector as a 1-d float32 array (a (1, d) array is accepted too)."""
     try:
         arr = np.asarray(vector, dtype=np.float32)
     except (TypeError, ValueError) as exc:
@@ -95,16 +88,40 @@ def as_query(vector: object, dim: int) -> FloatMatrix:
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 1:
-        raise InvalidArgument(f"query vector must be 1-d of length {dim}, got shape {arr.shape}; use search_batch for many")
-    if arr.shape[0] != dim:
-        raise InvalidArgument(f"query vector has dimension {arr.shape[0]} but the collection has dimension {dim}")
-    _check_finite(arr, "query vector")
+        raise InvalidArgument(f"query vector must be 1-d, got shape {arr.shape}; use search_batch for many queries")
     return np.ascontiguousarray(arr)
 
 
+def as_rows(vectors: object, what: str = "vectors") -> FloatMatrix:
+    """Return vectors as a 2-d float32 array (a 1-d array is one row), dimension unchecked."""
+    try:
+        arr = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{what} must be a numeric (n, dim) array: {exc}") from None
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise InvalidArgument(f"{what} must be a 2-d array of shape (n, dim), got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def as_query(vector: object, dim: int) -> FloatMatrix:
+    """Return a single query as a float32 (dim,) array."""
+    arr = as_vector(vector)
+    if arr.shape[0] != dim:
+        raise InvalidArgument(f"query vector has dimension {arr.shape[0]} but the collection has dimension {dim}")
+    _check_finite(arr, "query vector")
+    return arr
+
+
+def check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgument(f"{name} must be an integer, got {type(value).__name__}")
+    return int(value)
+
+
 def check_k(k: object, limits: Limits) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise InvalidArgument(f"k must be an integer, got {type(k).__name__}")
+    k = check_int("k", k)
     if k <= 0:
         raise InvalidArgument(f"k must be positive, got {k}")
     if k > limits.max_k:

@@ -22,9 +22,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
-
 from lamina.storage.keys import row_from_key, row_key
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 _COLUMN_FAMILIES = ("meta", "ids", "rows", "vecs", "pays")
 NEXT_ROW = b"next_row"

@@ -1,0 +1,188 @@
+"""The public client: ``lamina.connect`` and the ``Client`` / ``Collection`` API.
+
+One API over two transports. ``connect("./lamina-data")`` opens the data
+directory in this process; ``connect("localhost:6334")`` talks to a server.
+Inputs are shaped here once (numpy arrays, id lists) with the same checks the
+engine applies, so both transports raise the same errors with the same words.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from lamina.client.transport import EmbeddedTransport, GrpcTransport, Transport
+
+from lamina.config import DEFAULT_LIMITS, Limits
+from lamina.types import CollectionConfig, CollectionInfo, Filter, Hit, Metric, Payload, Point, PointId
+from lamina.validation import as_rows, as_vector, check_collection_name, check_ids, check_int
+
+_ADDRESS = re.compile(r"^(grpc://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
+
+
+def connect(
+    target: str = "./lamina-data",
+    *,
+    timeout: float | None = 60.0,
+    sync_writes: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Client:
+    """Open Lamina: a ``host:port`` (or ``grpc://host:port``) address talks to a
+    server; anything else is a data directory opened in-process.
+
+    ``sync_writes=True`` (embedded) fsyncs the write-ahead log on every write for
+    power-loss durability; without it, acknowledged writes survive a process crash.
+    ``timeout`` (remote) is the per-request deadline in seconds.
+
+    >>> import tempfile, lamina
+    >>> with lamina.connect(tempfile.mkdtemp()) as db:
+    ...     db.list_collections()
+    []
+    """
+    if not isinstance(target, str) or not target:
+        raise TypeError("connect() takes a data directory path or a 'host:port' address")
+    if _ADDRESS.match(target):
+        address = target.removeprefix("grpc://")
+        return Client(GrpcTransport(address, timeout=timeout, limits=limits), limits)
+    return Client(EmbeddedTransport(target, sync_writes=sync_writes, limits=limits), limits)
+
+
+class Client:
+    """A connection to Lamina, embedded or remote; use ``lamina.connect`` to make one."""
+
+    def __init__(self, transport: Transport, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._transport = transport
+        self._limits = limits
+
+    def create_collection(self, name: str, dim: int, metric: Metric = "cosine") -> Collection:
+        """Create a collection of ``dim``-dimensional vectors compared by ``metric``
+        (``"cosine"``, ``"dot"`` or ``"l2"``); AlreadyExists if the name is taken."""
+        check_collection_name(name)
+        info = self._transport.create_collection(name, CollectionConfig(dim=dim, metric=metric))
+        return Collection(self._transport, info, self._limits)
+
+    def get_collection(self, name: str) -> Collection:
+        """An existing collection; NotFound if there is none of that name."""
+        check_collection_name(name)
+        return Collection(self._transport, self._transport.get_collection(name), self._limits)
+
+    def get_or_create_collection(self, name: str, dim: int, metric: Metric = "cosine") -> Collection:
+        """The collection called ``name``, created with these settings if missing."""
+        from lamina.errors import NotFound
+
+        try:
+            return self.get_collection(name)
+        except NotFound:
+            return self.create_collection(name, dim, metric)
+
+    def list_collections(self) -> list[str]:
+        """Names of all collections, sorted."""
+        return [info.name for info in self._transport.list_collections()]
+
+    def collections_info(self) -> list[CollectionInfo]:
+        """Name, settings and point count of every collection."""
+        return self._transport.list_collections()
+
+    def delete_collection(self, name: str) -> None:
+        """Drop a collection and all its points; NotFound if there is none."""
+        check_collection_name(name)
+        self._transport.delete_collection(name)
+
+    def server_info(self) -> dict[str, Any]:
+        """Version and mode of the Lamina this client talks to."""
+        return self._transport.server_info()
+
+    def close(self) -> None:
+        """Close the connection (embedded: flush and release the data directory)."""
+        self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Collection:
+    """A handle on one collection. Methods talk to the transport on every call."""
+
+    def __init__(self, transport: Transport, info: CollectionInfo, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._transport = transport
+        self._limits = limits
+        self.name = info.name
+        self.config = info.config
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def metric(self) -> Metric:
+        return self.config.metric
+
+    def __repr__(self) -> str:
+        return f"Collection(name={self.name!r}, dim={self.dim}, metric={self.metric!r})"
+
+    def info(self) -> CollectionInfo:
+        """Settings and current point count."""
+        return self._transport.get_collection(self.name)
+
+    def upsert(self, ids: Sequence[PointId], vectors: Any, payloads: Sequence[Payload | None] | None = None) -> int:
+        """Insert or replace points. ``vectors`` is an (n, dim) array (one row per id);
+        ``payloads`` a list of JSON objects or None. The batch is applied whole or not
+        at all and is durable when this returns. Returns the number of points written.
+
+        >>> col.upsert(ids=[1, "doc-2"], vectors=np.random.rand(2, col.dim), payloads=[{"lang": "en"}, None])  # doctest: +SKIP
+        2
+        """
+        id_list = check_ids(ids, self._limits, unique=False)
+        return self._transport.upsert(self.name, id_list, as_rows(vectors), payloads)
+
+    def search(
+        self, vector: Any, k: int = 10, filter: Filter | None = None, *, with_payload: bool = True, with_vector: bool = False
+    ) -> list[Hit]:
+        """The ``k`` points nearest to ``vector`` that match ``filter``, best first."""
+        return self._transport.search(
+            self.name, as_vector(vector), check_int("k", k), filter, with_payload, with_vector
+        )
+
+    def search_batch(
+        self, vectors: Any, k: int = 10, filter: Filter | None = None, *, with_payload: bool = True, with_vector: bool = False
+    ) -> list[list[Hit]]:
+        """One hit list per row of ``vectors`` (an (n, dim) array), each best first."""
+        return self._transport.search_batch(
+            self.name, as_rows(vectors, "query vectors"), check_int("k", k), filter, with_payload, with_vector
+        )
+
+    def get(self, ids: Sequence[PointId], *, with_payload: bool = True, with_vector: bool = True) -> list[Point]:
+        """Points for ``ids``, in the order asked; ids that do not exist are left out."""
+        return self._transport.get(self.name, check_ids(ids, self._limits, unique=False), with_payload, with_vector)
+
+    def count(self, filter: Filter | None = None) -> int:
+        """Number of points, or of those matching ``filter``."""
+        return self._transport.count(self.name, filter)
+
+    def delete(self, ids: Sequence[PointId] | None = None, filter: Filter | None = None) -> int:
+        """Delete the points with these ``ids``, or those matching ``filter``; returns how many."""
+        from lamina.errors import InvalidArgument
+
+        if (ids is None) == (filter is None):
+            raise InvalidArgument("delete takes either ids or a filter (exactly one of them)")
+        id_list = check_ids(ids, self._limits, unique=False) if ids is not None else None
+        return self._transport.delete(self.name, id_list, filter)
+
+    def scroll(
+        self,
+        limit: int = 100,
+        offset: PointId | None = None,
+        filter: Filter | None = None,
+        *,
+        with_payload: bool = True,
+        with_vector: bool = False,
+    ) -> tuple[list[Point], PointId | None]:
+        """A page of up to ``limit`` points in id order starting at ``offset``;
+        returns (points, offset of the next page or None at the end)."""
+        if offset is not None:
+            check_ids([offset], self._limits)
+        return self._transport.scroll(self.name, check_int("limit", limit), offset, filter, with_payload, with_vector)

@@ -1,0 +1,236 @@
+"""The two transports behind the one client API.
+
+``EmbeddedTransport`` calls the engine in-process; ``GrpcTransport`` sends the
+same calls to a server. Both take and return Lamina's Python types, and both
+raise the same ``LaminaError`` subclasses with the same messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from lamina.engine.database import Database
+from lamina.proto import convert
+from lamina.proto.lamina.v1 import collections_pb2 as cpb
+from lamina.proto.lamina.v1 import collections_pb2_grpc as cgrpc
+from lamina.proto.lamina.v1 import info_pb2 as ipb
+from lamina.proto.lamina.v1 import info_pb2_grpc as igrpc
+from lamina.proto.lamina.v1 import points_pb2 as ppb
+from lamina.proto.lamina.v1 import points_pb2_grpc as pgrpc
+from lamina.proto.lamina.v1 import search_pb2 as spb
+from lamina.proto.lamina.v1 import search_pb2_grpc as sgrpc
+
+from lamina.config import DEFAULT_LIMITS, Limits
+from lamina.errors import ERROR_BY_CODE, Internal, LaminaError
+from lamina.types import CollectionConfig, CollectionInfo, Filter, FloatMatrix, Hit, Payload, Point, PointId
+
+T = TypeVar("T")
+
+
+class Transport(Protocol):
+    """What a transport must do; arguments arrive already shaped by the client."""
+
+    def create_collection(self, name: str, config: CollectionConfig) -> CollectionInfo: ...
+    def get_collection(self, name: str) -> CollectionInfo: ...
+    def list_collections(self) -> list[CollectionInfo]: ...
+    def delete_collection(self, name: str) -> None: ...
+    def upsert(self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None) -> int: ...
+    def get(self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool) -> list[Point]: ...
+    def delete(self, name: str, ids: list[PointId] | None, filter: Filter | None) -> int: ...
+    def count(self, name: str, filter: Filter | None) -> int: ...
+    def scroll(
+        self, name: str, limit: int, offset: PointId | None, filter: Filter | None, with_payload: bool, with_vector: bool
+    ) -> tuple[list[Point], PointId | None]: ...
+    def search(
+        self, name: str, query: FloatMatrix, k: int, filter: Filter | None, with_payload: bool, with_vector: bool
+    ) -> list[Hit]: ...
+    def search_batch(
+        self, name: str, queries: FloatMatrix, k: int, filter: Filter | None, with_payload: bool, with_vector: bool
+    ) -> list[list[Hit]]: ...
+    def server_info(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+class EmbeddedTransport:
+    """Runs the engine in this process over a data directory."""
+
+    def __init__(self, path: str, *, sync_writes: bool = False, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.db = Database(path, sync_writes=sync_writes, limits=limits)
+
+    def create_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
+        return self.db.create_collection(name, config).info()
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        return self.db.get_collection(name).info()
+
+    def list_collections(self) -> list[CollectionInfo]:
+        return [self.db.get_collection(n).info() for n in self.db.list_collections()]
+
+    def delete_collection(self, name: str) -> None:
+        self.db.delete_collection(name)
+
+    def upsert(self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None) -> int:
+        return self.db.get_collection(name).upsert(ids, vectors, payloads)
+
+    def get(self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool) -> list[Point]:
+        return self.db.get_collection(name).get(ids, with_payload=with_payload, with_vector=with_vector)
+
+    def delete(self, name: str, ids: list[PointId] | None, filter: Filter | None) -> int:
+        return self.db.get_collection(name).delete(ids=ids, filter=filter)
+
+    def count(self, name: str, filter: Filter | None) -> int:
+        return self.db.get_collection(name).count(filter)
+
+    def scroll(
+        self, name: str, limit: int, offset: PointId | None, filter: Filter | None, with_payload: bool, with_vector: bool
+    ) -> tuple[list[Point], PointId | None]:
+        return self.db.get_collection(name).scroll(limit, offset, filter, with_payload, with_vector)
+
+    def search(
+        self, name: str, query: FloatMatrix, k: int, filter: Filter | None, with_payload: bool, with_vector: bool
+    ) -> list[Hit]:
+        return self.db.get_collection(name).search(query, k, filter, with_payload, with_vector)
+
+    def search_batch(
+        self, name: str, queries: FloatMatrix, k: int, filter: Filter | None, with_payload: bool, with_vector: bool
+    ) -> list[list[Hit]]:
+        return self.db.get_collection(name).search_batch(queries, k, filter, with_payload, with_vector)
+
+    def server_info(self) -> dict[str, Any]:
+        from lamina import __version__
+
+        return {"version": __version__, "mode": "embedded", "collections": len(self.db.list_collections())}
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _raise_lamina(err: grpc.RpcError) -> LaminaError:
+    code = err.code().name if err.code() is not None else "INTERNAL"
+    cls = ERROR_BY_CODE.get(code, Internal)
+    return cls(err.details() or code)
+
+
+class GrpcTransport:
+    """Talks to a Lamina server over gRPC (insecure channel; TLS and keys come with auth)."""
+
+    def __init__(self, address: str, *, timeout: float | None = 60.0, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.address = address
+        self.timeout = timeout
+        max_bytes = limits.max_message_bytes
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)],
+        )
+        self._collections = cgrpc.CollectionsStub(self._channel)
+        self._points = pgrpc.PointsStub(self._channel)
+        self._search = sgrpc.SearchStub(self._channel)
+        self._info = igrpc.InfoStub(self._channel)
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise _raise_lamina(err) from None
+
+    def create_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
+        request = cpb.CreateCollectionRequest(name=name, config=convert.config_to_proto(config))
+        return convert.info_from_proto(self._call(self._collections.Create, request))
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        return convert.info_from_proto(self._call(self._collections.Get, cpb.GetCollectionRequest(name=name)))
+
+    def list_collections(self) -> list[CollectionInfo]:
+        response = self._call(self._collections.List, cpb.ListCollectionsRequest())
+        return [convert.info_from_proto(info) for info in response.collections]
+
+    def delete_collection(self, name: str) -> None:
+        self._call(self._collections.Delete, cpb.DeleteCollectionRequest(name=name))
+
+    def upsert(self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None) -> int:
+        request = ppb.UpsertRequest(
+            collection=name,
+            ids=[convert.id_to_proto(i) for i in ids],
+            vectors=convert.matrix_to_proto(vectors),
+            payloads_json=[convert.json_or_empty(p) for p in payloads] if payloads is not None else [],
+        )
+        return int(self._call(self._points.Upsert, request).upserted)
+
+    def get(self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool) -> list[Point]:
+        request = ppb.GetRequest(
+            collection=name, ids=[convert.id_to_proto(i) for i in ids], with_payload=with_payload, with_vector=with_vector
+        )
+        response = self._call(self._points.Get, request)
+        return [convert.point_from_proto(p, with_vector, with_payload) for p in response.points]
+
+    def delete(self, name: str, ids: list[PointId] | None, filter: Filter | None) -> int:
+        request = ppb.DeleteRequest(
+            collection=name,
+            ids=[convert.id_to_proto(i) for i in ids or []],
+            filter_json=convert.json_or_empty(filter),
+        )
+        return int(self._call(self._points.Delete, request).deleted)
+
+    def count(self, name: str, filter: Filter | None) -> int:
+        request = ppb.CountRequest(collection=name, filter_json=convert.json_or_empty(filter))
+        return int(self._call(self._points.Count, request).count)
+
+    def scroll(
+        self, name: str, limit: int, offset: PointId | None, filter: Filter | None, with_payload: bool, with_vector: bool
+    ) -> tuple[list[Point], PointId | None]:
+        request = ppb.ScrollRequest(
+            collection=name,
+            limit=limit,
+            filter_json=convert.json_or_empty(filter),
+            with_payload=with_payload,
+            with_vector=with_vector,
+        )
+        if offset is not None:
+            request.offset.CopyFrom(convert.id_to_proto(offset))
+        response = self._call(self._points.Scroll, request)
+        points = [convert.point_from_proto(p, with_vector, with_payload) for p in response.points]
+        next_offset = convert.id_from_proto(response.next_offset) if response.HasField("next_offset") else None
+        return points, next_offset
+
+    def search(
+        self, name: str, query: FloatMatrix, k: int, filter: Filter | None, with_payload: bool, with_vector: bool
+    ) -> list[Hit]:
+        request = spb.SearchRequest(
+            collection=name,
+            vector=query.astype("<f4", copy=False).tobytes(),
+            k=k,
+            filter_json=convert.json_or_empty(filter),
+            with_payload=with_payload,
+            with_vector=with_vector,
+        )
+        response = self._call(self._search.Search, request)
+        return [convert.hit_from_proto(h, with_vector, with_payload) for h in response.hits]
+
+    def search_batch(
+        self, name: str, queries: FloatMatrix, k: int, filter: Filter | None, with_payload: bool, with_vector: bool
+    ) -> list[list[Hit]]:
+        request = spb.SearchBatchRequest(
+            collection=name,
+            vectors=convert.matrix_to_proto(queries),
+            k=k,
+            filter_json=convert.json_or_empty(filter),
+            with_payload=with_payload,
+            with_vector=with_vector,
+        )
+        response = self._call(self._search.SearchBatch, request)
+        return [[convert.hit_from_proto(h, with_vector, with_payload) for h in hl.hits] for hl in response.results]
+
+    def server_info(self) -> dict[str, Any]:
+        response = self._call(self._info.GetInfo, ipb.GetInfoRequest())
+        return {
+            "version": response.version,
+            "mode": "server",
+            "address": self.address,
+            "uptime_seconds": response.uptime_seconds,
+            "collections": response.collections,
+        }
+
+    def close(self) -> None:
+        self._channel.close()

@@ -1,0 +1,209 @@
+"""The ``lamina`` command: serve, ingest, collections, info."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from tqdm import tqdm
+
+from lamina.errors import InvalidArgument, LaminaError, NotFound
+
+DEFAULT_DATA = "./lamina-data"
+DEFAULT_PORT = 6334
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lamina.config import Limits
+    from lamina.engine.database import Database
+    from lamina.server.app import serve
+
+    db = Database(args.data, sync_writes=args.sync_writes, limits=Limits())
+    try:
+        asyncio.run(serve(db, args.host, args.port, args.workers))
+    finally:
+        db.close()
+    return 0
+
+
+Record = tuple[Any, list[float] | np.ndarray, dict[str, Any] | None]
+
+
+def _read_npy(path: Path, id_start: int) -> tuple[int, int, Iterator[Record]]:
+    matrix = np.load(path, mmap_mode="r")
+    if matrix.ndim != 2:
+        raise InvalidArgument(f"{path}: expected a 2-d array of vectors, got shape {matrix.shape}")
+
+    def records() -> Iterator[Record]:
+        for i in range(matrix.shape[0]):
+            yield id_start + i, matrix[i], None
+
+    return matrix.shape[0], matrix.shape[1], records()
+
+
+def _read_jsonl(path: Path, id_field: str, vector_field: str, payload_field: str) -> tuple[int, int, Iterator[Record]]:
+    total = 0
+    dim = 0
+    with path.open("rb") as fh:
+        for line in fh:
+            if line.strip():
+                total += 1
+                if not dim:
+                    dim = len(orjson.loads(line).get(vector_field) or [])
+
+    def records() -> Iterator[Record]:
+        with path.open("rb") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise InvalidArgument(f"{path}:{lineno}: not valid JSON ({exc})") from None
+                if not isinstance(rec, dict) or id_field not in rec or vector_field not in rec:
+                    raise InvalidArgument(f"{path}:{lineno}: a record needs '{id_field}' and '{vector_field}' fields")
+                payload = rec.get(payload_field)
+                if payload is not None and not isinstance(payload, dict):
+                    raise InvalidArgument(f"{path}:{lineno}: '{payload_field}' must be a JSON object")
+                yield rec[id_field], rec[vector_field], payload
+
+    return total, dim, records()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import lamina
+
+    path = Path(args.file)
+    if path.suffix == ".npy":
+        total, dim, records = _read_npy(path, args.id_start)
+    elif path.suffix in (".jsonl", ".ndjson"):
+        total, dim, records = _read_jsonl(path, args.id_field, args.vector_field, args.payload_field)
+    else:
+        raise InvalidArgument(f"{path}: unsupported file type {path.suffix!r}; use .npy or .jsonl")
+    with lamina.connect(args.target) as db:
+        try:
+            col = db.get_collection(args.collection)
+        except NotFound:
+            if not dim:
+                raise InvalidArgument(f"{path}: no vectors found to infer the dimension from") from None
+            col = db.create_collection(args.collection, dim=dim, metric=args.metric)
+            print(f"created collection {args.collection!r} (dim={dim}, metric={args.metric})", file=sys.stderr)
+        written = 0
+        batch: list[Record] = []
+        first_line = 1
+        with tqdm(total=total, unit="pts", desc=f"ingest {path.name}", file=sys.stderr, disable=args.quiet) as bar:
+
+            def flush() -> None:
+                nonlocal written, first_line
+                if not batch:
+                    return
+                ids = [r[0] for r in batch]
+                vectors = np.asarray([r[1] for r in batch], dtype=np.float32)
+                payloads = [r[2] for r in batch]
+                try:
+                    written += col.upsert(ids, vectors, payloads if any(p is not None for p in payloads) else None)
+                except LaminaError as exc:
+                    raise type(exc)(f"records {first_line}..{first_line + len(batch) - 1}: {exc}") from None
+                first_line += len(batch)
+                bar.update(len(batch))
+                batch.clear()
+
+            for rec in records:
+                batch.append(rec)
+                if len(batch) >= args.batch_size:
+                    flush()
+            flush()
+        print(f"ingested {written} points into {args.collection!r}; it now holds {col.count()}", file=sys.stderr)
+    return 0
+
+
+def cmd_collections(args: argparse.Namespace) -> int:
+    import lamina
+
+    with lamina.connect(args.target) as db:
+        infos = db.collections_info()
+    if not infos:
+        print("no collections")
+        return 0
+    width = max(len(i.name) for i in infos)
+    print(f"{'name':<{width}}  {'dim':>6}  {'metric':<6}  {'points':>12}")
+    for info in infos:
+        print(f"{info.name:<{width}}  {info.dim:>6}  {info.metric:<6}  {info.count:>12,}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import lamina
+
+    with lamina.connect(args.target) as db:
+        for key, value in db.server_info().items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lamina", description="Lamina vector search database")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--data", default=DEFAULT_DATA, help=f"data directory (default {DEFAULT_DATA})")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
+    serve.add_argument("--workers", type=int, default=8, help="threads running engine calls (default 8)")
+    serve.add_argument("--sync-writes", action="store_true", help="fsync the WAL on every write (power-loss safe)")
+    serve.set_defaults(func=cmd_serve)
+
+    target_help = f"data directory or host:port of a server (default {DEFAULT_DATA})"
+    ingest = sub.add_parser("ingest", help="load vectors from .npy or JSON Lines")
+    ingest.add_argument("file", help=".npy (n, dim) vectors, or .jsonl records with id, vector and payload")
+    ingest.add_argument("--collection", "-c", required=True)
+    ingest.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
+    ingest.add_argument("--metric", default="cosine", choices=["cosine", "dot", "l2"], help="when creating")
+    ingest.add_argument("--batch-size", type=int, default=1000)
+    ingest.add_argument("--id-start", type=int, default=0, help=".npy: id of the first row (rows get consecutive ids)")
+    ingest.add_argument("--id-field", default="id")
+    ingest.add_argument("--vector-field", default="vector")
+    ingest.add_argument("--payload-field", default="payload")
+    ingest.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    ingest.set_defaults(func=cmd_ingest)
+
+    cols = sub.add_parser("collections", help="list collections with their point counts")
+    cols.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
+    cols.set_defaults(func=cmd_collections)
+
+    info = sub.add_parser("info", help="version and status of a server or data directory")
+    info.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except LaminaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The one place where protobuf messages and Lamina's Python types meet.
+
+The server converts requests with the ``*_from_proto`` functions and answers with
+``*_to_proto``; the remote client does the reverse. Nothing else imports *_pb2.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import numpy as np
+import orjson
+from lamina.proto.lamina.v1 import collections_pb2 as cpb
+from lamina.proto.lamina.v1 import common_pb2 as pb
+from lamina.proto.lamina.v1 import search_pb2 as spb
+
+from lamina.errors import InvalidArgument
+from lamina.types import (
+    CollectionConfig,
+    CollectionInfo,
+    Filter,
+    FloatMatrix,
+    Hit,
+    Metric,
+    Payload,
+    Point,
+    PointId,
+)
+
+_METRIC_TO_PROTO = {"cosine": cpb.COSINE, "dot": cpb.DOT, "l2": cpb.L2}
+_METRIC_FROM_PROTO: dict[int, Metric] = {
+    cpb.METRIC_UNSPECIFIED: "cosine",
+    cpb.COSINE: "cosine",
+    cpb.DOT: "dot",
+    cpb.L2: "l2",
+}
+
+
+# ---------------------------------------------------------------- ids
+def id_to_proto(point_id: PointId) -> pb.PointId:
+    return pb.PointId(str=point_id) if isinstance(point_id, str) else pb.PointId(num=point_id)
+
+
+def id_from_proto(msg: pb.PointId) -> PointId:
+    kind = msg.WhichOneof("kind")
+    if kind == "num":
+        return int(msg.num)
+    if kind == "str":
+        return str(msg.str)
+    raise InvalidArgument("a point id has neither num nor str set")
+
+
+# ---------------------------------------------------------------- vectors
+def matrix_to_proto(matrix: FloatMatrix) -> pb.Vectors:
+    return pb.Vectors(dim=matrix.shape[1], data=matrix.astype("<f4", copy=False).tobytes())
+
+
+def matrix_from_proto(msg: pb.Vectors) -> FloatMatrix:
+    if msg.dim == 0:
+        raise InvalidArgument("vectors.dim must be positive")
+    if len(msg.data) % (4 * msg.dim):
+        raise InvalidArgument(f"vectors.data holds {len(msg.data)} bytes, not a whole number of float32 rows of dim {msg.dim}")
+    return np.frombuffer(msg.data, dtype="<f4").reshape(-1, msg.dim)
+
+
+def vector_from_bytes(data: bytes) -> FloatMatrix:
+    if len(data) % 4:
+        raise InvalidArgument(f"vector holds {len(data)} bytes, not a whole number of float32 values")
+    return np.frombuffer(data, dtype="<f4")
+
+
+# ---------------------------------------------------------------- JSON fields
+def json_or_empty(value: Any) -> str:
+    """Encode a payload or filter as JSON text ("" for None)."""
+    if value is None:
+        return ""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError as exc:
+        raise InvalidArgument(f"value is not JSON-serialisable: {exc}") from None
+
+
+def filter_from_json(text: str) -> Filter | None:
+    if not text:
+        return None
+    try:
+        return cast(Filter, orjson.loads(text))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"filter is not valid JSON: {exc}") from None
+
+
+def payload_from_json(text: str) -> Payload | None:
+    if not text:
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"payload is not valid JSON: {exc}") from None
+    return cast(Payload, value)
+
+
+# ---------------------------------------------------------------- collections
+def config_to_proto(config: CollectionConfig) -> cpb.CollectionConfig:
+    return cpb.CollectionConfig(dim=config.dim, metric=_METRIC_TO_PROTO[config.metric])
+
+
+def config_from_proto(msg: cpb.CollectionConfig) -> CollectionConfig:
+    if msg.metric not in _METRIC_FROM_PROTO:
+        raise InvalidArgument(f"unknown metric enum value {msg.metric}: use COSINE, DOT or L2")
+    return CollectionConfig(dim=msg.dim, metric=_METRIC_FROM_PROTO[msg.metric])
+
+
+def info_to_proto(info: CollectionInfo) -> cpb.CollectionInfo:
+    return cpb.CollectionInfo(name=info.name, config=config_to_proto(info.config), count=info.count)
+
+
+def info_from_proto(msg: cpb.CollectionInfo) -> CollectionInfo:
+    return CollectionInfo(name=msg.name, config=config_from_proto(msg.config), count=msg.count)
+
+
+# ---------------------------------------------------------------- points and hits
+def _vector_bytes(vector: FloatMatrix | None) -> bytes:
+    return b"" if vector is None else vector.astype("<f4", copy=False).tobytes()
+
+
+def point_to_proto(point: Point) -> pb.Point:
+    return pb.Point(id=id_to_proto(point.id), vector=_vector_bytes(point.vector), payload_json=json_or_empty(point.payload))
+
+
+def point_from_proto(msg: pb.Point, with_vector: bool, with_payload: bool) -> Point:
+    return Point(
+        id=id_from_proto(msg.id),
+        vector=np.frombuffer(msg.vector, dtype="<f4").copy() if with_vector else None,
+        payload=(payload_from_json(msg.payload_json) or {}) if with_payload else None,
+    )
+
+
+def hit_to_proto(hit: Hit) -> spb.ScoredPoint:
+    return spb.ScoredPoint(
+        id=id_to_proto(hit.id), score=hit.score, payload_json=json_or_empty(hit.payload), vector=_vector_bytes(hit.vector)
+    )
+
+
+def hit_from_proto(msg: spb.ScoredPoint, with_vector: bool, with_payload: bool) -> Hit:
+    return Hit(
+        id=id_from_proto(msg.id),
+        score=float(msg.score),
+        payload=(payload_from_json(msg.payload_json) or {}) if with_payload else None,
+        vector=np.frombuffer(msg.vector, dtype="<f4").copy() if with_vector else None,
+    )

@@ -1,0 +1,263 @@
+"""The gRPC server: servicers over the engine, health checking, reflection and
+graceful shutdown. Protobuf stops here: requests are converted by
+``lamina.proto.convert`` and the engine only sees Python types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from lamina.engine.collection import Collection
+from lamina.engine.database import Database
+from lamina.proto import convert
+from lamina.proto.lamina.v1 import collections_pb2 as cpb
+from lamina.proto.lamina.v1 import collections_pb2_grpc as cgrpc
+from lamina.proto.lamina.v1 import info_pb2 as ipb
+from lamina.proto.lamina.v1 import info_pb2_grpc as igrpc
+from lamina.proto.lamina.v1 import points_pb2 as ppb
+from lamina.proto.lamina.v1 import points_pb2_grpc as pgrpc
+from lamina.proto.lamina.v1 import search_pb2 as spb
+from lamina.proto.lamina.v1 import search_pb2_grpc as sgrpc
+
+from lamina import __version__
+from lamina.errors import InvalidArgument, LaminaError
+from lamina.validation import check_collection_name
+
+log = logging.getLogger("lamina.server")
+T = TypeVar("T")
+
+SERVICE_NAMES = (
+    cpb.DESCRIPTOR.services_by_name["Collections"].full_name,
+    ppb.DESCRIPTOR.services_by_name["Points"].full_name,
+    spb.DESCRIPTOR.services_by_name["Search"].full_name,
+    ipb.DESCRIPTOR.services_by_name["Info"].full_name,
+)
+
+
+class _Base:
+    """Runs engine calls on a thread pool (numba kernels release the GIL) and maps
+    Lamina errors to their gRPC status codes."""
+
+    def __init__(self, db: Database, executor: ThreadPoolExecutor) -> None:
+        self.db = db
+        self._executor = executor
+
+    async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except LaminaError as exc:
+            await context.abort(grpc.StatusCode[exc.code], str(exc))
+        except Exception:
+            log.exception("internal error")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in Lamina; the server log has the details")
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    def _collection(self, name: str) -> Collection:
+        if not name:
+            raise InvalidArgument("collection name is empty: name the collection the request is for")
+        return self.db.get_collection(check_collection_name(name))
+
+
+class CollectionsServicer(_Base, cgrpc.CollectionsServicer):
+    async def Create(self, request: cpb.CreateCollectionRequest, context: grpc.aio.ServicerContext) -> cpb.CollectionInfo:
+        def create() -> cpb.CollectionInfo:
+            config = convert.config_from_proto(request.config)
+            return convert.info_to_proto(self.db.create_collection(request.name, config).info())
+
+        return await self._run(context, create)
+
+    async def Get(self, request: cpb.GetCollectionRequest, context: grpc.aio.ServicerContext) -> cpb.CollectionInfo:
+        return await self._run(context, lambda: convert.info_to_proto(self._collection(request.name).info()))
+
+    async def List(self, request: cpb.ListCollectionsRequest, context: grpc.aio.ServicerContext) -> cpb.ListCollectionsResponse:
+        def list_all() -> cpb.ListCollectionsResponse:
+            infos = []
+            for name in self.db.list_collections():
+                try:
+                    infos.append(convert.info_to_proto(self.db.get_collection(name).info()))
+                except LaminaError:
+                    continue  # dropped meanwhile
+            return cpb.ListCollectionsResponse(collections=infos)
+
+        return await self._run(context, list_all)
+
+    async def Delete(self, request: cpb.DeleteCollectionRequest, context: grpc.aio.ServicerContext) -> cpb.DeleteCollectionResponse:
+        def drop() -> cpb.DeleteCollectionResponse:
+            self.db.delete_collection(request.name)
+            return cpb.DeleteCollectionResponse()
+
+        return await self._run(context, drop)
+
+
+class PointsServicer(_Base, pgrpc.PointsServicer):
+    async def Upsert(self, request: ppb.UpsertRequest, context: grpc.aio.ServicerContext) -> ppb.UpsertResponse:
+        def upsert() -> ppb.UpsertResponse:
+            col = self._collection(request.collection)
+            ids = [convert.id_from_proto(i) for i in request.ids]
+            vectors = convert.matrix_from_proto(request.vectors)
+            payloads = [convert.payload_from_json(p) for p in request.payloads_json] if request.payloads_json else None
+            return ppb.UpsertResponse(upserted=col.upsert(ids, vectors, payloads))
+
+        return await self._run(context, upsert)
+
+    async def Get(self, request: ppb.GetRequest, context: grpc.aio.ServicerContext) -> ppb.GetResponse:
+        def get() -> ppb.GetResponse:
+            col = self._collection(request.collection)
+            ids = [convert.id_from_proto(i) for i in request.ids]
+            points = col.get(ids, with_payload=request.with_payload, with_vector=request.with_vector)
+            return ppb.GetResponse(points=[convert.point_to_proto(p) for p in points])
+
+        return await self._run(context, get)
+
+    async def Delete(self, request: ppb.DeleteRequest, context: grpc.aio.ServicerContext) -> ppb.DeleteResponse:
+        def delete() -> ppb.DeleteResponse:
+            col = self._collection(request.collection)
+            flt = convert.filter_from_json(request.filter_json)
+            ids = [convert.id_from_proto(i) for i in request.ids] if request.ids or flt is None else None
+            return ppb.DeleteResponse(deleted=col.delete(ids=ids, filter=flt))
+
+        return await self._run(context, delete)
+
+    async def Count(self, request: ppb.CountRequest, context: grpc.aio.ServicerContext) -> ppb.CountResponse:
+        def count() -> ppb.CountResponse:
+            col = self._collection(request.collection)
+            return ppb.CountResponse(count=col.count(convert.filter_from_json(request.filter_json)))
+
+        return await self._run(context, count)
+
+    async def Scroll(self, request: ppb.ScrollRequest, context: grpc.aio.ServicerContext) -> ppb.ScrollResponse:
+        def scroll() -> ppb.ScrollResponse:
+            col = self._collection(request.collection)
+            offset = convert.id_from_proto(request.offset) if request.HasField("offset") else None
+            points, next_offset = col.scroll(
+                limit=request.limit,
+                offset=offset,
+                filter=convert.filter_from_json(request.filter_json),
+                with_payload=request.with_payload,
+                with_vector=request.with_vector,
+            )
+            response = ppb.ScrollResponse(points=[convert.point_to_proto(p) for p in points])
+            if next_offset is not None:
+                response.next_offset.CopyFrom(convert.id_to_proto(next_offset))
+            return response
+
+        return await self._run(context, scroll)
+
+
+class SearchServicer(_Base, sgrpc.SearchServicer):
+    async def Search(self, request: spb.SearchRequest, context: grpc.aio.ServicerContext) -> spb.SearchResponse:
+        def search() -> spb.SearchResponse:
+            col = self._collection(request.collection)
+            hits = col.search(
+                convert.vector_from_bytes(request.vector),
+                k=request.k,
+                filter=convert.filter_from_json(request.filter_json),
+                with_payload=request.with_payload,
+                with_vector=request.with_vector,
+            )
+            return spb.SearchResponse(hits=[convert.hit_to_proto(h) for h in hits])
+
+        return await self._run(context, search)
+
+    async def SearchBatch(self, request: spb.SearchBatchRequest, context: grpc.aio.ServicerContext) -> spb.SearchBatchResponse:
+        def search_batch() -> spb.SearchBatchResponse:
+            col = self._collection(request.collection)
+            results = col.search_batch(
+                convert.matrix_from_proto(request.vectors),
+                k=request.k,
+                filter=convert.filter_from_json(request.filter_json),
+                with_payload=request.with_payload,
+                with_vector=request.with_vector,
+            )
+            return spb.SearchBatchResponse(
+                results=[spb.HitList(hits=[convert.hit_to_proto(h) for h in hits]) for hits in results]
+            )
+
+        return await self._run(context, search_batch)
+
+
+class InfoServicer(_Base, igrpc.InfoServicer):
+    started = time.monotonic()
+
+    async def GetInfo(self, request: ipb.GetInfoRequest, context: grpc.aio.ServicerContext) -> ipb.GetInfoResponse:
+        return ipb.GetInfoResponse(
+            version=__version__,
+            uptime_seconds=time.monotonic() - self.started,
+            collections=len(self.db.list_collections()),
+        )
+
+
+class LaminaServer:
+    """A running gRPC server over one Database.
+
+    ``await server.start()`` binds and returns the port (``port=0`` picks a free one);
+    ``await server.stop()`` stops taking requests, drains them and closes the database.
+    """
+
+    def __init__(self, db: Database, host: str = "127.0.0.1", port: int = 6334, workers: int = 8) -> None:
+        self.db = db
+        self.host = host
+        self.port = port
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lamina-worker")
+        max_bytes = db.limits.max_message_bytes
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_send_message_length", max_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._health = health.aio.HealthServicer()
+        cgrpc.add_CollectionsServicer_to_server(CollectionsServicer(db, self._executor), self._server)
+        pgrpc.add_PointsServicer_to_server(PointsServicer(db, self._executor), self._server)
+        sgrpc.add_SearchServicer_to_server(SearchServicer(db, self._executor), self._server)
+        igrpc.add_InfoServicer_to_server(InfoServicer(db, self._executor), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+
+    async def start(self) -> int:
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"could not bind {address}")
+        await self._server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on %s:%d (data: %s)", self.host, self.port, self.db.path)
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        log.info("shutting down: finishing requests in flight (up to %.0fs)", grace)
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        self._executor.shutdown(wait=True)
+        self.db.close()
+        log.info("stopped; data flushed and closed")
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve(db: Database, host: str, port: int, workers: int = 8) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = LaminaServer(db, host, port, workers)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
