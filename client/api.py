@@ -15,6 +15,7 @@ from typing import Any
 from lamina.client.transport import EmbeddedTransport, GrpcTransport, Transport
 
 from lamina.config import DEFAULT_LIMITS, Limits
+from lamina.errors import InvalidArgument, NotFound
 from lamina.types import CollectionConfig, CollectionInfo, Filter, Hit, Metric, Payload, Point, PointId
 from lamina.validation import as_rows, as_vector, check_collection_name, check_ids, check_int
 
@@ -69,8 +70,6 @@ class Client:
 
     def get_or_create_collection(self, name: str, dim: int, metric: Metric = "cosine") -> Collection:
         """The collection called ``name``, created with these settings if missing."""
-        from lamina.errors import NotFound
-
         try:
             return self.get_collection(name)
         except NotFound:
@@ -128,7 +127,9 @@ class Collection:
         """Settings and current point count."""
         return self._transport.get_collection(self.name)
 
-    def upsert(self, ids: Sequence[PointId], vectors: Any, payloads: Sequence[Payload | None] | None = None) -> int:
+    def upsert(
+        self, ids: Sequence[PointId], vectors: Any, payloads: Sequence[Payload | None] | None = None
+    ) -> int:
         """Insert or replace points. ``vectors`` is an (n, dim) array (one row per id);
         ``payloads`` a list of JSON objects or None. The batch is applied whole or not
         at all and is durable when this returns. Returns the number of points written.
@@ -140,7 +141,13 @@ class Collection:
         return self._transport.upsert(self.name, id_list, as_rows(vectors), payloads)
 
     def search(
-        self, vector: Any, k: int = 10, filter: Filter | None = None, *, with_payload: bool = True, with_vector: bool = False
+        self,
+        vector: Any,
+        k: int = 10,
+        filter: Filter | None = None,
+        *,
+        with_payload: bool = True,
+        with_vector: bool = False,
     ) -> list[Hit]:
         """The ``k`` points nearest to ``vector`` that match ``filter``, best first."""
         return self._transport.search(
@@ -148,16 +155,26 @@ class Collection:
         )
 
     def search_batch(
-        self, vectors: Any, k: int = 10, filter: Filter | None = None, *, with_payload: bool = True, with_vector: bool = False
+        self,
+        vectors: Any,
+        k: int = 10,
+        filter: Filter | None = None,
+        *,
+        with_payload: bool = True,
+        with_vector: bool = False,
     ) -> list[list[Hit]]:
         """One hit list per row of ``vectors`` (an (n, dim) array), each best first."""
         return self._transport.search_batch(
             self.name, as_rows(vectors, "query vectors"), check_int("k", k), filter, with_payload, with_vector
         )
 
-    def get(self, ids: Sequence[PointId], *, with_payload: bool = True, with_vector: bool = True) -> list[Point]:
+    def get(
+        self, ids: Sequence[PointId], *, with_payload: bool = True, with_vector: bool = True
+    ) -> list[Point]:
         """Points for ``ids``, in the order asked; ids that do not exist are left out."""
-        return self._transport.get(self.name, check_ids(ids, self._limits, unique=False), with_payload, with_vector)
+        return self._transport.get(
+            self.name, check_ids(ids, self._limits, unique=False), with_payload, with_vector
+        )
 
     def count(self, filter: Filter | None = None) -> int:
         """Number of points, or of those matching ``filter``."""
@@ -165,8 +182,6 @@ class Collection:
 
     def delete(self, ids: Sequence[PointId] | None = None, filter: Filter | None = None) -> int:
         """Delete the points with these ``ids``, or those matching ``filter``; returns how many."""
-        from lamina.errors import InvalidArgument
-
         if (ids is None) == (filter is None):
             raise InvalidArgument("delete takes either ids or a filter (exactly one of them)")
         id_list = check_ids(ids, self._limits, unique=False) if ids is not None else None
@@ -185,4 +200,6 @@ class Collection:
         returns (points, offset of the next page or None at the end)."""
         if offset is not None:
             check_ids([offset], self._limits)
-        return self._transport.scroll(self.name, check_int("limit", limit), offset, filter, with_payload, with_vector)
+        return self._transport.scroll(
+            self.name, check_int("limit", limit), offset, filter, with_payload, with_vector
+        )

@@ -25,6 +25,7 @@ from lamina.proto.lamina.v1 import search_pb2_grpc as sgrpc
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.errors import ERROR_BY_CODE, Internal, LaminaError
 from lamina.types import CollectionConfig, CollectionInfo, Filter, FloatMatrix, Hit, Payload, Point, PointId
+from lamina.validation import encode_payloads
 
 T = TypeVar("T")
 
@@ -36,18 +37,38 @@ class Transport(Protocol):
     def get_collection(self, name: str) -> CollectionInfo: ...
     def list_collections(self) -> list[CollectionInfo]: ...
     def delete_collection(self, name: str) -> None: ...
-    def upsert(self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None) -> int: ...
+    def upsert(
+        self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None
+    ) -> int: ...
     def get(self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool) -> list[Point]: ...
     def delete(self, name: str, ids: list[PointId] | None, filter: Filter | None) -> int: ...
     def count(self, name: str, filter: Filter | None) -> int: ...
     def scroll(
-        self, name: str, limit: int, offset: PointId | None, filter: Filter | None, with_payload: bool, with_vector: bool
+        self,
+        name: str,
+        limit: int,
+        offset: PointId | None,
+        filter: Filter | None,
+        with_payload: bool,
+        with_vector: bool,
     ) -> tuple[list[Point], PointId | None]: ...
     def search(
-        self, name: str, query: FloatMatrix, k: int, filter: Filter | None, with_payload: bool, with_vector: bool
+        self,
+        name: str,
+        query: FloatMatrix,
+        k: int,
+        filter: Filter | None,
+        with_payload: bool,
+        with_vector: bool,
     ) -> list[Hit]: ...
     def search_batch(
-        self, name: str, queries: FloatMatrix, k: int, filter: Filter | None, with_payload: bool, with_vector: bool
+        self,
+        name: str,
+        queries: FloatMatrix,
+        k: int,
+        filter: Filter | None,
+        with_payload: bool,
+        with_vector: bool,
     ) -> list[list[Hit]]: ...
     def server_info(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
@@ -71,7 +92,9 @@ class EmbeddedTransport:
     def delete_collection(self, name: str) -> None:
         self.db.delete_collection(name)
 
-    def upsert(self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None) -> int:
+    def upsert(
+        self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None
+    ) -> int:
         return self.db.get_collection(name).upsert(ids, vectors, payloads)
 
     def get(self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool) -> list[Point]:
@@ -84,17 +107,35 @@ class EmbeddedTransport:
         return self.db.get_collection(name).count(filter)
 
     def scroll(
-        self, name: str, limit: int, offset: PointId | None, filter: Filter | None, with_payload: bool, with_vector: bool
+        self,
+        name: str,
+        limit: int,
+        offset: PointId | None,
+        filter: Filter | None,
+        with_payload: bool,
+        with_vector: bool,
     ) -> tuple[list[Point], PointId | None]:
         return self.db.get_collection(name).scroll(limit, offset, filter, with_payload, with_vector)
 
     def search(
-        self, name: str, query: FloatMatrix, k: int, filter: Filter | None, with_payload: bool, with_vector: bool
+        self,
+        name: str,
+        query: FloatMatrix,
+        k: int,
+        filter: Filter | None,
+        with_payload: bool,
+        with_vector: bool,
     ) -> list[Hit]:
         return self.db.get_collection(name).search(query, k, filter, with_payload, with_vector)
 
     def search_batch(
-        self, name: str, queries: FloatMatrix, k: int, filter: Filter | None, with_payload: bool, with_vector: bool
+        self,
+        name: str,
+        queries: FloatMatrix,
+        k: int,
+        filter: Filter | None,
+        with_payload: bool,
+        with_vector: bool,
     ) -> list[list[Hit]]:
         return self.db.get_collection(name).search_batch(queries, k, filter, with_payload, with_vector)
 
@@ -116,13 +157,19 @@ def _raise_lamina(err: grpc.RpcError) -> LaminaError:
 class GrpcTransport:
     """Talks to a Lamina server over gRPC (insecure channel; TLS and keys come with auth)."""
 
-    def __init__(self, address: str, *, timeout: float | None = 60.0, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, address: str, *, timeout: float | None = 60.0, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self.address = address
+        self.limits = limits
         self.timeout = timeout
         max_bytes = limits.max_message_bytes
         self._channel = grpc.insecure_channel(
             address,
-            options=[("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)],
+            options=[
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_send_message_length", max_bytes),
+            ],
         )
         self._collections = cgrpc.CollectionsStub(self._channel)
         self._points = pgrpc.PointsStub(self._channel)
@@ -149,18 +196,23 @@ class GrpcTransport:
     def delete_collection(self, name: str) -> None:
         self._call(self._collections.Delete, cpb.DeleteCollectionRequest(name=name))
 
-    def upsert(self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None) -> int:
+    def upsert(
+        self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None
+    ) -> int:
         request = ppb.UpsertRequest(
             collection=name,
             ids=[convert.id_to_proto(i) for i in ids],
             vectors=convert.matrix_to_proto(vectors),
-            payloads_json=[convert.json_or_empty(p) for p in payloads] if payloads is not None else [],
+            payloads_json=[b.decode() for b in encode_payloads(payloads, len(ids), self.limits)] if payloads is not None else [],
         )
         return int(self._call(self._points.Upsert, request).upserted)
 
     def get(self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool) -> list[Point]:
         request = ppb.GetRequest(
-            collection=name, ids=[convert.id_to_proto(i) for i in ids], with_payload=with_payload, with_vector=with_vector
+            collection=name,
+            ids=[convert.id_to_proto(i) for i in ids],
+            with_payload=with_payload,
+            with_vector=with_vector,
         )
         response = self._call(self._points.Get, request)
         return [convert.point_from_proto(p, with_vector, with_payload) for p in response.points]
@@ -178,7 +230,13 @@ class GrpcTransport:
         return int(self._call(self._points.Count, request).count)
 
     def scroll(
-        self, name: str, limit: int, offset: PointId | None, filter: Filter | None, with_payload: bool, with_vector: bool
+        self,
+        name: str,
+        limit: int,
+        offset: PointId | None,
+        filter: Filter | None,
+        with_payload: bool,
+        with_vector: bool,
     ) -> tuple[list[Point], PointId | None]:
         request = ppb.ScrollRequest(
             collection=name,
@@ -191,11 +249,19 @@ class GrpcTransport:
             request.offset.CopyFrom(convert.id_to_proto(offset))
         response = self._call(self._points.Scroll, request)
         points = [convert.point_from_proto(p, with_vector, with_payload) for p in response.points]
-        next_offset = convert.id_from_proto(response.next_offset) if response.HasField("next_offset") else None
+        next_offset = (
+            convert.id_from_proto(response.next_offset) if response.HasField("next_offset") else None
+        )
         return points, next_offset
 
     def search(
-        self, name: str, query: FloatMatrix, k: int, filter: Filter | None, with_payload: bool, with_vector: bool
+        self,
+        name: str,
+        query: FloatMatrix,
+        k: int,
+        filter: Filter | None,
+        with_payload: bool,
+        with_vector: bool,
     ) -> list[Hit]:
         request = spb.SearchRequest(
             collection=name,
@@ -209,7 +275,13 @@ class GrpcTransport:
         return [convert.hit_from_proto(h, with_vector, with_payload) for h in response.hits]
 
     def search_batch(
-        self, name: str, queries: FloatMatrix, k: int, filter: Filter | None, with_payload: bool, with_vector: bool
+        self,
+        name: str,
+        queries: FloatMatrix,
+        k: int,
+        filter: Filter | None,
+        with_payload: bool,
+        with_vector: bool,
     ) -> list[list[Hit]]:
         request = spb.SearchBatchRequest(
             collection=name,
@@ -220,7 +292,9 @@ class GrpcTransport:
             with_vector=with_vector,
         )
         response = self._call(self._search.SearchBatch, request)
-        return [[convert.hit_from_proto(h, with_vector, with_payload) for h in hl.hits] for hl in response.results]
+        return [
+            [convert.hit_from_proto(h, with_vector, with_payload) for h in hl.hits] for hl in response.results
+        ]
 
     def server_info(self) -> dict[str, Any]:
         response = self._call(self._info.GetInfo, ipb.GetInfoRequest())

@@ -50,7 +50,9 @@ class Collection:
 
     # ------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, name: str, path: Path, config: CollectionConfig, limits: Limits, *, sync: bool) -> Collection:
+    def create(
+        cls, name: str, path: Path, config: CollectionConfig, limits: Limits, *, sync: bool
+    ) -> Collection:
         store = CollectionStore(path, sync=sync)
         store.put_meta({FORMAT: FORMAT_VERSION, CONFIG: orjson.dumps(config.to_dict())})
         return cls(name, store, config, limits)
@@ -129,7 +131,9 @@ class Collection:
     def _compile(self, flt: Any) -> Predicate | None:
         return compile_filter(flt, self._limits.max_filter_depth)
 
-    def _points(self, rows: Sequence[int], keys: Sequence[bytes | None], with_payload: bool, with_vector: bool) -> list[Point | None]:
+    def _points(
+        self, rows: Sequence[int], keys: Sequence[bytes | None], with_payload: bool, with_vector: bool
+    ) -> list[Point | None]:
         payloads = self._store.payloads_of(rows) if with_payload else [None] * len(rows)
         vectors = self._store.vectors_of(rows) if with_vector else [None] * len(rows)
         out: list[Point | None] = []
@@ -147,14 +151,18 @@ class Collection:
         return out
 
     # ------------------------------------------------------------ writes
-    def upsert(self, ids: Sequence[PointId], vectors: object, payloads: Sequence[Payload | None] | None = None) -> int:
+    def upsert(
+        self, ids: Sequence[PointId], vectors: object, payloads: Sequence[Payload | None] | None = None
+    ) -> int:
         """Insert or replace points; returns how many were written."""
         id_list = check_ids(ids, self._limits)
         if not id_list:
             raise InvalidArgument("upsert needs at least one point: ids is empty")
         matrix = as_matrix(vectors, self.config.dim)
         if matrix.shape[0] != len(id_list):
-            raise InvalidArgument(f"got {matrix.shape[0]} vectors for {len(id_list)} ids: give one vector per id")
+            raise InvalidArgument(
+                f"got {matrix.shape[0]} vectors for {len(id_list)} ids: give one vector per id"
+            )
         blobs = encode_payloads(payloads, len(id_list), self._limits)
         prepared = self._prepare(matrix)  # raises on zero vectors before anything is written
         keys = [id_key(i) for i in id_list]
@@ -235,8 +243,14 @@ class Collection:
         with_vector: bool = False,
     ) -> tuple[list[Point], PointId | None]:
         """One page of points in id order from ``offset``; returns (points, next offset or None)."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= self._limits.max_scroll_limit:
-            raise InvalidArgument(f"scroll limit must be an integer in 1..{self._limits.max_scroll_limit}, got {limit!r}")
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= self._limits.max_scroll_limit
+        ):
+            raise InvalidArgument(
+                f"scroll limit must be an integer in 1..{self._limits.max_scroll_limit}, got {limit!r}"
+            )
         start = id_key(check_ids([offset], self._limits)[0]) if offset is not None else None
         predicate = self._compile(filter)
         self._check_open()
@@ -255,14 +269,24 @@ class Collection:
         return [p for p in points if p is not None], next_offset
 
     def search(
-        self, vector: object, k: int = 10, filter: Any = None, with_payload: bool = True, with_vector: bool = False
+        self,
+        vector: object,
+        k: int = 10,
+        filter: Any = None,
+        with_payload: bool = True,
+        with_vector: bool = False,
     ) -> list[Hit]:
         """The ``k`` nearest points to one query vector, best first."""
         query = as_query(vector, self.config.dim)
         return self._search(query.reshape(1, -1), k, filter, with_payload, with_vector)[0]
 
     def search_batch(
-        self, vectors: object, k: int = 10, filter: Any = None, with_payload: bool = True, with_vector: bool = False
+        self,
+        vectors: object,
+        k: int = 10,
+        filter: Any = None,
+        with_payload: bool = True,
+        with_vector: bool = False,
     ) -> list[list[Hit]]:
         """One hit list per query row, each best first."""
         queries = as_matrix(vectors, self.config.dim, "query vectors")
@@ -274,7 +298,9 @@ class Collection:
             return []
         return self._search(queries, k, filter, with_payload, with_vector)
 
-    def _search(self, queries: FloatMatrix, k: int, filter: Any, with_payload: bool, with_vector: bool) -> list[list[Hit]]:
+    def _search(
+        self, queries: FloatMatrix, k: int, filter: Any, with_payload: bool, with_vector: bool
+    ) -> list[list[Hit]]:
         k = check_k(k, self._limits)
         predicate = self._compile(filter)
         prepared = self._prepare(queries) if self.config.metric == "cosine" else queries
@@ -301,7 +327,14 @@ class Collection:
                 point = points[pos]
                 pos += 1
                 if point is not None:
-                    hits.append(Hit(point.id, float(scores[q, j]), point.payload if with_payload else None, point.vector))
+                    hits.append(
+                        Hit(
+                            point.id,
+                            float(scores[q, j]),
+                            point.payload if with_payload else None,
+                            point.vector,
+                        )
+                    )
             results.append(hits)
         return results
 

@@ -43,7 +43,9 @@ class Database:
     >>> db.close()
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, sync_writes: bool = False, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, sync_writes: bool = False, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self.path = Path(path)
         self.limits = limits
         self.sync_writes = sync_writes
@@ -78,7 +80,9 @@ class Database:
         with self._lock:
             self._check_open()
             if name in self._collections:
-                raise AlreadyExists(f"collection {name!r} already exists: pick another name or delete it first")
+                raise AlreadyExists(
+                    f"collection {name!r} already exists: pick another name or delete it first"
+                )
             tmp = self._root / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
             Collection.create(name, tmp, config, self.limits, sync=self.sync_writes).close()
             final = self._root / name

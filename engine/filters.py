@@ -23,6 +23,7 @@ from typing import Any
 
 from lamina.errors import InvalidArgument
 from lamina.types import Filter, Payload
+from lamina.validation import check_json_value
 
 Predicate = Callable[[Payload], bool]
 _MISSING = object()
@@ -59,7 +60,9 @@ def _is_number(x: Any) -> bool:
 
 
 def _comparable(value: Any, operand: Any) -> bool:
-    return (_is_number(value) and _is_number(operand)) or (isinstance(value, str) and isinstance(operand, str))
+    return (_is_number(value) and _is_number(operand)) or (
+        isinstance(value, str) and isinstance(operand, str)
+    )
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -75,7 +78,9 @@ def _check_scalar(op: str, operand: Any, where: str) -> None:
         raise InvalidArgument(f"filter at {where}: {op} takes a single value, not a {type(operand).__name__}")
 
 
-def _compile_op(op: str, operand: Any, parts: tuple[str, ...], where: str, depth: int, max_depth: int) -> Predicate:
+def _compile_op(
+    op: str, operand: Any, parts: tuple[str, ...], where: str, depth: int, max_depth: int
+) -> Predicate:
     if op == "$eq":
         _check_scalar(op, operand, where)
         return lambda p: _equals(_lookup(p, parts), operand)
@@ -84,7 +89,9 @@ def _compile_op(op: str, operand: Any, parts: tuple[str, ...], where: str, depth
         return lambda p: not _equals(_lookup(p, parts), operand)
     if op in ("$in", "$nin"):
         if not isinstance(operand, list):
-            raise InvalidArgument(f"filter at {where}: {op} takes a list of values, got {type(operand).__name__}")
+            raise InvalidArgument(
+                f"filter at {where}: {op} takes a list of values, got {type(operand).__name__}"
+            )
         for item in operand:
             _check_scalar(op, item, where)
         options = list(operand)
@@ -96,7 +103,9 @@ def _compile_op(op: str, operand: Any, parts: tuple[str, ...], where: str, depth
         return contains if op == "$in" else (lambda p: not contains(p))
     if op in _COMPARISONS:
         if not (_is_number(operand) or isinstance(operand, str)):
-            raise InvalidArgument(f"filter at {where}: {op} compares with a number or a string, got {operand!r}")
+            raise InvalidArgument(
+                f"filter at {where}: {op} compares with a number or a string, got {operand!r}"
+            )
         compare = _COMPARE[op]
 
         def compare_field(p: Payload) -> bool:
@@ -118,7 +127,9 @@ def _compile_op(op: str, operand: Any, parts: tuple[str, ...], where: str, depth
     )
 
 
-def _compile_field(parts: tuple[str, ...], condition: Any, where: str, depth: int, max_depth: int) -> Predicate:
+def _compile_field(
+    parts: tuple[str, ...], condition: Any, where: str, depth: int, max_depth: int
+) -> Predicate:
     if depth > max_depth:
         raise InvalidArgument(f"filter is nested deeper than {max_depth} levels")
     if isinstance(condition, dict) and any(isinstance(k, str) and k.startswith("$") for k in condition):
@@ -126,10 +137,15 @@ def _compile_field(parts: tuple[str, ...], condition: Any, where: str, depth: in
             raise InvalidArgument(f"filter at {where}: do not mix operators and plain keys in one object")
         if not condition:
             raise InvalidArgument(f"filter at {where}: empty operator object")
-        preds = [_compile_op(op, operand, parts, f"{where}.{op}", depth, max_depth) for op, operand in condition.items()]
+        preds = [
+            _compile_op(op, operand, parts, f"{where}.{op}", depth, max_depth)
+            for op, operand in condition.items()
+        ]
         return _all(preds)
     if isinstance(condition, dict) and not condition:
-        raise InvalidArgument(f"filter at {where}: empty condition; give a value or an operator such as {{'$exists': true}}")
+        raise InvalidArgument(
+            f"filter at {where}: empty condition; give a value or an operator such as {{'$exists': true}}"
+        )
     return lambda p: _equals(_lookup(p, parts), condition)
 
 
@@ -186,4 +202,5 @@ def compile_filter(flt: Filter | None, max_depth: int = 32) -> Predicate | None:
         raise InvalidArgument(f"filter must be an object (dict), got {type(flt).__name__}")
     if not flt:
         return None
+    check_json_value(flt, "filter", max_depth=2 * max_depth + 2)
     return _compile(flt, "", 0, max_depth)

@@ -56,7 +56,9 @@ def _read_npy(path: Path, id_start: int) -> tuple[int, int, Iterator[Record]]:
     return matrix.shape[0], matrix.shape[1], records()
 
 
-def _read_jsonl(path: Path, id_field: str, vector_field: str, payload_field: str) -> tuple[int, int, Iterator[Record]]:
+def _read_jsonl(
+    path: Path, id_field: str, vector_field: str, payload_field: str
+) -> tuple[int, int, Iterator[Record]]:
     total = 0
     dim = 0
     with path.open("rb") as fh:
@@ -76,7 +78,9 @@ def _read_jsonl(path: Path, id_field: str, vector_field: str, payload_field: str
                 except orjson.JSONDecodeError as exc:
                     raise InvalidArgument(f"{path}:{lineno}: not valid JSON ({exc})") from None
                 if not isinstance(rec, dict) or id_field not in rec or vector_field not in rec:
-                    raise InvalidArgument(f"{path}:{lineno}: a record needs '{id_field}' and '{vector_field}' fields")
+                    raise InvalidArgument(
+                        f"{path}:{lineno}: a record needs '{id_field}' and '{vector_field}' fields"
+                    )
                 payload = rec.get(payload_field)
                 if payload is not None and not isinstance(payload, dict):
                     raise InvalidArgument(f"{path}:{lineno}: '{payload_field}' must be a JSON object")
@@ -102,11 +106,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             if not dim:
                 raise InvalidArgument(f"{path}: no vectors found to infer the dimension from") from None
             col = db.create_collection(args.collection, dim=dim, metric=args.metric)
-            print(f"created collection {args.collection!r} (dim={dim}, metric={args.metric})", file=sys.stderr)
+            print(
+                f"created collection {args.collection!r} (dim={dim}, metric={args.metric})", file=sys.stderr
+            )
         written = 0
         batch: list[Record] = []
         first_line = 1
-        with tqdm(total=total, unit="pts", desc=f"ingest {path.name}", file=sys.stderr, disable=args.quiet) as bar:
+        with tqdm(
+            total=total, unit="pts", desc=f"ingest {path.name}", file=sys.stderr, disable=args.quiet
+        ) as bar:
 
             def flush() -> None:
                 nonlocal written, first_line
@@ -116,7 +124,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 vectors = np.asarray([r[1] for r in batch], dtype=np.float32)
                 payloads = [r[2] for r in batch]
                 try:
-                    written += col.upsert(ids, vectors, payloads if any(p is not None for p in payloads) else None)
+                    written += col.upsert(
+                        ids, vectors, payloads if any(p is not None for p in payloads) else None
+                    )
                 except LaminaError as exc:
                     raise type(exc)(f"records {first_line}..{first_line + len(batch) - 1}: {exc}") from None
                 first_line += len(batch)
@@ -128,7 +138,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 if len(batch) >= args.batch_size:
                     flush()
             flush()
-        print(f"ingested {written} points into {args.collection!r}; it now holds {col.count()}", file=sys.stderr)
+        print(
+            f"ingested {written} points into {args.collection!r}; it now holds {col.count()}", file=sys.stderr
+        )
     return 0
 
 
@@ -164,9 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--data", default=DEFAULT_DATA, help=f"data directory (default {DEFAULT_DATA})")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)"
+    )
     serve.add_argument("--workers", type=int, default=8, help="threads running engine calls (default 8)")
-    serve.add_argument("--sync-writes", action="store_true", help="fsync the WAL on every write (power-loss safe)")
+    serve.add_argument(
+        "--sync-writes", action="store_true", help="fsync the WAL on every write (power-loss safe)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     target_help = f"data directory or host:port of a server (default {DEFAULT_DATA})"
@@ -176,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
     ingest.add_argument("--metric", default="cosine", choices=["cosine", "dot", "l2"], help="when creating")
     ingest.add_argument("--batch-size", type=int, default=1000)
-    ingest.add_argument("--id-start", type=int, default=0, help=".npy: id of the first row (rows get consecutive ids)")
+    ingest.add_argument(
+        "--id-start", type=int, default=0, help=".npy: id of the first row (rows get consecutive ids)"
+    )
     ingest.add_argument("--id-field", default="id")
     ingest.add_argument("--vector-field", default="vector")
     ingest.add_argument("--payload-field", default="payload")

@@ -83,9 +83,7 @@ class Point:
         if not isinstance(other, Point):
             return NotImplemented
         same_vec = (self.vector is None and other.vector is None) or (
-            self.vector is not None
-            and other.vector is not None
-            and np.array_equal(self.vector, other.vector)
+            self.vector is not None and other.vector is not None and np.array_equal(self.vector, other.vector)
         )
         return self.id == other.id and self.payload == other.payload and same_vec
 

@@ -54,11 +54,15 @@ def check_ids(ids: Iterable[object], limits: Limits, *, unique: bool = True) -> 
         raise InvalidArgument("ids must be a sequence of ids, e.g. [1, 2] or ['a'], not a single value")
     out = [check_id(i, limits) for i in ids]
     if len(out) > limits.max_batch:
-        raise ResourceExhausted(f"batch of {len(out)} ids exceeds the limit of {limits.max_batch} per request")
+        raise ResourceExhausted(
+            f"batch of {len(out)} ids exceeds the limit of {limits.max_batch} per request"
+        )
     if unique and len(set(out)) != len(out):
         seen: set[PointId] = set()
         dup = next(i for i in out if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-        raise InvalidArgument(f"id {dup!r} appears more than once in the batch: ids in one request must be unique")
+        raise InvalidArgument(
+            f"id {dup!r} appears more than once in the batch: ids in one request must be unique"
+        )
     return out
 
 
@@ -72,9 +76,7 @@ def as_matrix(vectors: object, dim: int, what: str = "vectors") -> FloatMatrix:
     """Return a C-contiguous float32 (n, dim) array of finite values."""
     arr = as_rows(vectors, what)
     if arr.shape[1] != dim:
-        raise InvalidArgument(
-            f"{what} have dimension {arr.shape[1]} but the collection has dimension {dim}"
-        )
+        raise InvalidArgument(f"{what} have dimension {arr.shape[1]} but the collection has dimension {dim}")
     _check_finite(arr, what)
     return np.ascontiguousarray(arr)
 
@@ -82,20 +84,24 @@ def as_matrix(vectors: object, dim: int, what: str = "vectors") -> FloatMatrix:
 def as_vector(vector: object) -> FloatMatrix:
     """Return one vector as a 1-d float32 array (a (1, d) array is accepted too)."""
     try:
-        arr = np.asarray(vector, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            arr = np.asarray(vector, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"query vector must be numeric: {exc}") from None
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 1:
-        raise InvalidArgument(f"query vector must be 1-d, got shape {arr.shape}; use search_batch for many queries")
+        raise InvalidArgument(
+            f"query vector must be 1-d, got shape {arr.shape}; use search_batch for many queries"
+        )
     return np.ascontiguousarray(arr)
 
 
 def as_rows(vectors: object, what: str = "vectors") -> FloatMatrix:
     """Return vectors as a 2-d float32 array (a 1-d array is one row), dimension unchecked."""
     try:
-        arr = np.asarray(vectors, dtype=np.float32)
+        with np.errstate(over="ignore"):  # values past float32 range become inf, rejected later
+            arr = np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"{what} must be a numeric (n, dim) array: {exc}") from None
     if arr.ndim == 1:
@@ -109,7 +115,9 @@ def as_query(vector: object, dim: int) -> FloatMatrix:
     """Return a single query as a float32 (dim,) array."""
     arr = as_vector(vector)
     if arr.shape[0] != dim:
-        raise InvalidArgument(f"query vector has dimension {arr.shape[0]} but the collection has dimension {dim}")
+        raise InvalidArgument(
+            f"query vector has dimension {arr.shape[0]} but the collection has dimension {dim}"
+        )
     _check_finite(arr, "query vector")
     return arr
 
@@ -164,14 +172,18 @@ def encode_payloads(payloads: Sequence[object] | None, n: int, limits: Limits) -
         raise InvalidArgument("payloads must be a list with one dict per point, not a single dict")
     payload_list = list(payloads)
     if len(payload_list) != n:
-        raise InvalidArgument(f"got {len(payload_list)} payloads for {n} ids: give one payload per id (or none)")
+        raise InvalidArgument(
+            f"got {len(payload_list)} payloads for {n} ids: give one payload per id (or none)"
+        )
     out = []
     for i, payload in enumerate(payload_list):
         if payload is None:
             out.append(b"{}")
             continue
         if not isinstance(payload, dict):
-            raise InvalidArgument(f"payloads[{i}] is a {type(payload).__name__}: each payload must be a JSON object (dict)")
+            raise InvalidArgument(
+                f"payloads[{i}] is a {type(payload).__name__}: each payload must be a JSON object (dict)"
+            )
         check_json_value(payload, f"payloads[{i}]")
         blob = orjson.dumps(payload)
         if len(blob) > limits.max_payload_bytes:

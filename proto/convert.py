@@ -26,6 +26,7 @@ from lamina.types import (
     Point,
     PointId,
 )
+from lamina.validation import check_json_value
 
 _METRIC_TO_PROTO = {"cosine": cpb.COSINE, "dot": cpb.DOT, "l2": cpb.L2}
 _METRIC_FROM_PROTO: dict[int, Metric] = {
@@ -59,7 +60,9 @@ def matrix_from_proto(msg: pb.Vectors) -> FloatMatrix:
     if msg.dim == 0:
         raise InvalidArgument("vectors.dim must be positive")
     if len(msg.data) % (4 * msg.dim):
-        raise InvalidArgument(f"vectors.data holds {len(msg.data)} bytes, not a whole number of float32 rows of dim {msg.dim}")
+        raise InvalidArgument(
+            f"vectors.data holds {len(msg.data)} bytes, not a whole number of float32 rows of dim {msg.dim}"
+        )
     return np.frombuffer(msg.data, dtype="<f4").reshape(-1, msg.dim)
 
 
@@ -70,10 +73,11 @@ def vector_from_bytes(data: bytes) -> FloatMatrix:
 
 
 # ---------------------------------------------------------------- JSON fields
-def json_or_empty(value: Any) -> str:
-    """Encode a payload or filter as JSON text ("" for None)."""
+def json_or_empty(value: Any, what: str = "filter") -> str:
+    """Encode a payload or filter as JSON text ("" for None); NaN and non-JSON values are refused."""
     if value is None:
         return ""
+    check_json_value(value, what, max_depth=200)
     try:
         return orjson.dumps(value).decode()
     except TypeError as exc:
@@ -124,7 +128,11 @@ def _vector_bytes(vector: FloatMatrix | None) -> bytes:
 
 
 def point_to_proto(point: Point) -> pb.Point:
-    return pb.Point(id=id_to_proto(point.id), vector=_vector_bytes(point.vector), payload_json=json_or_empty(point.payload))
+    return pb.Point(
+        id=id_to_proto(point.id),
+        vector=_vector_bytes(point.vector),
+        payload_json=json_or_empty(point.payload),
+    )
 
 
 def point_from_proto(msg: pb.Point, with_vector: bool, with_payload: bool) -> Point:
@@ -137,7 +145,10 @@ def point_from_proto(msg: pb.Point, with_vector: bool, with_payload: bool) -> Po
 
 def hit_to_proto(hit: Hit) -> spb.ScoredPoint:
     return spb.ScoredPoint(
-        id=id_to_proto(hit.id), score=hit.score, payload_json=json_or_empty(hit.payload), vector=_vector_bytes(hit.vector)
+        id=id_to_proto(hit.id),
+        score=hit.score,
+        payload_json=json_or_empty(hit.payload, "payload"),
+        vector=_vector_bytes(hit.vector),
     )
 
 

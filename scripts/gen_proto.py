@@ -56,8 +56,11 @@ def main() -> int:
     args = parser.parse_args()
     generated = generate()
     if args.check:
-        stale = [name for name, text in generated.items() if not (OUT_DIR / name).exists()
-                 or (OUT_DIR / name).read_text() != text]
+        stale = [
+            name
+            for name, text in generated.items()
+            if not (OUT_DIR / name).exists() or (OUT_DIR / name).read_text() != text
+        ]
         if stale:
             print("stale generated proto code: " + ", ".join(stale) + " (run python scripts/gen_proto.py)")
             return 1

@@ -60,7 +60,9 @@ class _Base:
             await context.abort(grpc.StatusCode[exc.code], str(exc))
         except Exception:
             log.exception("internal error")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in Lamina; the server log has the details")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error in Lamina; the server log has the details"
+            )
         raise AssertionError("unreachable")  # context.abort always raises
 
     def _collection(self, name: str) -> Collection:
@@ -70,17 +72,23 @@ class _Base:
 
 
 class CollectionsServicer(_Base, cgrpc.CollectionsServicer):
-    async def Create(self, request: cpb.CreateCollectionRequest, context: grpc.aio.ServicerContext) -> cpb.CollectionInfo:
+    async def Create(
+        self, request: cpb.CreateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.CollectionInfo:
         def create() -> cpb.CollectionInfo:
             config = convert.config_from_proto(request.config)
             return convert.info_to_proto(self.db.create_collection(request.name, config).info())
 
         return await self._run(context, create)
 
-    async def Get(self, request: cpb.GetCollectionRequest, context: grpc.aio.ServicerContext) -> cpb.CollectionInfo:
+    async def Get(
+        self, request: cpb.GetCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.CollectionInfo:
         return await self._run(context, lambda: convert.info_to_proto(self._collection(request.name).info()))
 
-    async def List(self, request: cpb.ListCollectionsRequest, context: grpc.aio.ServicerContext) -> cpb.ListCollectionsResponse:
+    async def List(
+        self, request: cpb.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListCollectionsResponse:
         def list_all() -> cpb.ListCollectionsResponse:
             infos = []
             for name in self.db.list_collections():
@@ -92,7 +100,9 @@ class CollectionsServicer(_Base, cgrpc.CollectionsServicer):
 
         return await self._run(context, list_all)
 
-    async def Delete(self, request: cpb.DeleteCollectionRequest, context: grpc.aio.ServicerContext) -> cpb.DeleteCollectionResponse:
+    async def Delete(
+        self, request: cpb.DeleteCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.DeleteCollectionResponse:
         def drop() -> cpb.DeleteCollectionResponse:
             self.db.delete_collection(request.name)
             return cpb.DeleteCollectionResponse()
@@ -101,12 +111,18 @@ class CollectionsServicer(_Base, cgrpc.CollectionsServicer):
 
 
 class PointsServicer(_Base, pgrpc.PointsServicer):
-    async def Upsert(self, request: ppb.UpsertRequest, context: grpc.aio.ServicerContext) -> ppb.UpsertResponse:
+    async def Upsert(
+        self, request: ppb.UpsertRequest, context: grpc.aio.ServicerContext
+    ) -> ppb.UpsertResponse:
         def upsert() -> ppb.UpsertResponse:
             col = self._collection(request.collection)
             ids = [convert.id_from_proto(i) for i in request.ids]
             vectors = convert.matrix_from_proto(request.vectors)
-            payloads = [convert.payload_from_json(p) for p in request.payloads_json] if request.payloads_json else None
+            payloads = (
+                [convert.payload_from_json(p) for p in request.payloads_json]
+                if request.payloads_json
+                else None
+            )
             return ppb.UpsertResponse(upserted=col.upsert(ids, vectors, payloads))
 
         return await self._run(context, upsert)
@@ -120,7 +136,9 @@ class PointsServicer(_Base, pgrpc.PointsServicer):
 
         return await self._run(context, get)
 
-    async def Delete(self, request: ppb.DeleteRequest, context: grpc.aio.ServicerContext) -> ppb.DeleteResponse:
+    async def Delete(
+        self, request: ppb.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> ppb.DeleteResponse:
         def delete() -> ppb.DeleteResponse:
             col = self._collection(request.collection)
             flt = convert.filter_from_json(request.filter_json)
@@ -136,7 +154,9 @@ class PointsServicer(_Base, pgrpc.PointsServicer):
 
         return await self._run(context, count)
 
-    async def Scroll(self, request: ppb.ScrollRequest, context: grpc.aio.ServicerContext) -> ppb.ScrollResponse:
+    async def Scroll(
+        self, request: ppb.ScrollRequest, context: grpc.aio.ServicerContext
+    ) -> ppb.ScrollResponse:
         def scroll() -> ppb.ScrollResponse:
             col = self._collection(request.collection)
             offset = convert.id_from_proto(request.offset) if request.HasField("offset") else None
@@ -156,7 +176,9 @@ class PointsServicer(_Base, pgrpc.PointsServicer):
 
 
 class SearchServicer(_Base, sgrpc.SearchServicer):
-    async def Search(self, request: spb.SearchRequest, context: grpc.aio.ServicerContext) -> spb.SearchResponse:
+    async def Search(
+        self, request: spb.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> spb.SearchResponse:
         def search() -> spb.SearchResponse:
             col = self._collection(request.collection)
             hits = col.search(
@@ -170,7 +192,9 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
 
         return await self._run(context, search)
 
-    async def SearchBatch(self, request: spb.SearchBatchRequest, context: grpc.aio.ServicerContext) -> spb.SearchBatchResponse:
+    async def SearchBatch(
+        self, request: spb.SearchBatchRequest, context: grpc.aio.ServicerContext
+    ) -> spb.SearchBatchResponse:
         def search_batch() -> spb.SearchBatchResponse:
             col = self._collection(request.collection)
             results = col.search_batch(
@@ -190,7 +214,9 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
 class InfoServicer(_Base, igrpc.InfoServicer):
     started = time.monotonic()
 
-    async def GetInfo(self, request: ipb.GetInfoRequest, context: grpc.aio.ServicerContext) -> ipb.GetInfoResponse:
+    async def GetInfo(
+        self, request: ipb.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> ipb.GetInfoResponse:
         return ipb.GetInfoResponse(
             version=__version__,
             uptime_seconds=time.monotonic() - self.started,
@@ -209,9 +235,17 @@ class LaminaServer:
         self.db = db
         self.host = host
         self.port = port
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lamina-worker")
+        self.workers = workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+
+    def _build(self) -> grpc.aio.Server:
+        """Make the grpc.aio server; it must be created on the loop that runs it."""
+        db = self.db
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lamina-worker")
         max_bytes = db.limits.max_message_bytes
-        self._server = grpc.aio.server(
+        server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),
@@ -219,21 +253,22 @@ class LaminaServer:
             ]
         )
         self._health = health.aio.HealthServicer()
-        cgrpc.add_CollectionsServicer_to_server(CollectionsServicer(db, self._executor), self._server)
-        pgrpc.add_PointsServicer_to_server(PointsServicer(db, self._executor), self._server)
-        sgrpc.add_SearchServicer_to_server(SearchServicer(db, self._executor), self._server)
-        igrpc.add_InfoServicer_to_server(InfoServicer(db, self._executor), self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        cgrpc.add_CollectionsServicer_to_server(CollectionsServicer(db, self._executor), server)
+        pgrpc.add_PointsServicer_to_server(PointsServicer(db, self._executor), server)
+        sgrpc.add_SearchServicer_to_server(SearchServicer(db, self._executor), server)
+        igrpc.add_InfoServicer_to_server(InfoServicer(db, self._executor), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        return server
 
     async def start(self) -> int:
+        self._server = self._build()
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         await self._server.start()
+        assert self._health is not None
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s:%d (data: %s)", self.host, self.port, self.db.path)
@@ -241,15 +276,14 @@ class LaminaServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         log.info("shutting down: finishing requests in flight (up to %.0fs)", grace)
-        await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
-        self._executor.shutdown(wait=True)
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         self.db.close()
         log.info("stopped; data flushed and closed")
-
-    async def wait(self) -> None:
-        await self._server.wait_for_termination()
-
 
 async def serve(db: Database, host: str, port: int, workers: int = 8) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
