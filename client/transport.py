@@ -203,7 +203,9 @@ class GrpcTransport:
             collection=name,
             ids=[convert.id_to_proto(i) for i in ids],
             vectors=convert.matrix_to_proto(vectors),
-            payloads_json=[b.decode() for b in encode_payloads(payloads, len(ids), self.limits)] if payloads is not None else [],
+            payloads_json=[b.decode() for b in encode_payloads(payloads, len(ids), self.limits)]
+            if payloads is not None
+            else [],
         )
         return int(self._call(self._points.Upsert, request).upserted)
 

@@ -8,6 +8,8 @@ negated squared distance; ``finish_scores`` turns them into user-facing scores.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit
 
@@ -37,7 +39,9 @@ def _sift_down(scores: np.ndarray, rows: np.ndarray, size: int) -> None:
 
 
 @njit(nogil=True, fastmath=True, cache=True, inline="always")
-def _push(scores: np.ndarray, rows: np.ndarray, size: int, k: int, score: float, row: int) -> int:
+def _push(
+    scores: np.ndarray, rows: np.ndarray, size: int, k: int, score: np.floating[Any] | float, row: int
+) -> int:
     """Offer (score, row) to a bounded min-heap of capacity k; return the new size."""
     if size < k:
         pos = size

@@ -81,10 +81,13 @@ def _read_jsonl(
                     raise InvalidArgument(
                         f"{path}:{lineno}: a record needs '{id_field}' and '{vector_field}' fields"
                     )
+                vector = rec[vector_field]
+                if not isinstance(vector, list) or len(vector) != dim:
+                    raise InvalidArgument(f"{path}:{lineno}: '{vector_field}' must be a list of {dim} numbers")
                 payload = rec.get(payload_field)
                 if payload is not None and not isinstance(payload, dict):
                     raise InvalidArgument(f"{path}:{lineno}: '{payload_field}' must be a JSON object")
-                yield rec[id_field], rec[vector_field], payload
+                yield rec[id_field], vector, payload
 
     return total, dim, records()
 

@@ -258,7 +258,9 @@ class LaminaServer:
         sgrpc.add_SearchServicer_to_server(SearchServicer(db, self._executor), server)
         igrpc.add_InfoServicer_to_server(InfoServicer(db, self._executor), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
         return server
 
     async def start(self) -> int:
@@ -284,6 +286,7 @@ class LaminaServer:
             self._executor.shutdown(wait=True)
         self.db.close()
         log.info("stopped; data flushed and closed")
+
 
 async def serve(db: Database, host: str, port: int, workers: int = 8) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""

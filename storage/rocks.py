@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from lamina.storage.keys import row_from_key, row_key
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
@@ -101,13 +102,13 @@ class CollectionStore:
     def rows_of(self, id_keys: Sequence[bytes]) -> list[int | None]:
         if not id_keys:
             return []
-        found = self._cf["ids"].get(list(id_keys))
+        found = cast(list[bytes | None], self._cf["ids"].get(list(id_keys)))
         return [None if v is None else row_from_key(v) for v in found]
 
     def _multi_get(self, cf: str, rows: Sequence[int]) -> list[bytes | None]:
         if not rows:
             return []
-        return list(self._cf[cf].get([row_key(r) for r in rows]))
+        return cast(list[bytes | None], self._cf[cf].get([row_key(r) for r in rows]))
 
     def id_keys_of(self, rows: Sequence[int]) -> list[bytes | None]:
         return self._multi_get("rows", rows)

@@ -41,7 +41,10 @@ def col(db: lamina.Client) -> lamina.Collection:
     c.upsert(
         ids=list(range(100)),
         vectors=rng.standard_normal((100, DIM)).astype(np.float32),
-        payloads=[{"lang": ["en", "de", "fr"][i % 3], "year": 2000 + i % 25, "tags": [f"t{i % 5}"]} for i in range(100)],
+        payloads=[
+            {"lang": ["en", "de", "fr"][i % 3], "year": 2000 + i % 25, "tags": [f"t{i % 5}"]}
+            for i in range(100)
+        ],
     )
     return c
 
@@ -114,8 +117,14 @@ def test_search_with_vector_and_without_payload(col: lamina.Collection) -> None:
         ({"tags": "t1"}, lambda i, p: "t1" in p["tags"]),
         ({"missing": {"$exists": False}}, lambda i, p: True),
         ({"lang": {"$exists": True}, "year": 2003}, lambda i, p: p["year"] == 2003),
-        ({"$or": [{"lang": "en"}, {"year": {"$lt": 2003}}]}, lambda i, p: p["lang"] == "en" or p["year"] < 2003),
-        ({"$and": [{"lang": "en"}, {"year": {"$lt": 2010}}]}, lambda i, p: p["lang"] == "en" and p["year"] < 2010),
+        (
+            {"$or": [{"lang": "en"}, {"year": {"$lt": 2003}}]},
+            lambda i, p: p["lang"] == "en" or p["year"] < 2003,
+        ),
+        (
+            {"$and": [{"lang": "en"}, {"year": {"$lt": 2010}}]},
+            lambda i, p: p["lang"] == "en" and p["year"] < 2010,
+        ),
         ({"$not": {"lang": "en"}}, lambda i, p: p["lang"] != "en"),
         ({"year": {"$not": {"$gte": 2005}}}, lambda i, p: p["year"] < 2005),
         ({"year": {"$eq": 2024}}, lambda i, p: p["year"] == 2024),

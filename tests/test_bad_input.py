@@ -28,17 +28,42 @@ def good(n: int = 1) -> np.ndarray:
 
 
 REJECTED_WRITES: list[tuple[str, Callable[[lamina.Collection], Any], type[Exception], str]] = [
-    ("wrong dimension", lambda c: c.upsert([100], np.ones((1, DIM + 1))), lamina.InvalidArgument, "dimension"),
+    (
+        "wrong dimension",
+        lambda c: c.upsert([100], np.ones((1, DIM + 1))),
+        lamina.InvalidArgument,
+        "dimension",
+    ),
     ("nan", lambda c: c.upsert([100], NAN_VECTOR), lamina.InvalidArgument, "NaN"),
-    ("inf", lambda c: c.upsert([100, 101], np.array([[1.0] * DIM, [np.inf] * DIM])), lamina.InvalidArgument, "infinity"),
-    ("float64 overflow", lambda c: c.upsert([100], np.full((1, DIM), 1e300)), lamina.InvalidArgument, "infinity"),
+    (
+        "inf",
+        lambda c: c.upsert([100, 101], np.array([[1.0] * DIM, [np.inf] * DIM])),
+        lamina.InvalidArgument,
+        "infinity",
+    ),
+    (
+        "float64 overflow",
+        lambda c: c.upsert([100], np.full((1, DIM), 1e300)),
+        lamina.InvalidArgument,
+        "infinity",
+    ),
     ("empty batch", lambda c: c.upsert([], np.zeros((0, DIM))), lamina.InvalidArgument, "empty"),
     ("fewer vectors", lambda c: c.upsert([100, 101], good(1)), lamina.InvalidArgument, "1 vectors for 2 ids"),
-    ("fewer payloads", lambda c: c.upsert([100, 101], good(2), [{}]), lamina.InvalidArgument, "1 payloads for 2 ids"),
+    (
+        "fewer payloads",
+        lambda c: c.upsert([100, 101], good(2), [{}]),
+        lamina.InvalidArgument,
+        "1 payloads for 2 ids",
+    ),
     ("payload not dict", lambda c: c.upsert([100], good(), ["x"]), lamina.InvalidArgument, "JSON object"),
     ("payload nan", lambda c: c.upsert([100], good(), [{"x": float("nan")}]), lamina.InvalidArgument, "NaN"),
     ("payload set", lambda c: c.upsert([100], good(), [{"x": {1, 2}}]), lamina.InvalidArgument, "not JSON"),
-    ("payload key", lambda c: c.upsert([100], good(), [{1: "x"}]), lamina.InvalidArgument, "keys must be strings"),
+    (
+        "payload key",
+        lambda c: c.upsert([100], good(), [{1: "x"}]),
+        lamina.InvalidArgument,
+        "keys must be strings",
+    ),
     ("negative id", lambda c: c.upsert([-1], good()), lamina.InvalidArgument, "2**64"),
     ("huge id", lambda c: c.upsert([2**64], good()), lamina.InvalidArgument, "2**64"),
     ("float id", lambda c: c.upsert([1.5], good()), lamina.InvalidArgument, "float"),
@@ -46,20 +71,41 @@ REJECTED_WRITES: list[tuple[str, Callable[[lamina.Collection], Any], type[Except
     ("empty str id", lambda c: c.upsert([""], good()), lamina.InvalidArgument, "non-empty"),
     ("long id", lambda c: c.upsert(["x" * 5000], good()), lamina.InvalidArgument, "1024 bytes"),
     ("duplicate ids", lambda c: c.upsert([100, 100], good(2)), lamina.InvalidArgument, "more than once"),
-    ("one good one nan", lambda c: c.upsert([0, 100], np.vstack([good(), NAN_VECTOR])), lamina.InvalidArgument, "NaN"),
+    (
+        "one good one nan",
+        lambda c: c.upsert([0, 100], np.vstack([good(), NAN_VECTOR])),
+        lamina.InvalidArgument,
+        "NaN",
+    ),
     ("zero vector cosine", lambda c: c.upsert([0], np.zeros((1, DIM))), lamina.InvalidArgument, "zeros"),
     ("3-d vectors", lambda c: c.upsert([0], np.ones((1, 1, DIM))), lamina.InvalidArgument, "2-d"),
-    ("oversized batch", lambda c: c.upsert(list(range(10_001)), np.ones((10_001, DIM))), lamina.ResourceExhausted, "10000"),
+    (
+        "oversized batch",
+        lambda c: c.upsert(list(range(10_001)), np.ones((10_001, DIM))),
+        lamina.ResourceExhausted,
+        "10000",
+    ),
     ("delete neither", lambda c: c.delete(), lamina.InvalidArgument, "either ids or a filter"),
-    ("delete both", lambda c: c.delete(ids=[1], filter={"n": 1}), lamina.InvalidArgument, "either ids or a filter"),
+    (
+        "delete both",
+        lambda c: c.delete(ids=[1], filter={"n": 1}),
+        lamina.InvalidArgument,
+        "either ids or a filter",
+    ),
     ("delete bad filter", lambda c: c.delete(filter={"n": {"$bogus": 1}}), lamina.InvalidArgument, "$bogus"),
     ("delete bad id", lambda c: c.delete(ids=[-5]), lamina.InvalidArgument, "2**64"),
 ]
 
 
-@pytest.mark.parametrize(("case", "call", "error", "words"), REJECTED_WRITES, ids=[c[0] for c in REJECTED_WRITES])
+@pytest.mark.parametrize(
+    ("case", "call", "error", "words"), REJECTED_WRITES, ids=[c[0] for c in REJECTED_WRITES]
+)
 def test_rejected_write_changes_nothing(
-    col: lamina.Collection, case: str, call: Callable[[lamina.Collection], Any], error: type[Exception], words: str
+    col: lamina.Collection,
+    case: str,
+    call: Callable[[lamina.Collection], Any],
+    error: type[Exception],
+    words: str,
 ) -> None:
     before = snapshot(col)
     with pytest.raises(error) as info:
@@ -156,7 +202,9 @@ def test_invalid_collection_name(db: lamina.Client, name: str) -> None:
     assert db.list_collections() == []
 
 
-@pytest.mark.parametrize(("dim", "metric", "words"), [(0, "cosine", "dim"), (70_000, "cosine", "dim"), (4, "hamming", "metric")])
+@pytest.mark.parametrize(
+    ("dim", "metric", "words"), [(0, "cosine", "dim"), (70_000, "cosine", "dim"), (4, "hamming", "metric")]
+)
 def test_invalid_collection_settings(db: lamina.Client, dim: int, metric: str, words: str) -> None:
     with pytest.raises(lamina.InvalidArgument, match=words):
         db.create_collection("c", dim=dim, metric=metric)  # type: ignore[arg-type]
