@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import orjson
 from lamina.engine.filters import Predicate, compile_filter
-from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows, topk_scan
+from lamina.index.flat import exact_topk
+from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows
 from lamina.storage.keys import id_from_key, id_key, row_from_key
-from lamina.storage.rocks import CONFIG, FORMAT, FORMAT_VERSION, NEXT_ROW, CollectionStore, PointWrite
+from lamina.storage.rocks import CONFIG, FORMAT, FORMAT_VERSION, NEXT_ROW, CollectionStore
 
 from lamina.config import Limits
 from lamina.errors import InvalidArgument, NotFound
@@ -172,12 +173,8 @@ class Collection:
             old_rows = self._store.rows_of(keys)
             first = self._next_row
             new_rows = np.arange(first, first + len(keys), dtype=np.int64)
-            writes = [
-                PointWrite(key, int(row), raw[i].tobytes(), blobs[i])
-                for i, (key, row) in enumerate(zip(keys, new_rows, strict=True))
-            ]
             dead = [(key, row) for key, row in zip(keys, old_rows, strict=True) if row is not None]
-            self._store.apply(writes, dead, first + len(keys))
+            self._store.apply(keys, first, raw.tobytes(), blobs, dead)
             self._next_row = first + len(keys)
             self._place(new_rows, prepared)
             if dead:
@@ -210,7 +207,7 @@ class Collection:
                 dead = [(k, r) for k, r in zip(unique_keys, rows_of, strict=True) if r is not None]
             if not dead:
                 return 0
-            self._store.apply([], dead, self._next_row)
+            self._store.apply([], self._next_row, b"", [], dead)
             self._live[[row for _, row in dead]] = False
         return len(dead)
 
@@ -314,7 +311,7 @@ class Collection:
             mask = np.zeros(n, dtype=np.bool_)
             mask[[r for r in allowed_rows if r < n]] = True
             allowed &= mask
-        scores, rows, counts = topk_scan(matrix, allowed, prepared, min(k, max(n, 1)), self._metric)
+        scores, rows, counts = exact_topk(matrix, allowed, prepared, min(k, max(n, 1)), self._metric)
         scores = finish_scores(scores, self._metric)
         flat_rows = [int(r) for q in range(len(counts)) for r in rows[q, : counts[q]]]
         keys = self._store.id_keys_of(flat_rows)

@@ -128,3 +128,33 @@ def finish_scores(scores: FloatMatrix, metric: int) -> FloatMatrix:
     if metric == METRIC_L2:
         return np.sqrt(np.maximum(-scores, 0.0)).astype(np.float32)
     return scores
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def merge_block(
+    block_scores: np.ndarray,
+    allowed: np.ndarray,
+    row_offset: int,
+    heap_scores: np.ndarray,
+    heap_rows: np.ndarray,
+    sizes: np.ndarray,
+) -> None:
+    """Offer a (q, b) block of scores for rows ``row_offset ..`` to each query's heap."""
+    k = heap_scores.shape[1]
+    for q in range(block_scores.shape[0]):
+        size = sizes[q]
+        hs = heap_scores[q]
+        hr = heap_rows[q]
+        row_scores = block_scores[q]
+        for j in range(row_scores.shape[0]):
+            score = row_scores[j]
+            if allowed[j] and (size < k or score > hs[0]):  # most candidates stop at this test
+                size = _push(hs, hr, size, k, score, row_offset + j)
+        sizes[q] = size
+
+
+@njit(nogil=True, cache=True)
+def sort_heaps(heap_scores: np.ndarray, heap_rows: np.ndarray, sizes: np.ndarray) -> None:
+    """Sort every query's heap best first, in place."""
+    for q in range(heap_scores.shape[0]):
+        _sort_heap(heap_scores[q], heap_rows[q], sizes[q])

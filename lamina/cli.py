@@ -83,7 +83,9 @@ def _read_jsonl(
                     )
                 vector = rec[vector_field]
                 if not isinstance(vector, list) or len(vector) != dim:
-                    raise InvalidArgument(f"{path}:{lineno}: '{vector_field}' must be a list of {dim} numbers")
+                    raise InvalidArgument(
+                        f"{path}:{lineno}: '{vector_field}' must be a list of {dim} numbers"
+                    )
                 payload = rec.get(payload_field)
                 if payload is not None and not isinstance(payload, dict):
                     raise InvalidArgument(f"{path}:{lineno}: '{payload_field}' must be a JSON object")

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 from lamina.storage.keys import row_from_key, row_key
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
@@ -38,16 +38,6 @@ def _options() -> Options:
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     return opts
-
-
-@dataclass(frozen=True)
-class PointWrite:
-    """One point as written: its id key, new row, vector bytes and payload JSON."""
-
-    id_key: bytes
-    row: int
-    vector: bytes
-    payload: bytes
 
 
 class CollectionStore:
@@ -74,28 +64,41 @@ class CollectionStore:
         self._db.write(batch, self._write_opts)
 
     # ----------------------------------------------------------------- writes
-    def apply(self, writes: Sequence[PointWrite], dead: Sequence[tuple[bytes, int]], next_row: int) -> None:
-        """Atomically write points and remove rows.
+    def apply(
+        self,
+        id_keys: Sequence[bytes],
+        first_row: int,
+        vectors: bytes,
+        payloads: Sequence[bytes],
+        dead: Sequence[tuple[bytes, int]],
+    ) -> None:
+        """Atomically write points at rows ``first_row, first_row + 1, ...`` and drop rows.
 
-        ``dead`` lists (id key, row) of rows to drop; an id key that is also in
-        ``writes`` keeps its new mapping (an upsert replacing a point).
+        ``vectors`` holds the float32 rows back to back (one per id key). ``dead``
+        lists (id key, row) of rows to remove; an id key that is also written keeps
+        its new mapping (an upsert replacing a point). The row counter moves past
+        the new rows in the same batch.
         """
         batch = WriteBatch(raw_mode=True)
-        live_keys = {w.id_key for w in writes}
+        ids_cf, rows_cf, vecs_cf, pays_cf = (self._handle[c] for c in ("ids", "rows", "vecs", "pays"))
+        live_keys = set(id_keys)
         for key, row in dead:
             rk = row_key(row)
             if key not in live_keys:
-                batch.delete(key, self._handle["ids"])
-            batch.delete(rk, self._handle["rows"])
-            batch.delete(rk, self._handle["vecs"])
-            batch.delete(rk, self._handle["pays"])
-        for w in writes:
-            rk = row_key(w.row)
-            batch.put(w.id_key, rk, self._handle["ids"])
-            batch.put(rk, w.id_key, self._handle["rows"])
-            batch.put(rk, w.vector, self._handle["vecs"])
-            batch.put(rk, w.payload, self._handle["pays"])
-        batch.put(NEXT_ROW, row_key(next_row), self._handle["meta"])
+                batch.delete(key, ids_cf)
+            batch.delete(rk, rows_cf)
+            batch.delete(rk, vecs_cf)
+            batch.delete(rk, pays_cf)
+        n = len(id_keys)
+        stride = len(vectors) // n if n else 0
+        row_keys = np.arange(first_row, first_row + n, dtype=">u8").tobytes()
+        for i, key in enumerate(id_keys):
+            rk = row_keys[8 * i : 8 * i + 8]
+            batch.put(key, rk, ids_cf)
+            batch.put(rk, key, rows_cf)
+            batch.put(rk, vectors[stride * i : stride * (i + 1)], vecs_cf)
+            batch.put(rk, payloads[i], pays_cf)
+        batch.put(NEXT_ROW, row_key(first_row + n), self._handle["meta"])
         self._db.write(batch, self._write_opts)
 
     # ----------------------------------------------------------------- reads

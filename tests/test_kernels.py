@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lamina.index.flat import exact_topk
 from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows, topk_scan
 
 
@@ -87,3 +88,18 @@ def test_finish_scores_turns_l2_into_distance() -> None:
     scores = np.array([[-4.0, -9.0]], dtype=np.float32)
     assert finish_scores(scores, METRIC_L2).tolist() == [[2.0, 3.0]]
     assert finish_scores(scores, METRIC_IP).tolist() == [[-4.0, -9.0]]
+
+
+@pytest.mark.parametrize("metric", [METRIC_IP, METRIC_L2])
+@pytest.mark.parametrize(("nq", "n"), [(1, 500), (8, 5000), (64, 20000), (300, 3000)])
+def test_exact_topk_blas_path_matches_numpy(metric: int, nq: int, n: int) -> None:
+    rng = np.random.default_rng(nq * n)
+    matrix = rng.standard_normal((n, 24)).astype(np.float32)
+    queries = rng.standard_normal((nq, 24)).astype(np.float32)
+    allowed = rng.random(n) < 0.9
+    allowed[: n // 10] = False  # a whole block may be masked out
+    scores, rows, counts = exact_topk(matrix, allowed, queries, 10, metric)
+    ref_scores, ref_rows = reference_topk(matrix, allowed, queries, 10, metric)
+    assert (counts == 10).all()
+    assert rows.tolist() == ref_rows.tolist()
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-3)

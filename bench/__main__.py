@@ -1,0 +1,21 @@
+"""``python -m bench <benchmark> [options]``."""
+
+from __future__ import annotations
+
+import sys
+
+BENCHMARKS = {"spine": "bench.spine"}
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
+        print(f"usage: python -m bench {{{','.join(BENCHMARKS)}}} [options]", file=sys.stderr)
+        return 2
+    import importlib
+
+    module = importlib.import_module(BENCHMARKS[sys.argv[1]])
+    return int(module.main(sys.argv[2:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

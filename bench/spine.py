@@ -1,0 +1,209 @@
+"""Ingest rate and exact-search QPS of Lamina (embedded and gRPC) beside numpy and
+faiss IndexFlatIP on the same data.
+
+    python -m bench spine [--n 100000] [--dim 128] [--queries 300]
+
+Lamina's ingest is durable (RocksDB WAL, one write batch per 1,000 points); faiss
+and numpy hold vectors in memory only. All searches are exact (k=10, cosine on
+unit vectors == inner product), so recall@10 should be 1.000 everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+import lamina
+from bench.common import Row, Server, clustered, ground_truth, plot, recall, rss_mb, save, table, time_each
+
+K = 10
+BATCH = 1000
+
+
+def bench_lamina(
+    name: str,
+    db: lamina.Client,
+    data: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    server_pid: int | None,
+) -> list[Row]:
+    rows = []
+    col = db.create_collection("bench", dim=data.shape[1], metric="cosine")
+    start = time.perf_counter()
+    for lo in range(0, len(data), BATCH):
+        col.upsert(list(range(lo, min(lo + BATCH, len(data)))), data[lo : lo + BATCH])
+    ingest = len(data) / (time.perf_counter() - start)
+    rss = rss_mb(server_pid)
+    rows.append(Row(name, "ingest", ingest, "rows/s", rss_mb=rss, note="durable, batches of 1000"))
+    col.search(queries[0], k=K)  # warm-up (numba compile / connection)
+    found: list[list[int]] = []
+    qps, lat = time_each(
+        lambda i: found.append([h.id for h in col.search(queries[i], k=K, with_payload=False)]), len(queries)
+    )  # type: ignore[misc]
+    rows.append(
+        Row(
+            name,
+            "search k=10 (1 query/call)",
+            qps,
+            "QPS",
+            float(np.percentile(lat, 50)),
+            float(np.percentile(lat, 99)),
+            recall(found, truth),
+            rss,
+        )
+    )
+    batches = [queries[i : i + 100] for i in range(0, len(queries), 100)]
+    found_b: list[list[int]] = []
+    qps_b, lat_b = time_each(
+        lambda i: found_b.extend(
+            [[h.id for h in hits] for hits in col.search_batch(batches[i], k=K, with_payload=False)]
+        ),
+        len(batches),
+    )  # type: ignore[misc]
+    rows.append(
+        Row(
+            name,
+            "search k=10 (100 queries/call)",
+            qps_b * 100,
+            "QPS",
+            float(np.percentile(lat_b, 50)),
+            float(np.percentile(lat_b, 99)),
+            recall(found_b, truth),
+            rss,
+        )
+    )
+    return rows
+
+
+def bench_faiss(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> list[Row]:
+    before = rss_mb()
+    index = faiss.IndexFlatIP(data.shape[1])
+    start = time.perf_counter()
+    for lo in range(0, len(data), BATCH):
+        index.add(data[lo : lo + BATCH])
+    ingest = len(data) / (time.perf_counter() - start)
+    rss = rss_mb() - before
+    found: list[list[int]] = []
+    qps, lat = time_each(
+        lambda i: found.append(index.search(queries[i : i + 1], K)[1][0].tolist()), len(queries)
+    )  # type: ignore[misc]
+    out = [
+        Row("faiss IndexFlatIP", "ingest", ingest, "rows/s", rss_mb=rss, note="in memory, not durable"),
+        Row(
+            "faiss IndexFlatIP",
+            "search k=10 (1 query/call)",
+            qps,
+            "QPS",
+            float(np.percentile(lat, 50)),
+            float(np.percentile(lat, 99)),
+            recall(found, truth),
+            rss,
+        ),
+    ]
+    found_b: list[list[int]] = []
+    qps_b, lat_b = time_each(
+        lambda i: found_b.extend(index.search(queries[i * 100 : (i + 1) * 100], K)[1].tolist()),
+        len(queries) // 100,
+    )  # type: ignore[misc]
+    out.append(
+        Row(
+            "faiss IndexFlatIP",
+            "search k=10 (100 queries/call)",
+            qps_b * 100,
+            "QPS",
+            float(np.percentile(lat_b, 50)),
+            float(np.percentile(lat_b, 99)),
+            recall(found_b, truth),
+            rss,
+        )
+    )
+    return out
+
+
+def bench_numpy(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> list[Row]:
+    def topk(q: np.ndarray) -> np.ndarray:
+        scores = q @ data.T
+        part = np.argpartition(-scores, K, axis=-1)[..., :K]
+        order = np.take_along_axis(scores, part, -1).argsort(axis=-1)[..., ::-1]
+        return np.take_along_axis(part, order, -1)
+
+    found: list[list[int]] = []
+    qps, lat = time_each(lambda i: found.append(topk(queries[i]).tolist()), len(queries))  # type: ignore[misc]
+    found_b: list[list[int]] = []
+    qps_b, lat_b = time_each(
+        lambda i: found_b.extend(topk(queries[i * 100 : (i + 1) * 100]).tolist()), len(queries) // 100
+    )  # type: ignore[misc]
+    return [
+        Row(
+            "numpy matmul+argpartition",
+            "search k=10 (1 query/call)",
+            qps,
+            "QPS",
+            float(np.percentile(lat, 50)),
+            float(np.percentile(lat, 99)),
+            recall(found, truth),
+        ),
+        Row(
+            "numpy matmul+argpartition",
+            "search k=10 (100 queries/call)",
+            qps_b * 100,
+            "QPS",
+            float(np.percentile(lat_b, 50)),
+            float(np.percentile(lat_b, 99)),
+            recall(found_b, truth),
+        ),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench spine", description=__doc__)
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--queries", type=int, default=300)
+    args = parser.parse_args(argv)
+    args.queries = max(100, args.queries // 100 * 100)
+    print(f"data: {args.n:,} x {args.dim} clustered float32, {args.queries} queries, k={K}")
+    data = clustered(args.n, args.dim, seed=1)
+    queries = clustered(args.queries, args.dim, seed=2)
+    truth = ground_truth(data, queries, K)
+
+    rows: list[Row] = []
+    print("faiss ...", flush=True)
+    rows += bench_faiss(data, queries, truth)
+    print("numpy ...", flush=True)
+    rows += bench_numpy(data, queries, truth)
+    tmp = Path(tempfile.mkdtemp(prefix="lamina-bench-"))
+    try:
+        print("lamina embedded ...", flush=True)
+        with lamina.connect(str(tmp / "embedded")) as db:
+            rows += bench_lamina("lamina embedded", db, data, queries, truth, None)
+        start = time.perf_counter()
+        with lamina.connect(str(tmp / "embedded")) as db:
+            db.get_collection("bench").count()
+            reopen = time.perf_counter() - start
+        print("lamina gRPC ...", flush=True)
+        server = Server(tmp / "server")
+        try:
+            with lamina.connect(server.address) as db:
+                rows += bench_lamina("lamina gRPC", db, data, queries, truth, server.proc.pid)
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    order = {"ingest": 0, "search k=10 (1 query/call)": 1, "search k=10 (100 queries/call)": 2}
+    rows.sort(key=lambda r: order[r.task])
+    markdown = table(rows, {t: "faiss IndexFlatIP" for t in order})
+    markdown += f"\n\nReopen of the {args.n:,}-point embedded collection (rebuilds the in-memory matrix from RocksDB): {reopen:.2f} s"
+    print()
+    print(markdown)
+    path = save("spine", rows, vars(args) | {"k": K, "batch": BATCH, "reopen_s": reopen}, markdown)
+    png = plot("spine", rows, list(order))
+    print(f"\nwrote {path}" + (f" and {png}" if png else ""))
+    return 0
