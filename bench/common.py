@@ -167,6 +167,9 @@ def plot(name: str, rows: list[Row], tasks: list[str]) -> Path | None:
         ax.barh([r.system for r in sel], [r.rate for r in sel], color="#4a7ab5")
         ax.set_title(task)
         ax.set_xlabel(sel[0].unit if sel else "")
+        rates = [r.rate for r in sel if r.rate > 0]
+        if rates and max(rates) / min(rates) > 20:
+            ax.set_xscale("log")
     fig.tight_layout()
     path = RESULTS / f"{time.strftime('%Y-%m-%d')}-{name}.png"
     fig.savefig(path, dpi=90)
