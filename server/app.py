@@ -54,9 +54,15 @@ class _Base:
 
     async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+            result = await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+            log.debug("%s ok in %.1f ms", fn.__name__, (time.perf_counter() - started) * 1000)
+            return result
         except LaminaError as exc:
+            log.debug(
+                "%s rejected (%s) in %.1f ms", fn.__name__, exc.code, (time.perf_counter() - started) * 1000
+            )
             await context.abort(grpc.StatusCode[exc.code], str(exc))
         except Exception:
             log.exception("internal error")
@@ -274,6 +280,12 @@ class LaminaServer:
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s:%d (data: %s)", self.host, self.port, self.db.path)
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "no authentication is configured yet: anyone who can reach %s:%d can read and write",
+                self.host,
+                self.port,
+            )
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
