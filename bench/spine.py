@@ -14,6 +14,7 @@ import argparse
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -24,6 +25,38 @@ from bench.common import Row, Server, clustered, ground_truth, plot, recall, rss
 
 K = 10
 BATCH = 1000
+QUERY_BATCH = 100
+SINGLE = "search k=10 (1 query/call)"
+MANY = f"search k=10 ({QUERY_BATCH} queries/call)"
+
+
+def search_rows(
+    system: str,
+    one: Callable[[np.ndarray], list[int]],
+    many: Callable[[np.ndarray], list[list[int]]],
+    queries: np.ndarray,
+    truth: np.ndarray,
+    rss: float | None,
+) -> list[Row]:
+    """Time ``one`` query per call and ``many`` per call; check recall against ``truth``."""
+    one(queries[0])  # warm-up: numba compile, connection
+    found: list[list[int]] = []
+    qps, lat = time_each(lambda i: found.append(one(queries[i])), len(queries))
+    batches = [queries[i : i + QUERY_BATCH] for i in range(0, len(queries), QUERY_BATCH)]
+    found_b: list[list[int]] = []
+    bps, lat_b = time_each(lambda i: found_b.extend(many(batches[i])), len(batches))
+    return [
+        Row(system, SINGLE, qps, "QPS", *np.percentile(lat, [50, 99]).tolist(), recall(found, truth), rss),
+        Row(
+            system,
+            MANY,
+            bps * QUERY_BATCH,
+            "QPS",
+            *np.percentile(lat_b, [50, 99]).tolist(),
+            recall(found_b, truth),
+            rss,
+        ),
+    ]
 
 
 def bench_lamina(
@@ -34,7 +67,6 @@ def bench_lamina(
     truth: np.ndarray,
     server_pid: int | None,
 ) -> list[Row]:
-    rows = []
     base_rss = 0.0 if server_pid else rss_mb()  # embedded: count what Lamina adds to this process
     col = db.create_collection("bench", dim=data.shape[1], metric="cosine")
     start = time.perf_counter()
@@ -43,45 +75,17 @@ def bench_lamina(
     ingest = len(data) / (time.perf_counter() - start)
     rss = rss_mb(server_pid) - base_rss
     what = "RSS: whole server process" if server_pid else "RSS: growth of this process"
-    rows.append(Row(name, "ingest", ingest, "rows/s", rss_mb=rss, note=f"durable, batches of 1000; {what}"))
-    col.search(queries[0], k=K)  # warm-up (numba compile / connection)
-    found: list[list[int]] = []
-    qps, lat = time_each(
-        lambda i: found.append([h.id for h in col.search(queries[i], k=K, with_payload=False)]), len(queries)
-    )  # type: ignore[misc]
-    rows.append(
-        Row(
+    return [
+        Row(name, "ingest", ingest, "rows/s", rss_mb=rss, note=f"durable, batches of {BATCH}; {what}"),
+        *search_rows(
             name,
-            "search k=10 (1 query/call)",
-            qps,
-            "QPS",
-            float(np.percentile(lat, 50)),
-            float(np.percentile(lat, 99)),
-            recall(found, truth),
+            lambda q: [int(h.id) for h in col.search(q, k=K, with_payload=False)],
+            lambda qs: [[int(h.id) for h in hits] for hits in col.search_batch(qs, k=K, with_payload=False)],
+            queries,
+            truth,
             rss,
-        )
-    )
-    batches = [queries[i : i + 100] for i in range(0, len(queries), 100)]
-    found_b: list[list[int]] = []
-    qps_b, lat_b = time_each(
-        lambda i: found_b.extend(
-            [[h.id for h in hits] for hits in col.search_batch(batches[i], k=K, with_payload=False)]
         ),
-        len(batches),
-    )  # type: ignore[misc]
-    rows.append(
-        Row(
-            name,
-            "search k=10 (100 queries/call)",
-            qps_b * 100,
-            "QPS",
-            float(np.percentile(lat_b, 50)),
-            float(np.percentile(lat_b, 99)),
-            recall(found_b, truth),
-            rss,
-        )
-    )
-    return rows
+    ]
 
 
 def bench_faiss(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> list[Row]:
@@ -92,11 +96,7 @@ def bench_faiss(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> lis
         index.add(data[lo : lo + BATCH])
     ingest = len(data) / (time.perf_counter() - start)
     rss = rss_mb() - before
-    found: list[list[int]] = []
-    qps, lat = time_each(
-        lambda i: found.append(index.search(queries[i : i + 1], K)[1][0].tolist()), len(queries)
-    )  # type: ignore[misc]
-    out = [
+    return [
         Row(
             "faiss IndexFlatIP",
             "ingest",
@@ -105,35 +105,15 @@ def bench_faiss(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> lis
             rss_mb=rss,
             note="in memory, not durable; RSS: growth",
         ),
-        Row(
+        *search_rows(
             "faiss IndexFlatIP",
-            "search k=10 (1 query/call)",
-            qps,
-            "QPS",
-            float(np.percentile(lat, 50)),
-            float(np.percentile(lat, 99)),
-            recall(found, truth),
+            lambda q: index.search(q[None, :], K)[1][0].tolist(),
+            lambda qs: index.search(qs, K)[1].tolist(),
+            queries,
+            truth,
             rss,
         ),
     ]
-    found_b: list[list[int]] = []
-    qps_b, lat_b = time_each(
-        lambda i: found_b.extend(index.search(queries[i * 100 : (i + 1) * 100], K)[1].tolist()),
-        len(queries) // 100,
-    )  # type: ignore[misc]
-    out.append(
-        Row(
-            "faiss IndexFlatIP",
-            "search k=10 (100 queries/call)",
-            qps_b * 100,
-            "QPS",
-            float(np.percentile(lat_b, 50)),
-            float(np.percentile(lat_b, 99)),
-            recall(found_b, truth),
-            rss,
-        )
-    )
-    return out
 
 
 def bench_numpy(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> list[Row]:
@@ -143,32 +123,14 @@ def bench_numpy(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> lis
         order = np.take_along_axis(scores, part, -1).argsort(axis=-1)[..., ::-1]
         return np.take_along_axis(part, order, -1)
 
-    found: list[list[int]] = []
-    qps, lat = time_each(lambda i: found.append(topk(queries[i]).tolist()), len(queries))  # type: ignore[misc]
-    found_b: list[list[int]] = []
-    qps_b, lat_b = time_each(
-        lambda i: found_b.extend(topk(queries[i * 100 : (i + 1) * 100]).tolist()), len(queries) // 100
-    )  # type: ignore[misc]
-    return [
-        Row(
-            "numpy matmul+argpartition",
-            "search k=10 (1 query/call)",
-            qps,
-            "QPS",
-            float(np.percentile(lat, 50)),
-            float(np.percentile(lat, 99)),
-            recall(found, truth),
-        ),
-        Row(
-            "numpy matmul+argpartition",
-            "search k=10 (100 queries/call)",
-            qps_b * 100,
-            "QPS",
-            float(np.percentile(lat_b, 50)),
-            float(np.percentile(lat_b, 99)),
-            recall(found_b, truth),
-        ),
-    ]
+    return search_rows(
+        "numpy matmul+argpartition",
+        lambda q: topk(q).tolist(),
+        lambda qs: topk(qs).tolist(),
+        queries,
+        truth,
+        None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--queries", type=int, default=300)
     args = parser.parse_args(argv)
-    args.queries = max(100, args.queries // 100 * 100)
+    args.queries = max(QUERY_BATCH, args.queries // QUERY_BATCH * QUERY_BATCH)
     print(f"data: {args.n:,} x {args.dim} clustered float32, {args.queries} queries, k={K}")
     data = clustered(args.n, args.dim, seed=1)
     queries = clustered(args.queries, args.dim, seed=2)
@@ -206,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    order = {"ingest": 0, "search k=10 (1 query/call)": 1, "search k=10 (100 queries/call)": 2}
+    order = {"ingest": 0, SINGLE: 1, MANY: 2}
     rows.sort(key=lambda r: order[r.task])
-    markdown = table(rows, {t: "faiss IndexFlatIP" for t in order})
+    markdown = table(rows, dict.fromkeys(order, "faiss IndexFlatIP"))
     markdown += f"\n\nReopen of the {args.n:,}-point embedded collection (rebuilds the in-memory matrix from RocksDB): {reopen:.2f} s"
     print()
     print(markdown)

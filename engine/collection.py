@@ -22,7 +22,7 @@ from lamina.storage.keys import id_from_key, id_key, row_from_key
 from lamina.storage.rocks import CONFIG, FORMAT, FORMAT_VERSION, NEXT_ROW, CollectionStore
 
 from lamina.config import Limits
-from lamina.errors import InvalidArgument, NotFound
+from lamina.errors import FailedPrecondition, InvalidArgument, NotFound
 from lamina.types import CollectionConfig, CollectionInfo, FloatMatrix, Hit, Payload, Point, PointId
 from lamina.validation import as_matrix, as_query, check_ids, check_k, encode_payloads
 
@@ -60,11 +60,15 @@ class Collection:
 
     @classmethod
     def open(cls, name: str, path: Path, limits: Limits, *, sync: bool) -> Collection:
+        if not (path / "CURRENT").exists():  # not a RocksDB: do not create one in a stranger's folder
+            raise FailedPrecondition(f"{path} holds no Lamina collection: move it out of the data directory")
         store = CollectionStore(path, sync=sync)
         raw = store.get_meta(CONFIG)
         if raw is None:
             store.close()
-            raise NotFound(f"{path} holds no Lamina collection")
+            raise FailedPrecondition(
+                f"{path} holds no Lamina collection config: move it out of the data directory"
+            )
         return cls(name, store, CollectionConfig.from_dict(orjson.loads(raw)), limits)
 
     def _load(self) -> None:

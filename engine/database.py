@@ -50,7 +50,10 @@ class Database:
         self.limits = limits
         self.sync_writes = sync_writes
         self._root = self.path / "collections"
-        self._root.mkdir(parents=True, exist_ok=True)
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot use {self.path} as a data directory: {exc.strerror}") from None
         self._lock_file: IO[str] | None = open(self.path / "LOCK", "a+")  # noqa: SIM115 - held open while the database is
         try:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -61,11 +64,17 @@ class Database:
             ) from None
         self._lock = threading.RLock()
         self._collections: dict[str, Collection] = {}
-        for entry in sorted(self._root.iterdir()):
-            if entry.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
-                shutil.rmtree(entry, ignore_errors=True)
-            elif entry.is_dir():
-                self._collections[entry.name] = Collection.open(entry.name, entry, limits, sync=sync_writes)
+        try:
+            for entry in sorted(self._root.iterdir()):
+                if entry.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
+                    shutil.rmtree(entry, ignore_errors=True)
+                elif entry.is_dir():
+                    self._collections[entry.name] = Collection.open(
+                        entry.name, entry, limits, sync=sync_writes
+                    )
+        except BaseException:
+            self.close()  # release what was opened, and the directory lock
+            raise
         log.info("opened %s with %d collection(s)", self.path, len(self._collections))
 
     def _check_open(self) -> None:

@@ -80,6 +80,23 @@ def test_data_directory_is_locked_while_open(tmp_path: Path) -> None:
         lamina.connect(str(tmp_path))
 
 
+def test_unusable_data_directory_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(lamina.FailedPrecondition, match="cannot use"):
+        lamina.connect(str(blocker))
+    with lamina.connect(str(tmp_path / "data")) as db:
+        db.create_collection("good", dim=2)
+    stray = tmp_path / "data" / "collections" / "stray"
+    stray.mkdir()
+    with pytest.raises(lamina.FailedPrecondition, match="no Lamina collection"):
+        lamina.connect(str(tmp_path / "data"))
+    assert list(stray.iterdir()) == []  # nothing was created in the stray folder
+    stray.rmdir()
+    with lamina.connect(str(tmp_path / "data")) as db:  # the failed open released the lock
+        assert db.list_collections() == ["good"]
+
+
 @pytest.mark.parametrize("sync_writes", [False, True])
 def test_acknowledged_writes_survive_kill_9(
     tmp_path: Path, server_process: type[ServerProcess], sync_writes: bool
@@ -98,12 +115,14 @@ def test_acknowledged_writes_survive_kill_9(
         assert_state(db.get_collection("docs"), expected)
 
 
-def test_sigterm_shuts_down_gracefully(tmp_path: Path, server_process: type[ServerProcess]) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_shuts_down_gracefully(tmp_path: Path, server_process: type[ServerProcess], sig: int) -> None:
     data = tmp_path / "data"
     proc = server_process(data)
     with lamina.connect(proc.address) as db:
         db.create_collection("docs", dim=4).upsert([1], [[1.0, 2.0, 3.0, 4.0]], [{"a": json.dumps([1])}])
-    assert proc.terminate() == 0
+    proc.proc.send_signal(sig)
+    assert proc.proc.wait(30) == 0
     log = proc.log.read_text()
     assert "shutting down" in log and "stopped" in log
     with lamina.connect(str(data)) as db:  # the lock was released
