@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from lamina.client.transport import EmbeddedTransport, GrpcTransport, Transport
-
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.errors import InvalidArgument, NotFound
 from lamina.types import CollectionConfig, CollectionInfo, Filter, Hit, Metric, Payload, Point, PointId

@@ -11,7 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
+
+from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.database import Database
+from lamina.errors import ERROR_BY_CODE, Internal, LaminaError
 from lamina.proto import convert
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
 from lamina.proto.lamina.v1 import collections_pb2_grpc as cgrpc
@@ -21,9 +24,6 @@ from lamina.proto.lamina.v1 import points_pb2 as ppb
 from lamina.proto.lamina.v1 import points_pb2_grpc as pgrpc
 from lamina.proto.lamina.v1 import search_pb2 as spb
 from lamina.proto.lamina.v1 import search_pb2_grpc as sgrpc
-
-from lamina.config import DEFAULT_LIMITS, Limits
-from lamina.errors import ERROR_BY_CODE, Internal, LaminaError
 from lamina.types import CollectionConfig, CollectionInfo, Filter, FloatMatrix, Hit, Payload, Point, PointId
 from lamina.validation import encode_payloads
 

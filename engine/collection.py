@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 import orjson
+
+from lamina.config import Limits
 from lamina.engine.filters import Predicate, compile_filter
+from lamina.errors import FailedPrecondition, InvalidArgument, NotFound
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows
 from lamina.storage.keys import id_from_key, id_key, row_from_key
 from lamina.storage.rocks import CONFIG, FORMAT, FORMAT_VERSION, NEXT_ROW, CollectionStore
-
-from lamina.config import Limits
-from lamina.errors import FailedPrecondition, InvalidArgument, NotFound
 from lamina.types import CollectionConfig, CollectionInfo, FloatMatrix, Hit, Payload, Point, PointId
-from lamina.validation import as_matrix, as_query, check_ids, check_k, encode_payloads
+from lamina.validation import as_matrix, as_query, check_ids, check_int, check_k, encode_payloads
 
 _GROW = 1.5
 _MIN_CAPACITY = 1024
@@ -190,27 +190,25 @@ class Collection:
         if (ids is None) == (filter is None):
             raise InvalidArgument("delete takes either ids or a filter (exactly one of them)")
         if ids is not None:
-            keys = [id_key(i) for i in check_ids(ids, self._limits, unique=False)]
-            predicate = None
-        else:
-            predicate = self._compile(filter)
-            keys = []
+            keys = list(dict.fromkeys(id_key(i) for i in check_ids(ids, self._limits, unique=False)))
+            with self._lock:
+                self._check_open()
+                rows_of = self._store.rows_of(keys)
+                dead = [(k, r) for k, r in zip(keys, rows_of, strict=True) if r is not None]
+                return self._drop(dead)
+        predicate = self._compile(filter)  # None: the empty filter, which matches every point
         with self._lock:
             self._check_open()
-            if predicate is not None or filter is not None:
-                rows = (
-                    self._match_rows(predicate)
-                    if predicate is not None
-                    else [int(r) for r in np.flatnonzero(self._live[: self._next_row])]
-                )
-                found = self._store.id_keys_of(rows)
-                dead = [(k, r) for k, r in zip(found, rows, strict=True) if k is not None]
+            if predicate is None:
+                rows = [int(r) for r in np.flatnonzero(self._live[: self._next_row])]
             else:
-                unique_keys = list(dict.fromkeys(keys))
-                rows_of = self._store.rows_of(unique_keys)
-                dead = [(k, r) for k, r in zip(unique_keys, rows_of, strict=True) if r is not None]
-            if not dead:
-                return 0
+                rows = self._match_rows(predicate)
+            found = self._store.id_keys_of(rows)
+            return self._drop([(k, r) for k, r in zip(found, rows, strict=True) if k is not None])
+
+    def _drop(self, dead: list[tuple[bytes, int]]) -> int:
+        """Durably delete (id key, row) pairs, then hide the rows (caller holds the lock)."""
+        if dead:
             self._store.apply([], self._next_row, b"", [], dead)
             self._live[[row for _, row in dead]] = False
         return len(dead)
@@ -244,11 +242,7 @@ class Collection:
         with_vector: bool = False,
     ) -> tuple[list[Point], PointId | None]:
         """One page of points in id order from ``offset``; returns (points, next offset or None)."""
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= self._limits.max_scroll_limit
-        ):
+        if not 1 <= check_int("scroll limit", limit) <= self._limits.max_scroll_limit:
             raise InvalidArgument(
                 f"scroll limit must be an integer in 1..{self._limits.max_scroll_limit}, got {limit!r}"
             )
@@ -304,7 +298,7 @@ class Collection:
     ) -> list[list[Hit]]:
         k = check_k(k, self._limits)
         predicate = self._compile(filter)
-        prepared = self._prepare(queries) if self.config.metric == "cosine" else queries
+        prepared = self._prepare(queries)
         allowed_rows = self._match_rows(predicate) if predicate is not None else None
         with self._lock:
             self._check_open()

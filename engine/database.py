@@ -21,9 +21,8 @@ import uuid
 from pathlib import Path
 from typing import IO
 
-from lamina.engine.collection import Collection
-
 from lamina.config import DEFAULT_LIMITS, Limits
+from lamina.engine.collection import Collection
 from lamina.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from lamina.types import CollectionConfig
 from lamina.validation import check_collection_name

@@ -9,8 +9,8 @@ numba kernel: the product is where faiss IndexFlat gets its batch speed too.
 from __future__ import annotations
 
 import numpy as np
-from lamina.index.kernels import METRIC_L2, merge_block, sort_heaps, topk_scan
 
+from lamina.index.kernels import METRIC_L2, merge_block, sort_heaps, topk_scan
 from lamina.types import FloatMatrix
 
 #: batches at least this large use the BLAS path

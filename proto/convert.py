@@ -10,11 +10,11 @@ from typing import Any, cast
 
 import numpy as np
 import orjson
+
+from lamina.errors import InvalidArgument
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
 from lamina.proto.lamina.v1 import common_pb2 as pb
 from lamina.proto.lamina.v1 import search_pb2 as spb
-
-from lamina.errors import InvalidArgument
 from lamina.types import (
     CollectionConfig,
     CollectionInfo,

@@ -17,8 +17,11 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from lamina import __version__
 from lamina.engine.collection import Collection
 from lamina.engine.database import Database
+from lamina.errors import InvalidArgument, LaminaError
 from lamina.proto import convert
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
 from lamina.proto.lamina.v1 import collections_pb2_grpc as cgrpc
@@ -28,9 +31,6 @@ from lamina.proto.lamina.v1 import points_pb2 as ppb
 from lamina.proto.lamina.v1 import points_pb2_grpc as pgrpc
 from lamina.proto.lamina.v1 import search_pb2 as spb
 from lamina.proto.lamina.v1 import search_pb2_grpc as sgrpc
-
-from lamina import __version__
-from lamina.errors import InvalidArgument, LaminaError
 from lamina.validation import check_collection_name
 
 log = logging.getLogger("lamina.server")

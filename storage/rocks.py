@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
-from lamina.storage.keys import row_from_key, row_key
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from lamina.storage.keys import row_from_key, row_key
 
 _COLUMN_FAMILIES = ("meta", "ids", "rows", "vecs", "pays")
 NEXT_ROW = b"next_row"

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lamina.engine.database import Database
-from lamina.server.app import LaminaServer
 
 import lamina
+from lamina.engine.database import Database
+from lamina.server.app import LaminaServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import lamina
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
 from lamina.proto.lamina.v1 import collections_pb2_grpc as cgrpc
 from lamina.proto.lamina.v1 import common_pb2 as pb
@@ -14,8 +16,6 @@ from lamina.proto.lamina.v1 import points_pb2 as ppb
 from lamina.proto.lamina.v1 import points_pb2_grpc as pgrpc
 from lamina.proto.lamina.v1 import search_pb2 as spb
 from lamina.proto.lamina.v1 import search_pb2_grpc as sgrpc
-
-import lamina
 from tests.conftest import ServerThread
 
 
