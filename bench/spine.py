@@ -96,24 +96,38 @@ def bench_faiss(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> lis
         index.add(data[lo : lo + BATCH])
     ingest = len(data) / (time.perf_counter() - start)
     rss = rss_mb() - before
-    return [
-        Row(
-            "faiss IndexFlatIP",
-            "ingest",
-            ingest,
-            "rows/s",
-            rss_mb=rss,
-            note="in memory, not durable; RSS: growth",
-        ),
-        *search_rows(
+    threads = faiss.omp_get_max_threads()
+
+    def many(qs: np.ndarray) -> list[list[int]]:
+        faiss.omp_set_num_threads(threads)
+        try:
+            return index.search(qs, K)[1].tolist()  # type: ignore[no-any-return]
+        finally:
+            faiss.omp_set_num_threads(1)
+
+    # On 2 cores a single query runs faster on one OpenMP thread (measured 2.9 vs 7.4 ms) and a
+    # batch on all of them: give faiss its best setting for each task.
+    faiss.omp_set_num_threads(1)
+    try:
+        searches = search_rows(
             "faiss IndexFlatIP",
             lambda q: index.search(q[None, :], K)[1][0].tolist(),
-            lambda qs: index.search(qs, K)[1].tolist(),
+            many,
             queries,
             truth,
             rss,
-        ),
-    ]
+        )
+    finally:
+        faiss.omp_set_num_threads(threads)
+    ingest_row = Row(
+        "faiss IndexFlatIP",
+        "ingest",
+        ingest,
+        "rows/s",
+        rss_mb=rss,
+        note="in memory, not durable; RSS: growth",
+    )
+    return [ingest_row, *searches]
 
 
 def bench_numpy(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> list[Row]:
