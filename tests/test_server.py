@@ -114,3 +114,13 @@ def test_connect_picks_transport_by_target(tmp_path: object) -> None:
     local = lamina.connect(str(tmp_path))
     assert isinstance(local._transport, EmbeddedTransport)
     local.close()
+
+
+def test_message_over_the_size_limit_is_resource_exhausted(server: ServerThread) -> None:
+    with lamina.connect(server.address) as db:
+        col = db.create_collection("big", dim=4096)
+        vectors = np.ones((4500, 4096), dtype=np.float32)  # 74 MB, over the 64 MiB message limit
+        with pytest.raises(lamina.ResourceExhausted):
+            col.upsert(list(range(4500)), vectors)
+        assert col.count() == 0
+        assert col.upsert(list(range(100)), vectors[:100]) == 100  # the server is fine
