@@ -223,12 +223,12 @@ class GrpcTransport:
         request = ppb.DeleteRequest(
             collection=name,
             ids=[convert.id_to_proto(i) for i in ids or []],
-            filter_json=convert.json_or_empty(filter),
+            filter_json=convert.filter_to_json(filter),
         )
         return int(self._call(self._points.Delete, request).deleted)
 
     def count(self, name: str, filter: Filter | None) -> int:
-        request = ppb.CountRequest(collection=name, filter_json=convert.json_or_empty(filter))
+        request = ppb.CountRequest(collection=name, filter_json=convert.filter_to_json(filter))
         return int(self._call(self._points.Count, request).count)
 
     def scroll(
@@ -243,7 +243,7 @@ class GrpcTransport:
         request = ppb.ScrollRequest(
             collection=name,
             limit=limit,
-            filter_json=convert.json_or_empty(filter),
+            filter_json=convert.filter_to_json(filter),
             with_payload=with_payload,
             with_vector=with_vector,
         )
@@ -269,7 +269,7 @@ class GrpcTransport:
             collection=name,
             vector=query.astype("<f4", copy=False).tobytes(),
             k=k,
-            filter_json=convert.json_or_empty(filter),
+            filter_json=convert.filter_to_json(filter),
             with_payload=with_payload,
             with_vector=with_vector,
         )
@@ -289,7 +289,7 @@ class GrpcTransport:
             collection=name,
             vectors=convert.matrix_to_proto(queries),
             k=k,
-            filter_json=convert.json_or_empty(filter),
+            filter_json=convert.filter_to_json(filter),
             with_payload=with_payload,
             with_vector=with_vector,
         )

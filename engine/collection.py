@@ -321,15 +321,8 @@ class Collection:
             for j in range(int(counts[q])):
                 point = points[pos]
                 pos += 1
-                if point is not None:
-                    hits.append(
-                        Hit(
-                            point.id,
-                            float(scores[q, j]),
-                            point.payload if with_payload else None,
-                            point.vector,
-                        )
-                    )
+                if point is not None:  # None: deleted while we read
+                    hits.append(Hit(point.id, float(scores[q, j]), point.payload, point.vector))
             results.append(hits)
         return results
 

@@ -73,15 +73,21 @@ def vector_from_bytes(data: bytes) -> FloatMatrix:
 
 
 # ---------------------------------------------------------------- JSON fields
-def json_or_empty(value: Any, what: str = "filter") -> str:
-    """Encode a payload or filter as JSON text ("" for None); NaN and non-JSON values are refused."""
-    if value is None:
+def filter_to_json(flt: Any) -> str:
+    """Encode a user's filter as JSON text ("" for None); NaN and non-JSON values are refused
+    here, because orjson would quietly turn NaN into null."""
+    if flt is None:
         return ""
-    check_json_value(value, what, max_depth=200)
+    check_json_value(flt, "filter", max_depth=200)
     try:
-        return orjson.dumps(value).decode()
+        return orjson.dumps(flt).decode()
     except TypeError as exc:
-        raise InvalidArgument(f"value is not JSON-serialisable: {exc}") from None
+        raise InvalidArgument(f"filter is not JSON-serialisable: {exc}") from None
+
+
+def _stored_payload_json(payload: Payload | None) -> str:
+    """A payload read back from storage: validated when it was written, so only encoded."""
+    return "" if payload is None else orjson.dumps(payload).decode()
 
 
 def filter_from_json(text: str) -> Filter | None:
@@ -131,7 +137,7 @@ def point_to_proto(point: Point) -> pb.Point:
     return pb.Point(
         id=id_to_proto(point.id),
         vector=_vector_bytes(point.vector),
-        payload_json=json_or_empty(point.payload),
+        payload_json=_stored_payload_json(point.payload),
     )
 
 
@@ -147,7 +153,7 @@ def hit_to_proto(hit: Hit) -> spb.ScoredPoint:
     return spb.ScoredPoint(
         id=id_to_proto(hit.id),
         score=hit.score,
-        payload_json=json_or_empty(hit.payload, "payload"),
+        payload_json=_stored_payload_json(hit.payload),
         vector=_vector_bytes(hit.vector),
     )
 
