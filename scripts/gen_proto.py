@@ -32,10 +32,18 @@ def generate() -> dict[str, str]:
     from grpc_tools import protoc
 
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in OUT_DIR.glob("*.proto"))
+    # The mypy plugins live beside this interpreter; name them so an unactivated venv works.
+    bindir = Path(sys.executable).parent
+    plugins = [
+        f"--plugin=protoc-gen-{name}={bindir / ('protoc-gen-' + name)}"
+        for name in ("mypy", "mypy_grpc")
+        if (bindir / ("protoc-gen-" + name)).exists()
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "protoc",
             f"-I{PROTO_ROOT}",
+            *plugins,
             f"--python_out={tmp}",
             f"--grpc_python_out={tmp}",
             f"--mypy_out={tmp}",
