@@ -34,11 +34,8 @@ def generate() -> dict[str, str]:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in OUT_DIR.glob("*.proto"))
     # The mypy plugins live beside this interpreter; name them so an unactivated venv works.
     bindir = Path(sys.executable).parent
-    plugins = [
-        f"--plugin=protoc-gen-{name}={bindir / ('protoc-gen-' + name)}"
-        for name in ("mypy", "mypy_grpc")
-        if (bindir / ("protoc-gen-" + name)).exists()
-    ]
+    plugin_paths = (bindir / f"protoc-gen-{name}" for name in ("mypy", "mypy_grpc"))
+    plugins = [f"--plugin={path.name}={path}" for path in plugin_paths if path.exists()]
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "protoc",
