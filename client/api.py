@@ -15,7 +15,20 @@ from typing import Any
 from lamina.client.transport import EmbeddedTransport, GrpcTransport, Transport
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.errors import InvalidArgument, NotFound
-from lamina.types import CollectionConfig, CollectionInfo, Filter, Hit, Metric, Payload, Point, PointId
+from lamina.types import (
+    DEFAULT_SEGMENT_ROWS,
+    CollectionConfig,
+    CollectionInfo,
+    Filter,
+    Hit,
+    IndexConfig,
+    Metric,
+    Payload,
+    Point,
+    PointId,
+    QuantizationConfig,
+    SearchParams,
+)
 from lamina.validation import as_rows, as_vector, check_collection_name, check_ids, check_int
 
 _ADDRESS = re.compile(r"^(grpc://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
@@ -55,11 +68,37 @@ class Client:
         self._transport = transport
         self._limits = limits
 
-    def create_collection(self, name: str, dim: int, metric: Metric = "cosine") -> Collection:
+    def create_collection(
+        self,
+        name: str,
+        dim: int,
+        metric: Metric = "cosine",
+        *,
+        index: dict[str, Any] | IndexConfig | None = None,
+        quantization: dict[str, Any] | QuantizationConfig | None = None,
+        segment_rows: int = DEFAULT_SEGMENT_ROWS,
+    ) -> Collection:
         """Create a collection of ``dim``-dimensional vectors compared by ``metric``
-        (``"cosine"``, ``"dot"`` or ``"l2"``); AlreadyExists if the name is taken."""
+        (``"cosine"``, ``"dot"`` or ``"l2"``); AlreadyExists if the name is taken.
+
+        ``index`` says how sealed segments are searched: ``{"type": "hnsw", "m": 16,
+        "ef_construction": 200, "ef": 64}`` (the default) or ``{"type": "flat"}``.
+        ``quantization`` keeps compact codes in memory and reranks their candidates
+        with full-precision vectors: ``{"type": "binary", "bits": 1, "oversample": 4}``
+        or ``{"type": "pq", "m": 64}``; None keeps full precision. ``segment_rows``
+        rows are collected (and searched exactly) before they are sealed and indexed.
+        """
         check_collection_name(name)
-        info = self._transport.create_collection(name, CollectionConfig(dim=dim, metric=metric))
+        config = CollectionConfig(
+            dim=dim,
+            metric=metric,
+            index=index if isinstance(index, IndexConfig) else IndexConfig.from_dict(index or {}),
+            quantization=quantization
+            if isinstance(quantization, QuantizationConfig) or quantization is None
+            else QuantizationConfig.from_dict(quantization),
+            segment_rows=segment_rows,
+        )
+        info = self._transport.create_collection(name, config)
         return Collection(self._transport, info, self._limits)
 
     def get_collection(self, name: str) -> Collection:
@@ -147,10 +186,24 @@ class Collection:
         *,
         with_payload: bool = True,
         with_vector: bool = False,
+        ef: int | None = None,
+        oversample: float | None = None,
+        exact: bool = False,
     ) -> list[Hit]:
-        """The ``k`` points nearest to ``vector`` that match ``filter``, best first."""
+        """The ``k`` points nearest to ``vector`` that match ``filter``, best first.
+
+        ``ef`` widens the HNSW beam and ``oversample`` the candidates per hit of a
+        quantized tier for this query; ``exact=True`` scans every full-precision
+        vector instead (the ground truth, slower).
+        """
         return self._transport.search(
-            self.name, as_vector(vector), check_int("k", k), filter, with_payload, with_vector
+            self.name,
+            as_vector(vector),
+            check_int("k", k),
+            filter,
+            with_payload,
+            with_vector,
+            _params(ef, oversample, exact),
         )
 
     def search_batch(
@@ -161,11 +214,27 @@ class Collection:
         *,
         with_payload: bool = True,
         with_vector: bool = False,
+        ef: int | None = None,
+        oversample: float | None = None,
+        exact: bool = False,
     ) -> list[list[Hit]]:
-        """One hit list per row of ``vectors`` (an (n, dim) array), each best first."""
+        """One hit list per row of ``vectors`` (an (n, dim) array), each best first;
+        ``ef``, ``oversample`` and ``exact`` as for ``search``."""
         return self._transport.search_batch(
-            self.name, as_rows(vectors, "query vectors"), check_int("k", k), filter, with_payload, with_vector
+            self.name,
+            as_rows(vectors, "query vectors"),
+            check_int("k", k),
+            filter,
+            with_payload,
+            with_vector,
+            _params(ef, oversample, exact),
         )
+
+    def optimize(self, timeout: float | None = None) -> CollectionInfo:
+        """Seal the points written so far into indexed segments and compact, waiting
+        until done (or ``timeout`` seconds); returns the collection's info. The
+        optimizer also does this by itself in the background."""
+        return self._transport.optimize(self.name, timeout)
 
     def get(
         self, ids: Sequence[PointId], *, with_payload: bool = True, with_vector: bool = True
@@ -202,3 +271,9 @@ class Collection:
         return self._transport.scroll(
             self.name, check_int("limit", limit), offset, filter, with_payload, with_vector
         )
+
+
+def _params(ef: int | None, oversample: float | None, exact: bool) -> SearchParams | None:
+    if ef is None and oversample is None and not exact:
+        return None
+    return SearchParams(ef=ef, oversample=oversample, exact=exact)

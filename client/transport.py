@@ -24,7 +24,17 @@ from lamina.proto.lamina.v1 import points_pb2 as ppb
 from lamina.proto.lamina.v1 import points_pb2_grpc as pgrpc
 from lamina.proto.lamina.v1 import search_pb2 as spb
 from lamina.proto.lamina.v1 import search_pb2_grpc as sgrpc
-from lamina.types import CollectionConfig, CollectionInfo, Filter, FloatMatrix, Hit, Payload, Point, PointId
+from lamina.types import (
+    CollectionConfig,
+    CollectionInfo,
+    Filter,
+    FloatMatrix,
+    Hit,
+    Payload,
+    Point,
+    PointId,
+    SearchParams,
+)
 from lamina.validation import encode_payloads
 
 T = TypeVar("T")
@@ -60,6 +70,7 @@ class Transport(Protocol):
         filter: Filter | None,
         with_payload: bool,
         with_vector: bool,
+        params: SearchParams | None,
     ) -> list[Hit]: ...
     def search_batch(
         self,
@@ -69,7 +80,9 @@ class Transport(Protocol):
         filter: Filter | None,
         with_payload: bool,
         with_vector: bool,
+        params: SearchParams | None,
     ) -> list[list[Hit]]: ...
+    def optimize(self, name: str, timeout: float | None) -> CollectionInfo: ...
     def server_info(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
@@ -125,8 +138,9 @@ class EmbeddedTransport:
         filter: Filter | None,
         with_payload: bool,
         with_vector: bool,
+        params: SearchParams | None,
     ) -> list[Hit]:
-        return self.db.get_collection(name).search(query, k, filter, with_payload, with_vector)
+        return self.db.get_collection(name).search(query, k, filter, with_payload, with_vector, params)
 
     def search_batch(
         self,
@@ -136,8 +150,16 @@ class EmbeddedTransport:
         filter: Filter | None,
         with_payload: bool,
         with_vector: bool,
+        params: SearchParams | None,
     ) -> list[list[Hit]]:
-        return self.db.get_collection(name).search_batch(queries, k, filter, with_payload, with_vector)
+        return self.db.get_collection(name).search_batch(
+            queries, k, filter, with_payload, with_vector, params
+        )
+
+    def optimize(self, name: str, timeout: float | None) -> CollectionInfo:
+        col = self.db.get_collection(name)
+        col.optimize(timeout)
+        return col.info()
 
     def server_info(self) -> dict[str, Any]:
         from lamina import __version__
@@ -176,9 +198,9 @@ class GrpcTransport:
         self._search = sgrpc.SearchStub(self._channel)
         self._info = igrpc.InfoStub(self._channel)
 
-    def _call(self, method: Callable[..., T], request: Any) -> T:
+    def _call(self, method: Callable[..., T], request: Any, *, no_deadline: bool = False) -> T:
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=None if no_deadline else self.timeout)
         except grpc.RpcError as err:
             raise _raise_lamina(err) from None
 
@@ -264,6 +286,7 @@ class GrpcTransport:
         filter: Filter | None,
         with_payload: bool,
         with_vector: bool,
+        params: SearchParams | None,
     ) -> list[Hit]:
         request = spb.SearchRequest(
             collection=name,
@@ -272,6 +295,7 @@ class GrpcTransport:
             filter_json=convert.filter_to_json(filter),
             with_payload=with_payload,
             with_vector=with_vector,
+            params=convert.params_to_proto(params),
         )
         response = self._call(self._search.Search, request)
         return [convert.hit_from_proto(h, with_vector, with_payload) for h in response.hits]
@@ -284,6 +308,7 @@ class GrpcTransport:
         filter: Filter | None,
         with_payload: bool,
         with_vector: bool,
+        params: SearchParams | None,
     ) -> list[list[Hit]]:
         request = spb.SearchBatchRequest(
             collection=name,
@@ -292,11 +317,16 @@ class GrpcTransport:
             filter_json=convert.filter_to_json(filter),
             with_payload=with_payload,
             with_vector=with_vector,
+            params=convert.params_to_proto(params),
         )
         response = self._call(self._search.SearchBatch, request)
         return [
             [convert.hit_from_proto(h, with_vector, with_payload) for h in hl.hits] for hl in response.results
         ]
+
+    def optimize(self, name: str, timeout: float | None) -> CollectionInfo:
+        request = cpb.OptimizeRequest(name=name, timeout_seconds=timeout or 0.0)
+        return convert.info_from_proto(self._call(self._collections.Optimize, request, no_deadline=True))
 
     def server_info(self) -> dict[str, Any]:
         response = self._call(self._info.GetInfo, ipb.GetInfoRequest())

@@ -1,15 +1,29 @@
-"""A collection: durable points in RocksDB, searched exactly by a numba kernel.
+"""A collection: durable points in RocksDB, searched through segments.
 
-Writes go to RocksDB first (one WriteBatch per request) and then to the
-in-memory search matrix; a rejected request raises before anything is written.
-Every write gives points fresh rows, so an upsert that replaces a point leaves a
-dead row behind (a tombstone in the ``live`` mask) until compaction reclaims it.
+Writes go to RocksDB first (one WriteBatch per request) and then to the mutable
+segment, an in-memory float32 matrix searched exactly; a rejected request raises
+before anything is written. Every write gives points fresh rows, so an upsert
+that replaces a point leaves a dead row behind (a tombstone).
+
+When the mutable segment holds ``segment_rows`` rows, a background optimizer seals
+them into a ``Segment`` (vectors memory-mapped from a file, index tier in memory),
+commits it to the manifest in RocksDB and drops those rows from the heap. It also
+rewrites segments with many tombstones (compaction) and merges small neighbours.
+Searches take a snapshot of the segment list and the mutable segment and merge the
+top-k of each; readers never wait for a build.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import threading
+import time
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +32,62 @@ import orjson
 
 from lamina.config import Limits
 from lamina.engine.filters import Predicate, compile_filter
+from lamina.engine.segments import Segment
 from lamina.errors import FailedPrecondition, InvalidArgument, NotFound
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows
-from lamina.storage.keys import id_from_key, id_key, row_from_key
-from lamina.storage.rocks import CONFIG, FORMAT, FORMAT_VERSION, NEXT_ROW, CollectionStore
-from lamina.types import CollectionConfig, CollectionInfo, FloatMatrix, Hit, Payload, Point, PointId
+from lamina.index.tiers import Knobs, TopK
+from lamina.storage.keys import id_from_key, id_key, row_from_key, row_key
+from lamina.storage.rocks import (
+    CONFIG,
+    FORMAT,
+    FORMAT_VERSION,
+    MUTABLE_START,
+    NEXT_ROW,
+    SEGMENTS,
+    CollectionStore,
+)
+from lamina.types import (
+    CollectionConfig,
+    CollectionInfo,
+    FloatMatrix,
+    Hit,
+    IndexStatus,
+    Payload,
+    Point,
+    PointId,
+    SearchParams,
+)
 from lamina.validation import as_matrix, as_query, check_ids, check_int, check_k, encode_payloads
 
 _GROW = 1.5
 _MIN_CAPACITY = 1024
+#: a segment with more than this fraction of dead rows is rewritten without them
+COMPACT_DEAD_FRACTION = 0.2
+_SEGMENTS = "segments"
+
+log = logging.getLogger("lamina.engine")
+
+
+def build_threads() -> int:
+    """Threads an index build may use: LAMINA_BUILD_THREADS, or every core."""
+    return max(1, int(os.environ.get("LAMINA_BUILD_THREADS", "0")) or (os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What one search reads: sealed segments, and the mutable segment's rows
+    ``start .. start + len(live)`` in ``matrix``."""
+
+    segments: tuple[Segment, ...]
+    start: int
+    matrix: FloatMatrix
+    live: np.ndarray
 
 
 class Collection:
     """Engine-side collection. Thread-safe: writers are serialised by a lock;
-    searches copy the live mask under the lock and then scan without it."""
+    searches copy a snapshot under the lock and then scan without it."""
 
     def __init__(self, name: str, store: CollectionStore, config: CollectionConfig, limits: Limits) -> None:
         self.name = name
@@ -44,10 +99,22 @@ class Collection:
         self._closed = False
         raw = store.get_meta(NEXT_ROW)
         self._next_row = row_from_key(raw) if raw else 0
-        capacity = max(_MIN_CAPACITY, self._next_row)
+        raw = store.get_meta(MUTABLE_START)
+        self._mut_start = row_from_key(raw) if raw else 0
+        capacity = max(_MIN_CAPACITY, self._next_row - self._mut_start)
         self._matrix: FloatMatrix = np.zeros((capacity, config.dim), dtype=np.float32)
         self._live = np.zeros(capacity, dtype=np.bool_)
+        self._segments: list[Segment] = []
+        self._segment_dir = store.path / _SEGMENTS
         self._load()
+        self._wake = threading.Event()
+        self._idle = threading.Condition(self._lock)
+        self._busy = False
+        self._force_seal = False
+        self._error: str = ""
+        self._optimizer = threading.Thread(target=self._optimize_loop, name=f"optimizer-{name}", daemon=True)
+        self._optimizer.start()
+        self._wake.set()
 
     # ------------------------------------------------------------ lifecycle
     @classmethod
@@ -72,7 +139,18 @@ class Collection:
         return cls(name, store, CollectionConfig.from_dict(orjson.loads(raw)), limits)
 
     def _load(self) -> None:
-        """Rebuild the search matrix from the stored vectors."""
+        """Load the sealed segments of the manifest, re-apply deletes made after sealing,
+        and rebuild the mutable segment from the vectors stored past it."""
+        raw = self._store.get_meta(SEGMENTS)
+        names: list[str] = orjson.loads(raw) if raw else []
+        self._segment_dir.mkdir(exist_ok=True)
+        for entry in self._segment_dir.iterdir():  # unfinished builds, segments replaced before a crash
+            if entry.name not in names:
+                shutil.rmtree(entry, ignore_errors=True)
+        self._segments = [Segment.load(self._segment_dir / n, self.config, self._metric) for n in names]
+        dead = self._store.dead_rows()
+        for segment in self._segments:
+            segment.kill(dead)
         dim = self.config.dim
         block_rows: list[int] = []
         block_vecs: list[bytes] = []
@@ -84,7 +162,7 @@ class Collection:
                 block_rows.clear()
                 block_vecs.clear()
 
-        for row, vec in self._store.scan_vectors():
+        for row, vec in self._store.scan_vectors(self._mut_start):
             block_rows.append(row)
             block_vecs.append(vec)
             if len(block_rows) >= 65_536:
@@ -92,10 +170,15 @@ class Collection:
         flush()
 
     def close(self) -> None:
+        """Stop the optimizer (waiting for a build in progress) and close the store."""
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._store.close()
+            if self._closed:
+                return
+            self._closed = True
+        self._wake.set()
+        if self._optimizer is not threading.current_thread():
+            self._optimizer.join()
+        self._store.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -113,7 +196,7 @@ class Collection:
         return normalize_rows(vectors)
 
     def _ensure_capacity(self, need: int) -> None:
-        """Grow the search matrix and live mask to hold ``need`` rows (caller holds the lock)."""
+        """Grow the mutable matrix and live mask to hold ``need`` rows (caller holds the lock)."""
         if need > self._matrix.shape[0]:
             capacity = max(need, int(self._matrix.shape[0] * _GROW))
             matrix = np.zeros((capacity, self.config.dim), dtype=np.float32)
@@ -123,11 +206,23 @@ class Collection:
             self._matrix, self._live = matrix, live
 
     def _place(self, rows: np.ndarray, prepared: FloatMatrix) -> None:
-        """Write prepared vectors at ``rows`` and mark them live (caller holds the lock)."""
+        """Write prepared vectors at global ``rows`` of the mutable segment and mark them
+        live (caller holds the lock)."""
         if rows.size:
-            self._ensure_capacity(int(rows.max()) + 1)
-            self._matrix[rows] = prepared
-            self._live[rows] = True
+            local = rows - self._mut_start
+            self._ensure_capacity(int(local.max()) + 1)
+            self._matrix[local] = prepared
+            self._live[local] = True
+
+    def _kill(self, rows: Sequence[int]) -> None:
+        """Hide dead global ``rows`` from every segment (caller holds the lock)."""
+        arr = np.asarray(rows, dtype=np.int64)
+        mutable = arr[arr >= self._mut_start]
+        self._live[mutable - self._mut_start] = False
+        sealed = np.sort(arr[arr < self._mut_start])
+        if sealed.size:
+            for segment in self._segments:
+                segment.kill(sealed)
 
     def _match_rows(self, predicate: Predicate) -> list[int]:
         """Rows whose payload satisfies ``predicate`` (exact scan over stored payloads)."""
@@ -178,11 +273,13 @@ class Collection:
             first = self._next_row
             new_rows = np.arange(first, first + len(keys), dtype=np.int64)
             dead = [(key, row) for key, row in zip(keys, old_rows, strict=True) if row is not None]
-            self._store.apply(keys, first, raw.tobytes(), blobs, dead)
+            self._store.apply(keys, first, raw.tobytes(), blobs, dead, self._mut_start)
             self._next_row = first + len(keys)
             self._place(new_rows, prepared)
             if dead:
-                self._live[[row for _, row in dead]] = False
+                self._kill([row for _, row in dead])
+        if self._next_row - self._mut_start >= self.config.segment_rows:
+            self._wake.set()
         return len(keys)
 
     def delete(self, ids: Sequence[PointId] | None = None, filter: Any = None) -> int:
@@ -199,19 +296,28 @@ class Collection:
         predicate = self._compile(filter)  # None: the empty filter, which matches every point
         with self._lock:
             self._check_open()
-            if predicate is None:
-                rows = [int(r) for r in np.flatnonzero(self._live[: self._next_row])]
-            else:
-                rows = self._match_rows(predicate)
+            rows = self._live_rows() if predicate is None else self._match_rows(predicate)
             found = self._store.id_keys_of(rows)
             return self._drop([(k, r) for k, r in zip(found, rows, strict=True) if k is not None])
 
     def _drop(self, dead: list[tuple[bytes, int]]) -> int:
         """Durably delete (id key, row) pairs, then hide the rows (caller holds the lock)."""
         if dead:
-            self._store.apply([], self._next_row, b"", [], dead)
-            self._live[[row for _, row in dead]] = False
+            self._store.apply([], self._next_row, b"", [], dead, self._mut_start)
+            self._kill([row for _, row in dead])
+            if any(s.dead > COMPACT_DEAD_FRACTION * s.size for s in self._segments):
+                self._wake.set()
         return len(dead)
+
+    def _live_rows(self) -> list[int]:
+        """Every live global row, ascending (caller holds the lock)."""
+        parts = [s.rows[s.live] for s in self._segments]
+        parts.append(np.flatnonzero(self._live[: self._next_row - self._mut_start]) + self._mut_start)
+        return [int(r) for r in np.concatenate(parts)]
+
+    def _live_count(self) -> int:
+        mutable = int(np.count_nonzero(self._live[: self._next_row - self._mut_start]))
+        return mutable + sum(s.live_count for s in self._segments)
 
     # ------------------------------------------------------------ reads
     def count(self, filter: Any = None) -> int:
@@ -220,7 +326,7 @@ class Collection:
         self._check_open()
         if predicate is None:
             with self._lock:
-                return int(np.count_nonzero(self._live[: self._next_row]))
+                return self._live_count()
         return len(self._match_rows(predicate))
 
     def get(self, ids: Sequence[PointId], with_payload: bool = True, with_vector: bool = True) -> list[Point]:
@@ -270,10 +376,11 @@ class Collection:
         filter: Any = None,
         with_payload: bool = True,
         with_vector: bool = False,
+        params: SearchParams | None = None,
     ) -> list[Hit]:
         """The ``k`` nearest points to one query vector, best first."""
         query = as_query(vector, self.config.dim)
-        return self._search(query.reshape(1, -1), k, filter, with_payload, with_vector)[0]
+        return self._search(query.reshape(1, -1), k, filter, with_payload, with_vector, params)[0]
 
     def search_batch(
         self,
@@ -282,6 +389,7 @@ class Collection:
         filter: Any = None,
         with_payload: bool = True,
         with_vector: bool = False,
+        params: SearchParams | None = None,
     ) -> list[list[Hit]]:
         """One hit list per query row, each best first."""
         queries = as_matrix(vectors, self.config.dim, "query vectors")
@@ -291,26 +399,63 @@ class Collection:
             )
         if queries.shape[0] == 0:
             return []
-        return self._search(queries, k, filter, with_payload, with_vector)
+        return self._search(queries, k, filter, with_payload, with_vector, params)
 
-    def _search(
-        self, queries: FloatMatrix, k: int, filter: Any, with_payload: bool, with_vector: bool
-    ) -> list[list[Hit]]:
-        k = check_k(k, self._limits)
-        predicate = self._compile(filter)
-        prepared = self._prepare(queries)
-        allowed_rows = self._match_rows(predicate) if predicate is not None else None
+    def _snapshot(self) -> _Snapshot:
         with self._lock:
             self._check_open()
-            n = self._next_row
-            matrix = self._matrix
-            allowed = self._live[:n].copy()
-        if allowed_rows is not None:
-            mask = np.zeros(n, dtype=np.bool_)
-            mask[[r for r in allowed_rows if r < n]] = True
-            allowed &= mask
-        scores, rows, counts = exact_topk(matrix, allowed, prepared, min(k, max(n, 1)), self._metric)
-        scores = finish_scores(scores, self._metric)
+            n = self._next_row - self._mut_start
+            return _Snapshot(tuple(self._segments), self._mut_start, self._matrix, self._live[:n].copy())
+
+    def _knobs(self, params: SearchParams) -> Knobs:
+        quant = self.config.quantization
+        return Knobs(
+            ef=params.ef if params.ef is not None else self.config.index.ef,
+            oversample=params.oversample
+            if params.oversample is not None
+            else (quant.oversample if quant is not None else 1.0),
+        )
+
+    def _search(
+        self,
+        queries: FloatMatrix,
+        k: int,
+        filter: Any,
+        with_payload: bool,
+        with_vector: bool,
+        params: SearchParams | None,
+    ) -> list[list[Hit]]:
+        k = check_k(k, self._limits)
+        params = params or SearchParams()
+        predicate = self._compile(filter)
+        prepared = self._prepare(queries)
+        allowed = np.asarray(self._match_rows(predicate), dtype=np.int64) if predicate is not None else None
+        snap = self._snapshot()
+        knobs = self._knobs(params)
+        parts: list[TopK] = []
+        for segment in snap.segments:
+            if allowed is not None:  # exact over the matching rows (payload-index plans come with #5)
+                rows, vectors = segment.gather(allowed)
+                parts.append(_exact_over(rows, vectors, prepared, k, self._metric))
+            else:
+                parts.append(segment.search(prepared, k, knobs, params.exact, self._metric))
+        mask = snap.live
+        if allowed is not None:
+            local = allowed[(allowed >= snap.start) & (allowed < snap.start + mask.size)] - snap.start
+            only = np.zeros_like(mask)
+            only[local] = True
+            mask = mask & only
+        if mask.any():
+            scores, local_rows, counts = exact_topk(
+                snap.matrix, mask, prepared, min(k, mask.size), self._metric
+            )
+            parts.append((scores, np.where(local_rows >= 0, local_rows + snap.start, -1), counts))
+        scores, rows, counts = merge_topk(parts, prepared.shape[0], k)
+        return self._hits(finish_scores(scores, self._metric), rows, counts, with_payload, with_vector)
+
+    def _hits(
+        self, scores: FloatMatrix, rows: np.ndarray, counts: np.ndarray, with_payload: bool, with_vector: bool
+    ) -> list[list[Hit]]:
         flat_rows = [int(r) for q in range(len(counts)) for r in rows[q, : counts[q]]]
         keys = self._store.id_keys_of(flat_rows)
         points = self._points(flat_rows, keys, with_payload, with_vector)
@@ -327,4 +472,179 @@ class Collection:
         return results
 
     def info(self) -> CollectionInfo:
-        return CollectionInfo(self.name, self.config, self.count())
+        """Settings, live point count and the state of the index tier."""
+        with self._lock:
+            self._check_open()
+            mutable = int(np.count_nonzero(self._live[: self._next_row - self._mut_start]))
+            segments = list(self._segments)
+            error = self._error
+        notes = sorted({s.note for s in segments if s.note} | ({error} if error else set()))
+        status = IndexStatus(
+            segments=len(segments),
+            indexed_points=sum(s.live_count for s in segments),
+            mutable_points=mutable,
+            index_bytes=sum(s.index_bytes() for s in segments),
+            note="; ".join(notes),
+        )
+        return CollectionInfo(self.name, self.config, status.indexed_points + mutable, status)
+
+    # ------------------------------------------------------------ optimizer
+    def optimize(self, timeout: float | None = None) -> bool:
+        """Seal the mutable segment now (whatever its size), compact and merge segments,
+        and wait until the optimizer is idle; False if ``timeout`` seconds passed first."""
+        self._check_open()
+        with self._lock:
+            self._force_seal = True
+        self._wake.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while (self._force_seal or self._busy or self._wake.is_set()) and not self._closed:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._idle.wait(left)
+        if self._error:
+            raise FailedPrecondition(f"the optimizer of {self.name!r} failed: {self._error}")
+        return True
+
+    def _optimize_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            with self._lock:
+                if self._closed:
+                    return
+                self._wake.clear()
+                self._busy = True
+            try:
+                while self._optimize_step():
+                    pass
+                self._error = ""
+            except Exception as exc:  # keep serving from what is sealed; info() shows the error
+                log.exception("optimizer of %r failed", self.name)
+                self._error = f"{type(exc).__name__}: {exc}"
+                with self._lock:
+                    self._force_seal = False
+            with self._lock:
+                self._busy = False
+                self._idle.notify_all()
+
+    def _optimize_step(self) -> bool:
+        """Do one unit of work (seal, compact or merge); False when there is none."""
+        with self._lock:
+            if self._closed:
+                return False
+            pending = self._next_row - self._mut_start
+            size = self.config.segment_rows
+            if pending >= size or (self._force_seal and pending > 0):
+                take = min(pending, size)
+                matrix, live = self._matrix, self._live[:take].copy()
+                start = self._mut_start
+            else:
+                did = self._rewrite_step()
+                if not did:
+                    self._force_seal = False
+                return did
+        local = np.flatnonzero(live)
+        segment = None
+        if local.size:
+            segment = self._build(local + start, matrix[local])
+        with self._lock:
+            if self._closed:
+                return False
+            names = [s.name for s in self._segments] + ([segment.name] if segment is not None else [])
+            self._store.put_meta({SEGMENTS: orjson.dumps(names), MUTABLE_START: row_key(start + take)})
+            if segment is not None:
+                segment.kill(local[~self._live[local]] + start)  # deleted while it was built
+                self._segments.append(segment)
+            rest = self._next_row - start - take
+            capacity = max(_MIN_CAPACITY, int(rest * _GROW))
+            new_matrix = np.zeros((capacity, self.config.dim), dtype=np.float32)
+            new_matrix[:rest] = self._matrix[take : take + rest]
+            new_live = np.zeros(capacity, dtype=np.bool_)
+            new_live[:rest] = self._live[take : take + rest]
+            self._matrix, self._live, self._mut_start = new_matrix, new_live, start + take
+        log.info("sealed %d rows of %r into segment %s", take, self.name, segment.name if segment else "-")
+        return True
+
+    def _rewrite_step(self) -> bool:
+        """Pick segments to rewrite (caller holds the lock): one with many dead rows, or
+        two neighbours that fit in one segment together. Returns whether it did one."""
+        group: list[Segment] = []
+        for seg in self._segments:
+            if seg.dead > COMPACT_DEAD_FRACTION * seg.size or seg.live_count == 0:
+                group = [seg]
+                break
+        if not group:
+            for left, right in pairwise(self._segments):
+                if left.live_count + right.live_count <= self.config.segment_rows:
+                    group = [left, right]
+                    break
+        if not group:
+            return False
+        lives = [seg.live.copy() for seg in group]
+        self._lock.release()
+        try:
+            rows = np.concatenate([seg.rows[lv] for seg, lv in zip(group, lives, strict=True)])
+            segment = None
+            if rows.size:
+                vectors = np.concatenate([seg.vectors[lv] for seg, lv in zip(group, lives, strict=True)])
+                segment = self._build(rows, vectors)
+        finally:
+            self._lock.acquire()
+        if self._closed:
+            return False
+        at = self._segments.index(group[0])
+        replaced = self._segments[:at] + ([segment] if segment else []) + self._segments[at + len(group) :]
+        gone = np.concatenate([seg.rows[~lv] for seg, lv in zip(group, lives, strict=True)])
+        self._store.put_meta({SEGMENTS: orjson.dumps([s.name for s in replaced])}, [int(r) for r in gone])
+        if segment is not None:
+            for seg, lv in zip(group, lives, strict=True):
+                segment.kill(seg.rows[lv & ~seg.live])  # deleted while it was rebuilt
+        self._segments = replaced
+        for seg in group:
+            shutil.rmtree(seg.folder, ignore_errors=True)
+        log.info(
+            "rewrote %d segment(s) of %r into %s", len(group), self.name, segment.name if segment else "-"
+        )
+        return True
+
+    def _build(self, rows: np.ndarray, vectors: FloatMatrix) -> Segment:
+        folder = self._segment_dir / f"{int(rows[0]):012d}-{uuid.uuid4().hex[:8]}"
+        started = time.perf_counter()
+        segment = Segment.build(folder, rows, vectors, self.config, self._metric, build_threads())
+        log.info(
+            "built %s segment of %d rows for %r in %.1f s",
+            segment.tier.kind,
+            rows.size,
+            self.name,
+            time.perf_counter() - started,
+        )
+        return segment
+
+
+def _exact_over(rows: np.ndarray, vectors: FloatMatrix, queries: FloatMatrix, k: int, metric: int) -> TopK:
+    """Exact top-k over gathered ``vectors`` whose global row numbers are ``rows``."""
+    if rows.size == 0:
+        nq = queries.shape[0]
+        return (np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), np.zeros(nq, np.int64))
+    scores, local, counts = exact_topk(
+        vectors, np.ones(rows.size, np.bool_), queries, min(k, rows.size), metric
+    )
+    return scores, np.where(local >= 0, rows[np.maximum(local, 0)], -1), counts
+
+
+def merge_topk(parts: list[TopK], nq: int, k: int) -> TopK:
+    """Merge per-segment top-k lists (kernel scores, global rows, counts) into one."""
+    if not parts:
+        return np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), np.zeros(nq, np.int64)
+    if len(parts) == 1:
+        return parts[0]
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    rows = np.concatenate([p[1] for p in parts], axis=1)
+    valid = np.concatenate([np.arange(p[0].shape[1])[None, :] < p[2][:, None] for p in parts], axis=1)
+    scores = np.where(valid, scores, -np.inf).astype(np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top_scores = np.take_along_axis(scores, order, axis=1)
+    top_rows = np.take_along_axis(rows, order, axis=1)
+    counts = np.minimum(valid.sum(axis=1), k).astype(np.int64)
+    return top_scores, np.where(np.isfinite(top_scores), top_rows, -1), counts

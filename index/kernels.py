@@ -158,3 +158,102 @@ def sort_heaps(heap_scores: np.ndarray, heap_rows: np.ndarray, sizes: np.ndarray
     """Sort every query's heap best first, in place."""
     for q in range(heap_scores.shape[0]):
         _sort_heap(heap_scores[q], heap_rows[q], sizes[q])
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def rerank(
+    vectors: np.ndarray, candidates: np.ndarray, live: np.ndarray, queries: np.ndarray, k: int, metric: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k of each query among its candidate rows of ``vectors``.
+
+    ``candidates`` is (q, c) of row numbers, -1 where unused; rows that are not
+    ``live`` are skipped. Only the candidate rows are read (a gather from a memory
+    map touches just their pages), and a bounded heap selects the top k without
+    sorting all candidates. Returns (scores, rows, counts) as ``topk_scan`` does.
+    """
+    nq = queries.shape[0]
+    dim = queries.shape[1]
+    out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_rows = np.full((nq, k), -1, dtype=np.int64)
+    sizes = np.zeros(nq, dtype=np.int64)
+    for q in range(nq):
+        query = queries[q]
+        size = 0
+        hs = out_scores[q]
+        hr = out_rows[q]
+        for c in range(candidates.shape[1]):
+            i = candidates[q, c]
+            if i < 0 or not live[i]:
+                continue
+            row = vectors[i]
+            acc = np.float32(0.0)
+            if metric == METRIC_IP:
+                for j in range(dim):
+                    acc += row[j] * query[j]
+            else:
+                for j in range(dim):
+                    diff = row[j] - query[j]
+                    acc -= diff * diff
+            size = _push(hs, hr, size, k, acc, i)
+        _sort_heap(hs, hr, size)
+        sizes[q] = size
+    return out_scores, out_rows, sizes
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _popcount64(x: np.uint64) -> np.uint64:
+    # SWAR popcount; LLVM turns this pattern into one POPCNT instruction
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
+
+
+@njit(nogil=True, cache=True)
+def hamming_topn(codes: np.ndarray, live: np.ndarray, query_codes: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` live rows of ``codes`` nearest to each query code in Hamming distance.
+
+    ``codes`` is (rows, words) uint64. Distances are small integers, so selection
+    is a counting pass (histogram, cut-off distance, collect) rather than a heap or
+    a sort: O(rows) per query whatever ``n`` is. Returns (q, n) row numbers, -1 where
+    fewer than ``n`` rows are live; rows come in no particular order.
+    """
+    rows = codes.shape[0]
+    words = codes.shape[1]
+    max_dist = words * 64
+    out = np.full((query_codes.shape[0], n), -1, dtype=np.int64)
+    dist = np.empty(rows, dtype=np.int32)
+    hist = np.empty(max_dist + 2, dtype=np.int64)
+    for q in range(query_codes.shape[0]):
+        qc = query_codes[q]
+        hist[:] = 0
+        for i in range(rows):
+            if not live[i]:
+                dist[i] = max_dist + 1
+                continue
+            bits = np.uint64(0)
+            for w in range(words):
+                bits += _popcount64(codes[i, w] ^ qc[w])
+            dist[i] = np.int32(bits)
+            hist[dist[i]] += 1
+        # smallest cut-off such that rows with distance <= cut-off number at least n
+        total = 0
+        cut = max_dist
+        for d in range(max_dist + 1):
+            total += hist[d]
+            if total >= n:
+                cut = d
+                break
+        below = total - hist[cut] if total >= n else total  # rows strictly closer than the cut-off
+        room_at_cut = n - below
+        filled = 0
+        for i in range(rows):
+            di = dist[i]
+            if di < cut or (di == cut and room_at_cut > 0):
+                if di == cut:
+                    room_at_cut -= 1
+                out[q, filled] = i
+                filled += 1
+                if filled == n:
+                    break
+    return out

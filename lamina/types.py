@@ -28,30 +28,173 @@ FloatMatrix: TypeAlias = npt.NDArray[np.float32]
 COLLECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+IndexType: TypeAlias = Literal["flat", "hnsw"]
+INDEX_TYPES: tuple[str, ...] = get_args(IndexType)
+QuantizationType: TypeAlias = Literal["binary", "pq"]
+QUANTIZATION_TYPES: tuple[str, ...] = get_args(QuantizationType)
+#: Rows a mutable segment collects before the optimizer seals it into an indexed one.
+DEFAULT_SEGMENT_ROWS = 100_000
+
+
+def _int_param(owner: str, name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(f"{owner} {name} must be an integer in {low}..{high}, got {value!r}")
+    return value
+
+
+def _known_keys(owner: str, data: object, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{owner} must be a dict such as {{'type': ...}}, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise InvalidArgument(f"unknown {owner} setting(s) {unknown}: use {', '.join(allowed)}")
+    return dict(data)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How sealed segments are searched: ``flat`` scans every code or vector, ``hnsw``
+    walks a graph (``m`` links per node, ``ef_construction`` build beam, ``ef`` default
+    search beam).
+
+    >>> IndexConfig.from_dict({"type": "hnsw", "m": 32}).ef_construction
+    200
+    """
+
+    type: IndexType = "hnsw"
+    m: int = 16
+    ef_construction: int = 200
+    ef: int = 64
+
+    def __post_init__(self) -> None:
+        if self.type not in INDEX_TYPES:
+            raise InvalidArgument(f"unknown index type {self.type!r}: use one of {', '.join(INDEX_TYPES)}")
+        _int_param("index", "m", self.m, 2, 256)
+        _int_param("index", "ef_construction", self.ef_construction, 1, 10_000)
+        _int_param("index", "ef", self.ef, 1, 10_000)
+
+    @classmethod
+    def from_dict(cls, data: object) -> IndexConfig:
+        return cls(**_known_keys("index", data, ("type", "m", "ef_construction", "ef")))
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """The compact codes kept in memory for sealed segments; candidates found with them
+    are reranked with full-precision vectors. ``binary``: ``bits`` (1, 2 or 4) per
+    dimension, thresholds at per-dimension quantiles. ``pq``: ``m`` sub-quantizers of
+    8 bits (``m`` must divide dim). ``oversample``: candidates per wanted hit.
+
+    >>> QuantizationConfig.from_dict({"type": "binary", "oversample": 8}).bits
+    1
+    """
+
+    type: QuantizationType = "binary"
+    bits: int = 1
+    m: int = 0
+    oversample: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.type not in QUANTIZATION_TYPES:
+            raise InvalidArgument(
+                f"unknown quantization type {self.type!r}: use one of {', '.join(QUANTIZATION_TYPES)} or None"
+            )
+        if self.bits not in (1, 2, 4) or isinstance(self.bits, bool):
+            raise InvalidArgument(f"quantization bits must be 1, 2 or 4, got {self.bits!r}")
+        if self.type == "pq":
+            _int_param("pq", "m", self.m, 1, 65_536)
+        elif self.m:
+            raise InvalidArgument("quantization m applies to pq only: leave it out for binary")
+        check_oversample(self.oversample)
+
+    @classmethod
+    def from_dict(cls, data: object) -> QuantizationConfig:
+        return cls(**_known_keys("quantization", data, ("type", "bits", "m", "oversample")))
+
+
+def check_oversample(value: object) -> float:
+    """``value`` as a float in 1..1000, or InvalidArgument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 1000:
+        raise InvalidArgument(f"oversample must be a number in 1..1000, got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class CollectionConfig:
     """Settings fixed when a collection is created.
 
-    >>> CollectionConfig(dim=384, metric="cosine").dim
-    384
+    >>> CollectionConfig(dim=384, metric="cosine").index.type
+    'hnsw'
     """
 
     dim: int
     metric: Metric = "cosine"
+    index: IndexConfig = field(default_factory=IndexConfig)
+    quantization: QuantizationConfig | None = None
+    segment_rows: int = DEFAULT_SEGMENT_ROWS
 
     def __post_init__(self) -> None:
         if isinstance(self.dim, bool) or not isinstance(self.dim, int):
             raise InvalidArgument(f"dim must be an integer, got {type(self.dim).__name__}")
         if self.metric not in METRICS:
             raise InvalidArgument(f"unknown metric {self.metric!r}: use one of {', '.join(METRICS)}")
+        _int_param("collection", "segment_rows", self.segment_rows, 256, 100_000_000)
+        q = self.quantization
+        if q is not None and q.type == "pq" and self.dim % q.m:
+            raise InvalidArgument(f"pq m={q.m} does not divide dim={self.dim}: pick a divisor of {self.dim}")
+        if q is not None and q.type == "binary" and self.index.type == "hnsw" and (self.dim * q.bits) % 8:
+            raise InvalidArgument(
+                f"hnsw over binary codes needs dim * bits to be a multiple of 8, got {self.dim} * {q.bits}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CollectionConfig:
-        known = {k: data[k] for k in ("dim", "metric") if k in data}
-        return cls(dim=int(known["dim"]), metric=cast(Metric, known.get("metric", "cosine")))
+        quant = data.get("quantization")
+        return cls(
+            dim=int(data["dim"]),
+            metric=cast(Metric, data.get("metric", "cosine")),
+            index=IndexConfig.from_dict(data.get("index", {"type": "flat"})),
+            quantization=None if quant is None else QuantizationConfig.from_dict(quant),
+            segment_rows=int(data.get("segment_rows", DEFAULT_SEGMENT_ROWS)),
+        )
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Per-query overrides: ``ef`` (HNSW beam), ``oversample`` (candidates per hit
+    for quantized tiers) and ``exact`` (scan full-precision vectors, bypassing the tier).
+
+    >>> SearchParams(ef=128).exact
+    False
+    """
+
+    ef: int | None = None
+    oversample: float | None = None
+    exact: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ef is not None:
+            _int_param("search", "ef", self.ef, 1, 100_000)
+        if self.oversample is not None:
+            check_oversample(self.oversample)
+        if not isinstance(self.exact, bool):
+            raise InvalidArgument(f"exact must be True or False, got {self.exact!r}")
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    """What the index tier holds now: sealed segments and their points, points still
+    in the mutable (exactly searched) segment, index memory, and a note when a tier
+    could not be built (for example too few points to train PQ)."""
+
+    segments: int = 0
+    indexed_points: int = 0
+    mutable_points: int = 0
+    index_bytes: int = 0
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,6 +204,7 @@ class CollectionInfo:
     name: str
     config: CollectionConfig
     count: int
+    status: IndexStatus = field(default_factory=IndexStatus)
 
     @property
     def dim(self) -> int:

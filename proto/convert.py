@@ -16,15 +16,22 @@ from lamina.proto.lamina.v1 import collections_pb2 as cpb
 from lamina.proto.lamina.v1 import common_pb2 as pb
 from lamina.proto.lamina.v1 import search_pb2 as spb
 from lamina.types import (
+    DEFAULT_SEGMENT_ROWS,
     CollectionConfig,
     CollectionInfo,
     Filter,
     FloatMatrix,
     Hit,
+    IndexConfig,
+    IndexStatus,
+    IndexType,
     Metric,
     Payload,
     Point,
     PointId,
+    QuantizationConfig,
+    QuantizationType,
+    SearchParams,
 )
 from lamina.validation import check_json_value
 
@@ -111,21 +118,88 @@ def payload_from_json(text: str) -> Payload | None:
 
 # ---------------------------------------------------------------- collections
 def config_to_proto(config: CollectionConfig) -> cpb.CollectionConfig:
-    return cpb.CollectionConfig(dim=config.dim, metric=_METRIC_TO_PROTO[config.metric])
+    idx = config.index
+    msg = cpb.CollectionConfig(
+        dim=config.dim,
+        metric=_METRIC_TO_PROTO[config.metric],
+        index=cpb.IndexConfig(type=idx.type, m=idx.m, ef_construction=idx.ef_construction, ef=idx.ef),
+        segment_rows=config.segment_rows,
+    )
+    q = config.quantization
+    if q is not None:
+        msg.quantization.CopyFrom(
+            cpb.QuantizationConfig(type=q.type, bits=q.bits, m=q.m, oversample=q.oversample)
+        )
+    return msg
 
 
 def config_from_proto(msg: cpb.CollectionConfig) -> CollectionConfig:
+    """A config from its message; zero fields take their documented defaults."""
     if msg.metric not in _METRIC_FROM_PROTO:
         raise InvalidArgument(f"unknown metric enum value {msg.metric}: use COSINE, DOT or L2")
-    return CollectionConfig(dim=msg.dim, metric=_METRIC_FROM_PROTO[msg.metric])
+    index = IndexConfig()
+    if msg.HasField("index"):
+        i = msg.index
+        index = IndexConfig(
+            type=cast(IndexType, i.type or index.type),
+            m=i.m or index.m,
+            ef_construction=i.ef_construction or index.ef_construction,
+            ef=i.ef or index.ef,
+        )
+    quant = None
+    if msg.HasField("quantization"):
+        q = msg.quantization
+        quant = QuantizationConfig(
+            type=cast(QuantizationType, q.type), bits=q.bits or 1, m=q.m, oversample=q.oversample or 4.0
+        )
+    return CollectionConfig(
+        dim=msg.dim,
+        metric=_METRIC_FROM_PROTO[msg.metric],
+        index=index,
+        quantization=quant,
+        segment_rows=msg.segment_rows or DEFAULT_SEGMENT_ROWS,
+    )
 
 
 def info_to_proto(info: CollectionInfo) -> cpb.CollectionInfo:
-    return cpb.CollectionInfo(name=info.name, config=config_to_proto(info.config), count=info.count)
+    st = info.status
+    return cpb.CollectionInfo(
+        name=info.name,
+        config=config_to_proto(info.config),
+        count=info.count,
+        status=cpb.IndexStatus(
+            segments=st.segments,
+            indexed_points=st.indexed_points,
+            mutable_points=st.mutable_points,
+            index_bytes=st.index_bytes,
+            note=st.note,
+        ),
+    )
 
 
 def info_from_proto(msg: cpb.CollectionInfo) -> CollectionInfo:
-    return CollectionInfo(name=msg.name, config=config_from_proto(msg.config), count=msg.count)
+    st = msg.status
+    status = IndexStatus(st.segments, st.indexed_points, st.mutable_points, st.index_bytes, st.note)
+    return CollectionInfo(name=msg.name, config=config_from_proto(msg.config), count=msg.count, status=status)
+
+
+def params_to_proto(params: SearchParams | None) -> spb.SearchParams | None:
+    if params is None:
+        return None
+    msg = spb.SearchParams(exact=params.exact)
+    if params.ef is not None:
+        msg.ef = params.ef
+    if params.oversample is not None:
+        msg.oversample = params.oversample
+    return msg
+
+
+def params_from_proto(msg: spb.SearchParams) -> SearchParams:
+    return SearchParams(
+        ef=msg.ef if msg.HasField("ef") else None,
+        oversample=msg.oversample if msg.HasField("oversample") else None,
+        exact=msg.exact,
+    )
 
 
 # ---------------------------------------------------------------- points and hits

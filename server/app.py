@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -91,6 +92,19 @@ class CollectionsServicer(_Base, cgrpc.CollectionsServicer):
         self, request: cpb.GetCollectionRequest, context: grpc.aio.ServicerContext
     ) -> cpb.CollectionInfo:
         return await self._run(context, lambda: convert.info_to_proto(self._collection(request.name).info()))
+
+    async def Optimize(
+        self, request: cpb.OptimizeRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.CollectionInfo:
+        def optimize() -> cpb.CollectionInfo:
+            col = self._collection(request.name)
+            timeout = request.timeout_seconds
+            if not math.isfinite(timeout) or timeout < 0:
+                raise InvalidArgument(f"timeout_seconds must be a finite number >= 0, got {timeout}")
+            col.optimize(timeout or None)
+            return convert.info_to_proto(col.info())
+
+        return await self._run(context, optimize)
 
     async def List(
         self, request: cpb.ListCollectionsRequest, context: grpc.aio.ServicerContext
@@ -193,6 +207,7 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
                 filter=convert.filter_from_json(request.filter_json),
                 with_payload=request.with_payload,
                 with_vector=request.with_vector,
+                params=convert.params_from_proto(request.params),
             )
             return spb.SearchResponse(hits=[convert.hit_to_proto(h) for h in hits])
 
@@ -209,6 +224,7 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
                 filter=convert.filter_from_json(request.filter_json),
                 with_payload=request.with_payload,
                 with_vector=request.with_vector,
+                params=convert.params_from_proto(request.params),
             )
             return spb.SearchBatchResponse(
                 results=[spb.HitList(hits=[convert.hit_to_proto(h) for h in hits]) for hits in results]

@@ -8,6 +8,9 @@ Column families:
 ``rows``   row                     id key
 ``vecs``   row                     float32 little-endian vector bytes
 ``pays``   row                     payload JSON bytes
+``dead``   row                     (empty): rows deleted after they were
+                                   sealed into a segment, re-applied to the
+                                   segment's live mask at start
 =========  ======================  =====================================
 
 Every request becomes one ``WriteBatch``, so it is applied whole or not at all;
@@ -27,11 +30,13 @@ from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from lamina.storage.keys import row_from_key, row_key
 
-_COLUMN_FAMILIES = ("meta", "ids", "rows", "vecs", "pays")
+_COLUMN_FAMILIES = ("meta", "ids", "rows", "vecs", "pays", "dead")
 NEXT_ROW = b"next_row"
 CONFIG = b"config"
 FORMAT = b"format"
 FORMAT_VERSION = b"1"
+SEGMENTS = b"segments"
+MUTABLE_START = b"mutable_start"
 
 
 def _options() -> Options:
@@ -58,10 +63,14 @@ class CollectionStore:
         value = self._cf["meta"].get(key)
         return None if value is None else bytes(value)
 
-    def put_meta(self, items: dict[bytes, bytes]) -> None:
+    def put_meta(self, items: dict[bytes, bytes], forget_dead: Sequence[int] = ()) -> None:
+        """Write meta keys in one batch, dropping ``forget_dead`` rows from the dead list
+        (rows that a rewritten segment no longer holds)."""
         batch = WriteBatch(raw_mode=True)
         for key, value in items.items():
             batch.put(key, value, self._handle["meta"])
+        for row in forget_dead:
+            batch.delete(row_key(row), self._handle["dead"])
         self._db.write(batch, self._write_opts)
 
     # ----------------------------------------------------------------- writes
@@ -72,13 +81,15 @@ class CollectionStore:
         vectors: bytes,
         payloads: Sequence[bytes],
         dead: Sequence[tuple[bytes, int]],
+        sealed_below: int = 0,
     ) -> None:
         """Atomically write points at rows ``first_row, first_row + 1, ...`` and drop rows.
 
         ``vectors`` holds the float32 rows back to back (one per id key). ``dead``
         lists (id key, row) of rows to remove; an id key that is also written keeps
-        its new mapping (an upsert replacing a point). The row counter moves past
-        the new rows in the same batch.
+        its new mapping (an upsert replacing a point). Dead rows below
+        ``sealed_below`` (those in sealed segments) are recorded in the ``dead``
+        column family. The row counter moves past the new rows in the same batch.
         """
         batch = WriteBatch(raw_mode=True)
         ids_cf, rows_cf, vecs_cf, pays_cf = (self._handle[c] for c in ("ids", "rows", "vecs", "pays"))
@@ -90,6 +101,8 @@ class CollectionStore:
             batch.delete(rk, rows_cf)
             batch.delete(rk, vecs_cf)
             batch.delete(rk, pays_cf)
+            if row < sealed_below:
+                batch.put(rk, b"", self._handle["dead"])
         n = len(id_keys)
         stride = len(vectors) // n if n else 0
         row_keys = np.arange(first_row, first_row + n, dtype=">u8").tobytes()
@@ -133,10 +146,14 @@ class CollectionStore:
             yield it.key(), it.value()
             it.next()
 
-    def scan_vectors(self) -> Iterator[tuple[int, bytes]]:
-        """(row, vector bytes) of every stored row, in row order."""
-        for key, value in self._scan("vecs"):
+    def scan_vectors(self, start_row: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(row, vector bytes) of every stored row from ``start_row``, in row order."""
+        for key, value in self._scan("vecs", row_key(start_row)):
             yield row_from_key(key), value
+
+    def dead_rows(self) -> np.ndarray:
+        """Rows deleted after sealing, ascending."""
+        return np.array([row_from_key(key) for key, _ in self._scan("dead")], dtype=np.int64)
 
     def scan_payloads(self) -> Iterator[tuple[int, bytes]]:
         """(row, payload JSON) of every stored row, in row order."""

@@ -24,31 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blamina/v1/collections.proto\x12\tlamina.v1\"B\n\x10\x43ollectionConfig\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12!\n\x06metric\x18\x02 \x01(\x0e\x32\x11.lamina.v1.Metric\"T\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.lamina.v1.CollectionConfig\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Z\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.lamina.v1.CollectionConfig\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"\x18\n\x16ListCollectionsRequest\"I\n\x17ListCollectionsResponse\x12.\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x19.lamina.v1.CollectionInfo\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCollectionResponse*=\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\n\n\x06\x43OSINE\x10\x01\x12\x07\n\x03\x44OT\x10\x02\x12\x06\n\x02L2\x10\x03\x32\xbb\x02\n\x0b\x43ollections\x12G\n\x06\x43reate\x12\".lamina.v1.CreateCollectionRequest\x1a\x19.lamina.v1.CollectionInfo\x12\x41\n\x03Get\x12\x1f.lamina.v1.GetCollectionRequest\x1a\x19.lamina.v1.CollectionInfo\x12M\n\x04List\x12!.lamina.v1.ListCollectionsRequest\x1a\".lamina.v1.ListCollectionsResponse\x12Q\n\x06\x44\x65lete\x12\".lamina.v1.DeleteCollectionRequest\x1a#.lamina.v1.DeleteCollectionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blamina/v1/collections.proto\x12\tlamina.v1\"K\n\x0bIndexConfig\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\t\n\x01m\x18\x02 \x01(\x03\x12\x17\n\x0f\x65\x66_construction\x18\x03 \x01(\x03\x12\n\n\x02\x65\x66\x18\x04 \x01(\x03\"O\n\x12QuantizationConfig\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x62its\x18\x02 \x01(\x03\x12\t\n\x01m\x18\x03 \x01(\x03\x12\x12\n\noversample\x18\x04 \x01(\x01\"\xb4\x01\n\x10\x43ollectionConfig\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12!\n\x06metric\x18\x02 \x01(\x0e\x32\x11.lamina.v1.Metric\x12%\n\x05index\x18\x03 \x01(\x0b\x32\x16.lamina.v1.IndexConfig\x12\x33\n\x0cquantization\x18\x04 \x01(\x0b\x32\x1d.lamina.v1.QuantizationConfig\x12\x14\n\x0csegment_rows\x18\x05 \x01(\x03\"r\n\x0bIndexStatus\x12\x10\n\x08segments\x18\x01 \x01(\r\x12\x16\n\x0eindexed_points\x18\x02 \x01(\x04\x12\x16\n\x0emutable_points\x18\x03 \x01(\x04\x12\x13\n\x0bindex_bytes\x18\x04 \x01(\x04\x12\x0c\n\x04note\x18\x05 \x01(\t\"T\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.lamina.v1.CollectionConfig\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x82\x01\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.lamina.v1.CollectionConfig\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12&\n\x06status\x18\x04 \x01(\x0b\x32\x16.lamina.v1.IndexStatus\"\x18\n\x16ListCollectionsRequest\"I\n\x17ListCollectionsResponse\x12.\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x19.lamina.v1.CollectionInfo\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCollectionResponse\"8\n\x0fOptimizeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01*=\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\n\n\x06\x43OSINE\x10\x01\x12\x07\n\x03\x44OT\x10\x02\x12\x06\n\x02L2\x10\x03\x32\xfe\x02\n\x0b\x43ollections\x12G\n\x06\x43reate\x12\".lamina.v1.CreateCollectionRequest\x1a\x19.lamina.v1.CollectionInfo\x12\x41\n\x03Get\x12\x1f.lamina.v1.GetCollectionRequest\x1a\x19.lamina.v1.CollectionInfo\x12M\n\x04List\x12!.lamina.v1.ListCollectionsRequest\x1a\".lamina.v1.ListCollectionsResponse\x12Q\n\x06\x44\x65lete\x12\".lamina.v1.DeleteCollectionRequest\x1a#.lamina.v1.DeleteCollectionResponse\x12\x41\n\x08Optimize\x12\x1a.lamina.v1.OptimizeRequest\x1a\x19.lamina.v1.CollectionInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lamina.proto.lamina.v1.collections_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METRIC']._serialized_start=496
-  _globals['_METRIC']._serialized_end=557
-  _globals['_COLLECTIONCONFIG']._serialized_start=42
-  _globals['_COLLECTIONCONFIG']._serialized_end=108
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=110
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=194
-  _globals['_GETCOLLECTIONREQUEST']._serialized_start=196
-  _globals['_GETCOLLECTIONREQUEST']._serialized_end=232
-  _globals['_COLLECTIONINFO']._serialized_start=234
-  _globals['_COLLECTIONINFO']._serialized_end=324
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=326
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=350
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=352
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=425
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=427
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=466
-  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=468
-  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=494
-  _globals['_COLLECTIONS']._serialized_start=560
-  _globals['_COLLECTIONS']._serialized_end=875
+  _globals['_METRIC']._serialized_start=984
+  _globals['_METRIC']._serialized_end=1045
+  _globals['_INDEXCONFIG']._serialized_start=42
+  _globals['_INDEXCONFIG']._serialized_end=117
+  _globals['_QUANTIZATIONCONFIG']._serialized_start=119
+  _globals['_QUANTIZATIONCONFIG']._serialized_end=198
+  _globals['_COLLECTIONCONFIG']._serialized_start=201
+  _globals['_COLLECTIONCONFIG']._serialized_end=381
+  _globals['_INDEXSTATUS']._serialized_start=383
+  _globals['_INDEXSTATUS']._serialized_end=497
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=499
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=583
+  _globals['_GETCOLLECTIONREQUEST']._serialized_start=585
+  _globals['_GETCOLLECTIONREQUEST']._serialized_end=621
+  _globals['_COLLECTIONINFO']._serialized_start=624
+  _globals['_COLLECTIONINFO']._serialized_end=754
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=756
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=780
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=782
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=855
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=857
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=896
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=898
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=924
+  _globals['_OPTIMIZEREQUEST']._serialized_start=926
+  _globals['_OPTIMIZEREQUEST']._serialized_end=982
+  _globals['_COLLECTIONS']._serialized_start=1048
+  _globals['_COLLECTIONS']._serialized_end=1430
 # @@protoc_insertion_point(module_scope)

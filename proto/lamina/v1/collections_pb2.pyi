@@ -48,6 +48,76 @@ L2: Metric.ValueType  # 3
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
 @_typing.final
+class IndexConfig(_message.Message):
+    """How sealed segments are indexed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    M_FIELD_NUMBER: _builtins.int
+    EF_CONSTRUCTION_FIELD_NUMBER: _builtins.int
+    EF_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """"flat" (scan) or "hnsw" (graph); "" means hnsw"""
+    m: _builtins.int
+    """HNSW links per node, 2..256 (0: 16)"""
+    ef_construction: _builtins.int
+    """HNSW build beam (0: 200)"""
+    ef: _builtins.int
+    """default HNSW search beam (0: 64)"""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        m: _builtins.int = ...,
+        ef_construction: _builtins.int = ...,
+        ef: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ef", b"ef", "ef_construction", b"ef_construction", "m", b"m", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndexConfig: _TypeAlias = IndexConfig  # noqa: Y015
+
+@_typing.final
+class QuantizationConfig(_message.Message):
+    """Compact codes kept in memory for candidate search; candidates are reranked with
+    the full-precision vectors.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    BITS_FIELD_NUMBER: _builtins.int
+    M_FIELD_NUMBER: _builtins.int
+    OVERSAMPLE_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """"binary" or "pq" """
+    bits: _builtins.int
+    """binary: 1, 2 or 4 bits per dimension (0: 1)"""
+    m: _builtins.int
+    """pq: sub-quantizers of 8 bits; must divide dim"""
+    oversample: _builtins.float
+    """candidates fetched per wanted hit, 1..1000 (0: 4)"""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        bits: _builtins.int = ...,
+        m: _builtins.int = ...,
+        oversample: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits", b"bits", "m", b"m", "oversample", b"oversample", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuantizationConfig: _TypeAlias = QuantizationConfig  # noqa: Y015
+
+@_typing.final
 class CollectionConfig(_message.Message):
     """Settings fixed at creation."""
 
@@ -55,21 +125,75 @@ class CollectionConfig(_message.Message):
 
     DIM_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    QUANTIZATION_FIELD_NUMBER: _builtins.int
+    SEGMENT_ROWS_FIELD_NUMBER: _builtins.int
     dim: _builtins.int
     metric: Global___Metric.ValueType
+    segment_rows: _builtins.int
+    """rows per sealed segment (0: 100000)"""
+    @_builtins.property
+    def index(self) -> Global___IndexConfig:
+        """unset: hnsw with defaults"""
+
+    @_builtins.property
+    def quantization(self) -> Global___QuantizationConfig:
+        """unset: none (full-precision index)"""
+
     def __init__(
         self,
         *,
         dim: _builtins.int = ...,
         metric: Global___Metric.ValueType = ...,
+        index: Global___IndexConfig | None = ...,
+        quantization: Global___QuantizationConfig | None = ...,
+        segment_rows: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "quantization", b"quantization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "metric", b"metric"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "index", b"index", "metric", b"metric", "quantization", b"quantization", "segment_rows", b"segment_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CollectionConfig: _TypeAlias = CollectionConfig  # noqa: Y015
+
+@_typing.final
+class IndexStatus(_message.Message):
+    """The state of a collection's index tier."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    INDEXED_POINTS_FIELD_NUMBER: _builtins.int
+    MUTABLE_POINTS_FIELD_NUMBER: _builtins.int
+    INDEX_BYTES_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    segments: _builtins.int
+    """sealed, indexed segments"""
+    indexed_points: _builtins.int
+    """live points in sealed segments"""
+    mutable_points: _builtins.int
+    """live points in the mutable segment (searched exactly)"""
+    index_bytes: _builtins.int
+    """memory held by the index tier (codes, graphs, masks)"""
+    note: _builtins.str
+    """why a tier is not built yet, or an optimizer error"""
+    def __init__(
+        self,
+        *,
+        segments: _builtins.int = ...,
+        indexed_points: _builtins.int = ...,
+        mutable_points: _builtins.int = ...,
+        index_bytes: _builtins.int = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_bytes", b"index_bytes", "indexed_points", b"indexed_points", "mutable_points", b"mutable_points", "note", b"note", "segments", b"segments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndexStatus: _TypeAlias = IndexStatus  # noqa: Y015
 
 @_typing.final
 class CreateCollectionRequest(_message.Message):
@@ -122,20 +246,24 @@ class CollectionInfo(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     count: _builtins.int
     @_builtins.property
     def config(self) -> Global___CollectionConfig: ...
+    @_builtins.property
+    def status(self) -> Global___IndexStatus: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         config: Global___CollectionConfig | None = ...,
         count: _builtins.int = ...,
+        status: Global___IndexStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "count", b"count", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "count", b"count", "name", b"name", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -209,3 +337,26 @@ class DeleteCollectionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteCollectionResponse: _TypeAlias = DeleteCollectionResponse  # noqa: Y015
+
+@_typing.final
+class OptimizeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    timeout_seconds: _builtins.float
+    """Give up waiting after this many seconds (0: wait until done); work goes on."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        timeout_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OptimizeRequest: _TypeAlias = OptimizeRequest  # noqa: Y015

@@ -55,6 +55,11 @@ class CollectionsStub:
                 request_serializer=lamina_dot_v1_dot_collections__pb2.DeleteCollectionRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_collections__pb2.DeleteCollectionResponse.FromString,
                 _registered_method=True)
+        self.Optimize = channel.unary_unary(
+                '/lamina.v1.Collections/Optimize',
+                request_serializer=lamina_dot_v1_dot_collections__pb2.OptimizeRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_collections__pb2.CollectionInfo.FromString,
+                _registered_method=True)
 
 
 class CollectionsServicer:
@@ -89,6 +94,13 @@ class CollectionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Optimize(self, request, context):
+        """Seal the mutable segment into an indexed one, compact, and wait until done.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +123,11 @@ def add_CollectionsServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=lamina_dot_v1_dot_collections__pb2.DeleteCollectionRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_collections__pb2.DeleteCollectionResponse.SerializeToString,
+            ),
+            'Optimize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Optimize,
+                    request_deserializer=lamina_dot_v1_dot_collections__pb2.OptimizeRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_collections__pb2.CollectionInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class Collections:
             '/lamina.v1.Collections/Delete',
             lamina_dot_v1_dot_collections__pb2.DeleteCollectionRequest.SerializeToString,
             lamina_dot_v1_dot_collections__pb2.DeleteCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Optimize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Collections/Optimize',
+            lamina_dot_v1_dot_collections__pb2.OptimizeRequest.SerializeToString,
+            lamina_dot_v1_dot_collections__pb2.CollectionInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,8 @@ class CollectionsStub:
     """Describe every collection, sorted by name."""
     Delete: _grpc.UnaryUnaryMultiCallable[_collections_pb2.DeleteCollectionRequest, _collections_pb2.DeleteCollectionResponse]
     """Drop a collection and all its data; NOT_FOUND if it does not exist."""
+    Optimize: _grpc.UnaryUnaryMultiCallable[_collections_pb2.OptimizeRequest, _collections_pb2.CollectionInfo]
+    """Seal the mutable segment into an indexed one, compact, and wait until done."""
 
 @_typing.type_check_only
 class CollectionsAsyncStub(CollectionsStub):
@@ -55,6 +57,8 @@ class CollectionsAsyncStub(CollectionsStub):
     """Describe every collection, sorted by name."""
     Delete: _aio.UnaryUnaryMultiCallable[_collections_pb2.DeleteCollectionRequest, _collections_pb2.DeleteCollectionResponse]  # type: ignore[assignment]
     """Drop a collection and all its data; NOT_FOUND if it does not exist."""
+    Optimize: _aio.UnaryUnaryMultiCallable[_collections_pb2.OptimizeRequest, _collections_pb2.CollectionInfo]  # type: ignore[assignment]
+    """Seal the mutable segment into an indexed one, compact, and wait until done."""
 
 class CollectionsServicer(metaclass=_abc_1.ABCMeta):
     """Create, inspect, list and drop collections."""
@@ -90,5 +94,13 @@ class CollectionsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_collections_pb2.DeleteCollectionResponse, _abc.Awaitable[_collections_pb2.DeleteCollectionResponse]]:
         """Drop a collection and all its data; NOT_FOUND if it does not exist."""
+
+    @_abc_1.abstractmethod
+    def Optimize(
+        self,
+        request: _collections_pb2.OptimizeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collections_pb2.CollectionInfo, _abc.Awaitable[_collections_pb2.CollectionInfo]]:
+        """Seal the mutable segment into an indexed one, compact, and wait until done."""
 
 def add_CollectionsServicer_to_server(servicer: CollectionsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,25 +25,27 @@ _sym_db = _symbol_database.Default()
 from lamina.proto.lamina.v1 import common_pb2 as lamina_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16lamina/v1/search.proto\x12\tlamina.v1\x1a\x16lamina/v1/common.proto\"~\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\t\n\x01k\x18\x03 \x01(\x03\x12\x13\n\x0b\x66ilter_json\x18\x04 \x01(\t\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x13\n\x0bwith_vector\x18\x06 \x01(\x08\"b\n\x0bScoredPoint\x12\x1e\n\x02id\x18\x01 \x01(\x0b\x32\x12.lamina.v1.PointId\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x14\n\x0cpayload_json\x18\x03 \x01(\t\x12\x0e\n\x06vector\x18\x04 \x01(\x0c\"6\n\x0eSearchResponse\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.lamina.v1.ScoredPoint\"\x98\x01\n\x12SearchBatchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12#\n\x07vectors\x18\x02 \x01(\x0b\x32\x12.lamina.v1.Vectors\x12\t\n\x01k\x18\x03 \x01(\x03\x12\x13\n\x0b\x66ilter_json\x18\x04 \x01(\t\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x13\n\x0bwith_vector\x18\x06 \x01(\x08\"/\n\x07HitList\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.lamina.v1.ScoredPoint\":\n\x13SearchBatchResponse\x12#\n\x07results\x18\x01 \x03(\x0b\x32\x12.lamina.v1.HitList2\x95\x01\n\x06Search\x12=\n\x06Search\x12\x18.lamina.v1.SearchRequest\x1a\x19.lamina.v1.SearchResponse\x12L\n\x0bSearchBatch\x12\x1d.lamina.v1.SearchBatchRequest\x1a\x1e.lamina.v1.SearchBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16lamina/v1/search.proto\x12\tlamina.v1\x1a\x16lamina/v1/common.proto\"]\n\x0cSearchParams\x12\x0f\n\x02\x65\x66\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\noversample\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05\x65xact\x18\x03 \x01(\x08\x42\x05\n\x03_efB\r\n\x0b_oversample\"\xa7\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\t\n\x01k\x18\x03 \x01(\x03\x12\x13\n\x0b\x66ilter_json\x18\x04 \x01(\t\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x13\n\x0bwith_vector\x18\x06 \x01(\x08\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.lamina.v1.SearchParams\"b\n\x0bScoredPoint\x12\x1e\n\x02id\x18\x01 \x01(\x0b\x32\x12.lamina.v1.PointId\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x14\n\x0cpayload_json\x18\x03 \x01(\t\x12\x0e\n\x06vector\x18\x04 \x01(\x0c\"6\n\x0eSearchResponse\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.lamina.v1.ScoredPoint\"\xc1\x01\n\x12SearchBatchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12#\n\x07vectors\x18\x02 \x01(\x0b\x32\x12.lamina.v1.Vectors\x12\t\n\x01k\x18\x03 \x01(\x03\x12\x13\n\x0b\x66ilter_json\x18\x04 \x01(\t\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x13\n\x0bwith_vector\x18\x06 \x01(\x08\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.lamina.v1.SearchParams\"/\n\x07HitList\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.lamina.v1.ScoredPoint\":\n\x13SearchBatchResponse\x12#\n\x07results\x18\x01 \x03(\x0b\x32\x12.lamina.v1.HitList2\x95\x01\n\x06Search\x12=\n\x06Search\x12\x18.lamina.v1.SearchRequest\x1a\x19.lamina.v1.SearchResponse\x12L\n\x0bSearchBatch\x12\x1d.lamina.v1.SearchBatchRequest\x1a\x1e.lamina.v1.SearchBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lamina.proto.lamina.v1.search_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEARCHREQUEST']._serialized_start=61
-  _globals['_SEARCHREQUEST']._serialized_end=187
-  _globals['_SCOREDPOINT']._serialized_start=189
-  _globals['_SCOREDPOINT']._serialized_end=287
-  _globals['_SEARCHRESPONSE']._serialized_start=289
-  _globals['_SEARCHRESPONSE']._serialized_end=343
-  _globals['_SEARCHBATCHREQUEST']._serialized_start=346
-  _globals['_SEARCHBATCHREQUEST']._serialized_end=498
-  _globals['_HITLIST']._serialized_start=500
-  _globals['_HITLIST']._serialized_end=547
-  _globals['_SEARCHBATCHRESPONSE']._serialized_start=549
-  _globals['_SEARCHBATCHRESPONSE']._serialized_end=607
-  _globals['_SEARCH']._serialized_start=610
-  _globals['_SEARCH']._serialized_end=759
+  _globals['_SEARCHPARAMS']._serialized_start=61
+  _globals['_SEARCHPARAMS']._serialized_end=154
+  _globals['_SEARCHREQUEST']._serialized_start=157
+  _globals['_SEARCHREQUEST']._serialized_end=324
+  _globals['_SCOREDPOINT']._serialized_start=326
+  _globals['_SCOREDPOINT']._serialized_end=424
+  _globals['_SEARCHRESPONSE']._serialized_start=426
+  _globals['_SEARCHRESPONSE']._serialized_end=480
+  _globals['_SEARCHBATCHREQUEST']._serialized_start=483
+  _globals['_SEARCHBATCHREQUEST']._serialized_end=676
+  _globals['_HITLIST']._serialized_start=678
+  _globals['_HITLIST']._serialized_end=725
+  _globals['_SEARCHBATCHRESPONSE']._serialized_start=727
+  _globals['_SEARCHBATCHRESPONSE']._serialized_end=785
+  _globals['_SEARCH']._serialized_start=788
+  _globals['_SEARCH']._serialized_end=937
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,43 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class SearchParams(_message.Message):
+    """Per-query overrides of the collection's search settings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EF_FIELD_NUMBER: _builtins.int
+    OVERSAMPLE_FIELD_NUMBER: _builtins.int
+    EXACT_FIELD_NUMBER: _builtins.int
+    ef: _builtins.int
+    """HNSW search beam"""
+    oversample: _builtins.float
+    """candidates per hit for quantized tiers"""
+    exact: _builtins.bool
+    """scan full-precision vectors, bypassing the index tier"""
+    def __init__(
+        self,
+        *,
+        ef: _builtins.int | None = ...,
+        oversample: _builtins.float | None = ...,
+        exact: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ef", b"_ef", "_oversample", b"_oversample", "ef", b"ef", "oversample", b"oversample"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ef", b"_ef", "_oversample", b"_oversample", "ef", b"ef", "exact", b"exact", "oversample", b"oversample"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__ef: _TypeAlias = _typing.Literal["ef"]  # noqa: Y015
+    _WhichOneofArgType__ef: _TypeAlias = _typing.Literal["_ef", b"_ef"]  # noqa: Y015
+    _WhichOneofReturnType__oversample: _TypeAlias = _typing.Literal["oversample"]  # noqa: Y015
+    _WhichOneofArgType__oversample: _TypeAlias = _typing.Literal["_oversample", b"_oversample"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ef) -> _WhichOneofReturnType__ef | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__oversample) -> _WhichOneofReturnType__oversample | None: ...
+
+Global___SearchParams: _TypeAlias = SearchParams  # noqa: Y015
+
+@_typing.final
 class SearchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -29,6 +66,7 @@ class SearchRequest(_message.Message):
     FILTER_JSON_FIELD_NUMBER: _builtins.int
     WITH_PAYLOAD_FIELD_NUMBER: _builtins.int
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     vector: _builtins.bytes
     """float32 little-endian query vector of the collection's dimension."""
@@ -38,6 +76,8 @@ class SearchRequest(_message.Message):
     """Optional Mongo-style filter (JSON)."""
     with_payload: _builtins.bool
     with_vector: _builtins.bool
+    @_builtins.property
+    def params(self) -> Global___SearchParams: ...
     def __init__(
         self,
         *,
@@ -47,10 +87,11 @@ class SearchRequest(_message.Message):
         filter_json: _builtins.str = ...,
         with_payload: _builtins.bool = ...,
         with_vector: _builtins.bool = ...,
+        params: Global___SearchParams | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json", "k", b"k", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json", "k", b"k", "params", b"params", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -119,6 +160,7 @@ class SearchBatchRequest(_message.Message):
     FILTER_JSON_FIELD_NUMBER: _builtins.int
     WITH_PAYLOAD_FIELD_NUMBER: _builtins.int
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     k: _builtins.int
     filter_json: _builtins.str
@@ -126,6 +168,8 @@ class SearchBatchRequest(_message.Message):
     with_vector: _builtins.bool
     @_builtins.property
     def vectors(self) -> _common_pb2.Vectors: ...
+    @_builtins.property
+    def params(self) -> Global___SearchParams: ...
     def __init__(
         self,
         *,
@@ -135,10 +179,11 @@ class SearchBatchRequest(_message.Message):
         filter_json: _builtins.str = ...,
         with_payload: _builtins.bool = ...,
         with_vector: _builtins.bool = ...,
+        params: Global___SearchParams | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["vectors", b"vectors"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "vectors", b"vectors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json", "k", b"k", "vectors", b"vectors", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json", "k", b"k", "params", b"params", "vectors", b"vectors", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

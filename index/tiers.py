@@ -1,0 +1,337 @@
+"""The in-memory index tier of a sealed segment: candidates from compact codes or a
+graph, reranked with the full-precision vectors.
+
+A tier is built once from a segment's prepared float32 vectors, saved to files in
+the segment's folder and loaded from them at start (never rebuilt). Every tier
+answers ``search(vectors, live, queries, k, knobs)`` with kernel scores (higher is
+better, see ``kernels.finish_scores``) and segment-local row numbers:
+
+==========  ==============  ===================================================
+index       quantization    candidates, then
+==========  ==============  ===================================================
+flat        none            exact scan of the vectors (no candidates step)
+flat        binary          numba popcount scan of 1/2/4-bit codes, numba rerank
+flat        pq              faiss IndexPQ asymmetric distances, numba rerank
+hnsw        none            hnswlib graph over float32 (scores are exact)
+hnsw        binary          faiss IndexBinaryHNSW over the codes, numba rerank
+hnsw        pq              faiss IndexHNSWPQ, numba rerank
+==========  ==============  ===================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import faiss
+import hnswlib
+import numpy as np
+
+from lamina.index.flat import exact_topk
+from lamina.index.kernels import METRIC_IP, hamming_topn, rerank
+from lamina.types import CollectionConfig, FloatMatrix
+
+#: PQ trains 256 centroids per sub-quantizer; faiss asks for 39 points per centroid
+PQ_MIN_TRAIN_PER_CENTROID = 39
+#: at most this many points train the PQ codebooks (a sample of the segment)
+PQ_MAX_TRAIN = 65_536
+
+TopK = tuple[FloatMatrix, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Search-time settings resolved from the collection config and per-query overrides."""
+
+    ef: int
+    oversample: float
+
+    def candidates(self, k: int, rows: int) -> int:
+        return max(k, min(rows, math.ceil(k * self.oversample)))
+
+
+class Tier(Protocol):
+    kind: str
+
+    def search(
+        self, vectors: FloatMatrix, live: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
+    ) -> TopK:
+        """Top-k (kernel scores, local rows, counts) of each query among live rows."""
+        ...
+
+    def kill(self, local_rows: np.ndarray) -> None:
+        """Rows were deleted; tiers that filter inside their search are told here."""
+        ...
+
+    def save(self, folder: Path) -> None: ...
+
+    def files(self) -> list[str]:
+        """Names of the files that hold this tier in a segment folder."""
+        ...
+
+
+class ExactTier:
+    """No index: every live vector is scored. Used for ``flat`` without quantization and
+    as the fallback while a tier cannot be built."""
+
+    kind = "exact"
+
+    def __init__(self, metric: int) -> None:
+        self.metric = metric
+
+    def search(
+        self, vectors: FloatMatrix, live: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
+    ) -> TopK:
+        return exact_topk(vectors, live, queries, k, self.metric)
+
+    def kill(self, local_rows: np.ndarray) -> None:
+        pass
+
+    def save(self, folder: Path) -> None:
+        pass
+
+    def files(self) -> list[str]:
+        return []
+
+
+# ---------------------------------------------------------------- binary codes
+def binary_thresholds(vectors: FloatMatrix, bits: int) -> FloatMatrix:
+    """(bits, dim) per-dimension thresholds at the quantiles j / (bits + 1).
+
+    One bit per dimension cuts each dimension at its median, so every bit is set for
+    half the points and carries the most information (sign bits waste capacity on
+    dimensions whose mean is far from zero). With 2 or 4 bits the cuts form a
+    thermometer code: the Hamming distance between two codes is then the L1 distance
+    between their quantile levels.
+    """
+    qs = [(j + 1) / (bits + 1) for j in range(bits)]
+    return np.quantile(vectors, qs, axis=0).astype(np.float32).reshape(bits, -1)
+
+
+def binary_encode(vectors: FloatMatrix, thresholds: FloatMatrix) -> np.ndarray:
+    """Codes (rows, words) uint64: bit (j * dim + d) is set when x[d] > thresholds[j, d]."""
+    out = []
+    for lo in range(0, vectors.shape[0], 65_536):
+        block = vectors[lo : lo + 65_536]
+        bits = (block[:, None, :] > thresholds[None, :, :]).reshape(block.shape[0], -1)
+        packed = np.packbits(bits, axis=1)
+        pad = (-packed.shape[1]) % 8
+        if pad:
+            packed = np.pad(packed, ((0, 0), (0, pad)))
+        out.append(packed)
+    return np.ascontiguousarray(np.concatenate(out)).view(np.uint64)
+
+
+class BinaryTier:
+    """Binary codes in memory; candidates by exhaustive Hamming scan (``flat``) or by
+    faiss IndexBinaryHNSW over the codes (``hnsw``), then numba rerank."""
+
+    kind = "binary"
+
+    def __init__(self, metric: int, thresholds: FloatMatrix, codes: np.ndarray, graph: Any) -> None:
+        self.metric = metric
+        self.thresholds = thresholds
+        self.codes = codes
+        self.graph = graph
+        self._graph_lock = threading.Lock()  # efSearch is a field of the faiss index
+
+    @classmethod
+    def build(cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int) -> BinaryTier:
+        assert config.quantization is not None
+        thresholds = binary_thresholds(vectors, config.quantization.bits)
+        codes = binary_encode(vectors, thresholds)
+        graph = None
+        if config.index.type == "hnsw":
+            nbits = config.dim * config.quantization.bits
+            graph = faiss.IndexBinaryHNSW(nbits, config.index.m)
+            graph.hnsw.efConstruction = config.index.ef_construction
+            graph.add(_code_bytes(codes, nbits))
+        return cls(metric, thresholds, codes, graph)
+
+    @classmethod
+    def load(cls, folder: Path, config: CollectionConfig, metric: int) -> BinaryTier:
+        graph = None
+        if (folder / "binary.hnsw").exists():
+            graph = faiss.read_index_binary(str(folder / "binary.hnsw"))
+        return cls(metric, np.load(folder / "thresholds.npy"), np.load(folder / "codes.npy"), graph)
+
+    def save(self, folder: Path) -> None:
+        np.save(folder / "thresholds.npy", self.thresholds)
+        np.save(folder / "codes.npy", self.codes)
+        if self.graph is not None:
+            faiss.write_index_binary(self.graph, str(folder / "binary.hnsw"))
+
+    def files(self) -> list[str]:
+        return ["thresholds.npy", "codes.npy"] + (["binary.hnsw"] if self.graph is not None else [])
+
+    def kill(self, local_rows: np.ndarray) -> None:
+        pass  # dead rows are skipped by the scan and by the rerank
+
+    def search(
+        self, vectors: FloatMatrix, live: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
+    ) -> TopK:
+        n = knobs.candidates(k, self.codes.shape[0])
+        query_codes = binary_encode(queries, self.thresholds)
+        if self.graph is None:
+            candidates = hamming_topn(self.codes, live, query_codes, n)
+        else:
+            with self._graph_lock:
+                self.graph.hnsw.efSearch = max(knobs.ef, n)
+                _, candidates = self.graph.search(_code_bytes(query_codes, self.graph.d), n)
+        return rerank(vectors, candidates, live, queries, k, self.metric)
+
+
+def _code_bytes(codes: np.ndarray, nbits: int) -> np.ndarray:
+    """uint64 word codes as the uint8 rows faiss binary indexes take (nbits / 8 bytes)."""
+    return np.ascontiguousarray(codes.view(np.uint8)[:, : nbits // 8])
+
+
+# ---------------------------------------------------------------- product quantization
+class PQTier:
+    """faiss product quantization (``m`` bytes per vector), scanned with asymmetric
+    distance tables (``flat``) or walked as an HNSW graph over PQ codes (``hnsw``)."""
+
+    kind = "pq"
+
+    def __init__(self, metric: int, index: faiss.Index) -> None:
+        self.metric = metric
+        self.index = index
+
+    @staticmethod
+    def trainable(config: CollectionConfig, rows: int) -> bool:
+        return rows >= 256 * PQ_MIN_TRAIN_PER_CENTROID
+
+    @classmethod
+    def build(cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int) -> PQTier:
+        assert config.quantization is not None
+        m = config.quantization.m
+        fmetric = faiss.METRIC_INNER_PRODUCT if metric == METRIC_IP else faiss.METRIC_L2
+        index: Any  # faiss's bundled stubs lag its API (IndexHNSWPQ takes a metric since 1.8)
+        if config.index.type == "hnsw":
+            index = faiss.IndexHNSWPQ(config.dim, m, config.index.m, 8, fmetric)  # type: ignore[call-arg, arg-type]
+            index.hnsw.efConstruction = config.index.ef_construction
+        else:
+            index = faiss.IndexPQ(config.dim, m, 8, fmetric)
+        rng = np.random.default_rng(0)
+        sample = vectors
+        if vectors.shape[0] > PQ_MAX_TRAIN:
+            sample = vectors[np.sort(rng.choice(vectors.shape[0], PQ_MAX_TRAIN, replace=False))]
+        index.train(np.ascontiguousarray(sample))
+        for lo in range(0, vectors.shape[0], 65_536):
+            index.add(np.ascontiguousarray(vectors[lo : lo + 65_536]))
+        return cls(metric, index)
+
+    @classmethod
+    def load(cls, folder: Path, config: CollectionConfig, metric: int) -> PQTier:
+        return cls(metric, faiss.read_index(str(folder / "pq.faiss")))
+
+    def save(self, folder: Path) -> None:
+        faiss.write_index(self.index, str(folder / "pq.faiss"))
+
+    def files(self) -> list[str]:
+        return ["pq.faiss"]
+
+    def kill(self, local_rows: np.ndarray) -> None:
+        pass  # dead rows are skipped by the rerank
+
+    def search(
+        self, vectors: FloatMatrix, live: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
+    ) -> TopK:
+        n = knobs.candidates(k, self.index.ntotal)
+        params = None
+        if isinstance(self.index, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(efSearch=max(knobs.ef, n))  # type: ignore[attr-defined]
+        _, candidates = self.index.search(queries, n, params=params)
+        return rerank(vectors, candidates, live, queries, k, self.metric)
+
+
+# ---------------------------------------------------------------- float HNSW
+class HnswTier:
+    """hnswlib graph over the float32 vectors: distances are exact, so no rerank; deleted
+    rows are marked in the graph so walks skip them."""
+
+    kind = "hnsw"
+
+    def __init__(self, metric: int, index: hnswlib.Index) -> None:
+        self.metric = metric
+        self.index = index
+
+    @staticmethod
+    def _new(config: CollectionConfig, metric: int) -> hnswlib.Index:
+        return hnswlib.Index(space="ip" if metric == METRIC_IP else "l2", dim=config.dim)
+
+    @classmethod
+    def build(cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int) -> HnswTier:
+        index = cls._new(config, metric)
+        index.init_index(
+            max_elements=vectors.shape[0],
+            M=config.index.m,
+            ef_construction=config.index.ef_construction,
+            random_seed=100,
+        )
+        for lo in range(0, vectors.shape[0], 65_536):
+            block = np.ascontiguousarray(vectors[lo : lo + 65_536])
+            index.add_items(block, np.arange(lo, lo + block.shape[0]), num_threads=threads)
+        return cls(metric, index)
+
+    @classmethod
+    def load(cls, folder: Path, config: CollectionConfig, metric: int) -> HnswTier:
+        index = cls._new(config, metric)
+        index.load_index(str(folder / "graph.hnsw"))
+        return cls(metric, index)
+
+    def save(self, folder: Path) -> None:
+        self.index.save_index(str(folder / "graph.hnsw"))
+
+    def files(self) -> list[str]:
+        return ["graph.hnsw"]
+
+    def kill(self, local_rows: np.ndarray) -> None:
+        for row in local_rows.tolist():
+            with contextlib.suppress(RuntimeError):  # already marked
+                self.index.mark_deleted(row)
+
+    def search(
+        self, vectors: FloatMatrix, live: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
+    ) -> TopK:
+        self.index.set_ef(max(knobs.ef, k))
+        try:
+            labels, dists = self.index.knn_query(queries, k=k, num_threads=1)
+        except RuntimeError:  # fewer than k live rows reachable: answer exactly
+            return exact_topk(vectors, live, queries, k, self.metric)
+        scores = (1.0 - dists) if self.metric == METRIC_IP else -dists
+        counts = np.full(queries.shape[0], k, dtype=np.int64)
+        return scores.astype(np.float32), labels.astype(np.int64), counts
+
+
+def build_tier(config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int) -> tuple[Tier, str]:
+    """The tier ``config`` asks for over ``vectors``, or the exact fallback with a note
+    saying why it could not be built yet."""
+    quant = config.quantization
+    if quant is None:
+        if config.index.type == "hnsw":
+            return HnswTier.build(config, vectors, metric, threads), ""
+        return ExactTier(metric), ""
+    if quant.type == "binary":
+        return BinaryTier.build(config, vectors, metric, threads), ""
+    if not PQTier.trainable(config, vectors.shape[0]):
+        need = 256 * PQ_MIN_TRAIN_PER_CENTROID
+        return ExactTier(
+            metric
+        ), f"pq needs {need} points to train; a segment of {vectors.shape[0]} is searched exactly"
+    return PQTier.build(config, vectors, metric, threads), ""
+
+
+def load_tier(kind: str, folder: Path, config: CollectionConfig, metric: int) -> Tier:
+    """The tier saved in ``folder`` by ``build_tier(...)[0].save``."""
+    if kind == "binary":
+        return BinaryTier.load(folder, config, metric)
+    if kind == "pq":
+        return PQTier.load(folder, config, metric)
+    if kind == "hnsw":
+        return HnswTier.load(folder, config, metric)
+    return ExactTier(metric)

@@ -1,0 +1,64 @@
+"""Folders of immutable files (a sealed segment) written whole or not at all, and
+float32 matrices stored raw so that they can be memory-mapped.
+
+A folder is written under a temporary name, every file and the folder are fsynced,
+and then it is renamed into place: a crash leaves either the old state or a
+``.tmp`` folder that the next start removes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from lamina.types import FloatMatrix
+
+TMP_SUFFIX = ".tmp"
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder to fill; on success it becomes ``final``, durably."""
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            fsync_path(child)
+        fsync_path(tmp)
+        tmp.rename(final)
+        fsync_path(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_matrix(path: Path, matrix: FloatMatrix) -> None:
+    """Store a float32 matrix as raw little-endian rows."""
+    with open(path, "wb") as fh:
+        for lo in range(0, matrix.shape[0], 65_536):
+            fh.write(np.ascontiguousarray(matrix[lo : lo + 65_536], dtype="<f4").tobytes())
+
+
+def map_matrix(path: Path, dim: int) -> FloatMatrix:
+    """Memory-map a matrix written by ``write_matrix`` read-only: pages are read from
+    disk when touched and belong to the page cache, not to the process heap."""
+    size = path.stat().st_size
+    if size == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.memmap(path, dtype="<f4", mode="r", shape=(size // (4 * dim), dim))
