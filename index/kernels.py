@@ -166,7 +166,7 @@ def rerank(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-k of each query among its candidate rows of ``vectors``.
 
-    ``candidates`` is (q, c) of row numbers, -1 where unused; rows that are not
+    ``candidates`` is (q, c) of row numbers, unique per query, -1 where unused; rows that are not
     ``live`` are skipped. Only the candidate rows are read (a gather from a memory
     map touches just their pages), and a bounded heap selects the top k without
     sorting all candidates. Returns (scores, rows, counts) as ``topk_scan`` does.

@@ -83,7 +83,9 @@ class QuantizationConfig:
     """The compact codes kept in memory for sealed segments; candidates found with them
     are reranked with full-precision vectors. ``binary``: ``bits`` (1, 2 or 4) per
     dimension, thresholds at per-dimension quantiles. ``pq``: ``m`` sub-quantizers of
-    8 bits (``m`` must divide dim). ``oversample``: candidates per wanted hit.
+    8 bits (``m`` must divide dim). ``oversample``: candidates per wanted hit; left
+    out, it is chosen by the code size (binary 1 bit: 10, 2 bits: 5, 4 bits: 3; pq: 10),
+    which reaches recall@10 >= 0.95 on MiniLM text embeddings (see bench/README.md).
 
     >>> QuantizationConfig.from_dict({"type": "binary", "oversample": 8}).bits
     1
@@ -92,7 +94,7 @@ class QuantizationConfig:
     type: QuantizationType = "binary"
     bits: int = 1
     m: int = 0
-    oversample: float = 4.0
+    oversample: float = 0.0
 
     def __post_init__(self) -> None:
         if self.type not in QUANTIZATION_TYPES:
@@ -105,6 +107,9 @@ class QuantizationConfig:
             _int_param("pq", "m", self.m, 1, 65_536)
         elif self.m:
             raise InvalidArgument("quantization m applies to pq only: leave it out for binary")
+        if self.oversample == 0 and not isinstance(self.oversample, bool):
+            auto = 10.0 if self.type == "pq" else {1: 10.0, 2: 5.0, 4: 3.0}[self.bits]
+            object.__setattr__(self, "oversample", auto)
         check_oversample(self.oversample)
 
     @classmethod

@@ -150,7 +150,7 @@ def config_from_proto(msg: cpb.CollectionConfig) -> CollectionConfig:
     if msg.HasField("quantization"):
         q = msg.quantization
         quant = QuantizationConfig(
-            type=cast(QuantizationType, q.type), bits=q.bits or 1, m=q.m, oversample=q.oversample or 4.0
+            type=cast(QuantizationType, q.type), bits=q.bits or 1, m=q.m, oversample=q.oversample
         )
     return CollectionConfig(
         dim=msg.dim,

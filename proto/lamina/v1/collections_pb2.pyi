@@ -100,7 +100,7 @@ class QuantizationConfig(_message.Message):
     m: _builtins.int
     """pq: sub-quantizers of 8 bits; must divide dim"""
     oversample: _builtins.float
-    """candidates fetched per wanted hit, 1..1000 (0: 4)"""
+    """candidates fetched per wanted hit, 1..1000 (0: chosen by code size)"""
     def __init__(
         self,
         *,

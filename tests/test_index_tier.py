@@ -1,0 +1,343 @@
+"""The index tier: sealed segments, every index/quantization combination, rerank,
+deletes and compaction, persistence without rebuilds, settings and bad input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import lamina
+from lamina.engine.database import Database
+from lamina.errors import InvalidArgument
+from lamina.index.kernels import METRIC_IP, METRIC_L2, hamming_topn, rerank
+from lamina.index.tiers import binary_encode, binary_thresholds
+from lamina.types import CollectionConfig, IndexConfig, QuantizationConfig
+
+DIM = 64
+N = 6_000
+SEGMENT = 2_500
+
+
+def embeddings(n: int, dim: int, seed: int) -> np.ndarray:
+    """Unit vectors of low intrinsic dimension (12 latent factors mixed into ``dim``),
+    the shape of real text embeddings; isotropic noise would make every quantizer look bad."""
+    rng = np.random.default_rng(seed)
+    latent = rng.standard_normal((n, 12)).astype(np.float32)
+    data = latent @ rng.standard_normal((12, dim)).astype(np.float32)
+    data += 0.05 * rng.standard_normal((n, dim)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    return data.astype(np.float32)
+
+
+DATA = embeddings(N, DIM, 1)
+_noise = np.random.default_rng(2).standard_normal((40, DIM)).astype(np.float32)
+QUERIES = DATA[np.arange(0, N, N // 40)[:40]] + 0.3 / np.sqrt(DIM) * _noise  # near the data
+QUERIES /= np.linalg.norm(QUERIES, axis=1, keepdims=True)
+
+
+def truth(ids: np.ndarray, data: np.ndarray, queries: np.ndarray, k: int) -> list[set[int]]:
+    order = np.argsort(-(queries.astype(np.float64) @ data.T.astype(np.float64)), axis=1)[:, :k]
+    return [set(ids[row].tolist()) for row in order]
+
+
+def recall(results: list[list[lamina.Hit]], expected: list[set[int]]) -> float:
+    k = len(expected[0])
+    return float(
+        np.mean([len({h.id for h in hits} & exp) / k for hits, exp in zip(results, expected, strict=True)])
+    )
+
+
+# (index, quantization, recall@10 it must reach with default search settings)
+TIERS: list[tuple[dict[str, Any], dict[str, Any] | None, float]] = [
+    ({"type": "flat"}, None, 1.0),
+    ({"type": "hnsw", "m": 16, "ef_construction": 100}, None, 0.95),
+    ({"type": "flat"}, {"type": "binary"}, 0.9),
+    ({"type": "flat"}, {"type": "binary", "bits": 2}, 0.9),
+    ({"type": "flat"}, {"type": "binary", "bits": 4}, 0.9),
+    ({"type": "hnsw", "m": 16}, {"type": "binary", "bits": 2}, 0.85),
+    ({"type": "flat"}, {"type": "pq", "m": 8, "oversample": 20}, 0.9),
+    ({"type": "hnsw", "m": 16}, {"type": "pq", "m": 8, "oversample": 20}, 0.85),
+]
+
+
+@pytest.fixture(scope="module")
+def tier_db(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One embedded database holding one collection per tier, sealed and optimized."""
+    path = tmp_path_factory.mktemp("tiers")
+    client = lamina.connect(str(path))
+    for i, (index, quant, _) in enumerate(TIERS):
+        col = client.create_collection(f"t{i}", DIM, index=index, quantization=quant, segment_rows=SEGMENT)
+        for lo in range(0, N, 1_000):
+            col.upsert(list(range(lo, lo + 1_000)), DATA[lo : lo + 1_000])
+        col.optimize()
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "case", range(len(TIERS)), ids=[f"{t[0]['type']}-{(t[1] or {}).get('type')}" for t in TIERS]
+)
+def test_every_tier_reaches_its_recall_and_exact_search_is_exact(tier_db: lamina.Client, case: int) -> None:
+    index, quant, floor = TIERS[case]
+    col = tier_db.get_collection(f"t{case}")
+    info = col.info()
+    assert info.status.segments >= 2 and info.status.mutable_points == 0
+    assert info.status.indexed_points == N and info.count == N
+    assert info.config.index.type == index["type"]
+    assert (info.config.quantization.type if info.config.quantization else None) == (quant or {}).get("type")
+    expected = truth(np.arange(N), DATA, QUERIES, 10)
+    assert recall(col.search_batch(QUERIES, k=10), expected) >= floor
+    exact = col.search_batch(QUERIES, k=10, exact=True)
+    assert recall(exact, expected) == 1.0
+    # exact scores are the true cosine similarities
+    for hits, query in zip(exact, QUERIES, strict=True):
+        ids = np.array([h.id for h in hits])
+        np.testing.assert_allclose([h.score for h in hits], DATA[ids] @ query, rtol=1e-4, atol=1e-5)
+
+
+def test_index_memory_is_a_fraction_of_the_float_vectors(tier_db: lamina.Client) -> None:
+    sizes = {f"t{i}": tier_db.get_collection(f"t{i}").info().status.index_bytes for i in range(len(TIERS))}
+    float_bytes = N * DIM * 4
+    assert sizes["t2"] < float_bytes / 8  # 1-bit codes: dim / 8 bytes + mask
+    assert sizes["t1"] > float_bytes  # float HNSW holds the vectors plus the graph
+    assert sizes["t6"] < float_bytes / 2  # pq codes (m bytes) + codebooks
+
+
+def test_more_oversampling_and_wider_beam_do_not_lose_recall(tier_db: lamina.Client) -> None:
+    expected = truth(np.arange(N), DATA, QUERIES, 10)
+    binary = tier_db.get_collection("t2")
+    low = recall(binary.search_batch(QUERIES, k=10, oversample=1), expected)
+    high = recall(binary.search_batch(QUERIES, k=10, oversample=50), expected)
+    assert high >= low and high >= 0.97
+    hnsw = tier_db.get_collection("t1")
+    narrow = recall(hnsw.search_batch(QUERIES, k=10, ef=10), expected)
+    wide = recall(hnsw.search_batch(QUERIES, k=10, ef=400), expected)
+    assert wide >= narrow and wide >= 0.99
+
+
+@pytest.mark.parametrize("case", [1, 2, 5, 6])
+def test_deletes_are_honoured_by_every_tier_and_compaction_removes_them(tmp_path: Path, case: int) -> None:
+    index, quant, floor = TIERS[case]
+    with lamina.connect(str(tmp_path)) as client:
+        col = client.create_collection("c", DIM, index=index, quantization=quant, segment_rows=SEGMENT)
+        for lo in range(0, N, 1_000):
+            col.upsert(list(range(lo, lo + 1_000)), DATA[lo : lo + 1_000])
+        col.optimize()
+        gone = list(range(0, N, 3))  # a third of every segment
+        assert col.delete(ids=gone) == len(gone)
+        kept = np.array(sorted(set(range(N)) - set(gone)))
+        results = col.search_batch(QUERIES, k=10)
+        assert not {h.id for hits in results for h in hits} & set(gone)
+        info = col.optimize()
+        assert info.count == len(kept) == info.status.indexed_points
+        segment_files = sorted(p.name for p in (tmp_path / "collections" / "c" / "segments").iterdir())
+        assert len(segment_files) == info.status.segments
+        expected = truth(kept, DATA[kept], QUERIES, 10)
+        assert recall(col.search_batch(QUERIES, k=10), expected) >= floor - 0.05
+    # after a restart the deletes and the compacted segments are still there
+    with lamina.connect(str(tmp_path)) as client:
+        col = client.get_collection("c")
+        assert col.count() == len(kept)
+        results = col.search_batch(QUERIES, k=10, exact=True)
+        assert recall(results, expected) == 1.0
+
+
+def test_reopen_loads_segments_without_rebuilding(tmp_path: Path) -> None:
+    with lamina.connect(str(tmp_path)) as client:
+        col = client.create_collection(
+            "c", DIM, quantization={"type": "binary", "bits": 2}, segment_rows=SEGMENT
+        )
+        for lo in range(0, N, 1_000):
+            col.upsert(list(range(lo, lo + 1_000)), DATA[lo : lo + 1_000])
+        col.optimize()
+        col.delete(ids=[5, 6, 7])  # deleted after sealing: must stay deleted after reopen
+        col.upsert([N], DATA[:1] * -1)  # still in the mutable segment
+        before = [[(h.id, h.score) for h in hits] for hits in col.search_batch(QUERIES, k=10)]
+    folder = tmp_path / "collections" / "c" / "segments"
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    with lamina.connect(str(tmp_path)) as client:
+        col = client.get_collection("c")
+        info = col.info()
+        assert info.count == N - 3 + 1 and info.status.mutable_points == 1
+        after = [[(h.id, h.score) for h in hits] for hits in col.search_batch(QUERIES, k=10)]
+        assert after == before
+        assert col.search(-DATA[0], k=1)[0].id == N
+    assert {p.name: p.stat().st_mtime_ns for p in folder.rglob("*")} == stamps  # nothing rebuilt
+
+
+def test_unfinished_segment_folders_are_removed_at_start(tmp_path: Path) -> None:
+    with lamina.connect(str(tmp_path)) as client:
+        col = client.create_collection("c", DIM, segment_rows=SEGMENT)
+        col.upsert(list(range(100)), DATA[:100])
+    folder = tmp_path / "collections" / "c" / "segments"
+    (folder / "000000000000-deadbeef.tmp").mkdir()
+    (folder / "000000000000-deadbeef").mkdir()  # renamed but never committed to the manifest
+    with lamina.connect(str(tmp_path)) as client:
+        assert client.get_collection("c").count() == 100
+    assert list(folder.iterdir()) == []
+
+
+def test_the_optimizer_seals_in_the_background_while_searches_run(tmp_path: Path) -> None:
+    with lamina.connect(str(tmp_path)) as client:
+        col = client.create_collection("c", DIM, index={"type": "hnsw", "ef": 200}, segment_rows=1_000)
+        for lo in range(0, 4_000, 500):
+            col.upsert(list(range(lo, lo + 500)), DATA[lo : lo + 500])
+            # every point written so far is found by an exact self-query, sealed or not
+            for i in range(0, lo + 500, 97):
+                assert col.search(DATA[i], k=1, exact=True)[0].id == i
+        col.optimize()
+        info = col.info()
+        assert info.status.segments >= 3 and info.count == 4_000
+
+
+def test_pq_with_too_few_points_falls_back_to_exact_and_says_so(tmp_path: Path) -> None:
+    with lamina.connect(str(tmp_path)) as client:
+        col = client.create_collection("c", DIM, quantization={"type": "pq", "m": 8}, segment_rows=500)
+        col.upsert(list(range(600)), DATA[:600])
+        info = col.optimize()
+        assert info.status.segments == 2 and "pq needs 9984 points to train" in info.status.note
+        expected = truth(np.arange(600), DATA[:600], QUERIES, 10)
+        assert recall(col.search_batch(QUERIES, k=10), expected) == 1.0
+
+
+def test_settings_and_status_are_visible_over_grpc(db: lamina.Client) -> None:
+    col = db.create_collection(
+        "c",
+        DIM,
+        index={"type": "hnsw", "m": 8, "ef_construction": 50, "ef": 32},
+        quantization={"type": "binary", "bits": 2, "oversample": 6},
+        segment_rows=1_000,
+    )
+    col.upsert(list(range(1_500)), DATA[:1_500])
+    info = col.optimize()
+    assert info.config.index == IndexConfig(type="hnsw", m=8, ef_construction=50, ef=32)
+    assert info.config.quantization == QuantizationConfig(type="binary", bits=2, oversample=6)
+    assert info.config.segment_rows == 1_000
+    # optimize() seals the 500 left over too, into a second segment
+    assert info.status.segments == 2 and info.status.indexed_points == 1_500
+    assert info.status.mutable_points == 0 and info.status.index_bytes > 1_500 * 2 * DIM // 8
+    assert db.get_collection("c").config == info.config
+    hits = col.search(DATA[3], k=5, ef=100, oversample=10)
+    assert hits[0].id == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"index": {"type": "ivf"}}, "unknown index type"),
+        ({"index": {"type": "hnsw", "m": 1}}, "m must be an integer in 2..256"),
+        ({"index": {"type": "hnsw", "ef_construction": 0}}, "ef_construction"),
+        ({"index": {"type": "hnsw", "mm": 3}}, "unknown index setting"),
+        ({"quantization": {"type": "scalar"}}, "unknown quantization type"),
+        ({"quantization": {"type": "binary", "bits": 3}}, "bits must be 1, 2 or 4"),
+        ({"quantization": {"type": "binary", "oversample": 0.5}}, "oversample must be a number in 1..1000"),
+        ({"quantization": {"type": "pq", "m": 5}}, "does not divide dim"),
+        ({"quantization": {"type": "pq"}}, "pq m must be an integer"),
+        ({"segment_rows": 10}, "segment_rows"),
+    ],
+)
+def test_bad_index_settings_are_rejected_at_create(
+    db: lamina.Client, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        db.create_collection("c", DIM, **kwargs)
+    assert db.list_collections() == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ef": 0}, "ef must be"),
+        ({"oversample": 0.5}, "oversample must be"),
+        ({"exact": "yes"}, "exact must be"),
+    ],
+)
+def test_bad_search_overrides_are_rejected(db: lamina.Client, kwargs: dict[str, Any], message: str) -> None:
+    col = db.create_collection("c", DIM)
+    col.upsert([1], DATA[:1])
+    with pytest.raises(InvalidArgument, match=message):
+        col.search(DATA[0], k=1, **kwargs)
+
+
+def test_a_collection_from_before_the_index_tier_opens_as_flat(tmp_path: Path) -> None:
+    config = CollectionConfig.from_dict({"dim": 4, "metric": "l2"})
+    assert config.index.type == "flat" and config.quantization is None
+
+
+# ---------------------------------------------------------------- kernels vs numpy
+@pytest.mark.parametrize("metric", [METRIC_IP, METRIC_L2])
+def test_rerank_matches_numpy(metric: int) -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((500, 24)).astype(np.float32)
+    queries = rng.standard_normal((7, 24)).astype(np.float32)
+    candidates = np.stack([rng.permutation(501)[:60] - 1 for _ in range(7)])  # unique per query, -1 unused
+    live = rng.random(500) > 0.2
+    scores, rows, counts = rerank(vectors, candidates, live, queries, 5, metric)
+    for q in range(7):
+        cand = np.unique(candidates[q][candidates[q] >= 0])
+        cand = cand[live[cand]]
+        if metric == METRIC_IP:
+            ref = vectors[cand] @ queries[q]
+        else:
+            ref = -((vectors[cand] - queries[q]) ** 2).sum(axis=1)
+        order = np.argsort(-ref)[:5]
+        assert counts[q] == min(5, cand.size)
+        np.testing.assert_allclose(scores[q, : counts[q]], ref[order], rtol=1e-4, atol=1e-4)
+        assert set(rows[q, : counts[q]].tolist()) == set(cand[order].tolist())
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_hamming_topn_matches_numpy(bits: int) -> None:
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((3_000, 40)).astype(np.float32)
+    queries = rng.standard_normal((5, 40)).astype(np.float32)
+    thresholds = binary_thresholds(vectors, bits)
+    codes, query_codes = binary_encode(vectors, thresholds), binary_encode(queries, thresholds)
+    live = rng.random(3_000) > 0.1
+    found = hamming_topn(codes, live, query_codes, 50)
+    unpack = np.unpackbits(codes.view(np.uint8), axis=1).astype(np.int32)
+    for q in range(5):
+        qbits = np.unpackbits(query_codes[q].view(np.uint8)).astype(np.int32)
+        dist = np.abs(unpack - qbits).sum(axis=1)
+        dist[~live] = 10**6
+        cut = np.sort(dist)[49]
+        got = found[q]
+        assert (got >= 0).all() and len(set(got.tolist())) == 50 and live[got].all()
+        assert (dist[got] <= cut).all()  # no row closer than the cut-off was passed over
+        assert (dist[got] < cut).sum() == (dist < cut).sum()
+
+
+def test_median_thresholds_set_each_bit_for_half_the_points() -> None:
+    data = np.random.default_rng(5).standard_normal((2_001, 16)).astype(np.float32) + 3.0  # far from zero
+    codes = binary_encode(data, binary_thresholds(data, 1))
+    frac = np.unpackbits(codes.view(np.uint8), axis=1)[:, :16].mean(axis=0)
+    np.testing.assert_allclose(frac, 0.5, atol=0.01)  # sign bits would all be 1 here
+
+
+def test_build_threads_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lamina.engine.collection import build_threads
+
+    monkeypatch.setenv("LAMINA_BUILD_THREADS", "1")
+    assert build_threads() == 1
+    monkeypatch.delenv("LAMINA_BUILD_THREADS")
+    assert build_threads() == (os.cpu_count() or 1)
+
+
+def test_engine_direct_use_with_configs(tmp_path: Path) -> None:
+    with Database(tmp_path) as database:
+        config = CollectionConfig(
+            dim=DIM,
+            metric="l2",
+            index=IndexConfig(type="flat"),
+            quantization=QuantizationConfig(type="binary", bits=4),
+            segment_rows=1_000,
+        )
+        col = database.create_collection("c", config)
+        col.upsert(list(range(2_000)), DATA[:2_000] * 3)
+        col.optimize()
+        hits = col.search(DATA[7] * 3, k=3)
+        assert hits[0].id == 7 and hits[0].score == pytest.approx(0.0, abs=1e-3)  # l2 distance
