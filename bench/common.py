@@ -152,7 +152,7 @@ def save(name: str, rows: list[Row], params: dict[str, Any], markdown: str) -> P
     return path
 
 
-def plot(name: str, rows: list[Row], tasks: list[str]) -> Path | None:
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -160,6 +160,34 @@ def plot(name: str, rows: list[Row], tasks: list[str]) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
+        return None
+    return plt
+
+
+def plot_curves(name: str, rows: list[Row]) -> Path | None:
+    """Recall@10 against QPS (log scale), one line per system, to results/<date>-<name>.png."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for system in dict.fromkeys(r.system for r in rows):
+        sel = sorted((r for r in rows if r.system == system), key=lambda r: r.recall or 0.0)
+        style = "-o" if system.startswith("lamina") else "--s"
+        ax.plot([r.recall for r in sel], [r.rate for r in sel], style, label=system, markersize=4)
+    ax.set_xlabel("recall@10")
+    ax.set_ylabel("QPS, 1 thread, 1 query per call")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = RESULTS / f"{time.strftime('%Y-%m-%d')}-{name}.png"
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def plot(name: str, rows: list[Row], tasks: list[str]) -> Path | None:
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4))
     for ax, task in zip(np.atleast_1d(axes), tasks, strict=True):

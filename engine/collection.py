@@ -451,23 +451,66 @@ class Collection:
             )
             parts.append((scores, np.where(local_rows >= 0, local_rows + snap.start, -1), counts))
         scores, rows, counts = merge_topk(parts, prepared.shape[0], k)
-        return self._hits(finish_scores(scores, self._metric), rows, counts, with_payload, with_vector)
+        return self._hits(snap, finish_scores(scores, self._metric), rows, counts, with_payload, with_vector)
+
+    def _ids_of(self, snap: _Snapshot, rows: np.ndarray) -> list[PointId | None]:
+        """Point ids of result ``rows``: from the segments' id files, or RocksDB for rows
+        of the mutable segment (None: deleted while we read)."""
+        if len(snap.segments) == 1 and (rows.size == 0 or rows.max() < snap.start):
+            return list(snap.segments[0].ids_at(rows))  # the common case: one sealed segment
+        out: list[PointId | None] = [None] * rows.size
+        sealed = np.flatnonzero(rows < snap.start)
+        if sealed.size:
+            los = np.array([s.lo for s in snap.segments])
+            which = np.searchsorted(los, rows[sealed], side="right") - 1
+            for w in np.unique(which).tolist():
+                pick = sealed[which == w]
+                for pos, pid in zip(pick.tolist(), snap.segments[w].ids_at(rows[pick]), strict=True):
+                    out[pos] = pid
+        mutable = np.flatnonzero(rows >= snap.start)
+        if mutable.size:
+            keys = self._store.id_keys_of([int(r) for r in rows[mutable]])
+            for pos, key in zip(mutable.tolist(), keys, strict=True):
+                out[pos] = id_from_key(key) if key is not None else None
+        return out
 
     def _hits(
-        self, scores: FloatMatrix, rows: np.ndarray, counts: np.ndarray, with_payload: bool, with_vector: bool
+        self,
+        snap: _Snapshot,
+        scores: FloatMatrix,
+        rows: np.ndarray,
+        counts: np.ndarray,
+        with_payload: bool,
+        with_vector: bool,
     ) -> list[list[Hit]]:
-        flat_rows = [int(r) for q in range(len(counts)) for r in rows[q, : counts[q]]]
-        keys = self._store.id_keys_of(flat_rows)
-        points = self._points(flat_rows, keys, with_payload, with_vector)
+        flat = (
+            np.concatenate([rows[q, : counts[q]] for q in range(len(counts))])
+            if len(counts) > 1
+            else rows[0, : counts[0]]
+        )
+        ids = self._ids_of(snap, flat)
+        flat_rows = flat.tolist()
+        payloads: list[bytes | None] = self._store.payloads_of(flat_rows) if with_payload else []
+        vectors: list[bytes | None] = self._store.vectors_of(flat_rows) if with_vector else []
         results: list[list[Hit]] = []
         pos = 0
         for q in range(len(counts)):
             hits = []
             for j in range(int(counts[q])):
-                point = points[pos]
+                pid = ids[pos]
+                pay = payloads[pos] if with_payload else None
+                vec = vectors[pos] if with_vector else None
                 pos += 1
-                if point is not None:  # None: deleted while we read
-                    hits.append(Hit(point.id, float(scores[q, j]), point.payload, point.vector))
+                if pid is None or (with_payload and pay is None) or (with_vector and vec is None):
+                    continue  # deleted while we read
+                hits.append(
+                    Hit(
+                        pid,
+                        float(scores[q, j]),
+                        orjson.loads(pay) if pay is not None else None,
+                        np.frombuffer(vec, dtype="<f4").copy() if vec is not None else None,
+                    )
+                )
             results.append(hits)
         return results
 
@@ -608,10 +651,20 @@ class Collection:
         )
         return True
 
+    def _keys_for_build(self, rows: np.ndarray) -> list[bytes]:
+        """Id keys of ``rows`` from RocksDB; a row deleted meanwhile gets an empty key
+        (it is killed in the new segment before the segment is used)."""
+        keys: list[bytes] = []
+        for lo in range(0, rows.size, 65_536):
+            found = self._store.id_keys_of([int(r) for r in rows[lo : lo + 65_536]])
+            keys.extend(k if k is not None else b"" for k in found)
+        return keys
+
     def _build(self, rows: np.ndarray, vectors: FloatMatrix) -> Segment:
         folder = self._segment_dir / f"{int(rows[0]):012d}-{uuid.uuid4().hex[:8]}"
         started = time.perf_counter()
-        segment = Segment.build(folder, rows, vectors, self.config, self._metric, build_threads())
+        keys = self._keys_for_build(rows)
+        segment = Segment.build(folder, rows, keys, vectors, self.config, self._metric, build_threads())
         log.info(
             "built %s segment of %d rows for %r in %.1f s",
             segment.tier.kind,

@@ -83,6 +83,8 @@ def as_matrix(vectors: object, dim: int, what: str = "vectors") -> FloatMatrix:
 
 def as_vector(vector: object) -> FloatMatrix:
     """Return one vector as a 1-d float32 array (a (1, d) array is accepted too)."""
+    if isinstance(vector, np.ndarray) and vector.dtype == np.float32 and vector.ndim == 1:
+        return np.ascontiguousarray(vector)  # the common case, without the conversions below
     try:
         with np.errstate(over="ignore"):
             arr = np.asarray(vector, dtype=np.float32)

@@ -61,4 +61,5 @@ def map_matrix(path: Path, dim: int) -> FloatMatrix:
     size = path.stat().st_size
     if size == 0:
         return np.zeros((0, dim), dtype=np.float32)
-    return np.memmap(path, dtype="<f4", mode="r", shape=(size // (4 * dim), dim))
+    # a plain ndarray view of the map (it keeps the map open): indexing skips memmap's overhead
+    return np.asarray(np.memmap(path, dtype="<f4", mode="r", shape=(size // (4 * dim), dim)))
