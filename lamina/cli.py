@@ -158,9 +158,21 @@ def cmd_collections(args: argparse.Namespace) -> int:
         print("no collections")
         return 0
     width = max(len(i.name) for i in infos)
-    print(f"{'name':<{width}}  {'dim':>6}  {'metric':<6}  {'points':>12}")
+    print(
+        f"{'name':<{width}}  {'dim':>6}  {'metric':<6}  {'points':>12}  {'index':<18}  {'segments':>8}  {'mutable':>9}"
+    )
     for info in infos:
-        print(f"{info.name:<{width}}  {info.dim:>6}  {info.metric:<6}  {info.count:>12,}")
+        quant = info.config.quantization
+        tier = info.config.index.type + (f"+{quant.type}" if quant else "")
+        if quant is not None and quant.type == "binary":
+            tier += f" {quant.bits}-bit"
+        st = info.status
+        print(
+            f"{info.name:<{width}}  {info.dim:>6}  {info.metric:<6}  {info.count:>12,}  {tier:<18}  "
+            f"{st.segments:>8}  {st.mutable_points:>9,}"
+        )
+        if st.note:
+            print(f"  note: {st.note}")
     return 0
 
 
