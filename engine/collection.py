@@ -595,9 +595,13 @@ class Collection:
             if self._closed:
                 return False
             names = [s.name for s in self._segments] + ([segment.name] if segment is not None else [])
-            self._store.put_meta({SEGMENTS: orjson.dumps(names), MUTABLE_START: row_key(start + take)})
+            died = local[~self._live[local]] + start  # deleted while the segment was built
+            self._store.put_meta(
+                {SEGMENTS: orjson.dumps(names), MUTABLE_START: row_key(start + take)},
+                add_dead=[int(r) for r in died] if segment is not None else [],
+            )
             if segment is not None:
-                segment.kill(local[~self._live[local]] + start)  # deleted while it was built
+                segment.kill(died)
                 self._segments.append(segment)
             rest = self._next_row - start - take
             capacity = max(_MIN_CAPACITY, int(rest * _GROW))

@@ -63,14 +63,19 @@ class CollectionStore:
         value = self._cf["meta"].get(key)
         return None if value is None else bytes(value)
 
-    def put_meta(self, items: dict[bytes, bytes], forget_dead: Sequence[int] = ()) -> None:
+    def put_meta(
+        self, items: dict[bytes, bytes], forget_dead: Sequence[int] = (), add_dead: Sequence[int] = ()
+    ) -> None:
         """Write meta keys in one batch, dropping ``forget_dead`` rows from the dead list
-        (rows that a rewritten segment no longer holds)."""
+        (rows that a rewritten segment no longer holds) and adding ``add_dead`` (rows
+        deleted while the segment that now holds them was being built)."""
         batch = WriteBatch(raw_mode=True)
         for key, value in items.items():
             batch.put(key, value, self._handle["meta"])
         for row in forget_dead:
             batch.delete(row_key(row), self._handle["dead"])
+        for row in add_dead:
+            batch.put(row_key(row), b"", self._handle["dead"])
         self._db.write(batch, self._write_opts)
 
     # ----------------------------------------------------------------- writes

@@ -4,6 +4,7 @@ deletes and compaction, persistence without rebuilds, settings and bad input."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from lamina.engine.database import Database
 from lamina.errors import InvalidArgument
 from lamina.index.kernels import METRIC_IP, METRIC_L2, hamming_topn, rerank
 from lamina.index.tiers import binary_encode, binary_thresholds
-from lamina.types import CollectionConfig, IndexConfig, QuantizationConfig
+from lamina.types import CollectionConfig, IndexConfig, QuantizationConfig, SearchParams
 
 DIM = 64
 N = 6_000
@@ -341,3 +342,28 @@ def test_engine_direct_use_with_configs(tmp_path: Path) -> None:
         col.optimize()
         hits = col.search(DATA[7] * 3, k=3)
         assert hits[0].id == 7 and hits[0].score == pytest.approx(0.0, abs=1e-3)  # l2 distance
+
+
+def test_points_deleted_while_their_segment_is_built_stay_deleted_after_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAMINA_BUILD_THREADS", "1")  # a slow build, so that the delete lands inside it
+    data = embeddings(8_000, DIM, 7)
+    with Database(tmp_path) as database:
+        config = CollectionConfig(
+            dim=DIM, index=IndexConfig(type="hnsw", ef_construction=400), segment_rows=8_000
+        )
+        col = database.create_collection("c", config)
+        col.upsert(list(range(8_000)), data)
+        deadline = time.monotonic() + 5
+        while not col._busy and time.monotonic() < deadline:  # wait for the optimizer to start sealing
+            time.sleep(0.001)
+        assert col.delete(ids=list(range(0, 8_000, 10))) == 800
+        col.optimize()
+        assert col.info().status.indexed_points == 7_200
+    with Database(tmp_path) as database:
+        col = database.get_collection("c")
+        assert col.count() == 7_200
+        for i in range(0, 8_000, 50):  # a deleted point's exact self-query must not return it
+            top = col.search(data[i], k=1, params=SearchParams(exact=True))[0]
+            assert top.id != i if i % 10 == 0 else top.id == i
