@@ -65,6 +65,7 @@ _MIN_CAPACITY = 1024
 #: a segment with more than this fraction of dead rows is rewritten without them
 COMPACT_DEAD_FRACTION = 0.2
 _SEGMENTS = "segments"
+_DEFAULT_PARAMS = SearchParams()
 
 log = logging.getLogger("lamina.engine")
 
@@ -105,6 +106,7 @@ class Collection:
         self._matrix: FloatMatrix = np.zeros((capacity, config.dim), dtype=np.float32)
         self._live = np.zeros(capacity, dtype=np.bool_)
         self._segments: list[Segment] = []
+        self._knob_cache: dict[tuple[int | None, float | None], Knobs] = {}
         self._segment_dir = store.path / _SEGMENTS
         self._load()
         self._wake = threading.Event()
@@ -189,6 +191,11 @@ class Collection:
         """Vectors as the kernel sees them: unit length for cosine."""
         if self.config.metric != "cosine":
             return vectors
+        if vectors.shape[0] == 1:  # one query: two numpy calls instead of a kernel dispatch
+            norm = float(np.dot(vectors[0], vectors[0]))
+            if norm == 0:
+                raise InvalidArgument("vector 0 is all zeros: a zero vector has no direction under cosine")
+            return vectors * np.float32(1.0 / np.sqrt(norm))
         norms = np.einsum("ij,ij->i", vectors, vectors)
         if (norms == 0).any():
             bad = int(np.flatnonzero(norms == 0)[0])
@@ -409,12 +416,18 @@ class Collection:
 
     def _knobs(self, params: SearchParams) -> Knobs:
         quant = self.config.quantization
-        return Knobs(
-            ef=params.ef if params.ef is not None else self.config.index.ef,
-            oversample=params.oversample
-            if params.oversample is not None
-            else (quant.oversample if quant is not None else 1.0),
-        )
+        key = (params.ef, params.oversample)
+        knobs = self._knob_cache.get(key)
+        if knobs is None:
+            knobs = Knobs(
+                ef=params.ef if params.ef is not None else self.config.index.ef,
+                oversample=params.oversample
+                if params.oversample is not None
+                else (quant.oversample if quant is not None else 1.0),
+            )
+            if len(self._knob_cache) < 256:
+                self._knob_cache[key] = knobs
+        return knobs
 
     def _search(
         self,
@@ -426,7 +439,7 @@ class Collection:
         params: SearchParams | None,
     ) -> list[list[Hit]]:
         k = check_k(k, self._limits)
-        params = params or SearchParams()
+        params = params or _DEFAULT_PARAMS
         predicate = self._compile(filter)
         prepared = self._prepare(queries)
         allowed = np.asarray(self._match_rows(predicate), dtype=np.int64) if predicate is not None else None

@@ -115,7 +115,10 @@ class Segment:
             scores, local, counts = exact_topk(self.vectors, self.live, queries, k, metric)
         else:
             scores, local, counts = self.tier.search(self.vectors, self.live, queries, k, knobs)
-        rows = np.where(local >= 0, self.rows[np.maximum(local, 0)], -1)
+        rows = self.rows.take(local, mode="clip")
+        unused = local < 0
+        if unused.any():
+            rows[unused] = -1
         return scores, rows, counts
 
     def ids_at(self, rows: np.ndarray) -> list[PointId]:

@@ -303,9 +303,11 @@ class HnswTier:
             labels, dists = self.index.knn_query(queries, k=k, num_threads=1)
         except RuntimeError:  # fewer than k live rows reachable: answer exactly
             return exact_topk(vectors, live, queries, k, self.metric)
-        scores = (1.0 - dists) if self.metric == METRIC_IP else -dists
+        scores = (
+            np.subtract(1.0, dists, out=dists) if self.metric == METRIC_IP else np.negative(dists, out=dists)
+        )
         counts = np.full(queries.shape[0], k, dtype=np.int64)
-        return scores.astype(np.float32), labels.astype(np.int64), counts
+        return scores, labels.astype(np.int64, copy=False), counts
 
 
 def build_tier(config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int) -> tuple[Tier, str]:
