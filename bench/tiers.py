@@ -435,43 +435,35 @@ def main(argv: list[str] | None = None) -> int:
             work / "hnsw", "hnsw", base, queries, truth, [{"ef": ef} for ef in efs], segment_rows, index=hnsw
         )
         rows += r
-        for bits in (1, 2, 4):
-            r, reopen[f"binary{bits}"] = lamina_tier(
-                work / f"binary{bits}",
-                f"flat+binary {bits}-bit",
-                base,
-                queries,
-                truth,
+        flat = {"type": "flat"}
+        tiers: list[tuple[str, str, list[dict[str, Any]], dict[str, Any]]] = [
+            *(
+                (
+                    f"binary{bits}",
+                    f"flat+binary {bits}-bit",
+                    [{"oversample": o} for o in oversamples],
+                    {"index": flat, "quantization": {"type": "binary", "bits": bits}},
+                )
+                for bits in (1, 2, 4)
+            ),
+            (
+                "hnsw+binary",
+                "hnsw+binary 2-bit",
+                [{"oversample": o, "ef": max(64, K * o)} for o in oversamples[1:]],
+                {"index": hnsw, "quantization": {"type": "binary", "bits": 2}},
+            ),
+            (
+                "pq",
+                f"flat+pq m={pq_m}",
                 [{"oversample": o} for o in oversamples],
-                segment_rows,
-                index={"type": "flat"},
-                quantization={"type": "binary", "bits": bits},
+                {"index": flat, "quantization": {"type": "pq", "m": pq_m}},
+            ),
+        ]
+        for key, label, settings, create in tiers:
+            r, reopen[key] = lamina_tier(
+                work / key, label, base, queries, truth, settings, segment_rows, **create
             )
             rows += r
-        r, reopen["hnsw+binary"] = lamina_tier(
-            work / "hnswbin",
-            "hnsw+binary 2-bit",
-            base,
-            queries,
-            truth,
-            [{"oversample": o, "ef": max(64, K * o)} for o in oversamples[1:]],
-            segment_rows,
-            index=hnsw,
-            quantization={"type": "binary", "bits": 2},
-        )
-        rows += r
-        r, reopen["pq"] = lamina_tier(
-            work / "pq",
-            f"flat+pq m={pq_m}",
-            base,
-            queries,
-            truth,
-            [{"oversample": o} for o in oversamples],
-            segment_rows,
-            index={"type": "flat"},
-            quantization={"type": "pq", "m": pq_m},
-        )
-        rows += r
         print("kernels and storage", flush=True)
         rows += rerank_vs_numpy(base, queries)
         rows += gather_mmap_vs_rocksdb(work / "binary1", base)

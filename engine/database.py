@@ -24,6 +24,7 @@ from typing import IO
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.collection import Collection
 from lamina.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from lamina.storage.vectorfile import fsync_path
 from lamina.types import CollectionConfig
 from lamina.validation import check_collection_name
 
@@ -95,7 +96,7 @@ class Database:
             Collection.create(name, tmp, config, self.limits, sync=self.sync_writes).close()
             final = self._root / name
             tmp.rename(final)
-            _fsync_dir(self._root)
+            fsync_path(self._root)
             collection = Collection.open(name, final, self.limits, sync=self.sync_writes)
             self._collections[name] = collection
             log.info("created collection %r (dim=%d, metric=%s)", name, config.dim, config.metric)
@@ -126,7 +127,7 @@ class Database:
             collection.close()
             trash = self._root / f"{_TRASH_PREFIX}{uuid.uuid4().hex}"
             (self._root / name).rename(trash)
-            _fsync_dir(self._root)
+            fsync_path(self._root)
             shutil.rmtree(trash, ignore_errors=True)
             log.info("deleted collection %r", name)
 
@@ -146,11 +147,3 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

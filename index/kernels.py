@@ -73,6 +73,20 @@ def _sort_heap(scores: np.ndarray, rows: np.ndarray, size: int) -> None:
         _sift_down(scores, rows, end)
 
 
+@njit(nogil=True, fastmath=True, cache=True, inline="always")
+def _score(row: np.ndarray, query: np.ndarray, metric: int) -> np.float32:
+    """Kernel score of one row for one query: inner product, or negated squared L2."""
+    acc = np.float32(0.0)
+    if metric == METRIC_IP:
+        for j in range(query.shape[0]):
+            acc += row[j] * query[j]
+    else:
+        for j in range(query.shape[0]):
+            diff = row[j] - query[j]
+            acc -= diff * diff
+    return acc
+
+
 @njit(nogil=True, fastmath=True, cache=True)
 def topk_scan(
     matrix: np.ndarray, allowed: np.ndarray, queries: np.ndarray, k: int, metric: int
@@ -84,7 +98,6 @@ def topk_scan(
     past ``counts[i]`` are unused (fewer than k rows allowed).
     """
     nq = queries.shape[0]
-    dim = queries.shape[1]
     n = allowed.shape[0]
     out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
     out_rows = np.full((nq, k), -1, dtype=np.int64)
@@ -94,16 +107,7 @@ def topk_scan(
             continue
         row = matrix[i]
         for q in range(nq):
-            query = queries[q]
-            acc = np.float32(0.0)
-            if metric == METRIC_IP:
-                for j in range(dim):
-                    acc += row[j] * query[j]
-            else:
-                for j in range(dim):
-                    diff = row[j] - query[j]
-                    acc -= diff * diff
-            sizes[q] = _push(out_scores[q], out_rows[q], sizes[q], k, acc, i)
+            sizes[q] = _push(out_scores[q], out_rows[q], sizes[q], k, _score(row, queries[q], metric), i)
     for q in range(nq):
         _sort_heap(out_scores[q], out_rows[q], sizes[q])
     return out_scores, out_rows, sizes
@@ -172,7 +176,6 @@ def rerank(
     sorting all candidates. Returns (scores, rows, counts) as ``topk_scan`` does.
     """
     nq = queries.shape[0]
-    dim = queries.shape[1]
     out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
     out_rows = np.full((nq, k), -1, dtype=np.int64)
     sizes = np.zeros(nq, dtype=np.int64)
@@ -185,16 +188,7 @@ def rerank(
             i = candidates[q, c]
             if i < 0 or not live[i]:
                 continue
-            row = vectors[i]
-            acc = np.float32(0.0)
-            if metric == METRIC_IP:
-                for j in range(dim):
-                    acc += row[j] * query[j]
-            else:
-                for j in range(dim):
-                    diff = row[j] - query[j]
-                    acc -= diff * diff
-            size = _push(hs, hr, size, k, acc, i)
+            size = _push(hs, hr, size, k, _score(vectors[i], query, metric), i)
         _sort_heap(hs, hr, size)
         sizes[q] = size
     return out_scores, out_rows, sizes
