@@ -322,9 +322,12 @@ class Collection:
         parts.append(np.flatnonzero(self._live[: self._next_row - self._mut_start]) + self._mut_start)
         return [int(r) for r in np.concatenate(parts)]
 
+    def _mutable_count(self) -> int:
+        """Live points in the mutable segment (caller holds the lock)."""
+        return int(np.count_nonzero(self._live[: self._next_row - self._mut_start]))
+
     def _live_count(self) -> int:
-        mutable = int(np.count_nonzero(self._live[: self._next_row - self._mut_start]))
-        return mutable + sum(s.live_count for s in self._segments)
+        return self._mutable_count() + sum(s.live_count for s in self._segments)
 
     # ------------------------------------------------------------ reads
     def count(self, filter: Any = None) -> int:
@@ -531,7 +534,7 @@ class Collection:
         """Settings, live point count and the state of the index tier."""
         with self._lock:
             self._check_open()
-            mutable = int(np.count_nonzero(self._live[: self._next_row - self._mut_start]))
+            mutable = self._mutable_count()
             segments = list(self._segments)
             error = self._error
         notes = sorted({s.note for s in segments if s.note} | ({error} if error else set()))
