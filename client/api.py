@@ -27,7 +27,9 @@ from lamina.types import (
     Point,
     PointId,
     QuantizationConfig,
+    QueryPlan,
     SearchParams,
+    check_payload_field,
 )
 from lamina.validation import as_rows, as_vector, check_collection_name, check_ids, check_int
 
@@ -77,6 +79,7 @@ class Client:
         index: dict[str, Any] | IndexConfig | None = None,
         quantization: dict[str, Any] | QuantizationConfig | None = None,
         segment_rows: int = DEFAULT_SEGMENT_ROWS,
+        payload_index: dict[str, str] | None = None,
     ) -> Collection:
         """Create a collection of ``dim``-dimensional vectors compared by ``metric``
         (``"cosine"``, ``"dot"`` or ``"l2"``); AlreadyExists if the name is taken.
@@ -87,6 +90,9 @@ class Client:
         with full-precision vectors: ``{"type": "binary", "bits": 1, "oversample": 4}``
         or ``{"type": "pq", "m": 64}``; None keeps full precision. ``segment_rows``
         rows are collected (and searched exactly) before they are sealed and indexed.
+        ``payload_index`` maps payload fields to index types (``keyword``, ``int``,
+        ``float``, ``bool``, ``datetime``, ``text``) so that filters on them are answered
+        from the index and ``text`` fields can be searched with BM25.
         """
         check_collection_name(name)
         config = CollectionConfig(
@@ -97,6 +103,7 @@ class Client:
             if isinstance(quantization, QuantizationConfig) or quantization is None
             else QuantizationConfig.from_dict(quantization),
             segment_rows=segment_rows,
+            payload_index=dict(payload_index or {}),
         )
         info = self._transport.create_collection(name, config)
         return Collection(self._transport, info, self._limits)
@@ -189,12 +196,15 @@ class Collection:
         ef: int | None = None,
         oversample: float | None = None,
         exact: bool = False,
+        plan: str = "auto",
     ) -> list[Hit]:
         """The ``k`` points nearest to ``vector`` that match ``filter``, best first.
 
         ``ef`` widens the HNSW beam and ``oversample`` the candidates per hit of a
         quantized tier for this query; ``exact=True`` scans every full-precision
-        vector instead (the ground truth, slower).
+        vector instead (the ground truth, slower). ``plan`` forces how a filtered
+        query runs (``exact``, ``allow_list``, ``post_filter``); ``auto`` lets the
+        planner choose per segment (see ``explain``).
         """
         return self._transport.search(
             self.name,
@@ -203,8 +213,76 @@ class Collection:
             filter,
             with_payload,
             with_vector,
+            _params(ef, oversample, exact, plan),
+        )
+
+    def explain(
+        self,
+        vector: Any,
+        k: int = 10,
+        filter: Filter | None = None,
+        *,
+        ef: int | None = None,
+        oversample: float | None = None,
+        exact: bool = False,
+        plan: str = "auto",
+    ) -> QueryPlan:
+        """Run ``search`` and report how each segment answered it: the method (exact over
+        the matching rows, the index with an allow-list, a widened walk, ...), how many
+        rows matched the filter, why, and which filter fields used payload indexes."""
+        return self._transport.explain(
+            self.name, as_vector(vector), check_int("k", k), filter, _params(ef, oversample, exact, plan)
+        )
+
+    def query(
+        self,
+        vector: Any = None,
+        text: str | None = None,
+        k: int = 10,
+        filter: Filter | None = None,
+        *,
+        fusion: str = "rrf",
+        weights: Sequence[float] | None = None,
+        text_field: str | None = None,
+        with_payload: bool = True,
+        with_vector: bool = False,
+        ef: int | None = None,
+        oversample: float | None = None,
+        exact: bool = False,
+    ) -> list[Hit]:
+        """Hybrid search: the dense ranking of ``vector`` and the BM25 ranking of ``text``
+        (over the collection's ``text`` payload index, or ``text_field``) fused by
+        reciprocal rank (``fusion="rrf"``) or by normalised scores (``"weighted"``),
+        ``weights`` = (dense, text). ``filter`` applies to both sides. With only one of
+        ``vector`` and ``text``, that ranking alone.
+
+        >>> col.query(vector=q, text="binary quantization", k=10, filter={"in_stock": True})  # doctest: +SKIP
+        """
+        return self._transport.query(
+            self.name,
+            as_vector(vector) if vector is not None else None,
+            text,
+            check_int("k", k),
+            filter,
+            fusion,
+            list(weights) if weights is not None else None,
+            text_field,
+            with_payload,
+            with_vector,
             _params(ef, oversample, exact),
         )
+
+    def create_payload_index(self, field: str, type: str) -> bool:
+        """Index payload ``field`` (dots reach nested keys) as ``keyword``, ``int``,
+        ``float``, ``bool``, ``datetime`` or ``text``. Points already sealed are indexed
+        in the background (``optimize()`` waits for it); filters stay exact meanwhile.
+        Returns False if the field already had this index."""
+        check_payload_field(field, type)
+        return self._transport.create_payload_index(self.name, field, type)
+
+    def drop_payload_index(self, field: str) -> bool:
+        """Remove ``field``'s payload index; False if it had none."""
+        return self._transport.drop_payload_index(self.name, field)
 
     def search_batch(
         self,
@@ -217,9 +295,10 @@ class Collection:
         ef: int | None = None,
         oversample: float | None = None,
         exact: bool = False,
+        plan: str = "auto",
     ) -> list[list[Hit]]:
         """One hit list per row of ``vectors`` (an (n, dim) array), each best first;
-        ``ef``, ``oversample`` and ``exact`` as for ``search``."""
+        ``ef``, ``oversample``, ``exact`` and ``plan`` as for ``search``."""
         return self._transport.search_batch(
             self.name,
             as_rows(vectors, "query vectors"),
@@ -227,7 +306,7 @@ class Collection:
             filter,
             with_payload,
             with_vector,
-            _params(ef, oversample, exact),
+            _params(ef, oversample, exact, plan),
         )
 
     def optimize(self, timeout: float | None = None) -> CollectionInfo:
@@ -273,7 +352,7 @@ class Collection:
         )
 
 
-def _params(ef: int | None, oversample: float | None, exact: bool) -> SearchParams | None:
-    if ef is None and oversample is None and not exact:
+def _params(ef: int | None, oversample: float | None, exact: bool, plan: str = "auto") -> SearchParams | None:
+    if ef is None and oversample is None and not exact and plan == "auto":
         return None
-    return SearchParams(ef=ef, oversample=oversample, exact=exact)
+    return SearchParams(ef=ef, oversample=oversample, exact=exact, plan=plan)

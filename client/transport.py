@@ -33,6 +33,7 @@ from lamina.types import (
     Payload,
     Point,
     PointId,
+    QueryPlan,
     SearchParams,
 )
 from lamina.validation import encode_payloads
@@ -82,6 +83,25 @@ class Transport(Protocol):
         with_vector: bool,
         params: SearchParams | None,
     ) -> list[list[Hit]]: ...
+    def explain(
+        self, name: str, query: FloatMatrix, k: int, filter: Filter | None, params: SearchParams | None
+    ) -> QueryPlan: ...
+    def query(
+        self,
+        name: str,
+        vector: FloatMatrix | None,
+        text: str | None,
+        k: int,
+        filter: Filter | None,
+        fusion: str,
+        weights: list[float] | None,
+        text_field: str | None,
+        with_payload: bool,
+        with_vector: bool,
+        params: SearchParams | None,
+    ) -> list[Hit]: ...
+    def create_payload_index(self, name: str, field: str, kind: str) -> bool: ...
+    def drop_payload_index(self, name: str, field: str) -> bool: ...
     def optimize(self, name: str, timeout: float | None) -> CollectionInfo: ...
     def server_info(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
@@ -155,6 +175,35 @@ class EmbeddedTransport:
         return self.db.get_collection(name).search_batch(
             queries, k, filter, with_payload, with_vector, params
         )
+
+    def explain(
+        self, name: str, query: FloatMatrix, k: int, filter: Filter | None, params: SearchParams | None
+    ) -> QueryPlan:
+        return self.db.get_collection(name).explain(query, k, filter, params)
+
+    def query(
+        self,
+        name: str,
+        vector: FloatMatrix | None,
+        text: str | None,
+        k: int,
+        filter: Filter | None,
+        fusion: str,
+        weights: list[float] | None,
+        text_field: str | None,
+        with_payload: bool,
+        with_vector: bool,
+        params: SearchParams | None,
+    ) -> list[Hit]:
+        return self.db.get_collection(name).query(
+            vector, text, k, filter, fusion, weights, text_field, with_payload, with_vector, params
+        )
+
+    def create_payload_index(self, name: str, field: str, kind: str) -> bool:
+        return self.db.get_collection(name).create_payload_index(field, kind)
+
+    def drop_payload_index(self, name: str, field: str) -> bool:
+        return self.db.get_collection(name).drop_payload_index(field)
 
     def optimize(self, name: str, timeout: float | None) -> CollectionInfo:
         col = self.db.get_collection(name)
@@ -323,6 +372,58 @@ class GrpcTransport:
         return [
             [convert.hit_from_proto(h, with_vector, with_payload) for h in hl.hits] for hl in response.results
         ]
+
+    def explain(
+        self, name: str, query: FloatMatrix, k: int, filter: Filter | None, params: SearchParams | None
+    ) -> QueryPlan:
+        request = spb.SearchRequest(
+            collection=name,
+            vector=query.astype("<f4", copy=False).tobytes(),
+            k=k,
+            filter_json=convert.filter_to_json(filter),
+            params=convert.params_to_proto(params),
+            explain=True,
+        )
+        return convert.plan_from_proto(self._call(self._search.Search, request).plan)
+
+    def query(
+        self,
+        name: str,
+        vector: FloatMatrix | None,
+        text: str | None,
+        k: int,
+        filter: Filter | None,
+        fusion: str,
+        weights: list[float] | None,
+        text_field: str | None,
+        with_payload: bool,
+        with_vector: bool,
+        params: SearchParams | None,
+    ) -> list[Hit]:
+        request = spb.QueryRequest(
+            collection=name,
+            vector=vector.astype("<f4", copy=False).tobytes() if vector is not None else b"",
+            k=k,
+            filter_json=convert.filter_to_json(filter),
+            fusion=fusion,
+            weights=weights or [],
+            text_field=text_field or "",
+            with_payload=with_payload,
+            with_vector=with_vector,
+            params=convert.params_to_proto(params),
+        )
+        if text is not None:
+            request.text = text
+        response = self._call(self._search.Query, request)
+        return [convert.hit_from_proto(h, with_vector, with_payload) for h in response.hits]
+
+    def create_payload_index(self, name: str, field: str, kind: str) -> bool:
+        request = cpb.CreatePayloadIndexRequest(collection=name, field=field, type=kind)
+        return bool(self._call(self._collections.CreatePayloadIndex, request).changed)
+
+    def drop_payload_index(self, name: str, field: str) -> bool:
+        request = cpb.DropPayloadIndexRequest(collection=name, field=field)
+        return bool(self._call(self._collections.DropPayloadIndex, request).changed)
 
     def optimize(self, name: str, timeout: float | None) -> CollectionInfo:
         request = cpb.OptimizeRequest(name=name, timeout_seconds=timeout or 0.0)

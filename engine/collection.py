@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,10 @@ import numpy as np
 import orjson
 
 from lamina.config import Limits
-from lamina.engine.filters import Predicate, compile_filter
+from lamina.engine.filters import CompiledFilter, compile_filter, evaluate
+from lamina.engine.payload import FieldIndex, MutableIndexes, take
 from lamina.engine.segments import Segment
+from lamina.engine.text import Bm25Query, fuse, top_rows
 from lamina.errors import FailedPrecondition, InvalidArgument, NotFound
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows
@@ -40,6 +42,7 @@ from lamina.index.tiers import Knobs, TopK
 from lamina.storage.keys import id_from_key, id_key, row_from_key, row_key
 from lamina.storage.rocks import (
     CONFIG,
+    FIELDS,
     FORMAT,
     FORMAT_VERSION,
     MUTABLE_START,
@@ -56,7 +59,10 @@ from lamina.types import (
     Payload,
     Point,
     PointId,
+    QueryPlan,
     SearchParams,
+    SegmentPlan,
+    check_payload_field,
 )
 from lamina.validation import as_matrix, as_query, check_ids, check_int, check_k, encode_payloads
 
@@ -84,6 +90,7 @@ class _Snapshot:
     start: int
     matrix: FloatMatrix
     live: np.ndarray
+    payload: dict[str, list[FieldIndex]]
 
 
 class Collection:
@@ -108,7 +115,16 @@ class Collection:
         self._segments: list[Segment] = []
         self._knob_cache: dict[tuple[int | None, float | None], Knobs] = {}
         self._segment_dir = store.path / _SEGMENTS
+        self._mut_pidx = MutableIndexes()
+        raw = store.get_meta(FIELDS)
+        self._fields: set[str] = set(orjson.loads(raw)) if raw else set()
         self._load()
+        if raw is None and self._next_row:  # written before fields were tracked: learn them once
+            for _, blob in store.scan_payloads():
+                payload = orjson.loads(blob)
+                if isinstance(payload, dict):
+                    self._fields.update(payload)
+            store.put_meta({FIELDS: orjson.dumps(sorted(self._fields))})
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._busy = False
@@ -170,6 +186,22 @@ class Collection:
             if len(block_rows) >= 65_536:
                 flush()
         flush()
+        if self.config.payload_index:
+            self._index_mutable(self.config.payload_index)
+
+    def _index_mutable(self, fields: dict[str, str]) -> None:
+        """Index ``fields`` of the mutable segment's stored payloads (at start, and when an
+        index is added; caller holds the lock or is the constructor)."""
+        rows: list[int] = []
+        payloads: list[Payload | None] = []
+        for row, blob in self._store.scan_payloads(self._mut_start):
+            rows.append(row)
+            payloads.append(orjson.loads(blob))
+            if len(rows) >= 65_536:
+                self._mut_pidx.add(fields, rows, payloads)
+                rows, payloads = [], []
+        if rows:
+            self._mut_pidx.add(fields, rows, payloads)
 
     def close(self) -> None:
         """Stop the optimizer (waiting for a build in progress) and close the store."""
@@ -231,12 +263,50 @@ class Collection:
             for segment in self._segments:
                 segment.kill(sealed)
 
-    def _match_rows(self, predicate: Predicate) -> list[int]:
-        """Rows whose payload satisfies ``predicate`` (exact scan over stored payloads)."""
-        return [row for row, blob in self._store.scan_payloads() if predicate(orjson.loads(blob))]
+    def _match_rows(self, compiled: CompiledFilter, snap: _Snapshot) -> list[int]:
+        """Live rows matching a filter, ascending."""
+        masks = self._filter_masks(compiled, snap)
+        parts = [seg.rows[m] for seg, m in zip(snap.segments, masks, strict=False)]
+        parts.append(np.flatnonzero(masks[-1]) + snap.start)
+        return [int(r) for r in np.concatenate(parts)]
 
-    def _compile(self, flt: Any) -> Predicate | None:
-        return compile_filter(flt, self._limits.max_filter_depth)
+    def _filter_masks(self, compiled: CompiledFilter, snap: _Snapshot) -> list[np.ndarray]:
+        """Per sealed segment, then for the mutable segment: the mask of live rows that
+        match. Payload indexes decide most rows; rows they cannot decide (unindexed
+        fields, odd values) are checked against their stored payloads."""
+        masks: list[np.ndarray] = []
+        for seg in snap.segments:
+            indexes = {name: [index] for name, index in seg.payload.items()}
+            surely, maybe = evaluate(compiled.tree, seg.size, 0, indexes)
+            masks.append(self._settle(compiled, surely & seg.live, maybe & seg.live, seg.rows))
+        n = snap.live.size
+        surely, maybe = evaluate(compiled.tree, n, snap.start, snap.payload)
+        masks.append(self._settle(compiled, surely & snap.live, maybe & snap.live, None, snap.start))
+        return masks
+
+    def _settle(
+        self,
+        compiled: CompiledFilter,
+        surely: np.ndarray,
+        maybe: np.ndarray,
+        rows: np.ndarray | None,
+        base: int = 0,
+    ) -> np.ndarray:
+        """Decide the rows in ``maybe`` but not ``surely`` by reading their payloads."""
+        check = np.flatnonzero(maybe & ~surely)
+        if check.size:
+            global_rows = rows[check] if rows is not None else check + base
+            predicate = compiled.predicate
+            for lo in range(0, check.size, 16_384):
+                blobs = self._store.payloads_of(global_rows[lo : lo + 16_384].tolist())
+                ok = [blob is not None and predicate(orjson.loads(blob)) for blob in blobs]
+                surely[check[lo : lo + 16_384][np.asarray(ok, dtype=np.bool_)]] = True
+        return surely
+
+    def _compile(self, flt: Any) -> CompiledFilter | None:
+        schema = self.config.payload_index  # a collection with a declared schema rejects unknown fields
+        known = frozenset(self._fields) if schema else None
+        return compile_filter(flt, self._limits.max_filter_depth, schema, known)
 
     def _points(
         self, rows: Sequence[int], keys: Sequence[bytes | None], with_payload: bool, with_vector: bool
@@ -274,15 +344,21 @@ class Collection:
         prepared = self._prepare(matrix)  # raises on zero vectors before anything is written
         keys = [id_key(i) for i in id_list]
         raw = matrix.astype("<f4", copy=False)
+        names = {name for p in payloads if p for name in p} if payloads is not None else set()
         with self._lock:
             self._check_open()
             old_rows = self._store.rows_of(keys)
             first = self._next_row
             new_rows = np.arange(first, first + len(keys), dtype=np.int64)
             dead = [(key, row) for key, row in zip(keys, old_rows, strict=True) if row is not None]
-            self._store.apply(keys, first, raw.tobytes(), blobs, dead, self._mut_start)
+            fields = self._fields | names
+            meta = {FIELDS: orjson.dumps(sorted(fields))} if len(fields) > len(self._fields) else {}
+            self._store.apply(keys, first, raw.tobytes(), blobs, dead, self._mut_start, meta)
+            self._fields = fields
             self._next_row = first + len(keys)
             self._place(new_rows, prepared)
+            if self.config.payload_index and payloads is not None:
+                self._mut_pidx.add(self.config.payload_index, new_rows.tolist(), payloads)
             if dead:
                 self._kill([row for _, row in dead])
         if self._next_row - self._mut_start >= self.config.segment_rows:
@@ -300,10 +376,14 @@ class Collection:
                 rows_of = self._store.rows_of(keys)
                 dead = [(k, r) for k, r in zip(keys, rows_of, strict=True) if r is not None]
                 return self._drop(dead)
-        predicate = self._compile(filter)  # None: the empty filter, which matches every point
+        compiled = self._compile(filter)  # None: the empty filter, which matches every point
         with self._lock:
             self._check_open()
-            rows = self._live_rows() if predicate is None else self._match_rows(predicate)
+            rows = (
+                self._live_rows()
+                if compiled is None
+                else self._match_rows(compiled, self._snapshot(locked=True))
+            )
             found = self._store.id_keys_of(rows)
             return self._drop([(k, r) for k, r in zip(found, rows, strict=True) if k is not None])
 
@@ -332,12 +412,12 @@ class Collection:
     # ------------------------------------------------------------ reads
     def count(self, filter: Any = None) -> int:
         """Number of live points, or of those matching ``filter``."""
-        predicate = self._compile(filter)
+        compiled = self._compile(filter)
         self._check_open()
-        if predicate is None:
+        if compiled is None:
             with self._lock:
                 return self._live_count()
-        return len(self._match_rows(predicate))
+        return sum(int(np.count_nonzero(m)) for m in self._filter_masks(compiled, self._snapshot()))
 
     def get(self, ids: Sequence[PointId], with_payload: bool = True, with_vector: bool = True) -> list[Point]:
         """Points for ``ids`` in the order asked; ids that do not exist are left out."""
@@ -363,15 +443,14 @@ class Collection:
                 f"scroll limit must be an integer in 1..{self._limits.max_scroll_limit}, got {limit!r}"
             )
         start = id_key(check_ids([offset], self._limits)[0]) if offset is not None else None
-        predicate = self._compile(filter)
+        compiled = self._compile(filter)
         self._check_open()
+        matching = None if compiled is None else set(self._match_rows(compiled, self._snapshot()))
         page: list[tuple[bytes, int]] = []
         next_offset: PointId | None = None
         for key, row in self._store.scan_ids(start):
-            if predicate is not None:
-                blob = self._store.payloads_of([row])[0]
-                if blob is None or not predicate(orjson.loads(blob)):
-                    continue
+            if matching is not None and row not in matching:
+                continue
             if len(page) == limit:
                 next_offset = id_from_key(key)
                 break
@@ -411,11 +490,14 @@ class Collection:
             return []
         return self._search(queries, k, filter, with_payload, with_vector, params)
 
-    def _snapshot(self) -> _Snapshot:
-        with self._lock:
-            self._check_open()
-            n = self._next_row - self._mut_start
-            return _Snapshot(tuple(self._segments), self._mut_start, self._matrix, self._live[:n].copy())
+    def _snapshot(self, locked: bool = False) -> _Snapshot:
+        if not locked:
+            with self._lock:
+                return self._snapshot(locked=True)
+        self._check_open()
+        n = self._next_row - self._mut_start
+        payload = {name: list(parts) for name, parts in self._mut_pidx.parts.items()}
+        return _Snapshot(tuple(self._segments), self._mut_start, self._matrix, self._live[:n].copy(), payload)
 
     def _knobs(self, params: SearchParams) -> Knobs:
         quant = self.config.quantization
@@ -440,34 +522,181 @@ class Collection:
         with_payload: bool,
         with_vector: bool,
         params: SearchParams | None,
+        explain: list[SegmentPlan] | None = None,
     ) -> list[list[Hit]]:
         k = check_k(k, self._limits)
-        params = params or _DEFAULT_PARAMS
-        predicate = self._compile(filter)
+        compiled = self._compile(filter)
         prepared = self._prepare(queries)
-        allowed = np.asarray(self._match_rows(predicate), dtype=np.int64) if predicate is not None else None
         snap = self._snapshot()
+        masks = self._filter_masks(compiled, snap) if compiled is not None else None
+        scores, rows, counts = self._search_rows(prepared, k, snap, masks, params, explain)
+        return self._hits(snap, finish_scores(scores, self._metric), rows, counts, with_payload, with_vector)
+
+    def _search_rows(
+        self,
+        prepared: FloatMatrix,
+        k: int,
+        snap: _Snapshot,
+        masks: list[np.ndarray] | None,
+        params: SearchParams | None,
+        explain: list[SegmentPlan] | None,
+    ) -> TopK:
+        """Top-k (kernel scores, global rows, counts) over a snapshot; ``masks`` (from
+        ``_filter_masks``) restrict it to the rows matching a filter."""
+        params = params or _DEFAULT_PARAMS
         knobs = self._knobs(params)
         parts: list[TopK] = []
-        for segment in snap.segments:
-            if allowed is not None:  # exact over the matching rows (payload-index plans come with #5)
-                rows, vectors = segment.gather(allowed)
-                parts.append(_exact_over(rows, vectors, prepared, k, self._metric))
-            else:
-                parts.append(segment.search(prepared, k, knobs, params.exact, self._metric))
         mask = snap.live
-        if allowed is not None:
-            local = allowed[(allowed >= snap.start) & (allowed < snap.start + mask.size)] - snap.start
-            only = np.zeros_like(mask)
-            only[local] = True
-            mask = mask & only
+        if masks is None:
+            for segment in snap.segments:
+                parts.append(segment.search(prepared, k, knobs, params.exact, self._metric))
+        else:
+            plan = "exact" if params.exact else params.plan
+            for segment, allow in zip(snap.segments, masks, strict=False):
+                found, how = segment.search_filtered(prepared, k, knobs, allow, plan, self._metric)
+                parts.append(found)
+                if explain is not None:
+                    explain.append(how)
+            mask = masks[-1]
+            if explain is not None:
+                reason = "the mutable segment is always scanned exactly"
+                explain.append(SegmentPlan("mutable", int(snap.live.sum()), int(mask.sum()), "exact", reason))
         if mask.any():
             scores, local_rows, counts = exact_topk(
                 snap.matrix, mask, prepared, min(k, mask.size), self._metric
             )
             parts.append((scores, np.where(local_rows >= 0, local_rows + snap.start, -1), counts))
-        scores, rows, counts = merge_topk(parts, prepared.shape[0], k)
-        return self._hits(snap, finish_scores(scores, self._metric), rows, counts, with_payload, with_vector)
+        return merge_topk(parts, prepared.shape[0], k)
+
+    def query(
+        self,
+        vector: object = None,
+        text: str | None = None,
+        k: int = 10,
+        filter: Any = None,
+        fusion: str = "rrf",
+        weights: Sequence[float] | None = None,
+        text_field: str | None = None,
+        with_payload: bool = True,
+        with_vector: bool = False,
+        params: SearchParams | None = None,
+    ) -> list[Hit]:
+        """Hybrid search: the dense ranking of ``vector`` and the BM25 ranking of ``text``
+        (over a ``text`` payload index), fused by ``fusion`` (``"rrf"`` or ``"weighted"``,
+        with ``weights`` (dense, text), default (1, 1)); ``filter`` applies to both.
+        With only one of vector and text, that ranking alone (BM25 scores for text)."""
+        if vector is None and text is None:
+            raise InvalidArgument("query needs a vector, a text or both")
+        if fusion not in ("rrf", "weighted"):
+            raise InvalidArgument(f"unknown fusion {fusion!r}: use rrf or weighted")
+        w = (1.0, 1.0) if weights is None else tuple(weights)
+        if len(w) != 2 or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < float("inf") for x in w
+        ):
+            raise InvalidArgument(f"weights must be two non-negative numbers (dense, text), got {weights!r}")
+        if text is not None and not isinstance(text, str):
+            raise InvalidArgument(f"text must be a string, got {type(text).__name__}")
+        k = check_k(k, self._limits)
+        query = as_query(vector, self.config.dim).reshape(1, -1) if vector is not None else None
+        field_name = self._text_field(text_field) if text is not None else ""
+        compiled = self._compile(filter)
+        prepared = self._prepare(query) if query is not None else None
+        snap = self._snapshot()
+        masks = self._filter_masks(compiled, snap) if compiled is not None else None
+        depth = k if vector is None or text is None else min(self._limits.max_k, max(2 * k, 50))
+        rankings: list[tuple[np.ndarray, np.ndarray]] = []
+        if prepared is not None:
+            scores, rows, counts = self._search_rows(prepared, depth, snap, masks, params, None)
+            rankings.append((rows[0, : counts[0]], scores[0, : counts[0]]))
+        if text is not None:
+            rankings.append(self._bm25(text, field_name, depth, snap, masks))
+        if len(rankings) == 1:
+            rows, fused = rankings[0]
+            if prepared is not None:
+                fused = finish_scores(fused[None, :], self._metric)[0]
+        else:
+            rows, fused = fuse(rankings, fusion, w, k)
+        return self._hits(
+            snap, fused[None, :], rows[None, :], np.array([rows.size]), with_payload, with_vector
+        )[0]
+
+    def _text_field(self, name: str | None) -> str:
+        texts = sorted(f for f, kind in self.config.payload_index.items() if kind == "text")
+        if name is None:
+            if len(texts) != 1:
+                raise InvalidArgument(
+                    "text search needs a text payload index: create one with create_payload_index(field, 'text')"
+                    if not texts
+                    else f"the collection has several text indexes ({', '.join(texts)}): pass text_field="
+                )
+            return texts[0]
+        if self.config.payload_index.get(name) != "text":
+            raise InvalidArgument(
+                f"field {name!r} has no text index: create one with create_payload_index({name!r}, 'text')"
+            )
+        return name
+
+    def _bm25(
+        self, text: str, field_name: str, n: int, snap: _Snapshot, masks: list[np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(global rows, BM25 scores) of the best ``n`` allowed rows, best first."""
+        sealed = [
+            seg.payload.get(field_name) or self._index_segment(seg, field_name, "text")
+            for seg in snap.segments
+        ]
+        mutable = snap.payload.get(field_name, [])
+        bm25 = Bm25Query.prepare(text, [*sealed, *mutable])
+        found_rows: list[np.ndarray] = []
+        found_scores: list[np.ndarray] = []
+        for i, (seg, part) in enumerate(zip(snap.segments, sealed, strict=True)):
+            pos, scores = top_rows(bm25.score(part, seg.size), masks[i] if masks else seg.live, n)
+            found_rows.append(seg.rows[pos])
+            found_scores.append(scores)
+        size = snap.live.size
+        total = np.zeros(size, np.float32)
+        for part in mutable:
+            total += bm25.score(part, size, snap.start)
+        pos, scores = top_rows(total, masks[-1] if masks else snap.live, n)
+        found_rows.append(pos + snap.start)
+        found_scores.append(scores)
+        rows, scores = np.concatenate(found_rows), np.concatenate(found_scores)
+        order = np.argsort(-scores, kind="stable")[:n]
+        return rows[order], scores[order]
+
+    def explain(
+        self, vector: object, k: int = 10, filter: Any = None, params: SearchParams | None = None
+    ) -> QueryPlan:
+        """Run a search and say how each segment answered it: the plan (exact over the
+        matching rows, the index with an allow-list, a widened walk, ...), how many rows
+        matched and why that plan was chosen."""
+        return self.search_explained(vector, k, filter, False, False, params)[1]
+
+    def search_explained(
+        self,
+        vector: object,
+        k: int = 10,
+        filter: Any = None,
+        with_payload: bool = True,
+        with_vector: bool = False,
+        params: SearchParams | None = None,
+    ) -> tuple[list[Hit], QueryPlan]:
+        """``search`` that also returns the QueryPlan ``explain`` describes."""
+        query = as_query(vector, self.config.dim)
+        plans: list[SegmentPlan] = []
+        started = time.perf_counter()
+        hits = self._search(query.reshape(1, -1), k, filter, with_payload, with_vector, params, plans)[0]
+        seconds = time.perf_counter() - started
+        compiled = self._compile(filter)
+        names = sorted(compiled.fields) if compiled is not None else []
+        schema = self.config.payload_index
+        plan = QueryPlan(
+            segments=plans,
+            indexed_fields=[f for f in names if f in schema],
+            unindexed_fields=[f for f in names if f not in schema],
+            hits=len(hits),
+            seconds=seconds,
+        )
+        return hits, plan
 
     def _ids_of(self, snap: _Snapshot, rows: np.ndarray) -> list[PointId | None]:
         """Point ids of result ``rows``: from the segments' id files, or RocksDB for rows
@@ -536,13 +765,16 @@ class Collection:
             self._check_open()
             mutable = self._mutable_count()
             segments = list(self._segments)
+            payload_bytes = self._mut_pidx.nbytes() + sum(
+                index.nbytes() for s in segments for index in s.payload.values()
+            )
             error = self._error
         notes = sorted({s.note for s in segments if s.note} | ({error} if error else set()))
         status = IndexStatus(
             segments=len(segments),
             indexed_points=sum(s.live_count for s in segments),
             mutable_points=mutable,
-            index_bytes=sum(s.index_bytes() for s in segments),
+            index_bytes=sum(s.index_bytes() for s in segments) + payload_bytes,
             note="; ".join(notes),
         )
         return CollectionInfo(self.name, self.config, status.indexed_points + mutable, status)
@@ -595,38 +827,45 @@ class Collection:
             pending = self._next_row - self._mut_start
             size = self.config.segment_rows
             if pending >= size or (self._force_seal and pending > 0):
-                take = min(pending, size)
-                matrix, live = self._matrix, self._live[:take].copy()
+                take_rows = min(pending, size)
+                matrix, live = self._matrix, self._live[:take_rows].copy()
                 start = self._mut_start
+                schema = dict(self.config.payload_index)
+                pidx = self._mut_pidx.snapshot()
             else:
-                did = self._rewrite_step()
+                did = self._rewrite_step() or self._index_step()
                 if not did:
                     self._force_seal = False
                 return did
         local = np.flatnonzero(live)
         segment = None
         if local.size:
-            segment = self._build(local + start, matrix[local])
+            rows = local + start
+            payload = {name: take(kind, pidx.get(name, []), rows) for name, kind in schema.items()}
+            segment = self._build(rows, matrix[local], payload)
         with self._lock:
             if self._closed:
                 return False
             names = [s.name for s in self._segments] + ([segment.name] if segment is not None else [])
             died = local[~self._live[local]] + start  # deleted while the segment was built
             self._store.put_meta(
-                {SEGMENTS: orjson.dumps(names), MUTABLE_START: row_key(start + take)},
+                {SEGMENTS: orjson.dumps(names), MUTABLE_START: row_key(start + take_rows)},
                 add_dead=[int(r) for r in died] if segment is not None else [],
             )
             if segment is not None:
                 segment.kill(died)
                 self._segments.append(segment)
-            rest = self._next_row - start - take
+            rest = self._next_row - start - take_rows
             capacity = max(_MIN_CAPACITY, int(rest * _GROW))
             new_matrix = np.zeros((capacity, self.config.dim), dtype=np.float32)
-            new_matrix[:rest] = self._matrix[take : take + rest]
+            new_matrix[:rest] = self._matrix[take_rows : take_rows + rest]
             new_live = np.zeros(capacity, dtype=np.bool_)
-            new_live[:rest] = self._live[take : take + rest]
-            self._matrix, self._live, self._mut_start = new_matrix, new_live, start + take
-        log.info("sealed %d rows of %r into segment %s", take, self.name, segment.name if segment else "-")
+            new_live[:rest] = self._live[take_rows : take_rows + rest]
+            self._matrix, self._live, self._mut_start = new_matrix, new_live, start + take_rows
+            self._mut_pidx.forget_below(start + take_rows)
+        log.info(
+            "sealed %d rows of %r into segment %s", take_rows, self.name, segment.name if segment else "-"
+        )
         return True
 
     def _rewrite_step(self) -> bool:
@@ -645,13 +884,25 @@ class Collection:
         if not group:
             return False
         lives = [seg.live.copy() for seg in group]
+        schema = dict(self.config.payload_index)
         self._lock.release()
         try:
             rows = np.concatenate([seg.rows[lv] for seg, lv in zip(group, lives, strict=True)])
             segment = None
             if rows.size:
                 vectors = np.concatenate([seg.vectors[lv] for seg, lv in zip(group, lives, strict=True)])
-                segment = self._build(rows, vectors)
+                maps, offset = [], 0
+                for seg, lv in zip(group, lives, strict=True):
+                    mapping = np.full(seg.size, -1, dtype=np.int64)
+                    mapping[lv] = np.arange(offset, offset + int(lv.sum()))
+                    offset += int(lv.sum())
+                    maps.append(mapping)
+                payload = {  # carried over by renumbering; a field some segment lacks is built later
+                    name: FieldIndex.merge([seg.payload[name] for seg in group], maps)
+                    for name in schema
+                    if all(name in seg.payload for seg in group)
+                }
+                segment = self._build(rows, vectors, payload)
         finally:
             self._lock.acquire()
         if self._closed:
@@ -671,6 +922,89 @@ class Collection:
         )
         return True
 
+    def _index_step(self) -> bool:
+        """Build one payload index a sealed segment lacks (the field's index was added after
+        the segment was sealed) from the stored payloads; caller holds the lock. Returns
+        whether it did one."""
+        todo = next(
+            (
+                (seg, name, kind)
+                for seg in self._segments
+                for name, kind in self.config.payload_index.items()
+                if name not in seg.payload
+            ),
+            None,
+        )
+        if todo is None:
+            return False
+        segment, name, kind = todo
+        self._lock.release()
+        try:
+            started = time.perf_counter()
+            index = self._index_segment(segment, name, kind)
+        finally:
+            self._lock.acquire()
+        if self._closed:
+            return False
+        if segment in self._segments and self.config.payload_index.get(name) == kind:
+            segment.add_payload_index(name, index)
+            log.info(
+                "built %s index of %r over segment %s of %r in %.1f s",
+                kind,
+                name,
+                segment.name,
+                self.name,
+                time.perf_counter() - started,
+            )
+        return True
+
+    def _index_segment(self, segment: Segment, name: str, kind: str) -> FieldIndex:
+        """A payload index of a sealed segment built from its stored payloads."""
+        payloads: list[Payload | None] = []
+        for lo in range(0, segment.size, 16_384):
+            blobs = self._store.payloads_of(segment.rows[lo : lo + 16_384].tolist())
+            payloads.extend(orjson.loads(b) if b is not None else None for b in blobs)
+        return FieldIndex.build(kind, tuple(name.split(".")), range(segment.size), payloads)
+
+    def create_payload_index(self, field: str, kind: str) -> bool:
+        """Index a payload field (``keyword``, ``int``, ``float``, ``bool``, ``datetime`` or
+        ``text``). The mutable segment is indexed now; sealed segments in the background
+        (``optimize()`` waits for them); filters are exact meanwhile. Returns False when
+        the field already has this index."""
+        check_payload_field(field, kind)
+        with self._lock:
+            self._check_open()
+            current = self.config.payload_index.get(field)
+            if current == kind:
+                return False
+            if current is not None:
+                raise InvalidArgument(
+                    f"field {field!r} already has a {current} index: drop_payload_index({field!r}) first"
+                )
+            config = replace(self.config, payload_index={**self.config.payload_index, field: kind})
+            self._store.put_meta({CONFIG: orjson.dumps(config.to_dict())})
+            self.config = config
+            self._index_mutable({field: kind})
+        self._wake.set()
+        log.info("added %s payload index on %r of %r", kind, field, self.name)
+        return True
+
+    def drop_payload_index(self, field: str) -> bool:
+        """Remove a payload index; False when the field had none."""
+        with self._lock:
+            self._check_open()
+            if field not in self.config.payload_index:
+                return False
+            config = replace(
+                self.config, payload_index={k: v for k, v in self.config.payload_index.items() if k != field}
+            )
+            self._store.put_meta({CONFIG: orjson.dumps(config.to_dict())})
+            self.config = config
+            self._mut_pidx.drop_field(field)
+            for segment in self._segments:
+                segment.drop_payload_index(field)
+        return True
+
     def _keys_for_build(self, rows: np.ndarray) -> list[bytes]:
         """Id keys of ``rows`` from RocksDB; a row deleted meanwhile gets an empty key
         (it is killed in the new segment before the segment is used)."""
@@ -680,11 +1014,13 @@ class Collection:
             keys.extend(k if k is not None else b"" for k in found)
         return keys
 
-    def _build(self, rows: np.ndarray, vectors: FloatMatrix) -> Segment:
+    def _build(self, rows: np.ndarray, vectors: FloatMatrix, payload: dict[str, FieldIndex]) -> Segment:
         folder = self._segment_dir / f"{int(rows[0]):012d}-{uuid.uuid4().hex[:8]}"
         started = time.perf_counter()
         keys = self._keys_for_build(rows)
-        segment = Segment.build(folder, rows, keys, vectors, self.config, self._metric, build_threads())
+        segment = Segment.build(
+            folder, rows, keys, vectors, self.config, self._metric, build_threads(), payload
+        )
         log.info(
             "built %s segment of %d rows for %r in %.1f s",
             segment.tier.kind,
@@ -693,17 +1029,6 @@ class Collection:
             time.perf_counter() - started,
         )
         return segment
-
-
-def _exact_over(rows: np.ndarray, vectors: FloatMatrix, queries: FloatMatrix, k: int, metric: int) -> TopK:
-    """Exact top-k over gathered ``vectors`` whose global row numbers are ``rows``."""
-    if rows.size == 0:
-        nq = queries.shape[0]
-        return (np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), np.zeros(nq, np.int64))
-    scores, local, counts = exact_topk(
-        vectors, np.ones(rows.size, np.bool_), queries, min(k, rows.size), metric
-    )
-    return scores, np.where(local >= 0, rows[np.maximum(local, 0)], -1), counts
 
 
 def merge_topk(parts: list[TopK], nq: int, k: int) -> TopK:

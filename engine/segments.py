@@ -12,19 +12,39 @@ re-applies them at start); compaction rewrites a segment without its dead rows.
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import orjson
 
+from lamina.engine.payload import FieldIndex
 from lamina.index.flat import exact_topk
+from lamina.index.kernels import rerank
 from lamina.index.tiers import Knobs, Tier, TopK, build_tier, load_tier
 from lamina.storage.keys import id_from_key
-from lamina.storage.vectorfile import atomic_folder, map_matrix, write_matrix
-from lamina.types import CollectionConfig, FloatMatrix, PointId
+from lamina.storage.vectorfile import atomic_folder, fsync_path, map_matrix, write_matrix
+from lamina.types import CollectionConfig, FloatMatrix, PointId, SegmentPlan
 
 _META = "segment.json"
+#: a graph step (one candidate of an HNSW walk) costs about this many exact row scores
+#: (measured on kernel-docs: ef=64 walk ≈ 125 µs, exact score of a gathered row ≈ 0.2 µs at 384-d)
+GRAPH_STEP_COST = 10.0
+#: how many times more candidates than k / selectivity a widened walk asks for
+WIDEN = 1.5
+PLANS = ("auto", "exact", "allow_list", "post_filter")
+
+
+def payload_file(field: str, kind: str) -> str:
+    """File name of a field's payload index in a segment folder."""
+    return f"pidx-{hashlib.sha1(field.encode()).hexdigest()[:16]}-{kind}.npz"
+
+
+def _empty(nq: int) -> TopK:
+    return np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), np.zeros(nq, np.int64)
 
 
 class Segment:
@@ -33,9 +53,17 @@ class Segment:
     which is the order the two calls raced in)."""
 
     def __init__(
-        self, folder: Path, rows: np.ndarray, vectors: FloatMatrix, tier: Tier, note: str, ids: _Ids
+        self,
+        folder: Path,
+        rows: np.ndarray,
+        vectors: FloatMatrix,
+        tier: Tier,
+        note: str,
+        ids: _Ids,
+        payload: dict[str, FieldIndex],
     ) -> None:
         self.folder = folder
+        self.payload = payload
         self._ids = ids
         self.name = folder.name
         self.rows = rows
@@ -71,19 +99,22 @@ class Segment:
         config: CollectionConfig,
         metric: int,
         threads: int,
+        payload: dict[str, FieldIndex],
     ) -> Segment:
         """Build the tier over ``vectors`` (prepared, one per row; ``keys`` are the rows'
-        id keys) and write the segment folder durably; the caller commits it to the
-        collection manifest."""
+        id keys) and write the segment folder durably with its payload indexes (in the
+        segment's row positions); the caller commits it to the collection manifest."""
         tier, note = build_tier(config, vectors, metric, threads)
         with atomic_folder(folder) as tmp:
             np.save(tmp / "rows.npy", rows.astype(np.int64))
             write_matrix(tmp / "vectors.f32", vectors)
             _write_ids(tmp, keys)
             tier.save(tmp)
+            for name, index in payload.items():
+                index.save(tmp / payload_file(name, index.kind))
             (tmp / _META).write_bytes(orjson.dumps({"tier": tier.kind, "note": note, "rows": int(rows.size)}))
         vecs = map_matrix(folder / "vectors.f32", config.dim)
-        return cls(folder, rows.astype(np.int64), vecs, tier, note, _read_ids(folder))
+        return cls(folder, rows.astype(np.int64), vecs, tier, note, _read_ids(folder), dict(payload))
 
     @classmethod
     def load(cls, folder: Path, config: CollectionConfig, metric: int) -> Segment:
@@ -91,7 +122,28 @@ class Segment:
         tier = load_tier(meta["tier"], folder, config, metric)
         rows = np.load(folder / "rows.npy")
         vecs = map_matrix(folder / "vectors.f32", config.dim)
-        return cls(folder, rows, vecs, tier, meta.get("note", ""), _read_ids(folder))
+        payload = {
+            name: FieldIndex.load(folder / payload_file(name, kind))
+            for name, kind in config.payload_index.items()
+            if (folder / payload_file(name, kind)).exists()
+        }
+        return cls(folder, rows, vecs, tier, meta.get("note", ""), _read_ids(folder), payload)
+
+    def add_payload_index(self, name: str, index: FieldIndex) -> None:
+        """Write a payload index built after sealing (atomically) and start using it."""
+        path = self.folder / payload_file(name, index.kind)
+        tmp = path.with_suffix(".tmp")
+        index.save(tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(self.folder)
+        self.payload = {**self.payload, name: index}  # copy on write: searches iterate it unlocked
+
+    def drop_payload_index(self, name: str) -> None:
+        index = self.payload.get(name)
+        if index is not None:
+            self.payload = {k: v for k, v in self.payload.items() if k != name}
+            (self.folder / payload_file(name, index.kind)).unlink(missing_ok=True)
 
     def locate(self, rows: np.ndarray) -> np.ndarray:
         """Local positions of those global ``rows`` that belong to this segment."""
@@ -115,11 +167,134 @@ class Segment:
             scores, local, counts = exact_topk(self.vectors, self.live, queries, k, metric)
         else:
             scores, local, counts = self.tier.search(self.vectors, self.live, queries, k, knobs)
+        return self._global((scores, local, counts))
+
+    def search_filtered(
+        self, queries: FloatMatrix, k: int, knobs: Knobs, allow: np.ndarray, plan: str, metric: int
+    ) -> tuple[TopK, SegmentPlan]:
+        """Top-k among the rows in ``allow`` (live rows matching the filter), planned by
+        how many match: a few are scored exactly (gather + rerank); many go through the
+        tier, which either takes the bitmap as an allow-list (exact and binary scans) or
+        is asked for k / selectivity candidates and filtered, widening until k match."""
+        nq = queries.shape[0]
+        matches = int(np.count_nonzero(allow))
+        k = min(k, matches)
+        if matches == 0:
+            return _empty(nq), self._plan(0, "skip", "no live row matches the filter")
+        selectivity = matches / max(1, self.live_count)
+        graph = (
+            self.tier.kind == "hnsw"
+            or getattr(self.tier, "graph", None) is not None
+            or self.tier.kind == "pq"
+        )
+        wanted = max(knobs.ef if graph else 0, math.ceil(WIDEN * k * knobs.oversample / selectivity))
+        walk_cost = GRAPH_STEP_COST * wanted if graph else 0.03 * self.size + k * knobs.oversample
+        if plan == "exact" or (plan == "auto" and matches <= walk_cost):
+            why = (
+                "forced"
+                if plan == "exact"
+                else f"{matches} matching rows cost less than the index (≈{walk_cost:.0f})"
+            )
+            return self._exact(queries, k, allow, matches, metric), self._plan(matches, "exact", why)
+        if self.tier.kind in ("exact", "binary") and getattr(self.tier, "graph", None) is None:
+            found = self.tier.search(self.vectors, allow, queries, k, knobs)
+            how = "full scan" if self.tier.kind == "exact" else "binary scan + rerank"
+            return self._global(found), self._plan(
+                matches, f"{self.tier.kind}+allow-list", f"{how} skipping rows outside the filter"
+            )
+        if plan == "allow_list" and self.tier.kind == "hnsw":
+            return self._global(self._allow_walk(queries, k, knobs, allow)), self._plan(
+                matches, "hnsw+allow-list", "forced: the graph walk asks the filter for every node"
+            )
+        if plan == "post_filter":
+            n = max(k, knobs.ef) if self.tier.kind == "hnsw" else knobs.candidates(k, self.size)
+            found = self._filter_top(
+                self.tier.search(self.vectors, self.live, queries, min(n, self.size), knobs), allow, k
+            )
+            return self._global(found), self._plan(
+                matches, f"{self.tier.kind}+post-filter", f"forced: {n} candidates, then the filter"
+            )
+        return self._widened(queries, k, knobs, allow, matches, selectivity, metric)
+
+    def _plan(self, matches: int, method: str, reason: str) -> SegmentPlan:
+        return SegmentPlan(self.name, self.live_count, matches, method, reason)
+
+    def _global(self, found: TopK) -> TopK:
+        scores, local, counts = found
         rows = self.rows.take(local, mode="clip")
         unused = local < 0
         if unused.any():
             rows[unused] = -1
         return scores, rows, counts
+
+    def _exact(self, queries: FloatMatrix, k: int, allow: np.ndarray, matches: int, metric: int) -> TopK:
+        local = np.flatnonzero(allow)
+        candidates = np.broadcast_to(local, (queries.shape[0], local.size))
+        return self._global(rerank(self.vectors, np.ascontiguousarray(candidates), allow, queries, k, metric))
+
+    def _widened(
+        self,
+        queries: FloatMatrix,
+        k: int,
+        knobs: Knobs,
+        allow: np.ndarray,
+        matches: int,
+        selectivity: float,
+        metric: int,
+    ) -> tuple[TopK, SegmentPlan]:
+        n = math.ceil(WIDEN * k / selectivity)
+        rounds = 0
+        while True:
+            rounds += 1
+            n = min(n, self.live_count)
+            if self.tier.kind == "hnsw":
+                wide = Knobs(ef=max(knobs.ef, n), oversample=knobs.oversample)
+                found = self.tier.search(self.vectors, self.live, queries, n, wide)
+            else:  # quantized graph or PQ: more candidates into the rerank, which applies the filter
+                wide = Knobs(ef=knobs.ef, oversample=knobs.oversample / selectivity * WIDEN ** (rounds - 1))
+                found = self.tier.search(self.vectors, allow, queries, k, wide)
+            found = self._filter_top(found, allow, k)
+            if found[2].min() >= k:
+                return self._global(found), self._plan(
+                    matches,
+                    f"{self.tier.kind}+widened",
+                    f"selectivity {selectivity:.3f}: asked the index for {n} candidates"
+                    + (f" after {rounds - 1} widening(s)" if rounds > 1 else ""),
+                )
+            if n >= self.live_count or rounds >= 3:
+                return self._exact(queries, k, allow, matches, metric), self._plan(
+                    matches, "exact", f"the index returned fewer than {k} matches after {rounds} tries"
+                )
+            n *= 4
+
+    @staticmethod
+    def _filter_top(found: TopK, allow: np.ndarray, k: int) -> TopK:
+        """Keep the first k hits of each query whose rows are in ``allow``."""
+        scores, local, counts = found
+        nq = scores.shape[0]
+        keep = (local >= 0) & allow[np.maximum(local, 0)]
+        keep &= np.arange(local.shape[1])[None, :] < counts[:, None]
+        out_s = np.full((nq, k), -np.inf, np.float32)
+        out_r = np.full((nq, k), -1, np.int64)
+        out_c = np.zeros(nq, np.int64)
+        for q in range(nq):
+            pick = np.flatnonzero(keep[q])[:k]
+            out_s[q, : pick.size] = scores[q, pick]
+            out_r[q, : pick.size] = local[q, pick]
+            out_c[q] = pick.size
+        return out_s, out_r, out_c
+
+    def _allow_walk(self, queries: FloatMatrix, k: int, knobs: Knobs, allow: np.ndarray) -> TopK:
+        """hnswlib's own filtered walk (a Python callback per visited node)."""
+        index = self.tier.index  # type: ignore[attr-defined]
+        index.set_ef(max(knobs.ef, k))
+        allowed = allow.tolist()
+        try:
+            labels, dists = index.knn_query(queries, k=k, num_threads=1, filter=allowed.__getitem__)
+        except RuntimeError:  # the walk found fewer than k allowed nodes
+            return self._exact(queries, k, allow, 0, self.tier.metric)  # type: ignore[attr-defined]
+        scores = np.subtract(1.0, dists) if self.tier.metric != 1 else -dists  # type: ignore[attr-defined]
+        return scores.astype(np.float32), labels.astype(np.int64), np.full(queries.shape[0], k, np.int64)
 
     def ids_at(self, rows: np.ndarray) -> list[PointId]:
         """Point ids of global ``rows`` of this segment."""

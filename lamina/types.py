@@ -124,6 +124,28 @@ def check_oversample(value: object) -> float:
     return float(value)
 
 
+PAYLOAD_INDEX_TYPES = ("keyword", "int", "float", "bool", "datetime", "text")
+
+
+def check_payload_field(name: object, kind: object) -> None:
+    """InvalidArgument unless ``name`` is a usable payload field path and ``kind`` an index type."""
+    if not isinstance(name, str) or not name or name.startswith("$") or "" in name.split("."):
+        raise InvalidArgument(
+            f"payload index field must be a non-empty name (dots for nested keys, no leading $), got {name!r}"
+        )
+    if kind not in PAYLOAD_INDEX_TYPES:
+        raise InvalidArgument(
+            f"unknown payload index type {kind!r} for field {name!r}: use one of {', '.join(PAYLOAD_INDEX_TYPES)}"
+        )
+
+
+def check_payload_index(spec: object) -> None:
+    if not isinstance(spec, dict):
+        raise InvalidArgument(f"payload_index must map field names to index types, got {type(spec).__name__}")
+    for name, kind in spec.items():
+        check_payload_field(name, kind)
+
+
 @dataclass(frozen=True)
 class CollectionConfig:
     """Settings fixed when a collection is created.
@@ -137,8 +159,11 @@ class CollectionConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     quantization: QuantizationConfig | None = None
     segment_rows: int = DEFAULT_SEGMENT_ROWS
+    #: payload field (dotted path) -> index type: keyword, int, float, bool, datetime, text
+    payload_index: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_payload_index(self.payload_index)
         if isinstance(self.dim, bool) or not isinstance(self.dim, int):
             raise InvalidArgument(f"dim must be an integer, got {type(self.dim).__name__}")
         if self.metric not in METRICS:
@@ -164,6 +189,7 @@ class CollectionConfig:
             index=IndexConfig.from_dict(data.get("index", {"type": "flat"})),
             quantization=None if quant is None else QuantizationConfig.from_dict(quant),
             segment_rows=int(data.get("segment_rows", DEFAULT_SEGMENT_ROWS)),
+            payload_index=dict(data.get("payload_index") or {}),
         )
 
 
@@ -179,8 +205,12 @@ class SearchParams:
     ef: int | None = None
     oversample: float | None = None
     exact: bool = False
+    #: filtered queries: "auto" (the planner picks), or force "exact", "allow_list", "post_filter"
+    plan: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.plan not in ("auto", "exact", "allow_list", "post_filter"):
+            raise InvalidArgument(f"unknown plan {self.plan!r}: use auto, exact, allow_list or post_filter")
         if self.ef is not None:
             _int_param("search", "ef", self.ef, 1, 100_000)
         if self.oversample is not None:
@@ -251,3 +281,30 @@ class Hit:
     score: float
     payload: Payload | None = None
     vector: FloatMatrix | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """How one segment answered a filtered query: ``method`` is ``exact`` (the matching
+    rows scored with full-precision vectors), ``<tier>+allow-list`` (the tier skips rows
+    outside the filter), ``<tier>+widened`` (the index asked for k / selectivity
+    candidates, then filtered), ``<tier>+post-filter`` or ``skip``; ``reason`` says why."""
+
+    segment: str
+    rows: int
+    matches: int
+    method: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """What ``Collection.explain`` reports: one SegmentPlan per segment (the mutable
+    segment last), which filter fields were answered by payload indexes and which were
+    checked against payloads, the number of hits and the time the search took."""
+
+    segments: list[SegmentPlan]
+    indexed_fields: list[str]
+    unindexed_fields: list[str]
+    hits: int
+    seconds: float

@@ -31,7 +31,9 @@ from lamina.types import (
     PointId,
     QuantizationConfig,
     QuantizationType,
+    QueryPlan,
     SearchParams,
+    SegmentPlan,
 )
 from lamina.validation import check_json_value
 
@@ -124,6 +126,7 @@ def config_to_proto(config: CollectionConfig) -> cpb.CollectionConfig:
         metric=_METRIC_TO_PROTO[config.metric],
         index=cpb.IndexConfig(type=idx.type, m=idx.m, ef_construction=idx.ef_construction, ef=idx.ef),
         segment_rows=config.segment_rows,
+        payload_index=config.payload_index,
     )
     q = config.quantization
     if q is not None:
@@ -158,6 +161,7 @@ def config_from_proto(msg: cpb.CollectionConfig) -> CollectionConfig:
         index=index,
         quantization=quant,
         segment_rows=msg.segment_rows or DEFAULT_SEGMENT_ROWS,
+        payload_index=dict(msg.payload_index),
     )
 
 
@@ -186,7 +190,7 @@ def info_from_proto(msg: cpb.CollectionInfo) -> CollectionInfo:
 def params_to_proto(params: SearchParams | None) -> spb.SearchParams | None:
     if params is None:
         return None
-    msg = spb.SearchParams(exact=params.exact)
+    msg = spb.SearchParams(exact=params.exact, plan=params.plan)
     if params.ef is not None:
         msg.ef = params.ef
     if params.oversample is not None:
@@ -199,6 +203,32 @@ def params_from_proto(msg: spb.SearchParams) -> SearchParams:
         ef=msg.ef if msg.HasField("ef") else None,
         oversample=msg.oversample if msg.HasField("oversample") else None,
         exact=msg.exact,
+        plan=msg.plan or "auto",
+    )
+
+
+def plan_to_proto(plan: QueryPlan) -> spb.QueryPlan:
+    return spb.QueryPlan(
+        segments=[
+            spb.SegmentPlan(
+                segment=s.segment, rows=s.rows, matches=s.matches, method=s.method, reason=s.reason
+            )
+            for s in plan.segments
+        ],
+        indexed_fields=plan.indexed_fields,
+        unindexed_fields=plan.unindexed_fields,
+        hits=plan.hits,
+        seconds=plan.seconds,
+    )
+
+
+def plan_from_proto(msg: spb.QueryPlan) -> QueryPlan:
+    return QueryPlan(
+        segments=[SegmentPlan(s.segment, s.rows, s.matches, s.method, s.reason) for s in msg.segments],
+        indexed_fields=list(msg.indexed_fields),
+        unindexed_fields=list(msg.unindexed_fields),
+        hits=msg.hits,
+        seconds=msg.seconds,
     )
 
 

@@ -106,6 +106,24 @@ class CollectionsServicer(_Base, cgrpc.CollectionsServicer):
 
         return await self._run(context, optimize)
 
+    async def CreatePayloadIndex(
+        self, request: cpb.CreatePayloadIndexRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.PayloadIndexResponse:
+        def create() -> cpb.PayloadIndexResponse:
+            col = self._collection(request.collection)
+            return cpb.PayloadIndexResponse(changed=col.create_payload_index(request.field, request.type))
+
+        return await self._run(context, create)
+
+    async def DropPayloadIndex(
+        self, request: cpb.DropPayloadIndexRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.PayloadIndexResponse:
+        def drop() -> cpb.PayloadIndexResponse:
+            col = self._collection(request.collection)
+            return cpb.PayloadIndexResponse(changed=col.drop_payload_index(request.field))
+
+        return await self._run(context, drop)
+
     async def List(
         self, request: cpb.ListCollectionsRequest, context: grpc.aio.ServicerContext
     ) -> cpb.ListCollectionsResponse:
@@ -201,14 +219,20 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
     ) -> spb.SearchResponse:
         def search() -> spb.SearchResponse:
             col = self._collection(request.collection)
-            hits = col.search(
+            run = col.search_explained if request.explain else col.search
+            found = run(
                 convert.vector_from_bytes(request.vector),
-                k=request.k,
-                filter=convert.filter_from_json(request.filter_json),
-                with_payload=request.with_payload,
-                with_vector=request.with_vector,
-                params=convert.params_from_proto(request.params),
+                request.k,
+                convert.filter_from_json(request.filter_json),
+                request.with_payload,
+                request.with_vector,
+                convert.params_from_proto(request.params),
             )
+            hits, plan = found if isinstance(found, tuple) else (found, None)
+            if plan is not None:
+                return spb.SearchResponse(
+                    hits=[convert.hit_to_proto(h) for h in hits], plan=convert.plan_to_proto(plan)
+                )
             return spb.SearchResponse(hits=[convert.hit_to_proto(h) for h in hits])
 
         return await self._run(context, search)
@@ -231,6 +255,25 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
             )
 
         return await self._run(context, search_batch)
+
+    async def Query(self, request: spb.QueryRequest, context: grpc.aio.ServicerContext) -> spb.SearchResponse:
+        def query() -> spb.SearchResponse:
+            col = self._collection(request.collection)
+            hits = col.query(
+                vector=convert.vector_from_bytes(request.vector) if request.vector else None,
+                text=request.text if request.HasField("text") else None,
+                k=request.k,
+                filter=convert.filter_from_json(request.filter_json),
+                fusion=request.fusion or "rrf",
+                weights=list(request.weights) or None,
+                text_field=request.text_field or None,
+                with_payload=request.with_payload,
+                with_vector=request.with_vector,
+                params=convert.params_from_proto(request.params),
+            )
+            return spb.SearchResponse(hits=[convert.hit_to_proto(h) for h in hits])
+
+        return await self._run(context, query)
 
 
 class InfoServicer(_Base, igrpc.InfoServicer):

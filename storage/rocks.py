@@ -37,6 +37,7 @@ FORMAT = b"format"
 FORMAT_VERSION = b"1"
 SEGMENTS = b"segments"
 MUTABLE_START = b"mutable_start"
+FIELDS = b"fields"  # JSON list of the top-level payload keys ever written
 
 
 def _options() -> Options:
@@ -87,6 +88,7 @@ class CollectionStore:
         payloads: Sequence[bytes],
         dead: Sequence[tuple[bytes, int]],
         sealed_below: int = 0,
+        meta: dict[bytes, bytes] | None = None,
     ) -> None:
         """Atomically write points at rows ``first_row, first_row + 1, ...`` and drop rows.
 
@@ -94,7 +96,8 @@ class CollectionStore:
         lists (id key, row) of rows to remove; an id key that is also written keeps
         its new mapping (an upsert replacing a point). Dead rows below
         ``sealed_below`` (those in sealed segments) are recorded in the ``dead``
-        column family. The row counter moves past the new rows in the same batch.
+        column family. The row counter moves past the new rows in the same batch,
+        with any ``meta`` keys.
         """
         batch = WriteBatch(raw_mode=True)
         ids_cf, rows_cf, vecs_cf, pays_cf = (self._handle[c] for c in ("ids", "rows", "vecs", "pays"))
@@ -118,6 +121,8 @@ class CollectionStore:
             batch.put(rk, vectors[stride * i : stride * (i + 1)], vecs_cf)
             batch.put(rk, payloads[i], pays_cf)
         batch.put(NEXT_ROW, row_key(first_row + n), self._handle["meta"])
+        for key, value in (meta or {}).items():
+            batch.put(key, value, self._handle["meta"])
         self._db.write(batch, self._write_opts)
 
     # ----------------------------------------------------------------- reads
@@ -160,9 +165,9 @@ class CollectionStore:
         """Rows deleted after sealing, ascending."""
         return np.array([row_from_key(key) for key, _ in self._scan("dead")], dtype=np.int64)
 
-    def scan_payloads(self) -> Iterator[tuple[int, bytes]]:
-        """(row, payload JSON) of every stored row, in row order."""
-        for key, value in self._scan("pays"):
+    def scan_payloads(self, start_row: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(row, payload JSON) of every stored row from ``start_row``, in row order."""
+        for key, value in self._scan("pays", row_key(start_row)):
             yield row_from_key(key), value
 
     def scan_ids(self, start: bytes | None = None) -> Iterator[tuple[bytes, int]]:

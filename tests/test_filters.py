@@ -10,7 +10,8 @@ from lamina.engine.filters import compile_filter
 
 
 def matches(flt: dict[str, Any], payload: dict[str, Any]) -> bool:
-    predicate = compile_filter(flt)
+    compiled = compile_filter(flt)
+    predicate = None if compiled is None else compiled.predicate
     return True if predicate is None else predicate(payload)
 
 

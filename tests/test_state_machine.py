@@ -36,7 +36,8 @@ filters = st.sampled_from(
 def model_match(flt: dict[str, Any], payload: dict[str, Any]) -> bool:
     from lamina.engine.filters import compile_filter
 
-    predicate = compile_filter(flt)
+    compiled = compile_filter(flt)
+    predicate = None if compiled is None else compiled.predicate
     return predicate is None or predicate(payload)
 
 

@@ -123,11 +123,32 @@ class CollectionConfig(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PayloadIndexEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DIM_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     QUANTIZATION_FIELD_NUMBER: _builtins.int
     SEGMENT_ROWS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_INDEX_FIELD_NUMBER: _builtins.int
     dim: _builtins.int
     metric: Global___Metric.ValueType
     segment_rows: _builtins.int
@@ -140,6 +161,10 @@ class CollectionConfig(_message.Message):
     def quantization(self) -> Global___QuantizationConfig:
         """unset: none (full-precision index)"""
 
+    @_builtins.property
+    def payload_index(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Payload field (dotted path) -> index type: keyword, int, float, bool, datetime, text."""
+
     def __init__(
         self,
         *,
@@ -148,10 +173,11 @@ class CollectionConfig(_message.Message):
         index: Global___IndexConfig | None = ...,
         quantization: Global___QuantizationConfig | None = ...,
         segment_rows: _builtins.int = ...,
+        payload_index: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "quantization", b"quantization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "index", b"index", "metric", b"metric", "quantization", b"quantization", "segment_rows", b"segment_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "index", b"index", "metric", b"metric", "payload_index", b"payload_index", "quantization", b"quantization", "segment_rows", b"segment_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -360,3 +386,72 @@ class OptimizeRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OptimizeRequest: _TypeAlias = OptimizeRequest  # noqa: Y015
+
+@_typing.final
+class CreatePayloadIndexRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    field: _builtins.str
+    """payload key, dots for nested keys"""
+    type: _builtins.str
+    """keyword, int, float, bool, datetime or text"""
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        field: _builtins.str = ...,
+        type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "field", b"field", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePayloadIndexRequest: _TypeAlias = CreatePayloadIndexRequest  # noqa: Y015
+
+@_typing.final
+class DropPayloadIndexRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    field: _builtins.str
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        field: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DropPayloadIndexRequest: _TypeAlias = DropPayloadIndexRequest  # noqa: Y015
+
+@_typing.final
+class PayloadIndexResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """false: the index already existed (create) or did not (drop)"""
+    def __init__(
+        self,
+        *,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayloadIndexResponse: _TypeAlias = PayloadIndexResponse  # noqa: Y015

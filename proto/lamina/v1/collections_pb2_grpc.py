@@ -60,6 +60,16 @@ class CollectionsStub:
                 request_serializer=lamina_dot_v1_dot_collections__pb2.OptimizeRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_collections__pb2.CollectionInfo.FromString,
                 _registered_method=True)
+        self.CreatePayloadIndex = channel.unary_unary(
+                '/lamina.v1.Collections/CreatePayloadIndex',
+                request_serializer=lamina_dot_v1_dot_collections__pb2.CreatePayloadIndexRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_collections__pb2.PayloadIndexResponse.FromString,
+                _registered_method=True)
+        self.DropPayloadIndex = channel.unary_unary(
+                '/lamina.v1.Collections/DropPayloadIndex',
+                request_serializer=lamina_dot_v1_dot_collections__pb2.DropPayloadIndexRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_collections__pb2.PayloadIndexResponse.FromString,
+                _registered_method=True)
 
 
 class CollectionsServicer:
@@ -101,6 +111,20 @@ class CollectionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePayloadIndex(self, request, context):
+        """Index a payload field; sealed segments are indexed in the background.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropPayloadIndex(self, request, context):
+        """Remove a payload field's index.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +152,16 @@ def add_CollectionsServicer_to_server(servicer, server):
                     servicer.Optimize,
                     request_deserializer=lamina_dot_v1_dot_collections__pb2.OptimizeRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_collections__pb2.CollectionInfo.SerializeToString,
+            ),
+            'CreatePayloadIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePayloadIndex,
+                    request_deserializer=lamina_dot_v1_dot_collections__pb2.CreatePayloadIndexRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_collections__pb2.PayloadIndexResponse.SerializeToString,
+            ),
+            'DropPayloadIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropPayloadIndex,
+                    request_deserializer=lamina_dot_v1_dot_collections__pb2.DropPayloadIndexRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_collections__pb2.PayloadIndexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +300,60 @@ class Collections:
             '/lamina.v1.Collections/Optimize',
             lamina_dot_v1_dot_collections__pb2.OptimizeRequest.SerializeToString,
             lamina_dot_v1_dot_collections__pb2.CollectionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePayloadIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Collections/CreatePayloadIndex',
+            lamina_dot_v1_dot_collections__pb2.CreatePayloadIndexRequest.SerializeToString,
+            lamina_dot_v1_dot_collections__pb2.PayloadIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropPayloadIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Collections/DropPayloadIndex',
+            lamina_dot_v1_dot_collections__pb2.DropPayloadIndexRequest.SerializeToString,
+            lamina_dot_v1_dot_collections__pb2.PayloadIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,

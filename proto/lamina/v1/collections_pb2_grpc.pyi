@@ -43,6 +43,10 @@ class CollectionsStub:
     """Drop a collection and all its data; NOT_FOUND if it does not exist."""
     Optimize: _grpc.UnaryUnaryMultiCallable[_collections_pb2.OptimizeRequest, _collections_pb2.CollectionInfo]
     """Seal the mutable segment into an indexed one, compact, and wait until done."""
+    CreatePayloadIndex: _grpc.UnaryUnaryMultiCallable[_collections_pb2.CreatePayloadIndexRequest, _collections_pb2.PayloadIndexResponse]
+    """Index a payload field; sealed segments are indexed in the background."""
+    DropPayloadIndex: _grpc.UnaryUnaryMultiCallable[_collections_pb2.DropPayloadIndexRequest, _collections_pb2.PayloadIndexResponse]
+    """Remove a payload field's index."""
 
 @_typing.type_check_only
 class CollectionsAsyncStub(CollectionsStub):
@@ -59,6 +63,10 @@ class CollectionsAsyncStub(CollectionsStub):
     """Drop a collection and all its data; NOT_FOUND if it does not exist."""
     Optimize: _aio.UnaryUnaryMultiCallable[_collections_pb2.OptimizeRequest, _collections_pb2.CollectionInfo]  # type: ignore[assignment]
     """Seal the mutable segment into an indexed one, compact, and wait until done."""
+    CreatePayloadIndex: _aio.UnaryUnaryMultiCallable[_collections_pb2.CreatePayloadIndexRequest, _collections_pb2.PayloadIndexResponse]  # type: ignore[assignment]
+    """Index a payload field; sealed segments are indexed in the background."""
+    DropPayloadIndex: _aio.UnaryUnaryMultiCallable[_collections_pb2.DropPayloadIndexRequest, _collections_pb2.PayloadIndexResponse]  # type: ignore[assignment]
+    """Remove a payload field's index."""
 
 class CollectionsServicer(metaclass=_abc_1.ABCMeta):
     """Create, inspect, list and drop collections."""
@@ -102,5 +110,21 @@ class CollectionsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_collections_pb2.CollectionInfo, _abc.Awaitable[_collections_pb2.CollectionInfo]]:
         """Seal the mutable segment into an indexed one, compact, and wait until done."""
+
+    @_abc_1.abstractmethod
+    def CreatePayloadIndex(
+        self,
+        request: _collections_pb2.CreatePayloadIndexRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collections_pb2.PayloadIndexResponse, _abc.Awaitable[_collections_pb2.PayloadIndexResponse]]:
+        """Index a payload field; sealed segments are indexed in the background."""
+
+    @_abc_1.abstractmethod
+    def DropPayloadIndex(
+        self,
+        request: _collections_pb2.DropPayloadIndexRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collections_pb2.PayloadIndexResponse, _abc.Awaitable[_collections_pb2.PayloadIndexResponse]]:
+        """Remove a payload field's index."""
 
 def add_CollectionsServicer_to_server(servicer: CollectionsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,22 +28,26 @@ class SearchParams(_message.Message):
     EF_FIELD_NUMBER: _builtins.int
     OVERSAMPLE_FIELD_NUMBER: _builtins.int
     EXACT_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
     ef: _builtins.int
     """HNSW search beam"""
     oversample: _builtins.float
     """candidates per hit for quantized tiers"""
     exact: _builtins.bool
     """scan full-precision vectors, bypassing the index tier"""
+    plan: _builtins.str
+    """Filtered queries: "" or "auto" (the planner picks), "exact", "allow_list", "post_filter"."""
     def __init__(
         self,
         *,
         ef: _builtins.int | None = ...,
         oversample: _builtins.float | None = ...,
         exact: _builtins.bool = ...,
+        plan: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_ef", b"_ef", "_oversample", b"_oversample", "ef", b"ef", "oversample", b"oversample"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ef", b"_ef", "_oversample", b"_oversample", "ef", b"ef", "exact", b"exact", "oversample", b"oversample"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ef", b"_ef", "_oversample", b"_oversample", "ef", b"ef", "exact", b"exact", "oversample", b"oversample", "plan", b"plan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ef: _TypeAlias = _typing.Literal["ef"]  # noqa: Y015
     _WhichOneofArgType__ef: _TypeAlias = _typing.Literal["_ef", b"_ef"]  # noqa: Y015
@@ -67,6 +71,7 @@ class SearchRequest(_message.Message):
     WITH_PAYLOAD_FIELD_NUMBER: _builtins.int
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     vector: _builtins.bytes
     """float32 little-endian query vector of the collection's dimension."""
@@ -76,6 +81,8 @@ class SearchRequest(_message.Message):
     """Optional Mongo-style filter (JSON)."""
     with_payload: _builtins.bool
     with_vector: _builtins.bool
+    explain: _builtins.bool
+    """fill SearchResponse.plan"""
     @_builtins.property
     def params(self) -> Global___SearchParams: ...
     def __init__(
@@ -88,10 +95,11 @@ class SearchRequest(_message.Message):
         with_payload: _builtins.bool = ...,
         with_vector: _builtins.bool = ...,
         params: Global___SearchParams | None = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json", "k", b"k", "params", b"params", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "explain", b"explain", "filter_json", b"filter_json", "k", b"k", "params", b"params", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -133,22 +141,161 @@ class SearchResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HITS_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredPoint]:
         """Best first."""
+
+    @_builtins.property
+    def plan(self) -> Global___QueryPlan:
+        """set when the request asked to explain"""
 
     def __init__(
         self,
         *,
         hits: _abc.Iterable[Global___ScoredPoint] | None = ...,
+        plan: Global___QueryPlan | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "plan", b"plan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
+
+@_typing.final
+class SegmentPlan(_message.Message):
+    """How one segment answered a filtered query (see Collection.explain)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    MATCHES_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    segment: _builtins.str
+    rows: _builtins.int
+    """live rows in the segment"""
+    matches: _builtins.int
+    """of them matching the filter"""
+    method: _builtins.str
+    """exact, <tier>+allow-list, <tier>+widened, <tier>+post-filter, skip"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        segment: _builtins.str = ...,
+        rows: _builtins.int = ...,
+        matches: _builtins.int = ...,
+        method: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches", "method", b"method", "reason", b"reason", "rows", b"rows", "segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentPlan: _TypeAlias = SegmentPlan  # noqa: Y015
+
+@_typing.final
+class QueryPlan(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    INDEXED_FIELDS_FIELD_NUMBER: _builtins.int
+    UNINDEXED_FIELDS_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    hits: _builtins.int
+    seconds: _builtins.float
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentPlan]: ...
+    @_builtins.property
+    def indexed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """filter fields answered by payload indexes"""
+
+    @_builtins.property
+    def unindexed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """filter fields checked against payloads"""
+
+    def __init__(
+        self,
+        *,
+        segments: _abc.Iterable[Global___SegmentPlan] | None = ...,
+        indexed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        unindexed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        hits: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "indexed_fields", b"indexed_fields", "seconds", b"seconds", "segments", b"segments", "unindexed_fields", b"unindexed_fields"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryPlan: _TypeAlias = QueryPlan  # noqa: Y015
+
+@_typing.final
+class QueryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    VECTOR_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    FILTER_JSON_FIELD_NUMBER: _builtins.int
+    FUSION_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_FIELD_NUMBER: _builtins.int
+    WITH_PAYLOAD_FIELD_NUMBER: _builtins.int
+    WITH_VECTOR_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    vector: _builtins.bytes
+    """float32 little-endian; empty: text only"""
+    text: _builtins.str
+    """unset: vector only"""
+    k: _builtins.int
+    filter_json: _builtins.str
+    fusion: _builtins.str
+    """"rrf" (default) or "weighted" """
+    text_field: _builtins.str
+    """empty: the collection's only text index"""
+    with_payload: _builtins.bool
+    with_vector: _builtins.bool
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """(dense, text); empty: (1, 1)"""
+
+    @_builtins.property
+    def params(self) -> Global___SearchParams: ...
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        vector: _builtins.bytes = ...,
+        text: _builtins.str | None = ...,
+        k: _builtins.int = ...,
+        filter_json: _builtins.str = ...,
+        fusion: _builtins.str = ...,
+        weights: _abc.Iterable[_builtins.float] | None = ...,
+        text_field: _builtins.str = ...,
+        with_payload: _builtins.bool = ...,
+        with_vector: _builtins.bool = ...,
+        params: Global___SearchParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "params", b"params", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "collection", b"collection", "filter_json", b"filter_json", "fusion", b"fusion", "k", b"k", "params", b"params", "text", b"text", "text_field", b"text_field", "vector", b"vector", "weights", b"weights", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__text: _TypeAlias = _typing.Literal["text"]  # noqa: Y015
+    _WhichOneofArgType__text: _TypeAlias = _typing.Literal["_text", b"_text"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__text) -> _WhichOneofReturnType__text | None: ...
+
+Global___QueryRequest: _TypeAlias = QueryRequest  # noqa: Y015
 
 @_typing.final
 class SearchBatchRequest(_message.Message):

@@ -45,6 +45,11 @@ class SearchStub:
                 request_serializer=lamina_dot_v1_dot_search__pb2.SearchBatchRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_search__pb2.SearchBatchResponse.FromString,
                 _registered_method=True)
+        self.Query = channel.unary_unary(
+                '/lamina.v1.Search/Query',
+                request_serializer=lamina_dot_v1_dot_search__pb2.QueryRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_search__pb2.SearchResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServicer:
@@ -63,6 +68,13 @@ class SearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Query(self, request, context):
+        """Hybrid search: dense and BM25 rankings fused (or either one alone).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.SearchBatch,
                     request_deserializer=lamina_dot_v1_dot_search__pb2.SearchBatchRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_search__pb2.SearchBatchResponse.SerializeToString,
+            ),
+            'Query': grpc.unary_unary_rpc_method_handler(
+                    servicer.Query,
+                    request_deserializer=lamina_dot_v1_dot_search__pb2.QueryRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class Search:
             '/lamina.v1.Search/SearchBatch',
             lamina_dot_v1_dot_search__pb2.SearchBatchRequest.SerializeToString,
             lamina_dot_v1_dot_search__pb2.SearchBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Query(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Search/Query',
+            lamina_dot_v1_dot_search__pb2.QueryRequest.SerializeToString,
+            lamina_dot_v1_dot_search__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

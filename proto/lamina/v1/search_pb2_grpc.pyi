@@ -35,6 +35,8 @@ class SearchStub:
     def __new__(cls, channel: _aio.Channel) -> SearchAsyncStub: ...
     Search: _grpc.UnaryUnaryMultiCallable[_search_pb2.SearchRequest, _search_pb2.SearchResponse]
     SearchBatch: _grpc.UnaryUnaryMultiCallable[_search_pb2.SearchBatchRequest, _search_pb2.SearchBatchResponse]
+    Query: _grpc.UnaryUnaryMultiCallable[_search_pb2.QueryRequest, _search_pb2.SearchResponse]
+    """Hybrid search: dense and BM25 rankings fused (or either one alone)."""
 
 @_typing.type_check_only
 class SearchAsyncStub(SearchStub):
@@ -43,6 +45,8 @@ class SearchAsyncStub(SearchStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Search: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchRequest, _search_pb2.SearchResponse]  # type: ignore[assignment]
     SearchBatch: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchBatchRequest, _search_pb2.SearchBatchResponse]  # type: ignore[assignment]
+    Query: _aio.UnaryUnaryMultiCallable[_search_pb2.QueryRequest, _search_pb2.SearchResponse]  # type: ignore[assignment]
+    """Hybrid search: dense and BM25 rankings fused (or either one alone)."""
 
 class SearchServicer(metaclass=_abc_1.ABCMeta):
     """Nearest-neighbour search, one query or a batch."""
@@ -60,5 +64,13 @@ class SearchServicer(metaclass=_abc_1.ABCMeta):
         request: _search_pb2.SearchBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_search_pb2.SearchBatchResponse, _abc.Awaitable[_search_pb2.SearchBatchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Query(
+        self,
+        request: _search_pb2.QueryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_pb2.SearchResponse, _abc.Awaitable[_search_pb2.SearchResponse]]:
+        """Hybrid search: dense and BM25 rankings fused (or either one alone)."""
 
 def add_SearchServicer_to_server(servicer: SearchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
