@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = {"spine": "bench.spine", "tiers": "bench.tiers"}
+BENCHMARKS = {"spine": "bench.spine", "tiers": "bench.tiers", "filters": "bench.filters"}
 
 
 def main() -> int:

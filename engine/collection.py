@@ -276,9 +276,13 @@ class Collection:
         fields, odd values) are checked against their stored payloads."""
         masks: list[np.ndarray] = []
         for seg in snap.segments:
-            indexes = {name: [index] for name, index in seg.payload.items()}
-            surely, maybe = evaluate(compiled.tree, seg.size, 0, indexes)
-            masks.append(self._settle(compiled, surely & seg.live, maybe & seg.live, seg.rows))
+
+            def compute(seg: Segment = seg) -> np.ndarray:
+                indexes = {name: [index] for name, index in seg.payload.items()}
+                surely, maybe = evaluate(compiled.tree, seg.size, 0, indexes)
+                return self._settle(compiled, surely, maybe, seg.rows)
+
+            masks.append(seg.matching(compiled.key, compute) & seg.live)
         n = snap.live.size
         surely, maybe = evaluate(compiled.tree, n, snap.start, snap.payload)
         masks.append(self._settle(compiled, surely & snap.live, maybe & snap.live, None, snap.start))

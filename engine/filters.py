@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from lamina.engine.payload import MISSING, FieldIndex, index_key, lookup, to_epoch
 from lamina.errors import InvalidArgument
@@ -77,6 +78,8 @@ class CompiledFilter:
     predicate: Predicate
     tree: Node | Leaf
     fields: frozenset[str]
+    #: the filter as canonical JSON: equal keys mean equal answers (for caches)
+    key: bytes
 
 
 # ---------------------------------------------------------------- exact semantics
@@ -351,7 +354,8 @@ def compile_filter(
     check_json_value(flt, "filter", max_depth=2 * max_depth + 2)
     compiler = _Compiler(schema or {}, known, max_depth)
     predicate, tree = compiler.filter(flt, "", 0)
-    return CompiledFilter(predicate, tree, frozenset(compiler.fields))
+    key = orjson.dumps(flt, option=orjson.OPT_SORT_KEYS)
+    return CompiledFilter(predicate, tree, frozenset(compiler.fields), key)
 
 
 # ---------------------------------------------------------------- evaluation over indexes

@@ -15,6 +15,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,6 +39,8 @@ GRAPH_STEP_COST = 10.0
 #: how many times more candidates than k / selectivity a widened walk asks for
 WIDEN = 1.5
 PLANS = ("auto", "exact", "allow_list", "post_filter")
+#: filter results a segment keeps (each a bool per row)
+MATCH_CACHE = 32
 
 
 def payload_file(field: str, kind: str) -> str:
@@ -72,6 +77,8 @@ class Segment:
         self.note = note
         self.live = np.ones(rows.shape[0], dtype=np.bool_)
         self.dead = 0
+        self._matches: OrderedDict[Hashable, np.ndarray] = OrderedDict()  # filter key -> rows matching
+        self._cache_lock = threading.Lock()
 
     @property
     def lo(self) -> int:
@@ -138,11 +145,13 @@ class Segment:
         os.replace(tmp, path)
         fsync_path(self.folder)
         self.payload = {**self.payload, name: index}  # copy on write: searches iterate it unlocked
+        self._matches = OrderedDict()
 
     def drop_payload_index(self, name: str) -> None:
         index = self.payload.get(name)
         if index is not None:
             self.payload = {k: v for k, v in self.payload.items() if k != name}
+            self._matches = OrderedDict()
             (self.folder / payload_file(name, index.kind)).unlink(missing_ok=True)
 
     def locate(self, rows: np.ndarray) -> np.ndarray:
@@ -169,6 +178,23 @@ class Segment:
             scores, local, counts = self.tier.search(self.vectors, self.live, queries, k, knobs)
         return self._global((scores, local, counts))
 
+    def matching(self, key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """Rows (dead or alive) matching the filter with canonical ``key``, as a mask: ``compute()`` the first
+        time, then from a small LRU cache (a sealed segment's payloads never change, so
+        a repeated filter costs one AND with the live mask)."""
+        cache = self._matches
+        with self._cache_lock:
+            found = cache.get(key)
+            if found is not None:
+                cache.move_to_end(key)
+                return found
+        found = compute()
+        with self._cache_lock:
+            cache[key] = found
+            while len(cache) > MATCH_CACHE:
+                cache.popitem(last=False)
+        return found
+
     def search_filtered(
         self, queries: FloatMatrix, k: int, knobs: Knobs, allow: np.ndarray, plan: str, metric: int
     ) -> tuple[TopK, SegmentPlan]:
@@ -181,6 +207,10 @@ class Segment:
         k = min(k, matches)
         if matches == 0:
             return _empty(nq), self._plan(0, "skip", "no live row matches the filter")
+        if matches == self.live_count and plan == "auto":
+            return self.search(queries, k, knobs, False, metric), self._plan(
+                matches, f"{self.tier.kind}", "every live row matches: the plain index search"
+            )
         selectivity = matches / max(1, self.live_count)
         graph = (
             self.tier.kind == "hnsw"
