@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = {"spine": "bench.spine", "tiers": "bench.tiers", "filters": "bench.filters"}
+BENCHMARKS = {
+    "spine": "bench.spine",
+    "tiers": "bench.tiers",
+    "filters": "bench.filters",
+    "text": "bench.text",
+}
 
 
 def main() -> int:

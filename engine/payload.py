@@ -125,6 +125,19 @@ class FieldIndex:
     tf: np.ndarray = field(default_factory=_none)
     doc_rows: np.ndarray = field(default_factory=_none)
     doc_len: np.ndarray = field(default_factory=_none)
+    #: term -> (start, end) of its postings; derived from ``terms`` and ``term_of``
+    spans: dict[str, tuple[int, int]] = field(init=False, repr=False)
+    #: text: the length of each posting's document (aligned with ``rows``)
+    posting_len: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        bounds = np.searchsorted(
+            self.term_of, np.arange(len(self.terms) + 1, dtype=self.term_of.dtype)
+        ).tolist()
+        spans = {t: (bounds[i], bounds[i + 1]) for i, t in enumerate(self.terms)}
+        object.__setattr__(self, "spans", spans)
+        lengths = self.doc_len[np.searchsorted(self.doc_rows, self.rows)] if self.doc_rows.size else _EMPTY
+        object.__setattr__(self, "posting_len", lengths)
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -303,11 +316,7 @@ class FieldIndex:
         return self.rows[lo:hi]
 
     def _term_span(self, term: str) -> tuple[int, int]:
-        pos = _bisect(self.terms, term)
-        if pos >= len(self.terms) or self.terms[pos] != term:
-            return 0, 0
-        lo, hi = np.searchsorted(self.term_of, [pos, pos + 1])
-        return int(lo), int(hi)
+        return self.spans.get(term, (0, 0))
 
     def equal(self, keys: Sequence[Any]) -> np.ndarray:
         """Rows holding any of ``keys`` (already in index representation)."""
@@ -326,10 +335,10 @@ class FieldIndex:
         stop = np.searchsorted(self.values, hi, "right" if hi_inclusive else "left")
         return self.rows[start:stop] if stop > start else _EMPTY
 
-    def postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, term frequencies) of a text token."""
+    def postings(self, term: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, term frequencies, document lengths) of a text token."""
         lo, hi = self._term_span(term)
-        return self.rows[lo:hi], self.tf[lo:hi]
+        return self.rows[lo:hi], self.tf[lo:hi], self.posting_len[lo:hi]
 
     def doc_freq(self, term: str) -> int:
         lo, hi = self._term_span(term)
@@ -351,17 +360,6 @@ class FieldIndex:
             meta = orjson.loads(data["meta"].tobytes())
             arrays = {name: data[name] for name in data.files if name != "meta"}
         return cls(meta["kind"], terms=tuple(meta["terms"]), **arrays)
-
-
-def _bisect(terms: tuple[str, ...], term: str) -> int:
-    lo, hi = 0, len(terms)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if terms[mid] < term:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 class MutableIndexes:

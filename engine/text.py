@@ -49,10 +49,9 @@ class Bm25Query:
         """BM25 score of rows ``base .. base + size`` from one index part (0 without a match)."""
         out = np.zeros(size, dtype=np.float32)
         for term, idf in zip(self.terms, self.idf, strict=True):
-            rows, tf = part.postings(term)
+            rows, tf, dl = part.postings(term)
             if not rows.size:
                 continue
-            dl = part.doc_len[np.searchsorted(part.doc_rows, rows)]
             gain = idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * dl / self.avgdl))
             local = rows - base
             inside = (local >= 0) & (local < size)
