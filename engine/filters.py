@@ -78,7 +78,7 @@ class CompiledFilter:
     predicate: Predicate
     tree: Node | Leaf
     fields: frozenset[str]
-    #: the filter as canonical JSON: equal keys mean equal answers (for caches)
+    #: the filter and the index types of its fields as canonical JSON: equal keys, equal answers
     key: bytes
 
 
@@ -354,7 +354,8 @@ def compile_filter(
     check_json_value(flt, "filter", max_depth=2 * max_depth + 2)
     compiler = _Compiler(schema or {}, known, max_depth)
     predicate, tree = compiler.filter(flt, "", 0)
-    key = orjson.dumps(flt, option=orjson.OPT_SORT_KEYS)
+    named = {name: kind for name, kind in (schema or {}).items() if name in compiler.fields}
+    key = orjson.dumps([flt, named], option=orjson.OPT_SORT_KEYS)  # an index's type changes semantics
     return CompiledFilter(predicate, tree, frozenset(compiler.fields), key)
 
 

@@ -171,6 +171,9 @@ def cmd_collections(args: argparse.Namespace) -> int:
             f"{info.name:<{width}}  {info.dim:>6}  {info.metric:<6}  {info.count:>12,}  {tier:<18}  "
             f"{st.segments:>8}  {st.mutable_points:>9,}"
         )
+        if info.config.payload_index:
+            fields = ", ".join(f"{f} ({kind})" for f, kind in sorted(info.config.payload_index.items()))
+            print(f"  payload indexes: {fields}")
         if st.note:
             print(f"  note: {st.note}")
     return 0

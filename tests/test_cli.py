@@ -35,6 +35,9 @@ def test_ingest_npy_then_list(tmp_path: Path) -> None:
         col = db.get_collection("vecs")
         point = col.get([100 + 1234])[0]
         assert point.vector.tobytes() == vectors[1234].tobytes()  # type: ignore[union-attr]
+        col.create_payload_index("lang", "keyword")
+    listing = lamina_cmd("collections", "-t", data)
+    assert "payload indexes: lang (keyword)" in listing.stdout
 
 
 def test_ingest_jsonl_over_grpc(tmp_path: Path, server_process: type[ServerProcess]) -> None:
