@@ -38,7 +38,6 @@ _META = "segment.json"
 GRAPH_STEP_COST = 10.0
 #: how many times more candidates than k / selectivity a widened walk asks for
 WIDEN = 1.5
-PLANS = ("auto", "exact", "allow_list", "post_filter")
 #: filter results a segment keeps (each a bool per row)
 MATCH_CACHE = 32
 
@@ -333,12 +332,6 @@ class Segment:
             return cast(list[PointId], self._ids[local].tolist())
         blob, offsets = self._ids
         return [id_from_key(bytes(blob[offsets[i] : offsets[i + 1]])) for i in local.tolist()]
-
-    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, FloatMatrix]:
-        """(global rows, vectors) of those live ``rows`` that belong to this segment."""
-        local = self.locate(rows)
-        local = local[self.live[local]]
-        return self.rows[local], np.asarray(self.vectors[local])
 
     def index_bytes(self) -> int:
         """Bytes the tier holds in memory (its files' sizes) plus the live mask."""
