@@ -27,7 +27,7 @@ import orjson
 from lamina.engine.payload import FieldIndex
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import rerank
-from lamina.index.tiers import Knobs, Tier, TopK, build_tier, load_tier
+from lamina.index.tiers import HnswTier, Knobs, Tier, TopK, build_tier, load_tier
 from lamina.storage.keys import id_from_key
 from lamina.storage.vectorfile import atomic_folder, fsync_path, map_matrix, write_matrix
 from lamina.types import CollectionConfig, FloatMatrix, PointId, SegmentPlan
@@ -211,28 +211,25 @@ class Segment:
                 matches, f"{self.tier.kind}", "every live row matches: the plain index search"
             )
         selectivity = matches / max(1, self.live_count)
-        graph = (
-            self.tier.kind == "hnsw"
-            or getattr(self.tier, "graph", None) is not None
-            or self.tier.kind == "pq"
-        )
-        wanted = max(knobs.ef if graph else 0, math.ceil(WIDEN * k * knobs.oversample / selectivity))
-        walk_cost = GRAPH_STEP_COST * wanted if graph else 0.03 * self.size + k * knobs.oversample
+        # exact and binary scans take the bitmap as an allow-list; graphs and PQ need widening
+        scan = self.tier.kind in ("exact", "binary") and getattr(self.tier, "graph", None) is None
+        wanted = max(0 if scan else knobs.ef, math.ceil(WIDEN * k * knobs.oversample / selectivity))
+        walk_cost = 0.03 * self.size + k * knobs.oversample if scan else GRAPH_STEP_COST * wanted
         if plan == "exact" or (plan == "auto" and matches <= walk_cost):
             why = (
                 "forced"
                 if plan == "exact"
                 else f"{matches} matching rows cost less than the index (≈{walk_cost:.0f})"
             )
-            return self._exact(queries, k, allow, matches, metric), self._plan(matches, "exact", why)
-        if self.tier.kind in ("exact", "binary") and getattr(self.tier, "graph", None) is None:
+            return self._exact(queries, k, allow, metric), self._plan(matches, "exact", why)
+        if scan:
             found = self.tier.search(self.vectors, allow, queries, k, knobs)
             how = "full scan" if self.tier.kind == "exact" else "binary scan + rerank"
             return self._global(found), self._plan(
                 matches, f"{self.tier.kind}+allow-list", f"{how} skipping rows outside the filter"
             )
-        if plan == "allow_list" and self.tier.kind == "hnsw":
-            return self._global(self._allow_walk(queries, k, knobs, allow)), self._plan(
+        if plan == "allow_list" and isinstance(self.tier, HnswTier):
+            return self._global(self.tier.search_allowed(self.vectors, allow, queries, k, knobs)), self._plan(
                 matches, "hnsw+allow-list", "forced: the graph walk asks the filter for every node"
             )
         if plan == "post_filter":
@@ -256,7 +253,7 @@ class Segment:
             rows[unused] = -1
         return scores, rows, counts
 
-    def _exact(self, queries: FloatMatrix, k: int, allow: np.ndarray, matches: int, metric: int) -> TopK:
+    def _exact(self, queries: FloatMatrix, k: int, allow: np.ndarray, metric: int) -> TopK:
         local = np.flatnonzero(allow)
         candidates = np.broadcast_to(local, (queries.shape[0], local.size))
         return self._global(rerank(self.vectors, np.ascontiguousarray(candidates), allow, queries, k, metric))
@@ -291,7 +288,7 @@ class Segment:
                     + (f" after {rounds - 1} widening(s)" if rounds > 1 else ""),
                 )
             if n >= self.live_count or rounds >= 3:
-                return self._exact(queries, k, allow, matches, metric), self._plan(
+                return self._exact(queries, k, allow, metric), self._plan(
                     matches, "exact", f"the index returned fewer than {k} matches after {rounds} tries"
                 )
             n *= 4
@@ -312,18 +309,6 @@ class Segment:
             out_r[q, : pick.size] = local[q, pick]
             out_c[q] = pick.size
         return out_s, out_r, out_c
-
-    def _allow_walk(self, queries: FloatMatrix, k: int, knobs: Knobs, allow: np.ndarray) -> TopK:
-        """hnswlib's own filtered walk (a Python callback per visited node)."""
-        index = self.tier.index  # type: ignore[attr-defined]
-        index.set_ef(max(knobs.ef, k))
-        allowed = allow.tolist()
-        try:
-            labels, dists = index.knn_query(queries, k=k, num_threads=1, filter=allowed.__getitem__)
-        except RuntimeError:  # the walk found fewer than k allowed nodes
-            return self._exact(queries, k, allow, 0, self.tier.metric)  # type: ignore[attr-defined]
-        scores = np.subtract(1.0, dists) if self.tier.metric != 1 else -dists  # type: ignore[attr-defined]
-        return scores.astype(np.float32), labels.astype(np.int64), np.full(queries.shape[0], k, np.int64)
 
     def ids_at(self, rows: np.ndarray) -> list[PointId]:
         """Point ids of global ``rows`` of this segment."""

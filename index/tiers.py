@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -298,9 +299,27 @@ class HnswTier:
     def search(
         self, vectors: FloatMatrix, live: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
     ) -> TopK:
+        return self._walk(vectors, live, queries, k, knobs, None)
+
+    def search_allowed(
+        self, vectors: FloatMatrix, allow: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
+    ) -> TopK:
+        """hnswlib's filtered walk: a Python callback decides every visited node (slow; a
+        baseline plan for benchmarks and ``plan="allow_list"``)."""
+        return self._walk(vectors, allow, queries, k, knobs, allow.tolist().__getitem__)
+
+    def _walk(
+        self,
+        vectors: FloatMatrix,
+        live: np.ndarray,
+        queries: FloatMatrix,
+        k: int,
+        knobs: Knobs,
+        accept: Callable[[int], bool] | None,
+    ) -> TopK:
         self.index.set_ef(max(knobs.ef, k))
         try:
-            labels, dists = self.index.knn_query(queries, k=k, num_threads=1)
+            labels, dists = self.index.knn_query(queries, k=k, num_threads=1, filter=accept)
         except RuntimeError:  # fewer than k live rows reachable: answer exactly
             return exact_topk(vectors, live, queries, k, self.metric)
         scores = (

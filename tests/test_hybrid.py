@@ -554,3 +554,18 @@ def test_payload_index_visible_and_explain_over_both_transports(db: lamina.Clien
     assert [s.method for s in plan.segments[:-1]] == ["exact", "skip", "skip"]
     assert sum(s.matches for s in plan.segments) == 20
     assert col.drop_payload_index("n") is True and col.drop_payload_index("n") is False
+
+
+def test_allow_list_walk_on_a_later_segment_returns_its_own_points(tmp_path: Path) -> None:
+    """hnswlib's filtered walk over a few allowed nodes of the second segment (rows that
+    do not start at 0): every hit is a matching point, whichever way the walk ends."""
+    db, col, data = labelled(tmp_path)
+    try:
+        flt = {"sel": {"$lt": 2}}  # about 12 of 6,000 points: the top 20 is all of them
+        expected = {h.id for h in col.search(data[0], k=20, filter=flt, params=SearchParams(exact=True))}
+        assert any(i >= 3000 for i in expected) and len(expected) < 20  # matches in the second segment
+        for q in vectors(10, 14):
+            got = {h.id for h in col.search(q, k=20, filter=flt, params=SearchParams(plan="allow_list"))}
+            assert got == expected
+    finally:
+        db.close()
