@@ -301,11 +301,17 @@ class Collection:
         if check.size:
             global_rows = rows[check] if rows is not None else check + base
             predicate = compiled.predicate
-            for lo in range(0, check.size, 16_384):
-                blobs = self._store.payloads_of(global_rows[lo : lo + 16_384].tolist())
-                ok = [blob is not None and predicate(orjson.loads(blob)) for blob in blobs]
-                surely[check[lo : lo + 16_384][np.asarray(ok, dtype=np.bool_)]] = True
+            ok = [p is not None and predicate(p) for p in self._stored_payloads(global_rows)]
+            surely[check[np.asarray(ok, dtype=np.bool_)]] = True
         return surely
+
+    def _stored_payloads(self, rows: np.ndarray) -> list[Payload | None]:
+        """Decoded payloads of global ``rows`` (None: deleted), read in blocks."""
+        out: list[Payload | None] = []
+        for lo in range(0, rows.size, 16_384):
+            blobs = self._store.payloads_of(rows[lo : lo + 16_384].tolist())
+            out.extend(orjson.loads(b) if b is not None else None for b in blobs)
+        return out
 
     def _compile(self, flt: Any) -> CompiledFilter | None:
         schema = self.config.payload_index  # a collection with a declared schema rejects unknown fields
@@ -473,7 +479,9 @@ class Collection:
     ) -> list[Hit]:
         """The ``k`` nearest points to one query vector, best first."""
         query = as_query(vector, self.config.dim)
-        return self._search(query.reshape(1, -1), k, filter, with_payload, with_vector, params)[0]
+        return self._search(
+            query.reshape(1, -1), k, self._compile(filter), with_payload, with_vector, params
+        )[0]
 
     def search_batch(
         self,
@@ -492,7 +500,7 @@ class Collection:
             )
         if queries.shape[0] == 0:
             return []
-        return self._search(queries, k, filter, with_payload, with_vector, params)
+        return self._search(queries, k, self._compile(filter), with_payload, with_vector, params)
 
     def _snapshot(self, locked: bool = False) -> _Snapshot:
         if not locked:
@@ -500,8 +508,13 @@ class Collection:
                 return self._snapshot(locked=True)
         self._check_open()
         n = self._next_row - self._mut_start
-        payload = {name: list(parts) for name, parts in self._mut_pidx.parts.items()}
-        return _Snapshot(tuple(self._segments), self._mut_start, self._matrix, self._live[:n].copy(), payload)
+        return _Snapshot(
+            tuple(self._segments),
+            self._mut_start,
+            self._matrix,
+            self._live[:n].copy(),
+            self._mut_pidx.snapshot(),
+        )
 
     def _knobs(self, params: SearchParams) -> Knobs:
         quant = self.config.quantization
@@ -522,14 +535,13 @@ class Collection:
         self,
         queries: FloatMatrix,
         k: int,
-        filter: Any,
+        compiled: CompiledFilter | None,
         with_payload: bool,
         with_vector: bool,
         params: SearchParams | None,
         explain: list[SegmentPlan] | None = None,
     ) -> list[list[Hit]]:
         k = check_k(k, self._limits)
-        compiled = self._compile(filter)
         prepared = self._prepare(queries)
         snap = self._snapshot()
         masks = self._filter_masks(compiled, snap) if compiled is not None else None
@@ -688,9 +700,9 @@ class Collection:
         query = as_query(vector, self.config.dim)
         plans: list[SegmentPlan] = []
         started = time.perf_counter()
-        hits = self._search(query.reshape(1, -1), k, filter, with_payload, with_vector, params, plans)[0]
-        seconds = time.perf_counter() - started
         compiled = self._compile(filter)
+        hits = self._search(query.reshape(1, -1), k, compiled, with_payload, with_vector, params, plans)[0]
+        seconds = time.perf_counter() - started
         names = sorted(compiled.fields) if compiled is not None else []
         schema = self.config.payload_index
         plan = QueryPlan(
@@ -964,10 +976,7 @@ class Collection:
 
     def _index_segment(self, segment: Segment, name: str, kind: str) -> FieldIndex:
         """A payload index of a sealed segment built from its stored payloads."""
-        payloads: list[Payload | None] = []
-        for lo in range(0, segment.size, 16_384):
-            blobs = self._store.payloads_of(segment.rows[lo : lo + 16_384].tolist())
-            payloads.extend(orjson.loads(b) if b is not None else None for b in blobs)
+        payloads = self._stored_payloads(segment.rows)
         return FieldIndex.build(kind, tuple(name.split(".")), range(segment.size), payloads)
 
     def create_payload_index(self, field: str, kind: str) -> bool:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from lamina.engine.payload import MISSING, FieldIndex, index_key, lookup, to_epoch
+from lamina.engine.payload import MISSING, FieldIndex, index_key, is_number, lookup, to_epoch
 from lamina.errors import InvalidArgument
 from lamina.types import Filter, Payload
 from lamina.validation import check_json_value
@@ -95,14 +95,8 @@ def _equals(value: Any, operand: Any) -> bool:
     return isinstance(value, list) and not isinstance(operand, list) and any(_same(v, operand) for v in value)
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _comparable(value: Any, operand: Any) -> bool:
-    return (_is_number(value) and _is_number(operand)) or (
-        isinstance(value, str) and isinstance(operand, str)
-    )
+    return (is_number(value) and is_number(operand)) or (isinstance(value, str) and isinstance(operand, str))
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -284,7 +278,7 @@ class _Compiler:
             )
             return (contains, node) if op == "$in" else ((lambda p: not contains(p)), Node("not", (node,)))
         if op in _COMPARISONS:
-            if not (_is_number(operand) or isinstance(operand, str)):
+            if not (is_number(operand) or isinstance(operand, str)):
                 raise InvalidArgument(
                     f"filter at {where}: {op} compares with a number or a string, got {operand!r}"
                 )
@@ -405,13 +399,3 @@ def _mask(size: int, base: int, row_sets: list[np.ndarray]) -> np.ndarray:
             inside = (local >= 0) & (local < size)
             mask[local if inside.all() else local[inside]] = True
     return mask
-
-
-def indexed_fields(tree: Node | Leaf) -> set[str]:
-    """Fields the tree could answer from an index."""
-    if isinstance(tree, Leaf):
-        return {tree.field} if tree.op != "scan" else set()
-    out: set[str] = set()
-    for child in tree.children:
-        out |= indexed_fields(child)
-    return out

@@ -86,7 +86,8 @@ def lookup(payload: Any, parts: tuple[str, ...]) -> Any:
 MISSING: Any = object()
 
 
-def _is_number(x: Any) -> bool:
+def is_number(x: Any) -> bool:
+    """A JSON number (booleans are not numbers here)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
@@ -97,7 +98,7 @@ def index_key(kind: str, item: Any) -> Any:
     if kind == "bool":
         return ("false", "true")[item] if isinstance(item, bool) else None
     if kind in ("int", "float"):
-        if _is_number(item) and math.isfinite(item) and abs(item) <= _EXACT_FLOAT:
+        if is_number(item) and math.isfinite(item) and abs(item) <= _EXACT_FLOAT:
             return float(item)
         return None
     if kind == "datetime":
@@ -283,17 +284,14 @@ class FieldIndex:
         order = np.lexsort((rows, values))
         return cls(kind, common["present"], common["odd"], rows[order], values=values[order])
 
-    def select(self, rows: np.ndarray) -> FieldIndex:
-        """The index restricted to the sorted global ``rows``, renumbered to their positions
-        (how a sealed segment takes over the mutable segment's entries)."""
-        top = int(max(self.present.max(initial=-1), rows.max(initial=-1))) + 1
+    @staticmethod
+    def select(parts: Sequence[FieldIndex], rows: np.ndarray) -> FieldIndex:
+        """One index of the entries of ``parts`` for the sorted ``rows``, renumbered to
+        their positions (how a sealed segment takes over the mutable segment's entries)."""
+        top = max(int(rows.max(initial=-1)), *(int(p.present.max(initial=-1)) for p in parts)) + 1
         mapping = np.full(top, -1, dtype=np.int64)
         mapping[rows] = np.arange(rows.size)
-        return FieldIndex.merge([self], [mapping])
-
-    @property
-    def entries(self) -> int:
-        return int(self.rows.size)
+        return FieldIndex.merge(parts, [mapping] * len(parts))
 
     def nbytes(self) -> int:
         return sum(
@@ -393,11 +391,10 @@ class MutableIndexes:
         for name, stack in list(self.parts.items()):
             if not stack:
                 continue
-            merged = FieldIndex.merge(stack) if len(stack) > 1 else stack[0]
-            top = int(max(merged.present.max(initial=-1), row)) + 1
+            top = max(int(p.present.max(initial=-1)) for p in stack) + 1
             mapping = np.arange(top, dtype=np.int64)
             mapping[:row] = -1
-            self.parts[name] = [FieldIndex.merge([merged], [mapping])]
+            self.parts[name] = [FieldIndex.merge(stack, [mapping] * len(stack))]
 
     def nbytes(self) -> int:
         return sum(p.nbytes() for stack in self.parts.values() for p in stack)
@@ -408,4 +405,4 @@ def take(kind: str, parts: Sequence[FieldIndex], rows: np.ndarray) -> FieldIndex
     renumbered to their positions: the payload index of a segment sealed from them."""
     if not parts:
         return FieldIndex.build(kind, (), [], [])
-    return (FieldIndex.merge(parts) if len(parts) > 1 else parts[0]).select(rows)
+    return FieldIndex.select(parts, rows)

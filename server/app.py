@@ -219,8 +219,7 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
     ) -> spb.SearchResponse:
         def search() -> spb.SearchResponse:
             col = self._collection(request.collection)
-            run = col.search_explained if request.explain else col.search
-            found = run(
+            args = (
                 convert.vector_from_bytes(request.vector),
                 request.k,
                 convert.filter_from_json(request.filter_json),
@@ -228,12 +227,12 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
                 request.with_vector,
                 convert.params_from_proto(request.params),
             )
-            hits, plan = found if isinstance(found, tuple) else (found, None)
-            if plan is not None:
-                return spb.SearchResponse(
-                    hits=[convert.hit_to_proto(h) for h in hits], plan=convert.plan_to_proto(plan)
-                )
-            return spb.SearchResponse(hits=[convert.hit_to_proto(h) for h in hits])
+            if not request.explain:
+                return spb.SearchResponse(hits=[convert.hit_to_proto(h) for h in col.search(*args)])
+            hits, plan = col.search_explained(*args)
+            return spb.SearchResponse(
+                hits=[convert.hit_to_proto(h) for h in hits], plan=convert.plan_to_proto(plan)
+            )
 
         return await self._run(context, search)
 

@@ -420,7 +420,7 @@ def test_field_index_merge_and_select_keep_entries() -> None:
     b = FieldIndex.build("keyword", ("t",), rows[5:], pays[5:])
     merged = FieldIndex.merge([a, b])
     assert sorted(merged.equal(["a"]).tolist()) == [0, 2, 4, 6, 8]
-    picked = merged.select(np.array([2, 3, 8]))
+    picked = FieldIndex.select([merged], np.array([2, 3, 8]))
     assert sorted(picked.equal(["a"]).tolist()) == [0, 2] and picked.equal(["b"]).tolist() == [1]
     nums = FieldIndex.build("float", ("x",), rows, pays)
     assert sorted(nums.between(2, True, 5, False).tolist()) == [2, 3, 4]
