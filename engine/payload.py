@@ -34,6 +34,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -126,19 +127,19 @@ class FieldIndex:
     tf: np.ndarray = field(default_factory=_none)
     doc_rows: np.ndarray = field(default_factory=_none)
     doc_len: np.ndarray = field(default_factory=_none)
-    #: term -> (start, end) of its postings; derived from ``terms`` and ``term_of``
-    spans: dict[str, tuple[int, int]] = field(init=False, repr=False)
-    #: text: the length of each posting's document (aligned with ``rows``)
-    posting_len: np.ndarray = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        bounds = np.searchsorted(
-            self.term_of, np.arange(len(self.terms) + 1, dtype=self.term_of.dtype)
-        ).tolist()
-        spans = {t: (bounds[i], bounds[i + 1]) for i, t in enumerate(self.terms)}
-        object.__setattr__(self, "spans", spans)
-        lengths = self.doc_len[np.searchsorted(self.doc_rows, self.rows)] if self.doc_rows.size else _EMPTY
-        object.__setattr__(self, "posting_len", lengths)
+    @cached_property
+    def spans(self) -> dict[str, tuple[int, int]]:
+        """term -> (start, end) of its postings (computed when first asked: indexes merged
+        on the write path are often never queried)."""
+        bounds = np.searchsorted(self.term_of, np.arange(len(self.terms) + 1, dtype=self.term_of.dtype))
+        edges = bounds.tolist()
+        return {t: (edges[i], edges[i + 1]) for i, t in enumerate(self.terms)}
+
+    @cached_property
+    def posting_len(self) -> np.ndarray:
+        """text: the length of each posting's document (aligned with ``rows``)."""
+        return self.doc_len[np.searchsorted(self.doc_rows, self.rows)] if self.doc_rows.size else _EMPTY
 
     # ------------------------------------------------------------ building
     @classmethod
