@@ -8,6 +8,7 @@ engine applies, so both transports raise the same errors with the same words.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from lamina.types import (
     QuantizationConfig,
     QueryPlan,
     SearchParams,
+    SnapshotInfo,
     check_payload_field,
 )
 from lamina.validation import as_rows, as_vector, check_collection_name, check_ids, check_int
@@ -61,6 +63,19 @@ def connect(
         address = target.removeprefix("grpc://")
         return Client(GrpcTransport(address, timeout=timeout, limits=limits), limits)
     return Client(EmbeddedTransport(target, sync_writes=sync_writes, limits=limits), limits)
+
+
+def restore_snapshot(
+    snapshot: str | os.PathLike[str], data: str | os.PathLike[str], name: str | None = None
+) -> CollectionInfo:
+    """Restore a snapshot folder (``Collection.snapshot()``'s ``path``) as collection ``name``
+    (default: its original name) in the data directory ``data``, which no running process
+    may hold. Returns the restored collection's info."""
+    transport = EmbeddedTransport(str(data))
+    try:
+        return transport.db.restore_snapshot(snapshot, name).info()
+    finally:
+        transport.close()
 
 
 class Client:
@@ -132,6 +147,17 @@ class Client:
         """Drop a collection and all its points; NotFound if there is none."""
         check_collection_name(name)
         self._transport.delete_collection(name)
+
+    def list_snapshots(self, collection: str | None = None) -> list[SnapshotInfo]:
+        """Snapshots of one collection (or of all), oldest first; paths are on the server."""
+        if collection is not None:
+            check_collection_name(collection)
+        return self._transport.list_snapshots(collection)
+
+    def delete_snapshot(self, collection: str, snapshot: str) -> None:
+        """Remove one snapshot; NotFound if there is none."""
+        check_collection_name(collection)
+        self._transport.delete_snapshot(collection, snapshot)
 
     def server_info(self) -> dict[str, Any]:
         """Version and mode of the Lamina this client talks to."""
@@ -314,6 +340,12 @@ class Collection:
         until done (or ``timeout`` seconds); returns the collection's info. The
         optimizer also does this by itself in the background."""
         return self._transport.optimize(self.name, timeout)
+
+    def snapshot(self) -> SnapshotInfo:
+        """Snapshot this collection while it keeps serving reads and writes. The snapshot
+        holds every write acknowledged before the call; restore it with ``lamina restore``
+        (or ``lamina.restore_snapshot``) into any data directory."""
+        return self._transport.create_snapshot(self.name)
 
     def get(
         self, ids: Sequence[PointId], *, with_payload: bool = True, with_vector: bool = True

@@ -35,6 +35,7 @@ from lamina.types import (
     PointId,
     QueryPlan,
     SearchParams,
+    SnapshotInfo,
 )
 from lamina.validation import encode_payloads
 
@@ -103,6 +104,9 @@ class Transport(Protocol):
     def create_payload_index(self, name: str, field: str, kind: str) -> bool: ...
     def drop_payload_index(self, name: str, field: str) -> bool: ...
     def optimize(self, name: str, timeout: float | None) -> CollectionInfo: ...
+    def create_snapshot(self, name: str) -> SnapshotInfo: ...
+    def list_snapshots(self, name: str | None) -> list[SnapshotInfo]: ...
+    def delete_snapshot(self, name: str, snapshot: str) -> None: ...
     def server_info(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
@@ -209,6 +213,15 @@ class EmbeddedTransport:
         col = self.db.get_collection(name)
         col.optimize(timeout)
         return col.info()
+
+    def create_snapshot(self, name: str) -> SnapshotInfo:
+        return self.db.create_snapshot(name)
+
+    def list_snapshots(self, name: str | None) -> list[SnapshotInfo]:
+        return self.db.list_snapshots(name)
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self.db.delete_snapshot(name, snapshot)
 
     def server_info(self) -> dict[str, Any]:
         from lamina import __version__
@@ -429,6 +442,23 @@ class GrpcTransport:
         request = cpb.OptimizeRequest(name=name, timeout_seconds=timeout or 0.0)
         return convert.info_from_proto(self._call(self._collections.Optimize, request, no_deadline=True))
 
+    def create_snapshot(self, name: str) -> SnapshotInfo:
+        request = cpb.CreateSnapshotRequest(collection=name)
+        return convert.snapshot_from_proto(
+            self._call(self._collections.CreateSnapshot, request, no_deadline=True)
+        )
+
+    def list_snapshots(self, name: str | None) -> list[SnapshotInfo]:
+        response = self._call(
+            self._collections.ListSnapshots, cpb.ListSnapshotsRequest(collection=name or "")
+        )
+        return [convert.snapshot_from_proto(s) for s in response.snapshots]
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self._call(
+            self._collections.DeleteSnapshot, cpb.DeleteSnapshotRequest(collection=name, snapshot=snapshot)
+        )
+
     def server_info(self) -> dict[str, Any]:
         response = self._call(self._info.GetInfo, ipb.GetInfoRequest())
         return {
@@ -437,6 +467,10 @@ class GrpcTransport:
             "address": self.address,
             "uptime_seconds": response.uptime_seconds,
             "collections": response.collections,
+            "requests_served": response.requests_served,
+            "requests_rejected": response.requests_rejected,
+            "requests_abandoned": response.requests_abandoned,
+            "requests_in_flight": response.requests_in_flight,
         }
 
     def close(self) -> None:

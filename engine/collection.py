@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
@@ -35,7 +35,7 @@ from lamina.engine.filters import CompiledFilter, compile_filter, evaluate
 from lamina.engine.payload import FieldIndex, MutableIndexes, take
 from lamina.engine.segments import Segment
 from lamina.engine.text import Bm25Query, fuse, top_rows
-from lamina.errors import FailedPrecondition, InvalidArgument, NotFound
+from lamina.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows
 from lamina.index.tiers import Knobs, TopK
@@ -50,6 +50,7 @@ from lamina.storage.rocks import (
     SEGMENTS,
     CollectionStore,
 )
+from lamina.storage.vectorfile import link_tree
 from lamina.types import (
     CollectionConfig,
     CollectionInfo,
@@ -72,6 +73,7 @@ _MIN_CAPACITY = 1024
 COMPACT_DEAD_FRACTION = 0.2
 _SEGMENTS = "segments"
 _DEFAULT_PARAMS = SearchParams()
+_ALIVE_STEP = 64  # queries searched between liveness checks of a batch
 
 log = logging.getLogger("lamina.engine")
 
@@ -491,16 +493,26 @@ class Collection:
         with_payload: bool = True,
         with_vector: bool = False,
         params: SearchParams | None = None,
+        alive: Callable[[], None] | None = None,
     ) -> list[list[Hit]]:
-        """One hit list per query row, each best first."""
+        """One hit list per query row, each best first. ``alive`` (the server's) is called
+        between blocks of queries; whatever it raises stops the search."""
         queries = as_matrix(vectors, self.config.dim, "query vectors")
         if queries.shape[0] > self._limits.max_query_batch:
-            raise InvalidArgument(
+            raise ResourceExhausted(
                 f"batch of {queries.shape[0]} queries exceeds the limit of {self._limits.max_query_batch}"
             )
-        if queries.shape[0] == 0:
-            return []
-        return self._search(queries, k, self._compile(filter), with_payload, with_vector, params)
+        compiled = self._compile(filter)
+        if alive is None:
+            return (
+                self._search(queries, k, compiled, with_payload, with_vector, params) if len(queries) else []
+            )
+        results: list[list[Hit]] = []
+        for lo in range(0, queries.shape[0], _ALIVE_STEP):
+            alive()
+            block = queries[lo : lo + _ALIVE_STEP]
+            results.extend(self._search(block, k, compiled, with_payload, with_vector, params))
+        return results
 
     def _snapshot(self, locked: bool = False) -> _Snapshot:
         if not locked:
@@ -794,6 +806,20 @@ class Collection:
             note="; ".join(notes),
         )
         return CollectionInfo(self.name, self.config, status.indexed_points + mutable, status)
+
+    def snapshot(self, dest: Path) -> int:
+        """Write a consistent copy of the collection into the new folder ``dest``: a RocksDB
+        checkpoint and hard links to the sealed segment files its manifest names. Writers
+        wait while it is taken (links, no data copied); searches do not. Returns the
+        number of live points the copy holds."""
+        with self._lock:
+            self._check_open()
+            self._store.checkpoint(dest)
+            segments = dest / _SEGMENTS
+            segments.mkdir(exist_ok=True)
+            for segment in self._segments:
+                link_tree(segment.folder, segments / segment.folder.name)
+            return self._mutable_count() + sum(s.live_count for s in self._segments)
 
     # ------------------------------------------------------------ optimizer
     def optimize(self, timeout: float | None = None) -> bool:

@@ -4,10 +4,13 @@ Layout::
 
     <data>/LOCK                       held (flock) by the one process that opens it
     <data>/collections/<name>/        one RocksDB per collection
+    <data>/snapshots/<name>/<snap>/   snapshots of a collection (snapshot.json + a
+                                      RocksDB checkpoint and segment files)
 
 Creating writes the new collection under a temporary name and renames it into
-place; dropping renames it away before removing it. A crash at any moment leaves
-either the whole collection or none of it; leftovers are swept at the next open.
+place; dropping renames it away before removing it. Snapshots and restores are
+written the same way. A crash at any moment leaves either the whole collection (or
+snapshot) or none of it; leftovers are swept at the next open.
 """
 
 from __future__ import annotations
@@ -17,20 +20,35 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import IO
 
+import orjson
+
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.collection import Collection
 from lamina.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from lamina.storage.vectorfile import fsync_path
-from lamina.types import CollectionConfig
+from lamina.storage.vectorfile import fsync_path, fsync_tree
+from lamina.types import CollectionConfig, SnapshotInfo
 from lamina.validation import check_collection_name
 
 log = logging.getLogger("lamina.engine")
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
+SNAPSHOT_FILE = "snapshot.json"
+
+
+def read_snapshot(folder: Path) -> SnapshotInfo:
+    """The description of the snapshot in ``folder``; NotFound if it holds none."""
+    try:
+        meta = orjson.loads((folder / SNAPSHOT_FILE).read_bytes())
+        return SnapshotInfo(
+            meta["collection"], meta["name"], str(folder), meta["created"], meta["points"], meta["size_bytes"]
+        )
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+        raise NotFound(f"{folder} is not a Lamina snapshot (no readable {SNAPSHOT_FILE})") from None
 
 
 class Database:
@@ -50,6 +68,7 @@ class Database:
         self.limits = limits
         self.sync_writes = sync_writes
         self._root = self.path / "collections"
+        self._snapshots = self.path / "snapshots"
         try:
             self._root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -72,6 +91,9 @@ class Database:
                     self._collections[entry.name] = Collection.open(
                         entry.name, entry, limits, sync=sync_writes
                     )
+            if self._snapshots.is_dir():
+                for entry in self._snapshots.glob(f"*/{_TMP_PREFIX}*"):  # interrupted snapshots
+                    shutil.rmtree(entry, ignore_errors=True)
         except BaseException:
             self.close()  # release what was opened, and the directory lock
             raise
@@ -130,6 +152,99 @@ class Database:
             fsync_path(self._root)
             shutil.rmtree(trash, ignore_errors=True)
             log.info("deleted collection %r", name)
+
+    # ------------------------------------------------------------ snapshots
+    def create_snapshot(self, name: str) -> SnapshotInfo:
+        """Snapshot a collection while it keeps serving reads and writes; the snapshot
+        holds every write acknowledged before it was taken."""
+        collection = self.get_collection(name)
+        created = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(created))
+        snap = f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
+        folder = self._snapshots / name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{_TMP_PREFIX}{snap}"
+        try:
+            tmp.mkdir()
+            points = collection.snapshot(tmp / "collection")
+            size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+            info = SnapshotInfo(name, snap, str(folder / snap), created, points, size)
+            (tmp / SNAPSHOT_FILE).write_bytes(
+                orjson.dumps(
+                    {
+                        "collection": name,
+                        "name": snap,
+                        "created": created,
+                        "points": points,
+                        "size_bytes": size,
+                        "config": collection.config.to_dict(),
+                    }
+                )
+            )
+            fsync_tree(tmp)
+            tmp.rename(folder / snap)
+            fsync_path(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("snapshot %s of %r: %d points, %.1f MB", snap, name, points, size / 1e6)
+        return info
+
+    def list_snapshots(self, name: str | None = None) -> list[SnapshotInfo]:
+        """Snapshots of one collection (or of all), oldest first."""
+        self._check_open()
+        if name is not None:
+            check_collection_name(name)
+        folders = [self._snapshots / name] if name is not None else sorted(self._snapshots.glob("*"))
+        found = [
+            read_snapshot(entry)
+            for folder in folders
+            if folder.is_dir()
+            for entry in folder.iterdir()
+            if not entry.name.startswith(_TMP_PREFIX) and (entry / SNAPSHOT_FILE).is_file()
+        ]
+        return sorted(found, key=lambda s: (s.created, s.name))
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        """Remove one snapshot of collection ``name``; NotFound if there is none."""
+        self._check_open()
+        check_collection_name(name)
+        check_collection_name(snapshot)  # same alphabet: no path tricks
+        folder = self._snapshots / name / snapshot
+        if not (folder / SNAPSHOT_FILE).is_file():
+            raise NotFound(f"collection {name!r} has no snapshot {snapshot!r}; list_snapshots() shows them")
+        trash = folder.with_name(f"{_TMP_PREFIX}{snapshot}")
+        folder.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        log.info("deleted snapshot %s of %r", snapshot, name)
+
+    def restore_snapshot(self, path: str | os.PathLike[str], name: str | None = None) -> Collection:
+        """Restore the snapshot folder ``path`` as collection ``name`` (default: the name it
+        was taken from); AlreadyExists if that name is taken."""
+        source = Path(path)
+        info = read_snapshot(source)
+        name = check_collection_name(name or info.collection)
+        with self._lock:
+            self._check_open()
+            if name in self._collections:
+                raise AlreadyExists(
+                    f"collection {name!r} already exists: restore under another name or delete it first"
+                )
+            tmp = self._root / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+            try:
+                shutil.copytree(source / "collection", tmp)
+                fsync_tree(tmp)
+                Collection.open(name, tmp, self.limits, sync=self.sync_writes).close()  # it must open
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            final = self._root / name
+            tmp.rename(final)
+            fsync_path(self._root)
+            collection = Collection.open(name, final, self.limits, sync=self.sync_writes)
+            self._collections[name] = collection
+        log.info("restored %r from snapshot %s (%d points)", name, info.name, info.points)
+        return collection
 
     def close(self) -> None:
         """Close every collection and release the data directory."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from lamina.client.api import Client, Collection, connect
+from lamina.client.api import Client, Collection, connect, restore_snapshot
 from lamina.config import Limits
 from lamina.errors import (
     AlreadyExists,
@@ -29,7 +29,7 @@ from lamina.errors import (
     Unauthenticated,
     Unavailable,
 )
-from lamina.types import CollectionConfig, CollectionInfo, Hit, Point, PointId
+from lamina.types import CollectionConfig, CollectionInfo, Hit, Point, PointId, SnapshotInfo
 
 __all__ = [
     "AlreadyExists",
@@ -49,8 +49,10 @@ __all__ = [
     "Point",
     "PointId",
     "ResourceExhausted",
+    "SnapshotInfo",
     "Unauthenticated",
     "Unavailable",
     "__version__",
     "connect",
+    "restore_snapshot",
 ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
+from lamina.config import Limits, ServerConfig
 from lamina.errors import InvalidArgument, LaminaError, NotFound
 
 DEFAULT_DATA = "./lamina-data"
@@ -28,14 +31,35 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The config file (if any) overridden by the flags given on the command line."""
+    config = ServerConfig.load(args.config) if args.config else ServerConfig()
+    overrides: dict[str, Any] = {
+        key: getattr(args, key)
+        for key in ("data", "host", "port", "workers")
+        if getattr(args, key) is not None
+    }
+    if args.sync_writes:
+        overrides["sync_writes"] = True
+    if args.limit:
+        limits = dict(config.limits.__dict__)
+        for item in args.limit:
+            name, sep, value = item.partition("=")
+            if not sep or not value.strip().isdigit():
+                raise InvalidArgument(f"--limit {item!r}: write NAME=INTEGER, e.g. --limit max_k=1000")
+            limits[name.strip()] = int(value)
+        overrides["limits"] = Limits.from_dict(limits, "--limit")
+    return dataclasses.replace(config, **overrides)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lamina.config import Limits
     from lamina.engine.database import Database
     from lamina.server.app import serve
 
-    db = Database(args.data, sync_writes=args.sync_writes, limits=Limits())
+    config = server_config(args)
+    db = Database(config.data, sync_writes=config.sync_writes, limits=config.limits)
     try:
-        asyncio.run(serve(db, args.host, args.port, args.workers))
+        asyncio.run(serve(db, config.host, config.port, config.workers))
     finally:
         db.close()
     return 0
@@ -188,20 +212,57 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    import lamina
+
+    with lamina.connect(args.target) as db:
+        if args.action == "create":
+            if not args.collection:
+                raise InvalidArgument("snapshot create needs --collection NAME")
+            info = db.get_collection(args.collection).snapshot()
+            print(f"{info.name}  {info.points:,} points  {info.size_bytes / 1e6:.1f} MB  {info.path}")
+        elif args.action == "list":
+            snaps = db.list_snapshots(args.collection)
+            if not snaps:
+                print("no snapshots")
+            for info in snaps:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.created))
+                print(f"{info.name}  {when} UTC  {info.points:,} points  {info.path}")
+        else:
+            if not args.collection or not args.snapshot:
+                raise InvalidArgument("snapshot delete needs --collection NAME and --snapshot NAME")
+            db.delete_snapshot(args.collection, args.snapshot)
+            print(f"deleted {args.snapshot}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    import lamina
+
+    info = lamina.restore_snapshot(args.snapshot, args.data, args.name)
+    print(f"restored {info.name!r} ({info.count:,} points) into {args.data}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lamina", description="Lamina vector search database")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--data", default=DEFAULT_DATA, help=f"data directory (default {DEFAULT_DATA})")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)"
-    )
-    serve.add_argument("--workers", type=int, default=8, help="threads running engine calls (default 8)")
+    serve.add_argument("--config", help="TOML config file (docs/configuration.md); flags override it")
+    serve.add_argument("--data", help=f"data directory (default {DEFAULT_DATA})")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
+    serve.add_argument("--workers", type=int, help="threads running engine calls (default 8)")
     serve.add_argument(
         "--sync-writes", action="store_true", help="fsync the WAL on every write (power-loss safe)"
+    )
+    serve.add_argument(
+        "--limit",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override one request limit, e.g. --limit max_batch=5000 (repeatable)",
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -224,6 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     cols = sub.add_parser("collections", help="list collections with their point counts")
     cols.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
     cols.set_defaults(func=cmd_collections)
+
+    snap = sub.add_parser("snapshot", help="create, list or delete collection snapshots (online)")
+    snap.add_argument("action", choices=["create", "list", "delete"])
+    snap.add_argument("--collection", "-c", help="collection (list: all when left out)")
+    snap.add_argument("--snapshot", "-s", help="snapshot name (delete)")
+    snap.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
+    snap.set_defaults(func=cmd_snapshot)
+
+    restore = sub.add_parser("restore", help="restore a snapshot folder into a data directory")
+    restore.add_argument("snapshot", help="snapshot folder (as printed by `lamina snapshot create`)")
+    restore.add_argument("--data", required=True, help="data directory to restore into (not in use)")
+    restore.add_argument("--name", help="collection name (default: the snapshot's collection)")
+    restore.set_defaults(func=cmd_restore)
 
     info = sub.add_parser("info", help="version and status of a server or data directory")
     info.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)

@@ -1,8 +1,17 @@
-"""Limits that protect the engine and the server, with their documented defaults."""
+"""Limits that protect the engine and the server, and the server's config file.
+
+Every limit has a documented default (``docs/configuration.md`` lists them) and can
+be changed in the ``[limits]`` table of the file given to ``lamina serve --config``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from lamina.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -11,7 +20,9 @@ class Limits:
 
     Defaults: 10,000 points per write batch, 1,000 query vectors per batch search,
     k up to 10,000, 65,536 dimensions, 1 MiB of JSON payload per point, filters
-    nested 32 levels deep, ids and strings up to 1,024 bytes, 64 MiB gRPC messages.
+    nested 32 levels deep, ids and strings up to 1,024 bytes, 64 MiB gRPC messages,
+    10,000 points per scroll page, and 64 requests running or queued in a server at
+    once (more are answered RESOURCE_EXHAUSTED).
     """
 
     max_batch: int = 10_000
@@ -23,6 +34,85 @@ class Limits:
     max_id_bytes: int = 1_024
     max_message_bytes: int = 64 << 20
     max_scroll_limit: int = 10_000
+    max_concurrent_requests: int = 64
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "limits") -> Limits:
+        """Limits from a mapping of field name to positive integer; the rest keep their defaults."""
+        if not isinstance(data, dict):
+            raise InvalidArgument(f"{where} must be a table of limit names to integers")
+        known = {f.name for f in fields(cls)}
+        values: dict[str, int] = {}
+        for key, value in data.items():
+            if key not in known:
+                raise InvalidArgument(
+                    f"{where}.{key} is not a limit; known limits: {', '.join(sorted(known))}"
+                )
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"{where}.{key} must be a positive integer, got {value!r}")
+            values[key] = value
+        if values.get("max_message_bytes", 1) > (1 << 31) - 1:
+            raise InvalidArgument(f"{where}.max_message_bytes must be below 2 GiB (a gRPC limit)")
+        return replace(cls(), **values)
 
 
 DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of ``lamina serve``: from a TOML file, then overridden by command-line flags.
+
+    ::
+
+        data = "./lamina-data"
+        host = "127.0.0.1"
+        port = 6334
+        workers = 8
+        sync_writes = false
+
+        [limits]
+        max_batch = 10000
+        max_concurrent_requests = 64
+    """
+
+    data: str = "./lamina-data"
+    host: str = "127.0.0.1"
+    port: int = 6334
+    workers: int = 8
+    sync_writes: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ServerConfig:
+        """Read a TOML config file; InvalidArgument says which setting is wrong."""
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidArgument(f"config file {path} is not valid TOML: {exc}") from None
+        return cls.from_dict(raw, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "config") -> ServerConfig:
+        types: dict[str, type] = {"data": str, "host": str, "port": int, "workers": int, "sync_writes": bool}
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key == "limits":
+                values["limits"] = Limits.from_dict(value, f"{where}: limits")
+                continue
+            if key not in types:
+                raise InvalidArgument(
+                    f"{where}: unknown setting {key!r}; known: {', '.join([*types, 'limits'])}"
+                )
+            want = types[key]
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                raise InvalidArgument(f"{where}: {key} must be a {want.__name__}, got {value!r}")
+            values[key] = value
+        config = cls(**values)
+        if not 0 <= config.port <= 65535:
+            raise InvalidArgument(f"{where}: port must be in 0..65535, got {config.port}")
+        if config.workers < 1:
+            raise InvalidArgument(f"{where}: workers must be at least 1, got {config.workers}")
+        return config

@@ -251,6 +251,20 @@ class CollectionInfo:
 
 
 @dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot of one collection: a folder holding a RocksDB checkpoint and the
+    sealed segment files, restorable with ``lamina restore`` into any data directory.
+    ``path`` is on the machine that took it (the server's, for a remote client)."""
+
+    collection: str
+    name: str
+    path: str
+    created: float  # seconds since the epoch (UTC)
+    points: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
 class Point:
     """A stored point: id, float32 vector (None when not requested) and payload."""
 

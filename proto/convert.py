@@ -34,6 +34,7 @@ from lamina.types import (
     QueryPlan,
     SearchParams,
     SegmentPlan,
+    SnapshotInfo,
 )
 from lamina.validation import check_json_value
 
@@ -269,3 +270,18 @@ def hit_from_proto(msg: spb.ScoredPoint, with_vector: bool, with_payload: bool) 
         payload=(payload_from_json(msg.payload_json) or {}) if with_payload else None,
         vector=np.frombuffer(msg.vector, dtype="<f4").copy() if with_vector else None,
     )
+
+
+def snapshot_to_proto(info: SnapshotInfo) -> cpb.SnapshotInfo:
+    return cpb.SnapshotInfo(
+        collection=info.collection,
+        name=info.name,
+        path=info.path,
+        created=info.created,
+        points=info.points,
+        size_bytes=info.size_bytes,
+    )
+
+
+def snapshot_from_proto(msg: cpb.SnapshotInfo) -> SnapshotInfo:
+    return SnapshotInfo(msg.collection, msg.name, msg.path, msg.created, msg.points, msg.size_bytes)

@@ -6,16 +6,18 @@ graceful shutdown. Protobuf stops here: requests are converted by
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -45,21 +47,115 @@ SERVICE_NAMES = (
 )
 
 
+class Abandoned(Exception):
+    """The client gave up (cancelled, or its deadline passed) before the work was done."""
+
+
+class _Request:
+    """One request's liveness: set when the client cancels, or past its deadline."""
+
+    def __init__(self, time_remaining: float | None) -> None:
+        self.deadline = None if time_remaining is None else time.monotonic() + time_remaining
+        self.cancelled = threading.Event()
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Abandoned("the client cancelled the request")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise Abandoned("the request's deadline passed")
+
+
+_current = threading.local()
+
+
+def check_alive() -> None:
+    """Raise Abandoned when the client of the request this worker runs has gone; long
+    requests call it between steps so that work stops when the client gives up."""
+    request: _Request | None = getattr(_current, "request", None)
+    if request is not None:
+        request.check()
+
+
+class Gate:
+    """Admission control and request tallies shared by every servicer of one server.
+
+    At most ``limit`` requests run or wait for a worker at once; one more is answered
+    RESOURCE_EXHAUSTED at once instead of queueing without bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.served = 0
+        self.rejected = 0
+        self._abandoned = 0
+        self._lock = threading.Lock()
+
+    @property
+    def abandoned(self) -> int:
+        return self._abandoned
+
+    def release(self, job: asyncio.Future[Any]) -> None:
+        """A job is over (on the event loop's thread); its error, if any, is consumed."""
+        self.in_flight -= 1
+        if not job.cancelled():
+            job.exception()
+
+    def count_abandoned(self) -> None:
+        with self._lock:
+            self._abandoned += 1
+
+
 class _Base:
     """Runs engine calls on a thread pool (numba kernels release the GIL) and maps
     Lamina errors to their gRPC status codes."""
 
-    def __init__(self, db: Database, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, db: Database, executor: ThreadPoolExecutor, gate: Gate) -> None:
         self.db = db
         self._executor = executor
+        self._gate = gate
 
     async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
+        gate = self._gate
+        if gate.in_flight >= gate.limit:
+            gate.rejected += 1
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"server is busy: {gate.in_flight} requests are running or queued "
+                f"(limit max_concurrent_requests={gate.limit}); retry with back-off",
+            )
+        request = _Request(context.time_remaining())
+
+        def job() -> T:
+            try:
+                request.check()  # the client may have gone while this waited for a worker
+            except Abandoned:
+                gate.count_abandoned()
+                raise
+            _current.request = request
+            try:
+                return fn(*args)
+            except Abandoned:
+                gate.count_abandoned()
+                raise
+            finally:
+                _current.request = None
+
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        gate.in_flight += 1
+        job_done = loop.run_in_executor(self._executor, job)
+        # a request counts until its job is over, even when its client has gone
+        job_done.add_done_callback(gate.release)
         try:
-            result = await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+            result = await asyncio.shield(job_done)
+            gate.served += 1
             log.debug("%s ok in %.1f ms", fn.__name__, (time.perf_counter() - started) * 1000)
             return result
+        except asyncio.CancelledError:
+            request.cancelled.set()  # the job stops at its next check (or before it starts)
+            raise
+        except Abandoned as exc:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{exc}; the work was stopped")
         except LaminaError as exc:
             log.debug(
                 "%s rejected (%s) in %.1f ms", fn.__name__, exc.code, (time.perf_counter() - started) * 1000
@@ -121,6 +217,33 @@ class CollectionsServicer(_Base, cgrpc.CollectionsServicer):
         def drop() -> cpb.PayloadIndexResponse:
             col = self._collection(request.collection)
             return cpb.PayloadIndexResponse(changed=col.drop_payload_index(request.field))
+
+        return await self._run(context, drop)
+
+    async def CreateSnapshot(
+        self, request: cpb.CreateSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.SnapshotInfo:
+        def create() -> cpb.SnapshotInfo:
+            self._collection(request.collection)
+            return convert.snapshot_to_proto(self.db.create_snapshot(request.collection))
+
+        return await self._run(context, create)
+
+    async def ListSnapshots(
+        self, request: cpb.ListSnapshotsRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListSnapshotsResponse:
+        def list_all() -> cpb.ListSnapshotsResponse:
+            snaps = self.db.list_snapshots(request.collection or None)
+            return cpb.ListSnapshotsResponse(snapshots=[convert.snapshot_to_proto(s) for s in snaps])
+
+        return await self._run(context, list_all)
+
+    async def DeleteSnapshot(
+        self, request: cpb.DeleteSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.DeleteSnapshotResponse:
+        def drop() -> cpb.DeleteSnapshotResponse:
+            self.db.delete_snapshot(request.collection, request.snapshot)
+            return cpb.DeleteSnapshotResponse()
 
         return await self._run(context, drop)
 
@@ -248,6 +371,7 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
                 with_payload=request.with_payload,
                 with_vector=request.with_vector,
                 params=convert.params_from_proto(request.params),
+                alive=check_alive,
             )
             return spb.SearchBatchResponse(
                 results=[spb.HitList(hits=[convert.hit_to_proto(h) for h in hits]) for hits in results]
@@ -281,11 +405,41 @@ class InfoServicer(_Base, igrpc.InfoServicer):
     async def GetInfo(
         self, request: ipb.GetInfoRequest, context: grpc.aio.ServicerContext
     ) -> ipb.GetInfoResponse:
+        gate = self._gate
         return ipb.GetInfoResponse(
             version=__version__,
             uptime_seconds=time.monotonic() - self.started,
             collections=len(self.db.list_collections()),
+            requests_served=gate.served,
+            requests_rejected=gate.rejected,
+            requests_abandoned=gate.abandoned,
+            requests_in_flight=gate.in_flight,
         )
+
+
+def _handlers(module: Any, servicer: Any) -> grpc.GenericRpcHandler:
+    """Method handlers of the one service in ``module`` that parse requests themselves, so
+    that a request that is not a valid message (truncated, bad UTF-8 in a string) is
+    answered INVALID_ARGUMENT rather than gRPC's generic UNKNOWN."""
+    (service,) = module.DESCRIPTOR.services_by_name.values()
+    methods = {}
+    for method in service.methods:
+        parse = GetMessageClass(method.input_type).FromString
+        impl = getattr(servicer, method.name)
+
+        async def handle(
+            raw: bytes, context: grpc.aio.ServicerContext, parse: Any = parse, impl: Any = impl
+        ) -> Any:
+            try:
+                request = parse(raw)
+            except DecodeError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
+            return await impl(request, context)
+
+        methods[method.name] = grpc.unary_unary_rpc_method_handler(
+            handle, response_serializer=GetMessageClass(method.output_type).SerializeToString
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, methods)
 
 
 class LaminaServer:
@@ -310,17 +464,25 @@ class LaminaServer:
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lamina-worker")
         max_bytes = db.limits.max_message_bytes
         server = grpc.aio.server(
+            # a backstop behind the Gate, which answers with a clearer message first
+            maximum_concurrent_rpcs=2 * db.limits.max_concurrent_requests + 16,
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         self._health = health.aio.HealthServicer()
-        cgrpc.add_CollectionsServicer_to_server(CollectionsServicer(db, self._executor), server)
-        pgrpc.add_PointsServicer_to_server(PointsServicer(db, self._executor), server)
-        sgrpc.add_SearchServicer_to_server(SearchServicer(db, self._executor), server)
-        igrpc.add_InfoServicer_to_server(InfoServicer(db, self._executor), server)
+        self.gate = Gate(db.limits.max_concurrent_requests)
+        servicers = (
+            (cpb, CollectionsServicer),
+            (ppb, PointsServicer),
+            (spb, SearchServicer),
+            (ipb, InfoServicer),
+        )
+        server.add_generic_rpc_handlers(
+            [_handlers(module, cls(db, self._executor, self.gate)) for module, cls in servicers]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
-from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import Checkpoint, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from lamina.storage.keys import row_from_key, row_key
 
@@ -176,6 +176,11 @@ class CollectionStore:
             yield key, row_from_key(value)
 
     # ----------------------------------------------------------------- lifecycle
+    def checkpoint(self, dest: Path) -> None:
+        """Write a consistent copy of the database into the new folder ``dest`` (SST files
+        are hard-linked, the rest copied): it opens as a RocksDB of its own."""
+        Checkpoint(self._db).create_checkpoint(str(dest))
+
     def flush(self) -> None:
         self._db.flush_wal(True)
 

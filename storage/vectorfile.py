@@ -30,6 +30,30 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def link_tree(src: Path, dest: Path) -> None:
+    """Recreate the folder ``src`` at ``dest`` with hard links to its (immutable) files,
+    copying where links are not possible (another file system)."""
+    dest.mkdir()
+    for child in src.iterdir():
+        if child.is_dir():
+            link_tree(child, dest / child.name)
+            continue
+        try:
+            os.link(child, dest / child.name)
+        except OSError:
+            shutil.copy2(child, dest / child.name)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and folder under ``path``, and ``path`` itself."""
+    for child in path.iterdir():
+        if child.is_dir():
+            fsync_tree(child)
+        else:
+            fsync_path(child)
+    fsync_path(path)
+
+
 @contextmanager
 def atomic_folder(final: Path) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it becomes ``final``, durably."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import lamina
+from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.database import Database
 from lamina.server.app import LaminaServer
 
@@ -28,13 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 class ServerThread:
     """A LaminaServer on its own event loop in a background thread."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, limits: Limits = DEFAULT_LIMITS, workers: int = 4) -> None:
         self.data = data
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.db = Database(data)
-        self.server = LaminaServer(self.db, "127.0.0.1", 0, workers=4)
+        self.db = Database(data, limits=limits)
+        self.server = LaminaServer(self.db, "127.0.0.1", 0, workers=workers)
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
         self.address = f"127.0.0.1:{self.port}"
 

@@ -170,7 +170,7 @@ def test_bad_search_is_invalid_argument(col: lamina.Collection, kwargs: dict[str
 def test_bad_batch_search(col: lamina.Collection) -> None:
     with pytest.raises(lamina.InvalidArgument, match="dimension"):
         col.search_batch(np.ones((3, DIM - 1)), k=2)
-    with pytest.raises(lamina.InvalidArgument, match="exceeds the limit"):
+    with pytest.raises(lamina.ResourceExhausted, match="exceeds the limit of 1000"):
         col.search_batch(np.ones((1001, DIM)), k=2)
     assert col.search_batch(np.zeros((0, DIM)), k=2) == []
 

@@ -70,6 +70,21 @@ class CollectionsStub:
                 request_serializer=lamina_dot_v1_dot_collections__pb2.DropPayloadIndexRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_collections__pb2.PayloadIndexResponse.FromString,
                 _registered_method=True)
+        self.CreateSnapshot = channel.unary_unary(
+                '/lamina.v1.Collections/CreateSnapshot',
+                request_serializer=lamina_dot_v1_dot_collections__pb2.CreateSnapshotRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_collections__pb2.SnapshotInfo.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/lamina.v1.Collections/ListSnapshots',
+                request_serializer=lamina_dot_v1_dot_collections__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_collections__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSnapshot = channel.unary_unary(
+                '/lamina.v1.Collections/DeleteSnapshot',
+                request_serializer=lamina_dot_v1_dot_collections__pb2.DeleteSnapshotRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_collections__pb2.DeleteSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class CollectionsServicer:
@@ -125,6 +140,27 @@ class CollectionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSnapshot(self, request, context):
+        """Snapshot a collection on the server while it keeps serving; see `lamina restore`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """Snapshots on the server of one collection (or all when collection is empty), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSnapshot(self, request, context):
+        """Remove one snapshot; NOT_FOUND if there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +198,21 @@ def add_CollectionsServicer_to_server(servicer, server):
                     servicer.DropPayloadIndex,
                     request_deserializer=lamina_dot_v1_dot_collections__pb2.DropPayloadIndexRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_collections__pb2.PayloadIndexResponse.SerializeToString,
+            ),
+            'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSnapshot,
+                    request_deserializer=lamina_dot_v1_dot_collections__pb2.CreateSnapshotRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_collections__pb2.SnapshotInfo.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=lamina_dot_v1_dot_collections__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_collections__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'DeleteSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSnapshot,
+                    request_deserializer=lamina_dot_v1_dot_collections__pb2.DeleteSnapshotRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_collections__pb2.DeleteSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +405,87 @@ class Collections:
             '/lamina.v1.Collections/DropPayloadIndex',
             lamina_dot_v1_dot_collections__pb2.DropPayloadIndexRequest.SerializeToString,
             lamina_dot_v1_dot_collections__pb2.PayloadIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Collections/CreateSnapshot',
+            lamina_dot_v1_dot_collections__pb2.CreateSnapshotRequest.SerializeToString,
+            lamina_dot_v1_dot_collections__pb2.SnapshotInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Collections/ListSnapshots',
+            lamina_dot_v1_dot_collections__pb2.ListSnapshotsRequest.SerializeToString,
+            lamina_dot_v1_dot_collections__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Collections/DeleteSnapshot',
+            lamina_dot_v1_dot_collections__pb2.DeleteSnapshotRequest.SerializeToString,
+            lamina_dot_v1_dot_collections__pb2.DeleteSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,12 @@ class CollectionsStub:
     """Index a payload field; sealed segments are indexed in the background."""
     DropPayloadIndex: _grpc.UnaryUnaryMultiCallable[_collections_pb2.DropPayloadIndexRequest, _collections_pb2.PayloadIndexResponse]
     """Remove a payload field's index."""
+    CreateSnapshot: _grpc.UnaryUnaryMultiCallable[_collections_pb2.CreateSnapshotRequest, _collections_pb2.SnapshotInfo]
+    """Snapshot a collection on the server while it keeps serving; see `lamina restore`."""
+    ListSnapshots: _grpc.UnaryUnaryMultiCallable[_collections_pb2.ListSnapshotsRequest, _collections_pb2.ListSnapshotsResponse]
+    """Snapshots on the server of one collection (or all when collection is empty), oldest first."""
+    DeleteSnapshot: _grpc.UnaryUnaryMultiCallable[_collections_pb2.DeleteSnapshotRequest, _collections_pb2.DeleteSnapshotResponse]
+    """Remove one snapshot; NOT_FOUND if there is none."""
 
 @_typing.type_check_only
 class CollectionsAsyncStub(CollectionsStub):
@@ -67,6 +73,12 @@ class CollectionsAsyncStub(CollectionsStub):
     """Index a payload field; sealed segments are indexed in the background."""
     DropPayloadIndex: _aio.UnaryUnaryMultiCallable[_collections_pb2.DropPayloadIndexRequest, _collections_pb2.PayloadIndexResponse]  # type: ignore[assignment]
     """Remove a payload field's index."""
+    CreateSnapshot: _aio.UnaryUnaryMultiCallable[_collections_pb2.CreateSnapshotRequest, _collections_pb2.SnapshotInfo]  # type: ignore[assignment]
+    """Snapshot a collection on the server while it keeps serving; see `lamina restore`."""
+    ListSnapshots: _aio.UnaryUnaryMultiCallable[_collections_pb2.ListSnapshotsRequest, _collections_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
+    """Snapshots on the server of one collection (or all when collection is empty), oldest first."""
+    DeleteSnapshot: _aio.UnaryUnaryMultiCallable[_collections_pb2.DeleteSnapshotRequest, _collections_pb2.DeleteSnapshotResponse]  # type: ignore[assignment]
+    """Remove one snapshot; NOT_FOUND if there is none."""
 
 class CollectionsServicer(metaclass=_abc_1.ABCMeta):
     """Create, inspect, list and drop collections."""
@@ -126,5 +138,29 @@ class CollectionsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_collections_pb2.PayloadIndexResponse, _abc.Awaitable[_collections_pb2.PayloadIndexResponse]]:
         """Remove a payload field's index."""
+
+    @_abc_1.abstractmethod
+    def CreateSnapshot(
+        self,
+        request: _collections_pb2.CreateSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collections_pb2.SnapshotInfo, _abc.Awaitable[_collections_pb2.SnapshotInfo]]:
+        """Snapshot a collection on the server while it keeps serving; see `lamina restore`."""
+
+    @_abc_1.abstractmethod
+    def ListSnapshots(
+        self,
+        request: _collections_pb2.ListSnapshotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collections_pb2.ListSnapshotsResponse, _abc.Awaitable[_collections_pb2.ListSnapshotsResponse]]:
+        """Snapshots on the server of one collection (or all when collection is empty), oldest first."""
+
+    @_abc_1.abstractmethod
+    def DeleteSnapshot(
+        self,
+        request: _collections_pb2.DeleteSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collections_pb2.DeleteSnapshotResponse, _abc.Awaitable[_collections_pb2.DeleteSnapshotResponse]]:
+        """Remove one snapshot; NOT_FOUND if there is none."""
 
 def add_CollectionsServicer_to_server(servicer: CollectionsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -38,22 +38,38 @@ class GetInfoResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
     COLLECTIONS_FIELD_NUMBER: _builtins.int
+    REQUESTS_SERVED_FIELD_NUMBER: _builtins.int
+    REQUESTS_REJECTED_FIELD_NUMBER: _builtins.int
+    REQUESTS_ABANDONED_FIELD_NUMBER: _builtins.int
+    REQUESTS_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Lamina version, e.g. "0.1.0"."""
     uptime_seconds: _builtins.float
     """Seconds since the server started."""
     collections: _builtins.int
     """Number of collections."""
+    requests_served: _builtins.int
+    """Requests answered since start (with a result or an error from the engine)."""
+    requests_rejected: _builtins.int
+    """Requests turned away with RESOURCE_EXHAUSTED because max_concurrent_requests were in flight."""
+    requests_abandoned: _builtins.int
+    """Requests whose work was stopped because the client cancelled or its deadline passed."""
+    requests_in_flight: _builtins.int
+    """Requests running or waiting for a worker now."""
     def __init__(
         self,
         *,
         version: _builtins.str = ...,
         uptime_seconds: _builtins.float = ...,
         collections: _builtins.int = ...,
+        requests_served: _builtins.int = ...,
+        requests_rejected: _builtins.int = ...,
+        requests_abandoned: _builtins.int = ...,
+        requests_in_flight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections", b"collections", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections", b"collections", "requests_abandoned", b"requests_abandoned", "requests_in_flight", b"requests_in_flight", "requests_rejected", b"requests_rejected", "requests_served", b"requests_served", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
