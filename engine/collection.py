@@ -826,6 +826,8 @@ class Collection:
         """Seal the mutable segment now (whatever its size), compact and merge segments,
         and wait until the optimizer is idle; False if ``timeout`` seconds passed first."""
         self._check_open()
+        if timeout is not None and timeout > threading.TIMEOUT_MAX:
+            timeout = None  # longer than a wait can be: wait without a limit
         with self._lock:
             self._force_seal = True
         self._wake.set()

@@ -66,10 +66,22 @@ def check_ids(ids: Iterable[object], limits: Limits, *, unique: bool = True) -> 
     return out
 
 
+#: largest vector norm accepted: scores of two such vectors (and their distances) stay finite in float32
+MAX_NORM = 1e18
+
+
 def _check_finite(arr: np.ndarray, what: str) -> None:
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise InvalidArgument(f"{what} contains NaN or infinity at index {tuple(int(i) for i in bad)}")
+    if arr.size and float(np.abs(arr).max()) > MAX_NORM / np.sqrt(arr.shape[-1]):  # cheap pre-check
+        norms = np.sqrt(np.square(arr.reshape(-1, arr.shape[-1]), dtype=np.float64).sum(axis=1))
+        if (norms > MAX_NORM).any():
+            bad_row = int(np.flatnonzero(norms > MAX_NORM)[0])
+            raise InvalidArgument(
+                f"{what} row {bad_row} has norm {norms[bad_row]:.3g}, over the limit of {MAX_NORM:.0e}: "
+                "scores would overflow float32; scale the vectors down"
+            )
 
 
 def as_matrix(vectors: object, dim: int, what: str = "vectors") -> FloatMatrix:

@@ -36,6 +36,12 @@ REJECTED_WRITES: list[tuple[str, Callable[[lamina.Collection], Any], type[Except
     ),
     ("nan", lambda c: c.upsert([100], NAN_VECTOR), lamina.InvalidArgument, "NaN"),
     (
+        "huge norm",
+        lambda c: c.upsert([100], np.full((1, DIM), 1e30)),
+        lamina.InvalidArgument,
+        "scale the vectors down",
+    ),
+    (
         "inf",
         lambda c: c.upsert([100, 101], np.array([[1.0] * DIM, [np.inf] * DIM])),
         lamina.InvalidArgument,
@@ -156,6 +162,7 @@ def test_deeply_nested_filter_is_rejected(col: lamina.Collection) -> None:
         ({"vector": np.ones(DIM + 2)}, "dimension"),
         ({"vector": np.full(DIM, np.nan)}, "NaN"),
         ({"vector": np.zeros(DIM)}, "zeros"),
+        ({"vector": np.full(DIM, 3e38)}, "scores would overflow float32"),
         ({"vector": np.ones((2, DIM))}, "1-d"),
         ({"vector": ["a"] * DIM}, "numeric"),
     ],
