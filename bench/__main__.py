@@ -9,6 +9,7 @@ BENCHMARKS = {
     "tiers": "bench.tiers",
     "filters": "bench.filters",
     "text": "bench.text",
+    "crash": "bench.crash",
 }
 
 

@@ -1,0 +1,285 @@
+"""Crash harness: SIGKILL a ``lamina serve`` process at random moments and check what survives.
+
+``python -m bench crash --cycles 20`` (CI runs 3 cycles through tests/test_crash.py).
+
+Each cycle starts the server on the same data directory, runs a writer (upserts of new
+and existing ids, deletes by id and by filter, optimize calls that seal and compact)
+and a snapshot taker against it, and kills the server with SIGKILL after a random
+delay: during ingest, while a segment is sealed and indexed, during compaction or
+during a snapshot. The writer keeps a model of every acknowledged write. After the
+restart the harness checks that
+
+* every acknowledged point is there with identical vector bytes and payload, and the
+  request in flight at the kill was applied whole or not at all;
+* the indexes agree with storage: each checked vector's self-query returns it first
+  (through the index tier and exactly), and filtered counts over payload indexes match;
+* the last acknowledged snapshot restores and holds the points it reported;
+* the server serves (a write and a read after the checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import lamina
+from lamina.testing import ServerProcess
+
+DIM = 16
+COLLECTION = "crash"
+TAGS = ("red", "green", "blue")
+Model = dict[Any, tuple[bytes, dict[str, Any]]]
+
+
+@dataclass
+class Tally:
+    """What the harness did and checked, over all cycles."""
+
+    cycles: int = 0
+    kills: int = 0
+    acked_requests: int = 0
+    points_checked: int = 0
+    in_flight_applied: int = 0
+    in_flight_not_applied: int = 0
+    snapshots_restored: int = 0
+    events: Counter[str] = field(default_factory=Counter)  # last background event before each kill
+
+    def line(self) -> str:
+        return (
+            f"{self.cycles} cycles, {self.kills} SIGKILLs survived, {self.acked_requests} acknowledged requests, "
+            f"{self.points_checked} point checks, in-flight request applied {self.in_flight_applied} / "
+            f"not applied {self.in_flight_not_applied}, {self.snapshots_restored} snapshots restored; "
+            f"killed after: {dict(self.events)}"
+        )
+
+
+class Writer:
+    """One writer thread over gRPC; ``model`` holds exactly what was acknowledged."""
+
+    def __init__(self, col: lamina.Collection, model: Model, seed: int, next_id: int) -> None:
+        self.col = col
+        self.model = model
+        self.rng = np.random.default_rng(seed)
+        self.next_id = next_id
+        self.acked = 0
+        self.pending: Model | None = None  # the state had the request in flight been applied
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _step(self) -> tuple[Any, Model]:
+        """Choose a request; return a function sending it and the model after it."""
+        roll = self.rng.random()
+        after = dict(self.model)
+        existing = list(self.model)
+        if roll < 0.65 or len(existing) < 100:
+            n = int(self.rng.integers(20, 80))
+            fresh = [self.next_id + i for i in range(n)]
+            self.next_id += n
+            if existing and self.rng.random() < 0.5:  # replace some points: tombstones, compaction
+                fresh[: n // 3] = [existing[int(i)] for i in self.rng.integers(0, len(existing), n // 3)]
+                fresh = list(dict.fromkeys(fresh))
+            ids: list[Any] = [f"s{i}" if isinstance(i, int) and i % 5 == 0 else i for i in fresh]
+            vectors = self.rng.standard_normal((len(ids), DIM)).astype(np.float32)
+            payloads = [
+                {"batch": self.acked, "tag": TAGS[int(self.rng.integers(0, 3))], "n": {"i": j}}
+                for j in range(len(ids))
+            ]
+            for pid, vec, pay in zip(ids, vectors, payloads, strict=True):
+                after[pid] = (vec.tobytes(), pay)
+            return lambda: self.col.upsert(ids, vectors, payloads), after
+        if roll < 0.8:
+            victims = [existing[int(i)] for i in self.rng.integers(0, len(existing), 15)]
+            for pid in victims:
+                after.pop(pid, None)
+            return lambda: self.col.delete(ids=list(dict.fromkeys(victims))), after
+        if roll < 0.9:
+            batch = int(self.model[existing[int(self.rng.integers(0, len(existing)))]][1]["batch"])
+            flt = {"batch": batch, "tag": {"$in": ["red", "blue"]}}
+            for pid, (_, pay) in self.model.items():
+                if pay["batch"] == batch and pay["tag"] in ("red", "blue"):
+                    after.pop(pid)
+            return lambda: self.col.delete(filter=flt), after
+        return lambda: self.col.optimize(timeout=5.0), after  # seal now, compact, merge
+
+    def _run(self) -> None:
+        while True:
+            send, after = self._step()
+            self.pending = after
+            try:
+                send()
+            except lamina.LaminaError:
+                return  # the server is gone; ``pending`` may or may not have been applied
+            self.model.clear()
+            self.model.update(after)
+            self.pending = None
+            self.acked += 1
+
+
+def read_state(col: lamina.Collection) -> Model:
+    state: Model = {}
+    offset = None
+    while True:
+        points, offset = col.scroll(limit=2000, offset=offset, with_vector=True)
+        for p in points:
+            state[p.id] = (p.vector.tobytes(), p.payload)  # type: ignore[union-attr]
+        if offset is None:
+            return state
+
+
+def last_event(log: str) -> str:
+    """The last background event the server logged before it was killed."""
+    for line in reversed(log.splitlines()):
+        for word, event in (
+            ("snapshot", "snapshot"),
+            ("rewrote", "compaction"),
+            ("built", "segment build"),
+            ("sealed", "seal"),
+        ):
+            if word in line:
+                return event
+    return "ingest only"
+
+
+def verify(
+    address: str, model: Model, pending: Model | None, tally: Tally, workdir: Path, snapshot: Any
+) -> None:
+    with lamina.connect(address, timeout=120) as client:
+        col = client.get_collection(COLLECTION)
+        state = read_state(col)
+        if state == model:
+            tally.in_flight_not_applied += pending is not None
+        elif pending is not None and state == pending:
+            tally.in_flight_applied += 1
+            model.clear()
+            model.update(pending)
+        else:
+            missing = [pid for pid in model if pid not in state][:5]
+            changed = [pid for pid in model if pid in state and state[pid] != model[pid]][:5]
+            extra = [pid for pid in state if pid not in model][:5]
+            raise AssertionError(
+                f"state after restart matches neither the acknowledged writes nor them plus the request "
+                f"in flight: missing {missing}, changed {changed}, unexpected {extra}"
+            )
+        assert col.count() == len(model), "count disagrees with the stored points"
+        for tag in TAGS:  # payload indexes agree with the payloads
+            want = sum(1 for _, pay in model.values() if pay["tag"] == tag)
+            assert col.count(filter={"tag": tag}) == want, f"filtered count of tag={tag} is wrong"
+        ids = list(model)
+        sample = ids if len(ids) <= 400 else random.Random(len(ids)).sample(ids, 400)
+        if sample:
+            queries = np.stack([np.frombuffer(model[pid][0], dtype=np.float32) for pid in sample])
+            for exact in (False, True):
+                results = col.search_batch(queries, k=1, with_payload=False, exact=exact)
+                wrong = [
+                    pid for pid, hits in zip(sample, results, strict=True) if not hits or hits[0].id != pid
+                ]
+                assert len(wrong) <= (0 if exact else len(sample) // 100), (
+                    f"self-query ({'exact' if exact else 'index'}) did not return {wrong[:5]} first"
+                )
+        tally.points_checked += len(state)
+        col.upsert(["after-restart"], np.ones((1, DIM), np.float32), [{"batch": -1, "tag": "none", "n": {}}])
+        assert col.get(["after-restart"])[0].payload == {"batch": -1, "tag": "none", "n": {}}
+        col.delete(ids=["after-restart"])
+    if snapshot is not None:
+        target = workdir / f"restore-{tally.cycles}"
+        info = lamina.restore_snapshot(snapshot.path, target)
+        assert info.count == snapshot.points, "a restored snapshot lost points"
+        tally.snapshots_restored += 1
+
+
+def run(cycles: int, seed: int = 0, workdir: Path | None = None, log: Any = print) -> Tally:
+    """Run ``cycles`` start / write / SIGKILL / restart / verify cycles; raise on the first failure."""
+    rng = random.Random(seed)
+    tmp = tempfile.TemporaryDirectory(prefix="lamina-crash-") if workdir is None else None
+    root = Path(tmp.name) if tmp is not None else workdir
+    assert root is not None
+    data = root / "data"
+    model: Model = {}
+    tally = Tally()
+    next_id = 0
+    try:
+        for cycle in range(cycles):
+            server = ServerProcess(data)
+            try:
+                with lamina.connect(server.address, timeout=30) as client:
+                    if COLLECTION not in client.list_collections():
+                        client.create_collection(
+                            COLLECTION,
+                            dim=DIM,
+                            metric="cosine",
+                            segment_rows=300,
+                            payload_index={"tag": "keyword", "batch": "int"},
+                        )
+                    col = client.get_collection(COLLECTION)
+                    writer = Writer(col, model, seed * 1000 + cycle, next_id)
+                    snapshots: list[Any] = []
+
+                    def take_snapshots(
+                        col: lamina.Collection = col, snapshots: list[Any] = snapshots
+                    ) -> None:
+                        while True:
+                            time.sleep(rng.uniform(0.2, 0.8))
+                            try:
+                                snapshots.append(col.snapshot())
+                            except lamina.LaminaError:
+                                return
+
+                    snapper = threading.Thread(target=take_snapshots, daemon=True)
+                    writer.thread.start()
+                    snapper.start()
+                    time.sleep(rng.uniform(0.5, 3.0))
+                    server.proc.send_signal(signal.SIGKILL)
+                    server.proc.wait(30)
+                    writer.thread.join(60)
+                    snapper.join(60)
+            finally:
+                if server.proc.poll() is None:
+                    server.kill()
+            tally.kills += 1
+            tally.events[last_event(server.log.read_text())] += 1
+            tally.acked_requests += writer.acked
+            next_id = writer.next_id
+            restarted = ServerProcess(data)
+            try:
+                verify(
+                    restarted.address,
+                    model,
+                    writer.pending,
+                    tally,
+                    root,
+                    snapshots[-1] if snapshots else None,
+                )
+            finally:
+                restarted.terminate()
+            tally.cycles += 1
+            log(
+                f"cycle {cycle + 1}/{cycles}: {len(model)} points, {writer.acked} requests acknowledged; {tally.line()}"
+            )
+        return tally
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench crash", description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write the tally here as JSON")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    tally = run(args.cycles, args.seed)
+    print(f"\nsurvived: {tally.line()} ({time.perf_counter() - started:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({**tally.__dict__, "events": dict(tally.events)}, indent=2))
+    return 0
