@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -74,6 +74,8 @@ COMPACT_DEAD_FRACTION = 0.2
 _SEGMENTS = "segments"
 _DEFAULT_PARAMS = SearchParams()
 _ALIVE_STEP = 64  # queries searched between liveness checks of a batch
+_READ_ATTEMPTS = 3  # see Collection._read
+T = TypeVar("T")
 
 log = logging.getLogger("lamina.engine")
 
@@ -93,6 +95,7 @@ class _Snapshot:
     matrix: FloatMatrix
     live: np.ndarray
     payload: dict[str, list[FieldIndex]]
+    replaced: int  # Collection._replaced when it was taken
 
 
 class Collection:
@@ -118,6 +121,7 @@ class Collection:
         self._knob_cache: dict[tuple[int | None, float | None], Knobs] = {}
         self._segment_dir = store.path / _SEGMENTS
         self._mut_pidx = MutableIndexes()
+        self._replaced = 0  # replacements of sealed points so far (see _read)
         raw = store.get_meta(FIELDS)
         self._fields: set[str] = set(orjson.loads(raw)) if raw else set()
         self._load()
@@ -255,8 +259,9 @@ class Collection:
             self._matrix[local] = prepared
             self._live[local] = True
 
-    def _kill(self, rows: Sequence[int]) -> None:
-        """Hide dead global ``rows`` from every segment (caller holds the lock)."""
+    def _kill(self, rows: Sequence[int], replaced: bool = False) -> None:
+        """Hide dead global ``rows`` from every segment (caller holds the lock); ``replaced``:
+        their points were written again, at rows past every current snapshot."""
         arr = np.asarray(rows, dtype=np.int64)
         mutable = arr[arr >= self._mut_start]
         self._live[mutable - self._mut_start] = False
@@ -264,6 +269,8 @@ class Collection:
         if sealed.size:
             for segment in self._segments:
                 segment.kill(sealed)
+            if replaced:
+                self._replaced += 1
 
     def _match_rows(self, compiled: CompiledFilter, snap: _Snapshot) -> list[int]:
         """Live rows matching a filter, ascending."""
@@ -372,7 +379,7 @@ class Collection:
             if self.config.payload_index and payloads is not None:
                 self._mut_pidx.add(self.config.payload_index, new_rows.tolist(), payloads)
             if dead:
-                self._kill([row for _, row in dead])
+                self._kill([row for _, row in dead], replaced=True)
         if self._next_row - self._mut_start >= self.config.segment_rows:
             self._wake.set()
         return len(keys)
@@ -429,7 +436,9 @@ class Collection:
         if compiled is None:
             with self._lock:
                 return self._live_count()
-        return sum(int(np.count_nonzero(m)) for m in self._filter_masks(compiled, self._snapshot()))
+        return self._read(
+            lambda snap: sum(int(np.count_nonzero(m)) for m in self._filter_masks(compiled, snap))
+        )
 
     def get(self, ids: Sequence[PointId], with_payload: bool = True, with_vector: bool = True) -> list[Point]:
         """Points for ``ids`` in the order asked; ids that do not exist are left out."""
@@ -457,7 +466,9 @@ class Collection:
         start = id_key(check_ids([offset], self._limits)[0]) if offset is not None else None
         compiled = self._compile(filter)
         self._check_open()
-        matching = None if compiled is None else set(self._match_rows(compiled, self._snapshot()))
+        matching = (
+            None if compiled is None else set(self._read(lambda snap: self._match_rows(compiled, snap)))
+        )
         page: list[tuple[bytes, int]] = []
         next_offset: PointId | None = None
         for key, row in self._store.scan_ids(start):
@@ -526,7 +537,22 @@ class Collection:
             self._matrix,
             self._live[:n].copy(),
             self._mut_pidx.snapshot(),
+            self._replaced,
         )
+
+    def _read(self, read: Callable[[_Snapshot], T]) -> T:
+        """``read(snapshot)``, consistent with concurrent writes. Sealed segments hide killed
+        rows at once (their live masks and graphs are shared, not copied), so a point that
+        an upsert replaces while a search runs could be seen neither at its old row (killed)
+        nor at its new one (past the snapshot). Such a read is run again; the last attempt
+        holds the writer lock."""
+        for _ in range(_READ_ATTEMPTS - 1):
+            snap = self._snapshot()
+            result = read(snap)
+            if self._replaced == snap.replaced:
+                return result
+        with self._lock:
+            return read(self._snapshot(locked=True))
 
     def _knobs(self, params: SearchParams) -> Knobs:
         quant = self.config.quantization
@@ -555,10 +581,17 @@ class Collection:
     ) -> list[list[Hit]]:
         k = check_k(k, self._limits)
         prepared = self._prepare(queries)
-        snap = self._snapshot()
-        masks = self._filter_masks(compiled, snap) if compiled is not None else None
-        scores, rows, counts = self._search_rows(prepared, k, snap, masks, params, explain)
-        return self._hits(snap, finish_scores(scores, self._metric), rows, counts, with_payload, with_vector)
+
+        def read(snap: _Snapshot) -> list[list[Hit]]:
+            masks = self._filter_masks(compiled, snap) if compiled is not None else None
+            if explain is not None:
+                explain.clear()
+            scores, rows, counts = self._search_rows(prepared, k, snap, masks, params, explain)
+            return self._hits(
+                snap, finish_scores(scores, self._metric), rows, counts, with_payload, with_vector
+            )
+
+        return self._read(read)
 
     def _search_rows(
         self,
@@ -629,24 +662,27 @@ class Collection:
         field_name = self._text_field(text_field) if text is not None else ""
         compiled = self._compile(filter)
         prepared = self._prepare(query) if query is not None else None
-        snap = self._snapshot()
-        masks = self._filter_masks(compiled, snap) if compiled is not None else None
         depth = k if vector is None or text is None else min(self._limits.max_k, max(2 * k, 50))
-        rankings: list[tuple[np.ndarray, np.ndarray]] = []
-        if prepared is not None:
-            scores, rows, counts = self._search_rows(prepared, depth, snap, masks, params, None)
-            rankings.append((rows[0, : counts[0]], scores[0, : counts[0]]))
-        if text is not None:
-            rankings.append(self._bm25(text, field_name, depth, snap, masks))
-        if len(rankings) == 1:
-            rows, fused = rankings[0]
+
+        def read(snap: _Snapshot) -> list[Hit]:
+            masks = self._filter_masks(compiled, snap) if compiled is not None else None
+            rankings: list[tuple[np.ndarray, np.ndarray]] = []
             if prepared is not None:
-                fused = finish_scores(fused[None, :], self._metric)[0]
-        else:
-            rows, fused = fuse(rankings, fusion, w, k)
-        return self._hits(
-            snap, fused[None, :], rows[None, :], np.array([rows.size]), with_payload, with_vector
-        )[0]
+                scores, rows, counts = self._search_rows(prepared, depth, snap, masks, params, None)
+                rankings.append((rows[0, : counts[0]], scores[0, : counts[0]]))
+            if text is not None:
+                rankings.append(self._bm25(text, field_name, depth, snap, masks))
+            if len(rankings) == 1:
+                rows, fused = rankings[0]
+                if prepared is not None:
+                    fused = finish_scores(fused[None, :], self._metric)[0]
+            else:
+                rows, fused = fuse(rankings, fusion, w, k)
+            return self._hits(
+                snap, fused[None, :], rows[None, :], np.array([rows.size]), with_payload, with_vector
+            )[0]
+
+        return self._read(read)
 
     def _text_field(self, name: str | None) -> str:
         texts = sorted(f for f, kind in self.config.payload_index.items() if kind == "text")

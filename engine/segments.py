@@ -54,7 +54,8 @@ def _empty(nq: int) -> TopK:
 class Segment:
     """One sealed segment. ``live`` changes under the collection's writer lock; searches
     read it without a lock (a row killed during a search may still be returned by it,
-    which is the order the two calls raced in)."""
+    which is the order the two calls raced in; ``Collection._read`` repeats a search
+    during which a point was replaced, so that it is not missed)."""
 
     def __init__(
         self,

@@ -1,5 +1,6 @@
-"""Readers run while writers write: no search misses a point acknowledged before it
-began, and none returns a point whose delete was acknowledged before it began."""
+"""Readers run while writers write, segments are sealed and compacted: no search misses a
+point acknowledged before it began, and none returns a point whose delete was
+acknowledged before it began."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 import lamina
 
 DIM = 32
 
 
-def test_reads_see_acknowledged_writes_and_deletes(db: lamina.Client) -> None:
-    col = db.create_collection("live", dim=DIM, metric="cosine")
+@pytest.mark.parametrize("segment_rows", [100_000, 300], ids=["mutable", "sealing"])
+def test_reads_see_acknowledged_writes_and_deletes(db: lamina.Client, segment_rows: int) -> None:
+    # with 300-row segments the optimizer seals, indexes (HNSW) and compacts throughout the run
+    col = db.create_collection("live", dim=DIM, metric="cosine", segment_rows=segment_rows)
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((4000, DIM)).astype(np.float32)
     acked: list[int] = []  # ids whose upsert returned
@@ -32,14 +36,25 @@ def test_reads_see_acknowledged_writes_and_deletes(db: lamina.Client) -> None:
             with lock:
                 acked.extend(ids)
 
-    def deleter() -> None:
+    def mutator() -> None:
+        """Deletes some points and re-upserts others (same vector, new payload: a tombstone
+        in a sealed segment, which compaction later rewrites); optimizes now and then."""
+        r = np.random.default_rng(3)
+        rounds = 0
         while time.monotonic() < stop:
             with lock:
                 victims = [i for i in acked[::13] if i not in deleted][:5]
+                alive = [i for i in acked if i not in deleted]
             if victims:
                 col.delete(ids=victims)
                 with lock:
                     deleted.update(victims)
+            if len(alive) > 50:
+                again = sorted({alive[int(j)] for j in r.integers(0, len(alive), 40)} - set(victims))
+                col.upsert(again, vectors[again], [{"again": rounds}] * len(again))
+            rounds += 1
+            if rounds % 20 == 0:
+                col.optimize(timeout=1.0)
             time.sleep(0.01)
 
     def reader(seed: int) -> None:
@@ -65,7 +80,7 @@ def test_reads_see_acknowledged_writes_and_deletes(db: lamina.Client) -> None:
 
         return threading.Thread(target=run)
 
-    threads = [guard(writer, 0), guard(writer, 100), guard(deleter), guard(reader, 1), guard(reader, 2)]
+    threads = [guard(writer, 0), guard(writer, 100), guard(mutator), guard(reader, 1), guard(reader, 2)]
     for t in threads:
         t.start()
     for t in threads:
