@@ -10,6 +10,7 @@ BENCHMARKS = {
     "filters": "bench.filters",
     "text": "bench.text",
     "crash": "bench.crash",
+    "load": "bench.load",
 }
 
 

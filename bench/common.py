@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -68,50 +66,6 @@ def time_each(fn: Callable[[int], Any], count: int) -> tuple[float, np.ndarray]:
 
 def rss_mb(pid: int | None = None) -> float:
     return psutil.Process(pid or os.getpid()).memory_info().rss / 2**20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """``lamina serve`` in a subprocess (its own GIL, as users run it)."""
-
-    def __init__(self, data: Path) -> None:
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lamina",
-                "--log-level",
-                "warning",
-                "serve",
-                "--data",
-                str(data),
-                "--port",
-                str(self.port),
-            ]
-        )
-        import lamina
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with lamina.connect(self.address, timeout=1) as db:
-                    db.list_collections()
-                return
-            except lamina.LaminaError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("server did not start") from None
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def machine() -> dict[str, Any]:

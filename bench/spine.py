@@ -21,7 +21,8 @@ import faiss
 import numpy as np
 
 import lamina
-from bench.common import Row, Server, clustered, ground_truth, plot, recall, rss_mb, save, table, time_each
+from bench.common import Row, clustered, ground_truth, plot, recall, rss_mb, save, table, time_each
+from lamina.testing import ServerProcess
 
 K = 10
 BATCH = 1000
@@ -174,12 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             db.get_collection("bench").count()
             reopen = time.perf_counter() - start
         print("lamina gRPC ...", flush=True)
-        server = Server(tmp / "server")
+        server = ServerProcess(tmp / "server")
         try:
             with lamina.connect(server.address) as db:
                 rows += bench_lamina("lamina gRPC", db, data, queries, truth, server.proc.pid)
         finally:
-            server.stop()
+            server.terminate()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     order = {"ingest": 0, SINGLE: 1, MANY: 2}
