@@ -135,6 +135,7 @@ class Collection:
         self._idle = threading.Condition(self._lock)
         self._busy = False
         self._force_seal = False
+        self._sealed_last = False  # the optimizer's last step was a seal (see _optimize_step)
         self._error: str = ""
         self._optimizer = threading.Thread(target=self._optimize_loop, name=f"optimizer-{name}", daemon=True)
         self._optimizer.start()
@@ -906,7 +907,15 @@ class Collection:
                 return False
             pending = self._next_row - self._mut_start
             size = self.config.segment_rows
-            if pending >= size or (self._force_seal and pending > 0):
+            seal = pending >= size or (self._force_seal and pending > 0)
+            if seal and self._sealed_last:
+                # one compaction between two seals: under a steady stream of replacing writes
+                # sealing alone would pile up segments full of dead rows
+                self._sealed_last = False
+                if self._rewrite_step():
+                    return True
+            if seal:
+                self._sealed_last = True
                 take_rows = min(pending, size)
                 matrix, live = self._matrix, self._live[:take_rows].copy()
                 start = self._mut_start
@@ -950,19 +959,31 @@ class Collection:
 
     def _rewrite_step(self) -> bool:
         """Pick segments to rewrite (caller holds the lock): one with many dead rows, or
-        two neighbours that fit in one segment together. Returns whether it did one."""
-        group: list[Segment] = []
-        for seg in self._segments:
-            if seg.dead > COMPACT_DEAD_FRACTION * seg.size or seg.live_count == 0:
-                group = [seg]
-                break
-        if not group:
-            for left, right in pairwise(self._segments):
-                if left.live_count + right.live_count <= self.config.segment_rows:
-                    group = [left, right]
-                    break
-        if not group:
+        two neighbours that fit in one segment together, with as many following neighbours
+        as still fit. Returns whether it did one."""
+        segments, size = self._segments, self.config.segment_rows
+        first = next(
+            (
+                i
+                for i, seg in enumerate(segments)
+                if seg.dead > COMPACT_DEAD_FRACTION * seg.size or seg.live_count == 0
+            ),
+            None,
+        )
+        if first is None:
+            first = next(
+                (i for i, (a, b) in enumerate(pairwise(segments)) if a.live_count + b.live_count <= size),
+                None,
+            )
+        if first is None:
             return False
+        group = [segments[first]]
+        live_rows = group[0].live_count
+        for seg in segments[first + 1 :]:  # take in the neighbours whose live rows still fit
+            if live_rows + seg.live_count > size:
+                break
+            group.append(seg)
+            live_rows += seg.live_count
         lives = [seg.live.copy() for seg in group]
         schema = dict(self.config.payload_index)
         self._lock.release()

@@ -96,7 +96,7 @@ def test_info_reports_version(server: ServerThread) -> None:
 
 
 def test_unreachable_server_is_unavailable() -> None:
-    from tests.conftest import free_port
+    from lamina.testing import free_port
 
     with (
         lamina.connect(f"127.0.0.1:{free_port()}", timeout=2) as db,
