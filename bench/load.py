@@ -42,6 +42,8 @@ class Interval:
     upsert_p99_ms: float
     errors: int
     rss_mb: float
+    segments: int  # sealed segments of the collection at the end of the interval
+    mutable_points: int
 
 
 @dataclass
@@ -155,8 +157,11 @@ def run(
             all_upsert: list[float] = []
             errors: Counter[str] = Counter()
             log(
-                f"{'t (s)':>6} {'ops/s':>8} {'search p50':>11} {'search p99':>11} {'upsert p99':>11} {'errors':>7} {'RSS MB':>8}"
+                f"{'t (s)':>6} {'ops/s':>8} {'search p50':>11} {'search p99':>11} {'upsert p99':>11} "
+                f"{'errors':>7} {'RSS MB':>8} {'segments':>9} {'mutable':>8}"
             )
+            monitor = lamina.connect(server.address, timeout=60)
+            watched = monitor.get_collection(COLLECTION)
             while (elapsed := time.perf_counter() - started) < duration:
                 time.sleep(min(interval, duration - elapsed))
                 search, upsert, errs = rec.take()
@@ -164,6 +169,7 @@ def run(
                 all_upsert += upsert
                 errors += errs
                 ops = len(search) + len(upsert)
+                status = watched.info().status
                 row = Interval(
                     t=round(time.perf_counter() - started, 1),
                     ops=ops,
@@ -173,15 +179,19 @@ def run(
                     upsert_p99_ms=float(np.percentile(upsert, 99)) if upsert else 0.0,
                     errors=sum(errs.values()),
                     rss_mb=rss_mb(server.proc.pid),
+                    segments=status.segments,
+                    mutable_points=status.mutable_points,
                 )
                 report.intervals.append(row)
                 log(
                     f"{row.t:>6.0f} {row.qps:>8.0f} {row.search_p50_ms:>9.1f}ms {row.search_p99_ms:>9.1f}ms "
-                    f"{row.upsert_p99_ms:>9.1f}ms {row.errors:>7} {row.rss_mb:>8.0f}"
+                    f"{row.upsert_p99_ms:>9.1f}ms {row.errors:>7} {row.rss_mb:>8.0f} {row.segments:>9} "
+                    f"{row.mutable_points:>8}"
                 )
             stop.set()
             for t in threads:
                 t.join(60)
+            monitor.close()
             search, upsert, errs = rec.take()
             errors += errs
         finally:

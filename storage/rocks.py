@@ -40,10 +40,18 @@ MUTABLE_START = b"mutable_start"
 FIELDS = b"fields"  # JSON list of the top-level payload keys ever written
 
 
-def _options() -> Options:
+#: memtable memory of one collection (all column families together); RocksDB's default is
+#: 64 MiB per column family, up to 768 MiB for our six, per collection
+MEMTABLE_BUDGET = 16 << 20
+
+
+def _options(*, db: bool = False) -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
+    opts.set_write_buffer_size(MEMTABLE_BUDGET // 4)
+    if db:
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET)
     return opts
 
 
@@ -53,7 +61,9 @@ class CollectionStore:
 
     def __init__(self, path: Path, *, sync: bool = False) -> None:
         self.path = path
-        self._db = Rdict(str(path), _options(), column_families={cf: _options() for cf in _COLUMN_FAMILIES})
+        self._db = Rdict(
+            str(path), _options(db=True), column_families={cf: _options() for cf in _COLUMN_FAMILIES}
+        )
         self._cf = {cf: self._db.get_column_family(cf) for cf in _COLUMN_FAMILIES}
         self._handle = {cf: self._db.get_column_family_handle(cf) for cf in _COLUMN_FAMILIES}
         self._write_opts = WriteOptions()
