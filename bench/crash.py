@@ -13,7 +13,8 @@ restart the harness checks that
   request in flight at the kill was applied whole or not at all;
 * the indexes agree with storage: each checked vector's self-query returns it first
   (through the index tier and exactly), and filtered counts over payload indexes match;
-* the last acknowledged snapshot restores and holds the points it reported;
+* the last acknowledged snapshot restores and holds the points it reported, and a snapshot
+  interrupted by the kill left nothing behind;
 * the server serves (a write and a read after the checks).
 """
 
@@ -53,14 +54,14 @@ class Tally:
     in_flight_applied: int = 0
     in_flight_not_applied: int = 0
     snapshots_restored: int = 0
-    events: Counter[str] = field(default_factory=Counter)  # last background event before each kill
+    events: Counter[str] = field(default_factory=Counter)  # what the server was doing at each kill
 
     def line(self) -> str:
         return (
             f"{self.cycles} cycles, {self.kills} SIGKILLs survived, {self.acked_requests} acknowledged requests, "
             f"{self.points_checked} point checks, in-flight request applied {self.in_flight_applied} / "
             f"not applied {self.in_flight_not_applied}, {self.snapshots_restored} snapshots restored; "
-            f"killed after: {dict(self.events)}"
+            f"killed during: {dict(self.events)}"
         )
 
 
@@ -136,18 +137,24 @@ def read_state(col: lamina.Collection) -> Model:
             return state
 
 
-def last_event(log: str) -> str:
-    """The last background event the server logged before it was killed."""
-    for line in reversed(log.splitlines()):
-        for word, event in (
-            ("snapshot", "snapshot"),
-            ("rewrote", "compaction"),
-            ("built", "segment build"),
-            ("sealed", "seal"),
-        ):
-            if word in line:
-                return event
-    return "ingest only"
+def in_progress(log: str) -> str:
+    """What the server was doing when it was killed, from the start and end lines it logs."""
+    last: dict[str, int] = {}
+    for n, line in enumerate(log.splitlines()):
+        message = line.split(": ", 1)[-1]
+        for marker in ("sealing ", "sealed ", "compacting ", "rewrote ", "taking snapshot ", "snapshot "):
+            if message.startswith(marker):
+                last[marker] = n
+    doing = [
+        name
+        for name, start, end in (
+            ("seal + index build", "sealing ", "sealed "),
+            ("compaction", "compacting ", "rewrote "),
+            ("snapshot", "taking snapshot ", "snapshot "),
+        )
+        if last.get(start, -1) > last.get(end, -1)
+    ]
+    return " + ".join(doing) or "ingest (optimizer idle)"
 
 
 def verify(
@@ -190,6 +197,8 @@ def verify(
         col.upsert(["after-restart"], np.ones((1, DIM), np.float32), [{"batch": -1, "tag": "none", "n": {}}])
         assert col.get(["after-restart"])[0].payload == {"batch": -1, "tag": "none", "n": {}}
         col.delete(ids=["after-restart"])
+    leftovers = list((workdir / "data" / "snapshots").glob("*/.tmp-*"))
+    assert not leftovers, f"an interrupted snapshot was not cleaned up at restart: {leftovers}"
     if snapshot is not None:
         target = workdir / f"restore-{tally.cycles}"
         info = lamina.restore_snapshot(snapshot.path, target)
@@ -223,21 +232,30 @@ def run(cycles: int, seed: int = 0, workdir: Path | None = None, log: Any = prin
                     col = client.get_collection(COLLECTION)
                     writer = Writer(col, model, seed * 1000 + cycle, next_id)
                     snapshots: list[Any] = []
+                    snapping = threading.Event()  # set just before each snapshot request
 
                     def take_snapshots(
-                        col: lamina.Collection = col, snapshots: list[Any] = snapshots
+                        col: lamina.Collection = col,
+                        snapshots: list[Any] = snapshots,
+                        snapping: threading.Event = snapping,
                     ) -> None:
                         while True:
                             time.sleep(rng.uniform(0.2, 0.8))
+                            snapping.set()
                             try:
                                 snapshots.append(col.snapshot())
                             except lamina.LaminaError:
                                 return
+                            snapping.clear()
 
                     snapper = threading.Thread(target=take_snapshots, daemon=True)
                     writer.thread.start()
                     snapper.start()
                     time.sleep(rng.uniform(0.5, 3.0))
+                    if cycle % 4 == 3:  # aim at a snapshot: kill a few milliseconds into one
+                        snapping.clear()
+                        snapping.wait(5)
+                        time.sleep(rng.uniform(0.0, 0.01))
                     server.proc.send_signal(signal.SIGKILL)
                     server.proc.wait(30)
                     writer.thread.join(60)
@@ -246,7 +264,7 @@ def run(cycles: int, seed: int = 0, workdir: Path | None = None, log: Any = prin
                 if server.proc.poll() is None:
                     server.kill()
             tally.kills += 1
-            tally.events[last_event(server.log.read_text())] += 1
+            tally.events[in_progress(server.log.read_text())] += 1
             tally.acked_requests += writer.acked
             next_id = writer.next_id
             restarted = ServerProcess(data)

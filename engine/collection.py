@@ -928,6 +928,7 @@ class Collection:
                 return did
         local = np.flatnonzero(live)
         segment = None
+        log.info("sealing %d rows of %r", take_rows, self.name)
         if local.size:
             rows = local + start
             payload = {name: take(kind, pidx.get(name, []), rows) for name, kind in schema.items()}
@@ -986,6 +987,7 @@ class Collection:
             live_rows += seg.live_count
         lives = [seg.live.copy() for seg in group]
         schema = dict(self.config.payload_index)
+        log.info("compacting %d segment(s) of %r", len(group), self.name)
         self._lock.release()
         try:
             rows = np.concatenate([seg.rows[lv] for seg, lv in zip(group, lives, strict=True)])

@@ -164,6 +164,7 @@ class Database:
         folder = self._snapshots / name
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"{_TMP_PREFIX}{snap}"
+        log.info("taking snapshot %s of %r", snap, name)
         try:
             tmp.mkdir()
             points = collection.snapshot(tmp / "collection")
