@@ -126,13 +126,9 @@ class _Base:
         request = _Request(context.time_remaining())
 
         def job() -> T:
-            try:
-                request.check()  # the client may have gone while this waited for a worker
-            except Abandoned:
-                gate.count_abandoned()
-                raise
             _current.request = request
             try:
+                request.check()  # the client may have gone while this waited for a worker
                 return fn(*args)
             except Abandoned:
                 gate.count_abandoned()

@@ -49,7 +49,7 @@ class GetInfoResponse(_message.Message):
     collections: _builtins.int
     """Number of collections."""
     requests_served: _builtins.int
-    """Requests answered since start (with a result or an error from the engine)."""
+    """Requests that completed successfully since start."""
     requests_rejected: _builtins.int
     """Requests turned away with RESOURCE_EXHAUSTED because max_concurrent_requests were in flight."""
     requests_abandoned: _builtins.int
