@@ -121,7 +121,7 @@ class Collection:
         self._knob_cache: dict[tuple[int | None, float | None], Knobs] = {}
         self._segment_dir = store.path / _SEGMENTS
         self._mut_pidx = MutableIndexes()
-        self._replaced = 0  # replacements of sealed points so far (see _read)
+        self._replaced = 0  # upserts that replaced points so far (see _read)
         raw = store.get_meta(FIELDS)
         self._fields: set[str] = set(orjson.loads(raw)) if raw else set()
         self._load()
@@ -270,8 +270,8 @@ class Collection:
         if sealed.size:
             for segment in self._segments:
                 segment.kill(sealed)
-            if replaced:
-                self._replaced += 1
+        if replaced:
+            self._replaced += 1
 
     def _match_rows(self, compiled: CompiledFilter, snap: _Snapshot) -> list[int]:
         """Live rows matching a filter, ascending."""
@@ -542,11 +542,11 @@ class Collection:
         )
 
     def _read(self, read: Callable[[_Snapshot], T]) -> T:
-        """``read(snapshot)``, consistent with concurrent writes. Sealed segments hide killed
-        rows at once (their live masks and graphs are shared, not copied), so a point that
-        an upsert replaces while a search runs could be seen neither at its old row (killed)
-        nor at its new one (past the snapshot). Such a read is run again; the last attempt
-        holds the writer lock."""
+        """``read(snapshot)``, consistent with concurrent writes. An upsert that replaces a
+        point while a search runs writes it at a row past the search's snapshot and drops its
+        old row: sealed segments hide the old row at once (their live masks and graphs are
+        shared, not copied), and its id and payload leave RocksDB, so the search could see
+        the point nowhere. Such a read is run again; the last attempt holds the writer lock."""
         for _ in range(_READ_ATTEMPTS - 1):
             snap = self._snapshot()
             result = read(snap)
