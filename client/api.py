@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from lamina.client.transport import EmbeddedTransport, GrpcTransport, Transport
@@ -38,19 +39,30 @@ from lamina.validation import as_rows, as_vector, check_collection_name, check_i
 _ADDRESS = re.compile(r"^(grpc://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
 
 
+def is_address(target: str) -> bool:
+    """Whether ``connect(target)`` talks to a server (``host:port``) rather than opening a directory."""
+    return bool(_ADDRESS.match(target))
+
+
 def connect(
     target: str = "./lamina-data",
     *,
     timeout: float | None = 60.0,
     sync_writes: bool = False,
     limits: Limits = DEFAULT_LIMITS,
+    api_key: str | None = None,
+    tls: bool = False,
+    ca_cert: str | os.PathLike[str] | None = None,
 ) -> Client:
     """Open Lamina: a ``host:port`` (or ``grpc://host:port``) address talks to a
     server; anything else is a data directory opened in-process.
 
     ``sync_writes=True`` (embedded) fsyncs the write-ahead log on every write for
     power-loss durability; without it, acknowledged writes survive a process crash.
-    ``timeout`` (remote) is the per-request deadline in seconds.
+    Remote only: ``timeout`` is the per-request deadline in seconds; ``api_key`` is sent
+    with every request (a server with keys configured requires one); ``tls=True``
+    connects over TLS trusting the system's certificate authorities, ``ca_cert`` (a PEM
+    file) over TLS trusting that one.
 
     >>> import tempfile, lamina
     >>> with lamina.connect(tempfile.mkdtemp()) as db:
@@ -59,9 +71,15 @@ def connect(
     """
     if not isinstance(target, str) or not target:
         raise TypeError("connect() takes a data directory path or a 'host:port' address")
-    if _ADDRESS.match(target):
+    if is_address(target):
         address = target.removeprefix("grpc://")
-        return Client(GrpcTransport(address, timeout=timeout, limits=limits), limits)
+        ca = Path(ca_cert).read_bytes() if ca_cert is not None else None
+        transport = GrpcTransport(
+            address, timeout=timeout, limits=limits, api_key=api_key, tls=tls, ca_cert=ca
+        )
+        return Client(transport, limits)
+    if api_key is not None or tls or ca_cert is not None:
+        raise InvalidArgument("api_key, tls and ca_cert are for servers; an embedded database needs none")
     return Client(EmbeddedTransport(target, sync_writes=sync_writes, limits=limits), limits)
 
 

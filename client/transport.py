@@ -239,22 +239,33 @@ def _raise_lamina(err: grpc.RpcError) -> LaminaError:
 
 
 class GrpcTransport:
-    """Talks to a Lamina server over gRPC (insecure channel; TLS and keys come with auth)."""
+    """Talks to a Lamina server over gRPC: plaintext, or TLS when ``tls`` is set or a
+    ``ca_cert`` is given; ``api_key`` travels as ``authorization: Bearer`` metadata."""
 
     def __init__(
-        self, address: str, *, timeout: float | None = 60.0, limits: Limits = DEFAULT_LIMITS
+        self,
+        address: str,
+        *,
+        timeout: float | None = 60.0,
+        limits: Limits = DEFAULT_LIMITS,
+        api_key: str | None = None,
+        tls: bool = False,
+        ca_cert: bytes | None = None,
     ) -> None:
         self.address = address
         self.limits = limits
         self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         max_bytes = limits.max_message_bytes
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.max_send_message_length", max_bytes),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+        ]
+        if tls or ca_cert is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca_cert)
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self._collections = cgrpc.CollectionsStub(self._channel)
         self._points = pgrpc.PointsStub(self._channel)
         self._search = sgrpc.SearchStub(self._channel)
@@ -262,7 +273,7 @@ class GrpcTransport:
 
     def _call(self, method: Callable[..., T], request: Any, *, no_deadline: bool = False) -> T:
         try:
-            return method(request, timeout=None if no_deadline else self.timeout)
+            return method(request, timeout=None if no_deadline else self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise _raise_lamina(err) from None
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -52,14 +53,48 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     return dataclasses.replace(config, **overrides)
 
 
+def _connect(args: argparse.Namespace) -> Any:
+    """The client the common target options name (key from --api-key or LAMINA_API_KEY)."""
+    import lamina
+    from lamina.client.api import is_address
+
+    if is_address(args.target):
+        key = args.api_key or os.environ.get("LAMINA_API_KEY") or None
+        return lamina.connect(args.target, api_key=key, tls=args.tls, ca_cert=args.ca_cert)
+    return lamina.connect(args.target)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from lamina.server.auth import ApiKey, hash_key, new_key
+
+    key = new_key()
+    collections = frozenset(args.collection) if args.collection else None
+    entry = ApiKey.from_dict(
+        {
+            "name": args.name,
+            "hash": hash_key(key),
+            "role": args.role,
+            **({"collections": sorted(collections)} if collections else {}),
+        },
+        "keys",
+    )
+    print(f"API key (shown once; give it to the client, keep it secret):\n  {key}\n")
+    print("Add to the server's config file:\n")
+    print(entry.to_toml())
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from lamina.engine.database import Database
     from lamina.server.app import serve
 
     config = server_config(args)
+    tls = None
+    if config.tls_cert and config.tls_key:
+        tls = (Path(config.tls_cert).read_bytes(), Path(config.tls_key).read_bytes())
     db = Database(config.data, sync_writes=config.sync_writes, limits=config.limits)
     try:
-        asyncio.run(serve(db, config.host, config.port, config.workers))
+        asyncio.run(serve(db, config.host, config.port, config.workers, config.keys, tls))
     finally:
         db.close()
     return 0
@@ -119,7 +154,6 @@ def _read_jsonl(
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    import lamina
 
     path = Path(args.file)
     if path.suffix == ".npy":
@@ -128,7 +162,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         total, dim, records = _read_jsonl(path, args.id_field, args.vector_field, args.payload_field)
     else:
         raise InvalidArgument(f"{path}: unsupported file type {path.suffix!r}; use .npy or .jsonl")
-    with lamina.connect(args.target) as db:
+    with _connect(args) as db:
         try:
             col = db.get_collection(args.collection)
         except NotFound:
@@ -174,9 +208,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_collections(args: argparse.Namespace) -> int:
-    import lamina
 
-    with lamina.connect(args.target) as db:
+    with _connect(args) as db:
         infos = db.collections_info()
     if not infos:
         print("no collections")
@@ -204,18 +237,16 @@ def cmd_collections(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import lamina
 
-    with lamina.connect(args.target) as db:
+    with _connect(args) as db:
         for key, value in db.server_info().items():
             print(f"{key}: {value}")
     return 0
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    import lamina
 
-    with lamina.connect(args.target) as db:
+    with _connect(args) as db:
         if args.action == "create":
             if not args.collection:
                 raise InvalidArgument("snapshot create needs --collection NAME")
@@ -242,6 +273,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     info = lamina.restore_snapshot(args.snapshot, args.data, args.name)
     print(f"restored {info.name!r} ({info.count:,} points) into {args.data}")
     return 0
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-key", help="API key for a server that requires one (default: $LAMINA_API_KEY)")
+    parser.add_argument(
+        "--tls", action="store_true", help="connect over TLS (system certificate authorities)"
+    )
+    parser.add_argument("--ca-cert", help="connect over TLS trusting this CA certificate (PEM)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("file", help=".npy (n, dim) vectors, or .jsonl records with id, vector and payload")
     ingest.add_argument("--collection", "-c", required=True)
     ingest.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
+    _client_options(ingest)
     ingest.add_argument("--metric", default="cosine", choices=["cosine", "dot", "l2"], help="when creating")
     ingest.add_argument("--batch-size", type=int, default=1000)
     ingest.add_argument(
@@ -284,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cols = sub.add_parser("collections", help="list collections with their point counts")
     cols.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
+    _client_options(cols)
     cols.set_defaults(func=cmd_collections)
 
     snap = sub.add_parser("snapshot", help="create, list or delete collection snapshots (online)")
@@ -291,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--collection", "-c", help="collection (list: all when left out)")
     snap.add_argument("--snapshot", "-s", help="snapshot name (delete)")
     snap.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
+    _client_options(snap)
     snap.set_defaults(func=cmd_snapshot)
 
     restore = sub.add_parser("restore", help="restore a snapshot folder into a data directory")
@@ -301,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="version and status of a server or data directory")
     info.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
+    _client_options(info)
+
+    keys = sub.add_parser("keys", help="make an API key and the config stanza holding its hash")
+    keys.add_argument("action", choices=["create"])
+    keys.add_argument("--name", required=True, help="a name for logs and errors")
+    keys.add_argument("--role", required=True, choices=["read", "write", "admin"])
+    keys.add_argument(
+        "--collection", action="append", help="restrict the key to this collection (repeatable)"
+    )
+    keys.set_defaults(func=cmd_keys)
     info.set_defaults(func=cmd_info)
     return parser
 

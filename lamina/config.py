@@ -9,9 +9,12 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamina.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from lamina.server.auth import ApiKey
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,16 @@ class ServerConfig:
         [limits]
         max_batch = 10000
         max_concurrent_requests = 64
+
+        [tls]                      # serve TLS with this certificate chain and key (PEM)
+        cert = "server.crt"
+        key = "server.key"
+
+        [[keys]]                   # API keys by hash (``lamina keys create`` prints one)
+        name = "ingest"
+        hash = "sha256:..."
+        role = "write"             # read | write | admin
+        collections = ["docs"]     # optional: only these collections
     """
 
     data: str = "./lamina-data"
@@ -82,6 +95,9 @@ class ServerConfig:
     workers: int = 8
     sync_writes: bool = False
     limits: Limits = field(default_factory=Limits)
+    keys: tuple[ApiKey, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> ServerConfig:
@@ -102,9 +118,26 @@ class ServerConfig:
             if key == "limits":
                 values["limits"] = Limits.from_dict(value, f"{where}: limits")
                 continue
+            if key == "keys":
+                from lamina.server.auth import ApiKey
+
+                if not isinstance(value, list):
+                    raise InvalidArgument(f"{where}: keys must be an array of tables ([[keys]])")
+                values["keys"] = tuple(
+                    ApiKey.from_dict(k, f"{where}: keys[{i}]") for i, k in enumerate(value)
+                )
+                continue
+            if key == "tls":
+                if not isinstance(value, dict) or set(value) != {"cert", "key"}:
+                    raise InvalidArgument(f"{where}: [tls] needs exactly cert and key (PEM file paths)")
+                for part in ("cert", "key"):
+                    if not isinstance(value[part], str) or not Path(value[part]).is_file():
+                        raise InvalidArgument(f"{where}: tls.{part} {value[part]!r} is not a readable file")
+                values["tls_cert"], values["tls_key"] = value["cert"], value["key"]
+                continue
             if key not in types:
                 raise InvalidArgument(
-                    f"{where}: unknown setting {key!r}; known: {', '.join([*types, 'limits'])}"
+                    f"{where}: unknown setting {key!r}; known: {', '.join([*types, 'limits', 'tls', 'keys'])}"
                 )
             want = types[key]
             if not isinstance(value, want) or (want is int and isinstance(value, bool)):

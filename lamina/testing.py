@@ -19,7 +19,8 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m lamina serve`` as a subprocess, for kill -9 and signal tests."""
 
-    def __init__(self, data: Path, *extra: str, port: int | None = None) -> None:
+    def __init__(self, data: Path, *extra: str, port: int | None = None, ca_cert: Path | None = None) -> None:
+        self.ca_cert = ca_cert  # the server speaks TLS with a certificate from this CA
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log = data.parent / f"server-{self.port}.log"
@@ -37,7 +38,12 @@ class ServerProcess:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        channel = (
+            grpc.secure_channel(self.address, grpc.ssl_channel_credentials(self.ca_cert.read_bytes()))
+            if self.ca_cert is not None
+            else grpc.insecure_channel(self.address)
+        )
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:

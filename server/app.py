@@ -11,7 +11,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from lamina import __version__
 from lamina.engine.collection import Collection
 from lamina.engine.database import Database
-from lamina.errors import InvalidArgument, LaminaError
+from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError
 from lamina.proto import convert
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
 from lamina.proto.lamina.v1 import collections_pb2_grpc as cgrpc
@@ -34,6 +34,7 @@ from lamina.proto.lamina.v1 import points_pb2 as ppb
 from lamina.proto.lamina.v1 import points_pb2_grpc as pgrpc
 from lamina.proto.lamina.v1 import search_pb2 as spb
 from lamina.proto.lamina.v1 import search_pb2_grpc as sgrpc
+from lamina.server.auth import ApiKey, Authorizer
 from lamina.validation import check_collection_name
 
 log = logging.getLogger("lamina.server")
@@ -413,24 +414,51 @@ class InfoServicer(_Base, igrpc.InfoServicer):
         )
 
 
-def _handlers(module: Any, servicer: Any) -> grpc.GenericRpcHandler:
+def _collection_of(request: Any) -> str | None:
+    """The collection a request names (``collection``, or ``name`` in the Collections service)."""
+    fields = request.DESCRIPTOR.fields_by_name
+    name = request.collection if "collection" in fields else request.name if "name" in fields else None
+    return name or None
+
+
+def _handlers(module: Any, servicer: Any, auth: Authorizer) -> grpc.GenericRpcHandler:
     """Method handlers of the one service in ``module`` that parse requests themselves, so
     that a request that is not a valid message (truncated, bad UTF-8 in a string) is
-    answered INVALID_ARGUMENT rather than gRPC's generic UNKNOWN."""
+    answered INVALID_ARGUMENT rather than gRPC's generic UNKNOWN, and that check the
+    caller's API key and its role before the servicer runs."""
     (service,) = module.DESCRIPTOR.services_by_name.values()
     methods = {}
     for method in service.methods:
         parse = GetMessageClass(method.input_type).FromString
         impl = getattr(servicer, method.name)
+        path = f"{service.name}/{method.name}"
 
         async def handle(
-            raw: bytes, context: grpc.aio.ServicerContext, parse: Any = parse, impl: Any = impl
+            raw: bytes,
+            context: grpc.aio.ServicerContext,
+            parse: Any = parse,
+            impl: Any = impl,
+            path: str = path,
         ) -> Any:
+            try:
+                key = auth.authenticate(context.invocation_metadata())
+            except LaminaError as exc:
+                await context.abort(grpc.StatusCode[exc.code], str(exc))
             try:
                 request = parse(raw)
             except DecodeError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
-            return await impl(request, context)
+            try:
+                auth.authorize(key, path, _collection_of(request))
+            except LaminaError as exc:
+                log.info("denied %s to key %r: %s", path, key.name if key else "-", exc)
+                await context.abort(grpc.StatusCode[exc.code], str(exc))
+            response = await impl(request, context)
+            if key is not None and key.collections is not None and path == "Collections/List":
+                visible = [c for c in response.collections if key.sees(c.name)]
+                del response.collections[:]
+                response.collections.extend(visible)
+            return response
 
         methods[method.name] = grpc.unary_unary_rpc_method_handler(
             handle, response_serializer=GetMessageClass(method.output_type).SerializeToString
@@ -445,11 +473,21 @@ class LaminaServer:
     ``await server.stop()`` stops taking requests, drains them and closes the database.
     """
 
-    def __init__(self, db: Database, host: str = "127.0.0.1", port: int = 6334, workers: int = 8) -> None:
+    def __init__(
+        self,
+        db: Database,
+        host: str = "127.0.0.1",
+        port: int = 6334,
+        workers: int = 8,
+        keys: Sequence[ApiKey] = (),
+        tls: tuple[bytes, bytes] | None = None,
+    ) -> None:
         self.db = db
         self.host = host
         self.port = port
         self.workers = workers
+        self.auth = Authorizer(keys)
+        self.tls = tls  # (certificate chain, private key), PEM
         self._executor: ThreadPoolExecutor | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
@@ -477,7 +515,7 @@ class LaminaServer:
             (ipb, InfoServicer),
         )
         server.add_generic_rpc_handlers(
-            [_handlers(module, cls(db, self._executor, self.gate)) for module, cls in servicers]
+            [_handlers(module, cls(db, self._executor, self.gate), self.auth) for module, cls in servicers]
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -486,22 +524,38 @@ class LaminaServer:
         return server
 
     async def start(self) -> int:
+        loopback = self.host in ("127.0.0.1", "localhost", "::1")
+        if not self.auth.enabled and not loopback:
+            raise FailedPrecondition(
+                f"refusing to serve on {self.host} without API keys: anyone who can reach it could read and "
+                "write. Add [[keys]] to the config file (lamina keys create), or bind 127.0.0.1"
+            )
         self._server = self._build()
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        self.port = self._server.add_insecure_port(address)
+        if self.tls is not None:
+            cert, key = self.tls
+            self.port = self._server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+        else:
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         await self._server.start()
         assert self._health is not None
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving on %s:%d (data: %s)", self.host, self.port, self.db.path)
-        if self.host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning(
-                "no authentication is configured yet: anyone who can reach %s:%d can read and write",
-                self.host,
-                self.port,
-            )
+        log.info(
+            "serving on %s:%d over %s (data: %s)",
+            self.host,
+            self.port,
+            "TLS" if self.tls else "plaintext",
+            self.db.path,
+        )
+        if self.auth.enabled:
+            log.info("API keys required (%d configured)", len(self.auth))
+        else:
+            log.info("no API keys configured: serving local clients only (%s)", self.host)
+        if self.tls is None and self.auth.enabled and not loopback:
+            log.warning("API keys travel in plaintext: configure [tls] for connections from other machines")
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -516,9 +570,16 @@ class LaminaServer:
         log.info("stopped; data flushed and closed")
 
 
-async def serve(db: Database, host: str, port: int, workers: int = 8) -> None:
+async def serve(
+    db: Database,
+    host: str,
+    port: int,
+    workers: int = 8,
+    keys: Sequence[ApiKey] = (),
+    tls: tuple[bytes, bytes] | None = None,
+) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    server = LaminaServer(db, host, port, workers)
+    server = LaminaServer(db, host, port, workers, keys, tls)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ import lamina
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.database import Database
 from lamina.server.app import LaminaServer
+from lamina.server.auth import ApiKey
 from lamina.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,13 +26,20 @@ ROOT = Path(__file__).resolve().parent.parent
 class ServerThread:
     """A LaminaServer on its own event loop in a background thread."""
 
-    def __init__(self, data: Path, limits: Limits = DEFAULT_LIMITS, workers: int = 4) -> None:
+    def __init__(
+        self,
+        data: Path,
+        limits: Limits = DEFAULT_LIMITS,
+        workers: int = 4,
+        keys: Sequence[ApiKey] = (),
+        tls: tuple[bytes, bytes] | None = None,
+    ) -> None:
         self.data = data
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.db = Database(data, limits=limits)
-        self.server = LaminaServer(self.db, "127.0.0.1", 0, workers=workers)
+        self.server = LaminaServer(self.db, "127.0.0.1", 0, workers=workers, keys=keys, tls=tls)
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
         self.address = f"127.0.0.1:{self.port}"
 
@@ -68,8 +76,8 @@ def server_process(tmp_path: Path) -> Iterator[type[ServerProcess]]:
     started: list[ServerProcess] = []
 
     class Tracked(ServerProcess):
-        def __init__(self, data: Path, *extra: str) -> None:
-            super().__init__(data, *extra)
+        def __init__(self, data: Path, *extra: str, ca_cert: Path | None = None) -> None:
+            super().__init__(data, *extra, ca_cert=ca_cert)
             started.append(self)
 
     yield Tracked
