@@ -834,6 +834,7 @@ class Collection:
                 index.nbytes() for s in segments for index in s.payload.values()
             )
             error = self._error
+            busy = self._busy
         notes = sorted({s.note for s in segments if s.note} | ({error} if error else set()))
         status = IndexStatus(
             segments=len(segments),
@@ -841,6 +842,7 @@ class Collection:
             mutable_points=mutable,
             index_bytes=sum(s.index_bytes() for s in segments) + payload_bytes,
             note="; ".join(notes),
+            optimizing=busy,
         )
         return CollectionInfo(self.name, self.config, status.indexed_points + mutable, status)
 

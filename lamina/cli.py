@@ -37,7 +37,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     config = ServerConfig.load(args.config) if args.config else ServerConfig()
     overrides: dict[str, Any] = {
         key: getattr(args, key)
-        for key in ("data", "host", "port", "workers")
+        for key in ("data", "host", "port", "workers", "metrics_port")
         if getattr(args, key) is not None
     }
     if args.sync_writes:
@@ -94,7 +94,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls = (Path(config.tls_cert).read_bytes(), Path(config.tls_key).read_bytes())
     db = Database(config.data, sync_writes=config.sync_writes, limits=config.limits)
     try:
-        asyncio.run(serve(db, config.host, config.port, config.workers, config.keys, tls))
+        asyncio.run(
+            serve(db, config.host, config.port, config.workers, config.keys, tls, config.metrics_port)
+        )
     finally:
         db.close()
     return 0
@@ -237,10 +239,17 @@ def cmd_collections(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-
     with _connect(args) as db:
         for key, value in db.server_info().items():
             print(f"{key}: {value}")
+        for info in db.collections_info():
+            st = info.status
+            print(
+                f"collection {info.name}: {info.count:,} points, {st.segments} segments, "
+                f"{st.mutable_points:,} unsealed, index {st.index_bytes / 2**20:.1f} MiB"
+                + (", optimizing" if st.optimizing else "")
+                + (f" ({st.note})" if st.note else "")
+            )
     return 0
 
 
@@ -294,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
     serve.add_argument("--workers", type=int, help="threads running engine calls (default 8)")
+    serve.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)"
+    )
     serve.add_argument(
         "--sync-writes", action="store_true", help="fsync the WAL on every write (power-loss safe)"
     )

@@ -73,6 +73,7 @@ class ServerConfig:
         port = 6334
         workers = 8
         sync_writes = false
+        metrics_port = 9464        # Prometheus /metrics (left out: no endpoint)
 
         [limits]
         max_batch = 10000
@@ -95,6 +96,7 @@ class ServerConfig:
     workers: int = 8
     sync_writes: bool = False
     limits: Limits = field(default_factory=Limits)
+    metrics_port: int | None = None  # serve Prometheus metrics on this port (same host)
     keys: tuple[ApiKey, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -112,7 +114,14 @@ class ServerConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config") -> ServerConfig:
-        types: dict[str, type] = {"data": str, "host": str, "port": int, "workers": int, "sync_writes": bool}
+        types: dict[str, type] = {
+            "data": str,
+            "host": str,
+            "port": int,
+            "workers": int,
+            "sync_writes": bool,
+            "metrics_port": int,
+        }
         values: dict[str, Any] = {}
         for key, value in raw.items():
             if key == "limits":

@@ -230,6 +230,7 @@ class IndexStatus:
     mutable_points: int = 0
     index_bytes: int = 0
     note: str = ""
+    optimizing: bool = False  # a seal, compaction or index build is running in the background
 
 
 @dataclass(frozen=True)

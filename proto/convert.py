@@ -178,13 +178,16 @@ def info_to_proto(info: CollectionInfo) -> cpb.CollectionInfo:
             mutable_points=st.mutable_points,
             index_bytes=st.index_bytes,
             note=st.note,
+            optimizing=st.optimizing,
         ),
     )
 
 
 def info_from_proto(msg: cpb.CollectionInfo) -> CollectionInfo:
     st = msg.status
-    status = IndexStatus(st.segments, st.indexed_points, st.mutable_points, st.index_bytes, st.note)
+    status = IndexStatus(
+        st.segments, st.indexed_points, st.mutable_points, st.index_bytes, st.note, st.optimizing
+    )
     return CollectionInfo(name=msg.name, config=config_from_proto(msg.config), count=msg.count, status=status)
 
 

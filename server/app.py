@@ -35,6 +35,7 @@ from lamina.proto.lamina.v1 import points_pb2_grpc as pgrpc
 from lamina.proto.lamina.v1 import search_pb2 as spb
 from lamina.proto.lamina.v1 import search_pb2_grpc as sgrpc
 from lamina.server.auth import ApiKey, Authorizer
+from lamina.server.metrics import Metrics
 from lamina.validation import check_collection_name
 
 log = logging.getLogger("lamina.server")
@@ -421,12 +422,38 @@ def _collection_of(request: Any) -> str | None:
     return name or None
 
 
-def _handlers(module: Any, servicer: Any, auth: Authorizer) -> grpc.GenericRpcHandler:
+def _handlers(
+    module: Any, servicer: Any, auth: Authorizer, metrics: Metrics | None
+) -> grpc.GenericRpcHandler:
     """Method handlers of the one service in ``module`` that parse requests themselves, so
     that a request that is not a valid message (truncated, bad UTF-8 in a string) is
-    answered INVALID_ARGUMENT rather than gRPC's generic UNKNOWN, and that check the
-    caller's API key and its role before the servicer runs."""
+    answered INVALID_ARGUMENT rather than gRPC's generic UNKNOWN, that check the caller's
+    API key and its role before the servicer runs, and that count and time every call."""
     (service,) = module.DESCRIPTOR.services_by_name.values()
+
+    async def _checked(
+        raw: bytes, context: grpc.aio.ServicerContext, parse: Any, impl: Any, path: str
+    ) -> Any:
+        try:
+            key = auth.authenticate(context.invocation_metadata())
+        except LaminaError as exc:
+            await context.abort(grpc.StatusCode[exc.code], str(exc))
+        try:
+            request = parse(raw)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
+        try:
+            auth.authorize(key, path, _collection_of(request))
+        except LaminaError as exc:
+            log.info("denied %s to key %r: %s", path, key.name if key else "-", exc)
+            await context.abort(grpc.StatusCode[exc.code], str(exc))
+        response = await impl(request, context)
+        if key is not None and key.collections is not None and path == "Collections/List":
+            visible = [c for c in response.collections if key.sees(c.name)]
+            del response.collections[:]
+            response.collections.extend(visible)
+        return response
+
     methods = {}
     for method in service.methods:
         parse = GetMessageClass(method.input_type).FromString
@@ -440,25 +467,22 @@ def _handlers(module: Any, servicer: Any, auth: Authorizer) -> grpc.GenericRpcHa
             impl: Any = impl,
             path: str = path,
         ) -> Any:
+            started = time.perf_counter()
+            code = "OK"
             try:
-                key = auth.authenticate(context.invocation_metadata())
-            except LaminaError as exc:
-                await context.abort(grpc.StatusCode[exc.code], str(exc))
-            try:
-                request = parse(raw)
-            except DecodeError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
-            try:
-                auth.authorize(key, path, _collection_of(request))
-            except LaminaError as exc:
-                log.info("denied %s to key %r: %s", path, key.name if key else "-", exc)
-                await context.abort(grpc.StatusCode[exc.code], str(exc))
-            response = await impl(request, context)
-            if key is not None and key.collections is not None and path == "Collections/List":
-                visible = [c for c in response.collections if key.sees(c.name)]
-                del response.collections[:]
-                response.collections.extend(visible)
-            return response
+                return await _checked(raw, context, parse, impl, path)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except BaseException:
+                status = context.code()
+                code = getattr(status, "name", None) or (
+                    grpc.StatusCode(status).name if status else "UNKNOWN"
+                )
+                raise
+            finally:
+                if metrics is not None:
+                    metrics.observe(path, code, time.perf_counter() - started)
 
         methods[method.name] = grpc.unary_unary_rpc_method_handler(
             handle, response_serializer=GetMessageClass(method.output_type).SerializeToString
@@ -481,8 +505,11 @@ class LaminaServer:
         workers: int = 8,
         keys: Sequence[ApiKey] = (),
         tls: tuple[bytes, bytes] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.db = db
+        self.metrics_port = metrics_port  # None: no metrics endpoint; 0: pick a port
+        self.metrics: Metrics | None = None
         self.host = host
         self.port = port
         self.workers = workers
@@ -508,6 +535,7 @@ class LaminaServer:
         )
         self._health = health.aio.HealthServicer()
         self.gate = Gate(db.limits.max_concurrent_requests)
+        self.metrics = Metrics(db, self.gate)
         servicers = (
             (cpb, CollectionsServicer),
             (ppb, PointsServicer),
@@ -515,7 +543,10 @@ class LaminaServer:
             (ipb, InfoServicer),
         )
         server.add_generic_rpc_handlers(
-            [_handlers(module, cls(db, self._executor, self.gate), self.auth) for module, cls in servicers]
+            [
+                _handlers(module, cls(db, self._executor, self.gate), self.auth, self.metrics)
+                for module, cls in servicers
+            ]
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -550,6 +581,9 @@ class LaminaServer:
             "TLS" if self.tls else "plaintext",
             self.db.path,
         )
+        if self.metrics_port is not None and self.metrics is not None:
+            self.metrics_port = self.metrics.serve(self.host, self.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.host, self.metrics_port)
         if self.auth.enabled:
             log.info("API keys required (%d configured)", len(self.auth))
         else:
@@ -566,6 +600,8 @@ class LaminaServer:
             await self._server.stop(grace)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.db.close()
         log.info("stopped; data flushed and closed")
 
@@ -577,9 +613,10 @@ async def serve(
     workers: int = 8,
     keys: Sequence[ApiKey] = (),
     tls: tuple[bytes, bytes] | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    server = LaminaServer(db, host, port, workers, keys, tls)
+    server = LaminaServer(db, host, port, workers, keys, tls, metrics_port)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

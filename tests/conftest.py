@@ -33,13 +33,16 @@ class ServerThread:
         workers: int = 4,
         keys: Sequence[ApiKey] = (),
         tls: tuple[bytes, bytes] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.data = data
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.db = Database(data, limits=limits)
-        self.server = LaminaServer(self.db, "127.0.0.1", 0, workers=workers, keys=keys, tls=tls)
+        self.server = LaminaServer(
+            self.db, "127.0.0.1", 0, workers=workers, keys=keys, tls=tls, metrics_port=metrics_port
+        )
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
         self.address = f"127.0.0.1:{self.port}"
 

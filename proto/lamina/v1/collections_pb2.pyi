@@ -194,6 +194,7 @@ class IndexStatus(_message.Message):
     MUTABLE_POINTS_FIELD_NUMBER: _builtins.int
     INDEX_BYTES_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    OPTIMIZING_FIELD_NUMBER: _builtins.int
     segments: _builtins.int
     """sealed, indexed segments"""
     indexed_points: _builtins.int
@@ -204,6 +205,8 @@ class IndexStatus(_message.Message):
     """memory held by the index tier (codes, graphs, masks)"""
     note: _builtins.str
     """why a tier is not built yet, or an optimizer error"""
+    optimizing: _builtins.bool
+    """a background job (seal, compaction, index build) is running"""
     def __init__(
         self,
         *,
@@ -212,10 +215,11 @@ class IndexStatus(_message.Message):
         mutable_points: _builtins.int = ...,
         index_bytes: _builtins.int = ...,
         note: _builtins.str = ...,
+        optimizing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_bytes", b"index_bytes", "indexed_points", b"indexed_points", "mutable_points", b"mutable_points", "note", b"note", "segments", b"segments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_bytes", b"index_bytes", "indexed_points", b"indexed_points", "mutable_points", b"mutable_points", "note", b"note", "optimizing", b"optimizing", "segments", b"segments"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,116 @@
+"""Prometheus metrics of one server: per-RPC request counts and latency histograms,
+requests in flight, turned away and abandoned, and per-collection points, segments,
+index memory and background work (read from the engine at scrape time).
+
+``lamina serve --metrics-port 9464`` serves them at ``http://<host>:9464/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from lamina.engine.database import Database
+from lamina.errors import LaminaError
+
+if TYPE_CHECKING:
+    from lamina.server.app import Gate
+
+#: request latency buckets, seconds (0.5 ms .. 30 s)
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _EngineCollector(Collector):
+    """Gauges read from the database and the admission gate when Prometheus scrapes."""
+
+    def __init__(self, db: Database, gate: Gate) -> None:
+        self.db = db
+        self.gate = gate
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        gate = self.gate
+        yield GaugeMetricFamily(
+            "lamina_requests_in_flight", "Requests running or waiting for a worker", gate.in_flight
+        )
+        yield CounterMetricFamily(
+            "lamina_requests_rejected", "Requests turned away (max_concurrent_requests)", gate.rejected
+        )
+        yield CounterMetricFamily(
+            "lamina_requests_abandoned", "Requests stopped because the client left", gate.abandoned
+        )
+        families = {
+            "points": GaugeMetricFamily("lamina_collection_points", "Live points", labels=["collection"]),
+            "segments": GaugeMetricFamily(
+                "lamina_collection_segments", "Sealed segments", labels=["collection"]
+            ),
+            "mutable": GaugeMetricFamily(
+                "lamina_collection_mutable_points",
+                "Live points not yet sealed (searched exactly)",
+                labels=["collection"],
+            ),
+            "bytes": GaugeMetricFamily(
+                "lamina_collection_index_bytes",
+                "Memory of the index tier and payload indexes",
+                labels=["collection"],
+            ),
+            "busy": GaugeMetricFamily(
+                "lamina_collection_optimizing",
+                "1 while a seal, compaction or index build runs",
+                labels=["collection"],
+            ),
+        }
+        try:
+            names = self.db.list_collections()
+        except LaminaError:
+            names = []  # closed meanwhile
+        for name in names:
+            try:
+                info = self.db.get_collection(name).info()
+            except LaminaError:
+                continue  # dropped meanwhile
+            st = info.status
+            families["points"].add_metric([name], info.count)
+            families["segments"].add_metric([name], st.segments)
+            families["mutable"].add_metric([name], st.mutable_points)
+            families["bytes"].add_metric([name], st.index_bytes)
+            families["busy"].add_metric([name], int(st.optimizing))
+        yield from families.values()
+
+
+class Metrics:
+    """The metrics of one server, in a registry of its own (several servers may share a process)."""
+
+    def __init__(self, db: Database, gate: Gate) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "lamina_requests", "Requests by RPC and status code", ["method", "code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "lamina_request_seconds",
+            "Request latency by RPC",
+            ["method"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_EngineCollector(db, gate))
+        self._http: object | None = None
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method, code).inc()
+        self.latency.labels(method).observe(seconds)
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` over HTTP on ``host:port`` (0 picks a port); returns the port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return int(server.server_port)
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()  # type: ignore[attr-defined]
+            self._http.server_close()  # type: ignore[attr-defined]
+            self._http = None
