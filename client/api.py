@@ -177,6 +177,11 @@ class Client:
         check_collection_name(collection)
         self._transport.delete_snapshot(collection, snapshot)
 
+    def is_serving(self) -> bool:
+        """Whether the server answers the gRPC health check with SERVING (embedded: always).
+        Needs no API key: it is what container and load-balancer probes call."""
+        return self._transport.is_serving()
+
     def server_info(self) -> dict[str, Any]:
         """Version and mode of the Lamina this client talks to."""
         return self._transport.server_info()

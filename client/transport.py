@@ -108,6 +108,7 @@ class Transport(Protocol):
     def list_snapshots(self, name: str | None) -> list[SnapshotInfo]: ...
     def delete_snapshot(self, name: str, snapshot: str) -> None: ...
     def server_info(self) -> dict[str, Any]: ...
+    def is_serving(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -227,6 +228,10 @@ class EmbeddedTransport:
         from lamina import __version__
 
         return {"version": __version__, "mode": "embedded", "collections": len(self.db.list_collections())}
+
+    def is_serving(self) -> bool:
+        self.db.list_collections()  # FailedPrecondition once closed
+        return True
 
     def close(self) -> None:
         self.db.close()
@@ -483,6 +488,17 @@ class GrpcTransport:
             "requests_abandoned": response.requests_abandoned,
             "requests_in_flight": response.requests_in_flight,
         }
+
+    def is_serving(self) -> bool:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            status = health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=self.timeout
+            )
+        except grpc.RpcError:
+            return False
+        return bool(status.status == health_pb2.HealthCheckResponse.SERVING)
 
     def close(self) -> None:
         self._channel.close()

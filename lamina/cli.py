@@ -253,6 +253,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    with _connect(args) as db:
+        serving = db.is_serving()
+    print("SERVING" if serving else "NOT SERVING")
+    return 0 if serving else 1
+
+
 def cmd_snapshot(args: argparse.Namespace) -> int:
 
     with _connect(args) as db:
@@ -356,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="version and status of a server or data directory")
     info.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
     _client_options(info)
+
+    health = sub.add_parser("health", help="exit 0 if the server answers its health check (for probes)")
+    health.add_argument("--target", "-t", default=f"127.0.0.1:{DEFAULT_PORT}", help="host:port")
+    _client_options(health)
+    health.set_defaults(func=cmd_health)
 
     keys = sub.add_parser("keys", help="make an API key and the config stanza holding its hash")
     keys.add_argument("action", choices=["create"])

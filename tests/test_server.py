@@ -124,3 +124,15 @@ def test_message_over_the_size_limit_is_resource_exhausted(server: ServerThread)
             col.upsert(list(range(4500)), vectors)
         assert col.count() == 0
         assert col.upsert(list(range(100)), vectors[:100]) == 100  # the server is fine
+
+
+def test_health_command_for_probes(server: ServerThread) -> None:
+    from lamina.testing import free_port
+    from tests.test_cli import lamina_cmd
+
+    ok = lamina_cmd("health", "-t", server.address)
+    assert ok.returncode == 0 and ok.stdout.strip() == "SERVING"
+    with lamina.connect(server.address) as db:
+        assert db.is_serving()
+    down = lamina_cmd("health", "-t", f"127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and down.stdout.strip() == "NOT SERVING"
