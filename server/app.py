@@ -475,10 +475,7 @@ def _handlers(
                 code = "CANCELLED"
                 raise
             except BaseException:
-                status = context.code()
-                code = getattr(status, "name", None) or (
-                    grpc.StatusCode(status).name if status else "UNKNOWN"
-                )
+                code = getattr(context.code(), "name", None) or "UNKNOWN"  # the status abort() set
                 raise
             finally:
                 if metrics is not None:
