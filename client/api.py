@@ -53,6 +53,7 @@ def connect(
     api_key: str | None = None,
     tls: bool = False,
     ca_cert: str | os.PathLike[str] | None = None,
+    retries: int = 3,
 ) -> Client:
     """Open Lamina: a ``host:port`` (or ``grpc://host:port``) address talks to a
     server; anything else is a data directory opened in-process.
@@ -62,7 +63,9 @@ def connect(
     Remote only: ``timeout`` is the per-request deadline in seconds; ``api_key`` is sent
     with every request (a server with keys configured requires one); ``tls=True``
     connects over TLS trusting the system's certificate authorities, ``ca_cert`` (a PEM
-    file) over TLS trusting that one.
+    file) over TLS trusting that one; ``retries`` is how often a request is sent again, with
+    exponential back-off, when the server was too busy to take it or (for requests that
+    can safely repeat: all but creating and dropping collections and snapshots) unreachable.
 
     >>> import tempfile, lamina
     >>> with lamina.connect(tempfile.mkdtemp()) as db:
@@ -75,7 +78,7 @@ def connect(
         address = target.removeprefix("grpc://")
         ca = Path(ca_cert).read_bytes() if ca_cert is not None else None
         transport = GrpcTransport(
-            address, timeout=timeout, limits=limits, api_key=api_key, tls=tls, ca_cert=ca
+            address, timeout=timeout, limits=limits, api_key=api_key, tls=tls, ca_cert=ca, retries=retries
         )
         return Client(transport, limits)
     if api_key is not None or tls or ca_cert is not None:

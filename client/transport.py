@@ -7,6 +7,8 @@ raise the same ``LaminaError`` subclasses with the same messages.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -256,15 +258,20 @@ class GrpcTransport:
         api_key: str | None = None,
         tls: bool = False,
         ca_cert: bytes | None = None,
+        retries: int = 3,
     ) -> None:
         self.address = address
         self.limits = limits
         self.timeout = timeout
+        self.retries = retries
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         max_bytes = limits.max_message_bytes
         options = [
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
+            # reconnect soon after a server restart, so that retries find it
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 5000),
         ]
         if tls or ca_cert is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=ca_cert)
@@ -276,15 +283,29 @@ class GrpcTransport:
         self._search = sgrpc.SearchStub(self._channel)
         self._info = igrpc.InfoStub(self._channel)
 
-    def _call(self, method: Callable[..., T], request: Any, *, no_deadline: bool = False) -> T:
-        try:
-            return method(request, timeout=None if no_deadline else self.timeout, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise _raise_lamina(err) from None
+    def _call(
+        self, method: Callable[..., T], request: Any, *, no_deadline: bool = False, repeatable: bool = True
+    ) -> T:
+        """Send one request. Up to ``retries`` more times, with exponential back-off (50 ms
+        doubling to 2 s, jittered): when the server was too busy to take it (it did nothing),
+        and, for a ``repeatable`` request (one whose repetition leaves the same state), when
+        the server was unreachable."""
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=None if no_deadline else self.timeout, metadata=self._metadata)
+            except grpc.RpcError as err:
+                busy = err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and any(
+                    key == "lamina-retry" for key, _ in (err.trailing_metadata() or ())
+                )
+                unreachable = err.code() == grpc.StatusCode.UNAVAILABLE and repeatable
+                if attempt == self.retries or not (busy or unreachable):
+                    raise _raise_lamina(err) from None
+                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
 
     def create_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
         request = cpb.CreateCollectionRequest(name=name, config=convert.config_to_proto(config))
-        return convert.info_from_proto(self._call(self._collections.Create, request))
+        return convert.info_from_proto(self._call(self._collections.Create, request, repeatable=False))
 
     def get_collection(self, name: str) -> CollectionInfo:
         return convert.info_from_proto(self._call(self._collections.Get, cpb.GetCollectionRequest(name=name)))
@@ -294,7 +315,7 @@ class GrpcTransport:
         return [convert.info_from_proto(info) for info in response.collections]
 
     def delete_collection(self, name: str) -> None:
-        self._call(self._collections.Delete, cpb.DeleteCollectionRequest(name=name))
+        self._call(self._collections.Delete, cpb.DeleteCollectionRequest(name=name), repeatable=False)
 
     def upsert(
         self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None

@@ -124,6 +124,7 @@ class _Base:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"server is busy: {gate.in_flight} requests are running or queued "
                 f"(limit max_concurrent_requests={gate.limit}); retry with back-off",
+                trailing_metadata=(("lamina-retry", "busy"),),  # nothing was done: safe to send again
             )
         request = _Request(context.time_remaining())
 

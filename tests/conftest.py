@@ -34,6 +34,7 @@ class ServerThread:
         keys: Sequence[ApiKey] = (),
         tls: tuple[bytes, bytes] | None = None,
         metrics_port: int | None = None,
+        port: int = 0,
     ) -> None:
         self.data = data
         self.loop = asyncio.new_event_loop()
@@ -41,7 +42,7 @@ class ServerThread:
         self.thread.start()
         self.db = Database(data, limits=limits)
         self.server = LaminaServer(
-            self.db, "127.0.0.1", 0, workers=workers, keys=keys, tls=tls, metrics_port=metrics_port
+            self.db, "127.0.0.1", port, workers=workers, keys=keys, tls=tls, metrics_port=metrics_port
         )
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
         self.address = f"127.0.0.1:{self.port}"

@@ -14,6 +14,7 @@ import lamina
 from lamina.cli import build_parser, server_config
 from lamina.config import Limits, ServerConfig
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
+from lamina.testing import free_port
 from tests.conftest import ServerProcess, ServerThread
 
 DIM = 64
@@ -66,7 +67,7 @@ def test_overload_is_answered_resource_exhausted(tmp_path: Path) -> None:
     limits = Limits(max_concurrent_requests=2)
     srv = ServerThread(tmp_path / "data", limits=limits, workers=1)
     try:
-        with lamina.connect(srv.address) as client:
+        with lamina.connect(srv.address, retries=0) as client:
             col, queries = slow_collection(client, n=5000)
             outcomes: list[str] = []
 
@@ -158,3 +159,47 @@ def test_server_process_reads_its_config(tmp_path: Path, server_process: type[Se
         col.upsert([1, 2, 3, 4], np.eye(4, 2) + 0.1)
         with pytest.raises(lamina.InvalidArgument, match="k=4 exceeds the maximum of 3"):
             col._transport.search("c", np.ones(2, np.float32), 4, None, True, False, None)
+
+
+def test_client_retries_a_busy_server_and_an_unreachable_one(tmp_path: Path) -> None:
+    srv = ServerThread(tmp_path / "data", limits=Limits(max_concurrent_requests=1), workers=1)
+    try:
+        with lamina.connect(srv.address) as setup:
+            _, queries = slow_collection(setup, n=5000)
+        with (
+            lamina.connect(srv.address, retries=0) as eager,
+            lamina.connect(srv.address, retries=8) as patient,
+        ):
+            blocker = threading.Thread(
+                target=lambda: eager.get_collection("slow").search_batch(
+                    queries[:150], k=1000, with_payload=False
+                )
+            )
+            blocker.start()
+            assert wait_for(lambda: srv.server.gate.in_flight == 1)
+            with pytest.raises(lamina.ResourceExhausted, match="server is busy"):
+                eager.get_collection("slow").count()
+            assert patient.get_collection("slow").count() == 5000  # sent again until the server took it
+            blocker.join(60)
+            assert srv.server.gate.rejected >= 2
+    finally:
+        srv.stop()
+
+    # a server that is down at first: repeatable requests are sent again until it answers
+    port = free_port()
+    found: list[int] = []
+    with lamina.connect(f"127.0.0.1:{port}", retries=10) as client:
+        caller = threading.Thread(target=lambda: found.append(len(client.list_collections())))
+        caller.start()
+        time.sleep(0.5)
+        late = ServerThread(tmp_path / "late", port=port)
+        try:
+            caller.join(60)
+            assert found == [0]
+            with (
+                lamina.connect(f"127.0.0.1:{free_port()}", retries=0) as nobody,
+                pytest.raises(lamina.Unavailable),
+            ):
+                nobody.list_collections()
+        finally:
+            late.stop()
