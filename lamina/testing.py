@@ -19,14 +19,32 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m lamina serve`` as a subprocess, for kill -9 and signal tests."""
 
-    def __init__(self, data: Path, *extra: str, port: int | None = None, ca_cert: Path | None = None) -> None:
+    def __init__(
+        self,
+        data: Path,
+        *extra: str,
+        port: int | None = None,
+        ca_cert: Path | None = None,
+        global_args: tuple[str, ...] = (),
+    ) -> None:
         self.ca_cert = ca_cert  # the server speaks TLS with a certificate from this CA
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log = data.parent / f"server-{self.port}.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lamina", "serve", "--data", str(data), "--port", str(self.port), *extra],
+            [
+                sys.executable,
+                "-m",
+                "lamina",
+                *global_args,
+                "serve",
+                "--data",
+                str(data),
+                "--port",
+                str(self.port),
+                *extra,
+            ],
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
             env=env,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -136,3 +138,22 @@ def test_health_command_for_probes(server: ServerThread) -> None:
         assert db.is_serving()
     down = lamina_cmd("health", "-t", f"127.0.0.1:{free_port()}")
     assert down.returncode == 1 and down.stdout.strip() == "NOT SERVING"
+
+
+def test_json_logs_for_log_collectors(tmp_path: Path) -> None:
+    import json
+
+    from lamina.testing import ServerProcess
+
+    proc = ServerProcess(tmp_path / "data", global_args=("--log-format", "json"))
+    try:
+        with lamina.connect(proc.address) as db:
+            db.create_collection("docs", dim=2)
+    finally:
+        assert proc.terminate() == 0
+    entries = [json.loads(line) for line in proc.log.read_text().splitlines() if line.strip()]
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    messages = [e["message"] for e in entries]
+    assert any(m.startswith("serving on 127.0.0.1") for m in messages)
+    assert any(m.startswith("created collection 'docs'") for m in messages)
+    assert entries[-1]["message"].startswith("stopped") and entries[-1]["level"] == "info"
