@@ -122,23 +122,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 Record = tuple[Any, list[float] | np.ndarray, dict[str, Any] | None]
+#: (line or row number, the record or why it is bad)
+Item = tuple[int, Record | str]
 
 
-def _read_npy(path: Path, id_start: int) -> tuple[int, int, Iterator[Record]]:
+def _read_matrix(matrix: np.ndarray, id_start: int) -> Iterator[Item]:
+    for i in range(matrix.shape[0]):
+        yield i, (id_start + i, matrix[i], None)
+
+
+def _read_npy(path: Path, id_start: int) -> tuple[int, int, Iterator[Item]]:
     matrix = np.load(path, mmap_mode="r")
     if matrix.ndim != 2:
         raise InvalidArgument(f"{path}: expected a 2-d array of vectors, got shape {matrix.shape}")
+    return matrix.shape[0], matrix.shape[1], _read_matrix(matrix, id_start)
 
-    def records() -> Iterator[Record]:
-        for i in range(matrix.shape[0]):
-            yield id_start + i, matrix[i], None
 
-    return matrix.shape[0], matrix.shape[1], records()
+def _read_vecs(path: Path, id_start: int) -> tuple[int, int, Iterator[Item]]:
+    """.fvecs (float32) or .bvecs (uint8) of the TEXMEX sets: each vector is its int32
+    dimension followed by its components; memory-mapped, converted a row at a time."""
+    item = 4 if path.suffix == ".fvecs" else 1
+    size = path.stat().st_size
+    if size < 4:
+        raise InvalidArgument(f"{path}: empty or truncated {path.suffix} file")
+    dim = int(np.fromfile(path, dtype="<i4", count=1)[0])
+    row = 4 + dim * item
+    if dim <= 0 or size % row:
+        raise InvalidArgument(f"{path}: not a {path.suffix} file (first dimension {dim}, {size} bytes)")
+    raw = np.memmap(path, dtype=np.uint8, mode="r", shape=(size // row, row))
+    dims = raw[:, :4].copy().view("<i4")[:, 0]
+    if (dims != dim).any():
+        bad = int(np.flatnonzero(dims != dim)[0])
+        raise InvalidArgument(f"{path}: vector {bad} has dimension {int(dims[bad])}, the first has {dim}")
+    body = raw[:, 4:]
+    matrix = body.view("<f4") if item == 4 else body
+    return raw.shape[0], dim, _read_matrix(matrix, id_start)
 
 
 def _read_jsonl(
     path: Path, id_field: str, vector_field: str, payload_field: str
-) -> tuple[int, int, Iterator[Record]]:
+) -> tuple[int, int, Iterator[Item]]:
     total = 0
     dim = 0
     with path.open("rb") as fh:
@@ -146,9 +169,13 @@ def _read_jsonl(
             if line.strip():
                 total += 1
                 if not dim:
-                    dim = len(orjson.loads(line).get(vector_field) or [])
+                    try:
+                        first = orjson.loads(line)
+                        dim = len(first.get(vector_field) or []) if isinstance(first, dict) else 0
+                    except orjson.JSONDecodeError:
+                        pass
 
-    def records() -> Iterator[Record]:
+    def records() -> Iterator[Item]:
         with path.open("rb") as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
@@ -156,33 +183,82 @@ def _read_jsonl(
                 try:
                     rec = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
-                    raise InvalidArgument(f"{path}:{lineno}: not valid JSON ({exc})") from None
+                    yield lineno, f"not valid JSON ({exc})"
+                    continue
                 if not isinstance(rec, dict) or id_field not in rec or vector_field not in rec:
-                    raise InvalidArgument(
-                        f"{path}:{lineno}: a record needs '{id_field}' and '{vector_field}' fields"
-                    )
+                    yield lineno, f"a record needs '{id_field}' and '{vector_field}' fields"
+                    continue
                 vector = rec[vector_field]
                 if not isinstance(vector, list) or len(vector) != dim:
-                    raise InvalidArgument(
-                        f"{path}:{lineno}: '{vector_field}' must be a list of {dim} numbers"
-                    )
+                    yield lineno, f"'{vector_field}' must be a list of {dim} numbers"
+                    continue
                 payload = rec.get(payload_field)
                 if payload is not None and not isinstance(payload, dict):
-                    raise InvalidArgument(f"{path}:{lineno}: '{payload_field}' must be a JSON object")
-                yield rec[id_field], vector, payload
+                    yield lineno, f"'{payload_field}' must be a JSON object"
+                    continue
+                yield lineno, (rec[id_field], vector, payload)
 
     return total, dim, records()
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
+def _check_record(rec: Record, dim: int, limits: Limits) -> str | None:
+    """Why the engine would refuse this record, or None (the checks the engine runs)."""
+    from lamina.validation import as_matrix, check_id, encode_payloads
 
+    try:
+        check_id(rec[0], limits)
+        as_matrix(np.asarray(rec[1], dtype=np.float32).reshape(1, -1), dim)
+        encode_payloads([rec[2]], 1, limits)
+    except LaminaError as exc:
+        return str(exc)
+    return None
+
+
+def _open_source(args: argparse.Namespace) -> tuple[Path, int, int, Iterator[Item]]:
     path = Path(args.file)
     if path.suffix == ".npy":
-        total, dim, records = _read_npy(path, args.id_start)
-    elif path.suffix in (".jsonl", ".ndjson"):
-        total, dim, records = _read_jsonl(path, args.id_field, args.vector_field, args.payload_field)
-    else:
-        raise InvalidArgument(f"{path}: unsupported file type {path.suffix!r}; use .npy or .jsonl")
+        return (path, *_read_npy(path, args.id_start))
+    if path.suffix in (".fvecs", ".bvecs"):
+        return (path, *_read_vecs(path, args.id_start))
+    if path.suffix in (".jsonl", ".ndjson"):
+        return (path, *_read_jsonl(path, args.id_field, args.vector_field, args.payload_field))
+    raise InvalidArgument(
+        f"{path}: unsupported file type {path.suffix!r}; use .npy, .fvecs, .bvecs or .jsonl"
+    )
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """Check every record as the engine would, write nothing, report each bad one."""
+    path, total, dim, items = _open_source(args)
+    with _connect(args) as db:
+        try:
+            dim = db.get_collection(args.collection).dim
+            against = f"collection {args.collection!r} (dim={dim})"
+        except NotFound:
+            against = f"a new collection (dim={dim}, from the first record)"
+    limits = Limits()
+    bad = 0
+    for pos, item in tqdm(
+        items, total=total, unit="rec", desc=f"check {path.name}", file=sys.stderr, disable=args.quiet
+    ):
+        reason = item if isinstance(item, str) else _check_record(item, dim, limits)
+        if reason is not None:
+            bad += 1
+            if bad <= 20:
+                print(f"{path}:{pos}: {reason}")
+    if bad > 20:
+        print(f"... and {bad - 20} more")
+    print(
+        f"dry run: {total - bad:,} of {total:,} records would be written to {against}; {bad:,} bad",
+        file=sys.stderr,
+    )
+    return 2 if bad else 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
+    path, total, dim, items = _open_source(args)
     with _connect(args) as db:
         try:
             col = db.get_collection(args.collection)
@@ -217,8 +293,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 bar.update(len(batch))
                 batch.clear()
 
-            for rec in records:
-                batch.append(rec)
+            for pos, item in items:
+                if isinstance(item, str):
+                    raise InvalidArgument(
+                        f"{path}:{pos}: {item} (run with --dry-run to list every bad record)"
+                    )
+                batch.append(item)
                 if len(batch) >= args.batch_size:
                     flush()
             flush()
@@ -347,20 +427,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     target_help = f"data directory or host:port of a server (default {DEFAULT_DATA})"
-    ingest = sub.add_parser("ingest", help="load vectors from .npy or JSON Lines")
-    ingest.add_argument("file", help=".npy (n, dim) vectors, or .jsonl records with id, vector and payload")
+    ingest = sub.add_parser("ingest", help="load vectors from .npy, .fvecs/.bvecs or JSON Lines")
+    ingest.add_argument(
+        "file", help=".npy (n, dim) or .fvecs/.bvecs vectors, or .jsonl records with id, vector and payload"
+    )
     ingest.add_argument("--collection", "-c", required=True)
     ingest.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
     _client_options(ingest)
     ingest.add_argument("--metric", default="cosine", choices=["cosine", "dot", "l2"], help="when creating")
     ingest.add_argument("--batch-size", type=int, default=1000)
     ingest.add_argument(
-        "--id-start", type=int, default=0, help=".npy: id of the first row (rows get consecutive ids)"
+        "--id-start",
+        type=int,
+        default=0,
+        help=".npy/.fvecs/.bvecs: id of the first row (rows get consecutive ids)",
     )
     ingest.add_argument("--id-field", default="id")
     ingest.add_argument("--vector-field", default="vector")
     ingest.add_argument("--payload-field", default="payload")
     ingest.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    ingest.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every record, write nothing, list the bad ones (exit 2 if any)",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     cols = sub.add_parser("collections", help="list collections with their point counts")

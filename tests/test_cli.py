@@ -78,3 +78,57 @@ def test_ingest_reports_rejected_batch_by_record_range(tmp_path: Path) -> None:
     result = lamina_cmd("ingest", str(path), "-c", "x", "-t", str(tmp_path / "data"), "-q")
     assert result.returncode == 2
     assert "records 1..2" in result.stderr and "invalid id -2" in result.stderr
+
+
+def write_vecs(path: Path, matrix: np.ndarray) -> None:
+    """TEXMEX layout: per vector an int32 dimension, then its components."""
+    n, dim = matrix.shape
+    header = np.full((n, 1), dim, dtype="<i4").view(np.uint8)
+    body = np.ascontiguousarray(matrix).view(np.uint8).reshape(n, -1)
+    path.write_bytes(np.hstack([header, body]).tobytes())
+
+
+def test_ingest_fvecs_and_bvecs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    floats = rng.standard_normal((300, 12)).astype("<f4")
+    bytes_ = rng.integers(1, 255, (200, 16), dtype=np.uint8)
+    write_vecs(tmp_path / "base.fvecs", floats)
+    write_vecs(tmp_path / "base.bvecs", bytes_)
+    data = str(tmp_path / "data")
+    for name, coll in (("base.fvecs", "f"), ("base.bvecs", "b")):
+        result = lamina_cmd("ingest", str(tmp_path / name), "-c", coll, "-t", data, "-q", "--metric", "l2")
+        assert result.returncode == 0, result.stderr
+    with lamina.connect(data) as db:
+        f, b = db.get_collection("f"), db.get_collection("b")
+        assert (f.count(), f.dim, b.count(), b.dim) == (300, 12, 200, 16)
+        assert f.get([123])[0].vector.tobytes() == floats[123].tobytes()  # type: ignore[union-attr]
+        assert np.array_equal(b.get([7])[0].vector, bytes_[7].astype(np.float32))  # type: ignore[arg-type]
+    (tmp_path / "cut.fvecs").write_bytes((tmp_path / "base.fvecs").read_bytes()[:-3])
+    cut = lamina_cmd("ingest", str(tmp_path / "cut.fvecs"), "-c", "x", "-t", data, "-q")
+    assert cut.returncode == 2 and "not a .fvecs file" in cut.stderr
+
+
+def test_dry_run_lists_every_bad_record_and_writes_nothing(tmp_path: Path) -> None:
+    lines = [
+        {"id": 1, "vector": [1.0, 2.0, 3.0], "payload": {"a": 1}},
+        "not json",
+        {"id": 2, "vector": [1.0, 2.0]},
+        {"id": -5, "vector": [1.0, 2.0, 3.0]},
+        {"id": 3, "vector": [0.0, 0.0, 1e39]},
+        {"id": 4, "vector": [1.0, 1.0, 1.0], "payload": ["x"]},
+        {"id": 5, "vector": [1.0, 1.0, 2.0]},
+    ]
+    path = tmp_path / "recs.jsonl"
+    path.write_text("\n".join(x if isinstance(x, str) else orjson.dumps(x).decode() for x in lines) + "\n")
+    data = str(tmp_path / "data")
+    result = lamina_cmd("ingest", str(path), "-c", "recs", "-t", data, "-q", "--dry-run")
+    assert result.returncode == 2
+    reported = [line.split(":")[1] for line in result.stdout.splitlines()]
+    assert reported == ["2", "3", "4", "5", "6"]  # every bad line, by number
+    assert "integer ids must be in" in result.stdout and "NaN or infinity" in result.stdout
+    assert "2 of 7 records would be written" in result.stderr
+    with lamina.connect(data) as db:
+        assert db.list_collections() == []  # nothing written, nothing created
+    good = tmp_path / "good.jsonl"
+    good.write_text(path.read_text().splitlines()[0] + "\n")
+    assert lamina_cmd("ingest", str(good), "-c", "recs", "-t", data, "-q", "--dry-run").returncode == 0
