@@ -482,7 +482,7 @@ class GrpcTransport:
     def create_snapshot(self, name: str) -> SnapshotInfo:
         request = cpb.CreateSnapshotRequest(collection=name)
         return convert.snapshot_from_proto(
-            self._call(self._collections.CreateSnapshot, request, no_deadline=True)
+            self._call(self._collections.CreateSnapshot, request, no_deadline=True, repeatable=False)
         )
 
     def list_snapshots(self, name: str | None) -> list[SnapshotInfo]:
@@ -492,9 +492,8 @@ class GrpcTransport:
         return [convert.snapshot_from_proto(s) for s in response.snapshots]
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
-        self._call(
-            self._collections.DeleteSnapshot, cpb.DeleteSnapshotRequest(collection=name, snapshot=snapshot)
-        )
+        request = cpb.DeleteSnapshotRequest(collection=name, snapshot=snapshot)
+        self._call(self._collections.DeleteSnapshot, request, repeatable=False)
 
     def server_info(self) -> dict[str, Any]:
         response = self._call(self._info.GetInfo, ipb.GetInfoRequest())

@@ -515,15 +515,14 @@ class Collection:
                 f"batch of {queries.shape[0]} queries exceeds the limit of {self._limits.max_query_batch}"
             )
         compiled = self._compile(filter)
-        if alive is None:
-            return (
-                self._search(queries, k, compiled, with_payload, with_vector, params) if len(queries) else []
-            )
+        step = _ALIVE_STEP if alive is not None else max(1, queries.shape[0])
         results: list[list[Hit]] = []
-        for lo in range(0, queries.shape[0], _ALIVE_STEP):
-            alive()
-            block = queries[lo : lo + _ALIVE_STEP]
-            results.extend(self._search(block, k, compiled, with_payload, with_vector, params))
+        for lo in range(0, queries.shape[0], step):
+            if alive is not None:
+                alive()
+            results.extend(
+                self._search(queries[lo : lo + step], k, compiled, with_payload, with_vector, params)
+            )
         return results
 
     def _snapshot(self, locked: bool = False) -> _Snapshot:

@@ -22,6 +22,7 @@ import shutil
 import threading
 import time
 import uuid
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import IO
 
@@ -30,7 +31,7 @@ import orjson
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.collection import Collection
 from lamina.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from lamina.storage.vectorfile import fsync_path, fsync_tree
+from lamina.storage.vectorfile import atomic_folder, fsync_path, fsync_tree
 from lamina.types import CollectionConfig, SnapshotInfo
 from lamina.validation import check_collection_name
 
@@ -45,7 +46,7 @@ def read_snapshot(folder: Path) -> SnapshotInfo:
     try:
         meta = orjson.loads((folder / SNAPSHOT_FILE).read_bytes())
         return SnapshotInfo(
-            meta["collection"], meta["name"], str(folder), meta["created"], meta["points"], meta["size_bytes"]
+            **{f.name: meta[f.name] for f in fields(SnapshotInfo) if f.name != "path"}, path=str(folder)
         )
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
         raise NotFound(f"{folder} is not a Lamina snapshot (no readable {SNAPSHOT_FILE})") from None
@@ -163,31 +164,14 @@ class Database:
         snap = f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
         folder = self._snapshots / name
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{_TMP_PREFIX}{snap}"
         log.info("taking snapshot %s of %r", snap, name)
-        try:
-            tmp.mkdir()
+        # the temporary name starts with a dot: no snapshot name can refer to it
+        with atomic_folder(folder / snap, tmp=folder / f"{_TMP_PREFIX}{snap}") as tmp:
             points = collection.snapshot(tmp / "collection")
             size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
             info = SnapshotInfo(name, snap, str(folder / snap), created, points, size)
-            (tmp / SNAPSHOT_FILE).write_bytes(
-                orjson.dumps(
-                    {
-                        "collection": name,
-                        "name": snap,
-                        "created": created,
-                        "points": points,
-                        "size_bytes": size,
-                        "config": collection.config.to_dict(),
-                    }
-                )
-            )
-            fsync_tree(tmp)
-            tmp.rename(folder / snap)
-            fsync_path(folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            meta = {k: v for k, v in asdict(info).items() if k != "path"}  # the folder may move
+            (tmp / SNAPSHOT_FILE).write_bytes(orjson.dumps({**meta, "config": collection.config.to_dict()}))
         log.info("snapshot %s of %r: %d points, %.1f MB", snap, name, points, size / 1e6)
         return info
 

@@ -6,6 +6,7 @@ The server converts requests with the ``*_from_proto`` functions and answers wit
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
 from typing import Any, cast
 
 import numpy as np
@@ -276,15 +277,8 @@ def hit_from_proto(msg: spb.ScoredPoint, with_vector: bool, with_payload: bool) 
 
 
 def snapshot_to_proto(info: SnapshotInfo) -> cpb.SnapshotInfo:
-    return cpb.SnapshotInfo(
-        collection=info.collection,
-        name=info.name,
-        path=info.path,
-        created=info.created,
-        points=info.points,
-        size_bytes=info.size_bytes,
-    )
+    return cpb.SnapshotInfo(**asdict(info))
 
 
 def snapshot_from_proto(msg: cpb.SnapshotInfo) -> SnapshotInfo:
-    return SnapshotInfo(msg.collection, msg.name, msg.path, msg.created, msg.points, msg.size_bytes)
+    return SnapshotInfo(**{f.name: getattr(msg, f.name) for f in fields(SnapshotInfo)})

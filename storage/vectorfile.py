@@ -55,16 +55,15 @@ def fsync_tree(path: Path) -> None:
 
 
 @contextmanager
-def atomic_folder(final: Path) -> Iterator[Path]:
-    """Yield a temporary folder to fill; on success it becomes ``final``, durably."""
-    tmp = final.with_name(final.name + TMP_SUFFIX)
+def atomic_folder(final: Path, tmp: Path | None = None) -> Iterator[Path]:
+    """Yield a temporary folder to fill (``tmp``, default ``<final>.tmp`` beside it); on
+    success everything in it is fsynced and it becomes ``final``, durably."""
+    tmp = tmp if tmp is not None else final.with_name(final.name + TMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        for child in tmp.iterdir():
-            fsync_path(child)
-        fsync_path(tmp)
+        fsync_tree(tmp)
         tmp.rename(final)
         fsync_path(final.parent)
     except BaseException:
