@@ -75,6 +75,9 @@ class Segment:
         self.vectors = vectors
         self.tier = tier
         self.note = note
+        # the tier's files never change; read their sizes now, while the folder surely exists
+        # (a compaction may remove it while a reader still holds this segment)
+        self._tier_bytes = sum((folder / f).stat().st_size for f in tier.files())
         self.live = np.ones(rows.shape[0], dtype=np.bool_)
         self.dead = 0
         self._matches: OrderedDict[Hashable, np.ndarray] = OrderedDict()  # filter key -> rows matching
@@ -321,7 +324,7 @@ class Segment:
 
     def index_bytes(self) -> int:
         """Bytes the tier holds in memory (its files' sizes) plus the live mask."""
-        return sum((self.folder / f).stat().st_size for f in self.tier.files()) + self.live.nbytes
+        return self._tier_bytes + self.live.nbytes
 
 
 _Ids = np.ndarray | tuple[np.ndarray, np.ndarray]
