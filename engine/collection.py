@@ -16,6 +16,7 @@ top-k of each; readers never wait for a build.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import threading
@@ -33,13 +34,14 @@ import orjson
 from lamina.config import Limits
 from lamina.engine.filters import CompiledFilter, compile_filter, evaluate
 from lamina.engine.payload import FieldIndex, MutableIndexes, take
-from lamina.engine.segments import Segment
+from lamina.engine.segments import GRAPH_STEP_COST, WIDEN, Segment, take_first
+from lamina.engine.tenants import REBUILD_SHARE, Partition, Tenants
 from lamina.engine.text import Bm25Query, fuse, top_rows
 from lamina.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows
 from lamina.index.tiers import Knobs, TopK
-from lamina.storage.keys import id_from_key, id_key, row_from_key, row_key
+from lamina.storage.keys import id_from_key, id_key, row_from_key, row_key, tenant_of_key, tenant_prefix
 from lamina.storage.rocks import (
     CONFIG,
     FIELDS,
@@ -48,6 +50,7 @@ from lamina.storage.rocks import (
     MUTABLE_START,
     NEXT_ROW,
     SEGMENTS,
+    TENANTS,
     CollectionStore,
 )
 from lamina.storage.vectorfile import link_tree
@@ -63,9 +66,18 @@ from lamina.types import (
     QueryPlan,
     SearchParams,
     SegmentPlan,
+    TenantInfo,
     check_payload_field,
 )
-from lamina.validation import as_matrix, as_query, check_ids, check_int, check_k, encode_payloads
+from lamina.validation import (
+    as_matrix,
+    as_query,
+    check_ids,
+    check_int,
+    check_k,
+    check_tenant,
+    encode_payloads,
+)
 
 _GROW = 1.5
 _MIN_CAPACITY = 1024
@@ -96,6 +108,8 @@ class _Snapshot:
     live: np.ndarray
     payload: dict[str, list[FieldIndex]]
     replaced: int  # Collection._replaced when it was taken
+    tcodes: np.ndarray  # multi-tenant: tenant code of each mutable row (from ``start``)
+    partitions: dict[int, Partition]  # tenant code -> its HNSW partition
 
 
 class Collection:
@@ -117,6 +131,11 @@ class Collection:
         capacity = max(_MIN_CAPACITY, self._next_row - self._mut_start)
         self._matrix: FloatMatrix = np.zeros((capacity, config.dim), dtype=np.float32)
         self._live = np.zeros(capacity, dtype=np.bool_)
+        self._multi = config.multi_tenant
+        self._tenants = Tenants(store.get_meta(TENANTS))
+        self._tcodes = np.full(capacity, -1, dtype=np.int32)  # tenant code per mutable row
+        self._partitions: dict[int, Partition] = {}  # replaced, never changed: searches hold it
+        self._tenant_live: dict[int, int] = {}  # tenant code -> live points
         self._segments: list[Segment] = []
         self._knob_cache: dict[tuple[int | None, float | None], Knobs] = {}
         self._segment_dir = store.path / _SEGMENTS
@@ -183,7 +202,11 @@ class Collection:
         def flush() -> None:
             if block_rows:
                 vecs = np.frombuffer(b"".join(block_vecs), dtype="<f4").reshape(-1, dim)
-                self._place(np.asarray(block_rows, dtype=np.int64), self._prepare(vecs))
+                rows = np.asarray(block_rows, dtype=np.int64)
+                self._place(rows, self._prepare(vecs))
+                if self._multi:
+                    keys = self._store.id_keys_of(block_rows)
+                    self._tcodes[rows - self._mut_start] = [tenant_of_key(k or b"") for k in keys]
                 block_rows.clear()
                 block_vecs.clear()
 
@@ -195,6 +218,13 @@ class Collection:
         flush()
         if self.config.payload_index:
             self._index_mutable(self.config.payload_index)
+        if self._multi:
+            counts: dict[int, int] = {}
+            n = self._next_row - self._mut_start
+            parts = [s.tenant_codes_live() for s in self._segments] + [self._tcodes[:n][self._live[:n]]]
+            codes, sizes = np.unique(np.concatenate(parts), return_counts=True)
+            counts = {int(c): int(z) for c, z in zip(codes.tolist(), sizes.tolist(), strict=True) if c >= 0}
+            self._tenant_live = counts
 
     def _index_mutable(self, fields: dict[str, str]) -> None:
         """Index ``fields`` of the mutable segment's stored payloads (at start, and when an
@@ -249,20 +279,24 @@ class Collection:
             matrix[: self._matrix.shape[0]] = self._matrix
             live = np.zeros(capacity, dtype=np.bool_)
             live[: self._live.shape[0]] = self._live
-            self._matrix, self._live = matrix, live
+            tcodes = np.full(capacity, -1, dtype=np.int32)
+            tcodes[: self._tcodes.shape[0]] = self._tcodes
+            self._matrix, self._live, self._tcodes = matrix, live, tcodes
 
-    def _place(self, rows: np.ndarray, prepared: FloatMatrix) -> None:
+    def _place(self, rows: np.ndarray, prepared: FloatMatrix, code: int = -1) -> None:
         """Write prepared vectors at global ``rows`` of the mutable segment and mark them
-        live (caller holds the lock)."""
+        live, as points of tenant ``code`` (caller holds the lock)."""
         if rows.size:
             local = rows - self._mut_start
             self._ensure_capacity(int(local.max()) + 1)
             self._matrix[local] = prepared
             self._live[local] = True
+            self._tcodes[local] = code
 
-    def _kill(self, rows: Sequence[int], replaced: bool = False) -> None:
-        """Hide dead global ``rows`` from every segment (caller holds the lock); ``replaced``:
-        their points were written again, at rows past every current snapshot."""
+    def _kill(self, rows: Sequence[int], replaced: bool = False, code: int | None = None) -> None:
+        """Hide dead global ``rows`` (of tenant ``code`` in a multi-tenant collection) from
+        every segment (caller holds the lock); ``replaced``: their points were written
+        again, at rows past every current snapshot."""
         arr = np.asarray(rows, dtype=np.int64)
         mutable = arr[arr >= self._mut_start]
         self._live[mutable - self._mut_start] = False
@@ -270,12 +304,20 @@ class Collection:
         if sealed.size:
             for segment in self._segments:
                 segment.kill(sealed)
+            part = self._partitions.get(code) if code is not None else None
+            if part is not None:
+                part.kill(sealed)
+        if code is not None:
+            self._tenant_live[code] = self._tenant_live.get(code, 0) - arr.size
         if replaced:
             self._replaced += 1
 
-    def _match_rows(self, compiled: CompiledFilter, snap: _Snapshot) -> list[int]:
-        """Live rows matching a filter, ascending."""
-        masks = self._filter_masks(compiled, snap)
+    def _match_rows(
+        self, compiled: CompiledFilter | None, snap: _Snapshot, code: int | None = None
+    ) -> list[int]:
+        """Live rows matching a filter (and of tenant ``code``), ascending."""
+        masks = self._masks(compiled, snap, code)
+        assert masks is not None
         parts = [seg.rows[m] for seg, m in zip(snap.segments, masks, strict=False)]
         parts.append(np.flatnonzero(masks[-1]) + snap.start)
         return [int(r) for r in np.concatenate(parts)]
@@ -297,6 +339,47 @@ class Collection:
         surely, maybe = evaluate(compiled.tree, n, snap.start, snap.payload)
         masks.append(self._settle(compiled, surely & snap.live, maybe & snap.live, None, snap.start))
         return masks
+
+    def _masks(
+        self, compiled: CompiledFilter | None, snap: _Snapshot, code: int | None
+    ) -> list[np.ndarray] | None:
+        """``_filter_masks`` narrowed to the rows of tenant ``code``; None when there is
+        neither a filter nor a tenant (every live row)."""
+        if code is None:
+            return None if compiled is None else self._filter_masks(compiled, snap)
+        masks = (
+            self._filter_masks(compiled, snap)
+            if compiled is not None
+            else [s.live for s in snap.segments] + [snap.live]
+        )
+        out: list[np.ndarray] = []
+        for seg, mask in zip(snap.segments, masks, strict=False):
+            mine = np.zeros(seg.size, np.bool_)
+            local = seg.tenant_local(code)
+            mine[local] = mask[local]
+            out.append(mine)
+        out.append(masks[-1] & (snap.tcodes[: snap.live.size] == code))
+        return out
+
+    def _tenant(self, tenant: str | None, *, write: bool = False) -> int | None:
+        """The code of the tenant a request names: None in a collection without tenants,
+        -1 for a tenant that holds no points yet. A multi-tenant collection needs one."""
+        if not self._multi:
+            if tenant is not None:
+                raise InvalidArgument(
+                    f"collection {self.name!r} is not multi-tenant: leave tenant out "
+                    "(create the collection with multi_tenant=True to keep tenants apart)"
+                )
+            return None
+        if tenant is None:
+            raise InvalidArgument(
+                f"collection {self.name!r} is multi-tenant: every {'write' if write else 'read'} "
+                "names its tenant (tenant=...)"
+            )
+        return self._tenants.codes.get(check_tenant(tenant), -1)
+
+    def _key(self, point_id: PointId, code: int | None) -> bytes:
+        return id_key(point_id) if code is None else tenant_prefix(code) + id_key(point_id)
 
     def _settle(
         self,
@@ -349,9 +432,16 @@ class Collection:
 
     # ------------------------------------------------------------ writes
     def upsert(
-        self, ids: Sequence[PointId], vectors: object, payloads: Sequence[Payload | None] | None = None
+        self,
+        ids: Sequence[PointId],
+        vectors: object,
+        payloads: Sequence[Payload | None] | None = None,
+        tenant: str | None = None,
     ) -> int:
-        """Insert or replace points; returns how many were written."""
+        """Insert or replace points (of ``tenant`` in a multi-tenant collection, whose ids
+        are its own: another tenant's point with the same id is a different point);
+        returns how many were written."""
+        code = self._tenant(tenant, write=True)
         id_list = check_ids(ids, self._limits)
         if not id_list:
             raise InvalidArgument("upsert needs at least one point: ids is empty")
@@ -362,59 +452,122 @@ class Collection:
             )
         blobs = encode_payloads(payloads, len(id_list), self._limits)
         prepared = self._prepare(matrix)  # raises on zero vectors before anything is written
-        keys = [id_key(i) for i in id_list]
         raw = matrix.astype("<f4", copy=False)
         names = {name for p in payloads if p for name in p} if payloads is not None else set()
         with self._lock:
             self._check_open()
+            tenants_meta: dict[bytes, bytes] = {}
+            if code is not None:
+                code = self._tenants.codes.get(tenant or "", -1)  # it may have been added meanwhile
+                if code == -1:
+                    code, tenants_meta[TENANTS] = self._tenants.added(tenant or "")
+            keys = [self._key(i, code) for i in id_list]
             old_rows = self._store.rows_of(keys)
             first = self._next_row
             new_rows = np.arange(first, first + len(keys), dtype=np.int64)
             dead = [(key, row) for key, row in zip(keys, old_rows, strict=True) if row is not None]
             fields = self._fields | names
             meta = {FIELDS: orjson.dumps(sorted(fields))} if len(fields) > len(self._fields) else {}
-            self._store.apply(keys, first, raw.tobytes(), blobs, dead, self._mut_start, meta)
+            self._store.apply(keys, first, raw.tobytes(), blobs, dead, self._mut_start, meta | tenants_meta)
+            if tenants_meta:
+                self._tenants.apply(tenants_meta[TENANTS])
             self._fields = fields
             self._next_row = first + len(keys)
-            self._place(new_rows, prepared)
+            self._place(new_rows, prepared, -1 if code is None else code)
             if self.config.payload_index and payloads is not None:
                 self._mut_pidx.add(self.config.payload_index, new_rows.tolist(), payloads)
+            if code is not None:
+                self._tenant_live[code] = self._tenant_live.get(code, 0) + len(keys)
             if dead:
-                self._kill([row for _, row in dead], replaced=True)
+                self._kill([row for _, row in dead], replaced=True, code=code)
         if self._next_row - self._mut_start >= self.config.segment_rows:
             self._wake.set()
         return len(keys)
 
-    def delete(self, ids: Sequence[PointId] | None = None, filter: Any = None) -> int:
-        """Delete by ids or by filter (exactly one); returns how many points were deleted."""
+    def delete(
+        self, ids: Sequence[PointId] | None = None, filter: Any = None, tenant: str | None = None
+    ) -> int:
+        """Delete by ids or by filter (exactly one; in a multi-tenant collection among the
+        points of ``tenant``); returns how many points were deleted."""
         if (ids is None) == (filter is None):
             raise InvalidArgument("delete takes either ids or a filter (exactly one of them)")
+        self._tenant(tenant, write=True)  # checked before anything else
         if ids is not None:
-            keys = list(dict.fromkeys(id_key(i) for i in check_ids(ids, self._limits, unique=False)))
+            id_list = check_ids(ids, self._limits, unique=False)
             with self._lock:
                 self._check_open()
+                code = self._tenant(tenant)
+                if code == -1:
+                    return 0
+                keys = list(dict.fromkeys(self._key(i, code) for i in id_list))
                 rows_of = self._store.rows_of(keys)
                 dead = [(k, r) for k, r in zip(keys, rows_of, strict=True) if r is not None]
-                return self._drop(dead)
+                return self._drop(dead, code)
         compiled = self._compile(filter)  # None: the empty filter, which matches every point
         with self._lock:
             self._check_open()
+            code = self._tenant(tenant)
+            if code == -1:
+                return 0
             rows = (
                 self._live_rows()
-                if compiled is None
-                else self._match_rows(compiled, self._snapshot(locked=True))
+                if compiled is None and code is None
+                else self._match_rows(compiled, self._snapshot(locked=True), code)
             )
             found = self._store.id_keys_of(rows)
-            return self._drop([(k, r) for k, r in zip(found, rows, strict=True) if k is not None])
+            return self._drop([(k, r) for k, r in zip(found, rows, strict=True) if k is not None], code)
 
-    def _drop(self, dead: list[tuple[bytes, int]]) -> int:
-        """Durably delete (id key, row) pairs, then hide the rows (caller holds the lock)."""
+    def _drop(
+        self, dead: list[tuple[bytes, int]], code: int | None = None, meta: dict[bytes, bytes] | None = None
+    ) -> int:
+        """Durably delete (id key, row) pairs of tenant ``code``, then hide the rows
+        (caller holds the lock)."""
+        if dead or meta:
+            self._store.apply([], self._next_row, b"", [], dead, self._mut_start, meta)
         if dead:
-            self._store.apply([], self._next_row, b"", [], dead, self._mut_start)
-            self._kill([row for _, row in dead])
-            if any(s.dead > COMPACT_DEAD_FRACTION * s.size for s in self._segments):
+            self._kill([row for _, row in dead], code=code)
+            part = self._partitions.get(code) if code is not None else None
+            shrunk = (
+                part is not None and self._tenant_live.get(code or 0, 0) < self.config.tenant_index_rows // 2
+            )
+            if shrunk or any(s.dead > COMPACT_DEAD_FRACTION * s.size for s in self._segments):
                 self._wake.set()
         return len(dead)
+
+    # ------------------------------------------------------------ tenants
+    def list_tenants(self) -> list[TenantInfo]:
+        """Every tenant of a multi-tenant collection, by name, with its live points."""
+        if not self._multi:
+            raise InvalidArgument(f"collection {self.name!r} is not multi-tenant: it has no tenants")
+        with self._lock:
+            self._check_open()
+            return [
+                TenantInfo(name, self._tenant_live.get(code, 0), code in self._partitions)
+                for name, code in sorted(self._tenants.codes.items())
+            ]
+
+    def delete_tenant(self, tenant: str) -> int:
+        """Delete a tenant with all its points, durably in one batch, and drop its index
+        partition at once (its rows in sealed segments leave the disk at their next
+        compaction). Returns how many points it held."""
+        self._tenant(tenant, write=True)
+        with self._lock:
+            self._check_open()
+            code = self._tenant(tenant)
+            if code is None or code == -1:
+                raise NotFound(f"tenant {tenant!r} of collection {self.name!r} does not exist")
+            prefix = tenant_prefix(code)
+            dead: list[tuple[bytes, int]] = []
+            for key, row in self._store.scan_ids(prefix):
+                if not key.startswith(prefix):
+                    break
+                dead.append((key, row))
+            self._partitions = {c: p for c, p in self._partitions.items() if c != code}
+            removed = self._drop(dead, code, {TENANTS: self._tenants.without(tenant)})
+            self._tenants.apply(self._tenants.without(tenant))
+            self._tenant_live.pop(code, None)
+        log.info("deleted tenant %r of %r with %d points", tenant, self.name, removed)
+        return removed
 
     def _live_rows(self) -> list[int]:
         """Every live global row, ascending (caller holds the lock)."""
@@ -430,22 +583,34 @@ class Collection:
         return self._mutable_count() + sum(s.live_count for s in self._segments)
 
     # ------------------------------------------------------------ reads
-    def count(self, filter: Any = None) -> int:
-        """Number of live points, or of those matching ``filter``."""
+    def count(self, filter: Any = None, tenant: str | None = None) -> int:
+        """Number of live points (of ``tenant``), or of those matching ``filter``."""
+        code = self._tenant(tenant)
         compiled = self._compile(filter)
         self._check_open()
+        if code == -1:
+            return 0
         if compiled is None:
             with self._lock:
-                return self._live_count()
+                return self._live_count() if code is None else self._tenant_live.get(code, 0)
         return self._read(
-            lambda snap: sum(int(np.count_nonzero(m)) for m in self._filter_masks(compiled, snap))
+            lambda snap: sum(int(np.count_nonzero(m)) for m in self._masks(compiled, snap, code) or [])
         )
 
-    def get(self, ids: Sequence[PointId], with_payload: bool = True, with_vector: bool = True) -> list[Point]:
-        """Points for ``ids`` in the order asked; ids that do not exist are left out."""
+    def get(
+        self,
+        ids: Sequence[PointId],
+        with_payload: bool = True,
+        with_vector: bool = True,
+        tenant: str | None = None,
+    ) -> list[Point]:
+        """Points for ``ids`` (of ``tenant``) in the order asked; ids that do not exist are left out."""
+        code = self._tenant(tenant)
         id_list = check_ids(ids, self._limits, unique=False)
         self._check_open()
-        keys = [id_key(i) for i in id_list]
+        if code == -1:
+            return []
+        keys = [self._key(i, code) for i in id_list]
         rows = self._store.rows_of(keys)
         present = [(k, r) for k, r in zip(keys, rows, strict=True) if r is not None]
         points = self._points([r for _, r in present], [k for k, _ in present], with_payload, with_vector)
@@ -458,21 +623,31 @@ class Collection:
         filter: Any = None,
         with_payload: bool = True,
         with_vector: bool = False,
+        tenant: str | None = None,
     ) -> tuple[list[Point], PointId | None]:
-        """One page of points in id order from ``offset``; returns (points, next offset or None)."""
+        """One page of points (of ``tenant``) in id order from ``offset``; returns (points,
+        next offset or None)."""
+        code = self._tenant(tenant)
         if not 1 <= check_int("scroll limit", limit) <= self._limits.max_scroll_limit:
             raise InvalidArgument(
                 f"scroll limit must be an integer in 1..{self._limits.max_scroll_limit}, got {limit!r}"
             )
-        start = id_key(check_ids([offset], self._limits)[0]) if offset is not None else None
         compiled = self._compile(filter)
         self._check_open()
+        if code == -1:
+            return [], None
+        prefix = tenant_prefix(code) if code is not None else b""
+        start = (
+            self._key(check_ids([offset], self._limits)[0], code) if offset is not None else prefix or None
+        )
         matching = (
-            None if compiled is None else set(self._read(lambda snap: self._match_rows(compiled, snap)))
+            None if compiled is None else set(self._read(lambda snap: self._match_rows(compiled, snap, code)))
         )
         page: list[tuple[bytes, int]] = []
         next_offset: PointId | None = None
         for key, row in self._store.scan_ids(start):
+            if not key.startswith(prefix):
+                break  # past the tenant's range
             if matching is not None and row not in matching:
                 continue
             if len(page) == limit:
@@ -490,11 +665,13 @@ class Collection:
         with_payload: bool = True,
         with_vector: bool = False,
         params: SearchParams | None = None,
+        tenant: str | None = None,
     ) -> list[Hit]:
-        """The ``k`` nearest points to one query vector, best first."""
+        """The ``k`` nearest points (of ``tenant``) to one query vector, best first."""
+        code = self._tenant(tenant)
         query = as_query(vector, self.config.dim)
         return self._search(
-            query.reshape(1, -1), k, self._compile(filter), with_payload, with_vector, params
+            query.reshape(1, -1), k, self._compile(filter), with_payload, with_vector, params, code=code
         )[0]
 
     def search_batch(
@@ -506,9 +683,12 @@ class Collection:
         with_vector: bool = False,
         params: SearchParams | None = None,
         alive: Callable[[], None] | None = None,
+        tenant: str | None = None,
     ) -> list[list[Hit]]:
-        """One hit list per query row, each best first. ``alive`` (the server's) is called
-        between blocks of queries; whatever it raises stops the search."""
+        """One hit list per query row (among the points of ``tenant``), each best first.
+        ``alive`` (the server's) is called between blocks of queries; whatever it raises
+        stops the search."""
+        code = self._tenant(tenant)
         queries = as_matrix(vectors, self.config.dim, "query vectors")
         if queries.shape[0] > self._limits.max_query_batch:
             raise ResourceExhausted(
@@ -521,7 +701,9 @@ class Collection:
             if alive is not None:
                 alive()
             results.extend(
-                self._search(queries[lo : lo + step], k, compiled, with_payload, with_vector, params)
+                self._search(
+                    queries[lo : lo + step], k, compiled, with_payload, with_vector, params, code=code
+                )
             )
         return results
 
@@ -538,6 +720,8 @@ class Collection:
             self._live[:n].copy(),
             self._mut_pidx.snapshot(),
             self._replaced,
+            self._tcodes,
+            self._partitions,
         )
 
     def _read(self, read: Callable[[_Snapshot], T]) -> T:
@@ -578,14 +762,23 @@ class Collection:
         with_vector: bool,
         params: SearchParams | None,
         explain: list[SegmentPlan] | None = None,
+        code: int | None = None,
     ) -> list[list[Hit]]:
         k = check_k(k, self._limits)
         prepared = self._prepare(queries)
+        if code == -1:  # a tenant without points
+            return [[] for _ in range(queries.shape[0])]
 
         def read(snap: _Snapshot) -> list[list[Hit]]:
-            masks = self._filter_masks(compiled, snap) if compiled is not None else None
             if explain is not None:
                 explain.clear()
+            if code is not None:
+                masks = self._masks(compiled, snap, code) if compiled is not None else None
+                found = self._tenant_rows(prepared, k, snap, code, masks, params, explain)
+                return self._hits(
+                    snap, finish_scores(found[0], self._metric), found[1], found[2], with_payload, with_vector
+                )
+            masks = self._filter_masks(compiled, snap) if compiled is not None else None
             scores, rows, counts = self._search_rows(prepared, k, snap, masks, params, explain)
             return self._hits(
                 snap, finish_scores(scores, self._metric), rows, counts, with_payload, with_vector
@@ -629,6 +822,108 @@ class Collection:
             parts.append((scores, np.where(local_rows >= 0, local_rows + snap.start, -1), counts))
         return merge_topk(parts, prepared.shape[0], k)
 
+    def _tenant_rows(
+        self,
+        prepared: FloatMatrix,
+        k: int,
+        snap: _Snapshot,
+        code: int,
+        masks: list[np.ndarray] | None,
+        params: SearchParams | None,
+        explain: list[SegmentPlan] | None,
+    ) -> TopK:
+        """Top-k (kernel scores, global rows, counts) among the live rows of tenant
+        ``code`` (and ``masks``, a filter narrowed to it): its partition answers for the
+        sealed rows below the partition's bound, its other rows are scored exactly."""
+        params = params or _DEFAULT_PARAMS
+        part = None if params.exact else snap.partitions.get(code)
+        bound = part.bound if part is not None else 0
+        parts: list[TopK] = []
+        covered: list[tuple[Segment, np.ndarray, np.ndarray]] = []  # below the partition's bound
+        exact_rows = 0
+        for i, seg in enumerate(snap.segments):
+            local = seg.tenant_local(code)
+            if not local.size:
+                continue
+            allow = masks[i] if masks is not None else seg.live
+            if seg.lo < bound:
+                below = seg.rows[local] < bound
+                covered.append((seg, local[below], allow))
+                local = local[~below]
+            if local.size:
+                parts.append(seg.rerank_local(prepared, k, local, allow, self._metric))
+                exact_rows += int(local.size)
+        mask = masks[-1] if masks is not None else snap.live & (snap.tcodes[: snap.live.size] == code)
+        if mask.any():
+            scores, local_rows, counts = exact_topk(
+                snap.matrix, mask, prepared, min(k, mask.size), self._metric
+            )
+            parts.append((scores, np.where(local_rows >= 0, local_rows + snap.start, -1), counts))
+            exact_rows += int(np.count_nonzero(mask))
+        if explain is not None:
+            explain.append(
+                SegmentPlan(
+                    "tenant", exact_rows, exact_rows, "exact", "the tenant's rows outside a partition"
+                )
+            )
+        if part is not None and covered:
+            found, how = self._partition_search(
+                part, prepared, k, self._knobs(params), covered, masks is not None
+            )
+            parts.append(found)
+            if explain is not None:
+                explain.append(how)
+        return merge_topk(parts, prepared.shape[0], k)
+
+    def _partition_search(
+        self,
+        part: Partition,
+        prepared: FloatMatrix,
+        k: int,
+        knobs: Knobs,
+        covered: list[tuple[Segment, np.ndarray, np.ndarray]],
+        filtered: bool,
+    ) -> tuple[TopK, SegmentPlan]:
+        """A tenant's partition searched for the top-k of its ``covered`` rows (segment,
+        local rows, allowed mask); with a filter the walk asks for k / selectivity
+        candidates, widening up to 3 times, unless few rows match (then exact)."""
+        nq = prepared.shape[0]
+        name = f"tenant-partition-{part.code}"
+
+        def exact(why: str, matches: int) -> tuple[TopK, SegmentPlan]:
+            found = [
+                seg.rerank_local(prepared, k, local, allow, self._metric) for seg, local, allow in covered
+            ]
+            return merge_topk(found, nq, k), SegmentPlan(name, part.live_count, matches, "exact", why)
+
+        if not filtered:
+            found = part.search(prepared, k, knobs.ef)
+            if found is None:
+                return exact("the graph could not return k live rows", part.live_count)
+            return found, SegmentPlan(
+                name, part.live_count, part.live_count, "hnsw", "the tenant's own graph"
+            )
+        allowed = np.sort(np.concatenate([seg.rows[local[allow[local]]] for seg, local, allow in covered]))
+        matches = int(allowed.size)
+        if matches == 0:
+            return merge_topk([], nq, k), SegmentPlan(name, part.live_count, 0, "skip", "no row matches")
+        n = math.ceil(WIDEN * k * max(1, part.live_count) / matches)
+        if matches <= GRAPH_STEP_COST * max(knobs.ef, n):
+            return exact(f"{matches} matching rows cost less than the graph", matches)
+        for attempt in range(3):
+            found = part.search(prepared, n, knobs.ef)
+            if found is None:
+                break
+            pos = np.minimum(np.searchsorted(allowed, found[1]), allowed.size - 1)
+            kept = take_first(found, allowed[pos] == found[1], k)
+            if kept[2].min() >= min(k, matches):
+                why = f"asked the graph for {n} candidates" + (
+                    f" after {attempt} widening(s)" if attempt else ""
+                )
+                return kept, SegmentPlan(name, part.live_count, matches, "hnsw+widened", why)
+            n *= 4
+        return exact("the graph returned too few matches", matches)
+
     def query(
         self,
         vector: object = None,
@@ -641,11 +936,13 @@ class Collection:
         with_payload: bool = True,
         with_vector: bool = False,
         params: SearchParams | None = None,
+        tenant: str | None = None,
     ) -> list[Hit]:
-        """Hybrid search: the dense ranking of ``vector`` and the BM25 ranking of ``text``
+        """Hybrid search (among the points of ``tenant``): the dense ranking of ``vector`` and the BM25 ranking of ``text``
         (over a ``text`` payload index), fused by ``fusion`` (``"rrf"`` or ``"weighted"``,
         with ``weights`` (dense, text), default (1, 1)); ``filter`` applies to both.
         With only one of vector and text, that ranking alone (BM25 scores for text)."""
+        code = self._tenant(tenant)
         if vector is None and text is None:
             raise InvalidArgument("query needs a vector, a text or both")
         if fusion not in ("rrf", "weighted"):
@@ -664,8 +961,11 @@ class Collection:
         prepared = self._prepare(query) if query is not None else None
         depth = k if vector is None or text is None else min(self._limits.max_k, max(2 * k, 50))
 
+        if code == -1:
+            return []
+
         def read(snap: _Snapshot) -> list[Hit]:
-            masks = self._filter_masks(compiled, snap) if compiled is not None else None
+            masks = self._masks(compiled, snap, code)
             rankings: list[tuple[np.ndarray, np.ndarray]] = []
             if prepared is not None:
                 scores, rows, counts = self._search_rows(prepared, depth, snap, masks, params, None)
@@ -728,12 +1028,17 @@ class Collection:
         return rows[order], scores[order]
 
     def explain(
-        self, vector: object, k: int = 10, filter: Any = None, params: SearchParams | None = None
+        self,
+        vector: object,
+        k: int = 10,
+        filter: Any = None,
+        params: SearchParams | None = None,
+        tenant: str | None = None,
     ) -> QueryPlan:
         """Run a search and say how each segment answered it: the plan (exact over the
         matching rows, the index with an allow-list, a widened walk, ...), how many rows
         matched and why that plan was chosen."""
-        return self.search_explained(vector, k, filter, False, False, params)[1]
+        return self.search_explained(vector, k, filter, False, False, params, tenant)[1]
 
     def search_explained(
         self,
@@ -743,13 +1048,17 @@ class Collection:
         with_payload: bool = True,
         with_vector: bool = False,
         params: SearchParams | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[Hit], QueryPlan]:
         """``search`` that also returns the QueryPlan ``explain`` describes."""
+        code = self._tenant(tenant)
         query = as_query(vector, self.config.dim)
         plans: list[SegmentPlan] = []
         started = time.perf_counter()
         compiled = self._compile(filter)
-        hits = self._search(query.reshape(1, -1), k, compiled, with_payload, with_vector, params, plans)[0]
+        hits = self._search(
+            query.reshape(1, -1), k, compiled, with_payload, with_vector, params, plans, code
+        )[0]
         seconds = time.perf_counter() - started
         names = sorted(compiled.fields) if compiled is not None else []
         schema = self.config.payload_index
@@ -834,14 +1143,20 @@ class Collection:
             )
             error = self._error
             busy = self._busy
+            partitions = list(self._partitions.values())
+            tenants = len(self._tenants.codes)
         notes = sorted({s.note for s in segments if s.note} | ({error} if error else set()))
         status = IndexStatus(
             segments=len(segments),
             indexed_points=sum(s.live_count for s in segments),
             mutable_points=mutable,
-            index_bytes=sum(s.index_bytes() for s in segments) + payload_bytes,
+            index_bytes=sum(s.index_bytes() for s in segments)
+            + payload_bytes
+            + sum(p.nbytes() for p in partitions),
             note="; ".join(notes),
             optimizing=busy,
+            tenants=tenants,
+            tenant_partitions=len(partitions),
         )
         return CollectionInfo(self.name, self.config, status.indexed_points + mutable, status)
 
@@ -923,7 +1238,7 @@ class Collection:
                 schema = dict(self.config.payload_index)
                 pidx = self._mut_pidx.snapshot()
             else:
-                did = self._rewrite_step() or self._index_step()
+                did = self._rewrite_step() or self._index_step() or self._tenant_step()
                 if not did:
                     self._force_seal = False
                 return did
@@ -952,7 +1267,10 @@ class Collection:
             new_matrix[:rest] = self._matrix[take_rows : take_rows + rest]
             new_live = np.zeros(capacity, dtype=np.bool_)
             new_live[:rest] = self._live[take_rows : take_rows + rest]
+            new_tcodes = np.full(capacity, -1, dtype=np.int32)
+            new_tcodes[:rest] = self._tcodes[take_rows : take_rows + rest]
             self._matrix, self._live, self._mut_start = new_matrix, new_live, start + take_rows
+            self._tcodes = new_tcodes
             self._mut_pidx.forget_below(start + take_rows)
         log.info(
             "sealed %d rows of %r into segment %s", take_rows, self.name, segment.name if segment else "-"
@@ -1061,6 +1379,79 @@ class Collection:
                 time.perf_counter() - started,
             )
         return True
+
+    def _tenant_step(self) -> bool:
+        """Promote, rebuild or demote one tenant's partition (caller holds the lock; the
+        build runs without it). A tenant of ``tenant_index_rows`` points or more, half
+        of them sealed, gets an HNSW graph over its sealed rows; the graph is rebuilt when
+        the tenant's sealed rows outside it reach ``REBUILD_SHARE`` of it; a tenant that
+        shrinks below half the threshold loses it. Returns whether it did one."""
+        if not self._multi:
+            return False
+        threshold = self.config.tenant_index_rows
+        for code in self._partitions:
+            if self._tenant_live.get(code, 0) < threshold // 2:
+                self._partitions = {c: p for c, p in self._partitions.items() if c != code}
+                log.info(
+                    "demoted tenant %r of %r: %d points",
+                    self._tenants.names.get(code),
+                    self.name,
+                    self._tenant_live.get(code, 0),
+                )
+                return True
+        todo = None
+        for code, live in self._tenant_live.items():
+            if live < threshold:
+                continue
+            part = self._partitions.get(code)
+            bound = part.bound if part is not None else 0
+            locals_ = [(seg, seg.tenant_local(code)) for seg in self._segments if seg.hi > bound]
+            outside = sum(
+                int(np.count_nonzero(seg.live[loc] & (seg.rows[loc] >= bound))) for seg, loc in locals_
+            )
+            if (part is None and outside >= threshold // 2) or (
+                part is not None and outside >= max(16, REBUILD_SHARE * part.live_count)
+            ):
+                todo = code
+                break
+        if todo is None:
+            return False
+        code, bound, segments = todo, self._mut_start, list(self._segments)
+        picks = [(seg, loc[seg.live[loc]]) for seg in segments for loc in [seg.tenant_local(code)]]
+        self._lock.release()
+        try:
+            started = time.perf_counter()
+            rows = np.concatenate([seg.rows[loc] for seg, loc in picks])
+            vectors = np.concatenate([seg.vectors[loc] for seg, loc in picks])
+            order = np.argsort(rows)
+            part = Partition.build(
+                code, bound, rows[order], vectors[order], self.config, self._metric, build_threads()
+            )
+        finally:
+            self._lock.acquire()
+        if self._closed or code not in self._tenants.names:
+            return True  # closed, or the tenant was deleted meanwhile
+        part.kill(part.rows[~self._alive_sealed(part.rows)])  # deleted while it was built
+        self._partitions = {**self._partitions, code: part}
+        log.info(
+            "built the HNSW partition of tenant %r of %r: %d rows in %.1f s",
+            self._tenants.names.get(code),
+            self.name,
+            part.live_count,
+            time.perf_counter() - started,
+        )
+        return True
+
+    def _alive_sealed(self, rows: np.ndarray) -> np.ndarray:
+        """Whether each of the ascending global ``rows`` is live in a sealed segment (caller holds the lock)."""
+        alive = np.zeros(rows.size, np.bool_)
+        for seg in self._segments:
+            inside = np.flatnonzero((rows >= seg.lo) & (rows < seg.hi))
+            if inside.size:
+                pos = np.searchsorted(seg.rows, rows[inside])
+                hit = seg.rows[pos] == rows[inside]
+                alive[inside[hit]] = seg.live[pos[hit]]
+        return alive
 
     def _index_segment(self, segment: Segment, name: str, kind: str) -> FieldIndex:
         """A payload index of a sealed segment built from its stored payloads."""

@@ -5,7 +5,8 @@ A segment folder holds ``rows.npy`` (the global row numbers it covers, ascending
 ``vectors.f32`` (their prepared float32 vectors, memory-mapped), the point ids of
 its rows (``ids.npy`` when all are integers, else ``keys.bin`` + ``keys.off.npy``;
 memory-mapped, so that a search answers ids without a RocksDB read), ``segment.json``
-(tier kind and note) and the tier's own files. Deletes after sealing only clear a
+(tier kind and note), the tier's own files and, in a multi-tenant collection,
+``tenants.npy`` (each row's tenant code; see engine/tenants.py). Deletes after sealing only clear a
 bit in the in-memory ``live`` mask (and are recorded durably in RocksDB, which
 re-applies them at start); compaction rewrites a segment without its dead rows.
 """
@@ -27,8 +28,8 @@ import orjson
 from lamina.engine.payload import FieldIndex
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import rerank
-from lamina.index.tiers import HnswTier, Knobs, Tier, TopK, build_tier, load_tier
-from lamina.storage.keys import id_from_key
+from lamina.index.tiers import ExactTier, HnswTier, Knobs, Tier, TopK, build_tier, load_tier
+from lamina.storage.keys import id_from_key, tenant_of_key
 from lamina.storage.vectorfile import atomic_folder, fsync_path, map_matrix, write_matrix
 from lamina.types import CollectionConfig, FloatMatrix, PointId, SegmentPlan
 
@@ -66,6 +67,7 @@ class Segment:
         note: str,
         ids: _Ids,
         payload: dict[str, FieldIndex],
+        tenants: np.ndarray | None = None,
     ) -> None:
         self.folder = folder
         self.payload = payload
@@ -82,6 +84,26 @@ class Segment:
         self.dead = 0
         self._matches: OrderedDict[Hashable, np.ndarray] = OrderedDict()  # filter key -> rows matching
         self._cache_lock = threading.Lock()
+        # tenant membership: local rows sorted by tenant code (stable, so ascending per tenant)
+        codes = tenants if tenants is not None else np.zeros(0, np.int32)
+        self._tenant_order = np.argsort(codes, kind="stable").astype(np.int32)
+        self._tenant_sorted = codes[self._tenant_order]
+
+    def tenant_local(self, code: int) -> np.ndarray:
+        """Local positions (ascending, dead or alive) of the rows of tenant ``code``."""
+        lo, hi = np.searchsorted(self._tenant_sorted, [code, code + 1])
+        return self._tenant_order[lo:hi]
+
+    def tenant_codes_live(self) -> np.ndarray:
+        """The tenant code of every live row (in tenant order)."""
+        return self._tenant_sorted[self.live[self._tenant_order]]
+
+    def rerank_local(
+        self, queries: FloatMatrix, k: int, local: np.ndarray, allow: np.ndarray, metric: int
+    ) -> TopK:
+        """Exact top-k (global rows) among the ``local`` rows that ``allow`` passes."""
+        candidates = np.broadcast_to(local.astype(np.int64, copy=False), (queries.shape[0], local.size))
+        return self._global(rerank(self.vectors, np.ascontiguousarray(candidates), allow, queries, k, metric))
 
     @property
     def lo(self) -> int:
@@ -114,17 +136,23 @@ class Segment:
         """Build the tier over ``vectors`` (prepared, one per row; ``keys`` are the rows'
         id keys) and write the segment folder durably with its payload indexes (in the
         segment's row positions); the caller commits it to the collection manifest."""
-        tier, note = build_tier(config, vectors, metric, threads)
+        # a multi-tenant collection answers from tenant partitions, never from a shared graph
+        tier, note = (
+            (ExactTier(metric), "") if config.multi_tenant else build_tier(config, vectors, metric, threads)
+        )
+        tenants = np.array([tenant_of_key(k) for k in keys], np.int32) if config.multi_tenant else None
         with atomic_folder(folder) as tmp:
             np.save(tmp / "rows.npy", rows.astype(np.int64))
             write_matrix(tmp / "vectors.f32", vectors)
             _write_ids(tmp, keys)
+            if tenants is not None:
+                np.save(tmp / "tenants.npy", tenants)
             tier.save(tmp)
             for name, index in payload.items():
                 index.save(tmp / payload_file(name, index.kind))
             (tmp / _META).write_bytes(orjson.dumps({"tier": tier.kind, "note": note, "rows": int(rows.size)}))
         vecs = map_matrix(folder / "vectors.f32", config.dim)
-        return cls(folder, rows.astype(np.int64), vecs, tier, note, _read_ids(folder), dict(payload))
+        return cls(folder, rows.astype(np.int64), vecs, tier, note, _read_ids(folder), dict(payload), tenants)
 
     @classmethod
     def load(cls, folder: Path, config: CollectionConfig, metric: int) -> Segment:
@@ -137,7 +165,8 @@ class Segment:
             for name, kind in config.payload_index.items()
             if (folder / payload_file(name, kind)).exists()
         }
-        return cls(folder, rows, vecs, tier, meta.get("note", ""), _read_ids(folder), payload)
+        tenants = np.load(folder / "tenants.npy") if (folder / "tenants.npy").exists() else None
+        return cls(folder, rows, vecs, tier, meta.get("note", ""), _read_ids(folder), payload, tenants)
 
     def add_payload_index(self, name: str, index: FieldIndex) -> None:
         """Write a payload index built after sealing (atomically) and start using it."""
@@ -258,9 +287,7 @@ class Segment:
         return scores, rows, counts
 
     def _exact(self, queries: FloatMatrix, k: int, allow: np.ndarray, metric: int) -> TopK:
-        local = np.flatnonzero(allow)
-        candidates = np.broadcast_to(local, (queries.shape[0], local.size))
-        return self._global(rerank(self.vectors, np.ascontiguousarray(candidates), allow, queries, k, metric))
+        return self.rerank_local(queries, k, np.flatnonzero(allow), allow, metric)
 
     def _widened(
         self,
@@ -300,19 +327,8 @@ class Segment:
     @staticmethod
     def _filter_top(found: TopK, allow: np.ndarray, k: int) -> TopK:
         """Keep the first k hits of each query whose rows are in ``allow``."""
-        scores, local, counts = found
-        nq = scores.shape[0]
-        keep = (local >= 0) & allow[np.maximum(local, 0)]
-        keep &= np.arange(local.shape[1])[None, :] < counts[:, None]
-        out_s = np.full((nq, k), -np.inf, np.float32)
-        out_r = np.full((nq, k), -1, np.int64)
-        out_c = np.zeros(nq, np.int64)
-        for q in range(nq):
-            pick = np.flatnonzero(keep[q])[:k]
-            out_s[q, : pick.size] = scores[q, pick]
-            out_r[q, : pick.size] = local[q, pick]
-            out_c[q] = pick.size
-        return out_s, out_r, out_c
+        local = found[1]
+        return take_first(found, (local >= 0) & allow[np.maximum(local, 0)], k)
 
     def ids_at(self, rows: np.ndarray) -> list[PointId]:
         """Point ids of global ``rows`` of this segment."""
@@ -323,11 +339,27 @@ class Segment:
         return [id_from_key(bytes(blob[offsets[i] : offsets[i + 1]])) for i in local.tolist()]
 
     def index_bytes(self) -> int:
-        """Bytes the tier holds in memory (its files' sizes) plus the live mask."""
-        return self._tier_bytes + self.live.nbytes
+        """Bytes the tier holds in memory (its files' sizes), the live mask and tenant membership."""
+        return self._tier_bytes + self.live.nbytes + self._tenant_order.nbytes + self._tenant_sorted.nbytes
 
 
 _Ids = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+def take_first(found: TopK, keep: np.ndarray, k: int) -> TopK:
+    """The first k hits of each query among those ``keep`` (same shape as the hits) passes."""
+    scores, rows, counts = found
+    nq = scores.shape[0]
+    keep = keep & (np.arange(rows.shape[1])[None, :] < counts[:, None])
+    out_s = np.full((nq, k), -np.inf, np.float32)
+    out_r = np.full((nq, k), -1, np.int64)
+    out_c = np.zeros(nq, np.int64)
+    for q in range(nq):
+        pick = np.flatnonzero(keep[q])[:k]
+        out_s[q, : pick.size] = scores[q, pick]
+        out_r[q, : pick.size] = rows[q, pick]
+        out_c[q] = pick.size
+    return out_s, out_r, out_c
 
 
 def _write_ids(folder: Path, keys: list[bytes]) -> None:

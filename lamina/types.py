@@ -34,6 +34,8 @@ QuantizationType: TypeAlias = Literal["binary", "pq"]
 QUANTIZATION_TYPES: tuple[str, ...] = get_args(QuantizationType)
 #: Rows a mutable segment collects before the optimizer seals it into an indexed one.
 DEFAULT_SEGMENT_ROWS = 100_000
+#: a tenant with at least this many points gets an HNSW partition of its own
+DEFAULT_TENANT_INDEX_ROWS = 1_000
 
 
 def _int_param(owner: str, name: str, value: object, low: int, high: int) -> int:
@@ -161,9 +163,16 @@ class CollectionConfig:
     segment_rows: int = DEFAULT_SEGMENT_ROWS
     #: payload field (dotted path) -> index type: keyword, int, float, bool, datetime, text
     payload_index: dict[str, str] = field(default_factory=dict)
+    #: every point belongs to a tenant, named by every read and write (see engine/tenants.py)
+    multi_tenant: bool = False
+    #: multi-tenant only: a tenant this large is promoted to an HNSW partition of its own
+    tenant_index_rows: int = DEFAULT_TENANT_INDEX_ROWS
 
     def __post_init__(self) -> None:
         check_payload_index(self.payload_index)
+        if not isinstance(self.multi_tenant, bool):
+            raise InvalidArgument(f"multi_tenant must be true or false, got {self.multi_tenant!r}")
+        _int_param("collection", "tenant_index_rows", self.tenant_index_rows, 16, 100_000_000)
         if isinstance(self.dim, bool) or not isinstance(self.dim, int):
             raise InvalidArgument(f"dim must be an integer, got {type(self.dim).__name__}")
         if self.metric not in METRICS:
@@ -190,6 +199,8 @@ class CollectionConfig:
             quantization=None if quant is None else QuantizationConfig.from_dict(quant),
             segment_rows=int(data.get("segment_rows", DEFAULT_SEGMENT_ROWS)),
             payload_index=dict(data.get("payload_index") or {}),
+            multi_tenant=bool(data.get("multi_tenant", False)),
+            tenant_index_rows=int(data.get("tenant_index_rows", DEFAULT_TENANT_INDEX_ROWS)),
         )
 
 
@@ -231,6 +242,18 @@ class IndexStatus:
     index_bytes: int = 0
     note: str = ""
     optimizing: bool = False  # a seal, compaction or index build is running in the background
+    tenants: int = 0  # multi-tenant collections: tenants holding points
+    tenant_partitions: int = 0  # tenants promoted to an HNSW partition of their own
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    """A tenant of a multi-tenant collection: its live points, and whether it has an
+    HNSW partition of its own (``indexed``) or is searched exactly over its rows."""
+
+    name: str
+    points: int
+    indexed: bool
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,23 @@ def check_collection_name(name: object) -> str:
     return name
 
 
+#: longest tenant name, in UTF-8 bytes
+MAX_TENANT_BYTES = 256
+
+
+def check_tenant(tenant: object) -> str:
+    """A tenant name: a non-empty string of at most 256 UTF-8 bytes without control characters."""
+    if not isinstance(tenant, str) or not tenant:
+        raise InvalidArgument(f"invalid tenant {tenant!r}: a tenant is a non-empty string")
+    if len(tenant.encode("utf-8", "surrogatepass")) > MAX_TENANT_BYTES or any(
+        ord(c) < 32 or 0xD800 <= ord(c) < 0xE000 for c in tenant
+    ):
+        raise InvalidArgument(
+            f"invalid tenant {tenant[:40]!r}: use at most {MAX_TENANT_BYTES} bytes of printable text"
+        )
+    return tenant
+
+
 def check_id(raw: object, limits: Limits) -> PointId:
     """Return the id as ``int`` or ``str``, or raise InvalidArgument saying why not."""
     if isinstance(raw, str):

@@ -3,6 +3,11 @@
 Point ids sort integers first (numerically: 8-byte big-endian), then strings
 (by UTF-8 bytes), which is the order ``scroll`` pages in. Rows are 8-byte
 big-endian so that iteration follows insertion order.
+
+In a multi-tenant collection an id key starts with its tenant's prefix (tag 2 and
+the tenant's 4-byte code), so ids are scoped by tenant, one tenant's keys are one
+contiguous range (scroll, delete_tenant) and the tenant of a row is known from the
+key its segment stores.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from lamina.types import PointId
 _U64 = struct.Struct(">Q")
 _INT_TAG = b"\x00"
 _STR_TAG = b"\x01"
+_TENANT_TAG = b"\x02"
+_U32 = struct.Struct(">I")
+TENANT_PREFIX_BYTES = 5
 
 
 def id_key(point_id: PointId) -> bytes:
@@ -22,7 +30,21 @@ def id_key(point_id: PointId) -> bytes:
     return _INT_TAG + _U64.pack(point_id)
 
 
+def tenant_prefix(code: int) -> bytes:
+    """The prefix of every id key of the tenant with ``code``."""
+    return _TENANT_TAG + _U32.pack(code)
+
+
+def tenant_of_key(key: bytes) -> int:
+    """The tenant code of an id key, or -1 for a key without one."""
+    if key[:1] == _TENANT_TAG and len(key) > TENANT_PREFIX_BYTES:
+        return int(_U32.unpack(key[1:TENANT_PREFIX_BYTES])[0])
+    return -1
+
+
 def id_from_key(key: bytes) -> PointId:
+    if key[:1] == _TENANT_TAG:
+        key = key[TENANT_PREFIX_BYTES:]
     if key[:1] == _INT_TAG:
         return int(_U64.unpack(key[1:])[0])
     return key[1:].decode("utf-8")

@@ -38,6 +38,7 @@ FORMAT_VERSION = b"1"
 SEGMENTS = b"segments"
 MUTABLE_START = b"mutable_start"
 FIELDS = b"fields"  # JSON list of the top-level payload keys ever written
+TENANTS = b"tenants"  # multi-tenant collections: {"names": {tenant: code}, "next": code}
 
 
 #: memtable memory of one collection (all column families together); RocksDB's default is

@@ -1,0 +1,140 @@
+"""Tenants of a multi-tenant collection (after Curator: per-tenant speed at shared memory).
+
+Every point of a multi-tenant collection belongs to one tenant, named by every read
+and write. A tenant has a 4-byte code (``Tenants``; the name -> code map is a meta key
+in RocksDB written in the batch of the tenant's first upsert) and its point ids are
+keyed under the code's prefix (``storage.keys.tenant_prefix``), so ids are scoped by
+tenant and a tenant's keys are one range.
+
+Membership is a bitmap in effect: each sealed segment sorts its rows by tenant code
+(``Segment.tenant_local`` answers a tenant's rows with two binary searches) and the
+mutable segment keeps one code per row. Sealed segments of a multi-tenant collection
+build no shared graph (every query names a tenant, so it would never be walked):
+
+* a small tenant is searched exactly over its own rows (a gather from the memory-mapped
+  vectors + the numba rerank kernel);
+* a tenant that grows past ``tenant_index_rows`` is promoted by the optimizer, in the
+  background, to a ``Partition``: an HNSW graph over its rows in sealed segments below
+  the partition's ``bound`` (its rows at or past the bound, sealed later or still
+  mutable, are searched exactly until the partition is rebuilt to cover them);
+* a partition whose tenant shrinks below half the threshold is dropped (demotion), and
+  ``delete_tenant`` drops it at once with the tenant's points.
+
+Partitions live in memory and are rebuilt by the optimizer after a restart; queries
+are exact (and correct) meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import hnswlib
+import numpy as np
+import orjson
+
+from lamina.index.kernels import METRIC_IP
+from lamina.index.tiers import TopK
+from lamina.types import CollectionConfig, FloatMatrix
+
+#: a partition is rebuilt once its tenant's sealed rows outside it reach this share of it
+REBUILD_SHARE = 0.25
+
+
+class Tenants:
+    """The name <-> code map of a collection's tenants (not thread-safe: the collection's
+    writer lock guards changes; readers see a dict replaced on write)."""
+
+    def __init__(self, raw: bytes | None) -> None:
+        data: dict[str, Any] = orjson.loads(raw) if raw else {"names": {}, "next": 0}
+        self.codes: dict[str, int] = dict(data["names"])
+        self.next: int = int(data["next"])
+        self.names: dict[int, str] = {c: n for n, c in self.codes.items()}
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"names": self.codes, "next": self.next})
+
+    def added(self, name: str) -> tuple[int, bytes]:
+        """The code a new tenant gets and the meta value that records it (not yet applied)."""
+        data = {"names": {**self.codes, name: self.next}, "next": self.next + 1}
+        return self.next, orjson.dumps(data)
+
+    def apply(self, raw: bytes) -> None:
+        """Take the map from an encoded value once it is written."""
+        fresh = Tenants(raw)
+        self.codes, self.next, self.names = fresh.codes, fresh.next, fresh.names
+
+    def without(self, name: str) -> bytes:
+        return orjson.dumps({"names": {n: c for n, c in self.codes.items() if n != name}, "next": self.next})
+
+
+class Partition:
+    """An HNSW graph over one tenant's rows in sealed segments below ``bound``; labels
+    are global row numbers, deleted rows are marked in the graph."""
+
+    def __init__(self, code: int, bound: int, rows: np.ndarray, index: hnswlib.Index, metric: int) -> None:
+        self.code = code
+        self.bound = bound
+        self.rows = rows  # ascending global rows it was built over
+        self.index = index
+        self.metric = metric
+        self.dead = 0
+
+    @classmethod
+    def build(
+        cls,
+        code: int,
+        bound: int,
+        rows: np.ndarray,
+        vectors: FloatMatrix,
+        config: CollectionConfig,
+        metric: int,
+        threads: int,
+    ) -> Partition:
+        index = hnswlib.Index(space="ip" if metric == METRIC_IP else "l2", dim=config.dim)
+        index.init_index(
+            max_elements=max(1, rows.size),
+            M=config.index.m,
+            ef_construction=config.index.ef_construction,
+            random_seed=100,
+        )
+        index.add_items(np.ascontiguousarray(vectors), rows.astype(np.int64), num_threads=threads)
+        return cls(code, bound, rows, index, metric)
+
+    @property
+    def live_count(self) -> int:
+        return int(self.rows.size) - self.dead
+
+    def kill(self, rows: Sequence[int] | np.ndarray) -> None:
+        """Mark those global ``rows`` that the graph holds as deleted."""
+        arr = np.asarray(rows, dtype=np.int64)
+        if not arr.size or not self.rows.size:
+            return
+        pos = np.minimum(np.searchsorted(self.rows, arr), self.rows.size - 1)
+        for row in arr[self.rows[pos] == arr].tolist():
+            with contextlib.suppress(RuntimeError):  # already marked
+                self.index.mark_deleted(row)
+                self.dead += 1
+
+    def search(self, queries: FloatMatrix, n: int, ef: int) -> TopK | None:
+        """Top-n (kernel scores, global rows, counts) among its live rows; None when the
+        graph cannot return n (too few live rows reachable): the caller answers exactly."""
+        n = min(n, self.live_count)
+        if n <= 0:
+            return None
+        self.index.set_ef(max(ef, n))
+        try:
+            labels, dists = self.index.knn_query(queries, k=n, num_threads=1)
+        except RuntimeError:
+            return None
+        scores = (
+            np.subtract(1.0, dists, out=dists) if self.metric == METRIC_IP else np.negative(dists, out=dists)
+        )
+        return scores, labels.astype(np.int64, copy=False), np.full(queries.shape[0], n, dtype=np.int64)
+
+    def nbytes(self) -> int:
+        """Memory of the graph: vectors, links and labels (hnswlib's layout, estimated)."""
+        cap = self.index.get_max_elements()
+        per = self.index.dim * 4 + 8 + 4 + 2 * self.index.M * 4
+        return cap * per + int(self.rows.nbytes)
