@@ -19,6 +19,7 @@ from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.errors import InvalidArgument, NotFound
 from lamina.types import (
     DEFAULT_SEGMENT_ROWS,
+    DEFAULT_TENANT_INDEX_ROWS,
     CollectionConfig,
     CollectionInfo,
     Filter,
@@ -32,9 +33,10 @@ from lamina.types import (
     QueryPlan,
     SearchParams,
     SnapshotInfo,
+    TenantInfo,
     check_payload_field,
 )
-from lamina.validation import as_rows, as_vector, check_collection_name, check_ids, check_int
+from lamina.validation import as_rows, as_vector, check_collection_name, check_ids, check_int, check_tenant
 
 _ADDRESS = re.compile(r"^(grpc://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
 
@@ -116,6 +118,8 @@ class Client:
         quantization: dict[str, Any] | QuantizationConfig | None = None,
         segment_rows: int = DEFAULT_SEGMENT_ROWS,
         payload_index: dict[str, str] | None = None,
+        multi_tenant: bool = False,
+        tenant_index_rows: int = DEFAULT_TENANT_INDEX_ROWS,
     ) -> Collection:
         """Create a collection of ``dim``-dimensional vectors compared by ``metric``
         (``"cosine"``, ``"dot"`` or ``"l2"``); AlreadyExists if the name is taken.
@@ -129,6 +133,10 @@ class Client:
         ``payload_index`` maps payload fields to index types (``keyword``, ``int``,
         ``float``, ``bool``, ``datetime``, ``text``) so that filters on them are answered
         from the index and ``text`` fields can be searched with BM25.
+        ``multi_tenant=True``: every point belongs to a tenant and every read and write
+        names one (``tenant=``); tenants never see each other's points, small tenants are
+        searched exactly and those with ``tenant_index_rows`` points or more get an HNSW
+        index of their own.
         """
         check_collection_name(name)
         config = CollectionConfig(
@@ -140,6 +148,8 @@ class Client:
             else QuantizationConfig.from_dict(quantization),
             segment_rows=segment_rows,
             payload_index=dict(payload_index or {}),
+            multi_tenant=multi_tenant,
+            tenant_index_rows=tenant_index_rows,
         )
         info = self._transport.create_collection(name, config)
         return Collection(self._transport, info, self._limits)
@@ -225,17 +235,24 @@ class Collection:
         return self._transport.get_collection(self.name)
 
     def upsert(
-        self, ids: Sequence[PointId], vectors: Any, payloads: Sequence[Payload | None] | None = None
+        self,
+        ids: Sequence[PointId],
+        vectors: Any,
+        payloads: Sequence[Payload | None] | None = None,
+        *,
+        tenant: str | None = None,
     ) -> int:
         """Insert or replace points. ``vectors`` is an (n, dim) array (one row per id);
         ``payloads`` a list of JSON objects or None. The batch is applied whole or not
         at all and is durable when this returns. Returns the number of points written.
+        In a multi-tenant collection the points belong to ``tenant`` (required there), whose
+        ids are its own.
 
         >>> col.upsert(ids=[1, "doc-2"], vectors=np.random.rand(2, col.dim), payloads=[{"lang": "en"}, None])  # doctest: +SKIP
         2
         """
         id_list = check_ids(ids, self._limits, unique=False)
-        return self._transport.upsert(self.name, id_list, as_rows(vectors), payloads)
+        return self._transport.upsert(self.name, id_list, as_rows(vectors), payloads, _tenant(tenant))
 
     def search(
         self,
@@ -249,6 +266,7 @@ class Collection:
         oversample: float | None = None,
         exact: bool = False,
         plan: str = "auto",
+        tenant: str | None = None,
     ) -> list[Hit]:
         """The ``k`` points nearest to ``vector`` that match ``filter``, best first.
 
@@ -256,7 +274,8 @@ class Collection:
         quantized tier for this query; ``exact=True`` scans every full-precision
         vector instead (the ground truth, slower). ``plan`` forces how a filtered
         query runs (``exact``, ``allow_list``, ``post_filter``); ``auto`` lets the
-        planner choose per segment (see ``explain``).
+        planner choose per segment (see ``explain``). ``tenant``: search only that
+        tenant's points (required in a multi-tenant collection).
         """
         return self._transport.search(
             self.name,
@@ -266,6 +285,7 @@ class Collection:
             with_payload,
             with_vector,
             _params(ef, oversample, exact, plan),
+            _tenant(tenant),
         )
 
     def explain(
@@ -278,12 +298,18 @@ class Collection:
         oversample: float | None = None,
         exact: bool = False,
         plan: str = "auto",
+        tenant: str | None = None,
     ) -> QueryPlan:
         """Run ``search`` and report how each segment answered it: the method (exact over
         the matching rows, the index with an allow-list, a widened walk, ...), how many
         rows matched the filter, why, and which filter fields used payload indexes."""
         return self._transport.explain(
-            self.name, as_vector(vector), check_int("k", k), filter, _params(ef, oversample, exact, plan)
+            self.name,
+            as_vector(vector),
+            check_int("k", k),
+            filter,
+            _params(ef, oversample, exact, plan),
+            _tenant(tenant),
         )
 
     def query(
@@ -301,6 +327,7 @@ class Collection:
         ef: int | None = None,
         oversample: float | None = None,
         exact: bool = False,
+        tenant: str | None = None,
     ) -> list[Hit]:
         """Hybrid search: the dense ranking of ``vector`` and the BM25 ranking of ``text``
         (over the collection's ``text`` payload index, or ``text_field``) fused by
@@ -322,6 +349,7 @@ class Collection:
             with_payload,
             with_vector,
             _params(ef, oversample, exact),
+            _tenant(tenant),
         )
 
     def create_payload_index(self, field: str, type: str) -> bool:
@@ -348,6 +376,7 @@ class Collection:
         oversample: float | None = None,
         exact: bool = False,
         plan: str = "auto",
+        tenant: str | None = None,
     ) -> list[list[Hit]]:
         """One hit list per row of ``vectors`` (an (n, dim) array), each best first;
         ``ef``, ``oversample``, ``exact`` and ``plan`` as for ``search``."""
@@ -359,6 +388,7 @@ class Collection:
             with_payload,
             with_vector,
             _params(ef, oversample, exact, plan),
+            _tenant(tenant),
         )
 
     def optimize(self, timeout: float | None = None) -> CollectionInfo:
@@ -374,23 +404,41 @@ class Collection:
         return self._transport.create_snapshot(self.name)
 
     def get(
-        self, ids: Sequence[PointId], *, with_payload: bool = True, with_vector: bool = True
+        self,
+        ids: Sequence[PointId],
+        *,
+        with_payload: bool = True,
+        with_vector: bool = True,
+        tenant: str | None = None,
     ) -> list[Point]:
-        """Points for ``ids``, in the order asked; ids that do not exist are left out."""
+        """Points for ``ids`` (of ``tenant``), in the order asked; ids that do not exist are left out."""
         return self._transport.get(
-            self.name, check_ids(ids, self._limits, unique=False), with_payload, with_vector
+            self.name, check_ids(ids, self._limits, unique=False), with_payload, with_vector, _tenant(tenant)
         )
 
-    def count(self, filter: Filter | None = None) -> int:
-        """Number of points, or of those matching ``filter``."""
-        return self._transport.count(self.name, filter)
+    def count(self, filter: Filter | None = None, *, tenant: str | None = None) -> int:
+        """Number of points (of ``tenant``), or of those matching ``filter``."""
+        return self._transport.count(self.name, filter, _tenant(tenant))
 
-    def delete(self, ids: Sequence[PointId] | None = None, filter: Filter | None = None) -> int:
-        """Delete the points with these ``ids``, or those matching ``filter``; returns how many."""
+    def delete(
+        self, ids: Sequence[PointId] | None = None, filter: Filter | None = None, *, tenant: str | None = None
+    ) -> int:
+        """Delete the points with these ``ids``, or those matching ``filter`` (among the
+        points of ``tenant``); returns how many."""
         if (ids is None) == (filter is None):
             raise InvalidArgument("delete takes either ids or a filter (exactly one of them)")
         id_list = check_ids(ids, self._limits, unique=False) if ids is not None else None
-        return self._transport.delete(self.name, id_list, filter)
+        return self._transport.delete(self.name, id_list, filter, _tenant(tenant))
+
+    def list_tenants(self) -> list[TenantInfo]:
+        """The tenants of a multi-tenant collection with their point counts, by name (a
+        tenant-scoped API key sees only its own)."""
+        return self._transport.list_tenants(self.name)
+
+    def delete_tenant(self, tenant: str) -> int:
+        """Delete ``tenant`` and all its points at once, durably; returns how many it held.
+        NotFound if the collection has no such tenant."""
+        return self._transport.delete_tenant(self.name, check_tenant(tenant))
 
     def scroll(
         self,
@@ -400,13 +448,14 @@ class Collection:
         *,
         with_payload: bool = True,
         with_vector: bool = False,
+        tenant: str | None = None,
     ) -> tuple[list[Point], PointId | None]:
-        """A page of up to ``limit`` points in id order starting at ``offset``;
-        returns (points, offset of the next page or None at the end)."""
+        """A page of up to ``limit`` points (of ``tenant``) in id order starting at
+        ``offset``; returns (points, offset of the next page or None at the end)."""
         if offset is not None:
             check_ids([offset], self._limits)
         return self._transport.scroll(
-            self.name, check_int("limit", limit), offset, filter, with_payload, with_vector
+            self.name, check_int("limit", limit), offset, filter, with_payload, with_vector, _tenant(tenant)
         )
 
 
@@ -414,3 +463,8 @@ def _params(ef: int | None, oversample: float | None, exact: bool, plan: str = "
     if ef is None and oversample is None and not exact and plan == "auto":
         return None
     return SearchParams(ef=ef, oversample=oversample, exact=exact, plan=plan)
+
+
+def _tenant(tenant: str | None) -> str | None:
+    """A tenant checked here, so that both transports reject a bad one with the same words."""
+    return None if tenant is None else check_tenant(tenant)

@@ -38,6 +38,7 @@ from lamina.types import (
     QueryPlan,
     SearchParams,
     SnapshotInfo,
+    TenantInfo,
 )
 from lamina.validation import encode_payloads
 
@@ -52,11 +53,20 @@ class Transport(Protocol):
     def list_collections(self) -> list[CollectionInfo]: ...
     def delete_collection(self, name: str) -> None: ...
     def upsert(
-        self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None
+        self,
+        name: str,
+        ids: list[PointId],
+        vectors: FloatMatrix,
+        payloads: Sequence[Payload | None] | None,
+        tenant: str | None,
     ) -> int: ...
-    def get(self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool) -> list[Point]: ...
-    def delete(self, name: str, ids: list[PointId] | None, filter: Filter | None) -> int: ...
-    def count(self, name: str, filter: Filter | None) -> int: ...
+    def get(
+        self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool, tenant: str | None
+    ) -> list[Point]: ...
+    def delete(
+        self, name: str, ids: list[PointId] | None, filter: Filter | None, tenant: str | None
+    ) -> int: ...
+    def count(self, name: str, filter: Filter | None, tenant: str | None) -> int: ...
     def scroll(
         self,
         name: str,
@@ -65,6 +75,7 @@ class Transport(Protocol):
         filter: Filter | None,
         with_payload: bool,
         with_vector: bool,
+        tenant: str | None,
     ) -> tuple[list[Point], PointId | None]: ...
     def search(
         self,
@@ -75,6 +86,7 @@ class Transport(Protocol):
         with_payload: bool,
         with_vector: bool,
         params: SearchParams | None,
+        tenant: str | None,
     ) -> list[Hit]: ...
     def search_batch(
         self,
@@ -85,9 +97,16 @@ class Transport(Protocol):
         with_payload: bool,
         with_vector: bool,
         params: SearchParams | None,
+        tenant: str | None,
     ) -> list[list[Hit]]: ...
     def explain(
-        self, name: str, query: FloatMatrix, k: int, filter: Filter | None, params: SearchParams | None
+        self,
+        name: str,
+        query: FloatMatrix,
+        k: int,
+        filter: Filter | None,
+        params: SearchParams | None,
+        tenant: str | None,
     ) -> QueryPlan: ...
     def query(
         self,
@@ -102,7 +121,10 @@ class Transport(Protocol):
         with_payload: bool,
         with_vector: bool,
         params: SearchParams | None,
+        tenant: str | None,
     ) -> list[Hit]: ...
+    def list_tenants(self, name: str) -> list[TenantInfo]: ...
+    def delete_tenant(self, name: str, tenant: str) -> int: ...
     def create_payload_index(self, name: str, field: str, kind: str) -> bool: ...
     def drop_payload_index(self, name: str, field: str) -> bool: ...
     def optimize(self, name: str, timeout: float | None) -> CollectionInfo: ...
@@ -133,18 +155,27 @@ class EmbeddedTransport:
         self.db.delete_collection(name)
 
     def upsert(
-        self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None
+        self,
+        name: str,
+        ids: list[PointId],
+        vectors: FloatMatrix,
+        payloads: Sequence[Payload | None] | None,
+        tenant: str | None,
     ) -> int:
-        return self.db.get_collection(name).upsert(ids, vectors, payloads)
+        return self.db.get_collection(name).upsert(ids, vectors, payloads, tenant=tenant)
 
-    def get(self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool) -> list[Point]:
-        return self.db.get_collection(name).get(ids, with_payload=with_payload, with_vector=with_vector)
+    def get(
+        self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool, tenant: str | None
+    ) -> list[Point]:
+        return self.db.get_collection(name).get(
+            ids, with_payload=with_payload, with_vector=with_vector, tenant=tenant
+        )
 
-    def delete(self, name: str, ids: list[PointId] | None, filter: Filter | None) -> int:
-        return self.db.get_collection(name).delete(ids=ids, filter=filter)
+    def delete(self, name: str, ids: list[PointId] | None, filter: Filter | None, tenant: str | None) -> int:
+        return self.db.get_collection(name).delete(ids=ids, filter=filter, tenant=tenant)
 
-    def count(self, name: str, filter: Filter | None) -> int:
-        return self.db.get_collection(name).count(filter)
+    def count(self, name: str, filter: Filter | None, tenant: str | None) -> int:
+        return self.db.get_collection(name).count(filter, tenant=tenant)
 
     def scroll(
         self,
@@ -154,8 +185,11 @@ class EmbeddedTransport:
         filter: Filter | None,
         with_payload: bool,
         with_vector: bool,
+        tenant: str | None,
     ) -> tuple[list[Point], PointId | None]:
-        return self.db.get_collection(name).scroll(limit, offset, filter, with_payload, with_vector)
+        return self.db.get_collection(name).scroll(
+            limit, offset, filter, with_payload, with_vector, tenant=tenant
+        )
 
     def search(
         self,
@@ -166,8 +200,11 @@ class EmbeddedTransport:
         with_payload: bool,
         with_vector: bool,
         params: SearchParams | None,
+        tenant: str | None,
     ) -> list[Hit]:
-        return self.db.get_collection(name).search(query, k, filter, with_payload, with_vector, params)
+        return self.db.get_collection(name).search(
+            query, k, filter, with_payload, with_vector, params, tenant=tenant
+        )
 
     def search_batch(
         self,
@@ -178,15 +215,22 @@ class EmbeddedTransport:
         with_payload: bool,
         with_vector: bool,
         params: SearchParams | None,
+        tenant: str | None,
     ) -> list[list[Hit]]:
         return self.db.get_collection(name).search_batch(
-            queries, k, filter, with_payload, with_vector, params
+            queries, k, filter, with_payload, with_vector, params, tenant=tenant
         )
 
     def explain(
-        self, name: str, query: FloatMatrix, k: int, filter: Filter | None, params: SearchParams | None
+        self,
+        name: str,
+        query: FloatMatrix,
+        k: int,
+        filter: Filter | None,
+        params: SearchParams | None,
+        tenant: str | None,
     ) -> QueryPlan:
-        return self.db.get_collection(name).explain(query, k, filter, params)
+        return self.db.get_collection(name).explain(query, k, filter, params, tenant=tenant)
 
     def query(
         self,
@@ -201,10 +245,27 @@ class EmbeddedTransport:
         with_payload: bool,
         with_vector: bool,
         params: SearchParams | None,
+        tenant: str | None,
     ) -> list[Hit]:
         return self.db.get_collection(name).query(
-            vector, text, k, filter, fusion, weights, text_field, with_payload, with_vector, params
+            vector,
+            text,
+            k,
+            filter,
+            fusion,
+            weights,
+            text_field,
+            with_payload,
+            with_vector,
+            params,
+            tenant=tenant,
         )
+
+    def list_tenants(self, name: str) -> list[TenantInfo]:
+        return self.db.get_collection(name).list_tenants()
+
+    def delete_tenant(self, name: str, tenant: str) -> int:
+        return self.db.get_collection(name).delete_tenant(tenant)
 
     def create_payload_index(self, name: str, field: str, kind: str) -> bool:
         return self.db.get_collection(name).create_payload_index(field, kind)
@@ -318,10 +379,16 @@ class GrpcTransport:
         self._call(self._collections.Delete, cpb.DeleteCollectionRequest(name=name), repeatable=False)
 
     def upsert(
-        self, name: str, ids: list[PointId], vectors: FloatMatrix, payloads: Sequence[Payload | None] | None
+        self,
+        name: str,
+        ids: list[PointId],
+        vectors: FloatMatrix,
+        payloads: Sequence[Payload | None] | None,
+        tenant: str | None,
     ) -> int:
         request = ppb.UpsertRequest(
             collection=name,
+            tenant=tenant or "",
             ids=[convert.id_to_proto(i) for i in ids],
             vectors=convert.matrix_to_proto(vectors),
             payloads_json=[b.decode() for b in encode_payloads(payloads, len(ids), self.limits)]
@@ -330,9 +397,12 @@ class GrpcTransport:
         )
         return int(self._call(self._points.Upsert, request).upserted)
 
-    def get(self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool) -> list[Point]:
+    def get(
+        self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool, tenant: str | None
+    ) -> list[Point]:
         request = ppb.GetRequest(
             collection=name,
+            tenant=tenant or "",
             ids=[convert.id_to_proto(i) for i in ids],
             with_payload=with_payload,
             with_vector=with_vector,
@@ -340,16 +410,19 @@ class GrpcTransport:
         response = self._call(self._points.Get, request)
         return [convert.point_from_proto(p, with_vector, with_payload) for p in response.points]
 
-    def delete(self, name: str, ids: list[PointId] | None, filter: Filter | None) -> int:
+    def delete(self, name: str, ids: list[PointId] | None, filter: Filter | None, tenant: str | None) -> int:
         request = ppb.DeleteRequest(
             collection=name,
+            tenant=tenant or "",
             ids=[convert.id_to_proto(i) for i in ids or []],
             filter_json=convert.filter_to_json(filter),
         )
         return int(self._call(self._points.Delete, request).deleted)
 
-    def count(self, name: str, filter: Filter | None) -> int:
-        request = ppb.CountRequest(collection=name, filter_json=convert.filter_to_json(filter))
+    def count(self, name: str, filter: Filter | None, tenant: str | None) -> int:
+        request = ppb.CountRequest(
+            collection=name, filter_json=convert.filter_to_json(filter), tenant=tenant or ""
+        )
         return int(self._call(self._points.Count, request).count)
 
     def scroll(
@@ -360,9 +433,11 @@ class GrpcTransport:
         filter: Filter | None,
         with_payload: bool,
         with_vector: bool,
+        tenant: str | None,
     ) -> tuple[list[Point], PointId | None]:
         request = ppb.ScrollRequest(
             collection=name,
+            tenant=tenant or "",
             limit=limit,
             filter_json=convert.filter_to_json(filter),
             with_payload=with_payload,
@@ -386,9 +461,11 @@ class GrpcTransport:
         with_payload: bool,
         with_vector: bool,
         params: SearchParams | None,
+        tenant: str | None,
     ) -> list[Hit]:
         request = spb.SearchRequest(
             collection=name,
+            tenant=tenant or "",
             vector=query.astype("<f4", copy=False).tobytes(),
             k=k,
             filter_json=convert.filter_to_json(filter),
@@ -408,9 +485,11 @@ class GrpcTransport:
         with_payload: bool,
         with_vector: bool,
         params: SearchParams | None,
+        tenant: str | None,
     ) -> list[list[Hit]]:
         request = spb.SearchBatchRequest(
             collection=name,
+            tenant=tenant or "",
             vectors=convert.matrix_to_proto(queries),
             k=k,
             filter_json=convert.filter_to_json(filter),
@@ -424,10 +503,17 @@ class GrpcTransport:
         ]
 
     def explain(
-        self, name: str, query: FloatMatrix, k: int, filter: Filter | None, params: SearchParams | None
+        self,
+        name: str,
+        query: FloatMatrix,
+        k: int,
+        filter: Filter | None,
+        params: SearchParams | None,
+        tenant: str | None,
     ) -> QueryPlan:
         request = spb.SearchRequest(
             collection=name,
+            tenant=tenant or "",
             vector=query.astype("<f4", copy=False).tobytes(),
             k=k,
             filter_json=convert.filter_to_json(filter),
@@ -449,9 +535,11 @@ class GrpcTransport:
         with_payload: bool,
         with_vector: bool,
         params: SearchParams | None,
+        tenant: str | None,
     ) -> list[Hit]:
         request = spb.QueryRequest(
             collection=name,
+            tenant=tenant or "",
             vector=vector.astype("<f4", copy=False).tobytes() if vector is not None else b"",
             k=k,
             filter_json=convert.filter_to_json(filter),
@@ -466,6 +554,14 @@ class GrpcTransport:
             request.text = text
         response = self._call(self._search.Query, request)
         return [convert.hit_from_proto(h, with_vector, with_payload) for h in response.hits]
+
+    def list_tenants(self, name: str) -> list[TenantInfo]:
+        response = self._call(self._points.ListTenants, ppb.ListTenantsRequest(collection=name))
+        return [convert.tenant_from_info_proto(t) for t in response.tenants]
+
+    def delete_tenant(self, name: str, tenant: str) -> int:
+        request = ppb.DeleteTenantRequest(collection=name, tenant=tenant)
+        return int(self._call(self._points.DeleteTenant, request).deleted)
 
     def create_payload_index(self, name: str, field: str, kind: str) -> bool:
         request = cpb.CreatePayloadIndexRequest(collection=name, field=field, type=kind)

@@ -15,9 +15,11 @@ import orjson
 from lamina.errors import InvalidArgument
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
 from lamina.proto.lamina.v1 import common_pb2 as pb
+from lamina.proto.lamina.v1 import points_pb2 as ppb
 from lamina.proto.lamina.v1 import search_pb2 as spb
 from lamina.types import (
     DEFAULT_SEGMENT_ROWS,
+    DEFAULT_TENANT_INDEX_ROWS,
     CollectionConfig,
     CollectionInfo,
     Filter,
@@ -36,6 +38,7 @@ from lamina.types import (
     SearchParams,
     SegmentPlan,
     SnapshotInfo,
+    TenantInfo,
 )
 from lamina.validation import check_json_value
 
@@ -129,6 +132,8 @@ def config_to_proto(config: CollectionConfig) -> cpb.CollectionConfig:
         index=cpb.IndexConfig(type=idx.type, m=idx.m, ef_construction=idx.ef_construction, ef=idx.ef),
         segment_rows=config.segment_rows,
         payload_index=config.payload_index,
+        multi_tenant=config.multi_tenant,
+        tenant_index_rows=config.tenant_index_rows,
     )
     q = config.quantization
     if q is not None:
@@ -164,6 +169,8 @@ def config_from_proto(msg: cpb.CollectionConfig) -> CollectionConfig:
         quantization=quant,
         segment_rows=msg.segment_rows or DEFAULT_SEGMENT_ROWS,
         payload_index=dict(msg.payload_index),
+        multi_tenant=msg.multi_tenant,
+        tenant_index_rows=msg.tenant_index_rows or DEFAULT_TENANT_INDEX_ROWS,
     )
 
 
@@ -180,6 +187,8 @@ def info_to_proto(info: CollectionInfo) -> cpb.CollectionInfo:
             index_bytes=st.index_bytes,
             note=st.note,
             optimizing=st.optimizing,
+            tenants=st.tenants,
+            tenant_partitions=st.tenant_partitions,
         ),
     )
 
@@ -187,7 +196,14 @@ def info_to_proto(info: CollectionInfo) -> cpb.CollectionInfo:
 def info_from_proto(msg: cpb.CollectionInfo) -> CollectionInfo:
     st = msg.status
     status = IndexStatus(
-        st.segments, st.indexed_points, st.mutable_points, st.index_bytes, st.note, st.optimizing
+        st.segments,
+        st.indexed_points,
+        st.mutable_points,
+        st.index_bytes,
+        st.note,
+        st.optimizing,
+        st.tenants,
+        st.tenant_partitions,
     )
     return CollectionInfo(name=msg.name, config=config_from_proto(msg.config), count=msg.count, status=status)
 
@@ -282,3 +298,16 @@ def snapshot_to_proto(info: SnapshotInfo) -> cpb.SnapshotInfo:
 
 def snapshot_from_proto(msg: cpb.SnapshotInfo) -> SnapshotInfo:
     return SnapshotInfo(**{f.name: getattr(msg, f.name) for f in fields(SnapshotInfo)})
+
+
+def tenant_from_proto(tenant: str) -> str | None:
+    """A request's tenant: the empty string (proto3's unset) is none."""
+    return tenant or None
+
+
+def tenant_to_proto(info: TenantInfo) -> ppb.TenantInfo:
+    return ppb.TenantInfo(name=info.name, points=info.points, indexed=info.indexed)
+
+
+def tenant_from_info_proto(msg: ppb.TenantInfo) -> TenantInfo:
+    return TenantInfo(msg.name, msg.points, msg.indexed)

@@ -283,7 +283,8 @@ class PointsServicer(_Base, pgrpc.PointsServicer):
                 if request.payloads_json
                 else None
             )
-            return ppb.UpsertResponse(upserted=col.upsert(ids, vectors, payloads))
+            tenant = convert.tenant_from_proto(request.tenant)
+            return ppb.UpsertResponse(upserted=col.upsert(ids, vectors, payloads, tenant=tenant))
 
         return await self._run(context, upsert)
 
@@ -291,7 +292,12 @@ class PointsServicer(_Base, pgrpc.PointsServicer):
         def get() -> ppb.GetResponse:
             col = self._collection(request.collection)
             ids = [convert.id_from_proto(i) for i in request.ids]
-            points = col.get(ids, with_payload=request.with_payload, with_vector=request.with_vector)
+            points = col.get(
+                ids,
+                with_payload=request.with_payload,
+                with_vector=request.with_vector,
+                tenant=convert.tenant_from_proto(request.tenant),
+            )
             return ppb.GetResponse(points=[convert.point_to_proto(p) for p in points])
 
         return await self._run(context, get)
@@ -303,16 +309,36 @@ class PointsServicer(_Base, pgrpc.PointsServicer):
             col = self._collection(request.collection)
             flt = convert.filter_from_json(request.filter_json)
             ids = [convert.id_from_proto(i) for i in request.ids] if request.ids or flt is None else None
-            return ppb.DeleteResponse(deleted=col.delete(ids=ids, filter=flt))
+            tenant = convert.tenant_from_proto(request.tenant)
+            return ppb.DeleteResponse(deleted=col.delete(ids=ids, filter=flt, tenant=tenant))
 
         return await self._run(context, delete)
 
     async def Count(self, request: ppb.CountRequest, context: grpc.aio.ServicerContext) -> ppb.CountResponse:
         def count() -> ppb.CountResponse:
             col = self._collection(request.collection)
-            return ppb.CountResponse(count=col.count(convert.filter_from_json(request.filter_json)))
+            flt = convert.filter_from_json(request.filter_json)
+            return ppb.CountResponse(count=col.count(flt, tenant=convert.tenant_from_proto(request.tenant)))
 
         return await self._run(context, count)
+
+    async def ListTenants(
+        self, request: ppb.ListTenantsRequest, context: grpc.aio.ServicerContext
+    ) -> ppb.ListTenantsResponse:
+        def list_tenants() -> ppb.ListTenantsResponse:
+            tenants = self._collection(request.collection).list_tenants()
+            return ppb.ListTenantsResponse(tenants=[convert.tenant_to_proto(t) for t in tenants])
+
+        return await self._run(context, list_tenants)
+
+    async def DeleteTenant(
+        self, request: ppb.DeleteTenantRequest, context: grpc.aio.ServicerContext
+    ) -> ppb.DeleteTenantResponse:
+        def delete_tenant() -> ppb.DeleteTenantResponse:
+            col = self._collection(request.collection)
+            return ppb.DeleteTenantResponse(deleted=col.delete_tenant(request.tenant))
+
+        return await self._run(context, delete_tenant)
 
     async def Scroll(
         self, request: ppb.ScrollRequest, context: grpc.aio.ServicerContext
@@ -326,6 +352,7 @@ class PointsServicer(_Base, pgrpc.PointsServicer):
                 filter=convert.filter_from_json(request.filter_json),
                 with_payload=request.with_payload,
                 with_vector=request.with_vector,
+                tenant=convert.tenant_from_proto(request.tenant),
             )
             response = ppb.ScrollResponse(points=[convert.point_to_proto(p) for p in points])
             if next_offset is not None:
@@ -348,6 +375,7 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
                 request.with_payload,
                 request.with_vector,
                 convert.params_from_proto(request.params),
+                convert.tenant_from_proto(request.tenant),
             )
             if not request.explain:
                 return spb.SearchResponse(hits=[convert.hit_to_proto(h) for h in col.search(*args)])
@@ -371,6 +399,7 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
                 with_vector=request.with_vector,
                 params=convert.params_from_proto(request.params),
                 alive=check_alive,
+                tenant=convert.tenant_from_proto(request.tenant),
             )
             return spb.SearchBatchResponse(
                 results=[spb.HitList(hits=[convert.hit_to_proto(h) for h in hits]) for hits in results]
@@ -392,6 +421,7 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
                 with_payload=request.with_payload,
                 with_vector=request.with_vector,
                 params=convert.params_from_proto(request.params),
+                tenant=convert.tenant_from_proto(request.tenant),
             )
             return spb.SearchResponse(hits=[convert.hit_to_proto(h) for h in hits])
 
@@ -423,6 +453,11 @@ def _collection_of(request: Any) -> str | None:
     return name or None
 
 
+def _tenant_of(request: Any) -> str | None:
+    """The tenant a request names, None when it has no tenant field, "" when left empty."""
+    return request.tenant if "tenant" in request.DESCRIPTOR.fields_by_name else None
+
+
 def _handlers(
     module: Any, servicer: Any, auth: Authorizer, metrics: Metrics | None
 ) -> grpc.GenericRpcHandler:
@@ -444,7 +479,7 @@ def _handlers(
         except DecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
         try:
-            auth.authorize(key, path, _collection_of(request))
+            auth.authorize(key, path, _collection_of(request), _tenant_of(request))
         except LaminaError as exc:
             log.info("denied %s to key %r: %s", path, key.name if key else "-", exc)
             await context.abort(grpc.StatusCode[exc.code], str(exc))
@@ -453,6 +488,15 @@ def _handlers(
             visible = [c for c in response.collections if key.sees(c.name)]
             del response.collections[:]
             response.collections.extend(visible)
+        if key is not None and key.tenants is not None:
+            if path == "Points/ListTenants":
+                mine = [t for t in response.tenants if t.name in key.tenants]
+                del response.tenants[:]
+                response.tenants.extend(mine)
+            elif path in ("Collections/Get", "Collections/List"):  # totals span every tenant
+                for info in [response] if path == "Collections/Get" else response.collections:
+                    info.count = 0
+                    info.ClearField("status")
         return response
 
     methods = {}

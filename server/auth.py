@@ -7,8 +7,12 @@ hash is as hard to invert as the key is to guess; lookups compare hashes.
 
 Roles are ordered: ``read`` (get, count, scroll, search, describe and list
 collections), ``write`` (also upsert, delete points, optimize) and ``admin``
-(also create and drop collections, payload indexes and snapshots). A key may be
-restricted to some collections: it sees only those in listings and is refused the rest.
+(also create and drop collections, payload indexes and snapshots, delete tenants). A key
+may be restricted to some collections: it sees only those in listings and is refused the
+rest. A key may be restricted to some tenants: every request it makes must then name one of
+them (reads, writes, searches; ``ListTenants`` lists only them), and it may not call what
+spans tenants (optimize, payload indexes, snapshots, create or drop collections); the
+collections it describes or lists show their settings but not their totals.
 """
 
 from __future__ import annotations
@@ -20,12 +24,33 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from lamina.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from lamina.validation import check_collection_name
+from lamina.validation import check_collection_name, check_tenant
 
 ROLES = ("read", "write", "admin")
 KEY_PREFIX = "lam_"
 _HASH_PREFIX = "sha256:"
+
+#: RPCs a tenant-scoped key may call: those acting for one named tenant, and descriptions
+TENANT_METHODS = frozenset(
+    {
+        "Points/Upsert",
+        "Points/Delete",
+        "Points/Get",
+        "Points/Count",
+        "Points/Scroll",
+        "Points/ListTenants",
+        "Points/DeleteTenant",
+        "Search/Search",
+        "Search/SearchBatch",
+        "Search/Query",
+        "Collections/Get",
+        "Collections/List",
+        "Info/GetInfo",
+    }
+)
 
 #: the least role each RPC needs (service/method); RPCs not listed need admin
 REQUIRED_ROLE: dict[str, str] = {
@@ -37,6 +62,8 @@ REQUIRED_ROLE: dict[str, str] = {
     "Points/Get": "read",
     "Points/Count": "read",
     "Points/Scroll": "read",
+    "Points/ListTenants": "read",
+    "Points/DeleteTenant": "admin",
     "Search/Search": "read",
     "Search/SearchBatch": "read",
     "Search/Query": "read",
@@ -62,6 +89,7 @@ class ApiKey:
     hash: str
     role: str
     collections: frozenset[str] | None = None  # None: every collection
+    tenants: frozenset[str] | None = None  # None: every tenant
 
     @classmethod
     def from_dict(cls, raw: object, where: str) -> ApiKey:
@@ -80,10 +108,14 @@ class ApiKey:
             )
         if role not in ROLES:
             raise InvalidArgument(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}")
-        if "tenants" in raw:
-            raise InvalidArgument(
-                f"{where}.tenants: tenant-scoped keys come with multi-tenant collections; not supported yet"
-            )
+        tenants = raw.get("tenants")
+        if tenants is not None:
+            if not isinstance(tenants, list) or not tenants:
+                raise InvalidArgument(f"{where}.tenants must be a non-empty list of tenant names")
+            try:
+                tenants = frozenset(check_tenant(t) for t in tenants)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"{where}.tenants: {exc}") from None
         collections = raw.get("collections")
         if collections is not None:
             if not isinstance(collections, list) or not collections:
@@ -91,12 +123,16 @@ class ApiKey:
             for c in collections:
                 check_collection_name(c)
             collections = frozenset(collections)
-        return cls(name, digest, role, collections)
+        return cls(name, digest, role, collections, tenants)
 
     def to_toml(self) -> str:
         lines = ["[[keys]]", f'name = "{self.name}"', f'hash = "{self.hash}"', f'role = "{self.role}"']
         if self.collections is not None:
             lines.append("collections = [" + ", ".join(f'"{c}"' for c in sorted(self.collections)) + "]")
+        if self.tenants is not None:
+            lines.append(
+                "tenants = [" + ", ".join(orjson.dumps(t).decode() for t in sorted(self.tenants)) + "]"
+            )
         return "\n".join(lines)
 
     def may(self, role: str) -> bool:
@@ -141,10 +177,20 @@ class Authorizer:
         raise Unauthenticated("the API key is not valid for this server")
 
     @staticmethod
-    def authorize(key: ApiKey | None, method: str, collection: str | None) -> None:
-        """PermissionDenied unless ``key`` may call ``method`` (``Service/Method``) on ``collection``."""
+    def authorize(key: ApiKey | None, method: str, collection: str | None, tenant: str | None = None) -> None:
+        """PermissionDenied unless ``key`` may call ``method`` (``Service/Method``) on
+        ``collection`` for ``tenant`` (None: the request has no tenant field)."""
         if key is None:
             return
+        if key.tenants is not None:
+            if method not in TENANT_METHODS:
+                raise PermissionDenied(f"key {key.name!r} is limited to tenants; {method} spans every tenant")
+            if tenant is not None and tenant not in key.tenants:
+                raise PermissionDenied(
+                    f"key {key.name!r} is limited to some tenants: name one of them (tenant=...)"
+                    if not tenant
+                    else f"key {key.name!r} may not act for tenant {tenant!r}"
+                )
         role = REQUIRED_ROLE.get(method, "admin")
         if not key.may(role):
             raise PermissionDenied(f"key {key.name!r} has role {key.role!r}; {method} needs {role}")

@@ -24,16 +24,21 @@ ROLES = ("read", "write", "admin")
 
 
 class Secured:
-    """A TLS server with one key per role, plus a read key limited to collection ``kb``."""
+    """A TLS server with one key per role, a read key limited to collection ``kb``, and
+    keys limited to tenant ``acme`` (of the multi-tenant collection ``mt``) with each role."""
 
     def __init__(self, tmp: Path) -> None:
         self.ca = trustme.CA()
         cert = self.ca.issue_cert("127.0.0.1", "localhost")
         self.ca_file = tmp / "ca.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_file))
-        self.keys = {name: new_key() for name in (*ROLES, "scoped")}
+        self.keys = {name: new_key() for name in (*ROLES, "scoped", *(f"acme-{r}" for r in ROLES))}
         configured = [ApiKey(r, hash_key(self.keys[r]), r) for r in ROLES]
         configured.append(ApiKey("scoped", hash_key(self.keys["scoped"]), "read", frozenset({"kb"})))
+        configured += [
+            ApiKey(f"acme-{r}", hash_key(self.keys[f"acme-{r}"]), r, tenants=frozenset({"acme"}))
+            for r in ROLES
+        ]
         tls = (cert.cert_chain_pems[0].bytes(), cert.private_key_pem.bytes())
         self.server = ServerThread(tmp / "data", keys=configured, tls=tls)
         self.address = f"localhost:{self.server.port}"
@@ -49,6 +54,9 @@ def secured(tmp_path: Path) -> Iterator[Secured]:
         for name in ("kb", "other"):
             col = admin.create_collection(name, dim=DIM)
             col.upsert([1, 2], np.eye(2, DIM), [{"t": "a"}, {"t": "b"}])
+        mt = admin.create_collection("mt", dim=DIM, multi_tenant=True)
+        for tenant in ("acme", "beta", "gone"):  # the same ids in every tenant
+            mt.upsert([1, 2], np.eye(2, DIM), [{"owner": tenant}] * 2, tenant=tenant)
     yield srv
     srv.server.stop()
 
@@ -70,6 +78,8 @@ CALLS: dict[str, Callable[[lamina.Client], Any]] = {
     "Points/Delete": lambda c: c.get_collection("kb").delete(ids=[2]),
     "Points/Count": lambda c: c.get_collection("kb").count(),
     "Points/Scroll": lambda c: c.get_collection("kb").scroll(),
+    "Points/ListTenants": lambda c: c.get_collection("mt").list_tenants(),
+    "Points/DeleteTenant": lambda c: c.get_collection("mt").delete_tenant("gone"),
     "Search/Search": lambda c: c.get_collection("kb").search(np.ones(DIM), k=1),
     "Search/SearchBatch": lambda c: c.get_collection("kb").search_batch(np.ones((2, DIM)), k=1),
     "Search/Query": lambda c: c.get_collection("kb").query(np.ones(DIM), k=1),
@@ -109,7 +119,8 @@ def test_each_role_against_each_rpc(secured: Secured, role: str) -> None:
     with secured.client(secured.keys["admin"]) as admin:  # what was refused changed nothing
         names = admin.list_collections()
         if role != "admin":
-            assert names == ["kb", "other"]
+            assert names == ["kb", "mt", "other"]
+            assert len(admin.get_collection("mt").list_tenants()) == 3  # "gone" was not deleted
             ids = {p.id for p in admin.get_collection("kb").scroll()[0]}
             assert ids == ({1, 9} if role == "write" else {1, 2})  # write upserted 9 and deleted 2
 
@@ -120,14 +131,75 @@ def test_a_collection_scoped_key_sees_only_its_collections(secured: Secured) -> 
         assert client.get_collection("kb").count() == 2
         for call in (
             lambda: client.get_collection("other"),
-            lambda: client._transport.count("other", None),
-            lambda: client._transport.search("other", np.ones(DIM, np.float32), 1, None, True, False, None),
+            lambda: client._transport.count("other", None, None),
+            lambda: client._transport.search(
+                "other", np.ones(DIM, np.float32), 1, None, True, False, None, None
+            ),
             lambda: client.list_snapshots(),
         ):
             with pytest.raises(lamina.PermissionDenied):
                 call()
         with pytest.raises(lamina.PermissionDenied, match="needs write"):
             client.get_collection("kb").upsert([5], np.ones((1, DIM)))
+
+
+#: what a tenant-scoped key may call, as (rpc, call on collection mt for a tenant)
+def _tenant_calls(tenant: str | None) -> dict[str, Callable[[lamina.Client], Any]]:
+    def mt(c: lamina.Client) -> Any:
+        return c.get_collection("mt")
+
+    q = np.ones(DIM)
+    calls: dict[str, Callable[[lamina.Client], Any]] = {
+        "Points/Upsert": lambda c: mt(c).upsert([7], np.ones((1, DIM)), [{"owner": tenant}], tenant=tenant),
+        "Points/Get": lambda c: mt(c).get([1, 2], tenant=tenant),
+        "Points/Delete": lambda c: mt(c).delete(ids=[2], tenant=tenant),
+        "Points/Count": lambda c: mt(c).count(tenant=tenant),
+        "Points/Scroll": lambda c: mt(c).scroll(tenant=tenant),
+        "Points/DeleteTenant": lambda c: mt(c).delete_tenant(tenant or ""),
+        "Search/Search": lambda c: mt(c).search(q, k=5, tenant=tenant),
+        "Search/SearchBatch": lambda c: mt(c).search_batch(np.ones((2, DIM)), k=5, tenant=tenant),
+        "Search/Query": lambda c: mt(c).query(q, k=5, tenant=tenant),
+    }
+    if tenant is None:  # a tenant's deletion always names it
+        del calls["Points/DeleteTenant"]
+    return calls
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_a_tenant_scoped_key_acts_only_for_its_tenant(secured: Secured, role: str) -> None:
+    with secured.client(secured.keys[f"acme-{role}"]) as client:
+        mt = client.get_collection("mt")
+        assert [t.name for t in mt.list_tenants()] == ["acme"]  # beta and gone stay unseen
+        assert mt.info().count == 0 and mt.info().status.tenants == 0  # totals span every tenant
+        for hits in (
+            mt.search(np.ones(DIM), k=10, tenant="acme"),
+            mt.query(np.ones(DIM), k=10, tenant="acme"),
+        ):
+            assert {h.payload["owner"] for h in hits} == {"acme"}
+        for other in ("beta", None):  # another tenant, or none named
+            for rpc, call in _tenant_calls(other).items():
+                with pytest.raises(lamina.PermissionDenied) as denied:
+                    call(client)
+                assert "tenant" in str(denied.value) or "needs" in str(denied.value), rpc
+        for rpc in sorted(set(CALLS) - set(_tenant_calls("x")) - {"Points/ListTenants", "Info/GetInfo"}):
+            if rpc in ("Collections/Get", "Collections/List"):
+                continue
+            with pytest.raises(lamina.PermissionDenied, match=r"spans every tenant|limited to tenants"):
+                CALLS[rpc](client)
+        for rpc, call in _tenant_calls("acme").items():  # its own tenant: as its role allows
+            allowed = ROLES.index(role) >= ROLES.index(REQUIRED_ROLE.get(rpc, "admin"))
+            try:
+                call(client)
+            except lamina.PermissionDenied as exc:
+                assert not allowed and "needs" in str(exc), rpc
+                continue
+            assert allowed, rpc
+    with secured.client(secured.keys["admin"]) as admin:  # beta and the collections are untouched
+        mt = admin.get_collection("mt")
+        assert admin.list_collections() == ["kb", "mt", "other"]
+        assert sorted(p.payload["owner"] for p in mt.scroll(tenant="beta")[0]) == ["beta", "beta"]
+        tenants = {t.name for t in mt.list_tenants()}
+        assert tenants == ({"beta", "gone"} if role == "admin" else {"acme", "beta", "gone"})
 
 
 def test_missing_and_wrong_keys_are_unauthenticated_and_never_echoed(
@@ -176,7 +248,8 @@ def test_key_config_is_validated(tmp_path: Path) -> None:
         ({**good, "hash": "lam_plainkey"}, "never put the key itself"),
         ({**good, "role": "root"}, "role must be one of read, write, admin"),
         ({**good, "collections": []}, "non-empty list"),
-        ({**good, "tenants": ["acme"]}, "tenant-scoped keys"),
+        ({**good, "tenants": []}, "tenants must be a non-empty list"),
+        ({**good, "tenants": ["ok", "bad\n"]}, "invalid tenant"),
         ({**good, "colections": ["x"]}, "unknown settings"),
     ]:
         with pytest.raises(lamina.InvalidArgument, match=words):

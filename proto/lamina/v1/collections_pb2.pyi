@@ -149,10 +149,16 @@ class CollectionConfig(_message.Message):
     QUANTIZATION_FIELD_NUMBER: _builtins.int
     SEGMENT_ROWS_FIELD_NUMBER: _builtins.int
     PAYLOAD_INDEX_FIELD_NUMBER: _builtins.int
+    MULTI_TENANT_FIELD_NUMBER: _builtins.int
+    TENANT_INDEX_ROWS_FIELD_NUMBER: _builtins.int
     dim: _builtins.int
     metric: Global___Metric.ValueType
     segment_rows: _builtins.int
     """rows per sealed segment (0: 100000)"""
+    multi_tenant: _builtins.bool
+    """Every point belongs to a tenant named by each request; tenants never see each other."""
+    tenant_index_rows: _builtins.int
+    """Multi-tenant: a tenant with this many points gets an HNSW partition (0: 1000)."""
     @_builtins.property
     def index(self) -> Global___IndexConfig:
         """unset: hnsw with defaults"""
@@ -174,10 +180,12 @@ class CollectionConfig(_message.Message):
         quantization: Global___QuantizationConfig | None = ...,
         segment_rows: _builtins.int = ...,
         payload_index: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        multi_tenant: _builtins.bool = ...,
+        tenant_index_rows: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "quantization", b"quantization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "index", b"index", "metric", b"metric", "payload_index", b"payload_index", "quantization", b"quantization", "segment_rows", b"segment_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "index", b"index", "metric", b"metric", "multi_tenant", b"multi_tenant", "payload_index", b"payload_index", "quantization", b"quantization", "segment_rows", b"segment_rows", "tenant_index_rows", b"tenant_index_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,6 +203,8 @@ class IndexStatus(_message.Message):
     INDEX_BYTES_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
     OPTIMIZING_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    TENANT_PARTITIONS_FIELD_NUMBER: _builtins.int
     segments: _builtins.int
     """sealed, indexed segments"""
     indexed_points: _builtins.int
@@ -207,6 +217,10 @@ class IndexStatus(_message.Message):
     """why a tier is not built yet, or an optimizer error"""
     optimizing: _builtins.bool
     """a background job (seal, compaction, index build) is running"""
+    tenants: _builtins.int
+    """multi-tenant: tenants holding points"""
+    tenant_partitions: _builtins.int
+    """multi-tenant: tenants with an HNSW partition of their own"""
     def __init__(
         self,
         *,
@@ -216,10 +230,12 @@ class IndexStatus(_message.Message):
         index_bytes: _builtins.int = ...,
         note: _builtins.str = ...,
         optimizing: _builtins.bool = ...,
+        tenants: _builtins.int = ...,
+        tenant_partitions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_bytes", b"index_bytes", "indexed_points", b"indexed_points", "mutable_points", b"mutable_points", "note", b"note", "optimizing", b"optimizing", "segments", b"segments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_bytes", b"index_bytes", "indexed_points", b"indexed_points", "mutable_points", b"mutable_points", "note", b"note", "optimizing", b"optimizing", "segments", b"segments", "tenant_partitions", b"tenant_partitions", "tenants", b"tenants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,12 @@ class UpsertRequest(_message.Message):
     IDS_FIELD_NUMBER: _builtins.int
     VECTORS_FIELD_NUMBER: _builtins.int
     PAYLOADS_JSON_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
+    tenant: _builtins.str
+    """Multi-tenant collections: the tenant the request acts for (required there,
+    and must be empty for a collection without tenants).
+    """
     @_builtins.property
     def ids(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PointId]: ...
     @_builtins.property
@@ -45,10 +50,11 @@ class UpsertRequest(_message.Message):
         ids: _abc.Iterable[_common_pb2.PointId] | None = ...,
         vectors: _common_pb2.Vectors | None = ...,
         payloads_json: _abc.Iterable[_builtins.str] | None = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["vectors", b"vectors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "ids", b"ids", "payloads_json", b"payloads_json", "vectors", b"vectors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "ids", b"ids", "payloads_json", b"payloads_json", "tenant", b"tenant", "vectors", b"vectors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -81,9 +87,14 @@ class GetRequest(_message.Message):
     IDS_FIELD_NUMBER: _builtins.int
     WITH_PAYLOAD_FIELD_NUMBER: _builtins.int
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     with_payload: _builtins.bool
     with_vector: _builtins.bool
+    tenant: _builtins.str
+    """Multi-tenant collections: the tenant the request acts for (required there,
+    and must be empty for a collection without tenants).
+    """
     @_builtins.property
     def ids(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PointId]: ...
     def __init__(
@@ -93,10 +104,11 @@ class GetRequest(_message.Message):
         ids: _abc.Iterable[_common_pb2.PointId] | None = ...,
         with_payload: _builtins.bool = ...,
         with_vector: _builtins.bool = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "ids", b"ids", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "ids", b"ids", "tenant", b"tenant", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -129,9 +141,14 @@ class DeleteRequest(_message.Message):
     COLLECTION_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
     FILTER_JSON_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     filter_json: _builtins.str
     """... or every point matching this Mongo-style filter (JSON). Exactly one of the two."""
+    tenant: _builtins.str
+    """Multi-tenant collections: the tenant the request acts for (required there,
+    and must be empty for a collection without tenants).
+    """
     @_builtins.property
     def ids(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PointId]:
         """Delete these ids ..."""
@@ -142,10 +159,11 @@ class DeleteRequest(_message.Message):
         collection: _builtins.str = ...,
         ids: _abc.Iterable[_common_pb2.PointId] | None = ...,
         filter_json: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json", "ids", b"ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json", "ids", b"ids", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -176,18 +194,24 @@ class CountRequest(_message.Message):
 
     COLLECTION_FIELD_NUMBER: _builtins.int
     FILTER_JSON_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     filter_json: _builtins.str
     """Optional Mongo-style filter (JSON); empty counts every point."""
+    tenant: _builtins.str
+    """Multi-tenant collections: the tenant the request acts for (required there,
+    and must be empty for a collection without tenants).
+    """
     def __init__(
         self,
         *,
         collection: _builtins.str = ...,
         filter_json: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -222,12 +246,17 @@ class ScrollRequest(_message.Message):
     FILTER_JSON_FIELD_NUMBER: _builtins.int
     WITH_PAYLOAD_FIELD_NUMBER: _builtins.int
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     limit: _builtins.int
     """Page size, 1 .. max_scroll_limit."""
     filter_json: _builtins.str
     with_payload: _builtins.bool
     with_vector: _builtins.bool
+    tenant: _builtins.str
+    """Multi-tenant collections: the tenant the request acts for (required there,
+    and must be empty for a collection without tenants).
+    """
     @_builtins.property
     def offset(self) -> _common_pb2.PointId:
         """Start at this id (inclusive); unset starts at the beginning."""
@@ -241,10 +270,11 @@ class ScrollRequest(_message.Message):
         filter_json: _builtins.str = ...,
         with_payload: _builtins.bool = ...,
         with_vector: _builtins.bool = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "offset", b"offset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "collection", b"collection", "filter_json", b"filter_json", "limit", b"limit", "offset", b"offset", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "collection", b"collection", "filter_json", b"filter_json", "limit", b"limit", "offset", b"offset", "tenant", b"tenant", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__offset: _TypeAlias = _typing.Literal["offset"]  # noqa: Y015
     _WhichOneofArgType__offset: _TypeAlias = _typing.Literal["_offset", b"_offset"]  # noqa: Y015
@@ -279,3 +309,113 @@ class ScrollResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__next_offset) -> _WhichOneofReturnType__next_offset | None: ...
 
 Global___ScrollResponse: _TypeAlias = ScrollResponse  # noqa: Y015
+
+@_typing.final
+class ListTenantsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTenantsRequest: _TypeAlias = ListTenantsRequest  # noqa: Y015
+
+@_typing.final
+class TenantInfo(_message.Message):
+    """One tenant of a multi-tenant collection."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    INDEXED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    points: _builtins.int
+    """live points"""
+    indexed: _builtins.bool
+    """has an HNSW partition of its own (else searched exactly)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        points: _builtins.int = ...,
+        indexed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indexed", b"indexed", "name", b"name", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantInfo: _TypeAlias = TenantInfo  # noqa: Y015
+
+@_typing.final
+class ListTenantsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantInfo]: ...
+    def __init__(
+        self,
+        *,
+        tenants: _abc.Iterable[Global___TenantInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTenantsResponse: _TypeAlias = ListTenantsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteTenantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    tenant: _builtins.str
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTenantRequest: _TypeAlias = DeleteTenantRequest  # noqa: Y015
+
+@_typing.final
+class DeleteTenantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.int
+    """points the tenant held"""
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTenantResponse: _TypeAlias = DeleteTenantResponse  # noqa: Y015

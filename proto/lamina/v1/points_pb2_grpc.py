@@ -61,6 +61,16 @@ class PointsStub:
                 request_serializer=lamina_dot_v1_dot_points__pb2.ScrollRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_points__pb2.ScrollResponse.FromString,
                 _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/lamina.v1.Points/ListTenants',
+                request_serializer=lamina_dot_v1_dot_points__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_points__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.DeleteTenant = channel.unary_unary(
+                '/lamina.v1.Points/DeleteTenant',
+                request_serializer=lamina_dot_v1_dot_points__pb2.DeleteTenantRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_points__pb2.DeleteTenantResponse.FromString,
+                _registered_method=True)
 
 
 class PointsServicer:
@@ -103,6 +113,21 @@ class PointsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTenants(self, request, context):
+        """Multi-tenant collections: the tenants with their point counts (a tenant-scoped
+        API key sees only its own).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTenant(self, request, context):
+        """Multi-tenant collections: delete a tenant and all its points (NOT_FOUND if unknown).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PointsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +155,16 @@ def add_PointsServicer_to_server(servicer, server):
                     servicer.Scroll,
                     request_deserializer=lamina_dot_v1_dot_points__pb2.ScrollRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_points__pb2.ScrollResponse.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=lamina_dot_v1_dot_points__pb2.ListTenantsRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_points__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'DeleteTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTenant,
+                    request_deserializer=lamina_dot_v1_dot_points__pb2.DeleteTenantRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_points__pb2.DeleteTenantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +304,60 @@ class Points:
             '/lamina.v1.Points/Scroll',
             lamina_dot_v1_dot_points__pb2.ScrollRequest.SerializeToString,
             lamina_dot_v1_dot_points__pb2.ScrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Points/ListTenants',
+            lamina_dot_v1_dot_points__pb2.ListTenantsRequest.SerializeToString,
+            lamina_dot_v1_dot_points__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Points/DeleteTenant',
+            lamina_dot_v1_dot_points__pb2.DeleteTenantRequest.SerializeToString,
+            lamina_dot_v1_dot_points__pb2.DeleteTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,

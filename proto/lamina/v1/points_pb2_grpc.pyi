@@ -45,6 +45,12 @@ class PointsStub:
     """Count points, optionally those matching a filter."""
     Scroll: _grpc.UnaryUnaryMultiCallable[_points_pb2.ScrollRequest, _points_pb2.ScrollResponse]
     """Page through points in id order (integers first, then strings)."""
+    ListTenants: _grpc.UnaryUnaryMultiCallable[_points_pb2.ListTenantsRequest, _points_pb2.ListTenantsResponse]
+    """Multi-tenant collections: the tenants with their point counts (a tenant-scoped
+    API key sees only its own).
+    """
+    DeleteTenant: _grpc.UnaryUnaryMultiCallable[_points_pb2.DeleteTenantRequest, _points_pb2.DeleteTenantResponse]
+    """Multi-tenant collections: delete a tenant and all its points (NOT_FOUND if unknown)."""
 
 @_typing.type_check_only
 class PointsAsyncStub(PointsStub):
@@ -63,6 +69,12 @@ class PointsAsyncStub(PointsStub):
     """Count points, optionally those matching a filter."""
     Scroll: _aio.UnaryUnaryMultiCallable[_points_pb2.ScrollRequest, _points_pb2.ScrollResponse]  # type: ignore[assignment]
     """Page through points in id order (integers first, then strings)."""
+    ListTenants: _aio.UnaryUnaryMultiCallable[_points_pb2.ListTenantsRequest, _points_pb2.ListTenantsResponse]  # type: ignore[assignment]
+    """Multi-tenant collections: the tenants with their point counts (a tenant-scoped
+    API key sees only its own).
+    """
+    DeleteTenant: _aio.UnaryUnaryMultiCallable[_points_pb2.DeleteTenantRequest, _points_pb2.DeleteTenantResponse]  # type: ignore[assignment]
+    """Multi-tenant collections: delete a tenant and all its points (NOT_FOUND if unknown)."""
 
 class PointsServicer(metaclass=_abc_1.ABCMeta):
     """Write, read, delete and page through points. Every write request is applied
@@ -108,5 +120,23 @@ class PointsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_points_pb2.ScrollResponse, _abc.Awaitable[_points_pb2.ScrollResponse]]:
         """Page through points in id order (integers first, then strings)."""
+
+    @_abc_1.abstractmethod
+    def ListTenants(
+        self,
+        request: _points_pb2.ListTenantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.ListTenantsResponse, _abc.Awaitable[_points_pb2.ListTenantsResponse]]:
+        """Multi-tenant collections: the tenants with their point counts (a tenant-scoped
+        API key sees only its own).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteTenant(
+        self,
+        request: _points_pb2.DeleteTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.DeleteTenantResponse, _abc.Awaitable[_points_pb2.DeleteTenantResponse]]:
+        """Multi-tenant collections: delete a tenant and all its points (NOT_FOUND if unknown)."""
 
 def add_PointsServicer_to_server(servicer: PointsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -72,6 +72,7 @@ class SearchRequest(_message.Message):
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     vector: _builtins.bytes
     """float32 little-endian query vector of the collection's dimension."""
@@ -83,6 +84,10 @@ class SearchRequest(_message.Message):
     with_vector: _builtins.bool
     explain: _builtins.bool
     """fill SearchResponse.plan"""
+    tenant: _builtins.str
+    """Multi-tenant collections: the tenant the request acts for (required there,
+    and must be empty for a collection without tenants).
+    """
     @_builtins.property
     def params(self) -> Global___SearchParams: ...
     def __init__(
@@ -96,10 +101,11 @@ class SearchRequest(_message.Message):
         with_vector: _builtins.bool = ...,
         params: Global___SearchParams | None = ...,
         explain: _builtins.bool = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "explain", b"explain", "filter_json", b"filter_json", "k", b"k", "params", b"params", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "explain", b"explain", "filter_json", b"filter_json", "k", b"k", "params", b"params", "tenant", b"tenant", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -253,6 +259,7 @@ class QueryRequest(_message.Message):
     WITH_PAYLOAD_FIELD_NUMBER: _builtins.int
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     vector: _builtins.bytes
     """float32 little-endian; empty: text only"""
@@ -266,6 +273,10 @@ class QueryRequest(_message.Message):
     """empty: the collection's only text index"""
     with_payload: _builtins.bool
     with_vector: _builtins.bool
+    tenant: _builtins.str
+    """Multi-tenant collections: the tenant the request acts for (required there,
+    and must be empty for a collection without tenants).
+    """
     @_builtins.property
     def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """(dense, text); empty: (1, 1)"""
@@ -286,10 +297,11 @@ class QueryRequest(_message.Message):
         with_payload: _builtins.bool = ...,
         with_vector: _builtins.bool = ...,
         params: Global___SearchParams | None = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "params", b"params", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "collection", b"collection", "filter_json", b"filter_json", "fusion", b"fusion", "k", b"k", "params", b"params", "text", b"text", "text_field", b"text_field", "vector", b"vector", "weights", b"weights", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "collection", b"collection", "filter_json", b"filter_json", "fusion", b"fusion", "k", b"k", "params", b"params", "tenant", b"tenant", "text", b"text", "text_field", b"text_field", "vector", b"vector", "weights", b"weights", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__text: _TypeAlias = _typing.Literal["text"]  # noqa: Y015
     _WhichOneofArgType__text: _TypeAlias = _typing.Literal["_text", b"_text"]  # noqa: Y015
@@ -308,11 +320,16 @@ class SearchBatchRequest(_message.Message):
     WITH_PAYLOAD_FIELD_NUMBER: _builtins.int
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     k: _builtins.int
     filter_json: _builtins.str
     with_payload: _builtins.bool
     with_vector: _builtins.bool
+    tenant: _builtins.str
+    """Multi-tenant collections: the tenant the request acts for (required there,
+    and must be empty for a collection without tenants).
+    """
     @_builtins.property
     def vectors(self) -> _common_pb2.Vectors: ...
     @_builtins.property
@@ -327,10 +344,11 @@ class SearchBatchRequest(_message.Message):
         with_payload: _builtins.bool = ...,
         with_vector: _builtins.bool = ...,
         params: Global___SearchParams | None = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "vectors", b"vectors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json", "k", b"k", "params", b"params", "vectors", b"vectors", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json", "k", b"k", "params", b"params", "tenant", b"tenant", "vectors", b"vectors", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
