@@ -11,6 +11,7 @@ BENCHMARKS = {
     "text": "bench.text",
     "crash": "bench.crash",
     "load": "bench.load",
+    "tenants": "bench.tenants",
 }
 
 

@@ -839,13 +839,16 @@ class Collection:
         part = None if params.exact else snap.partitions.get(code)
         bound = part.bound if part is not None else 0
         parts: list[TopK] = []
-        covered: list[tuple[Segment, np.ndarray, np.ndarray]] = []  # below the partition's bound
+        covered: list[tuple[Segment, np.ndarray | None, np.ndarray]] = []  # below the partition's bound
         exact_rows = 0
         for i, seg in enumerate(snap.segments):
+            allow = masks[i] if masks is not None else seg.live
+            if seg.hi <= bound:  # all in the partition: its rows are looked up only if needed
+                covered.append((seg, None, allow))
+                continue
             local = seg.tenant_local(code)
             if not local.size:
                 continue
-            allow = masks[i] if masks is not None else seg.live
             if seg.lo < bound:
                 below = seg.rows[local] < bound
                 covered.append((seg, local[below], allow))
@@ -881,14 +884,16 @@ class Collection:
         prepared: FloatMatrix,
         k: int,
         knobs: Knobs,
-        covered: list[tuple[Segment, np.ndarray, np.ndarray]],
+        lazy: list[tuple[Segment, np.ndarray | None, np.ndarray]],
         filtered: bool,
     ) -> tuple[TopK, SegmentPlan]:
-        """A tenant's partition searched for the top-k of its ``covered`` rows (segment,
-        local rows, allowed mask); with a filter the walk asks for k / selectivity
-        candidates, widening up to 3 times, unless few rows match (then exact)."""
+        """A tenant's partition searched for the top-k of its covered rows (``lazy``:
+        segment, local rows or None for all the tenant's rows there, allowed mask); with a
+        filter the walk asks for k / selectivity candidates, widening up to 3 times,
+        unless few rows match (then exact)."""
         nq = prepared.shape[0]
         name = f"tenant-partition-{part.code}"
+        covered = [(s, rows if rows is not None else s.tenant_local(part.code), a) for s, rows, a in lazy]
 
         def exact(why: str, matches: int) -> tuple[TopK, SegmentPlan]:
             found = [

@@ -29,7 +29,7 @@ from lamina.engine.payload import FieldIndex
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import rerank
 from lamina.index.tiers import ExactTier, HnswTier, Knobs, Tier, TopK, build_tier, load_tier
-from lamina.storage.keys import id_from_key, tenant_of_key
+from lamina.storage.keys import TENANT_PREFIX_BYTES, id_from_key, tenant_of_key
 from lamina.storage.vectorfile import atomic_folder, fsync_path, map_matrix, write_matrix
 from lamina.types import CollectionConfig, FloatMatrix, PointId, SegmentPlan
 
@@ -336,14 +336,15 @@ class Segment:
         if isinstance(self._ids, np.ndarray):
             return cast(list[PointId], self._ids[local].tolist())
         blob, offsets = self._ids
-        return [id_from_key(bytes(blob[offsets[i] : offsets[i + 1]])) for i in local.tolist()]
+        starts, ends = offsets[local].tolist(), offsets[local + 1].tolist()
+        return [id_from_key(bytes(blob[a:b])) for a, b in zip(starts, ends, strict=True)]
 
     def index_bytes(self) -> int:
         """Bytes the tier holds in memory (its files' sizes), the live mask and tenant membership."""
         return self._tier_bytes + self.live.nbytes + self._tenant_order.nbytes + self._tenant_sorted.nbytes
 
 
-_Ids = np.ndarray | tuple[np.ndarray, np.ndarray]
+_Ids = np.ndarray | tuple[memoryview, np.ndarray]
 
 
 def take_first(found: TopK, keep: np.ndarray, k: int) -> TopK:
@@ -363,8 +364,11 @@ def take_first(found: TopK, keep: np.ndarray, k: int) -> TopK:
 
 
 def _write_ids(folder: Path, keys: list[bytes]) -> None:
-    if all(len(k) == 9 and k[:1] == b"\x00" for k in keys):
-        ints = np.frombuffer(b"".join(k[1:] for k in keys), dtype=">u8").astype(np.uint64)
+    """Integer ids (tenant prefixes dropped: ``tenants.npy`` holds the tenants) as one
+    uint64 array; otherwise the id keys back to back with their offsets."""
+    plain = [k[TENANT_PREFIX_BYTES:] if k[:1] == b"\x02" else k for k in keys]
+    if all(len(k) == 9 and k[:1] == b"\x00" for k in plain):
+        ints = np.frombuffer(b"".join(k[1:] for k in plain), dtype=">u8").astype(np.uint64)
         np.save(folder / "ids.npy", ints)
         return
     (folder / "keys.bin").write_bytes(b"".join(keys))
@@ -377,8 +381,8 @@ def _read_ids(folder: Path) -> _Ids:
     if (folder / "ids.npy").exists():
         return np.asarray(np.load(folder / "ids.npy", mmap_mode="r"))  # a plain view: cheaper to index
     blob = (
-        np.memmap(folder / "keys.bin", dtype=np.uint8, mode="r")
+        memoryview(cast(Any, np.memmap(folder / "keys.bin", dtype=np.uint8, mode="r")))
         if (folder / "keys.bin").stat().st_size
-        else np.zeros(0, np.uint8)
+        else memoryview(b"")
     )
-    return blob, np.load(folder / "keys.off.npy", mmap_mode="r")
+    return blob, np.asarray(np.load(folder / "keys.off.npy", mmap_mode="r"))
