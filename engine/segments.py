@@ -88,10 +88,16 @@ class Segment:
         codes = tenants if tenants is not None else np.zeros(0, np.int32)
         self._tenant_order = np.argsort(codes, kind="stable").astype(np.int32)
         self._tenant_sorted = codes[self._tenant_order]
+        present, starts = np.unique(self._tenant_sorted, return_index=True)
+        ends = np.append(starts[1:], codes.size)[: starts.size]
+        # tenant code -> (start, end) in _tenant_order: one dict lookup per query
+        self._tenant_span = dict(
+            zip(present.tolist(), zip(starts.tolist(), ends.tolist(), strict=True), strict=True)
+        )
 
     def tenant_local(self, code: int) -> np.ndarray:
         """Local positions (ascending, dead or alive) of the rows of tenant ``code``."""
-        lo, hi = np.searchsorted(self._tenant_sorted, [code, code + 1])
+        lo, hi = self._tenant_span.get(code, (0, 0))
         return self._tenant_order[lo:hi]
 
     def tenant_codes_live(self) -> np.ndarray:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from lamina.config import Limits, ServerConfig
 from lamina.errors import InvalidArgument, LaminaError, NotFound
+from lamina.validation import check_tenant
 
 DEFAULT_DATA = "./lamina-data"
 DEFAULT_PORT = 6334
@@ -94,6 +95,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             "hash": hash_key(key),
             "role": args.role,
             **({"collections": sorted(collections)} if collections else {}),
+            **({"tenants": sorted(set(args.tenant))} if args.tenant else {}),
         },
         "keys",
     )
@@ -256,6 +258,8 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    if args.tenant is not None:
+        check_tenant(args.tenant)
     if args.dry_run:
         return _dry_run(args)
     path, total, dim, items = _open_source(args)
@@ -265,9 +269,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         except NotFound:
             if not dim:
                 raise InvalidArgument(f"{path}: no vectors found to infer the dimension from") from None
-            col = db.create_collection(args.collection, dim=dim, metric=args.metric)
+            multi = args.tenant is not None
+            col = db.create_collection(args.collection, dim=dim, metric=args.metric, multi_tenant=multi)
             print(
-                f"created collection {args.collection!r} (dim={dim}, metric={args.metric})", file=sys.stderr
+                f"created collection {args.collection!r} (dim={dim}, metric={args.metric}"
+                + (", multi-tenant)" if multi else ")"),
+                file=sys.stderr,
             )
         written = 0
         batch: list[Record] = []
@@ -285,7 +292,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 payloads = [r[2] for r in batch]
                 try:
                     written += col.upsert(
-                        ids, vectors, payloads if any(p is not None for p in payloads) else None
+                        ids,
+                        vectors,
+                        payloads if any(p is not None for p in payloads) else None,
+                        tenant=args.tenant,
                     )
                 except LaminaError as exc:
                     raise type(exc)(f"records {first_line}..{first_line + len(batch) - 1}: {exc}") from None
@@ -303,7 +313,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                     flush()
             flush()
         print(
-            f"ingested {written} points into {args.collection!r}; it now holds {col.count()}", file=sys.stderr
+            f"ingested {written} points into {args.collection!r}"
+            + (f" for tenant {args.tenant!r}" if args.tenant else "")
+            + f"; it now holds {col.count(tenant=args.tenant)}"
+            + (" for that tenant" if args.tenant else ""),
+            file=sys.stderr,
         )
     return 0
 
@@ -332,6 +346,10 @@ def cmd_collections(args: argparse.Namespace) -> int:
         if info.config.payload_index:
             fields = ", ".join(f"{f} ({kind})" for f, kind in sorted(info.config.payload_index.items()))
             print(f"  payload indexes: {fields}")
+        if info.config.multi_tenant:
+            print(
+                f"  multi-tenant: {st.tenants:,} tenants, {st.tenant_partitions:,} with an index of their own"
+            )
         if st.note:
             print(f"  note: {st.note}")
     return 0
@@ -346,6 +364,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(
                 f"collection {info.name}: {info.count:,} points, {st.segments} segments, "
                 f"{st.mutable_points:,} unsealed, index {st.index_bytes / 2**20:.1f} MiB"
+                + (
+                    f", {st.tenants:,} tenants ({st.tenant_partitions} indexed)"
+                    if info.config.multi_tenant
+                    else ""
+                )
                 + (", optimizing" if st.optimizing else "")
                 + (f" ({st.note})" if st.note else "")
             )
@@ -437,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--metric", default="cosine", choices=["cosine", "dot", "l2"], help="when creating")
     ingest.add_argument("--batch-size", type=int, default=1000)
     ingest.add_argument(
+        "--tenant", help="write every point for this tenant (a new collection is created multi-tenant)"
+    )
+    ingest.add_argument(
         "--id-start",
         type=int,
         default=0,
@@ -487,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--role", required=True, choices=["read", "write", "admin"])
     keys.add_argument(
         "--collection", action="append", help="restrict the key to this collection (repeatable)"
+    )
+    keys.add_argument(
+        "--tenant", action="append", help="restrict the key to this tenant (repeatable): see docs/tenants.md"
     )
     keys.set_defaults(func=cmd_keys)
     info.set_defaults(func=cmd_info)

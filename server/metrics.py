@@ -62,6 +62,14 @@ class _EngineCollector(Collector):
                 "1 while a seal, compaction or index build runs",
                 labels=["collection"],
             ),
+            "tenants": GaugeMetricFamily(
+                "lamina_collection_tenants", "Tenants of a multi-tenant collection", labels=["collection"]
+            ),
+            "partitions": GaugeMetricFamily(
+                "lamina_collection_tenant_partitions",
+                "Tenants with an HNSW partition of their own",
+                labels=["collection"],
+            ),
         }
         try:
             names = self.db.list_collections()
@@ -78,6 +86,8 @@ class _EngineCollector(Collector):
             families["mutable"].add_metric([name], st.mutable_points)
             families["bytes"].add_metric([name], st.index_bytes)
             families["busy"].add_metric([name], int(st.optimizing))
+            families["tenants"].add_metric([name], st.tenants)
+            families["partitions"].add_metric([name], st.tenant_partitions)
         yield from families.values()
 
 

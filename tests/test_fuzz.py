@@ -39,6 +39,7 @@ from tests.conftest import ServerThread
 
 DIM = 8
 COLLECTION = "fz"
+TENANTED = "fzt"  # a multi-tenant collection, with tenants "acme" and "beta"
 EXAMPLES = int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "1000"))
 # statuses a well-formed answer to a bad request may carry; never INTERNAL or UNKNOWN
 PRECISE = {
@@ -62,6 +63,8 @@ names = st.one_of(
     st.just(COLLECTION),
     st.just(COLLECTION),
     st.just(COLLECTION),
+    st.just(TENANTED),
+    st.just(TENANTED),
     st.sampled_from(["", "nope", "x" * 129, "a" * 128, "../etc", "has space", "ü", ".hidden", "-"]),
     st.text(max_size=40),
 )
@@ -143,6 +146,11 @@ def field_strategy(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]
             return names
         if name.endswith("_json"):
             return json_text
+        if name == "tenant":
+            return st.one_of(
+                st.sampled_from(["acme", "acme", "beta", "", "nobody", "t" * 300, "a\nb"]),
+                st.text(max_size=12),
+            )
         return st.one_of(
             st.text(max_size=20), st.sampled_from(["rrf", "weighted", "exact", "keyword", "text", "a" * 5000])
         )
@@ -264,13 +272,16 @@ def fingerprint(db: Database) -> str:
     for name in db.list_collections():
         col = db.get_collection(name)
         digest.update(name.encode() + orjson.dumps(col.config.to_dict()))
-        offset = None
-        while True:
-            points, offset = col.scroll(10_000, offset, None, True, True)
-            for p in points:
-                digest.update(repr(p.id).encode() + p.vector.tobytes() + orjson.dumps(p.payload))  # type: ignore[union-attr]
-            if offset is None:
-                break
+        tenants = [t.name for t in col.list_tenants()] if col.config.multi_tenant else [None]
+        for tenant in tenants:
+            digest.update(repr(tenant).encode())
+            offset = None
+            while True:
+                points, offset = col.scroll(10_000, offset, None, True, True, tenant=tenant)
+                for p in points:
+                    digest.update(repr(p.id).encode() + p.vector.tobytes() + orjson.dumps(p.payload))  # type: ignore[union-attr]
+                if offset is None:
+                    break
     digest.update(orjson.dumps([s.name for s in db.list_snapshots()]))
     return digest.hexdigest()
 
@@ -291,7 +302,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
 def reset(db: Database) -> None:
     """The collection the requests aim at, with a few points and a payload index."""
     for name in db.list_collections():
-        if name != COLLECTION:
+        if name not in (COLLECTION, TENANTED):
             db.delete_collection(name)
     if COLLECTION not in db.list_collections():
         col = db.create_collection(COLLECTION, CollectionConfig(dim=DIM, payload_index={"a": "int"}))
@@ -299,6 +310,23 @@ def reset(db: Database) -> None:
         col.upsert(
             list(range(50)), rng.standard_normal((50, DIM)), [{"a": i, "n": {"x": [i]}} for i in range(50)]
         )
+    if TENANTED not in db.list_collections() or {
+        t.name for t in db.get_collection(TENANTED).list_tenants()
+    } != {
+        "acme",
+        "beta",
+    }:
+        if TENANTED in db.list_collections():
+            db.delete_collection(TENANTED)
+        mt = db.create_collection(
+            TENANTED, CollectionConfig(dim=DIM, multi_tenant=True, tenant_index_rows=16)
+        )
+        rng = np.random.default_rng(1)
+        for tenant in ("acme", "beta"):
+            mt.upsert(
+                list(range(30)), rng.standard_normal((30, DIM)), [{"a": i} for i in range(30)], tenant=tenant
+            )
+        mt.optimize()
     for snap in db.list_snapshots():
         db.delete_snapshot(snap.collection, snap.name)
 

@@ -251,3 +251,30 @@ def test_promotion_demotion_and_deletion_free_index_memory(tmp_path: Path) -> No
         assert col.count(tenant="big") == 0 and col.search(big[3], tenant="big") == []
         col.upsert([1], big[:1], tenant="big")  # the name can be used again, as a new tenant
         assert [p.id for p in col.scroll(tenant="big")[0]] == [1]
+
+
+def test_cli_ingests_for_a_tenant_and_makes_tenant_keys(tmp_path: Path) -> None:
+    from lamina.config import ServerConfig
+    from tests.test_cli import lamina_cmd
+
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32))
+    data = str(tmp_path / "data")
+    for tenant in ("acme", "globex"):
+        done = lamina_cmd("ingest", str(tmp_path / "v.npy"), "-c", "kb", "-t", data, "--tenant", tenant)
+        assert done.returncode == 0, done.stderr
+        assert f"ingested 300 points into 'kb' for tenant {tenant!r}; it now holds 300" in done.stderr
+    listing = lamina_cmd("collections", "-t", data)
+    assert "multi-tenant: 2 tenants" in listing.stdout, listing.stdout
+    bad = lamina_cmd("ingest", str(tmp_path / "v.npy"), "-c", "kb", "-t", data, "--tenant", "")
+    assert bad.returncode != 0 and "invalid tenant" in bad.stderr
+    made = lamina_cmd("keys", "create", "--name", "acme-app", "--role", "write", "--tenant", "acme")
+    assert made.returncode == 0, made.stderr
+    stanza = made.stdout[made.stdout.index("[[keys]]") :]
+    (tmp_path / "lamina.toml").write_text(stanza)
+    (key,) = ServerConfig.load(tmp_path / "lamina.toml").keys
+    assert key.tenants == frozenset({"acme"}) and key.role == "write"
+    with lamina.connect(data) as db:
+        assert [(t.name, t.points) for t in db.get_collection("kb").list_tenants()] == [
+            ("acme", 300),
+            ("globex", 300),
+        ]
