@@ -141,6 +141,7 @@ def worker(system: str, work: Path, shared_queries: int) -> dict[str, Any]:
             col.optimize()
             col.search(np.ones(8), k=K, tenant="w", with_payload=False)
     rss0 = rss_mb()
+    parts0 = _rss_parts()
     offsets = np.load(work / "offsets.npy")
     queries = np.load(work / "queries.npy")
     qt = np.load(work / "qtenants.npy")
@@ -158,6 +159,7 @@ def worker(system: str, work: Path, shared_queries: int) -> dict[str, Any]:
             block = np.ascontiguousarray(data[lo : lo + 50_000])
             index.add_items(block, np.arange(lo, lo + block.shape[0]), num_threads=2)
             _progress(lo + block.shape[0], n, started, system)
+        del block  # a view of the input map (ascontiguousarray did not copy): it would keep the file resident
         index.set_ef(EF)
 
         def search(q: np.ndarray, t: int) -> list[int]:
@@ -258,19 +260,25 @@ def worker(system: str, work: Path, shared_queries: int) -> dict[str, Any]:
     if "estimated_mb" in extra:
         extra["measured_mb"] = rss
         rss = extra.pop("estimated_mb")
-    status = Path("/proc/self/status").read_text()
-    anon = next(
-        (int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("RssAnon")), None
-    )
+    parts = _rss_parts()
+    extra["anon_mb"] = parts[0] - parts0[0]  # heap: indexes, graphs, buffers
+    extra["file_mb"] = parts[1] - parts0[1]  # mapped file pages (Lamina's segment vectors)
     return {
         "system": system,
         "build_s": extra.pop("estimated_build_s", build_s),
         "rss_mb": rss,
-        "rss_anon_mb": anon,
         "latency_ms": lat.tolist(),
         "found": found,
         "extra": extra,
     }
+
+
+def _rss_parts() -> tuple[float, float]:
+    """(RssAnon, RssFile) of this process in MB."""
+    lines = Path("/proc/self/status").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    anon, file = (int(fields.get(k, "0 kB").split()[0]) / 1024 for k in ("RssAnon", "RssFile"))
+    return anon, file
 
 
 def _hnswlib_fixed_mb(dim: int, count: int = 100) -> float:
@@ -356,7 +364,6 @@ def run(
         report["systems"][system] = {
             "build_s": res["build_s"],
             "rss_mb": res["rss_mb"],
-            "rss_anon_mb": res["rss_anon_mb"],
             "extra": res["extra"],
             "classes": per,
         }

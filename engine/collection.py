@@ -53,7 +53,7 @@ from lamina.storage.rocks import (
     TENANTS,
     CollectionStore,
 )
-from lamina.storage.vectorfile import link_tree
+from lamina.storage.vectorfile import link_tree, release_pages
 from lamina.types import (
     CollectionConfig,
     CollectionInfo,
@@ -1428,6 +1428,8 @@ class Collection:
             started = time.perf_counter()
             rows = np.concatenate([seg.rows[loc] for seg, loc in picks])
             vectors = np.concatenate([seg.vectors[loc] for seg, loc in picks])
+            for seg, _ in picks:  # read once into the graph: leave the pages to the page cache
+                release_pages(seg.vectors)
             order = np.argsort(rows)
             part = Partition.build(
                 code, bound, rows[order], vectors[order], self.config, self._metric, build_threads()
