@@ -53,7 +53,7 @@ from lamina.storage.rocks import (
     TENANTS,
     CollectionStore,
 )
-from lamina.storage.vectorfile import link_tree, release_pages
+from lamina.storage.vectorfile import link_tree
 from lamina.types import (
     CollectionConfig,
     CollectionInfo,
@@ -854,7 +854,7 @@ class Collection:
                 covered.append((seg, local[below], allow))
                 local = local[~below]
             if local.size:
-                parts.append(seg.rerank_local(prepared, k, local, allow, self._metric))
+                parts.append(seg.tenant_exact(prepared, k, local, allow, self._metric))
                 exact_rows += int(local.size)
         mask = masks[-1] if masks is not None else snap.live & (snap.tcodes[: snap.live.size] == code)
         if mask.any():
@@ -897,7 +897,7 @@ class Collection:
 
         def exact(why: str, matches: int) -> tuple[TopK, SegmentPlan]:
             found = [
-                seg.rerank_local(prepared, k, local, allow, self._metric) for seg, local, allow in covered
+                seg.tenant_exact(prepared, k, local, allow, self._metric) for seg, local, allow in covered
             ]
             return merge_topk(found, nq, k), SegmentPlan(name, part.live_count, matches, "exact", why)
 
@@ -1427,9 +1427,7 @@ class Collection:
         try:
             started = time.perf_counter()
             rows = np.concatenate([seg.rows[loc] for seg, loc in picks])
-            vectors = np.concatenate([seg.vectors[loc] for seg, loc in picks])
-            for seg, _ in picks:  # read once into the graph: leave the pages to the page cache
-                release_pages(seg.vectors)
+            vectors = np.concatenate([seg.gather(loc) for seg, loc in picks])
             order = np.argsort(rows)
             part = Partition.build(
                 code, bound, rows[order], vectors[order], self.config, self._metric, build_threads()

@@ -17,8 +17,10 @@ import hashlib
 import math
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, cast
 
@@ -41,6 +43,8 @@ GRAPH_STEP_COST = 10.0
 WIDEN = 1.5
 #: filter results a segment keeps (each a bool per row)
 MATCH_CACHE = 32
+#: gather() reads at most this many runs of consecutive rows with pread, else the map
+MAX_READ_RUNS = 64
 
 
 def payload_file(field: str, kind: str) -> str:
@@ -81,6 +85,11 @@ class Segment:
         # (a compaction may remove it while a reader still holds this segment)
         self._tier_bytes = sum((folder / f).stat().st_size for f in tier.files())
         self.live = np.ones(rows.shape[0], dtype=np.bool_)
+        # a descriptor of the vector file for gather(); an open file outlives a compaction's unlink
+        path = folder / "vectors.f32"
+        self._fd = os.open(path, os.O_RDONLY) if rows.shape[0] and path.exists() else -1
+        if self._fd >= 0:
+            weakref.finalize(self, os.close, self._fd)
         self.dead = 0
         self._matches: OrderedDict[Hashable, np.ndarray] = OrderedDict()  # filter key -> rows matching
         self._cache_lock = threading.Lock()
@@ -104,12 +113,40 @@ class Segment:
         """The tenant code of every live row (in tenant order)."""
         return self._tenant_sorted[self.live[self._tenant_order]]
 
-    def rerank_local(
+    def gather(self, local: np.ndarray) -> FloatMatrix:
+        """The vectors of ascending ``local`` rows, read with ``pread`` one run of
+        consecutive rows at a time: a tenant's rows are few runs (writes come in
+        batches), and reading them leaves no pages mapped in the process, so that serving
+        thousands of small tenants exactly does not grow its resident memory the way
+        touching the memory map would. Many short runs are read through the map instead."""
+        dim = self.vectors.shape[1]
+        if local.size == 0:
+            return np.zeros((0, dim), np.float32)
+        breaks = np.flatnonzero(np.diff(local) != 1) + 1
+        if breaks.size >= MAX_READ_RUNS or self._fd < 0:
+            return np.ascontiguousarray(self.vectors[local])
+        out = np.empty((local.size, dim), np.float32)
+        row_bytes = 4 * dim
+        for a, b in pairwise([0, *breaks.tolist(), local.size]):
+            want = (b - a) * row_bytes
+            got = os.preadv(self._fd, [out[a:b].data.cast("B")], int(local[a]) * row_bytes)
+            if got != want:
+                raise OSError(f"short read of {self.folder / 'vectors.f32'}: {got} of {want} bytes")
+        return out
+
+    def tenant_exact(
         self, queries: FloatMatrix, k: int, local: np.ndarray, allow: np.ndarray, metric: int
     ) -> TopK:
-        """Exact top-k (global rows) among the ``local`` rows that ``allow`` passes."""
-        candidates = np.broadcast_to(local.astype(np.int64, copy=False), (queries.shape[0], local.size))
-        return self._global(rerank(self.vectors, np.ascontiguousarray(candidates), allow, queries, k, metric))
+        """Exact top-k (global rows) among the ascending ``local`` rows that ``allow``
+        passes, over vectors read by ``gather``."""
+        local = local[allow[local]]
+        if local.size == 0:
+            return _empty(queries.shape[0])
+        scores, pos, counts = exact_topk(
+            self.gather(local), np.ones(local.size, np.bool_), queries, k, metric
+        )
+        rows = self.rows[local].take(pos, mode="clip")
+        return scores, np.where(pos >= 0, rows, -1), counts
 
     @property
     def lo(self) -> int:
@@ -293,7 +330,9 @@ class Segment:
         return scores, rows, counts
 
     def _exact(self, queries: FloatMatrix, k: int, allow: np.ndarray, metric: int) -> TopK:
-        return self.rerank_local(queries, k, np.flatnonzero(allow), allow, metric)
+        local = np.flatnonzero(allow)
+        candidates = np.ascontiguousarray(np.broadcast_to(local, (queries.shape[0], local.size)))
+        return self._global(rerank(self.vectors, candidates, allow, queries, k, metric))
 
     def _widened(
         self,

@@ -8,7 +8,6 @@ and then it is renamed into place: a crash leaves either the old state or a
 
 from __future__ import annotations
 
-import mmap
 import os
 import shutil
 from collections.abc import Iterator
@@ -87,14 +86,3 @@ def map_matrix(path: Path, dim: int) -> FloatMatrix:
         return np.zeros((0, dim), dtype=np.float32)
     # a plain ndarray view of the map (it keeps the map open): indexing skips memmap's overhead
     return np.asarray(np.memmap(path, dtype="<f4", mode="r", shape=(size // (4 * dim), dim)))
-
-
-def release_pages(matrix: FloatMatrix) -> None:
-    """Drop the resident pages of a matrix from ``map_matrix`` from this process (they stay
-    in the page cache and come back on the next touch): for data read once, such as the
-    rows a tenant partition copies into its graph."""
-    base: object = matrix
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "_mmap", None) or getattr(base, "base", None)
-    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        base.madvise(mmap.MADV_DONTNEED)
