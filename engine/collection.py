@@ -35,7 +35,7 @@ from lamina.config import Limits
 from lamina.engine.filters import CompiledFilter, compile_filter, evaluate
 from lamina.engine.payload import FieldIndex, MutableIndexes, take
 from lamina.engine.segments import GRAPH_STEP_COST, WIDEN, Segment, take_first
-from lamina.engine.tenants import REBUILD_SHARE, Partition, Tenants
+from lamina.engine.tenants import DELTA_SHARE, MERGE_SHARE, Partition, Tenants
 from lamina.engine.text import Bm25Query, fuse, top_rows
 from lamina.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from lamina.index.flat import exact_topk
@@ -109,7 +109,7 @@ class _Snapshot:
     payload: dict[str, list[FieldIndex]]
     replaced: int  # Collection._replaced when it was taken
     tcodes: np.ndarray  # multi-tenant: tenant code of each mutable row (from ``start``)
-    partitions: dict[int, Partition]  # tenant code -> its HNSW partition
+    partitions: dict[int, tuple[Partition, ...]]  # tenant code -> its HNSW partitions (main, delta)
 
 
 class Collection:
@@ -134,7 +134,8 @@ class Collection:
         self._multi = config.multi_tenant
         self._tenants = Tenants(store.get_meta(TENANTS))
         self._tcodes = np.full(capacity, -1, dtype=np.int32)  # tenant code per mutable row
-        self._partitions: dict[int, Partition] = {}  # replaced, never changed: searches hold it
+        # tenant code -> (main, [delta]) partitions; replaced, never changed: searches hold it
+        self._partitions: dict[int, tuple[Partition, ...]] = {}
         self._tenant_live: dict[int, int] = {}  # tenant code -> live points
         self._segments: list[Segment] = []
         self._knob_cache: dict[tuple[int | None, float | None], Knobs] = {}
@@ -304,8 +305,7 @@ class Collection:
         if sealed.size:
             for segment in self._segments:
                 segment.kill(sealed)
-            part = self._partitions.get(code) if code is not None else None
-            if part is not None:
+            for part in self._partitions.get(code, ()) if code is not None else ():
                 part.kill(sealed)
         if code is not None:
             self._tenant_live[code] = self._tenant_live.get(code, 0) - arr.size
@@ -526,9 +526,9 @@ class Collection:
             self._store.apply([], self._next_row, b"", [], dead, self._mut_start, meta)
         if dead:
             self._kill([row for _, row in dead], code=code)
-            part = self._partitions.get(code) if code is not None else None
             shrunk = (
-                part is not None and self._tenant_live.get(code or 0, 0) < self.config.tenant_index_rows // 2
+                code in self._partitions
+                and self._tenant_live.get(code or 0, 0) < self.config.tenant_index_rows // 2
             )
             if shrunk or any(s.dead > COMPACT_DEAD_FRACTION * s.size for s in self._segments):
                 self._wake.set()
@@ -836,8 +836,8 @@ class Collection:
         ``code`` (and ``masks``, a filter narrowed to it): its partition answers for the
         sealed rows below the partition's bound, its other rows are scored exactly."""
         params = params or _DEFAULT_PARAMS
-        part = None if params.exact else snap.partitions.get(code)
-        bound = part.bound if part is not None else 0
+        graphs = () if params.exact else snap.partitions.get(code, ())
+        bound = graphs[-1].bound if graphs else 0
         parts: list[TopK] = []
         covered: list[tuple[Segment, np.ndarray | None, np.ndarray]] = []  # below the partition's bound
         exact_rows = 0
@@ -869,7 +869,7 @@ class Collection:
                     "tenant", exact_rows, exact_rows, "exact", "the tenant's rows outside a partition"
                 )
             )
-        if part is not None and covered:
+        for part in graphs if covered else ():
             found, how = self._partition_search(
                 part, prepared, k, self._knobs(params), covered, masks is not None
             )
@@ -892,8 +892,20 @@ class Collection:
         filter the walk asks for k / selectivity candidates, widening up to 3 times,
         unless few rows match (then exact)."""
         nq = prepared.shape[0]
-        name = f"tenant-partition-{part.code}"
-        covered = [(s, rows if rows is not None else s.tenant_local(part.code), a) for s, rows, a in lazy]
+        name = f"tenant-partition-{part.code}-{part.lo}"
+
+        def inside(seg: Segment, local: np.ndarray | None) -> np.ndarray:
+            local = seg.tenant_local(part.code) if local is None else local
+            if part.lo <= seg.lo and seg.hi <= part.bound:
+                return local
+            rows = seg.rows[local]
+            return local[(rows >= part.lo) & (rows < part.bound)]
+
+        covered = [
+            (seg, inside(seg, local), allow)
+            for seg, local, allow in lazy
+            if seg.hi > part.lo and seg.lo < part.bound
+        ]
 
         def exact(why: str, matches: int) -> tuple[TopK, SegmentPlan]:
             found = [
@@ -1148,7 +1160,7 @@ class Collection:
             )
             error = self._error
             busy = self._busy
-            partitions = list(self._partitions.values())
+            partitions = [p for parts in self._partitions.values() for p in parts]
             tenants = len(self._tenants.codes)
         notes = sorted({s.note for s in segments if s.note} | ({error} if error else set()))
         status = IndexStatus(
@@ -1161,7 +1173,7 @@ class Collection:
             note="; ".join(notes),
             optimizing=busy,
             tenants=tenants,
-            tenant_partitions=len(partitions),
+            tenant_partitions=len({p.code for p in partitions}),
         )
         return CollectionInfo(self.name, self.config, status.indexed_points + mutable, status)
 
@@ -1386,11 +1398,16 @@ class Collection:
         return True
 
     def _tenant_step(self) -> bool:
-        """Promote, rebuild or demote one tenant's partition (caller holds the lock; the
-        build runs without it). A tenant of ``tenant_index_rows`` points or more, half
-        of them sealed, gets an HNSW graph over its sealed rows; the graph is rebuilt when
-        the tenant's sealed rows outside it reach ``REBUILD_SHARE`` of it; a tenant that
-        shrinks below half the threshold loses it. Returns whether it did one."""
+        """Promote, extend or demote one tenant's HNSW partitions (caller holds the lock;
+        builds run without it). A tenant of ``tenant_index_rows`` points or more, half of
+        them sealed, gets a main graph over its sealed rows. Rows sealed after it go into
+        a delta graph once they reach ``DELTA_SHARE`` of the main one and a quarter of the
+        threshold (the delta is rebuilt
+        over all of them each time), and when main and delta differ by less than
+        ``MERGE_SHARE`` both are rebuilt as one main graph: a query walks at most two
+        graphs and scores few rows exactly, and rebuild work stays proportional to the
+        tenant's size. A tenant that shrinks below half the threshold loses its graphs.
+        Returns whether it did one."""
         if not self._multi:
             return False
         threshold = self.config.tenant_index_rows
@@ -1404,25 +1421,34 @@ class Collection:
                     self._tenant_live.get(code, 0),
                 )
                 return True
-        todo = None
+        todo: tuple[int, int] | None = None  # (tenant, first row of the graph to build)
         for code, live in self._tenant_live.items():
             if live < threshold:
                 continue
-            part = self._partitions.get(code)
-            bound = part.bound if part is not None else 0
-            locals_ = [(seg, seg.tenant_local(code)) for seg in self._segments if seg.hi > bound]
+            graphs = self._partitions.get(code, ())
+            bound = graphs[-1].bound if graphs else 0
             outside = sum(
-                int(np.count_nonzero(seg.live[loc] & (seg.rows[loc] >= bound))) for seg, loc in locals_
+                int(np.count_nonzero(seg.live[loc] & (seg.rows[loc] >= bound)))
+                for seg in self._segments
+                if seg.hi > bound
+                for loc in [seg.tenant_local(code)]
             )
-            if (part is None and outside >= threshold // 2) or (
-                part is not None and outside >= max(16, REBUILD_SHARE * part.live_count)
-            ):
-                todo = code
+            if not graphs:
+                if outside >= threshold // 2:
+                    todo = (code, 0)
+            elif outside >= max(threshold // 4, DELTA_SHARE * graphs[0].live_count):
+                delta = sum(p.live_count for p in graphs[1:]) + outside
+                todo = (code, 0 if delta >= MERGE_SHARE * graphs[0].live_count else graphs[0].bound)
+            if todo is not None:
                 break
         if todo is None:
             return False
-        code, bound, segments = todo, self._mut_start, list(self._segments)
-        picks = [(seg, loc[seg.live[loc]]) for seg in segments for loc in [seg.tenant_local(code)]]
+        (code, lo), bound = todo, self._mut_start
+        picks = []
+        for seg in self._segments:
+            if seg.hi > lo:
+                local = seg.tenant_local(code)
+                picks.append((seg, local[seg.live[local] & (seg.rows[local] >= lo)]))
         self._lock.release()
         try:
             started = time.perf_counter()
@@ -1430,16 +1456,20 @@ class Collection:
             vectors = np.concatenate([seg.gather(loc) for seg, loc in picks])
             order = np.argsort(rows)
             part = Partition.build(
-                code, bound, rows[order], vectors[order], self.config, self._metric, build_threads()
+                code, lo, bound, rows[order], vectors[order], self.config, self._metric, build_threads()
             )
         finally:
             self._lock.acquire()
         if self._closed or code not in self._tenants.names:
             return True  # closed, or the tenant was deleted meanwhile
+        current = self._partitions.get(code, ())
+        if lo and (not current or current[0].bound != lo):
+            return True  # the main graph changed meanwhile: this delta no longer fits
         part.kill(part.rows[~self._alive_sealed(part.rows)])  # deleted while it was built
-        self._partitions = {**self._partitions, code: part}
+        self._partitions = {**self._partitions, code: (part,) if lo == 0 else (current[0], part)}
         log.info(
-            "built the HNSW partition of tenant %r of %r: %d rows in %.1f s",
+            "built the %s HNSW partition of tenant %r of %r: %d rows in %.1f s",
+            "delta" if lo else "main",
             self._tenants.names.get(code),
             self.name,
             part.live_count,

@@ -15,8 +15,10 @@ build no shared graph (every query names a tenant, so it would never be walked):
   vectors + the numba rerank kernel);
 * a tenant that grows past ``tenant_index_rows`` is promoted by the optimizer, in the
   background, to a ``Partition``: an HNSW graph over its rows in sealed segments below
-  the partition's ``bound`` (its rows at or past the bound, sealed later or still
-  mutable, are searched exactly until the partition is rebuilt to cover them);
+  the partition's ``bound``. Rows sealed later go into a second, delta graph once they
+  are a sixteenth of the main one, and both are merged into one main graph when the
+  delta reaches half of it; the rows past the last graph (few, or still mutable) are
+  searched exactly;
 * a partition whose tenant shrinks below half the threshold is dropped (demotion), and
   ``delete_tenant`` drops it at once with the tenant's points.
 
@@ -38,8 +40,11 @@ from lamina.index.kernels import METRIC_IP
 from lamina.index.tiers import TopK
 from lamina.types import CollectionConfig, FloatMatrix
 
-#: a partition is rebuilt once its tenant's sealed rows outside it reach this share of it
-REBUILD_SHARE = 0.25
+#: a tenant's sealed rows past its graphs go into a delta graph once they reach this share
+#: of the main graph (and a quarter of ``tenant_index_rows``)
+DELTA_SHARE = 1 / 16
+#: main and delta graphs are rebuilt as one when the delta reaches this share of the main
+MERGE_SHARE = 0.5
 
 
 class Tenants:
@@ -70,11 +75,14 @@ class Tenants:
 
 
 class Partition:
-    """An HNSW graph over one tenant's rows in sealed segments below ``bound``; labels
-    are global row numbers, deleted rows are marked in the graph."""
+    """An HNSW graph over one tenant's rows in sealed segments from row ``lo`` to below
+    ``bound``; labels are global row numbers, deleted rows are marked in the graph."""
 
-    def __init__(self, code: int, bound: int, rows: np.ndarray, index: hnswlib.Index, metric: int) -> None:
+    def __init__(
+        self, code: int, lo: int, bound: int, rows: np.ndarray, index: hnswlib.Index, metric: int
+    ) -> None:
         self.code = code
+        self.lo = lo
         self.bound = bound
         self.rows = rows  # ascending global rows it was built over
         self.index = index
@@ -85,6 +93,7 @@ class Partition:
     def build(
         cls,
         code: int,
+        lo: int,
         bound: int,
         rows: np.ndarray,
         vectors: FloatMatrix,
@@ -100,7 +109,7 @@ class Partition:
             random_seed=100,
         )
         index.add_items(np.ascontiguousarray(vectors), rows.astype(np.int64), num_threads=threads)
-        return cls(code, bound, rows, index, metric)
+        return cls(code, lo, bound, rows, index, metric)
 
     @property
     def live_count(self) -> int:
