@@ -414,24 +414,29 @@ def verdict(report: dict[str, Any]) -> list[str]:
 
 
 def plot(report: dict[str, Any], path: Path) -> Path | None:
+    """p99 latency per tenant-size class and resident memory per system (both log scale)."""
     from bench.common import _pyplot
 
     plt = _pyplot()
     if plt is None:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    systems = list(report["systems"])
     names = list(next(iter(report["systems"].values()))["classes"])
+    width = 0.8 / len(systems)
     x = np.arange(len(names))
-    for i, (system, r) in enumerate(report["systems"].items()):
-        ax1.bar(x + i * 0.27, [r["classes"][n]["p99_ms"] for n in names], 0.27, label=system)
-    ax1.set_xticks(x + 0.27, names)
+    for i, system in enumerate(systems):
+        classes = report["systems"][system]["classes"]
+        ax1.bar(x + i * width, [classes[n]["p99_ms"] for n in names], width, label=system)
+    ax1.set_xticks(x + width * (len(systems) - 1) / 2, names)
     ax1.set_yscale("log")
     ax1.set_ylabel("p99 latency, ms (log)")
     ax1.set_xlabel("tenant size class")
     ax1.legend(fontsize=8)
-    systems = list(report["systems"])
-    ax2.barh(systems, [report["systems"][s]["rss_mb"] for s in systems], color="#4a7ab5")
-    ax2.set_xlabel("resident memory, MB")
+    labels = [s + (" (estimated)" if "measured_mb" in report["systems"][s]["extra"] else "") for s in systems]
+    ax2.barh(labels, [report["systems"][s]["rss_mb"] for s in systems], color="#4a7ab5")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("resident memory after build and queries, MB (log)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return path

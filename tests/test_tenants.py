@@ -278,3 +278,15 @@ def test_cli_ingests_for_a_tenant_and_makes_tenant_keys(tmp_path: Path) -> None:
             ("acme", 300),
             ("globex", 300),
         ]
+
+
+def test_bench_tenants_runs_end_to_end_at_small_size(tmp_path: Path) -> None:
+    from bench.tenants import SYSTEMS, run, verdict
+
+    report = run(tenants=60, total=6_000, dim=16, per_class=10, zipf=1.0, systems=SYSTEMS, workdir=tmp_path)
+    assert set(report["systems"]) == set(SYSTEMS)
+    lam = report["systems"]["lamina"]
+    assert lam["extra"]["partitions"] >= 1 and lam["rss_mb"] > 0
+    for name, c in lam["classes"].items():  # exact for small tenants, a graph for large ones
+        assert c["queries"] == 10 and c["recall"] >= 0.9, (name, c)
+    assert any("memory lamina / shared index" in line for line in verdict(report))
