@@ -1,0 +1,1 @@
+"""Adapters for RAG frameworks; each needs its extra (``laminadb[langchain]``)."""
