@@ -123,14 +123,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-Record = tuple[Any, list[float] | np.ndarray, dict[str, Any] | None]
+#: (id, vector, payload, tenant)
+Record = tuple[Any, list[float] | np.ndarray, dict[str, Any] | None, str | None]
 #: (line or row number, the record or why it is bad)
 Item = tuple[int, Record | str]
 
 
 def _read_matrix(matrix: np.ndarray, id_start: int) -> Iterator[Item]:
     for i in range(matrix.shape[0]):
-        yield i, (id_start + i, matrix[i], None)
+        yield i, (id_start + i, matrix[i], None, None)
 
 
 def _read_npy(path: Path, id_start: int) -> tuple[int, int, Iterator[Item]]:
@@ -162,7 +163,7 @@ def _read_vecs(path: Path, id_start: int) -> tuple[int, int, Iterator[Item]]:
 
 
 def _read_jsonl(
-    path: Path, id_field: str, vector_field: str, payload_field: str
+    path: Path, id_field: str, vector_field: str, payload_field: str, tenant_field: str | None = None
 ) -> tuple[int, int, Iterator[Item]]:
     total = 0
     dim = 0
@@ -198,9 +199,96 @@ def _read_jsonl(
                 if payload is not None and not isinstance(payload, dict):
                     yield lineno, f"'{payload_field}' must be a JSON object"
                     continue
-                yield lineno, (rec[id_field], vector, payload)
+                tenant = rec.get(tenant_field) if tenant_field else None
+                if tenant_field and not isinstance(tenant, str):
+                    yield lineno, f"'{tenant_field}' must be a tenant name (a string)"
+                    continue
+                yield lineno, (rec[id_field], vector, payload, tenant)
 
     return total, dim, records()
+
+
+def _read_parquet(
+    path: Path, id_field: str, vector_field: str, payload_field: str, tenant_field: str | None
+) -> tuple[int, int, Iterator[Item]]:
+    """Parquet (pyarrow), streamed a row group at a time: ``id_field`` and ``vector_field``
+    columns (a list of numbers per row), the payload from ``payload_field`` (a struct or a
+    JSON string) when that column exists, else from every other column; ``tenant_field``
+    names each row's tenant."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InvalidArgument('reading Parquet needs pyarrow: pip install "laminadb[ingest]"') from None
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    for need in (id_field, vector_field):
+        if need not in names:
+            raise InvalidArgument(
+                f"{path}: no column {need!r} (columns: {', '.join(names)}); map it with --{'id' if need == id_field else 'vector'}-field"
+            )
+    if tenant_field and tenant_field not in names:
+        raise InvalidArgument(f"{path}: no tenant column {tenant_field!r} (columns: {', '.join(names)})")
+    extra = [n for n in names if n not in (id_field, vector_field, tenant_field)]
+    payload_cols = [payload_field] if payload_field in names else extra
+    first = pf.read_row_group(0, columns=[vector_field]).column(0) if pf.num_row_groups else None
+    dim = len(first[0].as_py() or []) if first is not None and len(first) else 0
+
+    def records() -> Iterator[Item]:
+        row = 0
+        for group in range(pf.num_row_groups):
+            table = pf.read_row_group(group).to_pydict()
+            for i in range(len(table[id_field])):
+                row += 1
+                vector = table[vector_field][i]
+                if not isinstance(vector, list) or len(vector) != dim:
+                    yield row, f"'{vector_field}' must be a list of {dim} numbers"
+                    continue
+                if payload_cols == [payload_field]:
+                    payload = table[payload_field][i]
+                    if isinstance(payload, str):
+                        try:
+                            payload = orjson.loads(payload)
+                        except orjson.JSONDecodeError as exc:
+                            yield row, f"'{payload_field}' is not valid JSON ({exc})"
+                            continue
+                    if payload is not None and not isinstance(payload, dict):
+                        yield row, f"'{payload_field}' must be an object"
+                        continue
+                else:
+                    payload = {c: table[c][i] for c in payload_cols} or None
+                tenant = table[tenant_field][i] if tenant_field else None
+                if tenant_field and not isinstance(tenant, str):
+                    yield row, f"'{tenant_field}' must be a tenant name (a string)"
+                    continue
+                yield row, (table[id_field][i], vector, payload, tenant)
+
+    return pf.metadata.num_rows, dim, records()
+
+
+def _read_hdf5(path: Path, dataset: str, id_start: int) -> tuple[int, int, Iterator[Item]]:
+    """An ann-benchmarks .hdf5 file: the vectors of ``dataset`` (``train`` by default,
+    ``test`` for the queries), ids counted from ``id_start``; read in blocks."""
+    try:
+        import h5py
+    except ImportError:
+        raise InvalidArgument('reading HDF5 needs h5py: pip install "laminadb[ingest]"') from None
+    fh = h5py.File(path, "r")
+    if dataset not in fh:
+        raise InvalidArgument(
+            f"{path}: no dataset {dataset!r} (has {', '.join(fh)}); pick one with --dataset"
+        )
+    data = fh[dataset]
+    if len(data.shape) != 2:
+        raise InvalidArgument(f"{path}: dataset {dataset!r} has shape {data.shape}, expected (rows, dim)")
+
+    def records() -> Iterator[Item]:
+        for lo in range(0, data.shape[0], 65_536):
+            block = np.asarray(data[lo : lo + 65_536], dtype=np.float32)
+            for i in range(block.shape[0]):
+                yield lo + i, (id_start + lo + i, block[i], None, None)
+        fh.close()
+
+    return int(data.shape[0]), int(data.shape[1]), records()
 
 
 def _check_record(rec: Record, dim: int, limits: Limits) -> str | None:
@@ -211,6 +299,8 @@ def _check_record(rec: Record, dim: int, limits: Limits) -> str | None:
         check_id(rec[0], limits)
         as_matrix(np.asarray(rec[1], dtype=np.float32).reshape(1, -1), dim)
         encode_payloads([rec[2]], 1, limits)
+        if rec[3] is not None:
+            check_tenant(rec[3])
     except LaminaError as exc:
         return str(exc)
     return None
@@ -223,9 +313,19 @@ def _open_source(args: argparse.Namespace) -> tuple[Path, int, int, Iterator[Ite
     if path.suffix in (".fvecs", ".bvecs"):
         return (path, *_read_vecs(path, args.id_start))
     if path.suffix in (".jsonl", ".ndjson"):
-        return (path, *_read_jsonl(path, args.id_field, args.vector_field, args.payload_field))
+        return (
+            path,
+            *_read_jsonl(path, args.id_field, args.vector_field, args.payload_field, args.tenant_field),
+        )
+    if path.suffix in (".parquet", ".pq"):
+        return (
+            path,
+            *_read_parquet(path, args.id_field, args.vector_field, args.payload_field, args.tenant_field),
+        )
+    if path.suffix in (".hdf5", ".h5"):
+        return (path, *_read_hdf5(path, args.dataset, args.id_start))
     raise InvalidArgument(
-        f"{path}: unsupported file type {path.suffix!r}; use .npy, .fvecs, .bvecs or .jsonl"
+        f"{path}: unsupported file type {path.suffix!r}; use .npy, .fvecs, .bvecs, .jsonl, .parquet or .hdf5"
     )
 
 
@@ -260,6 +360,8 @@ def _dry_run(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     if args.tenant is not None:
         check_tenant(args.tenant)
+        if args.tenant_field:
+            raise InvalidArgument("give --tenant (one tenant for every record) or --tenant-field, not both")
     if args.dry_run:
         return _dry_run(args)
     path, total, dim, items = _open_source(args)
@@ -269,7 +371,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         except NotFound:
             if not dim:
                 raise InvalidArgument(f"{path}: no vectors found to infer the dimension from") from None
-            multi = args.tenant is not None
+            multi = args.tenant is not None or bool(args.tenant_field)
             col = db.create_collection(args.collection, dim=dim, metric=args.metric, multi_tenant=multi)
             print(
                 f"created collection {args.collection!r} (dim={dim}, metric={args.metric}"
@@ -279,6 +381,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         written = 0
         batch: list[Record] = []
         first_line = 1
+        tenants: set[str] = set()
         with tqdm(
             total=total, unit="pts", desc=f"ingest {path.name}", file=sys.stderr, disable=args.quiet
         ) as bar:
@@ -290,12 +393,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 ids = [r[0] for r in batch]
                 vectors = np.asarray([r[1] for r in batch], dtype=np.float32)
                 payloads = [r[2] for r in batch]
+                tenant = batch[0][3] or args.tenant  # a batch holds one tenant's records
+                if tenant is not None:
+                    tenants.add(tenant)
                 try:
                     written += col.upsert(
                         ids,
                         vectors,
                         payloads if any(p is not None for p in payloads) else None,
-                        tenant=args.tenant,
+                        tenant=tenant,
                     )
                 except LaminaError as exc:
                     raise type(exc)(f"records {first_line}..{first_line + len(batch) - 1}: {exc}") from None
@@ -308,17 +414,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                     raise InvalidArgument(
                         f"{path}:{pos}: {item} (run with --dry-run to list every bad record)"
                     )
+                if batch and item[3] != batch[-1][3]:
+                    flush()  # the tenant changes: one upsert names one tenant
                 batch.append(item)
                 if len(batch) >= args.batch_size:
                     flush()
             flush()
-        print(
-            f"ingested {written} points into {args.collection!r}"
-            + (f" for tenant {args.tenant!r}" if args.tenant else "")
-            + f"; it now holds {col.count(tenant=args.tenant)}"
-            + (" for that tenant" if args.tenant else ""),
-            file=sys.stderr,
-        )
+        if args.tenant_field:
+            held = f"{len(tenants)} tenants; the collection now holds {col.info().count}"
+        elif args.tenant:
+            held = f"tenant {args.tenant!r}; it now holds {col.count(tenant=args.tenant)} for that tenant"
+        else:
+            held = f"it now holds {col.count()}"
+        print(f"ingested {written} points into {args.collection!r} for {held}", file=sys.stderr)
     return 0
 
 
@@ -450,9 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     target_help = f"data directory or host:port of a server (default {DEFAULT_DATA})"
-    ingest = sub.add_parser("ingest", help="load vectors from .npy, .fvecs/.bvecs or JSON Lines")
+    ingest = sub.add_parser(
+        "ingest", help="load vectors from .npy, .fvecs/.bvecs, JSON Lines, Parquet or ann-benchmarks .hdf5"
+    )
     ingest.add_argument(
-        "file", help=".npy (n, dim) or .fvecs/.bvecs vectors, or .jsonl records with id, vector and payload"
+        "file",
+        help=".npy (n, dim), .fvecs/.bvecs, .hdf5 (ann-benchmarks) vectors, or .jsonl / .parquet records "
+        "with id, vector, payload (and tenant) fields",
     )
     ingest.add_argument("--collection", "-c", required=True)
     ingest.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
@@ -470,7 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--id-field", default="id")
     ingest.add_argument("--vector-field", default="vector")
-    ingest.add_argument("--payload-field", default="payload")
+    ingest.add_argument("--payload-field", default="payload", help="Parquet: else every other column")
+    ingest.add_argument("--tenant-field", help=".jsonl / .parquet: the field naming each record's tenant")
+    ingest.add_argument("--dataset", default="train", help=".hdf5 (ann-benchmarks): the dataset to load")
     ingest.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ingest.add_argument(
         "--dry-run",

@@ -132,3 +132,81 @@ def test_dry_run_lists_every_bad_record_and_writes_nothing(tmp_path: Path) -> No
     good = tmp_path / "good.jsonl"
     good.write_text(path.read_text().splitlines()[0] + "\n")
     assert lamina_cmd("ingest", str(good), "-c", "recs", "-t", data, "-q", "--dry-run").returncode == 0
+
+
+def test_ingest_parquet_with_tenant_and_payload_columns(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    n = 250
+    table = pa.table(
+        {
+            "doc": list(range(n)),
+            "emb": [rng.standard_normal(8).astype(np.float32).tolist() for _ in range(n)],
+            "lang": ["en" if i % 2 else "de" for i in range(n)],
+            "year": [2000 + i % 7 for i in range(n)],
+            "org": ["acme" if i < 150 else "globex" for i in range(n)],
+        }
+    )
+    pq.write_table(table, tmp_path / "docs.parquet", row_group_size=64)  # streamed by row group
+    data = str(tmp_path / "data")
+    args = ("-c", "kb", "-t", data, "--id-field", "doc", "--vector-field", "emb", "--tenant-field", "org")
+    done = lamina_cmd("ingest", str(tmp_path / "docs.parquet"), *args)
+    assert done.returncode == 0, done.stderr
+    assert "ingested 250 points into 'kb' for 2 tenants" in done.stderr
+    with lamina.connect(data) as db:
+        kb = db.get_collection("kb")
+        assert kb.config.multi_tenant
+        assert [(t.name, t.points) for t in kb.list_tenants()] == [("acme", 150), ("globex", 100)]
+        (p,) = kb.get([151], tenant="globex")
+        assert p.payload == {"lang": "en", "year": 2000 + 151 % 7}
+        assert np.allclose(p.vector, table.column("emb")[151].as_py())
+        assert kb.get([151], tenant="acme") == []
+    # a JSON payload column, and a bad row reported by its row number
+    bad = pa.table(
+        {"id": [1, 2, 3], "vector": [[0.1] * 4, [0.2] * 3, [0.3] * 4], "payload": ['{"a": 1}', "{}", "null"]}
+    )
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    checked = lamina_cmd("ingest", str(tmp_path / "bad.parquet"), "-c", "x", "-t", data, "--dry-run")
+    assert checked.returncode == 2 and "bad.parquet:2: 'vector' must be a list of 4 numbers" in checked.stdout
+    missing = lamina_cmd("ingest", str(tmp_path / "bad.parquet"), "-c", "x", "-t", data, "--id-field", "doc")
+    assert missing.returncode != 0 and "no column 'doc'" in missing.stderr
+    pq.write_table(bad.slice(0, 1), tmp_path / "one.parquet")
+    assert lamina_cmd("ingest", str(tmp_path / "one.parquet"), "-c", "x", "-t", data).returncode == 0
+    with lamina.connect(data) as db:
+        assert db.get_collection("x").get([1])[0].payload == {"a": 1}
+
+
+def test_ingest_ann_benchmarks_hdf5_and_jsonl_tenants(tmp_path: Path) -> None:
+    import h5py
+
+    rng = np.random.default_rng(4)
+    with h5py.File(tmp_path / "glove.hdf5", "w") as fh:
+        fh["train"] = rng.standard_normal((300, 8)).astype(np.float32)
+        fh["test"] = rng.standard_normal((20, 8)).astype(np.float32)
+    data = str(tmp_path / "data")
+    done = lamina_cmd("ingest", str(tmp_path / "glove.hdf5"), "-c", "glove", "-t", data)
+    assert done.returncode == 0 and "ingested 300 points" in done.stderr, done.stderr
+    queries = lamina_cmd("ingest", str(tmp_path / "glove.hdf5"), "-c", "q", "-t", data, "--dataset", "test")
+    assert queries.returncode == 0 and "ingested 20 points" in queries.stderr
+    nope = lamina_cmd("ingest", str(tmp_path / "glove.hdf5"), "-c", "q", "-t", data, "--dataset", "nope")
+    assert nope.returncode != 0 and "no dataset 'nope' (has test, train)" in nope.stderr
+    with (tmp_path / "t.jsonl").open("w") as fh:
+        for i in range(10):
+            fh.write(
+                orjson.dumps({"id": i, "vector": [float(i), 1.0], "who": "a" if i < 4 else "b"}).decode()
+                + "\n"
+            )
+    mixed = lamina_cmd("ingest", str(tmp_path / "t.jsonl"), "-c", "mt", "-t", data, "--tenant-field", "who")
+    assert mixed.returncode == 0 and "for 2 tenants" in mixed.stderr, mixed.stderr
+    both = lamina_cmd(
+        "ingest", str(tmp_path / "t.jsonl"), "-c", "mt", "-t", data, "--tenant-field", "who", "--tenant", "a"
+    )
+    assert both.returncode != 0 and "not both" in both.stderr
+    with lamina.connect(data) as db:
+        assert db.get_collection("glove").count() == 300
+        assert np.allclose(
+            db.get_collection("glove").get([7])[0].vector, h5py.File(tmp_path / "glove.hdf5")["train"][7]
+        )
+        assert [(t.name, t.points) for t in db.get_collection("mt").list_tenants()] == [("a", 4), ("b", 6)]

@@ -262,7 +262,10 @@ def test_cli_ingests_for_a_tenant_and_makes_tenant_keys(tmp_path: Path) -> None:
     for tenant in ("acme", "globex"):
         done = lamina_cmd("ingest", str(tmp_path / "v.npy"), "-c", "kb", "-t", data, "--tenant", tenant)
         assert done.returncode == 0, done.stderr
-        assert f"ingested 300 points into 'kb' for tenant {tenant!r}; it now holds 300" in done.stderr
+        assert (
+            f"ingested 300 points into 'kb' for tenant {tenant!r}; it now holds 300 for that tenant"
+            in done.stderr
+        )
     listing = lamina_cmd("collections", "-t", data)
     assert "multi-tenant: 2 tenants" in listing.stdout, listing.stdout
     bad = lamina_cmd("ingest", str(tmp_path / "v.npy"), "-c", "kb", "-t", data, "--tenant", "")
