@@ -816,11 +816,13 @@ class Collection:
                 reason = "the mutable segment is always scanned exactly"
                 explain.append(SegmentPlan("mutable", int(snap.live.sum()), int(mask.sum()), "exact", reason))
         if mask.any():
-            scores, local_rows, counts = exact_topk(
-                snap.matrix, mask, prepared, min(k, mask.size), self._metric
-            )
-            parts.append((scores, np.where(local_rows >= 0, local_rows + snap.start, -1), counts))
+            parts.append(self._mutable_topk(prepared, k, snap, mask))
         return merge_topk(parts, prepared.shape[0], k)
+
+    def _mutable_topk(self, prepared: FloatMatrix, k: int, snap: _Snapshot, mask: np.ndarray) -> TopK:
+        """Exact top-k (global rows) of the snapshot's mutable rows that ``mask`` passes."""
+        scores, local_rows, counts = exact_topk(snap.matrix, mask, prepared, min(k, mask.size), self._metric)
+        return scores, np.where(local_rows >= 0, local_rows + snap.start, -1), counts
 
     def _tenant_rows(
         self,
@@ -858,10 +860,7 @@ class Collection:
                 exact_rows += int(local.size)
         mask = masks[-1] if masks is not None else snap.live & (snap.tcodes[: snap.live.size] == code)
         if mask.any():
-            scores, local_rows, counts = exact_topk(
-                snap.matrix, mask, prepared, min(k, mask.size), self._metric
-            )
-            parts.append((scores, np.where(local_rows >= 0, local_rows + snap.start, -1), counts))
+            parts.append(self._mutable_topk(prepared, k, snap, mask))
             exact_rows += int(np.count_nonzero(mask))
         if explain is not None:
             explain.append(
