@@ -31,7 +31,7 @@ from lamina.engine.payload import FieldIndex
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import rerank
 from lamina.index.tiers import ExactTier, HnswTier, Knobs, Tier, TopK, build_tier, load_tier
-from lamina.storage.keys import TENANT_PREFIX_BYTES, id_from_key, tenant_of_key
+from lamina.storage.keys import id_from_key, tenant_of_key, without_tenant
 from lamina.storage.vectorfile import atomic_folder, fsync_path, map_matrix, write_matrix
 from lamina.types import CollectionConfig, FloatMatrix, PointId, SegmentPlan
 
@@ -411,7 +411,7 @@ def take_first(found: TopK, keep: np.ndarray, k: int) -> TopK:
 def _write_ids(folder: Path, keys: list[bytes]) -> None:
     """Integer ids (tenant prefixes dropped: ``tenants.npy`` holds the tenants) as one
     uint64 array; otherwise the id keys back to back with their offsets."""
-    plain = [k[TENANT_PREFIX_BYTES:] if k[:1] == b"\x02" else k for k in keys]
+    plain = [without_tenant(k) for k in keys]
     if all(len(k) == 9 and k[:1] == b"\x00" for k in plain):
         ints = np.frombuffer(b"".join(k[1:] for k in plain), dtype=">u8").astype(np.uint64)
         np.save(folder / "ids.npy", ints)

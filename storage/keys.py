@@ -42,9 +42,13 @@ def tenant_of_key(key: bytes) -> int:
     return -1
 
 
+def without_tenant(key: bytes) -> bytes:
+    """An id key without its tenant prefix (unchanged when it has none)."""
+    return key[TENANT_PREFIX_BYTES:] if key[:1] == _TENANT_TAG else key
+
+
 def id_from_key(key: bytes) -> PointId:
-    if key[:1] == _TENANT_TAG:
-        key = key[TENANT_PREFIX_BYTES:]
+    key = without_tenant(key)
     if key[:1] == _INT_TAG:
         return int(_U64.unpack(key[1:])[0])
     return key[1:].decode("utf-8")
