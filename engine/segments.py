@@ -85,9 +85,12 @@ class Segment:
         # (a compaction may remove it while a reader still holds this segment)
         self._tier_bytes = sum((folder / f).stat().st_size for f in tier.files())
         self.live = np.ones(rows.shape[0], dtype=np.bool_)
-        # a descriptor of the vector file for gather(); an open file outlives a compaction's unlink
+        # multi-tenant segments: a descriptor of the vector file for gather() (an open file
+        # outlives a compaction's unlink); other segments never gather, and open nothing
         path = folder / "vectors.f32"
-        self._fd = os.open(path, os.O_RDONLY) if rows.shape[0] and path.exists() else -1
+        self._fd = (
+            os.open(path, os.O_RDONLY) if tenants is not None and rows.shape[0] and path.exists() else -1
+        )
         if self._fd >= 0:
             weakref.finalize(self, os.close, self._fd)
         self.dead = 0
