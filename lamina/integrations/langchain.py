@@ -27,8 +27,8 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
-from lamina.client.api import Client, Collection, connect
-from lamina.errors import NotFound
+from lamina.client.api import Client, connect
+from lamina.integrations import LazyCollection
 from lamina.types import Filter, Hit, Metric
 
 TEXT = "page_content"
@@ -78,29 +78,11 @@ class LaminaVectorStore(VectorStore):
         self.embedding = embedding
         self.metric: Metric = metric
         self.tenant = tenant
-        self._options = dict(collection_options or {})
-        self._collection: Collection | None = None
+        self._target = LazyCollection(self.client, collection_name, metric, tenant, collection_options)
 
     @property
     def embeddings(self) -> Embeddings:
         return self.embedding
-
-    # ------------------------------------------------------------ the collection
-    def _existing(self) -> Collection | None:
-        if self._collection is None:
-            try:
-                self._collection = self.client.get_collection(self.collection_name)
-            except NotFound:
-                return None
-        return self._collection
-
-    def _for_writing(self, dim: int) -> Collection:
-        col = self._existing()
-        if col is None:
-            options = {"multi_tenant": self.tenant is not None, **self._options}
-            col = self.client.create_collection(self.collection_name, dim=dim, metric=self.metric, **options)
-            self._collection = col
-        return col
 
     # ------------------------------------------------------------ writes
     def add_texts(
@@ -126,7 +108,7 @@ class LaminaVectorStore(VectorStore):
             {TEXT: t, METADATA: dict(m or {})}
             for t, m in zip(texts, metadatas or [{}] * len(texts), strict=True)
         ]
-        col = self._for_writing(vectors.shape[1])
+        col = self._target.for_writing(vectors.shape[1])
         col.upsert(list(out), vectors, payloads, tenant=self.tenant)
         return out
 
@@ -143,7 +125,7 @@ class LaminaVectorStore(VectorStore):
         """Delete documents by id (ids that do not exist are ignored)."""
         if ids is None:
             raise ValueError("delete needs the ids of the documents to delete")
-        col = self._existing()
+        col = self._target.existing()
         if col is not None and ids:
             col.delete(ids=list(ids), tenant=self.tenant)
         return True
@@ -151,7 +133,7 @@ class LaminaVectorStore(VectorStore):
     # ------------------------------------------------------------ reads
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The stored documents with these ids (missing ones are left out)."""
-        col = self._existing()
+        col = self._target.existing()
         if col is None or not ids:
             return []
         points = col.get(list(ids), with_vector=False, tenant=self.tenant)
@@ -165,7 +147,7 @@ class LaminaVectorStore(VectorStore):
     def _hits(
         self, vector: list[float], k: int, filter: Filter | None, with_vector: bool = False
     ) -> list[Hit]:
-        col = self._existing()
+        col = self._target.existing()
         if col is None:
             return []
         return col.search(

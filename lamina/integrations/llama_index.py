@@ -31,8 +31,8 @@ from llama_index.core.vector_stores.types import (
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
-from lamina.client.api import Client, Collection, connect
-from lamina.errors import NotFound
+from lamina.client.api import Client, connect
+from lamina.integrations import LazyCollection
 from lamina.types import Filter, Metric
 
 NODE_ID = "_node_id"  # payload key holding the node id, for node_ids filters
@@ -88,7 +88,7 @@ class LaminaVectorStore(BasePydanticVectorStore):
     tenant: str | None = None
 
     _client: Client = PrivateAttr()
-    _collection: Collection | None = PrivateAttr(default=None)
+    _target: LazyCollection = PrivateAttr()
 
     def __init__(
         self,
@@ -101,34 +101,18 @@ class LaminaVectorStore(BasePydanticVectorStore):
         """``client``: a ``lamina.Client`` or what ``lamina.connect`` takes."""
         super().__init__(collection_name=collection_name, metric=metric, tenant=tenant)  # type: ignore[call-arg]
         self._client = connect(client) if isinstance(client, str) else client
-        self._collection = None
+        self._target = LazyCollection(self._client, collection_name, metric, tenant)
 
     @property
     def client(self) -> Client:
         return self._client
-
-    def _existing(self) -> Collection | None:
-        if self._collection is None:
-            try:
-                self._collection = self._client.get_collection(self.collection_name)
-            except NotFound:
-                return None
-        return self._collection
 
     def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
         """Store nodes with their embeddings (a node id that exists is replaced)."""
         if not nodes:
             return []
         vectors = np.asarray([n.get_embedding() for n in nodes], dtype=np.float32)
-        col = self._existing()
-        if col is None:
-            col = self._client.create_collection(
-                self.collection_name,
-                dim=vectors.shape[1],
-                metric=self.metric,  # type: ignore[arg-type]
-                multi_tenant=self.tenant is not None,
-            )
-            self._collection = col
+        col = self._target.for_writing(vectors.shape[1])
         payloads = [
             {
                 **node_to_metadata_dict(n, remove_text=False, flat_metadata=self.flat_metadata),
@@ -142,7 +126,7 @@ class LaminaVectorStore(BasePydanticVectorStore):
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete every node of the source document ``ref_doc_id``."""
-        col = self._existing()
+        col = self._target.existing()
         if col is not None:
             col.delete(filter={"ref_doc_id": ref_doc_id}, tenant=self.tenant)
 
@@ -150,14 +134,14 @@ class LaminaVectorStore(BasePydanticVectorStore):
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None, **delete_kwargs: Any
     ) -> None:
         """Delete nodes by id and / or by filter (both given: the listed nodes that match)."""
-        col = self._existing()
+        col = self._target.existing()
         flt = _where(filters, node_ids)
         if col is not None and flt is not None:
             col.delete(filter=flt, tenant=self.tenant)
 
     def clear(self) -> None:
         """Delete every node (of the tenant, in a multi-tenant collection)."""
-        col = self._existing()
+        col = self._target.existing()
         if col is not None:
             col.delete(filter={}, tenant=self.tenant)
 
@@ -165,7 +149,7 @@ class LaminaVectorStore(BasePydanticVectorStore):
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
     ) -> list[BaseNode]:
         """Nodes by id and / or filter (neither: every node)."""
-        col = self._existing()
+        col = self._target.existing()
         if col is None:
             return []
         flt = _where(filters, node_ids)
@@ -180,7 +164,7 @@ class LaminaVectorStore(BasePydanticVectorStore):
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """The ``similarity_top_k`` nodes nearest to the query embedding that match its
         filters (and, when given, its ``doc_ids`` / ``node_ids``)."""
-        col = self._existing()
+        col = self._target.existing()
         if col is None or query.query_embedding is None:
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         hits = col.search(
