@@ -7,7 +7,7 @@ index memory and background work (read from the engine at scrape time).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -16,12 +16,41 @@ from prometheus_client.registry import Collector
 
 from lamina.engine.database import Database
 from lamina.errors import LaminaError
+from lamina.types import CollectionInfo
 
 if TYPE_CHECKING:
     from lamina.server.app import Gate
 
 #: request latency buckets, seconds (0.5 ms .. 30 s)
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+#: per-collection gauges: name, help, and the value read from the collection's info
+COLLECTION_GAUGES: tuple[tuple[str, str, Callable[[CollectionInfo], float]], ...] = (
+    ("lamina_collection_points", "Live points", lambda i: i.count),
+    ("lamina_collection_segments", "Sealed segments", lambda i: i.status.segments),
+    (
+        "lamina_collection_mutable_points",
+        "Live points not yet sealed (searched exactly)",
+        lambda i: i.status.mutable_points,
+    ),
+    (
+        "lamina_collection_index_bytes",
+        "Memory of the index tier and payload indexes",
+        lambda i: i.status.index_bytes,
+    ),
+    (
+        "lamina_collection_optimizing",
+        "1 while a seal, compaction or index build runs",
+        lambda i: int(i.status.optimizing),
+    ),
+    ("lamina_collection_tenants", "Tenants of a multi-tenant collection", lambda i: i.status.tenants),
+    (
+        "lamina_collection_tenant_partitions",
+        "Tenants with an HNSW partition of their own",
+        lambda i: i.status.tenant_partitions,
+    ),
+)
 
 
 class _EngineCollector(Collector):
@@ -42,35 +71,10 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily(
             "lamina_requests_abandoned", "Requests stopped because the client left", gate.abandoned
         )
-        families = {
-            "points": GaugeMetricFamily("lamina_collection_points", "Live points", labels=["collection"]),
-            "segments": GaugeMetricFamily(
-                "lamina_collection_segments", "Sealed segments", labels=["collection"]
-            ),
-            "mutable": GaugeMetricFamily(
-                "lamina_collection_mutable_points",
-                "Live points not yet sealed (searched exactly)",
-                labels=["collection"],
-            ),
-            "bytes": GaugeMetricFamily(
-                "lamina_collection_index_bytes",
-                "Memory of the index tier and payload indexes",
-                labels=["collection"],
-            ),
-            "busy": GaugeMetricFamily(
-                "lamina_collection_optimizing",
-                "1 while a seal, compaction or index build runs",
-                labels=["collection"],
-            ),
-            "tenants": GaugeMetricFamily(
-                "lamina_collection_tenants", "Tenants of a multi-tenant collection", labels=["collection"]
-            ),
-            "partitions": GaugeMetricFamily(
-                "lamina_collection_tenant_partitions",
-                "Tenants with an HNSW partition of their own",
-                labels=["collection"],
-            ),
-        }
+        families = [
+            (GaugeMetricFamily(name, text, labels=["collection"]), value)
+            for name, text, value in COLLECTION_GAUGES
+        ]
         try:
             names = self.db.list_collections()
         except LaminaError:
@@ -80,15 +84,9 @@ class _EngineCollector(Collector):
                 info = self.db.get_collection(name).info()
             except LaminaError:
                 continue  # dropped meanwhile
-            st = info.status
-            families["points"].add_metric([name], info.count)
-            families["segments"].add_metric([name], st.segments)
-            families["mutable"].add_metric([name], st.mutable_points)
-            families["bytes"].add_metric([name], st.index_bytes)
-            families["busy"].add_metric([name], int(st.optimizing))
-            families["tenants"].add_metric([name], st.tenants)
-            families["partitions"].add_metric([name], st.tenant_partitions)
-        yield from families.values()
+            for family, value in families:
+                family.add_metric([name], value(info))
+        yield from (family for family, _ in families)
 
 
 class Metrics:
