@@ -28,7 +28,6 @@ are exact (and correct) meanwhile.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,8 +35,7 @@ import hnswlib
 import numpy as np
 import orjson
 
-from lamina.index.kernels import METRIC_IP
-from lamina.index.tiers import TopK
+from lamina.index.tiers import TopK, hnsw_index, hnsw_mark_deleted, hnsw_walk
 from lamina.types import CollectionConfig, FloatMatrix
 
 #: a tenant's sealed rows past its graphs go into a delta graph once they reach this share
@@ -101,13 +99,7 @@ class Partition:
         metric: int,
         threads: int,
     ) -> Partition:
-        index = hnswlib.Index(space="ip" if metric == METRIC_IP else "l2", dim=config.dim)
-        index.init_index(
-            max_elements=max(1, rows.size),
-            M=config.index.m,
-            ef_construction=config.index.ef_construction,
-            random_seed=100,
-        )
+        index = hnsw_index(config, metric, rows.size)
         index.add_items(np.ascontiguousarray(vectors), rows.astype(np.int64), num_threads=threads)
         return cls(code, lo, bound, rows, index, metric)
 
@@ -121,10 +113,7 @@ class Partition:
         if not arr.size or not self.rows.size:
             return
         pos = np.minimum(np.searchsorted(self.rows, arr), self.rows.size - 1)
-        for row in arr[self.rows[pos] == arr].tolist():
-            with contextlib.suppress(RuntimeError):  # already marked
-                self.index.mark_deleted(row)
-                self.dead += 1
+        self.dead += hnsw_mark_deleted(self.index, arr[self.rows[pos] == arr].tolist())
 
     def search(self, queries: FloatMatrix, n: int, ef: int) -> TopK | None:
         """Top-n (kernel scores, global rows, counts) among its live rows; None when the
@@ -132,15 +121,10 @@ class Partition:
         n = min(n, self.live_count)
         if n <= 0:
             return None
-        self.index.set_ef(max(ef, n))
-        try:
-            labels, dists = self.index.knn_query(queries, k=n, num_threads=1)
-        except RuntimeError:
+        found = hnsw_walk(self.index, queries, n, ef, self.metric)
+        if found is None:
             return None
-        scores = (
-            np.subtract(1.0, dists, out=dists) if self.metric == METRIC_IP else np.negative(dists, out=dists)
-        )
-        return scores, labels.astype(np.int64, copy=False), np.full(queries.shape[0], n, dtype=np.int64)
+        return found[0], found[1], np.full(queries.shape[0], n, dtype=np.int64)
 
     def nbytes(self) -> int:
         """Memory of the graph: vectors, links and labels (hnswlib's layout, estimated)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -251,6 +251,49 @@ class PQTier:
 
 
 # ---------------------------------------------------------------- float HNSW
+def hnsw_index(config: CollectionConfig, metric: int, capacity: int | None = None) -> hnswlib.Index:
+    """An empty hnswlib graph for the collection's metric and dimension, initialised for
+    ``capacity`` elements with its ``m`` and ``ef_construction`` (None: to be loaded)."""
+    index = hnswlib.Index(space="ip" if metric == METRIC_IP else "l2", dim=config.dim)
+    if capacity is not None:
+        index.init_index(
+            max_elements=max(1, capacity),
+            M=config.index.m,
+            ef_construction=config.index.ef_construction,
+            random_seed=100,
+        )
+    return index
+
+
+def hnsw_mark_deleted(index: hnswlib.Index, labels: Iterable[int]) -> int:
+    """Mark ``labels`` deleted in a graph; returns how many were not marked before."""
+    marked = 0
+    for label in labels:
+        with contextlib.suppress(RuntimeError):  # already marked
+            index.mark_deleted(label)
+            marked += 1
+    return marked
+
+
+def hnsw_walk(
+    index: hnswlib.Index,
+    queries: FloatMatrix,
+    k: int,
+    ef: int,
+    metric: int,
+    accept: Callable[[int], bool] | None = None,
+) -> tuple[FloatMatrix, np.ndarray] | None:
+    """(kernel scores, labels) of the top-k of each query by a walk of beam max(ef, k);
+    None when the graph cannot return k (too few live labels reachable)."""
+    index.set_ef(max(ef, k))
+    try:
+        labels, dists = index.knn_query(queries, k=k, num_threads=1, filter=accept)
+    except RuntimeError:
+        return None
+    scores = np.subtract(1.0, dists, out=dists) if metric == METRIC_IP else np.negative(dists, out=dists)
+    return scores, labels.astype(np.int64, copy=False)
+
+
 class HnswTier:
     """hnswlib graph over the float32 vectors: distances are exact, so no rerank; deleted
     rows are marked in the graph so walks skip them."""
@@ -261,19 +304,9 @@ class HnswTier:
         self.metric = metric
         self.index = index
 
-    @staticmethod
-    def _new(config: CollectionConfig, metric: int) -> hnswlib.Index:
-        return hnswlib.Index(space="ip" if metric == METRIC_IP else "l2", dim=config.dim)
-
     @classmethod
     def build(cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int) -> HnswTier:
-        index = cls._new(config, metric)
-        index.init_index(
-            max_elements=vectors.shape[0],
-            M=config.index.m,
-            ef_construction=config.index.ef_construction,
-            random_seed=100,
-        )
+        index = hnsw_index(config, metric, vectors.shape[0])
         for lo in range(0, vectors.shape[0], 65_536):
             block = np.ascontiguousarray(vectors[lo : lo + 65_536])
             index.add_items(block, np.arange(lo, lo + block.shape[0]), num_threads=threads)
@@ -281,7 +314,7 @@ class HnswTier:
 
     @classmethod
     def load(cls, folder: Path, config: CollectionConfig, metric: int) -> HnswTier:
-        index = cls._new(config, metric)
+        index = hnsw_index(config, metric)
         index.load_index(str(folder / "graph.hnsw"))
         return cls(metric, index)
 
@@ -292,9 +325,7 @@ class HnswTier:
         return ["graph.hnsw"]
 
     def kill(self, local_rows: np.ndarray) -> None:
-        for row in local_rows.tolist():
-            with contextlib.suppress(RuntimeError):  # already marked
-                self.index.mark_deleted(row)
+        hnsw_mark_deleted(self.index, local_rows.tolist())
 
     def search(
         self, vectors: FloatMatrix, live: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
@@ -317,16 +348,10 @@ class HnswTier:
         knobs: Knobs,
         accept: Callable[[int], bool] | None,
     ) -> TopK:
-        self.index.set_ef(max(knobs.ef, k))
-        try:
-            labels, dists = self.index.knn_query(queries, k=k, num_threads=1, filter=accept)
-        except RuntimeError:  # fewer than k live rows reachable: answer exactly
+        found = hnsw_walk(self.index, queries, k, knobs.ef, self.metric, accept)
+        if found is None:  # fewer than k live rows reachable: answer exactly
             return exact_topk(vectors, live, queries, k, self.metric)
-        scores = (
-            np.subtract(1.0, dists, out=dists) if self.metric == METRIC_IP else np.negative(dists, out=dists)
-        )
-        counts = np.full(queries.shape[0], k, dtype=np.int64)
-        return scores, labels.astype(np.int64, copy=False), counts
+        return found[0], found[1], np.full(queries.shape[0], k, dtype=np.int64)
 
 
 def build_tier(config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int) -> tuple[Tier, str]:
