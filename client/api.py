@@ -1,20 +1,36 @@
 """The public client: ``lamina.connect`` and the ``Client`` / ``Collection`` API.
 
-One API over two transports. ``connect("./lamina-data")`` opens the data
-directory in this process; ``connect("localhost:6334")`` talks to a server.
-Inputs are shaped here once (numpy arrays, id lists) with the same checks the
-engine applies, so both transports raise the same errors with the same words.
+One API over two transports, sync and async. ``connect("./lamina-data")`` opens the
+data directory in this process; ``connect("localhost:6334")`` talks to a server;
+``await connect_async(...)`` does either for asyncio code.
+
+Each call is written once, in ``_ClientOps`` / ``_CollectionOps``: it checks and shapes
+its inputs (numpy arrays, id lists) with the same checks the engine applies and returns
+an ``Op``. ``Client`` / ``Collection`` run that ``Op`` on their transport and
+``AsyncClient`` / ``AsyncCollection`` await it, so every transport raises the same
+errors with the same words and answers with the same types.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from lamina.client.transport import EmbeddedTransport, GrpcTransport, Transport
+from lamina.client.transport import (
+    AsyncEmbeddedTransport,
+    AsyncGrpcTransport,
+    AsyncTransport,
+    EmbeddedTransport,
+    GrpcTransport,
+    Op,
+    Transport,
+)
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.errors import InvalidArgument, NotFound
 from lamina.types import (
@@ -37,6 +53,9 @@ from lamina.types import (
     check_payload_field,
 )
 from lamina.validation import as_rows, as_vector, check_collection_name, check_ids, check_int, check_tenant
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _ADDRESS = re.compile(r"^(grpc://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
 
@@ -74,18 +93,66 @@ def connect(
     ...     db.list_collections()
     []
     """
+    remote = _remote_options(target, timeout, limits, api_key, tls, ca_cert, retries)
+    if remote is not None:
+        return Client(GrpcTransport(**remote), limits)
+    return Client(EmbeddedTransport(target, sync_writes=sync_writes, limits=limits), limits)
+
+
+async def connect_async(
+    target: str = "./lamina-data",
+    *,
+    timeout: float | None = 60.0,
+    sync_writes: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+    api_key: str | None = None,
+    tls: bool = False,
+    ca_cert: str | os.PathLike[str] | None = None,
+    retries: int = 3,
+) -> AsyncClient:
+    """``connect`` for asyncio: the same targets and options, an ``AsyncClient`` whose
+    methods are those of ``Client``, awaited. Remote calls go over an asyncio gRPC
+    channel; embedded calls run the engine in worker threads, off the event loop.
+
+    >>> import asyncio, tempfile, lamina
+    >>> async def main() -> list[str]:
+    ...     async with await lamina.connect_async(tempfile.mkdtemp()) as db:
+    ...         return await db.list_collections()
+    >>> asyncio.run(main())
+    []
+    """
+    remote = _remote_options(target, timeout, limits, api_key, tls, ca_cert, retries)
+    if remote is not None:
+        return AsyncClient(AsyncGrpcTransport(**remote), limits)
+    embedded = await asyncio.to_thread(EmbeddedTransport, target, sync_writes=sync_writes, limits=limits)
+    return AsyncClient(AsyncEmbeddedTransport(embedded), limits)
+
+
+def _remote_options(
+    target: str,
+    timeout: float | None,
+    limits: Limits,
+    api_key: str | None,
+    tls: bool,
+    ca_cert: str | os.PathLike[str] | None,
+    retries: int,
+) -> dict[str, Any] | None:
+    """The gRPC transport's settings when ``target`` is an address; None for a data directory."""
     if not isinstance(target, str) or not target:
         raise TypeError("connect() takes a data directory path or a 'host:port' address")
     if is_address(target):
-        address = target.removeprefix("grpc://")
-        ca = Path(ca_cert).read_bytes() if ca_cert is not None else None
-        transport = GrpcTransport(
-            address, timeout=timeout, limits=limits, api_key=api_key, tls=tls, ca_cert=ca, retries=retries
-        )
-        return Client(transport, limits)
+        return {
+            "address": target.removeprefix("grpc://"),
+            "timeout": timeout,
+            "limits": limits,
+            "api_key": api_key,
+            "tls": tls,
+            "ca_cert": Path(ca_cert).read_bytes() if ca_cert is not None else None,
+            "retries": retries,
+        }
     if api_key is not None or tls or ca_cert is not None:
         raise InvalidArgument("api_key, tls and ca_cert are for servers; an embedded database needs none")
-    return Client(EmbeddedTransport(target, sync_writes=sync_writes, limits=limits), limits)
+    return None
 
 
 def restore_snapshot(
@@ -101,12 +168,9 @@ def restore_snapshot(
         transport.close()
 
 
-class Client:
-    """A connection to Lamina, embedded or remote; use ``lamina.connect`` to make one."""
-
-    def __init__(self, transport: Transport, limits: Limits = DEFAULT_LIMITS) -> None:
-        self._transport = transport
-        self._limits = limits
+class _ClientOps:
+    """Every client call, written once: checks its arguments and returns the ``Op`` that
+    ``Client`` runs and ``AsyncClient`` awaits (bound below by ``_sync`` / ``_async``)."""
 
     def create_collection(
         self,
@@ -120,7 +184,7 @@ class Client:
         payload_index: dict[str, str] | None = None,
         multi_tenant: bool = False,
         tenant_index_rows: int = DEFAULT_TENANT_INDEX_ROWS,
-    ) -> Collection:
+    ) -> Op[CollectionInfo]:
         """Create a collection of ``dim``-dimensional vectors compared by ``metric``
         (``"cosine"``, ``"dot"`` or ``"l2"``); AlreadyExists if the name is taken.
 
@@ -151,88 +215,57 @@ class Client:
             multi_tenant=multi_tenant,
             tenant_index_rows=tenant_index_rows,
         )
-        info = self._transport.create_collection(name, config)
-        return Collection(self._transport, info, self._limits)
+        return _op("create_collection", name, config)
 
-    def get_collection(self, name: str) -> Collection:
+    def get_collection(self, name: str) -> Op[CollectionInfo]:
         """An existing collection; NotFound if there is none of that name."""
         check_collection_name(name)
-        return Collection(self._transport, self._transport.get_collection(name), self._limits)
+        return _op("get_collection", name)
 
-    def get_or_create_collection(self, name: str, dim: int, metric: Metric = "cosine") -> Collection:
-        """The collection called ``name``, created with these settings if missing."""
-        try:
-            return self.get_collection(name)
-        except NotFound:
-            return self.create_collection(name, dim, metric)
-
-    def list_collections(self) -> list[str]:
+    def list_collections(self) -> Op[list[str]]:
         """Names of all collections, sorted."""
-        return [info.name for info in self._transport.list_collections()]
+        return Op("list_collections", (), after=lambda infos: [info.name for info in infos])
 
-    def collections_info(self) -> list[CollectionInfo]:
+    def collections_info(self) -> Op[list[CollectionInfo]]:
         """Name, settings and point count of every collection."""
-        return self._transport.list_collections()
+        return _op("list_collections")
 
-    def delete_collection(self, name: str) -> None:
+    def delete_collection(self, name: str) -> Op[None]:
         """Drop a collection and all its points; NotFound if there is none."""
         check_collection_name(name)
-        self._transport.delete_collection(name)
+        return _op("delete_collection", name)
 
-    def list_snapshots(self, collection: str | None = None) -> list[SnapshotInfo]:
+    def list_snapshots(self, collection: str | None = None) -> Op[list[SnapshotInfo]]:
         """Snapshots of one collection (or of all), oldest first; paths are on the server."""
         if collection is not None:
             check_collection_name(collection)
-        return self._transport.list_snapshots(collection)
+        return _op("list_snapshots", collection)
 
-    def delete_snapshot(self, collection: str, snapshot: str) -> None:
+    def delete_snapshot(self, collection: str, snapshot: str) -> Op[None]:
         """Remove one snapshot; NotFound if there is none."""
         check_collection_name(collection)
-        self._transport.delete_snapshot(collection, snapshot)
+        return _op("delete_snapshot", collection, snapshot)
 
-    def is_serving(self) -> bool:
+    def is_serving(self) -> Op[bool]:
         """Whether the server answers the gRPC health check with SERVING (embedded: always).
         Needs no API key: it is what container and load-balancer probes call."""
-        return self._transport.is_serving()
+        return _op("is_serving")
 
-    def server_info(self) -> dict[str, Any]:
+    def server_info(self) -> Op[dict[str, Any]]:
         """Version and mode of the Lamina this client talks to."""
-        return self._transport.server_info()
-
-    def close(self) -> None:
-        """Close the connection (embedded: flush and release the data directory)."""
-        self._transport.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return _op("server_info")
 
 
-class Collection:
-    """A handle on one collection. Methods talk to the transport on every call."""
+class _CollectionOps:
+    """Every collection call, written once (see ``_ClientOps``). ``self`` is the
+    ``Collection`` or ``AsyncCollection`` it is bound to: only its name and limits are used."""
 
-    def __init__(self, transport: Transport, info: CollectionInfo, limits: Limits = DEFAULT_LIMITS) -> None:
-        self._transport = transport
-        self._limits = limits
-        self.name = info.name
-        self.config = info.config
+    name: str
+    _limits: Limits
 
-    @property
-    def dim(self) -> int:
-        return self.config.dim
-
-    @property
-    def metric(self) -> Metric:
-        return self.config.metric
-
-    def __repr__(self) -> str:
-        return f"Collection(name={self.name!r}, dim={self.dim}, metric={self.metric!r})"
-
-    def info(self) -> CollectionInfo:
+    def info(self) -> Op[CollectionInfo]:
         """Settings and current point count."""
-        return self._transport.get_collection(self.name)
+        return _op("get_collection", self.name)
 
     def upsert(
         self,
@@ -241,7 +274,7 @@ class Collection:
         payloads: Sequence[Payload | None] | None = None,
         *,
         tenant: str | None = None,
-    ) -> int:
+    ) -> Op[int]:
         """Insert or replace points. ``vectors`` is an (n, dim) array (one row per id);
         ``payloads`` a list of JSON objects or None. The batch is applied whole or not
         at all and is durable when this returns. Returns the number of points written.
@@ -252,7 +285,7 @@ class Collection:
         2
         """
         id_list = check_ids(ids, self._limits, unique=False)
-        return self._transport.upsert(self.name, id_list, as_rows(vectors), payloads, _tenant(tenant))
+        return _op("upsert", self.name, id_list, as_rows(vectors), payloads, _tenant(tenant))
 
     def search(
         self,
@@ -267,7 +300,7 @@ class Collection:
         exact: bool = False,
         plan: str = "auto",
         tenant: str | None = None,
-    ) -> list[Hit]:
+    ) -> Op[list[Hit]]:
         """The ``k`` points nearest to ``vector`` that match ``filter``, best first.
 
         ``ef`` widens the HNSW beam and ``oversample`` the candidates per hit of a
@@ -277,7 +310,8 @@ class Collection:
         planner choose per segment (see ``explain``). ``tenant``: search only that
         tenant's points (required in a multi-tenant collection).
         """
-        return self._transport.search(
+        return _op(
+            "search",
             self.name,
             as_vector(vector),
             check_int("k", k),
@@ -299,11 +333,12 @@ class Collection:
         exact: bool = False,
         plan: str = "auto",
         tenant: str | None = None,
-    ) -> QueryPlan:
+    ) -> Op[QueryPlan]:
         """Run ``search`` and report how each segment answered it: the method (exact over
         the matching rows, the index with an allow-list, a widened walk, ...), how many
         rows matched the filter, why, and which filter fields used payload indexes."""
-        return self._transport.explain(
+        return _op(
+            "explain",
             self.name,
             as_vector(vector),
             check_int("k", k),
@@ -328,7 +363,7 @@ class Collection:
         oversample: float | None = None,
         exact: bool = False,
         tenant: str | None = None,
-    ) -> list[Hit]:
+    ) -> Op[list[Hit]]:
         """Hybrid search: the dense ranking of ``vector`` and the BM25 ranking of ``text``
         (over the collection's ``text`` payload index, or ``text_field``) fused by
         reciprocal rank (``fusion="rrf"``) or by normalised scores (``"weighted"``),
@@ -337,7 +372,8 @@ class Collection:
 
         >>> col.query(vector=q, text="binary quantization", k=10, filter={"in_stock": True})  # doctest: +SKIP
         """
-        return self._transport.query(
+        return _op(
+            "query",
             self.name,
             as_vector(vector) if vector is not None else None,
             text,
@@ -352,17 +388,17 @@ class Collection:
             _tenant(tenant),
         )
 
-    def create_payload_index(self, field: str, type: str) -> bool:
+    def create_payload_index(self, field: str, type: str) -> Op[bool]:
         """Index payload ``field`` (dots reach nested keys) as ``keyword``, ``int``,
         ``float``, ``bool``, ``datetime`` or ``text``. Points already sealed are indexed
         in the background (``optimize()`` waits for it); filters stay exact meanwhile.
         Returns False if the field already had this index."""
         check_payload_field(field, type)
-        return self._transport.create_payload_index(self.name, field, type)
+        return _op("create_payload_index", self.name, field, type)
 
-    def drop_payload_index(self, field: str) -> bool:
+    def drop_payload_index(self, field: str) -> Op[bool]:
         """Remove ``field``'s payload index; False if it had none."""
-        return self._transport.drop_payload_index(self.name, field)
+        return _op("drop_payload_index", self.name, field)
 
     def search_batch(
         self,
@@ -377,10 +413,11 @@ class Collection:
         exact: bool = False,
         plan: str = "auto",
         tenant: str | None = None,
-    ) -> list[list[Hit]]:
+    ) -> Op[list[list[Hit]]]:
         """One hit list per row of ``vectors`` (an (n, dim) array), each best first;
         ``ef``, ``oversample``, ``exact`` and ``plan`` as for ``search``."""
-        return self._transport.search_batch(
+        return _op(
+            "search_batch",
             self.name,
             as_rows(vectors, "query vectors"),
             check_int("k", k),
@@ -391,17 +428,17 @@ class Collection:
             _tenant(tenant),
         )
 
-    def optimize(self, timeout: float | None = None) -> CollectionInfo:
+    def optimize(self, timeout: float | None = None) -> Op[CollectionInfo]:
         """Seal the points written so far into indexed segments and compact, waiting
         until done (or ``timeout`` seconds); returns the collection's info. The
         optimizer also does this by itself in the background."""
-        return self._transport.optimize(self.name, timeout)
+        return _op("optimize", self.name, timeout)
 
-    def snapshot(self) -> SnapshotInfo:
+    def snapshot(self) -> Op[SnapshotInfo]:
         """Snapshot this collection while it keeps serving reads and writes. The snapshot
         holds every write acknowledged before the call; restore it with ``lamina restore``
         (or ``lamina.restore_snapshot``) into any data directory."""
-        return self._transport.create_snapshot(self.name)
+        return _op("create_snapshot", self.name)
 
     def get(
         self,
@@ -410,35 +447,40 @@ class Collection:
         with_payload: bool = True,
         with_vector: bool = True,
         tenant: str | None = None,
-    ) -> list[Point]:
+    ) -> Op[list[Point]]:
         """Points for ``ids`` (of ``tenant``), in the order asked; ids that do not exist are left out."""
-        return self._transport.get(
-            self.name, check_ids(ids, self._limits, unique=False), with_payload, with_vector, _tenant(tenant)
+        return _op(
+            "get",
+            self.name,
+            check_ids(ids, self._limits, unique=False),
+            with_payload,
+            with_vector,
+            _tenant(tenant),
         )
 
-    def count(self, filter: Filter | None = None, *, tenant: str | None = None) -> int:
+    def count(self, filter: Filter | None = None, *, tenant: str | None = None) -> Op[int]:
         """Number of points (of ``tenant``), or of those matching ``filter``."""
-        return self._transport.count(self.name, filter, _tenant(tenant))
+        return _op("count", self.name, filter, _tenant(tenant))
 
     def delete(
         self, ids: Sequence[PointId] | None = None, filter: Filter | None = None, *, tenant: str | None = None
-    ) -> int:
+    ) -> Op[int]:
         """Delete the points with these ``ids``, or those matching ``filter`` (among the
         points of ``tenant``); returns how many."""
         if (ids is None) == (filter is None):
             raise InvalidArgument("delete takes either ids or a filter (exactly one of them)")
         id_list = check_ids(ids, self._limits, unique=False) if ids is not None else None
-        return self._transport.delete(self.name, id_list, filter, _tenant(tenant))
+        return _op("delete", self.name, id_list, filter, _tenant(tenant))
 
-    def list_tenants(self) -> list[TenantInfo]:
+    def list_tenants(self) -> Op[list[TenantInfo]]:
         """The tenants of a multi-tenant collection with their point counts, by name (a
         tenant-scoped API key sees only its own)."""
-        return self._transport.list_tenants(self.name)
+        return _op("list_tenants", self.name)
 
-    def delete_tenant(self, tenant: str) -> int:
+    def delete_tenant(self, tenant: str) -> Op[int]:
         """Delete ``tenant`` and all its points at once, durably; returns how many it held.
         NotFound if the collection has no such tenant."""
-        return self._transport.delete_tenant(self.name, check_tenant(tenant))
+        return _op("delete_tenant", self.name, check_tenant(tenant))
 
     def scroll(
         self,
@@ -449,14 +491,226 @@ class Collection:
         with_payload: bool = True,
         with_vector: bool = False,
         tenant: str | None = None,
-    ) -> tuple[list[Point], PointId | None]:
+    ) -> Op[tuple[list[Point], PointId | None]]:
         """A page of up to ``limit`` points (of ``tenant``) in id order starting at
         ``offset``; returns (points, offset of the next page or None at the end)."""
         if offset is not None:
             check_ids([offset], self._limits)
-        return self._transport.scroll(
-            self.name, check_int("limit", limit), offset, filter, with_payload, with_vector, _tenant(tenant)
+        return _op(
+            "scroll",
+            self.name,
+            check_int("limit", limit),
+            offset,
+            filter,
+            with_payload,
+            with_vector,
+            _tenant(tenant),
         )
+
+
+def _op(name: str, *args: Any) -> Op[Any]:
+    return Op(name, args)
+
+
+def _documented(method: Any, prepare: Callable[..., Any], returns: str | None = None) -> None:
+    """Give ``method`` ``prepare``'s name, docstring and signature, answering what its ``Op``
+    answers (or ``returns``), so that help() and IDEs show the call as users make it."""
+    functools.update_wrapper(method, prepare)
+    signature = inspect.signature(prepare)
+    answer = returns or str(signature.return_annotation).removeprefix("Op[").removesuffix("]")
+    method.__signature__ = signature.replace(return_annotation=answer)
+
+
+def _sync(prepare: Callable[Concatenate[Any, P], Op[T]]) -> Callable[Concatenate[Any, P], T]:
+    """The blocking method that runs ``prepare``'s ``Op`` on ``self._transport``."""
+
+    def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._transport.run(prepare(self, *args, **kwargs))
+
+    _documented(method, prepare)
+    return method
+
+
+def _async(
+    prepare: Callable[Concatenate[Any, P], Op[T]],
+) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, T]]:
+    """The coroutine method that awaits ``prepare``'s ``Op`` on ``self._transport``."""
+
+    async def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._transport.run(prepare(self, *args, **kwargs))
+
+    _documented(method, prepare)
+    return method
+
+
+def _opens(
+    prepare: Callable[Concatenate[Any, P], Op[CollectionInfo]],
+) -> Callable[Concatenate[Client, P], Collection]:
+    """``_sync`` for calls that answer a collection: wraps its info in a ``Collection``."""
+
+    def method(self: Client, *args: P.args, **kwargs: P.kwargs) -> Collection:
+        info = self._transport.run(prepare(self, *args, **kwargs))
+        return Collection(self._transport, info, self._limits)
+
+    _documented(method, prepare, "Collection")
+    return method
+
+
+def _opens_async(
+    prepare: Callable[Concatenate[Any, P], Op[CollectionInfo]],
+) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, AsyncCollection]]:
+    """``_async`` for calls that answer a collection: wraps its info in an ``AsyncCollection``."""
+
+    async def method(self: AsyncClient, *args: P.args, **kwargs: P.kwargs) -> AsyncCollection:
+        info = await self._transport.run(prepare(self, *args, **kwargs))
+        return AsyncCollection(self._transport, info, self._limits)
+
+    _documented(method, prepare, "AsyncCollection")
+    return method
+
+
+class Client:
+    """A connection to Lamina, embedded or remote; use ``lamina.connect`` to make one."""
+
+    def __init__(self, transport: Transport, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._transport = transport
+        self._limits = limits
+
+    create_collection = _opens(_ClientOps.create_collection)
+    get_collection = _opens(_ClientOps.get_collection)
+    list_collections = _sync(_ClientOps.list_collections)
+    collections_info = _sync(_ClientOps.collections_info)
+    delete_collection = _sync(_ClientOps.delete_collection)
+    list_snapshots = _sync(_ClientOps.list_snapshots)
+    delete_snapshot = _sync(_ClientOps.delete_snapshot)
+    is_serving = _sync(_ClientOps.is_serving)
+    server_info = _sync(_ClientOps.server_info)
+
+    def get_or_create_collection(self, name: str, dim: int, metric: Metric = "cosine") -> Collection:
+        """The collection called ``name``, created with these settings if missing."""
+        try:
+            return self.get_collection(name)
+        except NotFound:
+            return self.create_collection(name, dim, metric)
+
+    def close(self) -> None:
+        """Close the connection (embedded: flush and release the data directory)."""
+        self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """``Client`` for asyncio (``await lamina.connect_async(...)``): the same methods, awaited."""
+
+    def __init__(self, transport: AsyncTransport, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._transport = transport
+        self._limits = limits
+
+    create_collection = _opens_async(_ClientOps.create_collection)
+    get_collection = _opens_async(_ClientOps.get_collection)
+    list_collections = _async(_ClientOps.list_collections)
+    collections_info = _async(_ClientOps.collections_info)
+    delete_collection = _async(_ClientOps.delete_collection)
+    list_snapshots = _async(_ClientOps.list_snapshots)
+    delete_snapshot = _async(_ClientOps.delete_snapshot)
+    is_serving = _async(_ClientOps.is_serving)
+    server_info = _async(_ClientOps.server_info)
+
+    async def get_or_create_collection(
+        self, name: str, dim: int, metric: Metric = "cosine"
+    ) -> AsyncCollection:
+        """The collection called ``name``, created with these settings if missing."""
+        try:
+            return await self.get_collection(name)
+        except NotFound:
+            return await self.create_collection(name, dim, metric)
+
+    async def close(self) -> None:
+        """Close the connection (embedded: flush and release the data directory)."""
+        await self._transport.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class _Handle:
+    """What a collection handle knows without asking: its name and settings."""
+
+    def __init__(self, info: CollectionInfo, limits: Limits) -> None:
+        self._limits = limits
+        self.name = info.name
+        self.config = info.config
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def metric(self) -> Metric:
+        return self.config.metric
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, metric={self.metric!r})"
+
+
+class Collection(_Handle):
+    """A handle on one collection. Methods talk to the transport on every call."""
+
+    def __init__(self, transport: Transport, info: CollectionInfo, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__(info, limits)
+        self._transport = transport
+
+    info = _sync(_CollectionOps.info)
+    upsert = _sync(_CollectionOps.upsert)
+    search = _sync(_CollectionOps.search)
+    explain = _sync(_CollectionOps.explain)
+    query = _sync(_CollectionOps.query)
+    create_payload_index = _sync(_CollectionOps.create_payload_index)
+    drop_payload_index = _sync(_CollectionOps.drop_payload_index)
+    search_batch = _sync(_CollectionOps.search_batch)
+    optimize = _sync(_CollectionOps.optimize)
+    snapshot = _sync(_CollectionOps.snapshot)
+    get = _sync(_CollectionOps.get)
+    count = _sync(_CollectionOps.count)
+    delete = _sync(_CollectionOps.delete)
+    list_tenants = _sync(_CollectionOps.list_tenants)
+    delete_tenant = _sync(_CollectionOps.delete_tenant)
+    scroll = _sync(_CollectionOps.scroll)
+
+
+class AsyncCollection(_Handle):
+    """``Collection`` for asyncio: the same methods, awaited."""
+
+    def __init__(
+        self, transport: AsyncTransport, info: CollectionInfo, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        super().__init__(info, limits)
+        self._transport = transport
+
+    info = _async(_CollectionOps.info)
+    upsert = _async(_CollectionOps.upsert)
+    search = _async(_CollectionOps.search)
+    explain = _async(_CollectionOps.explain)
+    query = _async(_CollectionOps.query)
+    create_payload_index = _async(_CollectionOps.create_payload_index)
+    drop_payload_index = _async(_CollectionOps.drop_payload_index)
+    search_batch = _async(_CollectionOps.search_batch)
+    optimize = _async(_CollectionOps.optimize)
+    snapshot = _async(_CollectionOps.snapshot)
+    get = _async(_CollectionOps.get)
+    count = _async(_CollectionOps.count)
+    delete = _async(_CollectionOps.delete)
+    list_tenants = _async(_CollectionOps.list_tenants)
+    delete_tenant = _async(_CollectionOps.delete_tenant)
+    scroll = _async(_CollectionOps.scroll)
 
 
 def _params(ef: int | None, oversample: float | None, exact: bool, plan: str = "auto") -> SearchParams | None:

@@ -7,12 +7,16 @@ raise the same ``LaminaError`` subclasses with the same messages.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.database import Database
@@ -45,102 +49,46 @@ from lamina.validation import encode_payloads
 T = TypeVar("T")
 
 
-class Transport(Protocol):
-    """What a transport must do; arguments arrive already shaped by the client."""
+@dataclass(frozen=True)
+class Op(Generic[T]):
+    """One client call, its arguments checked and shaped by the client API, not yet sent.
 
-    def create_collection(self, name: str, config: CollectionConfig) -> CollectionInfo: ...
-    def get_collection(self, name: str) -> CollectionInfo: ...
-    def list_collections(self) -> list[CollectionInfo]: ...
-    def delete_collection(self, name: str) -> None: ...
-    def upsert(
-        self,
-        name: str,
-        ids: list[PointId],
-        vectors: FloatMatrix,
-        payloads: Sequence[Payload | None] | None,
-        tenant: str | None,
-    ) -> int: ...
-    def get(
-        self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool, tenant: str | None
-    ) -> list[Point]: ...
-    def delete(
-        self, name: str, ids: list[PointId] | None, filter: Filter | None, tenant: str | None
-    ) -> int: ...
-    def count(self, name: str, filter: Filter | None, tenant: str | None) -> int: ...
-    def scroll(
-        self,
-        name: str,
-        limit: int,
-        offset: PointId | None,
-        filter: Filter | None,
-        with_payload: bool,
-        with_vector: bool,
-        tenant: str | None,
-    ) -> tuple[list[Point], PointId | None]: ...
-    def search(
-        self,
-        name: str,
-        query: FloatMatrix,
-        k: int,
-        filter: Filter | None,
-        with_payload: bool,
-        with_vector: bool,
-        params: SearchParams | None,
-        tenant: str | None,
-    ) -> list[Hit]: ...
-    def search_batch(
-        self,
-        name: str,
-        queries: FloatMatrix,
-        k: int,
-        filter: Filter | None,
-        with_payload: bool,
-        with_vector: bool,
-        params: SearchParams | None,
-        tenant: str | None,
-    ) -> list[list[Hit]]: ...
-    def explain(
-        self,
-        name: str,
-        query: FloatMatrix,
-        k: int,
-        filter: Filter | None,
-        params: SearchParams | None,
-        tenant: str | None,
-    ) -> QueryPlan: ...
-    def query(
-        self,
-        name: str,
-        vector: FloatMatrix | None,
-        text: str | None,
-        k: int,
-        filter: Filter | None,
-        fusion: str,
-        weights: list[float] | None,
-        text_field: str | None,
-        with_payload: bool,
-        with_vector: bool,
-        params: SearchParams | None,
-        tenant: str | None,
-    ) -> list[Hit]: ...
-    def list_tenants(self, name: str) -> list[TenantInfo]: ...
-    def delete_tenant(self, name: str, tenant: str) -> int: ...
-    def create_payload_index(self, name: str, field: str, kind: str) -> bool: ...
-    def drop_payload_index(self, name: str, field: str) -> bool: ...
-    def optimize(self, name: str, timeout: float | None) -> CollectionInfo: ...
-    def create_snapshot(self, name: str) -> SnapshotInfo: ...
-    def list_snapshots(self, name: str | None) -> list[SnapshotInfo]: ...
-    def delete_snapshot(self, name: str, snapshot: str) -> None: ...
-    def server_info(self) -> dict[str, Any]: ...
-    def is_serving(self) -> bool: ...
+    ``name`` is the operation: a method of ``EmbeddedTransport`` (which runs it on the
+    engine) and of ``GrpcRequests`` (which turns it into a gRPC request), taking ``args``.
+    ``after`` shapes the transport's answer into the call's result (default: as is).
+    Every transport, sync or async, embedded or remote, runs the same ``Op``s.
+    """
+
+    name: str
+    args: tuple[Any, ...] = ()
+    after: Callable[[Any], T] | None = None
+
+    def finish(self, result: Any) -> T:
+        return self.after(result) if self.after is not None else cast(T, result)
+
+
+class Transport(Protocol):
+    """Runs ``Op``s and returns their results; raises ``LaminaError`` subclasses."""
+
+    def run(self, op: Op[T]) -> T: ...
     def close(self) -> None: ...
 
 
+class AsyncTransport(Protocol):
+    """``Transport`` for asyncio: the same ``Op``s, awaited."""
+
+    async def run(self, op: Op[T]) -> T: ...
+    async def close(self) -> None: ...
+
+
 class EmbeddedTransport:
-    """Runs the engine in this process over a data directory."""
+    """Runs the engine in this process over a data directory: each method is one operation."""
 
     def __init__(self, path: str, *, sync_writes: bool = False, limits: Limits = DEFAULT_LIMITS) -> None:
         self.db = Database(path, sync_writes=sync_writes, limits=limits)
+
+    def run(self, op: Op[T]) -> T:
+        return op.finish(getattr(self, op.name)(*op.args))
 
     def create_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
         return self.db.create_collection(name, config).info()
@@ -300,83 +248,52 @@ class EmbeddedTransport:
         self.db.close()
 
 
-def _raise_lamina(err: grpc.RpcError) -> LaminaError:
-    code = err.code().name if err.code() is not None else "INTERNAL"
-    cls = ERROR_BY_CODE.get(code, Internal)
-    return cls(err.details() or code)
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One gRPC request: the stub (``service``) and ``method`` to call, the message, and how
+    to read the answer. ``repeatable``: sending it twice leaves the same state as once (it may
+    be retried when the server was unreachable); ``no_deadline``: it waits as long as it takes
+    (optimize, snapshots); ``probe``: a health check, any failure answers False."""
+
+    service: str
+    method: str
+    request: Any
+    decode: Callable[[Any], T]
+    repeatable: bool = True
+    no_deadline: bool = False
+    probe: bool = False
 
 
-class GrpcTransport:
-    """Talks to a Lamina server over gRPC: plaintext, or TLS when ``tls`` is set or a
-    ``ca_cert`` is given; ``api_key`` travels as ``authorization: Bearer`` metadata."""
+class GrpcRequests:
+    """The one translation between Lamina's operations and gRPC messages, for the sync and
+    the async transport alike: each method builds the ``Call`` for the operation of its name
+    (same arguments as ``EmbeddedTransport``'s) and says how to decode the response."""
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        timeout: float | None = 60.0,
-        limits: Limits = DEFAULT_LIMITS,
-        api_key: str | None = None,
-        tls: bool = False,
-        ca_cert: bytes | None = None,
-        retries: int = 3,
-    ) -> None:
+    def __init__(self, address: str, limits: Limits) -> None:
         self.address = address
         self.limits = limits
-        self.timeout = timeout
-        self.retries = retries
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
-        max_bytes = limits.max_message_bytes
-        options = [
-            ("grpc.max_receive_message_length", max_bytes),
-            ("grpc.max_send_message_length", max_bytes),
-            # reconnect soon after a server restart, so that retries find it
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 5000),
-        ]
-        if tls or ca_cert is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=ca_cert)
-            self._channel = grpc.secure_channel(address, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(address, options=options)
-        self._collections = cgrpc.CollectionsStub(self._channel)
-        self._points = pgrpc.PointsStub(self._channel)
-        self._search = sgrpc.SearchStub(self._channel)
-        self._info = igrpc.InfoStub(self._channel)
 
-    def _call(
-        self, method: Callable[..., T], request: Any, *, no_deadline: bool = False, repeatable: bool = True
-    ) -> T:
-        """Send one request. Up to ``retries`` more times, with exponential back-off (50 ms
-        doubling to 2 s, jittered): when the server was too busy to take it (it did nothing),
-        and, for a ``repeatable`` request (one whose repetition leaves the same state), when
-        the server was unreachable."""
-        for attempt in range(self.retries + 1):
-            try:
-                return method(request, timeout=None if no_deadline else self.timeout, metadata=self._metadata)
-            except grpc.RpcError as err:
-                busy = err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and any(
-                    key == "lamina-retry" for key, _ in (err.trailing_metadata() or ())
-                )
-                unreachable = err.code() == grpc.StatusCode.UNAVAILABLE and repeatable
-                if attempt == self.retries or not (busy or unreachable):
-                    raise _raise_lamina(err) from None
-                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
-        raise AssertionError("unreachable")
+    def build(self, op: Op[Any]) -> Call[Any]:
+        return cast(Call[Any], getattr(self, op.name)(*op.args))
 
-    def create_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
+    def create_collection(self, name: str, config: CollectionConfig) -> Call[CollectionInfo]:
         request = cpb.CreateCollectionRequest(name=name, config=convert.config_to_proto(config))
-        return convert.info_from_proto(self._call(self._collections.Create, request, repeatable=False))
+        return Call("collections", "Create", request, convert.info_from_proto, repeatable=False)
 
-    def get_collection(self, name: str) -> CollectionInfo:
-        return convert.info_from_proto(self._call(self._collections.Get, cpb.GetCollectionRequest(name=name)))
+    def get_collection(self, name: str) -> Call[CollectionInfo]:
+        return Call("collections", "Get", cpb.GetCollectionRequest(name=name), convert.info_from_proto)
 
-    def list_collections(self) -> list[CollectionInfo]:
-        response = self._call(self._collections.List, cpb.ListCollectionsRequest())
-        return [convert.info_from_proto(info) for info in response.collections]
+    def list_collections(self) -> Call[list[CollectionInfo]]:
+        return Call(
+            "collections",
+            "List",
+            cpb.ListCollectionsRequest(),
+            lambda r: [convert.info_from_proto(info) for info in r.collections],
+        )
 
-    def delete_collection(self, name: str) -> None:
-        self._call(self._collections.Delete, cpb.DeleteCollectionRequest(name=name), repeatable=False)
+    def delete_collection(self, name: str) -> Call[None]:
+        request = cpb.DeleteCollectionRequest(name=name)
+        return Call("collections", "Delete", request, lambda r: None, repeatable=False)
 
     def upsert(
         self,
@@ -385,7 +302,7 @@ class GrpcTransport:
         vectors: FloatMatrix,
         payloads: Sequence[Payload | None] | None,
         tenant: str | None,
-    ) -> int:
+    ) -> Call[int]:
         request = ppb.UpsertRequest(
             collection=name,
             tenant=tenant or "",
@@ -395,11 +312,11 @@ class GrpcTransport:
             if payloads is not None
             else [],
         )
-        return int(self._call(self._points.Upsert, request).upserted)
+        return Call("points", "Upsert", request, lambda r: int(r.upserted))
 
     def get(
         self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool, tenant: str | None
-    ) -> list[Point]:
+    ) -> Call[list[Point]]:
         request = ppb.GetRequest(
             collection=name,
             tenant=tenant or "",
@@ -407,23 +324,29 @@ class GrpcTransport:
             with_payload=with_payload,
             with_vector=with_vector,
         )
-        response = self._call(self._points.Get, request)
-        return [convert.point_from_proto(p, with_vector, with_payload) for p in response.points]
+        return Call(
+            "points",
+            "Get",
+            request,
+            lambda r: [convert.point_from_proto(p, with_vector, with_payload) for p in r.points],
+        )
 
-    def delete(self, name: str, ids: list[PointId] | None, filter: Filter | None, tenant: str | None) -> int:
+    def delete(
+        self, name: str, ids: list[PointId] | None, filter: Filter | None, tenant: str | None
+    ) -> Call[int]:
         request = ppb.DeleteRequest(
             collection=name,
             tenant=tenant or "",
             ids=[convert.id_to_proto(i) for i in ids or []],
             filter_json=convert.filter_to_json(filter),
         )
-        return int(self._call(self._points.Delete, request).deleted)
+        return Call("points", "Delete", request, lambda r: int(r.deleted))
 
-    def count(self, name: str, filter: Filter | None, tenant: str | None) -> int:
+    def count(self, name: str, filter: Filter | None, tenant: str | None) -> Call[int]:
         request = ppb.CountRequest(
             collection=name, filter_json=convert.filter_to_json(filter), tenant=tenant or ""
         )
-        return int(self._call(self._points.Count, request).count)
+        return Call("points", "Count", request, lambda r: int(r.count))
 
     def scroll(
         self,
@@ -434,7 +357,7 @@ class GrpcTransport:
         with_payload: bool,
         with_vector: bool,
         tenant: str | None,
-    ) -> tuple[list[Point], PointId | None]:
+    ) -> Call[tuple[list[Point], PointId | None]]:
         request = ppb.ScrollRequest(
             collection=name,
             tenant=tenant or "",
@@ -445,12 +368,13 @@ class GrpcTransport:
         )
         if offset is not None:
             request.offset.CopyFrom(convert.id_to_proto(offset))
-        response = self._call(self._points.Scroll, request)
-        points = [convert.point_from_proto(p, with_vector, with_payload) for p in response.points]
-        next_offset = (
-            convert.id_from_proto(response.next_offset) if response.HasField("next_offset") else None
-        )
-        return points, next_offset
+
+        def decode(response: Any) -> tuple[list[Point], PointId | None]:
+            points = [convert.point_from_proto(p, with_vector, with_payload) for p in response.points]
+            has_next = response.HasField("next_offset")
+            return points, convert.id_from_proto(response.next_offset) if has_next else None
+
+        return Call("points", "Scroll", request, decode)
 
     def search(
         self,
@@ -462,7 +386,7 @@ class GrpcTransport:
         with_vector: bool,
         params: SearchParams | None,
         tenant: str | None,
-    ) -> list[Hit]:
+    ) -> Call[list[Hit]]:
         request = spb.SearchRequest(
             collection=name,
             tenant=tenant or "",
@@ -473,8 +397,7 @@ class GrpcTransport:
             with_vector=with_vector,
             params=convert.params_to_proto(params),
         )
-        response = self._call(self._search.Search, request)
-        return [convert.hit_from_proto(h, with_vector, with_payload) for h in response.hits]
+        return Call("search", "Search", request, _hits_decoder(with_vector, with_payload))
 
     def search_batch(
         self,
@@ -486,7 +409,7 @@ class GrpcTransport:
         with_vector: bool,
         params: SearchParams | None,
         tenant: str | None,
-    ) -> list[list[Hit]]:
+    ) -> Call[list[list[Hit]]]:
         request = spb.SearchBatchRequest(
             collection=name,
             tenant=tenant or "",
@@ -497,10 +420,8 @@ class GrpcTransport:
             with_vector=with_vector,
             params=convert.params_to_proto(params),
         )
-        response = self._call(self._search.SearchBatch, request)
-        return [
-            [convert.hit_from_proto(h, with_vector, with_payload) for h in hl.hits] for hl in response.results
-        ]
+        hits = _hits_decoder(with_vector, with_payload)
+        return Call("search", "SearchBatch", request, lambda r: [hits(hl) for hl in r.results])
 
     def explain(
         self,
@@ -510,7 +431,7 @@ class GrpcTransport:
         filter: Filter | None,
         params: SearchParams | None,
         tenant: str | None,
-    ) -> QueryPlan:
+    ) -> Call[QueryPlan]:
         request = spb.SearchRequest(
             collection=name,
             tenant=tenant or "",
@@ -520,7 +441,7 @@ class GrpcTransport:
             params=convert.params_to_proto(params),
             explain=True,
         )
-        return convert.plan_from_proto(self._call(self._search.Search, request).plan)
+        return Call("search", "Search", request, lambda r: convert.plan_from_proto(r.plan))
 
     def query(
         self,
@@ -536,7 +457,7 @@ class GrpcTransport:
         with_vector: bool,
         params: SearchParams | None,
         tenant: str | None,
-    ) -> list[Hit]:
+    ) -> Call[list[Hit]]:
         request = spb.QueryRequest(
             collection=name,
             tenant=tenant or "",
@@ -552,69 +473,210 @@ class GrpcTransport:
         )
         if text is not None:
             request.text = text
-        response = self._call(self._search.Query, request)
-        return [convert.hit_from_proto(h, with_vector, with_payload) for h in response.hits]
+        return Call("search", "Query", request, _hits_decoder(with_vector, with_payload))
 
-    def list_tenants(self, name: str) -> list[TenantInfo]:
-        response = self._call(self._points.ListTenants, ppb.ListTenantsRequest(collection=name))
-        return [convert.tenant_from_info_proto(t) for t in response.tenants]
+    def list_tenants(self, name: str) -> Call[list[TenantInfo]]:
+        return Call(
+            "points",
+            "ListTenants",
+            ppb.ListTenantsRequest(collection=name),
+            lambda r: [convert.tenant_from_info_proto(t) for t in r.tenants],
+        )
 
-    def delete_tenant(self, name: str, tenant: str) -> int:
+    def delete_tenant(self, name: str, tenant: str) -> Call[int]:
         request = ppb.DeleteTenantRequest(collection=name, tenant=tenant)
-        return int(self._call(self._points.DeleteTenant, request).deleted)
+        return Call("points", "DeleteTenant", request, lambda r: int(r.deleted))
 
-    def create_payload_index(self, name: str, field: str, kind: str) -> bool:
+    def create_payload_index(self, name: str, field: str, kind: str) -> Call[bool]:
         request = cpb.CreatePayloadIndexRequest(collection=name, field=field, type=kind)
-        return bool(self._call(self._collections.CreatePayloadIndex, request).changed)
+        return Call("collections", "CreatePayloadIndex", request, lambda r: bool(r.changed))
 
-    def drop_payload_index(self, name: str, field: str) -> bool:
+    def drop_payload_index(self, name: str, field: str) -> Call[bool]:
         request = cpb.DropPayloadIndexRequest(collection=name, field=field)
-        return bool(self._call(self._collections.DropPayloadIndex, request).changed)
+        return Call("collections", "DropPayloadIndex", request, lambda r: bool(r.changed))
 
-    def optimize(self, name: str, timeout: float | None) -> CollectionInfo:
+    def optimize(self, name: str, timeout: float | None) -> Call[CollectionInfo]:
         request = cpb.OptimizeRequest(name=name, timeout_seconds=timeout or 0.0)
-        return convert.info_from_proto(self._call(self._collections.Optimize, request, no_deadline=True))
+        return Call("collections", "Optimize", request, convert.info_from_proto, no_deadline=True)
 
-    def create_snapshot(self, name: str) -> SnapshotInfo:
+    def create_snapshot(self, name: str) -> Call[SnapshotInfo]:
         request = cpb.CreateSnapshotRequest(collection=name)
-        return convert.snapshot_from_proto(
-            self._call(self._collections.CreateSnapshot, request, no_deadline=True, repeatable=False)
+        return Call(
+            "collections",
+            "CreateSnapshot",
+            request,
+            convert.snapshot_from_proto,
+            no_deadline=True,
+            repeatable=False,
         )
 
-    def list_snapshots(self, name: str | None) -> list[SnapshotInfo]:
-        response = self._call(
-            self._collections.ListSnapshots, cpb.ListSnapshotsRequest(collection=name or "")
+    def list_snapshots(self, name: str | None) -> Call[list[SnapshotInfo]]:
+        return Call(
+            "collections",
+            "ListSnapshots",
+            cpb.ListSnapshotsRequest(collection=name or ""),
+            lambda r: [convert.snapshot_from_proto(s) for s in r.snapshots],
         )
-        return [convert.snapshot_from_proto(s) for s in response.snapshots]
 
-    def delete_snapshot(self, name: str, snapshot: str) -> None:
+    def delete_snapshot(self, name: str, snapshot: str) -> Call[None]:
         request = cpb.DeleteSnapshotRequest(collection=name, snapshot=snapshot)
-        self._call(self._collections.DeleteSnapshot, request, repeatable=False)
+        return Call("collections", "DeleteSnapshot", request, lambda r: None, repeatable=False)
 
-    def server_info(self) -> dict[str, Any]:
-        response = self._call(self._info.GetInfo, ipb.GetInfoRequest())
-        return {
-            "version": response.version,
-            "mode": "server",
-            "address": self.address,
-            "uptime_seconds": response.uptime_seconds,
-            "collections": response.collections,
-            "requests_served": response.requests_served,
-            "requests_rejected": response.requests_rejected,
-            "requests_abandoned": response.requests_abandoned,
-            "requests_in_flight": response.requests_in_flight,
+    def server_info(self) -> Call[dict[str, Any]]:
+        def decode(response: Any) -> dict[str, Any]:
+            return {
+                "version": response.version,
+                "mode": "server",
+                "address": self.address,
+                "uptime_seconds": response.uptime_seconds,
+                "collections": response.collections,
+                "requests_served": response.requests_served,
+                "requests_rejected": response.requests_rejected,
+                "requests_abandoned": response.requests_abandoned,
+                "requests_in_flight": response.requests_in_flight,
+            }
+
+        return Call("info", "GetInfo", ipb.GetInfoRequest(), decode)
+
+    def is_serving(self) -> Call[bool]:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        request = health_pb2.HealthCheckRequest()
+        return Call("health", "Check", request, lambda r: bool(r.status == serving), probe=True)
+
+
+def _hits_decoder(with_vector: bool, with_payload: bool) -> Callable[[Any], list[Hit]]:
+    return lambda response: [convert.hit_from_proto(h, with_vector, with_payload) for h in response.hits]
+
+
+def _raise_lamina(err: grpc.RpcError) -> LaminaError:
+    code = err.code().name if err.code() is not None else "INTERNAL"
+    cls = ERROR_BY_CODE.get(code, Internal)
+    return cls(err.details() or code)
+
+
+class _GrpcChannel:
+    """What the sync and the async gRPC transport share: the channel's settings, its stubs,
+    the request builder and the retry policy. Plaintext, or TLS when ``tls`` is set or a
+    ``ca_cert`` is given; ``api_key`` travels as ``authorization: Bearer`` metadata."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float | None = 60.0,
+        limits: Limits = DEFAULT_LIMITS,
+        api_key: str | None = None,
+        tls: bool = False,
+        ca_cert: bytes | None = None,
+        retries: int = 3,
+        aio: bool = False,
+    ) -> None:
+        self.address = address
+        self.limits = limits
+        self.timeout = timeout
+        self.retries = retries
+        self.requests = GrpcRequests(address, limits)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        max_bytes = limits.max_message_bytes
+        options = [
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            # reconnect soon after a server restart, so that retries find it
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+        ]
+        channels: Any = grpc.aio if aio else grpc
+        if tls or ca_cert is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca_cert)
+            self._channel = channels.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = channels.insecure_channel(address, options=options)
+        self._stubs: dict[str, Any] = {
+            "collections": cgrpc.CollectionsStub(self._channel),
+            "points": pgrpc.PointsStub(self._channel),
+            "search": sgrpc.SearchStub(self._channel),
+            "info": igrpc.InfoStub(self._channel),
+            "health": health_pb2_grpc.HealthStub(self._channel),
         }
 
-    def is_serving(self) -> bool:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+    def _prepare(self, op: Op[Any]) -> tuple[Call[Any], Callable[..., Any], dict[str, Any]]:
+        """The call for ``op``, its stub method and the keyword arguments to send it with."""
+        call = self.requests.build(op)
+        send = getattr(self._stubs[call.service], call.method)
+        kwargs = {
+            "timeout": None if call.no_deadline else self.timeout,
+            "metadata": None if call.probe else self._metadata,
+        }
+        return call, send, kwargs
 
-        try:
-            status = health_pb2_grpc.HealthStub(self._channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=self.timeout
-            )
-        except grpc.RpcError:
-            return False
-        return bool(status.status == health_pb2.HealthCheckResponse.SERVING)
+    def _backoff(self, err: grpc.RpcError, call: Call[Any], attempt: int) -> float:
+        """Seconds to wait before sending ``call`` again after ``err``, or raise its error.
+        Up to ``retries`` more times, with exponential back-off (50 ms doubling to 2 s,
+        jittered): when the server was too busy to take it (it did nothing), and, for a
+        repeatable request, when the server was unreachable."""
+        busy = err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and any(
+            key == "lamina-retry" for key, _ in (err.trailing_metadata() or ())
+        )
+        unreachable = err.code() == grpc.StatusCode.UNAVAILABLE and call.repeatable
+        if attempt >= self.retries or not (busy or unreachable):
+            raise _raise_lamina(err) from None
+        return min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+class GrpcTransport(_GrpcChannel):
+    """Talks to a Lamina server over a blocking gRPC channel."""
+
+    def run(self, op: Op[T]) -> T:
+        call, send, kwargs = self._prepare(op)
+        attempt = 0
+        while True:
+            try:
+                response = send(call.request, **kwargs)
+            except grpc.RpcError as err:
+                if call.probe:
+                    return op.finish(False)
+                time.sleep(self._backoff(err, call, attempt))
+                attempt += 1
+            else:
+                return op.finish(call.decode(response))
 
     def close(self) -> None:
         self._channel.close()
+
+
+class AsyncGrpcTransport(_GrpcChannel):
+    """Talks to a Lamina server over an asyncio gRPC channel (make it inside a running loop)."""
+
+    def __init__(self, address: str, **options: Any) -> None:
+        super().__init__(address, aio=True, **options)
+
+    async def run(self, op: Op[T]) -> T:
+        call, send, kwargs = self._prepare(op)
+        attempt = 0
+        while True:
+            try:
+                response = await send(call.request, **kwargs)
+            except grpc.RpcError as err:
+                if call.probe:
+                    return op.finish(False)
+                await asyncio.sleep(self._backoff(err, call, attempt))
+                attempt += 1
+            else:
+                return op.finish(call.decode(response))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class AsyncEmbeddedTransport:
+    """``EmbeddedTransport`` for asyncio: each operation runs in a worker thread (the engine
+    releases the GIL in its kernels and RocksDB calls), so the event loop keeps going."""
+
+    def __init__(self, inner: EmbeddedTransport) -> None:
+        self.inner = inner
+
+    async def run(self, op: Op[T]) -> T:
+        return await asyncio.to_thread(self.inner.run, op)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.inner.close)

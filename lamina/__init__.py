@@ -14,7 +14,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from lamina.client.api import Client, Collection, connect, restore_snapshot
+from lamina.client.api import (
+    AsyncClient,
+    AsyncCollection,
+    Client,
+    Collection,
+    connect,
+    connect_async,
+    restore_snapshot,
+)
 from lamina.config import Limits
 from lamina.errors import (
     AlreadyExists,
@@ -33,6 +41,8 @@ from lamina.types import CollectionConfig, CollectionInfo, Hit, Point, PointId, 
 
 __all__ = [
     "AlreadyExists",
+    "AsyncClient",
+    "AsyncCollection",
     "Client",
     "Collection",
     "CollectionConfig",
@@ -54,5 +64,6 @@ __all__ = [
     "Unavailable",
     "__version__",
     "connect",
+    "connect_async",
     "restore_snapshot",
 ]

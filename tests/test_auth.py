@@ -12,6 +12,7 @@ import pytest
 import trustme
 
 import lamina
+from lamina.client.transport import Op
 from lamina.config import ServerConfig
 from lamina.engine.database import Database
 from lamina.server.app import LaminaServer
@@ -131,9 +132,9 @@ def test_a_collection_scoped_key_sees_only_its_collections(secured: Secured) -> 
         assert client.get_collection("kb").count() == 2
         for call in (
             lambda: client.get_collection("other"),
-            lambda: client._transport.count("other", None, None),
-            lambda: client._transport.search(
-                "other", np.ones(DIM, np.float32), 1, None, True, False, None, None
+            lambda: client._transport.run(Op("count", ("other", None, None))),
+            lambda: client._transport.run(
+                Op("search", ("other", np.ones(DIM, np.float32), 1, None, True, False, None, None))
             ),
             lambda: client.list_snapshots(),
         ):

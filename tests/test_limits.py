@@ -12,6 +12,7 @@ import pytest
 
 import lamina
 from lamina.cli import build_parser, server_config
+from lamina.client.transport import Op
 from lamina.config import Limits, ServerConfig
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
 from lamina.testing import free_port
@@ -102,15 +103,23 @@ def test_configured_limits_are_enforced(tmp_path: Path) -> None:
             col = client.create_collection("c", dim=4)
             col.upsert(list(range(10)), np.ones((10, 4)))
             with pytest.raises(lamina.ResourceExhausted, match="limit of 10"):
-                col._transport.upsert("c", list(range(11)), np.ones((11, 4), np.float32), None, None)
+                col._transport.run(
+                    Op("upsert", ("c", list(range(11)), np.ones((11, 4), np.float32), None, None))
+                )
             with pytest.raises(lamina.InvalidArgument, match="k=6 exceeds the maximum of 5"):
-                col._transport.search("c", np.ones(4, np.float32), 6, None, True, False, None, None)
+                col._transport.run(
+                    Op("search", ("c", np.ones(4, np.float32), 6, None, True, False, None, None))
+                )
             with pytest.raises(lamina.InvalidArgument, match="over the limit of 100"):
-                col._transport.upsert("c", [1], np.ones((1, 4), np.float32), [{"x": "y" * 200}], None)
+                col._transport.run(
+                    Op("upsert", ("c", [1], np.ones((1, 4), np.float32), [{"x": "y" * 200}], None))
+                )
             with pytest.raises(lamina.InvalidArgument, match="deeper than 2"):
-                col._transport.count("c", {"$and": [{"$or": [{"$not": {"a": 1}}]}]}, None)
+                col._transport.run(Op("count", ("c", {"$and": [{"$or": [{"$not": {"a": 1}}]}]}, None)))
             with pytest.raises(lamina.ResourceExhausted):  # past max_message_bytes: gRPC refuses it
-                col._transport.upsert("c", [1], np.ones((1, 4), np.float32), [{"x": "y" * 70_000}], None)
+                col._transport.run(
+                    Op("upsert", ("c", [1], np.ones((1, 4), np.float32), [{"x": "y" * 70_000}], None))
+                )
             assert col.count() == 10 and col.get([1])[0].payload == {}
     finally:
         srv.stop()
@@ -158,7 +167,7 @@ def test_server_process_reads_its_config(tmp_path: Path, server_process: type[Se
         col = client.create_collection("c", dim=2)
         col.upsert([1, 2, 3, 4], np.eye(4, 2) + 0.1)
         with pytest.raises(lamina.InvalidArgument, match="k=4 exceeds the maximum of 3"):
-            col._transport.search("c", np.ones(2, np.float32), 4, None, True, False, None, None)
+            col._transport.run(Op("search", ("c", np.ones(2, np.float32), 4, None, True, False, None, None)))
 
 
 def test_client_retries_a_busy_server_and_an_unreachable_one(tmp_path: Path) -> None:
