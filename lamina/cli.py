@@ -9,16 +9,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
-from tqdm import tqdm
 
 from lamina.config import Limits, ServerConfig
-from lamina.errors import InvalidArgument, LaminaError, NotFound
+from lamina.errors import InvalidArgument, LaminaError
 from lamina.validation import check_tenant
 
 DEFAULT_DATA = "./lamina-data"
@@ -123,311 +120,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-#: (id, vector, payload, tenant)
-Record = tuple[Any, list[float] | np.ndarray, dict[str, Any] | None, str | None]
-#: (line or row number, the record or why it is bad)
-Item = tuple[int, Record | str]
-
-
-def _read_matrix(matrix: np.ndarray, id_start: int) -> Iterator[Item]:
-    for i in range(matrix.shape[0]):
-        yield i, (id_start + i, matrix[i], None, None)
-
-
-def _read_npy(path: Path, id_start: int) -> tuple[int, int, Iterator[Item]]:
-    matrix = np.load(path, mmap_mode="r")
-    if matrix.ndim != 2:
-        raise InvalidArgument(f"{path}: expected a 2-d array of vectors, got shape {matrix.shape}")
-    return matrix.shape[0], matrix.shape[1], _read_matrix(matrix, id_start)
-
-
-def _read_vecs(path: Path, id_start: int) -> tuple[int, int, Iterator[Item]]:
-    """.fvecs (float32) or .bvecs (uint8) of the TEXMEX sets: each vector is its int32
-    dimension followed by its components; memory-mapped, converted a row at a time."""
-    item = 4 if path.suffix == ".fvecs" else 1
-    size = path.stat().st_size
-    if size < 4:
-        raise InvalidArgument(f"{path}: empty or truncated {path.suffix} file")
-    dim = int(np.fromfile(path, dtype="<i4", count=1)[0])
-    row = 4 + dim * item
-    if dim <= 0 or size % row:
-        raise InvalidArgument(f"{path}: not a {path.suffix} file (first dimension {dim}, {size} bytes)")
-    raw = np.memmap(path, dtype=np.uint8, mode="r", shape=(size // row, row))
-    dims = raw[:, :4].copy().view("<i4")[:, 0]
-    if (dims != dim).any():
-        bad = int(np.flatnonzero(dims != dim)[0])
-        raise InvalidArgument(f"{path}: vector {bad} has dimension {int(dims[bad])}, the first has {dim}")
-    body = raw[:, 4:]
-    matrix = body.view("<f4") if item == 4 else body
-    return raw.shape[0], dim, _read_matrix(matrix, id_start)
-
-
-def _read_jsonl(
-    path: Path, id_field: str, vector_field: str, payload_field: str, tenant_field: str | None = None
-) -> tuple[int, int, Iterator[Item]]:
-    total = 0
-    dim = 0
-    with path.open("rb") as fh:
-        for line in fh:
-            if line.strip():
-                total += 1
-                if not dim:
-                    try:
-                        first = orjson.loads(line)
-                        dim = len(first.get(vector_field) or []) if isinstance(first, dict) else 0
-                    except orjson.JSONDecodeError:
-                        pass
-
-    def records() -> Iterator[Item]:
-        with path.open("rb") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    yield lineno, f"not valid JSON ({exc})"
-                    continue
-                if not isinstance(rec, dict) or id_field not in rec or vector_field not in rec:
-                    yield lineno, f"a record needs '{id_field}' and '{vector_field}' fields"
-                    continue
-                vector = rec[vector_field]
-                if not isinstance(vector, list) or len(vector) != dim:
-                    yield lineno, f"'{vector_field}' must be a list of {dim} numbers"
-                    continue
-                payload = rec.get(payload_field)
-                if payload is not None and not isinstance(payload, dict):
-                    yield lineno, f"'{payload_field}' must be a JSON object"
-                    continue
-                tenant = rec.get(tenant_field) if tenant_field else None
-                if tenant_field and not isinstance(tenant, str):
-                    yield lineno, f"'{tenant_field}' must be a tenant name (a string)"
-                    continue
-                yield lineno, (rec[id_field], vector, payload, tenant)
-
-    return total, dim, records()
-
-
-def _read_parquet(
-    path: Path, id_field: str, vector_field: str, payload_field: str, tenant_field: str | None
-) -> tuple[int, int, Iterator[Item]]:
-    """Parquet (pyarrow), streamed a row group at a time: ``id_field`` and ``vector_field``
-    columns (a list of numbers per row), the payload from ``payload_field`` (a struct or a
-    JSON string) when that column exists, else from every other column; ``tenant_field``
-    names each row's tenant."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InvalidArgument('reading Parquet needs pyarrow: pip install "laminadb[ingest]"') from None
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    for need in (id_field, vector_field):
-        if need not in names:
-            raise InvalidArgument(
-                f"{path}: no column {need!r} (columns: {', '.join(names)}); map it with --{'id' if need == id_field else 'vector'}-field"
-            )
-    if tenant_field and tenant_field not in names:
-        raise InvalidArgument(f"{path}: no tenant column {tenant_field!r} (columns: {', '.join(names)})")
-    extra = [n for n in names if n not in (id_field, vector_field, tenant_field)]
-    payload_cols = [payload_field] if payload_field in names else extra
-    first = pf.read_row_group(0, columns=[vector_field]).column(0) if pf.num_row_groups else None
-    dim = len(first[0].as_py() or []) if first is not None and len(first) else 0
-
-    def records() -> Iterator[Item]:
-        row = 0
-        for group in range(pf.num_row_groups):
-            table = pf.read_row_group(group).to_pydict()
-            for i in range(len(table[id_field])):
-                row += 1
-                vector = table[vector_field][i]
-                if not isinstance(vector, list) or len(vector) != dim:
-                    yield row, f"'{vector_field}' must be a list of {dim} numbers"
-                    continue
-                if payload_cols == [payload_field]:
-                    payload = table[payload_field][i]
-                    if isinstance(payload, str):
-                        try:
-                            payload = orjson.loads(payload)
-                        except orjson.JSONDecodeError as exc:
-                            yield row, f"'{payload_field}' is not valid JSON ({exc})"
-                            continue
-                    if payload is not None and not isinstance(payload, dict):
-                        yield row, f"'{payload_field}' must be an object"
-                        continue
-                else:
-                    payload = {c: table[c][i] for c in payload_cols} or None
-                tenant = table[tenant_field][i] if tenant_field else None
-                if tenant_field and not isinstance(tenant, str):
-                    yield row, f"'{tenant_field}' must be a tenant name (a string)"
-                    continue
-                yield row, (table[id_field][i], vector, payload, tenant)
-
-    return pf.metadata.num_rows, dim, records()
-
-
-def _read_hdf5(path: Path, dataset: str, id_start: int) -> tuple[int, int, Iterator[Item]]:
-    """An ann-benchmarks .hdf5 file: the vectors of ``dataset`` (``train`` by default,
-    ``test`` for the queries), ids counted from ``id_start``; read in blocks."""
-    try:
-        import h5py
-    except ImportError:
-        raise InvalidArgument('reading HDF5 needs h5py: pip install "laminadb[ingest]"') from None
-    fh = h5py.File(path, "r")
-    if dataset not in fh:
-        raise InvalidArgument(
-            f"{path}: no dataset {dataset!r} (has {', '.join(fh)}); pick one with --dataset"
-        )
-    data = fh[dataset]
-    if len(data.shape) != 2:
-        raise InvalidArgument(f"{path}: dataset {dataset!r} has shape {data.shape}, expected (rows, dim)")
-
-    def records() -> Iterator[Item]:
-        for lo in range(0, data.shape[0], 65_536):
-            block = np.asarray(data[lo : lo + 65_536], dtype=np.float32)
-            for i in range(block.shape[0]):
-                yield lo + i, (id_start + lo + i, block[i], None, None)
-        fh.close()
-
-    return int(data.shape[0]), int(data.shape[1]), records()
-
-
-def _check_record(rec: Record, dim: int, limits: Limits) -> str | None:
-    """Why the engine would refuse this record, or None (the checks the engine runs)."""
-    from lamina.validation import as_matrix, check_id, encode_payloads
-
-    try:
-        check_id(rec[0], limits)
-        as_matrix(np.asarray(rec[1], dtype=np.float32).reshape(1, -1), dim)
-        encode_payloads([rec[2]], 1, limits)
-        if rec[3] is not None:
-            check_tenant(rec[3])
-    except LaminaError as exc:
-        return str(exc)
-    return None
-
-
-def _open_source(args: argparse.Namespace) -> tuple[Path, int, int, Iterator[Item]]:
-    path = Path(args.file)
-    if path.suffix == ".npy":
-        return (path, *_read_npy(path, args.id_start))
-    if path.suffix in (".fvecs", ".bvecs"):
-        return (path, *_read_vecs(path, args.id_start))
-    if path.suffix in (".jsonl", ".ndjson"):
-        return (
-            path,
-            *_read_jsonl(path, args.id_field, args.vector_field, args.payload_field, args.tenant_field),
-        )
-    if path.suffix in (".parquet", ".pq"):
-        return (
-            path,
-            *_read_parquet(path, args.id_field, args.vector_field, args.payload_field, args.tenant_field),
-        )
-    if path.suffix in (".hdf5", ".h5"):
-        return (path, *_read_hdf5(path, args.dataset, args.id_start))
-    raise InvalidArgument(
-        f"{path}: unsupported file type {path.suffix!r}; use .npy, .fvecs, .bvecs, .jsonl, .parquet or .hdf5"
-    )
-
-
-def _dry_run(args: argparse.Namespace) -> int:
-    """Check every record as the engine would, write nothing, report each bad one."""
-    path, total, dim, items = _open_source(args)
-    with _connect(args) as db:
-        try:
-            dim = db.get_collection(args.collection).dim
-            against = f"collection {args.collection!r} (dim={dim})"
-        except NotFound:
-            against = f"a new collection (dim={dim}, from the first record)"
-    limits = Limits()
-    bad = 0
-    for pos, item in tqdm(
-        items, total=total, unit="rec", desc=f"check {path.name}", file=sys.stderr, disable=args.quiet
-    ):
-        reason = item if isinstance(item, str) else _check_record(item, dim, limits)
-        if reason is not None:
-            bad += 1
-            if bad <= 20:
-                print(f"{path}:{pos}: {reason}")
-    if bad > 20:
-        print(f"... and {bad - 20} more")
-    print(
-        f"dry run: {total - bad:,} of {total:,} records would be written to {against}; {bad:,} bad",
-        file=sys.stderr,
-    )
-    return 2 if bad else 0
-
-
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from lamina import ingest
+
     if args.tenant is not None:
         check_tenant(args.tenant)
         if args.tenant_field:
             raise InvalidArgument("give --tenant (one tenant for every record) or --tenant-field, not both")
-    if args.dry_run:
-        return _dry_run(args)
-    path, total, dim, items = _open_source(args)
+    if args.parallel < 1 or args.batch_size < 1:
+        raise InvalidArgument("--parallel and --batch-size must be at least 1")
     with _connect(args) as db:
-        try:
-            col = db.get_collection(args.collection)
-        except NotFound:
-            if not dim:
-                raise InvalidArgument(f"{path}: no vectors found to infer the dimension from") from None
-            multi = args.tenant is not None or bool(args.tenant_field)
-            col = db.create_collection(args.collection, dim=dim, metric=args.metric, multi_tenant=multi)
-            print(
-                f"created collection {args.collection!r} (dim={dim}, metric={args.metric}"
-                + (", multi-tenant)" if multi else ")"),
-                file=sys.stderr,
-            )
-        written = 0
-        batch: list[Record] = []
-        first_line = 1
-        tenants: set[str] = set()
-        with tqdm(
-            total=total, unit="pts", desc=f"ingest {path.name}", file=sys.stderr, disable=args.quiet
-        ) as bar:
-
-            def flush() -> None:
-                nonlocal written, first_line
-                if not batch:
-                    return
-                ids = [r[0] for r in batch]
-                vectors = np.asarray([r[1] for r in batch], dtype=np.float32)
-                payloads = [r[2] for r in batch]
-                tenant = batch[0][3] or args.tenant  # a batch holds one tenant's records
-                if tenant is not None:
-                    tenants.add(tenant)
-                try:
-                    written += col.upsert(
-                        ids,
-                        vectors,
-                        payloads if any(p is not None for p in payloads) else None,
-                        tenant=tenant,
-                    )
-                except LaminaError as exc:
-                    raise type(exc)(f"records {first_line}..{first_line + len(batch) - 1}: {exc}") from None
-                first_line += len(batch)
-                bar.update(len(batch))
-                batch.clear()
-
-            for pos, item in items:
-                if isinstance(item, str):
-                    raise InvalidArgument(
-                        f"{path}:{pos}: {item} (run with --dry-run to list every bad record)"
-                    )
-                if batch and item[3] != batch[-1][3]:
-                    flush()  # the tenant changes: one upsert names one tenant
-                batch.append(item)
-                if len(batch) >= args.batch_size:
-                    flush()
-            flush()
-        if args.tenant_field:
-            held = f"{len(tenants)} tenants; the collection now holds {col.info().count}"
-        elif args.tenant:
-            held = f"tenant {args.tenant!r}; it now holds {col.count(tenant=args.tenant)} for that tenant"
-        else:
-            held = f"it now holds {col.count()}"
-        print(f"ingested {written} points into {args.collection!r} for {held}", file=sys.stderr)
-    return 0
+        return ingest.dry_run(db, args) if args.dry_run else ingest.load(db, args)
 
 
 def cmd_collections(args: argparse.Namespace) -> int:
@@ -570,7 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
     _client_options(ingest)
     ingest.add_argument("--metric", default="cosine", choices=["cosine", "dot", "l2"], help="when creating")
-    ingest.add_argument("--batch-size", type=int, default=1000)
+    ingest.add_argument("--batch-size", type=int, default=1000, help="records per upsert")
+    ingest.add_argument(
+        "--parallel", type=int, default=4, help="batches written at once, each on its own thread (default 4)"
+    )
+    ingest.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run of the same load after the records its checkpoint says are written",
+    )
+    ingest.add_argument(
+        "--checkpoint", help="checkpoint file (default: FILE.COLLECTION.checkpoint.json beside the input)"
+    )
     ingest.add_argument(
         "--tenant", help="write every point for this tenant (a new collection is created multi-tenant)"
     )

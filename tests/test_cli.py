@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ def test_ingest_npy_then_list(tmp_path: Path) -> None:
         "ingest", str(tmp_path / "v.npy"), "-c", "vecs", "-t", data, "--metric", "l2", "--id-start", "100"
     )
     assert result.returncode == 0, result.stderr
-    assert "ingested 2500 points" in result.stderr
+    assert "ingested 2,500 points" in result.stderr
     listing = lamina_cmd("collections", "-t", data)
     assert listing.returncode == 0
     assert "vecs" in listing.stdout and "2,500" in listing.stdout and "l2" in listing.stdout
@@ -210,3 +212,93 @@ def test_ingest_ann_benchmarks_hdf5_and_jsonl_tenants(tmp_path: Path) -> None:
             db.get_collection("glove").get([7])[0].vector, h5py.File(tmp_path / "glove.hdf5")["train"][7]
         )
         assert [(t.name, t.points) for t in db.get_collection("mt").list_tenants()] == [("a", 4), ("b", 6)]
+
+
+def _checkpoint(path: Path) -> dict[str, object]:
+    try:
+        return dict(orjson.loads(path.read_bytes()))
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return {}
+
+
+def _interrupt_when(cmd: list[str], checkpoint: Path, records: int, sig: int) -> subprocess.Popen[str]:
+    """Start ``lamina ingest``, send ``sig`` once its checkpoint passes ``records``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lamina", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while int(_checkpoint(checkpoint).get("records", 0)) < records:  # type: ignore[call-overload]
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    proc.wait(60)
+    return proc
+
+
+def test_parallel_ingest_resumes_after_an_interrupt_and_a_kill(tmp_path: Path) -> None:
+    n = 90_000  # under a segment: no index build to wait for at close
+    vectors = np.random.default_rng(3).standard_normal((n, 16)).astype(np.float32)
+    np.save(tmp_path / "big.npy", vectors)
+    data = str(tmp_path / "data")
+    cmd = ["ingest", str(tmp_path / "big.npy"), "-c", "big", "-t", data, "--batch-size", "200"]
+    cmd += ["--parallel", "3", "--metric", "l2"]
+    checkpoint = tmp_path / "big.npy.big.checkpoint.json"
+
+    # Ctrl-C: the batches in flight finish, the checkpoint is saved, exit 130
+    first = _interrupt_when(cmd, checkpoint, 10_000, signal.SIGINT)
+    assert first.returncode == 130, first.stderr.read() if first.stderr else ""
+    assert "run again with --resume" in (first.stderr.read() if first.stderr else "")
+    after_interrupt = int(_checkpoint(checkpoint)["records"])  # type: ignore[call-overload]
+    assert 10_000 <= after_interrupt < n
+
+    # killed outright during the resumed run: the checkpoint lags what was written, never leads
+    second = _interrupt_when([*cmd, "--resume"], checkpoint, after_interrupt + 10_000, signal.SIGKILL)
+    assert second.returncode == -signal.SIGKILL
+    after_kill = int(_checkpoint(checkpoint)["records"])  # type: ignore[call-overload]
+    assert after_interrupt + 10_000 <= after_kill < n
+    with lamina.connect(data) as db:
+        assert db.get_collection("big").count() >= after_kill
+
+    third = lamina_cmd(*cmd, "--resume", "-q")
+    assert third.returncode == 0, third.stderr
+    assert f"resuming after record {after_kill:,} of {n:,}" in third.stderr
+    assert f"ingested {n - after_kill:,} points" in third.stderr
+    assert not checkpoint.exists()  # a finished load leaves no checkpoint
+    with lamina.connect(data) as db:
+        col = db.get_collection("big")
+        assert col.count() == n
+        ids = [0, after_interrupt - 1, after_interrupt, after_kill - 1, after_kill, n - 1]
+        got = {p.id: p.vector for p in col.get(ids)}
+        assert all(np.array_equal(got[i], vectors[i]) for i in ids)
+    again = lamina_cmd(*cmd, "--resume", "-q")
+    assert again.returncode == 2 and "no checkpoint" in again.stderr
+
+
+def test_failed_batch_leaves_a_checkpoint_of_the_records_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "recs.jsonl"
+    lines = [orjson.dumps({"id": i, "vector": [i, 1.0], "payload": {"i": i}}) for i in range(1, 6001)]
+    lines[2499] = b'{"id": -5, "vector": [1, 2]}'  # line 2500: the engine refuses the id
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    data = str(tmp_path / "data")
+    cmd = ["ingest", str(path), "-c", "kb", "-t", data, "-q", "--parallel", "2"]
+    failed = lamina_cmd(*cmd)
+    assert failed.returncode == 2
+    assert "records 2001..3000" in failed.stderr and "invalid id -5" in failed.stderr
+    assert "stopped after 2,000 of 6,000 records" in failed.stderr
+    checkpoint = tmp_path / "recs.jsonl.kb.checkpoint.json"
+    assert _checkpoint(checkpoint)["records"] == 2000
+    with lamina.connect(data) as db:
+        col = db.get_collection("kb")
+        assert col.count() >= 2000 and col.get([2500]) == []  # the refused batch wrote nothing
+
+    lines[2499] = orjson.dumps({"id": 2500, "vector": [2500, 1.0], "payload": {"i": 2500}})
+    path.write_bytes(b"\n".join(lines) + b"\n")  # fixed: a different file now
+    stale = lamina_cmd(*cmd, "--resume")
+    assert stale.returncode == 2 and "belongs to another load" in stale.stderr
+    fresh = lamina_cmd(*cmd)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "starting over" in fresh.stderr and not checkpoint.exists()
+    with lamina.connect(data) as db:
+        col = db.get_collection("kb")
+        assert col.count() == 6000 and col.get([2500])[0].payload == {"i": 2500}
