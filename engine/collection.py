@@ -40,7 +40,7 @@ from lamina.engine.text import Bm25Query, fuse, top_rows
 from lamina.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows
-from lamina.index.tiers import Knobs, TopK
+from lamina.index.tiers import BuildStopped, Knobs, TopK
 from lamina.storage.keys import id_from_key, id_key, row_from_key, row_key, tenant_of_key, tenant_prefix
 from lamina.storage.rocks import (
     CONFIG,
@@ -242,7 +242,8 @@ class Collection:
             self._mut_pidx.add(fields, rows, payloads)
 
     def close(self) -> None:
-        """Stop the optimizer (waiting for a build in progress) and close the store."""
+        """Stop the optimizer (a build in progress ends within a chunk of rows; its rows stay
+        in the write-ahead log and are sealed again at the next open) and close the store."""
         with self._lock:
             if self._closed:
                 return
@@ -1223,6 +1224,8 @@ class Collection:
                 while self._optimize_step():
                     pass
                 self._error = ""
+            except BuildStopped:
+                log.info("closing %r: the index build in progress was stopped", self.name)
             except Exception as exc:  # keep serving from what is sealed; info() shows the error
                 log.exception("optimizer of %r failed", self.name)
                 self._error = f"{type(exc).__name__}: {exc}"
@@ -1545,7 +1548,15 @@ class Collection:
         started = time.perf_counter()
         keys = self._keys_for_build(rows)
         segment = Segment.build(
-            folder, rows, keys, vectors, self.config, self._metric, build_threads(), payload
+            folder,
+            rows,
+            keys,
+            vectors,
+            self.config,
+            self._metric,
+            build_threads(),
+            payload,
+            stop=lambda: self._closed,  # closing does not wait for a whole build
         )
         log.info(
             "built %s segment of %d rows for %r in %.1f s",

@@ -30,7 +30,7 @@ import orjson
 from lamina.engine.payload import FieldIndex
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import rerank
-from lamina.index.tiers import ExactTier, HnswTier, Knobs, Tier, TopK, build_tier, load_tier
+from lamina.index.tiers import ExactTier, HnswTier, Knobs, Stop, Tier, TopK, build_tier, load_tier
 from lamina.storage.keys import id_from_key, tenant_of_key, without_tenant
 from lamina.storage.vectorfile import atomic_folder, fsync_path, map_matrix, write_matrix
 from lamina.types import CollectionConfig, FloatMatrix, PointId, SegmentPlan
@@ -178,13 +178,16 @@ class Segment:
         metric: int,
         threads: int,
         payload: dict[str, FieldIndex],
+        stop: Stop = None,
     ) -> Segment:
         """Build the tier over ``vectors`` (prepared, one per row; ``keys`` are the rows'
         id keys) and write the segment folder durably with its payload indexes (in the
         segment's row positions); the caller commits it to the collection manifest."""
         # a multi-tenant collection answers from tenant partitions, never from a shared graph
         tier, note = (
-            (ExactTier(metric), "") if config.multi_tenant else build_tier(config, vectors, metric, threads)
+            (ExactTier(metric), "")
+            if config.multi_tenant
+            else build_tier(config, vectors, metric, threads, stop)
         )
         tenants = np.array([tenant_of_key(k) for k in keys], np.int32) if config.multi_tenant else None
         with atomic_folder(folder) as tmp:

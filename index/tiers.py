@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +42,22 @@ PQ_MIN_TRAIN_PER_CENTROID = 39
 PQ_MAX_TRAIN = 65_536
 
 TopK = tuple[FloatMatrix, np.ndarray, np.ndarray]
+#: asked between chunks of an index build: True ends it (the database is closing)
+Stop = Callable[[], bool] | None
+#: rows added to a graph per call: a build notices ``stop`` within one chunk (~1 s)
+BUILD_CHUNK = 8_192
+
+
+class BuildStopped(Exception):
+    """An index build ended early because its ``stop`` said so; nothing was written."""
+
+
+def build_chunks(rows: int, stop: Stop) -> Iterator[tuple[int, int]]:
+    """(lo, hi) spans of ``BUILD_CHUNK`` rows for an index build, checking ``stop`` before each."""
+    for lo in range(0, rows, BUILD_CHUNK):
+        if stop is not None and stop():
+            raise BuildStopped(f"stopped after {lo} of {rows} rows")
+        yield lo, min(rows, lo + BUILD_CHUNK)
 
 
 @dataclass(frozen=True)
@@ -141,7 +157,9 @@ class BinaryTier:
         self._graph_lock = threading.Lock()  # efSearch is a field of the faiss index
 
     @classmethod
-    def build(cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int) -> BinaryTier:
+    def build(
+        cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int, stop: Stop = None
+    ) -> BinaryTier:
         assert config.quantization is not None
         thresholds = binary_thresholds(vectors, config.quantization.bits)
         codes = binary_encode(vectors, thresholds)
@@ -150,7 +168,9 @@ class BinaryTier:
             nbits = config.dim * config.quantization.bits
             graph = faiss.IndexBinaryHNSW(nbits, config.index.m)
             graph.hnsw.efConstruction = config.index.ef_construction
-            graph.add(_code_bytes(codes, nbits))
+            code_bytes = _code_bytes(codes, nbits)
+            for lo, hi in build_chunks(code_bytes.shape[0], stop):
+                graph.add(code_bytes[lo:hi])
         return cls(metric, thresholds, codes, graph)
 
     @classmethod
@@ -207,7 +227,9 @@ class PQTier:
         return rows >= 256 * PQ_MIN_TRAIN_PER_CENTROID
 
     @classmethod
-    def build(cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int) -> PQTier:
+    def build(
+        cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int, stop: Stop = None
+    ) -> PQTier:
         assert config.quantization is not None
         m = config.quantization.m
         fmetric = faiss.METRIC_INNER_PRODUCT if metric == METRIC_IP else faiss.METRIC_L2
@@ -222,8 +244,8 @@ class PQTier:
         if vectors.shape[0] > PQ_MAX_TRAIN:
             sample = vectors[np.sort(rng.choice(vectors.shape[0], PQ_MAX_TRAIN, replace=False))]
         index.train(np.ascontiguousarray(sample))
-        for lo in range(0, vectors.shape[0], 65_536):
-            index.add(np.ascontiguousarray(vectors[lo : lo + 65_536]))
+        for lo, hi in build_chunks(vectors.shape[0], stop):
+            index.add(np.ascontiguousarray(vectors[lo:hi]))
         return cls(metric, index)
 
     @classmethod
@@ -305,11 +327,12 @@ class HnswTier:
         self.index = index
 
     @classmethod
-    def build(cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int) -> HnswTier:
+    def build(
+        cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int, stop: Stop = None
+    ) -> HnswTier:
         index = hnsw_index(config, metric, vectors.shape[0])
-        for lo in range(0, vectors.shape[0], 65_536):
-            block = np.ascontiguousarray(vectors[lo : lo + 65_536])
-            index.add_items(block, np.arange(lo, lo + block.shape[0]), num_threads=threads)
+        for lo, hi in build_chunks(vectors.shape[0], stop):
+            index.add_items(np.ascontiguousarray(vectors[lo:hi]), np.arange(lo, hi), num_threads=threads)
         return cls(metric, index)
 
     @classmethod
@@ -354,22 +377,25 @@ class HnswTier:
         return found[0], found[1], np.full(queries.shape[0], k, dtype=np.int64)
 
 
-def build_tier(config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int) -> tuple[Tier, str]:
+def build_tier(
+    config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int, stop: Stop = None
+) -> tuple[Tier, str]:
     """The tier ``config`` asks for over ``vectors``, or the exact fallback with a note
-    saying why it could not be built yet."""
+    saying why it could not be built yet. ``stop`` is asked between chunks of the graph
+    build; when it answers True the build ends with ``BuildStopped``."""
     quant = config.quantization
     if quant is None:
         if config.index.type == "hnsw":
-            return HnswTier.build(config, vectors, metric, threads), ""
+            return HnswTier.build(config, vectors, metric, threads, stop), ""
         return ExactTier(metric), ""
     if quant.type == "binary":
-        return BinaryTier.build(config, vectors, metric, threads), ""
+        return BinaryTier.build(config, vectors, metric, threads, stop), ""
     if not PQTier.trainable(config, vectors.shape[0]):
         need = 256 * PQ_MIN_TRAIN_PER_CENTROID
         return ExactTier(
             metric
         ), f"pq needs {need} points to train; a segment of {vectors.shape[0]} is searched exactly"
-    return PQTier.build(config, vectors, metric, threads), ""
+    return PQTier.build(config, vectors, metric, threads, stop), ""
 
 
 def load_tier(kind: str, folder: Path, config: CollectionConfig, metric: int) -> Tier:

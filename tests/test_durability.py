@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +129,30 @@ def test_signal_shuts_down_gracefully(tmp_path: Path, server_process: type[Serve
     assert "shutting down" in log and "stopped" in log
     with lamina.connect(str(data)) as db:  # the lock was released
         assert db.get_collection("docs").get([1])[0].payload == {"a": "[1]"}
+
+
+def test_close_stops_an_index_build_and_the_next_open_builds_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="lamina")
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((20_000, 64)).astype(np.float32)
+    index = {"type": "hnsw", "m": 32, "ef_construction": 400}  # a build of several seconds
+    with lamina.connect(str(tmp_path)) as db:
+        col = db.create_collection("c", dim=64, metric="l2", index=index, segment_rows=20_000)
+        for lo in range(0, 20_000, 10_000):  # a full segment: the optimizer seals it
+            col.upsert(list(range(lo, lo + 10_000)), vectors[lo : lo + 10_000])
+        deadline = time.monotonic() + 60
+        while not any("sealing" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("index build in progress was stopped" in m for m in messages), messages
+    assert not any(m.startswith("built hnsw segment") for m in messages)
+    with lamina.connect(str(tmp_path)) as db:
+        col = db.get_collection("c")
+        assert col.count() == 20_000
+        info = col.optimize()
+        assert info.status.segments == 1 and info.status.indexed_points == 20_000
+        hits = col.search(vectors[123], k=1)
+        assert hits[0].id == 123 and hits[0].score == 0.0
