@@ -12,6 +12,7 @@ BENCHMARKS = {
     "crash": "bench.crash",
     "load": "bench.load",
     "tenants": "bench.tenants",
+    "ingest": "bench.ingest",
 }
 
 

@@ -122,11 +122,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from lamina import ingest
+    from lamina.client.api import is_address
 
     if args.tenant is not None:
         check_tenant(args.tenant)
         if args.tenant_field:
             raise InvalidArgument("give --tenant (one tenant for every record) or --tenant-field, not both")
+    if args.parallel is None:  # embedded, more threads only contend for the GIL with the index builds
+        args.parallel = 4 if is_address(args.target) else 2
     if args.parallel < 1 or args.batch_size < 1:
         raise InvalidArgument("--parallel and --batch-size must be at least 1")
     with _connect(args) as db:
@@ -275,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--metric", default="cosine", choices=["cosine", "dot", "l2"], help="when creating")
     ingest.add_argument("--batch-size", type=int, default=1000, help="records per upsert")
     ingest.add_argument(
-        "--parallel", type=int, default=4, help="batches written at once, each on its own thread (default 4)"
+        "--parallel",
+        type=int,
+        help="batches written at once, each on its own thread (default: 4 to a server, 2 embedded)",
     )
     ingest.add_argument(
         "--resume",

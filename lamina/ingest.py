@@ -14,9 +14,9 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -35,19 +35,36 @@ Record = tuple[Any, list[float] | np.ndarray, dict[str, Any] | None, str | None]
 Item = tuple[int, Record | str]
 
 
-def _read_matrix(matrix: np.ndarray, id_start: int) -> Iterator[Item]:
-    for i in range(matrix.shape[0]):
-        yield i, (id_start + i, matrix[i], None, None)
+class MatrixRecords:
+    """The rows of a matrix (a memory map or an HDF5 dataset) as records with consecutive
+    ids from ``id_start``, numbered from 0; ``load`` takes them a block at a time instead."""
+
+    def __init__(self, matrix: Any, id_start: int, close: Callable[[], None] | None = None) -> None:
+        self.matrix = matrix
+        self.id_start = id_start
+        self.close = close
+
+    def block(self, lo: int, hi: int) -> np.ndarray:
+        """Rows lo..hi as float32 (read from the file now)."""
+        return np.asarray(self.matrix[lo:hi], dtype=np.float32)
+
+    def __iter__(self) -> Iterator[Item]:
+        for lo in range(0, self.matrix.shape[0], 65_536):
+            block = self.block(lo, lo + 65_536)
+            for i in range(block.shape[0]):
+                yield lo + i, (self.id_start + lo + i, block[i], None, None)
+        if self.close is not None:
+            self.close()
 
 
-def _read_npy(path: Path, id_start: int) -> tuple[int, int, Iterator[Item]]:
+def _read_npy(path: Path, id_start: int) -> tuple[int, int, Iterable[Item]]:
     matrix = np.load(path, mmap_mode="r")
     if matrix.ndim != 2:
         raise InvalidArgument(f"{path}: expected a 2-d array of vectors, got shape {matrix.shape}")
-    return matrix.shape[0], matrix.shape[1], _read_matrix(matrix, id_start)
+    return matrix.shape[0], matrix.shape[1], MatrixRecords(matrix, id_start)
 
 
-def _read_vecs(path: Path, id_start: int) -> tuple[int, int, Iterator[Item]]:
+def _read_vecs(path: Path, id_start: int) -> tuple[int, int, Iterable[Item]]:
     """.fvecs (float32) or .bvecs (uint8) of the TEXMEX sets: each vector is its int32
     dimension followed by its components; memory-mapped, converted a row at a time."""
     item = 4 if path.suffix == ".fvecs" else 1
@@ -65,7 +82,7 @@ def _read_vecs(path: Path, id_start: int) -> tuple[int, int, Iterator[Item]]:
         raise InvalidArgument(f"{path}: vector {bad} has dimension {int(dims[bad])}, the first has {dim}")
     body = raw[:, 4:]
     matrix = body.view("<f4") if item == 4 else body
-    return raw.shape[0], dim, _read_matrix(matrix, id_start)
+    return raw.shape[0], dim, MatrixRecords(matrix, id_start)
 
 
 def _read_jsonl(
@@ -171,7 +188,7 @@ def _read_parquet(
     return pf.metadata.num_rows, dim, records()
 
 
-def _read_hdf5(path: Path, dataset: str, id_start: int) -> tuple[int, int, Iterator[Item]]:
+def _read_hdf5(path: Path, dataset: str, id_start: int) -> tuple[int, int, Iterable[Item]]:
     """An ann-benchmarks .hdf5 file: the vectors of ``dataset`` (``train`` by default,
     ``test`` for the queries), ids counted from ``id_start``; read in blocks."""
     try:
@@ -187,14 +204,7 @@ def _read_hdf5(path: Path, dataset: str, id_start: int) -> tuple[int, int, Itera
     if len(data.shape) != 2:
         raise InvalidArgument(f"{path}: dataset {dataset!r} has shape {data.shape}, expected (rows, dim)")
 
-    def records() -> Iterator[Item]:
-        for lo in range(0, data.shape[0], 65_536):
-            block = np.asarray(data[lo : lo + 65_536], dtype=np.float32)
-            for i in range(block.shape[0]):
-                yield lo + i, (id_start + lo + i, block[i], None, None)
-        fh.close()
-
-    return int(data.shape[0]), int(data.shape[1]), records()
+    return int(data.shape[0]), int(data.shape[1]), MatrixRecords(data, id_start, close=fh.close)
 
 
 def _check_record(rec: Record, dim: int, limits: Limits) -> str | None:
@@ -212,7 +222,7 @@ def _check_record(rec: Record, dim: int, limits: Limits) -> str | None:
     return None
 
 
-def open_source(args: argparse.Namespace) -> tuple[Path, int, int, Iterator[Item]]:
+def open_source(args: argparse.Namespace) -> tuple[Path, int, int, Iterable[Item]]:
     """The file ``args.file`` names: (path, record count, dimension, its records numbered by line or row)."""
     path = Path(args.file)
     if path.suffix == ".npy":
@@ -314,9 +324,59 @@ class Checkpoint:
 
 @dataclass
 class _Batch:
-    start: int  # index of its first record in the file's record order
-    records: list[Record] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)  # their line or row numbers
+    """One upsert: records ``start`` .. ``start + len(ids)`` in the file's record order."""
+
+    start: int
+    first: int  # line or row number of its first record, and of its last (for messages)
+    last: int
+    ids: list[Any]
+    vectors: Any  # an (n, dim) array, or a list of vectors
+    payloads: list[dict[str, Any] | None] | None
+    tenant: str | None
+
+
+def _matrix_batches(source: MatrixRecords, start: int, size: int) -> Iterator[_Batch]:
+    """Blocks of a matrix, sliced rather than read row by row."""
+    rows = source.matrix.shape[0]
+    for lo in range(start, rows, size):
+        hi = min(rows, lo + size)
+        ids = list(range(source.id_start + lo, source.id_start + hi))
+        yield _Batch(lo, lo, hi - 1, ids, source.block(lo, hi), None, None)
+    if source.close is not None:
+        source.close()
+
+
+def _record_batches(items: Iterable[Item], start: int, size: int, path: Path) -> Iterator[_Batch]:
+    """Records grouped into batches of ``size``, a new batch wherever the tenant changes
+    (one upsert names one tenant); a bad record stops the load with its line or row."""
+    records: list[Record] = []
+    first = index = start
+    positions = (0, 0)
+
+    def batch() -> _Batch:
+        payloads = [r[2] for r in records]
+        return _Batch(
+            first,
+            positions[0],
+            positions[1],
+            [r[0] for r in records],
+            [r[1] for r in records],
+            payloads if any(p is not None for p in payloads) else None,
+            records[0][3],
+        )
+
+    for index, (pos, item) in enumerate(islice(items, start, None), start):
+        if isinstance(item, str):
+            raise InvalidArgument(f"{path}:{pos}: {item} (run with --dry-run to list every bad record)")
+        if records and (item[3] != records[-1][3] or len(records) >= size):
+            yield batch()
+            records, first = [], index
+        if not records:
+            positions = (pos, pos)
+        records.append(item)
+        positions = (positions[0], pos)
+    if records:
+        yield batch()
 
 
 class BatchWriter:
@@ -340,23 +400,16 @@ class BatchWriter:
         self._limit = 2 * parallel
 
     def submit(self, batch: _Batch) -> None:
-        tenant = batch.records[0][3] or self.tenant  # a batch holds one tenant's records
+        tenant = batch.tenant or self.tenant
         if tenant is not None:
             self.tenants.add(tenant)
-        self._pending[self._pool.submit(self._write, batch.records, tenant)] = batch
+        self._pending[self._pool.submit(self._write, batch, tenant)] = batch
         while len(self._pending) >= self._limit:
             self._collect(FIRST_COMPLETED)
 
-    def _write(self, records: list[Record], tenant: str | None) -> int:
-        payloads = [r[2] for r in records]
-        return int(
-            self.col.upsert(
-                [r[0] for r in records],
-                np.asarray([r[1] for r in records], dtype=np.float32),
-                payloads if any(p is not None for p in payloads) else None,
-                tenant=tenant,
-            )
-        )
+    def _write(self, batch: _Batch, tenant: str | None) -> int:
+        vectors = np.asarray(batch.vectors, dtype=np.float32)
+        return int(self.col.upsert(batch.ids, vectors, batch.payloads, tenant=tenant))
 
     def _collect(self, when: str) -> None:
         """Wait for batches (the first to finish, or all), account for them, raise the first failure."""
@@ -369,8 +422,8 @@ class BatchWriter:
                 failure = failure or _located(error, batch)
                 continue
             self.written += future.result()
-            self._finished[batch.start] = batch.start + len(batch.records)
-            self.bar.update(len(batch.records))
+            self._finished[batch.start] = batch.start + len(batch.ids)
+            self.bar.update(len(batch.ids))
         while self.done in self._finished:
             self.done = self._finished.pop(self.done)
         self.save()  # a small file replaced whole: ~50 us against a batch's milliseconds
@@ -393,7 +446,7 @@ class BatchWriter:
 def _located(error: BaseException, batch: _Batch) -> BaseException:
     """The error with the batch's record numbers in front, so the user can find them."""
     if isinstance(error, LaminaError):
-        where = f"records {batch.positions[0]}..{batch.positions[-1]}"
+        where = f"records {batch.first}..{batch.last}"
         return type(error)(f"{where}: {error}")
     return error
 
@@ -436,21 +489,13 @@ def load(db: Any, args: argparse.Namespace) -> int:
         disable=args.quiet,
     ) as bar:
         writer = BatchWriter(col, max(1, args.parallel), args.tenant, checkpoint, start, bar)
-        batch = _Batch(start)
+        batches = (
+            _matrix_batches(items, start, args.batch_size)
+            if isinstance(items, MatrixRecords)
+            else _record_batches(items, start, args.batch_size, path)
+        )
         try:
-            for index, (pos, item) in enumerate(islice(items, start, None), start):
-                if isinstance(item, str):
-                    raise InvalidArgument(
-                        f"{path}:{pos}: {item} (run with --dry-run to list every bad record)"
-                    )
-                if batch.records and (
-                    item[3] != batch.records[-1][3] or len(batch.records) >= args.batch_size
-                ):
-                    writer.submit(batch)  # full, or the tenant changes: one upsert names one tenant
-                    batch = _Batch(index)
-                batch.records.append(item)
-                batch.positions.append(pos)
-            if batch.records:
+            for batch in batches:
                 writer.submit(batch)
         except (LaminaError, KeyboardInterrupt) as exc:
             with contextlib.suppress(LaminaError):  # the first failure is the one to report
@@ -475,7 +520,7 @@ def load(db: Any, args: argparse.Namespace) -> int:
     rate = writer.written / seconds if seconds > 0 else 0.0
     print(
         f"ingested {writer.written:,} points into {args.collection!r} for {held} "
-        f"({seconds:.1f} s, {rate:,.0f} points/s)",
+        f"({seconds:.2f} s, {rate:,.0f} points/s)",
         file=sys.stderr,
     )
     return 0

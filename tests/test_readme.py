@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,36 @@ def test_readme_has_two_quick_start_commands() -> None:
         test.group(1) in (ROOT / ".ci" / "run").read_text()
         or "quick-start:test" in (ROOT / ".ci" / "run").read_text()
     )
+
+
+def _session_blocks() -> list[str]:
+    """README's bash blocks other than the two quick-start commands (run by .ci/run itself)."""
+    blocks = re.findall(r"(<!-- quick-start:\w+ -->\n)?```bash\n(.*?)```", README, re.DOTALL)
+    return [body for marker, body in blocks if not marker]
+
+
+@pytest.mark.parametrize("block", _session_blocks())
+def test_readme_shell_session_runs(block: str, tmp_path: Path) -> None:
+    for line in block.strip().splitlines():
+        command = line.split("   #")[0].strip()
+        if command.startswith("lamina "):
+            command = f"{sys.executable} -m {command}"
+        elif command.startswith("python "):
+            command = f"{sys.executable} {command.removeprefix('python ')}"
+        done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (line, done.stderr[-2000:])
+    assert list(tmp_path.iterdir())  # it did something here
+
+
+def test_cli_reference_documents_every_command_and_option() -> None:
+    from lamina.cli import build_parser
+
+    reference = (ROOT / "docs" / "cli.md").read_text()
+    parser = build_parser()
+    documented: list[str] = [a for action in parser._actions for a in action.option_strings]
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        assert f"`lamina {name}" in reference, name
+        documented += [o for a in sub._actions for o in a.option_strings]
+    missing = sorted({o for o in documented if f"`{o}" not in reference and o not in ("-h", "--help")})
+    assert not missing, f"docs/cli.md does not mention {missing}"
