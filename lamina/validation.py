@@ -69,7 +69,11 @@ def check_id(raw: object, limits: Limits) -> PointId:
 def check_ids(ids: Iterable[object], limits: Limits, *, unique: bool = True) -> list[PointId]:
     if isinstance(ids, (str, bytes, int)):
         raise InvalidArgument("ids must be a sequence of ids, e.g. [1, 2] or ['a'], not a single value")
-    out = [check_id(i, limits) for i in ids]
+    given = list(ids)
+    if given and all(type(i) is int for i in given) and min(given) >= 0 and max(given) <= U64_MAX:
+        out: list[PointId] = given  # plain in-range ints, the common case: no per-id call
+    else:
+        out = [check_id(i, limits) for i in given]
     if len(out) > limits.max_batch:
         raise ResourceExhausted(
             f"batch of {len(out)} ids exceeds the limit of {limits.max_batch} per request"
