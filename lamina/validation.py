@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -70,8 +70,9 @@ def check_ids(ids: Iterable[object], limits: Limits, *, unique: bool = True) -> 
     if isinstance(ids, (str, bytes, int)):
         raise InvalidArgument("ids must be a sequence of ids, e.g. [1, 2] or ['a'], not a single value")
     given = list(ids)
-    if given and all(type(i) is int for i in given) and min(given) >= 0 and max(given) <= U64_MAX:
-        out: list[PointId] = given  # plain in-range ints, the common case: no per-id call
+    ints = cast(list[int], given) if all(type(i) is int for i in given) else None
+    if ints and min(ints) >= 0 and max(ints) <= U64_MAX:
+        out: list[PointId] = list(ints)  # plain in-range ints, the common case: no per-id call
     else:
         out = [check_id(i, limits) for i in given]
     if len(out) > limits.max_batch:
