@@ -13,6 +13,7 @@ BENCHMARKS = {
     "load": "bench.load",
     "tenants": "bench.tenants",
     "ingest": "bench.ingest",
+    "compare": "bench.compare",
 }
 
 

@@ -1,0 +1,624 @@
+"""Lamina against the libraries and databases a Python team would pick instead, same data, same run.
+
+``python -m bench compare`` (kernel-docs-minilm: 60,000 x 384 real embeddings, 300 queries;
+``--dataset synthetic --rows N --dim D`` for generated data; ``--systems a,b`` for a subset).
+
+Every system runs in its own process (its memory is its own) with a time limit, through the
+same measuring code: durable ingest time (1,000-row batches, with a payload ``bucket = row % 100``),
+index build time, recall@10 against exact ground truth, QPS with 1 and 2 client threads and p50 /
+p99 latency, unfiltered and with the 1%-selective filter ``bucket == 7`` (its own exact ground
+truth), resident memory over the process's baseline after imports, and size on disk. Graph
+indexes share M = 16 and ef_construction = 200 and are measured at each search width in
+``EF_SWEEP``; the table reports the narrowest one reaching recall@10 >= 0.95 (the curve is in
+the plot). A system that cannot be installed or run is reported with its error, not dropped.
+
+Systems: Lamina embedded and over gRPC (a ``lamina serve`` process on localhost), raw hnswlib and
+faiss (in-memory libraries, the ceiling: no durability, no payloads), Chroma (PersistentClient),
+Qdrant (qdrant-client local mode: an in-process Python implementation with exact search, not the
+Rust server), LanceDB without an index (exact scan) and with IVF-PQ, Milvus Lite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import RESULTS, machine, rss_mb
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kernel-docs-minilm"
+SYSTEMS = [
+    "lamina",
+    "lamina-grpc",
+    "hnswlib",
+    "faiss",
+    "chroma",
+    "qdrant-local",
+    "lancedb",
+    "lancedb-ivfpq",
+    "milvus-lite",
+]
+M, EF_CONSTRUCTION = 16, 200
+EF_SWEEP = [16, 32, 64, 128, 256]
+K = 10
+BATCH = 1_000
+FILTER_BUCKET = 7  # bucket = row % 100: 1% of the rows
+TARGET_RECALL = 0.95
+
+
+# ------------------------------------------------------------------ data
+def prepare(work: Path, dataset: str, rows: int, dim: int, queries: int) -> dict[str, Any]:
+    """Write base, queries and exact ground truth (unfiltered and filtered) to ``work``."""
+    if dataset == "kernel-docs":
+        base = np.load(DATA / "base.f16.npy").astype(np.float32)
+        qs = np.load(DATA / "queries.f16.npy").astype(np.float32)[:queries]
+        if rows and rows < base.shape[0]:
+            base = base[:rows]
+    else:
+        rng = np.random.default_rng(0)
+        centres = rng.standard_normal((256, dim)).astype(np.float32)
+        base = centres[rng.integers(0, 256, rows)] + 0.4 * rng.standard_normal((rows, dim)).astype(np.float32)
+        qs = centres[rng.integers(0, 256, queries)] + 0.4 * rng.standard_normal((queries, dim)).astype(
+            np.float32
+        )
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    scores = qs @ base.T
+    gt = np.argsort(-scores, axis=1)[:, :K]
+    subset = np.flatnonzero(np.arange(base.shape[0]) % 100 == FILTER_BUCKET)
+    gt_f = subset[np.argsort(-scores[:, subset], axis=1)[:, :K]]
+    for name, arr in (("base", base), ("queries", qs), ("gt", gt), ("gt_filtered", gt_f)):
+        np.save(work / f"{name}.npy", arr)
+    return {
+        "dataset": dataset,
+        "rows": int(base.shape[0]),
+        "dim": int(base.shape[1]),
+        "queries": int(qs.shape[0]),
+    }
+
+
+def folder_mb(path: Path) -> float:
+    if path.is_file():
+        return path.stat().st_size / 2**20
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+# ------------------------------------------------------------------ systems
+class System:
+    """One system under test. ``search`` answers row numbers; ``width`` is its knob (ef, nprobes)."""
+
+    widths: list[int | None] = [None]
+    durable = True
+    note = ""
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        self.folder = folder
+        self.dim = dim
+
+    def ingest(self, ids: np.ndarray, vectors: np.ndarray, buckets: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def build(self) -> None:
+        """Make the index searchable at full quality (a no-op where ingest already did)."""
+
+    def set_width(self, width: int | None) -> None:
+        pass
+
+    def search(self, query: np.ndarray, filtered: bool) -> list[int]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def server_pid(self) -> int | None:
+        return None
+
+
+class Lamina(System):
+    widths = [*EF_SWEEP]
+    note = "HNSW m 16 / ef_c 200, vectors reranked from disk"
+
+    def __init__(self, folder: Path, dim: int, remote: bool = False) -> None:
+        super().__init__(folder, dim)
+        import lamina
+        from lamina.testing import ServerProcess
+
+        self.server = ServerProcess(folder / "data") if remote else None
+        self.db = lamina.connect(self.server.address if self.server else str(folder / "data"))
+        index = {"type": "hnsw", "m": M, "ef_construction": EF_CONSTRUCTION}
+        self.col = self.db.create_collection("bench", dim=dim, metric="cosine", index=index)
+        self.col.create_payload_index("bucket", "int")
+        self.ef: int | None = None
+
+    def ingest(self, ids: np.ndarray, vectors: np.ndarray, buckets: np.ndarray) -> None:
+        self.col.upsert(ids.tolist(), vectors, [{"bucket": int(b)} for b in buckets])
+
+    def build(self) -> None:
+        self.col.optimize()
+
+    def set_width(self, width: int | None) -> None:
+        self.ef = width
+
+    def search(self, query: np.ndarray, filtered: bool) -> list[int]:
+        flt = {"bucket": FILTER_BUCKET} if filtered else None
+        return [int(h.id) for h in self.col.search(query, K, flt, with_payload=False, ef=self.ef)]
+
+    def close(self) -> None:
+        self.db.close()
+        if self.server:
+            self.server.terminate()
+
+    def server_pid(self) -> int | None:
+        return self.server.proc.pid if self.server else None
+
+
+class Hnswlib(System):
+    widths = [*EF_SWEEP]
+    durable = False
+    note = "in-memory library; filter by a Python callback"
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        super().__init__(folder, dim)
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.buckets = np.zeros(0, np.int64)
+
+    def ingest(self, ids: np.ndarray, vectors: np.ndarray, buckets: np.ndarray) -> None:
+        self.parts.append((ids, np.array(vectors)))
+        self.buckets = np.concatenate([self.buckets, buckets])
+
+    def build(self) -> None:
+        import hnswlib
+
+        n = sum(p[0].size for p in self.parts)
+        self.index = hnswlib.Index(space="ip", dim=self.dim)
+        self.index.init_index(max_elements=n, M=M, ef_construction=EF_CONSTRUCTION)
+        for ids, vecs in self.parts:
+            self.index.add_items(vecs, ids, num_threads=2)
+        self.parts.clear()
+        self.index.save_index(str(self.folder / "index.hnsw"))
+        self.allowed = set(np.flatnonzero(self.buckets == FILTER_BUCKET).tolist())
+
+    def set_width(self, width: int | None) -> None:
+        self.index.set_ef(width or 64)
+
+    def search(self, query: np.ndarray, filtered: bool) -> list[int]:
+        flt = self.allowed.__contains__ if filtered else None
+        labels, _ = self.index.knn_query(query, k=K, num_threads=1, filter=flt)
+        return labels[0].tolist()
+
+
+class Faiss(System):
+    widths = [*EF_SWEEP]
+    durable = False
+    note = "in-memory library; filter by an id selector"
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        super().__init__(folder, dim)
+        import faiss
+
+        self.faiss = faiss
+        self.index = faiss.IndexHNSWFlat(dim, M, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = EF_CONSTRUCTION
+        self.parts: list[np.ndarray] = []
+        self.buckets: list[np.ndarray] = []
+
+    def ingest(self, ids: np.ndarray, vectors: np.ndarray, buckets: np.ndarray) -> None:
+        self.parts.append(np.array(vectors))
+        self.buckets.append(buckets)
+
+    def build(self) -> None:
+        self.index.add(np.concatenate(self.parts))
+        self.parts.clear()
+        self.faiss.write_index(self.index, str(self.folder / "index.faiss"))
+        allowed = np.flatnonzero(np.concatenate(self.buckets) == FILTER_BUCKET).astype(np.int64)
+        self.selector = self.faiss.IDSelectorBatch(allowed)
+
+    def set_width(self, width: int | None) -> None:
+        self.ef = width or 64
+
+    def search(self, query: np.ndarray, filtered: bool) -> list[int]:
+        params = self.faiss.SearchParametersHNSW(efSearch=self.ef)
+        if filtered:
+            params.sel = self.selector
+        _, labels = self.index.search(query[None, :], K, params=params)
+        return [int(x) for x in labels[0] if x >= 0]
+
+
+class Chroma(System):
+    widths = [*EF_SWEEP]
+    note = "PersistentClient, HNSW max_neighbors 16 / ef_construction 200"
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        super().__init__(folder, dim)
+        import chromadb
+
+        self.client = chromadb.PersistentClient(path=str(folder / "chroma"))
+        hnsw = {"space": "cosine", "max_neighbors": M, "ef_construction": EF_CONSTRUCTION, "ef_search": 64}
+        self.col = self.client.create_collection("bench", configuration={"hnsw": hnsw})
+
+    def ingest(self, ids: np.ndarray, vectors: np.ndarray, buckets: np.ndarray) -> None:
+        self.col.add(
+            ids=[str(i) for i in ids], embeddings=vectors, metadatas=[{"bucket": int(b)} for b in buckets]
+        )
+
+    def set_width(self, width: int | None) -> None:
+        self.col.modify(configuration={"hnsw": {"ef_search": width or 64}})
+
+    def search(self, query: np.ndarray, filtered: bool) -> list[int]:
+        where = {"bucket": FILTER_BUCKET} if filtered else None
+        found = self.col.query(query_embeddings=[query], n_results=K, where=where, include=[])
+        return [int(i) for i in found["ids"][0]]
+
+
+class QdrantLocal(System):
+    note = "qdrant-client local mode (Python, exact search), not the Qdrant server"
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        super().__init__(folder, dim)
+        from qdrant_client import QdrantClient, models
+
+        self.models = models
+        self.client = QdrantClient(path=str(folder / "qdrant"))
+        params = models.VectorParams(size=dim, distance=models.Distance.COSINE)
+        self.client.create_collection("bench", vectors_config=params)
+        match = models.MatchValue(value=FILTER_BUCKET)
+        self.filter = models.Filter(must=[models.FieldCondition(key="bucket", match=match)])
+
+    def ingest(self, ids: np.ndarray, vectors: np.ndarray, buckets: np.ndarray) -> None:
+        batch = self.models.Batch(
+            ids=ids.tolist(), vectors=vectors.tolist(), payloads=[{"bucket": int(b)} for b in buckets]
+        )
+        self.client.upsert("bench", points=batch)
+
+    def search(self, query: np.ndarray, filtered: bool) -> list[int]:
+        found = self.client.query_points(
+            "bench", query=query.tolist(), limit=K, query_filter=self.filter if filtered else None
+        )
+        return [int(p.id) for p in found.points]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class Lance(System):
+    note = "no index: exact scan"
+
+    def __init__(self, folder: Path, dim: int, ann: bool = False) -> None:
+        super().__init__(folder, dim)
+        import lancedb
+
+        self.db = lancedb.connect(str(folder / "lance"))
+        self.table: Any = None
+        self.ann = ann
+        self.nprobes: int | None = None
+        if ann:
+            self.widths = [10, 20, 40, 80]
+            self.note = "IVF-PQ (sqrt(n) partitions, dim/8 sub-vectors), refine 10x"
+
+    def ingest(self, ids: np.ndarray, vectors: np.ndarray, buckets: np.ndarray) -> None:
+        import pyarrow as pa
+
+        batch = pa.table(
+            {
+                "id": pa.array(ids, pa.int64()),
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(vectors.ravel(), pa.float32()), self.dim
+                ),
+                "bucket": pa.array(buckets, pa.int64()),
+            }
+        )
+        if self.table is None:
+            self.table = self.db.create_table("bench", data=batch)
+        else:
+            self.table.add(batch)
+
+    def build(self) -> None:
+        self.table.create_scalar_index("bucket")
+        if self.ann:
+            rows = self.table.count_rows()
+            self.table.create_index(
+                metric="cosine",
+                index_type="IVF_PQ",
+                num_partitions=max(1, int(np.sqrt(rows))),
+                num_sub_vectors=max(1, self.dim // 8),
+            )
+
+    def set_width(self, width: int | None) -> None:
+        self.nprobes = width
+
+    def search(self, query: np.ndarray, filtered: bool) -> list[int]:
+        q = self.table.search(query).metric("cosine").limit(K).select(["id"])
+        if self.ann:
+            q = q.nprobes(self.nprobes or 20).refine_factor(10)
+        if filtered:
+            q = q.where(f"bucket = {FILTER_BUCKET}", prefilter=True)
+        return [int(i) for i in q.to_arrow()["id"].to_pylist()]
+
+
+class MilvusLite(System):
+    widths = [*EF_SWEEP]
+    note = "Milvus Lite (local file), HNSW M 16 / efConstruction 200"
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        super().__init__(folder, dim)
+        from pymilvus import DataType, MilvusClient
+
+        self.client = MilvusClient(str(folder / "milvus.db"))
+        schema = self.client.create_schema(auto_id=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("bucket", DataType.INT64)
+        index = self.client.prepare_index_params()
+        hnsw = {"M": M, "efConstruction": EF_CONSTRUCTION}
+        index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE", params=hnsw)
+        self.client.create_collection("bench", schema=schema, index_params=index)
+        self.ef = 64
+
+    def ingest(self, ids: np.ndarray, vectors: np.ndarray, buckets: np.ndarray) -> None:
+        rows = [
+            {"id": int(i), "vector": v.tolist(), "bucket": int(b)}
+            for i, v, b in zip(ids, vectors, buckets, strict=True)
+        ]
+        self.client.insert("bench", rows)
+
+    def build(self) -> None:
+        self.client.flush("bench")
+
+    def set_width(self, width: int | None) -> None:
+        self.ef = width or 64
+
+    def search(self, query: np.ndarray, filtered: bool) -> list[int]:
+        found = self.client.search(
+            "bench",
+            data=[query.tolist()],
+            limit=K,
+            filter=f"bucket == {FILTER_BUCKET}" if filtered else "",
+            output_fields=["id"],
+            search_params={"params": {"ef": self.ef}},
+        )
+        return [int(h["id"]) for h in found[0]]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make(system: str, folder: Path, dim: int) -> System:
+    makers: dict[str, Callable[[], System]] = {
+        "lamina": lambda: Lamina(folder, dim),
+        "lamina-grpc": lambda: Lamina(folder, dim, remote=True),
+        "hnswlib": lambda: Hnswlib(folder, dim),
+        "faiss": lambda: Faiss(folder, dim),
+        "chroma": lambda: Chroma(folder, dim),
+        "qdrant-local": lambda: QdrantLocal(folder, dim),
+        "lancedb": lambda: Lance(folder, dim),
+        "lancedb-ivfpq": lambda: Lance(folder, dim, ann=True),
+        "milvus-lite": lambda: MilvusLite(folder, dim),
+    }
+    return makers[system]()
+
+
+# ------------------------------------------------------------------ measuring (in the worker)
+def _recall(found: list[list[int]], truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f[:K]) & set(t.tolist())) / K for f, t in zip(found, truth, strict=True)]))
+
+
+def _measure(sut: System, queries: np.ndarray, truth: np.ndarray, filtered: bool) -> dict[str, Any]:
+    """Recall, 1-thread latencies and QPS, and 2-thread QPS over every query."""
+    sut.search(queries[0], filtered)  # warm up
+    lat = np.empty(queries.shape[0])
+    found = []
+    started = time.perf_counter()
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        found.append(sut.search(q, filtered))
+        lat[i] = (time.perf_counter() - t0) * 1000
+    qps1 = queries.shape[0] / (time.perf_counter() - started)
+    with ThreadPoolExecutor(2) as pool:
+        started = time.perf_counter()
+        list(pool.map(lambda q: sut.search(q, filtered), queries))
+        qps2 = queries.shape[0] / (time.perf_counter() - started)
+    return {
+        "recall": _recall(found, truth),
+        "qps1": qps1,
+        "qps2": qps2,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def worker(system: str, work: Path, budget: float) -> dict[str, Any]:
+    """Run one system start to end in this process; answers its measurements."""
+    import psutil
+
+    started = time.monotonic()
+    folder = work / system
+    folder.mkdir()
+    dim = int(np.load(work / "queries.npy", mmap_mode="r").shape[1])
+    sut = make(system, folder, dim)
+    pid = sut.server_pid()
+    proc = psutil.Process(pid) if pid else None
+    baseline = proc.memory_info().rss / 2**20 if proc else rss_mb()
+    base = np.load(work / "base.npy")
+    buckets = np.arange(base.shape[0]) % 100
+    t0 = time.perf_counter()
+    for lo in range(0, base.shape[0], BATCH):
+        ids = np.arange(lo, min(lo + BATCH, base.shape[0]))
+        sut.ingest(ids, base[lo : lo + BATCH], buckets[lo : lo + BATCH])
+    ingest_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sut.build()
+    build_s = time.perf_counter() - t0
+    del base
+    gc.collect()
+    queries = np.load(work / "queries.npy")
+    truth, truth_f = np.load(work / "gt.npy"), np.load(work / "gt_filtered.npy")
+    curve = []
+    for width in sut.widths:
+        sut.set_width(width)
+        curve.append({"width": width, **_measure(sut, queries, truth, False)})
+        if curve[-1]["recall"] >= 0.995 or time.monotonic() - started > budget * 0.6:
+            break  # wider only costs time from here
+    chosen = next((c for c in curve if c["recall"] >= TARGET_RECALL), curve[-1])
+    sut.set_width(chosen["width"])
+    filtered = _measure(sut, queries, truth_f, True)
+    memory = (proc.memory_info().rss / 2**20 if proc else rss_mb()) - baseline
+    sut.close()
+    return {
+        "system": system,
+        "note": sut.note,
+        "durable": sut.durable,
+        "ingest_s": ingest_s,
+        "build_s": build_s,
+        "memory_mb": memory,
+        "disk_mb": folder_mb(folder),
+        "curve": curve,
+        "chosen": chosen,
+        "filtered": filtered,
+    }
+
+
+# ------------------------------------------------------------------ driver
+def run_one(system: str, work: Path, limit: float) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "compare",
+        "--worker",
+        system,
+        "--work",
+        str(work),
+        "--limit",
+        str(limit),
+    ]
+    started = time.monotonic()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return {"system": system, "error": f"did not finish within the {limit:.0f} s limit"}
+    finally:
+        shutil.rmtree(work / system, ignore_errors=True)
+    if done.returncode != 0:
+        tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
+        return {"system": system, "error": f"failed (exit {done.returncode}): {tail[0][:300]}"}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.monotonic() - started
+    return dict(result)
+
+
+def markdown(results: list[dict[str, Any]], params: dict[str, Any]) -> str:
+    base = next((r for r in results if r["system"] == "lamina" and "error" not in r), None)
+    head = (
+        "| system | ingest s (durable) | build s | recall@10 | width | QPS 1 thr | QPS 2 thr | p50 ms | p99 ms "
+        "| filtered 1%: recall / QPS / p99 ms | memory MB | disk MB | QPS vs Lamina |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['system']} | {r['error']} |" + " |" * 11)
+            continue
+        c, f = r["chosen"], r["filtered"]
+        ratio = f"{c['qps1'] / base['chosen']['qps1']:.2f}x" if base else "-"
+        ingest = f"{r['ingest_s']:.1f}" if r["durable"] else f"({r['ingest_s']:.1f}, in memory)"
+        lines.append(
+            f"| {r['system']} | {ingest} | {r['build_s']:.1f} | {c['recall']:.3f} | {c['width'] or '-'} | "
+            f"{c['qps1']:,.0f} | {c['qps2']:,.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | "
+            f"{f['recall']:.3f} / {f['qps1']:,.0f} / {f['p99_ms']:.2f} | {r['memory_mb']:,.0f} | "
+            f"{r['disk_mb']:,.0f} | {ratio} |"
+        )
+    notes = [f"- {r['system']}: {r['note']}" for r in results if r.get("note")]
+    setup = (
+        f"{params['dataset']}, {params['rows']:,} x {params['dim']}, {params['queries']} queries, k = {K}; "
+        f"width = HNSW ef (or LanceDB nprobes), the narrowest reaching recall@10 >= {TARGET_RECALL}"
+    )
+    return "\n".join([setup, "", *lines, "", *notes])
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
+    from bench.common import _pyplot
+
+    plt = _pyplot()
+    if plt is None:
+        return None
+    ok = [r for r in results if "error" not in r]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for r in ok:
+        style = "-o" if r["system"].startswith("lamina") else "--s"
+        left.plot(
+            [c["recall"] for c in r["curve"]], [c["qps1"] for c in r["curve"]], style, label=r["system"]
+        )
+    left.set_xlabel("recall@10")
+    left.set_ylabel("QPS, 1 client thread")
+    left.set_yscale("log")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    right.barh([r["system"] for r in ok], [max(r["memory_mb"], 0.0) for r in ok], color="#4a7ab5")
+    right.set_xlabel("resident memory over the process baseline, MB")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=["kernel-docs", "synthetic"], default="kernel-docs")
+    parser.add_argument("--rows", type=int, default=0, help="kernel-docs: first N rows (default all 60,000)")
+    parser.add_argument("--dim", type=int, default=128, help="synthetic only")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    parser.add_argument("--limit", type=float, default=150.0, help="seconds each system may take")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON, markdown and PNG")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, Path(args.work), args.limit)))
+        return 0
+    if args.dataset == "synthetic" and not args.rows:
+        args.rows = 100_000
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown systems {unknown}; choose from {SYSTEMS}")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        params = prepare(work, args.dataset, args.rows, args.dim, args.queries)
+        print(f"data: {params}", file=sys.stderr)
+        for system in systems:
+            print(f"{system} ...", file=sys.stderr, flush=True)
+            result = run_one(system, work, args.limit)
+            results.append(result)
+            if "error" in result:
+                print(f"  {result['error']}", file=sys.stderr)
+            else:
+                c = result["chosen"]
+                print(
+                    f"  recall {c['recall']:.3f} at width {c['width']}, {c['qps1']:,.0f} QPS, "
+                    f"ingest {result['ingest_s']:.1f} s, build {result['build_s']:.1f} s, "
+                    f"{result['memory_mb']:,.0f} MB ({result['wall_s']:.0f} s)",
+                    file=sys.stderr,
+                )
+    table = markdown(results, params)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y-%m-%d')}-compare-{params['dataset']}"
+    (out / f"{stem}.json").write_text(
+        json.dumps({"params": params, "machine": machine(), "results": results}, indent=2)
+    )
+    (out / f"{stem}.md").write_text(table + "\n")
+    png = plot(results, out / f"{stem}.png")
+    print(f"wrote {out / stem}.json/.md" + (f" and {png}" if png else ""), file=sys.stderr)
+    return 0
