@@ -61,6 +61,10 @@ TARGET_RECALL = 0.95
 def prepare(work: Path, dataset: str, rows: int, dim: int, queries: int) -> dict[str, Any]:
     """Write base, queries and exact ground truth (unfiltered and filtered) to ``work``."""
     if dataset == "kernel-docs":
+        if not (DATA / "base.f16.npy").exists():
+            raise SystemExit(
+                f"{DATA} has no kernel-docs-minilm data (../shared/data); use --dataset synthetic"
+            )
         base = np.load(DATA / "base.f16.npy").astype(np.float32)
         qs = np.load(DATA / "queries.f16.npy").astype(np.float32)[:queries]
         if rows and rows < base.shape[0]:

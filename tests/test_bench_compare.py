@@ -12,10 +12,10 @@ from bench import compare
 
 def test_compare_measures_each_system_against_exact_ground_truth(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    argv = ["--rows", "3000", "--queries", "30", "--systems", "lamina,hnswlib,faiss", "--out", str(out)]
-    assert compare.main(argv) == 0
-    report = json.loads(next(out.glob("*-compare-kernel-docs.json")).read_text())
-    assert report["params"] == {"dataset": "kernel-docs", "rows": 3000, "dim": 384, "queries": 30}
+    argv = ["--dataset", "synthetic", "--rows", "3000", "--dim", "48", "--queries", "30"]
+    assert compare.main([*argv, "--systems", "lamina,hnswlib,faiss", "--out", str(out)]) == 0
+    report = json.loads(next(out.glob("*-compare-synthetic.json")).read_text())
+    assert report["params"] == {"dataset": "synthetic", "rows": 3000, "dim": 48, "queries": 30}
     results = {r["system"]: r for r in report["results"]}
     assert set(results) == {"lamina", "hnswlib", "faiss"}
     for name, r in results.items():
