@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS, machine, rss_mb
+from bench.common import RESULTS, machine
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kernel-docs-minilm"
 SYSTEMS = [
@@ -93,6 +93,15 @@ def prepare(work: Path, dataset: str, rows: int, dim: int, queries: int) -> dict
         "dim": int(base.shape[1]),
         "queries": int(qs.shape[0]),
     }
+
+
+def resident_mb(pid: int | None = None) -> tuple[float, float]:
+    """(anonymous, file-backed) resident memory of a process in MB: file-backed pages (memory
+    maps, libraries) are the OS's to drop under pressure, anonymous ones are not."""
+    status = Path(f"/proc/{pid or 'self'}/status").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in status if ":" in line)
+    anon, file = (int(fields.get(k, "0 kB").split()[0]) / 1024 for k in ("RssAnon", "RssFile"))
+    return anon, file
 
 
 def folder_mb(path: Path) -> float:
@@ -463,16 +472,13 @@ def _measure(sut: System, queries: np.ndarray, truth: np.ndarray, filtered: bool
 
 def worker(system: str, work: Path, budget: float) -> dict[str, Any]:
     """Run one system start to end in this process; answers its measurements."""
-    import psutil
-
     started = time.monotonic()
     folder = work / system
     folder.mkdir()
     dim = int(np.load(work / "queries.npy", mmap_mode="r").shape[1])
     sut = make(system, folder, dim)
     pid = sut.server_pid()
-    proc = psutil.Process(pid) if pid else None
-    baseline = proc.memory_info().rss / 2**20 if proc else rss_mb()
+    baseline = resident_mb(pid)
     base = np.load(work / "base.npy")
     buckets = np.arange(base.shape[0]) % 100
     t0 = time.perf_counter()
@@ -496,7 +502,7 @@ def worker(system: str, work: Path, budget: float) -> dict[str, Any]:
     chosen = next((c for c in curve if c["recall"] >= TARGET_RECALL), curve[-1])
     sut.set_width(chosen["width"])
     filtered = _measure(sut, queries, truth_f, True)
-    memory = (proc.memory_info().rss / 2**20 if proc else rss_mb()) - baseline
+    anon, file = (now - before for now, before in zip(resident_mb(pid), baseline, strict=True))
     sut.close()
     return {
         "system": system,
@@ -504,7 +510,9 @@ def worker(system: str, work: Path, budget: float) -> dict[str, Any]:
         "durable": sut.durable,
         "ingest_s": ingest_s,
         "build_s": build_s,
-        "memory_mb": memory,
+        "memory_mb": anon + file,
+        "memory_anon_mb": anon,
+        "memory_file_mb": file,
         "disk_mb": folder_mb(folder),
         "curve": curve,
         "chosen": chosen,
@@ -545,7 +553,7 @@ def markdown(results: list[dict[str, Any]], params: dict[str, Any]) -> str:
     base = next((r for r in results if r["system"] == "lamina" and "error" not in r), None)
     head = (
         "| system | ingest s (durable) | build s | recall@10 | width | QPS 1 thr | QPS 2 thr | p50 ms | p99 ms "
-        "| filtered 1%: recall / QPS / p99 ms | memory MB | disk MB | QPS vs Lamina |"
+        "| filtered 1%: recall / QPS / p99 ms | memory MB (anon + file) | disk MB | QPS vs Lamina |"
     )
     lines = [head, "|" + "---|" * 13]
     for r in results:
@@ -559,7 +567,8 @@ def markdown(results: list[dict[str, Any]], params: dict[str, Any]) -> str:
         lines.append(
             f"| {r['system']} | {ingest} | {r['build_s']:.1f} | {c['recall']:.3f}{some(c)} | "
             f"{c['width'] or '-'} | {c['qps1']:,.0f} | {c['qps2']:,.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | "
-            f"{f['recall']:.3f}{some(f)} / {f['qps1']:,.0f} / {f['p99_ms']:.2f} | {r['memory_mb']:,.0f} | "
+            f"{f['recall']:.3f}{some(f)} / {f['qps1']:,.0f} / {f['p99_ms']:.2f} | {r['memory_mb']:,.0f} "
+            f"({r.get('memory_anon_mb', 0):,.0f} + {r.get('memory_file_mb', 0):,.0f}) | "
             f"{r['disk_mb']:,.0f} | {ratio} |"
         )
     notes = [f"- {r['system']}: {r['note']}" for r in results if r.get("note")]

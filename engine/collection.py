@@ -15,6 +15,7 @@ top-k of each; readers never wait for a build.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -90,6 +91,24 @@ _READ_ATTEMPTS = 3  # see Collection._read
 T = TypeVar("T")
 
 log = logging.getLogger("lamina.engine")
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_heap() -> None:
+    """Return freed heap memory to the OS. glibc keeps the blocks the write path frees (a
+    1,000-row batch allocates megabytes) inside the heap; after a burst of sealing that was
+    36 MB of 240 resident for 60,000 x 384 vectors (bench/README.md, compare)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def build_threads() -> int:
@@ -1224,6 +1243,7 @@ class Collection:
                 while self._optimize_step():
                     pass
                 self._error = ""
+                release_heap()  # a burst of seals and merges is over: give its garbage back
             except BuildStopped:
                 log.info("closing %r: the index build in progress was stopped", self.name)
             except Exception as exc:  # keep serving from what is sealed; info() shows the error
