@@ -580,29 +580,39 @@ def markdown(results: list[dict[str, Any]], params: dict[str, Any]) -> str:
     return "\n".join([setup, "", *lines, "", *notes])
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
+def plot(results: list[dict[str, Any]], stem: Path) -> list[Path]:
+    """``<stem>-recall-qps.png`` (recall@10 against QPS at each width, log scale) and
+    ``<stem>-memory.png`` (anonymous and file-backed memory per system)."""
     from bench.common import _pyplot
 
     plt = _pyplot()
     if plt is None:
-        return None
+        return []
     ok = [r for r in results if "error" not in r]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     for r in ok:
         style = "-o" if r["system"].startswith("lamina") else "--s"
-        left.plot(
-            [c["recall"] for c in r["curve"]], [c["qps1"] for c in r["curve"]], style, label=r["system"]
-        )
-    left.set_xlabel("recall@10")
-    left.set_ylabel("QPS, 1 client thread")
-    left.set_yscale("log")
-    left.grid(alpha=0.3)
-    left.legend(fontsize=8)
-    right.barh([r["system"] for r in ok], [max(r["memory_mb"], 0.0) for r in ok], color="#4a7ab5")
-    right.set_xlabel("resident memory over the process baseline, MB")
+        ax.plot([c["recall"] for c in r["curve"]], [c["qps1"] for c in r["curve"]], style, label=r["system"])
+    ax.set_xlabel("recall@10")
+    ax.set_ylabel("QPS, 1 client thread")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return path
+    curves = stem.with_name(stem.name + "-recall-qps.png")
+    fig.savefig(curves, dpi=90)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    names = [r["system"] for r in ok]
+    anon = [max(r.get("memory_anon_mb", r["memory_mb"]), 0.0) for r in ok]
+    file = [max(r.get("memory_file_mb", 0.0), 0.0) for r in ok]
+    ax.barh(names, anon, color="#4a7ab5", label="anonymous")
+    ax.barh(names, file, left=anon, color="#9bb8dc", label="file-backed (memory maps)")
+    ax.set_xlabel("resident memory over the process baseline after imports, MB")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    memory = stem.with_name(stem.name + "-memory.png")
+    fig.savefig(memory, dpi=90)
+    return [curves, memory]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -612,7 +622,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=128, help="synthetic only")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
-    parser.add_argument("--limit", type=float, default=240.0, help="seconds each system may take")
+    parser.add_argument("--limit", type=float, default=240.0, help="seconds one system may take at most")
+    parser.add_argument(
+        "--budget", type=float, default=840.0, help="seconds for the whole run (default 14 minutes)"
+    )
     parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON, markdown and PNG")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -631,9 +644,13 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         params = prepare(work, args.dataset, args.rows, args.dim, args.queries)
         print(f"data: {params}", file=sys.stderr)
-        for system in systems:
-            print(f"{system} ...", file=sys.stderr, flush=True)
-            result = run_one(system, work, args.limit)
+        began = time.monotonic()
+        for i, system in enumerate(systems):
+            # every system after this one keeps at least 30 s of the budget
+            left = args.budget - (time.monotonic() - began) - 30 * (len(systems) - i - 1)
+            limit = max(30.0, min(args.limit, left))
+            print(f"{system} (limit {limit:.0f} s) ...", file=sys.stderr, flush=True)
+            result = run_one(system, work, limit)
             results.append(result)
             if "error" in result:
                 print(f"  {result['error']}", file=sys.stderr)
@@ -649,11 +666,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y-%m-%d')}-compare-{params['dataset']}"
+    stem = f"{time.strftime('%Y-%m-%d')}-{params['dataset']}"
     (out / f"{stem}.json").write_text(
         json.dumps({"params": params, "machine": machine(), "results": results}, indent=2)
     )
     (out / f"{stem}.md").write_text(table + "\n")
-    png = plot(results, out / f"{stem}.png")
-    print(f"wrote {out / stem}.json/.md" + (f" and {png}" if png else ""), file=sys.stderr)
+    pngs = plot(results, out / stem)
+    print(f"wrote {out / stem}.json, .md" + "".join(f", {p.name}" for p in pngs), file=sys.stderr)
     return 0
