@@ -120,21 +120,28 @@ def _pyplot() -> Any:
 
 def plot_curves(name: str, rows: list[Row]) -> Path | None:
     """Recall@10 against QPS (log scale), one line per system, to results/<date>-<name>.png."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for r in sorted(rows, key=lambda r: r.recall or 0.0):
+        curves.setdefault(r.system, []).append((r.recall or 0.0, r.rate))
+    path = RESULTS / f"{time.strftime('%Y-%m-%d')}-{name}.png"
+    return recall_qps_plot(curves, path, "QPS, 1 thread, 1 query per call")
+
+
+def recall_qps_plot(curves: dict[str, list[tuple[float, float]]], path: Path, ylabel: str) -> Path | None:
+    """One line per system through its (recall@10, QPS) points, QPS on a log scale; Lamina solid."""
     plt = _pyplot()
     if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for system in dict.fromkeys(r.system for r in rows):
-        sel = sorted((r for r in rows if r.system == system), key=lambda r: r.recall or 0.0)
+    for system, points in curves.items():
         style = "-o" if system.startswith("lamina") else "--s"
-        ax.plot([r.recall for r in sel], [r.rate for r in sel], style, label=system, markersize=4)
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=system, markersize=4)
     ax.set_xlabel("recall@10")
-    ax.set_ylabel("QPS, 1 thread, 1 query per call")
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = RESULTS / f"{time.strftime('%Y-%m-%d')}-{name}.png"
     fig.savefig(path, dpi=90)
     return path
 

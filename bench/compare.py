@@ -583,24 +583,15 @@ def markdown(results: list[dict[str, Any]], params: dict[str, Any]) -> str:
 def plot(results: list[dict[str, Any]], stem: Path) -> list[Path]:
     """``<stem>-recall-qps.png`` (recall@10 against QPS at each width, log scale) and
     ``<stem>-memory.png`` (anonymous and file-backed memory per system)."""
-    from bench.common import _pyplot
+    from bench.common import _pyplot, recall_qps_plot
 
     plt = _pyplot()
     if plt is None:
         return []
     ok = [r for r in results if "error" not in r]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for r in ok:
-        style = "-o" if r["system"].startswith("lamina") else "--s"
-        ax.plot([c["recall"] for c in r["curve"]], [c["qps1"] for c in r["curve"]], style, label=r["system"])
-    ax.set_xlabel("recall@10")
-    ax.set_ylabel("QPS, 1 client thread")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     curves = stem.with_name(stem.name + "-recall-qps.png")
-    fig.savefig(curves, dpi=90)
+    points = {r["system"]: [(c["recall"], c["qps1"]) for c in r["curve"]] for r in ok}
+    recall_qps_plot(points, curves, "QPS, 1 client thread")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     names = [r["system"] for r in ok]
     anon = [max(r.get("memory_anon_mb", r["memory_mb"]), 0.0) for r in ok]
