@@ -1,9 +1,13 @@
-"""Sharded Lamina on Ray (first slice of issue 9): a collection split by id hash over shard actors.
+"""Sharded, replicated Lamina on Ray (issue 9, in progress): collections split by id hash over shard actors.
 
-Each shard is a Ray actor that owns an embedded Lamina (its own data directory, RocksDB, optimizer).
-``ShardedClient`` routes every write to the shard owning the id, sends reads by id to their shards,
-and scatters searches to every shard, merging the per-shard top-k into the global top-k. Ray places
-the actors and restarts them; no protocol of our own runs between them.
+Each shard is kept by ``replicas`` Ray actors, each owning an embedded Lamina (its own data directory,
+RocksDB, optimizer). ``ShardedClient`` routes every write to the shard owning the id and acknowledges it
+when every replica of that shard has applied it; reads by id go to one replica of their shard, and
+searches are scattered to one replica of every shard and merged into the global top-k. A read whose
+replica dies is sent to another replica of the shard. Ray places the actors and restarts a dead one
+(``max_restarts``) over its durable data directory; a write to a restarting replica is retried by Ray
+once it is back (writes are idempotent upserts and deletes), so both replicas hold every acknowledged
+write. No protocol of our own runs between the actors.
 
 Install with ``pip install "laminadb[ray]"``::
 
@@ -14,8 +18,8 @@ Install with ``pip install "laminadb[ray]"``::
     col.upsert(ids, vectors, payloads)
     hits = col.search(query, k=10, filter={"lang": "en"})
 
-Not yet here (issue 9 continues): replication and read failover, ``lamina serve --ray`` (the gRPC
-front end), Ray Data ingest, the capacity plan and the benchmark.
+Not yet here (issue 9 continues): ``lamina serve --ray`` (the gRPC front end), tenants, Ray Data
+ingest, the capacity plan and the benchmark.
 """
 
 from __future__ import annotations
@@ -84,37 +88,69 @@ class _Shard:
 
 
 class ShardedClient:
-    """A Lamina whose collections are split over ``shards`` Ray actors, each with a data
-    directory ``<root>/shard-<i>``. Call ``ray.init(...)`` first (a local or a remote cluster)."""
+    """A Lamina whose collections are split over ``shards`` shards of ``replicas`` Ray actors each,
+    with data directories ``<root>/shard-<i>/replica-<j>``. Call ``ray.init(...)`` first (a local
+    or a remote cluster)."""
 
-    def __init__(self, root: str | Path, shards: int = 2) -> None:
+    def __init__(self, root: str | Path, shards: int = 2, replicas: int = 1) -> None:
         if ray is None:
             raise InvalidArgument('sharding needs Ray: pip install "laminadb[ray]"')
         if not ray.is_initialized():
             raise InvalidArgument("call ray.init(...) before ShardedClient (a local or a cluster address)")
-        if shards < 1:
-            raise InvalidArgument(f"shards must be at least 1, got {shards}")
-        actor = ray.remote(_Shard)
-        self.shards = [actor.remote(str(Path(root) / f"shard-{i}")) for i in range(shards)]
+        if shards < 1 or replicas < 1:
+            raise InvalidArgument(f"shards and replicas must be at least 1, got {shards} and {replicas}")
+        # a dead actor is restarted over its data directory; its pending calls are sent again
+        actor = ray.remote(max_restarts=-1, max_task_retries=-1)(_Shard)
+        self.replicas: list[list[Any]] = [
+            [actor.remote(str(Path(root) / f"shard-{i}" / f"replica-{j}")) for j in range(replicas)]
+            for i in range(shards)
+        ]
+        self._turn = 0
 
     def create_collection(
         self, name: str, dim: int, metric: str = "cosine", **options: Any
     ) -> ShardedCollection:
-        """Create the collection on every shard (options as ``Client.create_collection``)."""
-        ray.get([s.create_collection.remote(name, dim, metric, options) for s in self.shards])
+        """Create the collection on every replica of every shard (options as ``Client.create_collection``)."""
+        ray.get([r.create_collection.remote(name, dim, metric, options) for rs in self.replicas for r in rs])
         return ShardedCollection(self, name, dim, metric)
 
+    def write(self, shard: int, method: str, *args: Any) -> Any:
+        """Apply a write on every replica of ``shard``; the answer once all have applied it."""
+        return ray.get([getattr(r, method).remote(*args) for r in self.replicas[shard]])[0]
+
+    def read(self, shard: int, method: str, *args: Any) -> Any:
+        """A read on one replica of ``shard`` (taking turns), on the next when that one is dead."""
+        replicas = self.replicas[shard]
+        self._turn += 1
+        for attempt in range(len(replicas)):
+            replica = replicas[(self._turn + attempt) % len(replicas)]
+            try:  # no retry on this replica: another one answers now
+                return ray.get(getattr(replica, method).options(max_task_retries=0).remote(*args))
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                if attempt == len(replicas) - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def read_all(self, method: str, *args: Any) -> list[Any]:
+        """``read`` on every shard, in parallel."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(self.replicas)) as pool:
+            return list(pool.map(lambda shard: self.read(shard, method, *args), range(len(self.replicas))))
+
     def close(self) -> None:
-        ray.get([s.close.remote() for s in self.shards])
-        for shard in self.shards:
-            ray.kill(shard)
+        ray.get([r.close.remote() for rs in self.replicas for r in rs])
+        for rs in self.replicas:
+            for replica in rs:
+                ray.kill(replica, no_restart=True)
 
 
 class ShardedCollection:
     """Writes go to the shard owning each id; searches go to every shard and are merged."""
 
     def __init__(self, client: ShardedClient, name: str, dim: int, metric: str) -> None:
-        self._shards = client.shards
+        self._client = client
+        self._count = len(client.replicas)
         self.name = name
         self.dim = dim
         self.metric = metric
@@ -123,25 +159,25 @@ class ShardedCollection:
         """Positions of ``ids`` per shard."""
         parts: dict[int, list[int]] = {}
         for pos, pid in enumerate(ids):
-            parts.setdefault(shard_of(pid, len(self._shards)), []).append(pos)
+            parts.setdefault(shard_of(pid, self._count), []).append(pos)
         return parts
 
     def upsert(
         self, ids: Sequence[PointId], vectors: Any, payloads: Sequence[Payload | None] | None = None
     ) -> int:
-        """Insert or replace points, each on its shard; every shard's part is atomic and durable
-        when this returns (a batch spanning shards is not atomic as a whole)."""
+        """Insert or replace points, each on its shard; every shard's part is atomic and durable on
+        every replica when this returns (a batch spanning shards is not atomic as a whole)."""
         id_list = check_ids(ids, _LIMITS)
         matrix = as_rows(vectors)
         if matrix.shape[0] != len(id_list):
             raise InvalidArgument(f"{len(id_list)} ids but {matrix.shape[0]} vectors: give one vector per id")
-        calls = []
+        written = 0
         for shard, pos in self._split(id_list).items():
             part = [payloads[p] for p in pos] if payloads is not None else None
-            calls.append(
-                self._shards[shard].upsert.remote(self.name, [id_list[p] for p in pos], matrix[pos], part)
+            written += self._client.write(
+                shard, "upsert", self.name, [id_list[p] for p in pos], matrix[pos], part
             )
-        return int(sum(ray.get(calls)))
+        return written
 
     def search(self, vector: Any, k: int = 10, filter: Filter | None = None, **options: Any) -> list[Hit]:
         """The global top ``k`` (options as ``Collection.search``)."""
@@ -152,12 +188,7 @@ class ShardedCollection:
     ) -> list[list[Hit]]:
         """Each shard answers its top ``k`` per query; the merge keeps the best ``k`` of them."""
         queries = as_rows(vectors, "query vectors")
-        parts = ray.get(
-            [
-                s.search_batch.remote(self.name, queries, k, {"filter": filter, **options})
-                for s in self._shards
-            ]
-        )
+        parts = self._client.read_all("search_batch", self.name, queries, k, {"filter": filter, **options})
         lower_is_better = self.metric == "l2"  # l2 scores are distances
         merged = []
         for per_query in zip(*parts, strict=True):
@@ -170,17 +201,15 @@ class ShardedCollection:
         """Points for ``ids`` in the order asked; missing ids are left out."""
         id_list = check_ids(ids, _LIMITS, unique=False)
         parts = self._split(id_list)
-        found = ray.get(
-            [
-                self._shards[s].get.remote(self.name, [id_list[p] for p in pos], options)
-                for s, pos in parts.items()
-            ]
-        )
+        found = [
+            self._client.read(s, "get", self.name, [id_list[p] for p in pos], options)
+            for s, pos in parts.items()
+        ]
         by_id = {p.id: p for points in found for p in points}
         return [by_id[i] for i in id_list if i in by_id]
 
     def count(self, filter: Filter | None = None) -> int:
-        return int(sum(ray.get([s.count.remote(self.name, filter) for s in self._shards])))
+        return int(sum(self._client.read_all("count", self.name, filter)))
 
     def delete(self, ids: Sequence[PointId] | None = None, filter: Filter | None = None) -> int:
         """Delete by ids (each on its shard) or by filter (on every shard); returns how many."""
@@ -188,14 +217,14 @@ class ShardedCollection:
             raise InvalidArgument("delete takes either ids or a filter (exactly one of them)")
         if ids is not None:
             id_list = check_ids(ids, _LIMITS, unique=False)
-            calls = [
-                self._shards[s].delete.remote(self.name, [id_list[p] for p in pos], None)
-                for s, pos in self._split(id_list).items()
-            ]
-        else:
-            calls = [s.delete.remote(self.name, None, filter) for s in self._shards]
-        return int(sum(ray.get(calls)))
+            parts = self._split(id_list)
+            return sum(
+                self._client.write(s, "delete", self.name, [id_list[p] for p in pos], None)
+                for s, pos in parts.items()
+            )
+        return sum(self._client.write(s, "delete", self.name, None, filter) for s in range(self._count))
 
     def optimize(self) -> None:
         """Seal and index every shard's pending points, waiting until done."""
-        ray.get([s.optimize.remote(self.name) for s in self._shards])
+        for shard in range(self._count):
+            self._client.write(shard, "optimize", self.name)

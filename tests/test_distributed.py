@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,3 +83,57 @@ def test_shard_of_is_stable_across_processes() -> None:
     assert [shard_of(i, 4) for i in (0, 1, 2, 12345)] == [shard_of(i, 4) for i in (0, 1, 2, 12345)]
     assert shard_of(1, 4) == __import__("zlib").crc32((1).to_bytes(8, "big")) % 4
     assert shard_of("a", 4) == __import__("zlib").crc32(b"sa") % 4
+
+
+def test_a_replica_killed_mid_query_loses_no_write_and_reads_go_on(cluster: None, tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    vectors = rng.standard_normal((3000, DIM)).astype(np.float32)
+    queries = rng.standard_normal((10, DIM)).astype(np.float32)
+    client = ShardedClient(tmp_path / "shards", shards=2, replicas=2)
+    try:
+        col = client.create_collection("c", DIM, "l2")
+        col.upsert(list(range(2000)), vectors[:2000])
+
+        # a replica killed and restarted by Ray over its data directory: a write is acknowledged only
+        # once both replicas of its shard applied it (the restarted one included), none is lost
+        ray.kill(client.replicas[0][0], no_restart=False)
+        assert col.upsert(list(range(2000, 3000)), vectors[2000:]) == 1000
+        for shard, replicas in enumerate(client.replicas):
+            counts = [ray.get(r.count.remote("c", None)) for r in replicas]
+            assert counts[0] == counts[1] == sum(1 for i in range(3000) if shard_of(i, 2) == shard)
+
+        # a replica lost for good in the middle of queries: every read is answered by its peer
+        answers: list[int] = []
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def reader() -> None:
+            while not stop.is_set():
+                try:
+                    answers.append(len(col.search_batch(queries, k=5, exact=True)))
+                    answers.append(len(col.get([1, 2, 3, 4])))
+                except BaseException as exc:
+                    errors.append(exc)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        time.sleep(0.5)
+        ray.kill(client.replicas[1][1], no_restart=True)
+        at_kill = len(answers)
+        time.sleep(1.0)
+        stop.set()
+        thread.join(60)
+        assert not errors, errors[:1]
+        assert len(answers) > at_kill + 4 and set(answers) <= {10, 4}  # reads went on, complete
+        with lamina.connect(str(tmp_path / "single")) as single:
+            one = single.create_collection("c", DIM, "l2")
+            for lo in range(0, 3000, 1000):
+                one.upsert(list(range(lo, lo + 1000)), vectors[lo : lo + 1000])
+            for _ in range(4):  # both replicas' turns: the dead one's are answered by its peer
+                assert _same(
+                    col.search_batch(queries, k=10, exact=True), one.search_batch(queries, k=10, exact=True)
+                )
+            assert col.count() == 3000
+    finally:
+        client.replicas[1] = client.replicas[1][:1]  # the lost replica is gone: close the others
+        client.close()
