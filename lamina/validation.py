@@ -72,7 +72,7 @@ def check_ids(ids: Iterable[object], limits: Limits, *, unique: bool = True) -> 
     given = list(ids)
     ints = cast(list[int], given) if all(type(i) is int for i in given) else None
     if ints and min(ints) >= 0 and max(ints) <= U64_MAX:
-        out: list[PointId] = list(ints)  # plain in-range ints, the common case: no per-id call
+        out = cast(list[PointId], ints)  # plain in-range ints, the common case: no per-id call
     else:
         out = [check_id(i, limits) for i in given]
     if len(out) > limits.max_batch:
