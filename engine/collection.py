@@ -1240,10 +1240,12 @@ class Collection:
                 self._wake.clear()
                 self._busy = True
             try:
+                worked = False
                 while self._optimize_step():
-                    pass
+                    worked = True
                 self._error = ""
-                release_heap()  # a burst of seals and merges is over: give its garbage back
+                if worked:
+                    release_heap()  # a burst of seals and merges is over: give its garbage back
             except BuildStopped:
                 log.info("closing %r: the index build in progress was stopped", self.name)
             except Exception as exc:  # keep serving from what is sealed; info() shows the error
