@@ -118,25 +118,30 @@ class ShardedClient:
         """Apply a write on every replica of ``shard``; the answer once all have applied it."""
         return ray.get([getattr(r, method).remote(*args) for r in self.replicas[shard]])[0]
 
-    def read(self, shard: int, method: str, *args: Any) -> Any:
-        """A read on one replica of ``shard`` (taking turns), on the next when that one is dead."""
-        replicas = self.replicas[shard]
+    def read(self, method: str, calls: list[tuple[int, tuple[Any, ...]]]) -> list[Any]:
+        """Send each ``(shard, args)`` read to one replica of its shard (taking turns), all at
+        once; a read whose replica is dead is sent to the next replica of that shard."""
         self._turn += 1
-        for attempt in range(len(replicas)):
+
+        def send(shard: int, args: tuple[Any, ...], attempt: int) -> Any:
+            replicas = self.replicas[shard]
             replica = replicas[(self._turn + attempt) % len(replicas)]
-            try:  # no retry on this replica: another one answers now
-                return ray.get(getattr(replica, method).options(max_task_retries=0).remote(*args))
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                if attempt == len(replicas) - 1:
-                    raise
-        raise AssertionError("unreachable")
+            # no retry on this replica: another one answers now
+            return getattr(replica, method).options(max_task_retries=0).remote(*args)
 
-    def read_all(self, method: str, *args: Any) -> list[Any]:
-        """``read`` on every shard, in parallel."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(self.replicas)) as pool:
-            return list(pool.map(lambda shard: self.read(shard, method, *args), range(len(self.replicas))))
+        answers = []
+        for (shard, args), ref in zip(calls, [send(s, a, 0) for s, a in calls], strict=True):
+            attempt = 0
+            while True:
+                try:
+                    answers.append(ray.get(ref))
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                    attempt += 1
+                    if attempt == len(self.replicas[shard]):
+                        raise
+                    ref = send(shard, args, attempt)
+        return answers
 
     def close(self) -> None:
         ray.get([r.close.remote() for rs in self.replicas for r in rs])
@@ -188,7 +193,8 @@ class ShardedCollection:
     ) -> list[list[Hit]]:
         """Each shard answers its top ``k`` per query; the merge keeps the best ``k`` of them."""
         queries = as_rows(vectors, "query vectors")
-        parts = self._client.read_all("search_batch", self.name, queries, k, {"filter": filter, **options})
+        args = (self.name, queries, k, {"filter": filter, **options})
+        parts = self._client.read("search_batch", [(s, args) for s in range(self._count)])
         lower_is_better = self.metric == "l2"  # l2 scores are distances
         merged = []
         for per_query in zip(*parts, strict=True):
@@ -201,15 +207,14 @@ class ShardedCollection:
         """Points for ``ids`` in the order asked; missing ids are left out."""
         id_list = check_ids(ids, _LIMITS, unique=False)
         parts = self._split(id_list)
-        found = [
-            self._client.read(s, "get", self.name, [id_list[p] for p in pos], options)
-            for s, pos in parts.items()
-        ]
+        found = self._client.read(
+            "get", [(s, (self.name, [id_list[p] for p in pos], options)) for s, pos in parts.items()]
+        )
         by_id = {p.id: p for points in found for p in points}
         return [by_id[i] for i in id_list if i in by_id]
 
     def count(self, filter: Filter | None = None) -> int:
-        return int(sum(self._client.read_all("count", self.name, filter)))
+        return int(sum(self._client.read("count", [(s, (self.name, filter)) for s in range(self._count)])))
 
     def delete(self, ids: Sequence[PointId] | None = None, filter: Filter | None = None) -> int:
         """Delete by ids (each on its shard) or by filter (on every shard); returns how many."""
