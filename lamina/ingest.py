@@ -405,15 +405,15 @@ class BatchWriter:
             self.tenants.add(tenant)
         self._pending[self._pool.submit(self._write, batch, tenant)] = batch
         while len(self._pending) >= self._limit:
-            self._collect(FIRST_COMPLETED)
+            self._collect()
 
     def _write(self, batch: _Batch, tenant: str | None) -> int:
         vectors = np.asarray(batch.vectors, dtype=np.float32)
         return int(self.col.upsert(batch.ids, vectors, batch.payloads, tenant=tenant))
 
-    def _collect(self, when: str) -> None:
-        """Wait for batches (the first to finish, or all), account for them, raise the first failure."""
-        finished, _ = wait(self._pending, return_when=when)
+    def _collect(self) -> None:
+        """Wait for the next batches to finish, account for them, raise the first failure."""
+        finished, _ = wait(self._pending, return_when=FIRST_COMPLETED)
         failure: BaseException | None = None
         for future in finished:
             batch = self._pending.pop(future)
@@ -437,7 +437,7 @@ class BatchWriter:
         """Wait for every batch in flight (also after a failure or an interrupt), then save."""
         try:
             while self._pending:
-                self._collect(FIRST_COMPLETED)
+                self._collect()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self.save()
