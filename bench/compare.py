@@ -165,7 +165,7 @@ class Lamina(System):
             "bench", dim=dim, metric="cosine", index=index, quantization=quantization
         )
         self.col.create_payload_index("bucket", "int")
-        self.ef: int | None = None
+        self.width: int | None = None  # ef, or oversample for the binary tier
 
     def ingest(self, ids: np.ndarray, vectors: np.ndarray, buckets: np.ndarray) -> None:
         self.col.upsert(ids.tolist(), vectors, [{"bucket": int(b)} for b in buckets])
@@ -174,11 +174,11 @@ class Lamina(System):
         self.col.optimize()
 
     def set_width(self, width: int | None) -> None:
-        self.ef = width
+        self.width = width
 
     def search(self, query: np.ndarray, filtered: bool) -> list[int]:
         flt = {"bucket": FILTER_BUCKET} if filtered else None
-        knob = {"oversample": self.ef} if self.binary else {"ef": self.ef}
+        knob = {"oversample": self.width} if self.binary else {"ef": self.width}
         return [int(h.id) for h in self.col.search(query, K, flt, with_payload=False, **knob)]
 
     def close(self) -> None:
