@@ -32,6 +32,7 @@ from lamina.client.transport import (
     Transport,
 )
 from lamina.config import DEFAULT_LIMITS, Limits
+from lamina.engine.database import Database
 from lamina.errors import InvalidArgument, NotFound
 from lamina.types import (
     DEFAULT_SEGMENT_ROWS,
@@ -161,11 +162,11 @@ def restore_snapshot(
     """Restore a snapshot folder (``Collection.snapshot()``'s ``path``) as collection ``name``
     (default: its original name) in the data directory ``data``, which no running process
     may hold. Returns the restored collection's info."""
-    transport = EmbeddedTransport(str(data))
+    db = Database(data)
     try:
-        return transport.db.restore_snapshot(snapshot, name).info()
+        return db.restore_snapshot(snapshot, name).info()
     finally:
-        transport.close()
+        db.close()
 
 
 class _ClientOps:
@@ -184,6 +185,8 @@ class _ClientOps:
         payload_index: dict[str, str] | None = None,
         multi_tenant: bool = False,
         tenant_index_rows: int = DEFAULT_TENANT_INDEX_ROWS,
+        shards: int = 1,
+        replicas: int = 1,
     ) -> Op[CollectionInfo]:
         """Create a collection of ``dim``-dimensional vectors compared by ``metric``
         (``"cosine"``, ``"dot"`` or ``"l2"``); AlreadyExists if the name is taken.
@@ -201,6 +204,9 @@ class _ClientOps:
         names one (``tenant=``); tenants never see each other's points, small tenants are
         searched exactly and those with ``tenant_index_rows`` points or more get an HNSW
         index of their own.
+        ``shards`` and ``replicas`` (a Lamina on Ray: ``lamina serve --ray``): the
+        collection is split by id hash over ``shards`` shards, each kept by ``replicas``
+        actors; a write is acknowledged when every replica of its shard applied it.
         """
         check_collection_name(name)
         config = CollectionConfig(
@@ -214,6 +220,8 @@ class _ClientOps:
             payload_index=dict(payload_index or {}),
             multi_tenant=multi_tenant,
             tenant_index_rows=tenant_index_rows,
+            shards=shards,
+            replicas=replicas,
         )
         return _op("create_collection", name, config)
 

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.database import Database
+from lamina.engine.sharded import AnyDatabase
 from lamina.errors import ERROR_BY_CODE, Internal, LaminaError
 from lamina.proto import convert
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
@@ -84,8 +85,18 @@ class AsyncTransport(Protocol):
 class EmbeddedTransport:
     """Runs the engine in this process over a data directory: each method is one operation."""
 
-    def __init__(self, path: str, *, sync_writes: bool = False, limits: Limits = DEFAULT_LIMITS) -> None:
-        self.db = Database(path, sync_writes=sync_writes, limits=limits)
+    def __init__(
+        self,
+        path: str,
+        *,
+        sync_writes: bool = False,
+        limits: Limits = DEFAULT_LIMITS,
+        db: AnyDatabase | None = None,
+    ) -> None:
+        """The Database over ``path``, or ``db`` when given (a sharded one, already open)."""
+        self.db: AnyDatabase = (
+            db if db is not None else Database(path, sync_writes=sync_writes, limits=limits)
+        )
 
     def run(self, op: Op[T]) -> T:
         return op.finish(getattr(self, op.name)(*op.args))

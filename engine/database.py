@@ -109,6 +109,11 @@ class Database:
         check_collection_name(name)
         if not 1 <= config.dim <= self.limits.max_dim:
             raise InvalidArgument(f"dim must be in 1..{self.limits.max_dim}, got {config.dim}")
+        if config.shards > 1 or config.replicas > 1:
+            raise FailedPrecondition(
+                f"shards={config.shards}, replicas={config.replicas} need a sharded Lamina: start the "
+                "server with `lamina serve --ray`, or open it with lamina.distributed.connect(...)"
+            )
         with self._lock:
             self._check_open()
             if name in self._collections:

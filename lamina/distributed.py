@@ -1,235 +1,209 @@
-"""Sharded, replicated Lamina on Ray (issue 9, in progress): collections split by id hash over shard actors.
+"""Lamina on Ray: sharded, replicated collections in this process, and parallel bulk ingest.
 
-Each shard is kept by ``replicas`` Ray actors, each owning an embedded Lamina (its own data directory,
-RocksDB, optimizer). ``ShardedClient`` routes every write to the shard owning the id and acknowledges it
-when every replica of that shard has applied it; reads by id go to one replica of their shard, and
-searches are scattered to one replica of every shard and merged into the global top-k. A read whose
-replica dies is sent to another replica of the shard. Ray places the actors and restarts a dead one
-(``max_restarts``) over its durable data directory; a write to a restarting replica is retried by Ray
-once it is back (writes are idempotent upserts and deletes), so both replicas hold every acknowledged
-write. No protocol of our own runs between the actors.
-
-Install with ``pip install "laminadb[ray]"``::
+``lamina serve --ray`` is the usual way in (a gRPC front end over the shards; any SDK
+talks to it). This module opens the same sharded data root in-process, for a Ray job
+or a notebook, and loads files with Ray tasks::
 
     import ray, lamina.distributed as ld
-    ray.init()
-    db = ld.ShardedClient("/data/lamina-shards", shards=4)
-    col = db.create_collection("docs", dim=384)
+    ray.init()                                  # or ray.init("ray://head:10001")
+    db = ld.connect("/data/lamina")             # the SDK's Client, over Ray actors
+    col = db.create_collection("docs", dim=384, shards=4, replicas=2)
     col.upsert(ids, vectors, payloads)
     hits = col.search(query, k=10, filter={"lang": "en"})
+    ld.ingest(db, "docs", "embeddings.parquet")  # Ray tasks read blocks, shards write them
 
-Not yet here (issue 9 continues): ``lamina serve --ray`` (the gRPC front end), tenants, Ray Data
-ingest, the capacity plan and the benchmark.
+Install with ``pip install "laminadb[ray]"``. How it works: ``lamina/engine/sharded.py``.
 """
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Sequence
+import logging
+import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lamina.config import DEFAULT_LIMITS as _LIMITS
-from lamina.errors import InvalidArgument
-from lamina.types import Filter, Hit, Payload, Point, PointId
-from lamina.validation import as_rows, as_vector, check_ids
+from lamina.client.api import Client
+from lamina.client.transport import EmbeddedTransport
+from lamina.config import DEFAULT_LIMITS, Limits
+from lamina.engine.sharded import Part, Sent, ShardedCollection, ShardedDatabase, _unwrap, shard_of
+from lamina.errors import FailedPrecondition, InvalidArgument
+from lamina.types import PointId
+from lamina.validation import as_matrix, check_ids
 
-ray: Any
-try:
-    import ray
-except ImportError:  # the extra is not installed: ShardedClient says how to get it
-    ray = None
+__all__ = ["connect", "ingest", "shard_of"]
+log = logging.getLogger("lamina.ingest")
 
-
-def shard_of(point_id: PointId, shards: int) -> int:
-    """The shard owning ``point_id``: CRC-32 of its canonical bytes, so every process (and
-    every restart) agrees, unlike Python's salted ``hash``."""
-    raw = point_id.to_bytes(8, "big") if isinstance(point_id, int) else b"s" + point_id.encode("utf-8")
-    return zlib.crc32(raw) % shards
+#: blocks being read or written at once during ingest
+IN_FLIGHT = 4
 
 
-class _Shard:
-    """One shard: an embedded Lamina over its own data directory (runs as a Ray actor)."""
-
-    def __init__(self, path: str) -> None:
-        import lamina
-
-        self.db = lamina.connect(path)
-
-    def create_collection(self, name: str, dim: int, metric: str, options: dict[str, Any]) -> None:
-        self.db.create_collection(name, dim, metric, **options)  # type: ignore[arg-type]
-
-    def upsert(
-        self, name: str, ids: list[PointId], vectors: np.ndarray, payloads: list[Payload | None] | None
-    ) -> int:
-        return self.db.get_collection(name).upsert(ids, vectors, payloads)
-
-    def search_batch(
-        self, name: str, queries: np.ndarray, k: int, options: dict[str, Any]
-    ) -> list[list[Hit]]:
-        return self.db.get_collection(name).search_batch(queries, k, **options)
-
-    def get(self, name: str, ids: list[PointId], options: dict[str, Any]) -> list[Point]:
-        return self.db.get_collection(name).get(ids, **options)
-
-    def count(self, name: str, filter: Filter | None) -> int:
-        return self.db.get_collection(name).count(filter)
-
-    def delete(self, name: str, ids: list[PointId] | None, filter: Filter | None) -> int:
-        return self.db.get_collection(name).delete(ids=ids, filter=filter)
-
-    def optimize(self, name: str) -> None:
-        self.db.get_collection(name).optimize()
-
-    def close(self) -> None:
-        self.db.close()
+def connect(root: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> Client:
+    """A ``Client`` over the sharded data root ``root``: collections created with
+    ``shards=``/``replicas=`` live in Ray actors (``ray.init`` first). One process at a
+    time may open a root."""
+    db = ShardedDatabase(root, limits=limits)
+    return Client(EmbeddedTransport(str(root), limits=limits, db=db), limits)
 
 
-class ShardedClient:
-    """A Lamina whose collections are split over ``shards`` shards of ``replicas`` Ray actors each,
-    with data directories ``<root>/shard-<i>/replica-<j>``. Call ``ray.init(...)`` first (a local
-    or a remote cluster)."""
-
-    def __init__(self, root: str | Path, shards: int = 2, replicas: int = 1) -> None:
-        if ray is None:
-            raise InvalidArgument('sharding needs Ray: pip install "laminadb[ray]"')
-        if not ray.is_initialized():
-            raise InvalidArgument("call ray.init(...) before ShardedClient (a local or a cluster address)")
-        if shards < 1 or replicas < 1:
-            raise InvalidArgument(f"shards and replicas must be at least 1, got {shards} and {replicas}")
-        # a dead actor is restarted over its data directory; its pending calls are sent again
-        actor = ray.remote(max_restarts=-1, max_task_retries=-1)(_Shard)
-        self.replicas: list[list[Any]] = [
-            [actor.remote(str(Path(root) / f"shard-{i}" / f"replica-{j}")) for j in range(replicas)]
-            for i in range(shards)
-        ]
-        self._turn = 0
-
-    def create_collection(
-        self, name: str, dim: int, metric: str = "cosine", **options: Any
-    ) -> ShardedCollection:
-        """Create the collection on every replica of every shard (options as ``Client.create_collection``)."""
-        ray.get([r.create_collection.remote(name, dim, metric, options) for rs in self.replicas for r in rs])
-        return ShardedCollection(self, name, dim, metric)
-
-    def write(self, shard: int, method: str, *args: Any) -> Any:
-        """Apply a write on every replica of ``shard``; the answer once all have applied it."""
-        return ray.get([getattr(r, method).remote(*args) for r in self.replicas[shard]])[0]
-
-    def read(self, method: str, calls: list[tuple[int, tuple[Any, ...]]]) -> list[Any]:
-        """Send each ``(shard, args)`` read to one replica of its shard (taking turns), all at
-        once; a read whose replica is dead is sent to the next replica of that shard."""
-        self._turn += 1
-
-        def send(shard: int, args: tuple[Any, ...], attempt: int) -> Any:
-            replicas = self.replicas[shard]
-            replica = replicas[(self._turn + attempt) % len(replicas)]
-            # no retry on this replica: another one answers now
-            return getattr(replica, method).options(max_task_retries=0).remote(*args)
-
-        answers = []
-        for (shard, args), ref in zip(calls, [send(s, a, 0) for s, a in calls], strict=True):
-            attempt = 0
-            while True:
-                try:
-                    answers.append(ray.get(ref))
-                    break
-                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                    attempt += 1
-                    if attempt == len(self.replicas[shard]):
-                        raise
-                    ref = send(shard, args, attempt)
-        return answers
-
-    def close(self) -> None:
-        ray.get([r.close.remote() for rs in self.replicas for r in rs])
-        for rs in self.replicas:
-            for replica in rs:
-                ray.kill(replica, no_restart=True)
+def _sharded(client: Client, name: str) -> ShardedCollection:
+    transport = client._transport
+    db = getattr(transport, "db", None)
+    if not isinstance(db, ShardedDatabase):
+        raise FailedPrecondition("ingest with Ray needs a client from lamina.distributed.connect(...)")
+    return db.get_collection(name)
 
 
-class ShardedCollection:
-    """Writes go to the shard owning each id; searches go to every shard and are merged."""
+def _blocks(path: Path, rows_per_block: int) -> list[tuple[int, int]]:
+    """The (first, end) row ranges a file is read in: row groups for Parquet."""
+    if path.suffix == ".npy":
+        n = int(np.load(path, mmap_mode="r").shape[0])
+        return [(lo, min(lo + rows_per_block, n)) for lo in range(0, n, rows_per_block)]
+    if path.suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
 
-    def __init__(self, client: ShardedClient, name: str, dim: int, metric: str) -> None:
-        self._client = client
-        self._count = len(client.replicas)
-        self.name = name
-        self.dim = dim
-        self.metric = metric
+        meta = pq.ParquetFile(path).metadata
+        out, lo = [], 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            out.append((lo, lo + n))
+            lo += n
+        return out
+    raise InvalidArgument(f"{path}: Ray ingest reads .npy and .parquet files, not {path.suffix!r}")
 
-    def _split(self, ids: Sequence[PointId]) -> dict[int, list[int]]:
-        """Positions of ``ids`` per shard."""
-        parts: dict[int, list[int]] = {}
-        for pos, pid in enumerate(ids):
-            parts.setdefault(shard_of(pid, self._count), []).append(pos)
-        return parts
 
-    def upsert(
-        self, ids: Sequence[PointId], vectors: Any, payloads: Sequence[Payload | None] | None = None
-    ) -> int:
-        """Insert or replace points, each on its shard; every shard's part is atomic and durable on
-        every replica when this returns (a batch spanning shards is not atomic as a whole)."""
-        id_list = check_ids(ids, _LIMITS)
-        matrix = as_rows(vectors)
-        if matrix.shape[0] != len(id_list):
-            raise InvalidArgument(f"{len(id_list)} ids but {matrix.shape[0]} vectors: give one vector per id")
-        written = 0
-        for shard, pos in self._split(id_list).items():
-            part = [payloads[p] for p in pos] if payloads is not None else None
-            written += self._client.write(
-                shard, "upsert", self.name, [id_list[p] for p in pos], matrix[pos], part
+def _read_block(
+    path: str,
+    index: int,
+    lo: int,
+    hi: int,
+    shards: int,
+    dim: int,
+    id_start: int,
+    id_field: str,
+    vector_field: str,
+) -> tuple[Any, ...]:
+    """A Ray task: read rows ``lo..hi`` (Parquet: row group ``index``), check them and split
+    them by shard. Returns the row count, then one part per shard (None when empty)."""
+    file = Path(path)
+    payloads: list[Any] | None = None
+    if file.suffix == ".npy":
+        vectors = np.asarray(np.load(file, mmap_mode="r")[lo:hi], dtype=np.float32)
+        ids: list[PointId] = list(range(id_start + lo, id_start + hi))
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(file).read_row_group(index).to_pydict()
+        for need in (id_field, vector_field):
+            if need not in table:
+                raise InvalidArgument(f"{file}: no column {need!r} (columns: {', '.join(table)})")
+        try:
+            ids = check_ids(table.pop(id_field), DEFAULT_LIMITS)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{file} rows {lo + 1}..{hi}: {exc}") from None
+        rows = table.pop(vector_field)
+        for r, row in enumerate(rows):
+            if not isinstance(row, list) or len(row) != dim:
+                raise InvalidArgument(
+                    f"{file} rows {lo + 1}..{hi}: row {lo + r + 1}: {vector_field!r} must be a list of {dim} numbers"
+                )
+        vectors = np.asarray(rows, dtype=np.float32)
+        payloads = [dict(zip(table, row, strict=True)) for row in zip(*table.values(), strict=True)] or None
+    where = f"{file} rows {lo + 1}..{hi}"
+    try:
+        matrix = as_matrix(vectors, dim)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{where}: {exc}") from None
+    owner = np.fromiter((shard_of(i, shards) for i in ids), np.int64, len(ids))
+    parts: list[Part | None] = []
+    for s in range(shards):
+        pos = np.flatnonzero(owner == s)
+        parts.append(
+            (
+                [ids[p] for p in pos.tolist()],
+                matrix[pos],
+                [payloads[p] for p in pos.tolist()] if payloads is not None else None,
             )
-        return written
-
-    def search(self, vector: Any, k: int = 10, filter: Filter | None = None, **options: Any) -> list[Hit]:
-        """The global top ``k`` (options as ``Collection.search``)."""
-        return self.search_batch(as_vector(vector)[None, :], k, filter, **options)[0]
-
-    def search_batch(
-        self, vectors: Any, k: int = 10, filter: Filter | None = None, **options: Any
-    ) -> list[list[Hit]]:
-        """Each shard answers its top ``k`` per query; the merge keeps the best ``k`` of them."""
-        queries = as_rows(vectors, "query vectors")
-        args = (self.name, queries, k, {"filter": filter, **options})
-        parts = self._client.read("search_batch", [(s, args) for s in range(self._count)])
-        lower_is_better = self.metric == "l2"  # l2 scores are distances
-        merged = []
-        for per_query in zip(*parts, strict=True):
-            hits = [h for shard_hits in per_query for h in shard_hits]
-            hits.sort(key=lambda h: h.score, reverse=not lower_is_better)
-            merged.append(hits[:k])
-        return merged
-
-    def get(self, ids: Sequence[PointId], **options: Any) -> list[Point]:
-        """Points for ``ids`` in the order asked; missing ids are left out."""
-        id_list = check_ids(ids, _LIMITS, unique=False)
-        parts = self._split(id_list)
-        found = self._client.read(
-            "get", [(s, (self.name, [id_list[p] for p in pos], options)) for s, pos in parts.items()]
+            if pos.size
+            else None
         )
-        by_id = {p.id: p for points in found for p in points}
-        return [by_id[i] for i in id_list if i in by_id]
+    return (hi - lo, *parts)
 
-    def count(self, filter: Filter | None = None) -> int:
-        return int(sum(self._client.read("count", [(s, (self.name, filter)) for s in range(self._count)])))
 
-    def delete(self, ids: Sequence[PointId] | None = None, filter: Filter | None = None) -> int:
-        """Delete by ids (each on its shard) or by filter (on every shard); returns how many."""
-        if (ids is None) == (filter is None):
-            raise InvalidArgument("delete takes either ids or a filter (exactly one of them)")
-        if ids is not None:
-            id_list = check_ids(ids, _LIMITS, unique=False)
-            parts = self._split(id_list)
-            return sum(
-                self._client.write(s, "delete", self.name, [id_list[p] for p in pos], None)
-                for s, pos in parts.items()
-            )
-        return sum(self._client.write(s, "delete", self.name, None, filter) for s in range(self._count))
+def ingest(
+    client: Client,
+    collection: str,
+    path: str | os.PathLike[str],
+    *,
+    tenant: str | None = None,
+    id_start: int = 0,
+    id_field: str = "id",
+    vector_field: str = "vector",
+    rows_per_block: int = 50_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Load a ``.npy`` matrix (ids ``id_start``, ``id_start + 1``, ...) or a Parquet file
+    (``id_field``, ``vector_field``, the other columns as payload; a block per row group)
+    into a sharded collection. Ray tasks read and check blocks in parallel and split them
+    by shard; each part goes from the task to the shard's replicas through Ray's object
+    store (not through this process), as a numbered write like any other. Returns the
+    points written; ``progress(done, total)`` is called as blocks are acknowledged."""
+    col = _sharded(client, collection)
+    ray = col._ray
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise InvalidArgument(f"{file}: no such file")
+    blocks = _blocks(file, rows_per_block)
+    total = blocks[-1][1] if blocks else 0
+    shards = col.config.shards
+    reader = ray.remote(num_returns=shards + 1)(_read_block)
+    started = time.perf_counter()
+    done = written = 0
+    col._check_tenant(tenant, write=True)
+    reading: list[tuple[Any, list[Any]]] = []  # blocks being read: (row count, shard parts) refs
+    writing: list[tuple[int, list[Sent]]] = []  # blocks being written: (rows, writes sent)
 
-    def optimize(self) -> None:
-        """Seal and index every shard's pending points, waiting until done."""
-        for shard in range(self._count):
-            self._client.write(shard, "optimize", self.name)
+    def submit(index: int) -> None:
+        lo, hi = blocks[index]
+        refs = reader.remote(
+            str(file), index, lo, hi, shards, col.config.dim, id_start, id_field, vector_field
+        )
+        reading.append((refs[0], refs[1:]))
+
+    def send() -> None:
+        count_ref, parts = reading.pop(0)
+        try:
+            rows = ray.get(count_ref)  # the task's error, before anything of the block is sent
+        except Exception as exc:
+            raise _unwrap(exc) from None
+        writing.append((rows, col.write_parts(parts, tenant)))
+
+    def settle() -> None:
+        nonlocal done, written
+        rows, sent = writing.pop(0)
+        written += sum(col.settle(one) for one in sent)
+        done += rows
+        if progress is not None:
+            progress(done, total)
+
+    next_block = 0
+    while next_block < len(blocks) or reading or writing:
+        while next_block < len(blocks) and len(reading) + len(writing) < IN_FLIGHT:
+            submit(next_block)
+            next_block += 1
+        if reading:
+            send()
+        if writing and (len(writing) >= IN_FLIGHT // 2 or not reading):
+            settle()
+    seconds = time.perf_counter() - started
+    log.info(
+        "ingested %d points into %r in %.1f s (%.0f rows/s)",
+        written,
+        collection,
+        seconds,
+        total / max(seconds, 1e-9),
+    )
+    return written

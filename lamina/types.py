@@ -167,9 +167,15 @@ class CollectionConfig:
     multi_tenant: bool = False
     #: multi-tenant only: a tenant this large is promoted to an HNSW partition of its own
     tenant_index_rows: int = DEFAULT_TENANT_INDEX_ROWS
+    #: shards the collection is split into by id hash (more than 1 needs a server on Ray)
+    shards: int = 1
+    #: actors keeping each shard; a write is acknowledged once every one applied it
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         check_payload_index(self.payload_index)
+        _int_param("collection", "shards", self.shards, 1, 1024)
+        _int_param("collection", "replicas", self.replicas, 1, 8)
         if not isinstance(self.multi_tenant, bool):
             raise InvalidArgument(f"multi_tenant must be true or false, got {self.multi_tenant!r}")
         _int_param("collection", "tenant_index_rows", self.tenant_index_rows, 16, 100_000_000)
@@ -201,6 +207,8 @@ class CollectionConfig:
             payload_index=dict(data.get("payload_index") or {}),
             multi_tenant=bool(data.get("multi_tenant", False)),
             tenant_index_rows=int(data.get("tenant_index_rows", DEFAULT_TENANT_INDEX_ROWS)),
+            shards=int(data.get("shards", 1)),
+            replicas=int(data.get("replicas", 1)),
         )
 
 

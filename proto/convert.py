@@ -134,6 +134,8 @@ def config_to_proto(config: CollectionConfig) -> cpb.CollectionConfig:
         payload_index=config.payload_index,
         multi_tenant=config.multi_tenant,
         tenant_index_rows=config.tenant_index_rows,
+        shards=config.shards,
+        replicas=config.replicas,
     )
     q = config.quantization
     if q is not None:
@@ -171,6 +173,8 @@ def config_from_proto(msg: cpb.CollectionConfig) -> CollectionConfig:
         payload_index=dict(msg.payload_index),
         multi_tenant=msg.multi_tenant,
         tenant_index_rows=msg.tenant_index_rows or DEFAULT_TENANT_INDEX_ROWS,
+        shards=msg.shards or 1,
+        replicas=msg.replicas or 1,
     )
 
 

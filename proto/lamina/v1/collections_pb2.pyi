@@ -151,6 +151,8 @@ class CollectionConfig(_message.Message):
     PAYLOAD_INDEX_FIELD_NUMBER: _builtins.int
     MULTI_TENANT_FIELD_NUMBER: _builtins.int
     TENANT_INDEX_ROWS_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
     dim: _builtins.int
     metric: Global___Metric.ValueType
     segment_rows: _builtins.int
@@ -159,6 +161,10 @@ class CollectionConfig(_message.Message):
     """Every point belongs to a tenant named by each request; tenants never see each other."""
     tenant_index_rows: _builtins.int
     """Multi-tenant: a tenant with this many points gets an HNSW partition (0: 1000)."""
+    shards: _builtins.int
+    """Shards the collection is split into by id hash (0: 1); more than 1 needs `lamina serve --ray`."""
+    replicas: _builtins.int
+    """Actors keeping each shard (0: 1); a write is acknowledged once every replica applied it."""
     @_builtins.property
     def index(self) -> Global___IndexConfig:
         """unset: hnsw with defaults"""
@@ -182,10 +188,12 @@ class CollectionConfig(_message.Message):
         payload_index: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         multi_tenant: _builtins.bool = ...,
         tenant_index_rows: _builtins.int = ...,
+        shards: _builtins.int = ...,
+        replicas: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "quantization", b"quantization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "index", b"index", "metric", b"metric", "multi_tenant", b"multi_tenant", "payload_index", b"payload_index", "quantization", b"quantization", "segment_rows", b"segment_rows", "tenant_index_rows", b"tenant_index_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "index", b"index", "metric", b"metric", "multi_tenant", b"multi_tenant", "payload_index", b"payload_index", "quantization", b"quantization", "replicas", b"replicas", "segment_rows", b"segment_rows", "shards", b"shards", "tenant_index_rows", b"tenant_index_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

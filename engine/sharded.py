@@ -1,0 +1,967 @@
+"""Sharded, replicated collections on Ray, behind the same interface as ``Database``.
+
+A collection created with ``shards=N, replicas=R`` is split by id hash (``shard_of``)
+into N shards; each shard is kept by R Ray actors (``_Replica``), each an engine
+``Database`` over its own data directory::
+
+    <root>/sharded.json                                  the catalog: name -> config
+    <root>/collections/<name>/shard-<i>/replica-<j>/     one replica's data directory
+        applied                                          the last write it applied
+
+This process (the front end: ``lamina serve --ray`` or ``lamina.distributed.connect``)
+routes writes by id, scatters searches to one replica of every shard and merges their
+top-k. Ray places the actors, restarts a crashed one and re-sends its pending calls;
+there is no protocol of our own between actors.
+
+Consistency. The front end numbers each shard's writes (1, 2, 3, ...); a replica
+applies write ``s`` only after ``s - 1`` and records ``s`` in ``applied`` after the
+data is durable, so replicas apply the same writes in the same order and a write sent
+again after a restart is applied once. A write is acknowledged when every replica of
+its shard applied it. A read carries the highest sequence acknowledged on its shard and
+a replica behind it refuses (``Behind``): the front end reads from another replica, so
+every read sees every acknowledged write. A replica that comes back behind (its data
+directory lost, or an actor replaced on another node) catches up: writes to that shard
+wait while it copies its peer's points page by page (actor to actor, through Ray's
+object store), then it carries on from the peer's sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import orjson
+
+from lamina.config import DEFAULT_LIMITS, Limits
+from lamina.engine.database import Database
+from lamina.engine.filters import compile_filter
+from lamina.engine.text import fuse
+from lamina.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    LaminaError,
+    NotFound,
+    Unavailable,
+)
+from lamina.storage.keys import id_key
+from lamina.types import (
+    CollectionConfig,
+    CollectionInfo,
+    Filter,
+    Hit,
+    IndexStatus,
+    Payload,
+    Point,
+    PointId,
+    QueryPlan,
+    SearchParams,
+    SnapshotInfo,
+    TenantInfo,
+)
+from lamina.validation import (
+    as_matrix,
+    as_query,
+    check_collection_name,
+    check_ids,
+    check_k,
+    check_tenant,
+    encode_payloads,
+)
+
+log = logging.getLogger("lamina.sharded")
+
+#: one shard's part of a write: ids, vectors, payloads
+Part = tuple[list[PointId], np.ndarray, list[Any] | None]
+#: a write sent to a shard: (shard, its number, (replica, actor, Ray ref) per replica)
+Sent = tuple[int, int, list[tuple[int, Any, Any]]]
+
+CATALOG = "sharded.json"
+APPLIED = "applied"
+#: how long a replica waits for the writes before one that arrived early
+REORDER_WAIT = 5.0
+#: points per page when a replica copies its peer
+COPY_PAGE = 2_000
+#: replica calls that change data (numbered), and those that read
+WRITES = frozenset(
+    {"upsert", "upsert_nothing", "delete", "delete_tenant", "create_payload_index", "drop_payload_index"}
+)
+READS = frozenset(
+    {
+        "search_batch",
+        "search_explained",
+        "query",
+        "get",
+        "count",
+        "scroll",
+        "list_tenants",
+        "info",
+        "optimize",
+    }
+)
+
+
+def shard_of(point_id: PointId, shards: int) -> int:
+    """The shard owning ``point_id``: CRC-32 of its canonical bytes, so every process (and
+    every restart) agrees, unlike Python's salted ``hash``."""
+    raw = point_id.to_bytes(8, "big") if isinstance(point_id, int) else b"s" + point_id.encode("utf-8")
+    return zlib.crc32(raw) % shards
+
+
+class Behind(FailedPrecondition):
+    """A replica has not applied writes a request needs (it is catching up)."""
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise FailedPrecondition('sharded collections need Ray: pip install "laminadb[ray]"') from None
+    if not ray.is_initialized():
+        raise FailedPrecondition("call ray.init(...) first (a local Ray or a cluster address)")
+    return ray
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The Lamina error a replica raised, without Ray's wrapping (its message is the user's)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, LaminaError) else exc
+
+
+class _Replica:
+    """One replica of one shard: an engine Database over its own directory (a Ray actor).
+
+    Calls run on a few threads (the engine is thread-safe; numba kernels release the
+    GIL), so a long write does not hold searches back; numbered writes are applied in
+    order whatever order they arrive in."""
+
+    def __init__(self, path: str, name: str, config: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.name = name
+        self.db = Database(path)
+        if name not in self.db.list_collections():
+            self.db.create_collection(name, CollectionConfig.from_dict(config))
+        self.col = self.db.get_collection(name)
+        try:
+            self.applied = int((self.path / APPLIED).read_text())
+        except (OSError, ValueError):
+            self.applied = 0
+        self._turn = threading.Condition()
+
+    def _mark(self, seq: int) -> None:
+        """Record that write ``seq`` is applied (after its data is durable)."""
+        tmp = self.path / f"{APPLIED}.tmp"
+        tmp.write_text(str(seq))
+        os.replace(tmp, self.path / APPLIED)
+        self.applied = seq
+        self._turn.notify_all()
+
+    def status(self) -> tuple[int, int]:
+        """(last write applied, live points; -1 when multi-tenant or while it is replaced)."""
+        try:
+            return self.applied, -1 if self.col.config.multi_tenant else self.col.count(None)
+        except LaminaError:
+            return self.applied, -1
+
+    def write(self, seq: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Apply write ``seq`` once, after ``seq - 1``; a rejected write is numbered too
+        (every replica rejects it the same way). None when it was applied before."""
+        if method not in WRITES:
+            raise InvalidArgument(f"{method} is not a replica write")
+        target = self if method == "upsert_nothing" else self.col
+        with self._turn:
+            if not self._turn.wait_for(lambda: self.applied >= seq - 1, REORDER_WAIT):
+                raise Behind(f"replica {self.path} has applied write {self.applied}, not {seq - 1}")
+            if seq <= self.applied:
+                return None  # sent again after a restart: already applied
+            try:
+                return getattr(target, method)(*args, **kwargs)
+            finally:
+                self._mark(seq)
+
+    def upsert_part(self, seq: int, part: Part | None, tenant: str | None) -> int:
+        """Write ``seq`` of a bulk load: one shard's part of a block, a Ray object made by a
+        reading task and fetched here without passing through the front end (None: the
+        block had no point of this shard, the number is used all the same)."""
+        if part is None:
+            return int(self.write(seq, "upsert_nothing", (), {}) or 0)
+        return int(self.write(seq, "upsert", part, {"tenant": tenant}) or 0)
+
+    def upsert_nothing(self) -> int:
+        return 0
+
+    def wait_applied(self, seq: int, timeout: float) -> int:
+        """The last write applied, once it is ``seq`` or after ``timeout`` seconds."""
+        with self._turn:
+            self._turn.wait_for(lambda: self.applied >= seq, timeout)
+            return self.applied
+
+    def read(self, need: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A read, refused while this replica is behind write ``need``."""
+        if method not in READS:
+            raise InvalidArgument(f"{method} is not a replica read")
+        if self.applied < need:
+            raise Behind(f"replica {self.path} has applied write {self.applied}, the read needs {need}")
+        return getattr(self.col, method)(*args, **kwargs)
+
+    def export(
+        self, tenant: str | None, offset: PointId | None
+    ) -> tuple[list[PointId], np.ndarray, list[Payload | None], PointId | None]:
+        """One page of points (ids, vectors, payloads, next offset) for a peer catching up."""
+        points, nxt = self.col.scroll(COPY_PAGE, offset, None, True, True, tenant=tenant)
+        rows = [p.vector for p in points if p.vector is not None]
+        vectors = np.stack(rows) if rows else np.zeros((0, self.col.config.dim), "<f4")
+        return [p.id for p in points], vectors, [p.payload for p in points], nxt
+
+    def tenants(self) -> list[str | None]:
+        return [t.name for t in self.col.list_tenants()] if self.col.config.multi_tenant else [None]
+
+    def copy_from(self, source: Any, config: dict[str, Any], upto: int) -> int:
+        """Replace this replica's points by those of ``source`` (a peer at write ``upto``,
+        which takes no writes meanwhile), then carry on from ``upto``."""
+        import ray
+
+        started = time.perf_counter()
+        with self._turn:
+            self._mark(0)  # refuse reads until the copy is complete (also after a crash in it)
+        self.db.delete_collection(self.name)
+        self.col = self.db.create_collection(self.name, CollectionConfig.from_dict(config))
+        copied = 0
+        for tenant in ray.get(source.tenants.remote()):
+            offset: PointId | None = None
+            while True:
+                ids, vectors, payloads, offset = ray.get(source.export.remote(tenant, offset))
+                if ids:
+                    copied += self.col.upsert(ids, vectors, payloads, tenant=tenant)
+                if offset is None:
+                    break
+        with self._turn:
+            self._mark(upto)
+        logging.getLogger("lamina.sharded").info(
+            "%s caught up: %d points copied in %.1f s", self.path, copied, time.perf_counter() - started
+        )
+        return copied
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _Slot:
+    """One replica's place: its data directory and the actor serving it now."""
+
+    def __init__(self, path: Path, handle: Any) -> None:
+        self.path = path
+        self.handle = handle
+
+
+class ShardedCollection:
+    """A collection split over shards of replica actors; the methods of the engine's
+    ``Collection`` that the server and the SDK call, with the same arguments."""
+
+    def __init__(self, db: ShardedDatabase, name: str, config: CollectionConfig) -> None:
+        self._db = db
+        self.name = name
+        self.config = config
+        self._ray = db.ray
+        self._inner = replace(config, shards=1, replicas=1).to_dict()  # each replica's own config
+        self._folder = db.path / "collections" / name
+        self._slots = [
+            [self._start(self._folder / f"shard-{i}" / f"replica-{j}") for j in range(config.replicas)]
+            for i in range(config.shards)
+        ]
+        self._locks = [threading.Lock() for _ in range(config.shards)]  # numbering and catch-up
+        self._next = [0] * config.shards  # the last write numbered on each shard
+        self._acked = [0] * config.shards  # the highest write acknowledged on each shard
+        self._ack_lock = threading.Lock()
+        self._turn = 0
+        self._closed = False
+        for shard, slots in enumerate(self._slots):
+            applied = [a for a, _ in self._ray.get([s.handle.status.remote() for s in slots])]
+            self._next[shard] = self._acked[shard] = max(applied)
+            for j, have in enumerate(applied):
+                if have < self._acked[shard]:
+                    log.info("%s shard %d replica %d is behind (%d < %d)", name, shard, j, have, max(applied))
+                    self._catch_up(shard, j)
+
+    # ------------------------------------------------------------ actors
+    def _start(self, path: Path) -> _Slot:
+        path.mkdir(parents=True, exist_ok=True)
+        actor = self._ray.remote(
+            max_restarts=-1, max_task_retries=-1, max_concurrency=8, scheduling_strategy="SPREAD"
+        )(_Replica)
+        return _Slot(path, actor.remote(str(path), self.name, self._inner))
+
+    def _catch_up(self, shard: int, j: int, dead: Any = None) -> None:
+        """Bring replica ``j`` of ``shard`` to the shard's last write, copying a current
+        peer; ``dead``: its actor is gone for good and is replaced first. Writes to the
+        shard wait meanwhile."""
+        ray = self._ray
+        with self._locks[shard]:
+            slot = self._slots[shard][j]
+            if dead is not None and slot.handle is dead:
+                log.warning(
+                    "%s shard %d replica %d is gone: starting a new one over %s",
+                    self.name,
+                    shard,
+                    j,
+                    slot.path,
+                )
+                self._slots[shard][j] = slot = self._start(slot.path)
+            upto = self._next[shard]
+            try:
+                if ray.get(slot.handle.status.remote())[0] >= upto:
+                    return
+            except ray.exceptions.RayActorError:
+                self._slots[shard][j] = slot = self._start(slot.path)
+                if ray.get(slot.handle.status.remote())[0] >= upto:
+                    return
+            for k, peer in enumerate(self._slots[shard]):
+                if k == j:
+                    continue
+                try:  # the peer finishes the writes already sent to it; no more are sent
+                    have = ray.get(peer.handle.wait_applied.remote(upto, 60.0))
+                except ray.exceptions.RayActorError:
+                    continue
+                if have >= upto:
+                    log.info(
+                        "%s shard %d replica %d catches up from replica %d (write %d)",
+                        self.name,
+                        shard,
+                        j,
+                        k,
+                        upto,
+                    )
+                    ray.get(slot.handle.copy_from.remote(peer.handle, self._config_now(peer), upto))
+                    return
+            raise Unavailable(
+                f"collection {self.name!r} shard {shard}: no replica holds write {upto}; "
+                "bring back the replica's data directory or restore a snapshot"
+            )
+
+    def _config_now(self, slot: _Slot) -> dict[str, Any]:
+        """A replica's config as it is now (payload indexes may have been added since creation)."""
+        info: CollectionInfo = self._ray.get(slot.handle.read.remote(0, "info", (), {}))
+        return info.config.to_dict()
+
+    # ------------------------------------------------------------ writes and reads
+    def _write(self, parts: dict[int, tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """Apply one write per shard on every replica; the answers (one per shard, in the
+        order of ``parts``) once every replica applied its part."""
+        sent = [
+            self._send(shard, "write", method, args, kwargs)
+            for shard, (method, args, kwargs) in parts.items()
+        ]
+        return [self._settle(*one) for one in sent]
+
+    def _send(self, shard: int, method: str, *args: Any) -> Sent:
+        """Number the next write of ``shard`` and send it to every replica as
+        ``method(number, *args)``; under the shard's lock, so replicas receive writes in
+        the order of their numbers."""
+        self._check_open()
+        with self._locks[shard]:
+            self._next[shard] += 1
+            seq = self._next[shard]
+            refs = [
+                (j, s.handle, getattr(s.handle, method).remote(seq, *args))
+                for j, s in enumerate(self._slots[shard])
+            ]
+        return shard, seq, refs
+
+    def write_parts(self, parts: Sequence[Any], tenant: str | None) -> list[Sent]:
+        """Send the parts of one block of a bulk load (Ray object refs, one per shard, made
+        by a reading task) to their shards as numbered upserts; ``settle`` each answer."""
+        self._check_tenant(tenant, write=True)
+        return [self._send(shard, "upsert_part", ref, tenant) for shard, ref in enumerate(parts)]
+
+    def settle(self, sent: Sent) -> int:
+        """Points a sent bulk write wrote, once every replica of its shard applied it."""
+        return int(self._settle(*sent) or 0)
+
+    def _settle(self, shard: int, seq: int, refs: list[tuple[int, Any, Any]]) -> Any:
+        """Wait for write ``seq`` on every replica of ``shard``: a replica that died for good
+        or fell behind is caught up from a peer that applied it."""
+        ray = self._ray
+        answers: list[Any] = []
+        error: BaseException | None = None
+        for j, handle, ref in refs:
+            try:
+                answers.append(ray.get(ref))
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                self._catch_up(shard, j, dead=handle)
+            except Exception as exc:
+                cause = _unwrap(exc)
+                if isinstance(cause, Behind):
+                    self._catch_up(shard, j)
+                elif isinstance(cause, LaminaError):
+                    error = cause  # rejected, the same way on every replica
+                else:
+                    raise
+        if error is not None:
+            self._ack(shard, seq)
+            raise error
+        self._ack(shard, seq)
+        return next((a for a in answers if a is not None), 0)
+
+    def _ack(self, shard: int, seq: int) -> None:
+        with self._ack_lock:
+            self._acked[shard] = max(self._acked[shard], seq)
+
+    def _read(self, method: str, calls: list[tuple[int, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """Send each (shard, args, kwargs) read to one replica of its shard, taking turns, all
+        at once; a read whose replica is dead or behind goes to the next replica."""
+        self._check_open()
+        ray = self._ray
+        self._turn += 1
+
+        def send(shard: int, args: tuple[Any, ...], kwargs: dict[str, Any], attempt: int) -> tuple[int, Any]:
+            slots = self._slots[shard]
+            j = (self._turn + attempt) % len(slots)
+            # no retry on this replica: another one answers now
+            return j, slots[j].handle.read.options(max_task_retries=0).remote(
+                self._acked[shard], method, args, kwargs
+            )
+
+        answers = []
+        pending = [send(s, a, kw, 0) for s, a, kw in calls]
+        for (shard, args, kwargs), (j, ref) in zip(calls, pending, strict=True):
+            attempt = 0
+            while True:
+                try:
+                    answers.append(ray.get(ref))
+                    break
+                except Exception as exc:
+                    cause = _unwrap(exc)
+                    lost = isinstance(
+                        exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+                    )
+                    if not lost and not isinstance(cause, Behind):
+                        raise cause from None
+                    self._db.repair_later(self, shard, j, self._slots[shard][j].handle if lost else None)
+                    attempt += 1
+                    if attempt == len(self._slots[shard]):
+                        raise Unavailable(
+                            f"collection {self.name!r} shard {shard}: no replica can answer now ({cause}); retry"
+                        ) from None
+                    j, ref = send(shard, args, kwargs, attempt)
+        return answers
+
+    def _every(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return self._read(method, [(s, args, kwargs) for s in range(self.config.shards)])
+
+    def _split(self, ids: Sequence[PointId]) -> dict[int, list[int]]:
+        """Positions of ``ids`` per shard."""
+        parts: dict[int, list[int]] = {}
+        n = self.config.shards
+        for pos, pid in enumerate(ids):
+            parts.setdefault(shard_of(pid, n), []).append(pos)
+        return parts
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition(f"collection {self.name!r} is closed")
+
+    def _check_tenant(self, tenant: str | None, write: bool = False) -> None:
+        """The engine's tenant rule, checked before anything is sent."""
+        if not self.config.multi_tenant:
+            if tenant is not None:
+                raise InvalidArgument(
+                    f"collection {self.name!r} is not multi-tenant: leave tenant out "
+                    "(create the collection with multi_tenant=True to keep tenants apart)"
+                )
+            return
+        if tenant is None:
+            raise InvalidArgument(
+                f"collection {self.name!r} is multi-tenant: every {'write' if write else 'read'} "
+                "names its tenant (tenant=...)"
+            )
+        check_tenant(tenant)
+
+    def _check_filter(self, flt: Filter | None) -> None:
+        compile_filter(flt, self._db.limits.max_filter_depth, self.config.payload_index or None)
+
+    # ------------------------------------------------------------ the Collection interface
+    def upsert(
+        self,
+        ids: Sequence[PointId],
+        vectors: object,
+        payloads: Sequence[Payload | None] | None = None,
+        tenant: str | None = None,
+    ) -> int:
+        """Insert or replace points, each on its shard. Everything is checked before any shard
+        is written; each shard's part is atomic and on every replica when this returns."""
+        self._check_tenant(tenant, write=True)
+        limits = self._db.limits
+        id_list = check_ids(ids, limits)
+        if not id_list:
+            raise InvalidArgument("upsert needs at least one point: ids is empty")
+        matrix = as_matrix(vectors, self.config.dim)
+        if matrix.shape[0] != len(id_list):
+            raise InvalidArgument(
+                f"got {matrix.shape[0]} vectors for {len(id_list)} ids: give one vector per id"
+            )
+        encode_payloads(payloads, len(id_list), limits)
+        if self.config.metric == "cosine":
+            zero = np.flatnonzero(np.einsum("ij,ij->i", matrix, matrix) == 0)
+            if zero.size:
+                raise InvalidArgument(
+                    f"vector {int(zero[0])} is all zeros: a zero vector has no direction under cosine"
+                )
+        parts = {
+            shard: (
+                "upsert",
+                (
+                    [id_list[p] for p in pos],
+                    matrix[pos],
+                    [payloads[p] for p in pos] if payloads is not None else None,
+                ),
+                {"tenant": tenant},
+            )
+            for shard, pos in self._split(id_list).items()
+        }
+        return int(sum(self._write(parts)))
+
+    def delete(
+        self, ids: Sequence[PointId] | None = None, filter: Any = None, tenant: str | None = None
+    ) -> int:
+        """Delete by ids (each on its shard) or by filter (on every shard); returns how many."""
+        if (ids is None) == (filter is None):
+            raise InvalidArgument("delete takes either ids or a filter (exactly one of them)")
+        self._check_tenant(tenant, write=True)
+        parts: dict[int, tuple[str, tuple[Any, ...], dict[str, Any]]]
+        if ids is not None:
+            id_list = check_ids(ids, self._db.limits, unique=False)
+            parts = {
+                s: ("delete", ([id_list[p] for p in pos],), {"tenant": tenant})
+                for s, pos in self._split(id_list).items()
+            }
+        else:
+            self._check_filter(filter)
+            parts = {
+                s: ("delete", (), {"filter": filter, "tenant": tenant}) for s in range(self.config.shards)
+            }
+        return int(sum(self._write(parts)))
+
+    def delete_tenant(self, tenant: str) -> int:
+        """Delete a tenant on every shard; NotFound when no shard has it."""
+        self._check_tenant(tenant, write=True)
+        held = [t for t in self.list_tenants() if t.name == tenant]
+        if not held:
+            raise NotFound(f"tenant {tenant!r} of collection {self.name!r} does not exist")
+        owners = {
+            s for s, names in enumerate(self._every("list_tenants")) if any(t.name == tenant for t in names)
+        }
+        return int(sum(self._write({s: ("delete_tenant", (tenant,), {}) for s in sorted(owners)})))
+
+    def create_payload_index(self, field: str, kind: str) -> bool:
+        changed = self._write(
+            {s: ("create_payload_index", (field, kind), {}) for s in range(self.config.shards)}
+        )
+        self.config = replace(self.config, payload_index={**self.config.payload_index, field: kind})
+        return any(changed)
+
+    def drop_payload_index(self, field: str) -> bool:
+        changed = self._write({s: ("drop_payload_index", (field,), {}) for s in range(self.config.shards)})
+        self.config = replace(
+            self.config, payload_index={f: k for f, k in self.config.payload_index.items() if f != field}
+        )
+        return any(changed)
+
+    def count(self, filter: Any = None, tenant: str | None = None) -> int:
+        self._check_tenant(tenant)
+        return int(sum(self._every("count", filter, tenant=tenant)))
+
+    def get(
+        self,
+        ids: Sequence[PointId],
+        with_payload: bool = True,
+        with_vector: bool = True,
+        tenant: str | None = None,
+    ) -> list[Point]:
+        """Points for ``ids`` in the order asked; missing ids are left out."""
+        self._check_tenant(tenant)
+        id_list = check_ids(ids, self._db.limits, unique=False)
+        parts = self._split(id_list)
+        kwargs = {"with_payload": with_payload, "with_vector": with_vector, "tenant": tenant}
+        found = self._read("get", [(s, ([id_list[p] for p in pos],), kwargs) for s, pos in parts.items()])
+        by_id = {p.id: p for points in found for p in points}
+        return [by_id[i] for i in id_list if i in by_id]
+
+    def scroll(
+        self,
+        limit: int = 100,
+        offset: PointId | None = None,
+        filter: Any = None,
+        with_payload: bool = True,
+        with_vector: bool = False,
+        tenant: str | None = None,
+    ) -> tuple[list[Point], PointId | None]:
+        """One page in id order, merged from every shard's page from ``offset``."""
+        self._check_tenant(tenant)
+        pages = self._every("scroll", limit, offset, filter, with_payload, with_vector, tenant=tenant)
+        merged = sorted(((id_key(p.id), p) for points, _ in pages for p in points), key=lambda kp: kp[0])
+        rest = [nxt for _, nxt in pages if nxt is not None]
+        points = [p for _, p in merged[:limit]]
+        if len(merged) > limit:
+            return points, merged[limit][1].id
+        # every shard's page fit: the next offset is the lowest id a shard has after its page
+        return points, min(rest, key=id_key) if rest else None
+
+    def list_tenants(self) -> list[TenantInfo]:
+        """Every tenant with its points summed over the shards."""
+        if not self.config.multi_tenant:
+            raise InvalidArgument(f"collection {self.name!r} is not multi-tenant: it has no tenants")
+        points: dict[str, int] = {}
+        indexed: dict[str, bool] = {}
+        for names in self._every("list_tenants"):
+            for t in names:
+                points[t.name] = points.get(t.name, 0) + t.points
+                indexed[t.name] = indexed.get(t.name, False) or t.indexed
+        return [TenantInfo(n, points[n], indexed[n]) for n in sorted(points)]
+
+    def _merge(self, per_shard: list[list[Hit]], k: int) -> list[Hit]:
+        hits = [h for shard_hits in per_shard for h in shard_hits]
+        hits.sort(key=lambda h: h.score, reverse=self.config.metric != "l2")  # l2 scores are distances
+        return hits[:k]
+
+    def search(
+        self,
+        vector: object,
+        k: int = 10,
+        filter: Any = None,
+        with_payload: bool = True,
+        with_vector: bool = False,
+        params: SearchParams | None = None,
+        tenant: str | None = None,
+    ) -> list[Hit]:
+        """The global top ``k``: each shard's top ``k``, merged."""
+        query = as_query(vector, self.config.dim)
+        return self.search_batch(query[None, :], k, filter, with_payload, with_vector, params, None, tenant)[
+            0
+        ]
+
+    def search_batch(
+        self,
+        vectors: object,
+        k: int = 10,
+        filter: Any = None,
+        with_payload: bool = True,
+        with_vector: bool = False,
+        params: SearchParams | None = None,
+        alive: Callable[[], None] | None = None,
+        tenant: str | None = None,
+    ) -> list[list[Hit]]:
+        """Each shard answers its top ``k`` per query (all shards at once); the merge keeps
+        the best ``k``. ``alive`` is checked before the scatter and before the merge."""
+        self._check_tenant(tenant)
+        queries = as_matrix(vectors, self.config.dim, "query vectors")
+        k = check_k(k, self._db.limits)
+        self._check_filter(filter)
+        if alive is not None:
+            alive()
+        parts = self._every(
+            "search_batch", queries, k, filter, with_payload, with_vector, params, tenant=tenant
+        )
+        if alive is not None:
+            alive()
+        return [self._merge(list(per_query), k) for per_query in zip(*parts, strict=True)]
+
+    def search_explained(
+        self,
+        vector: object,
+        k: int = 10,
+        filter: Any = None,
+        with_payload: bool = True,
+        with_vector: bool = False,
+        params: SearchParams | None = None,
+        tenant: str | None = None,
+    ) -> tuple[list[Hit], QueryPlan]:
+        """``search`` with every shard's plan: their segment plans one after another."""
+        self._check_tenant(tenant)
+        answers = self._every(
+            "search_explained", vector, k, filter, with_payload, with_vector, params, tenant=tenant
+        )
+        hits = self._merge([h for h, _ in answers], check_k(k, self._db.limits))
+        plans = [p for _, p in answers]
+        return hits, QueryPlan(
+            segments=[s for p in plans for s in p.segments],
+            indexed_fields=plans[0].indexed_fields,
+            unindexed_fields=plans[0].unindexed_fields,
+            hits=len(hits),
+            seconds=max(p.seconds for p in plans),
+        )
+
+    def explain(
+        self,
+        vector: object,
+        k: int = 10,
+        filter: Any = None,
+        params: SearchParams | None = None,
+        tenant: str | None = None,
+    ) -> QueryPlan:
+        return self.search_explained(vector, k, filter, False, False, params, tenant)[1]
+
+    def query(
+        self,
+        vector: object = None,
+        text: str | None = None,
+        k: int = 10,
+        filter: Any = None,
+        fusion: str = "rrf",
+        weights: Sequence[float] | None = None,
+        text_field: str | None = None,
+        with_payload: bool = True,
+        with_vector: bool = False,
+        params: SearchParams | None = None,
+        tenant: str | None = None,
+    ) -> list[Hit]:
+        """Hybrid search: the dense and the BM25 rankings are each merged over the shards
+        and then fused here, as one node fuses them. BM25 weighs terms by each shard's own
+        document frequencies (as most distributed engines do by default)."""
+        self._check_tenant(tenant)
+        if vector is None or text is None:  # one ranking: merged by score
+            per_shard = self._every(
+                "query",
+                vector,
+                text,
+                k,
+                filter,
+                fusion,
+                weights,
+                text_field,
+                with_payload,
+                with_vector,
+                params,
+                tenant=tenant,
+            )
+            if vector is None:
+                hits = [h for hs in per_shard for h in hs]
+                hits.sort(key=lambda h: h.score, reverse=True)  # BM25: higher is better
+                return hits[: check_k(k, self._db.limits)]
+            return self._merge(per_shard, check_k(k, self._db.limits))
+        k = check_k(k, self._db.limits)
+        depth = min(self._db.limits.max_k, max(2 * k, 50))
+        dense = self.query(
+            vector,
+            None,
+            depth,
+            filter,
+            fusion,
+            weights,
+            text_field,
+            with_payload,
+            with_vector,
+            params,
+            tenant,
+        )
+        sparse = self.query(
+            None, text, depth, filter, fusion, weights, text_field, with_payload, with_vector, params, tenant
+        )
+        w = (1.0, 1.0) if weights is None else tuple(weights)
+        by_id = {id_key(h.id): h for h in (*dense, *sparse)}
+        keys = sorted(by_id)
+        pos = {key: i for i, key in enumerate(keys)}
+        sign = -1.0 if self.config.metric == "l2" else 1.0  # fuse expects higher-is-better scores
+        rankings = [
+            (
+                np.array([pos[id_key(h.id)] for h in hits], np.int64),
+                np.array([sign * h.score if hits is dense else h.score for h in hits], np.float32),
+            )
+            for hits in (dense, sparse)
+        ]
+        rows, scores = fuse(rankings, fusion, w, k)
+        return [
+            replace(by_id[keys[r]], score=float(s))
+            for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
+        ]
+
+    def info(self) -> CollectionInfo:
+        """Counts and index status summed over one replica of every shard."""
+        infos: list[CollectionInfo] = self._every("info")
+        st = [i.status for i in infos]
+        tenants = len(self.list_tenants()) if self.config.multi_tenant else 0
+        status = IndexStatus(
+            segments=sum(s.segments for s in st),
+            indexed_points=sum(s.indexed_points for s in st),
+            mutable_points=sum(s.mutable_points for s in st),
+            index_bytes=sum(s.index_bytes for s in st),
+            note="; ".join(sorted({s.note for s in st if s.note})),
+            optimizing=any(s.optimizing for s in st),
+            tenants=tenants,
+            tenant_partitions=sum(s.tenant_partitions for s in st),
+        )
+        return CollectionInfo(self.name, self.config, sum(i.count for i in infos), status)
+
+    def optimize(self, timeout: float | None = None) -> bool:
+        """Seal and index pending points on every replica of every shard."""
+        self._check_open()
+        ray = self._ray
+        refs = [s.handle.read.remote(0, "optimize", (timeout,), {}) for slots in self._slots for s in slots]
+        return all(ray.get(refs))
+
+    def replicas(self) -> list[list[tuple[int, int]]]:
+        """(last write applied, live points) of every replica, by shard; points -1 when multi-tenant."""
+        return [self._ray.get([s.handle.status.remote() for s in slots]) for slots in self._slots]
+
+    def close(self, kill: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        ray = self._ray
+        handles = [s.handle for slots in self._slots for s in slots]
+        for h in handles:
+            with contextlib.suppress(Exception):
+                ray.get(h.close.remote())
+            if kill:
+                ray.kill(h, no_restart=True)
+
+
+class ShardedDatabase:
+    """The collections of one sharded data root, served by replica actors on Ray; the
+    interface of the engine's ``Database`` (what the server and the embedded SDK call).
+    ``ray.init(...)`` must have run in this process."""
+
+    def __init__(self, path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.ray = _ray()
+        self.path = Path(path)
+        self.limits = limits
+        self.sync_writes = False
+        try:
+            (self.path / "collections").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot use {self.path} as a data directory: {exc.strerror}") from None
+        self._lock_file: IO[str] | None = open(self.path / "LOCK", "a+")  # noqa: SIM115 - held while open
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise FailedPrecondition(
+                f"data directory {self.path} is in use by another Lamina process; stop it or use another directory"
+            ) from None
+        self._lock = threading.RLock()
+        self._collections: dict[str, ShardedCollection] = {}
+        self._repairs: set[tuple[str, int, int]] = set()
+        catalog = self._catalog()
+        for entry in (self.path / "collections").iterdir():
+            if entry.name not in catalog:  # created or dropped halfway
+                shutil.rmtree(entry, ignore_errors=True)
+        for name, config in sorted(catalog.items()):
+            log.info(
+                "opening sharded collection %r (%d shards x %d replicas)",
+                name,
+                config["shards"],
+                config["replicas"],
+            )
+            self._collections[name] = ShardedCollection(self, name, CollectionConfig.from_dict(config))
+
+    def _catalog(self) -> dict[str, dict[str, Any]]:
+        try:
+            return dict(orjson.loads((self.path / CATALOG).read_bytes()))
+        except FileNotFoundError:
+            return {}
+
+    def _save_catalog(self) -> None:
+        data = {n: c.config.to_dict() for n, c in self._collections.items()}
+        tmp = self.path / f"{CATALOG}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / CATALOG)
+
+    def create_collection(self, name: str, config: CollectionConfig) -> ShardedCollection:
+        check_collection_name(name)
+        with self._lock:
+            self._check_open()
+            if name in self._collections:
+                raise AlreadyExists(f"collection {name!r} already exists")
+            folder = self.path / "collections" / name
+            shutil.rmtree(folder, ignore_errors=True)
+            col = ShardedCollection(self, name, config)
+            self._collections[name] = col
+            self._save_catalog()
+        log.info("created collection %r: %d shards x %d replicas", name, config.shards, config.replicas)
+        return col
+
+    def get_collection(self, name: str) -> ShardedCollection:
+        with self._lock:
+            self._check_open()
+            col = self._collections.get(name)
+        if col is None:
+            raise NotFound(f"collection {name!r} does not exist")
+        return col
+
+    def list_collections(self) -> list[str]:
+        with self._lock:
+            self._check_open()
+            return sorted(self._collections)
+
+    def delete_collection(self, name: str) -> None:
+        with self._lock:
+            col = self.get_collection(name)
+            del self._collections[name]
+            self._save_catalog()
+        col.close()
+        shutil.rmtree(self.path / "collections" / name, ignore_errors=True)
+        log.info("dropped collection %r", name)
+
+    def create_snapshot(self, name: str) -> SnapshotInfo:
+        self.get_collection(name)
+        raise FailedPrecondition(
+            f"collection {name!r} is sharded: snapshots are per replica data directory for now "
+            "(copy <data>/collections/<name>/ with the server stopped)"
+        )
+
+    def list_snapshots(self, name: str | None = None) -> list[SnapshotInfo]:
+        if name is not None:
+            self.get_collection(name)
+        return []
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        raise NotFound(f"snapshot {snapshot!r} of collection {name!r} does not exist")
+
+    def repair_later(self, col: ShardedCollection, shard: int, j: int, dead: Any) -> None:
+        """Catch a replica up in the background (one repair per replica at a time)."""
+        key = (col.name, shard, j)
+        with self._lock:
+            if key in self._repairs:
+                return
+            self._repairs.add(key)
+
+        def run() -> None:
+            try:
+                col._catch_up(shard, j, dead)
+            except Exception:
+                log.exception("catching up %s shard %d replica %d failed", col.name, shard, j)
+            finally:
+                with self._lock:
+                    self._repairs.discard(key)
+
+        threading.Thread(target=run, name=f"lamina-repair-{col.name}-{shard}-{j}", daemon=True).start()
+
+    def _check_open(self) -> None:
+        if self._lock_file is None:
+            raise FailedPrecondition(f"database at {self.path} is closed")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._lock_file is None:
+                return
+            for col in self._collections.values():
+                col.close()
+            self._lock_file.close()
+            self._lock_file = None
+
+
+#: what the server and the embedded SDK drive: one node's Database or a sharded one
+AnyDatabase = Database | ShardedDatabase
