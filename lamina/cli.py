@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from lamina.config import Limits, ServerConfig
-from lamina.errors import InvalidArgument, LaminaError
+from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError
 from lamina.validation import check_tenant
 
 DEFAULT_DATA = "./lamina-data"
@@ -102,15 +102,38 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_ray(address: str) -> None:
+    """Join the Ray cluster at ``address``, or start a local one for ``local``."""
+    try:
+        import ray
+    except ImportError:
+        raise FailedPrecondition('--ray needs Ray: pip install "laminadb[ray]"') from None
+    log = logging.getLogger("lamina.server")
+    if address == "local":
+        log.info("starting a local Ray")
+    else:
+        log.info("joining the Ray cluster at %s", address)
+    ray.init(address=None if address == "local" else address, include_dashboard=False)
+    log.info("Ray resources: %s", ray.cluster_resources())
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from lamina.engine.database import Database
+    from lamina.engine.sharded import AnyDatabase, ShardedDatabase
     from lamina.server.app import serve
 
     config = server_config(args)
     tls = None
     if config.tls_cert and config.tls_key:
         tls = (Path(config.tls_cert).read_bytes(), Path(config.tls_key).read_bytes())
-    db = Database(config.data, sync_writes=config.sync_writes, limits=config.limits)
+    db: AnyDatabase
+    if args.ray is not None:
+        if config.sync_writes:
+            raise InvalidArgument("--sync-writes is not available with --ray yet")
+        _start_ray(args.ray)
+        db = ShardedDatabase(config.data, limits=config.limits)
+    else:
+        db = Database(config.data, sync_writes=config.sync_writes, limits=config.limits)
     try:
         asyncio.run(
             serve(db, config.host, config.port, config.workers, config.keys, tls, config.metrics_port)
@@ -260,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME=VALUE",
         help="override one request limit, e.g. --limit max_batch=5000 (repeatable)",
+    )
+    serve.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="serve sharded, replicated collections from Ray actors: join the cluster at ADDRESS "
+        "(e.g. auto, ray://head:10001) or start a local Ray when left out (docs/scale.md)",
     )
     serve.set_defaults(func=cmd_serve)
 

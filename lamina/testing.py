@@ -48,6 +48,7 @@ class ServerProcess:
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
             env=env,
+            start_new_session=True,  # a process group of its own: kill(group=True) takes its children too
         )
         self._wait_ready()
 
@@ -75,8 +76,13 @@ class ServerProcess:
                 time.sleep(0.1)
         raise TimeoutError(f"server not ready in {timeout}s:\n{self.log.read_text()}")
 
-    def kill(self) -> None:
-        self.proc.kill()
+    def kill(self, group: bool = False) -> None:
+        """SIGKILL the server; ``group``: with every process it started (its Ray, say), as
+        when its machine goes down."""
+        if group:
+            os.killpg(self.proc.pid, 9)
+        else:
+            self.proc.kill()
         self.proc.wait(30)
 
     def terminate(self) -> int:

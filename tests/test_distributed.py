@@ -332,3 +332,53 @@ def test_ray_tasks_ingest_npy_and_parquet_into_the_shards(cluster: None, tmp_pat
         with pytest.raises(lamina.InvalidArgument, match=r"rows 2001\.\.3000: row 2501"):
             ld.ingest(db, "p", tmp_path / "bad.parquet")
         assert p.count() == 3000 + 2000
+
+
+def test_lamina_serve_ray_routes_grpc_requests_to_the_shards(tmp_path: Path) -> None:
+    """`lamina serve --ray` (its own local Ray): the SDK over gRPC creates a sharded, replicated
+    collection and gets one node's answers; acknowledged writes survive SIGTERM and kill -9."""
+    from lamina.testing import ServerProcess
+
+    ids, vectors, payloads = _data(2000, 21)
+    for i, p in enumerate(payloads):
+        p["text"] = f"note {i} about {'lions' if i % 50 == 0 else 'cats'}"
+    queries = vectors[:8] + 0.02
+    data = tmp_path / "data"
+    server = ServerProcess(data, "--ray")
+    try:
+        with lamina.connect(server.address) as remote, lamina.connect(str(tmp_path / "single")) as single:
+            options: dict[str, Any] = {"payload_index": {"text": "text", "g": "int"}}
+            col = remote.create_collection("c", DIM, "cosine", shards=3, replicas=2, **options)
+            one = single.create_collection("c", DIM, "cosine", **options)
+            assert (col.info().config.shards, col.info().config.replicas) == (3, 2)
+            for c in (col, one):
+                for lo in range(0, 2000, 500):
+                    c.upsert(ids[lo : lo + 500], vectors[lo : lo + 500], payloads[lo : lo + 500])
+            for flt in (None, {"g": {"$gte": 7}}):
+                assert _same(
+                    col.search_batch(queries, k=10, filter=flt, exact=True),
+                    one.search_batch(queries, k=10, filter=flt, exact=True),
+                )
+            assert col.count() == 2000 and col.count({"g": 3}) == one.count({"g": 3})
+            # hybrid: dense and BM25 rankings merged over the shards, then fused
+            hits = col.query(vector=vectors[50], text="lions", k=5)
+            assert hits[0].id == ids[50] and all("lions" in h.payload["text"] for h in hits[:3])
+            assert {h.id for h in col.query(text="lions", k=40)} == {ids[i] for i in range(0, 2000, 50)}
+            with pytest.raises(lamina.InvalidArgument, match="dim"):
+                col.upsert([1], np.zeros((1, DIM + 1), np.float32))
+            with pytest.raises(lamina.FailedPrecondition, match="sharded"):
+                col.snapshot()
+        assert server.terminate() == 0
+        server = ServerProcess(data, "--ray")
+        with lamina.connect(server.address) as remote:
+            col = remote.get_collection("c")
+            assert col.count() == 2000
+            col.upsert(["after-restart"], vectors[:1])
+        server.kill(group=True)  # kill -9 of the front end with its Ray and the replica actors
+        server = ServerProcess(data, "--ray")
+        with lamina.connect(server.address) as remote:
+            col = remote.get_collection("c")
+            assert col.count() == 2001 and col.get(["after-restart"])[0].id == "after-restart"
+    finally:
+        if server.proc.poll() is None:
+            server.terminate()
