@@ -14,6 +14,7 @@ BENCHMARKS = {
     "tenants": "bench.tenants",
     "ingest": "bench.ingest",
     "compare": "bench.compare",
+    "shards": "bench.shards",
 }
 
 

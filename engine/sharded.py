@@ -95,7 +95,7 @@ REORDER_WAIT = 5.0
 COPY_PAGE = 2_000
 #: replica calls that change data (numbered), and those that read
 WRITES = frozenset(
-    {"upsert", "upsert_nothing", "delete", "delete_tenant", "create_payload_index", "drop_payload_index"}
+    {"upsert", "upsert_chunks", "delete", "delete_tenant", "create_payload_index", "drop_payload_index"}
 )
 READS = frozenset(
     {
@@ -179,7 +179,7 @@ class _Replica:
         (every replica rejects it the same way). None when it was applied before."""
         if method not in WRITES:
             raise InvalidArgument(f"{method} is not a replica write")
-        target = self if method == "upsert_nothing" else self.col
+        target = self if method == "upsert_chunks" else self.col
         with self._turn:
             if not self._turn.wait_for(lambda: self.applied >= seq - 1, REORDER_WAIT):
                 raise Behind(f"replica {self.path} has applied write {self.applied}, not {seq - 1}")
@@ -194,12 +194,22 @@ class _Replica:
         """Write ``seq`` of a bulk load: one shard's part of a block, a Ray object made by a
         reading task and fetched here without passing through the front end (None: the
         block had no point of this shard, the number is used all the same)."""
-        if part is None:
-            return int(self.write(seq, "upsert_nothing", (), {}) or 0)
-        return int(self.write(seq, "upsert", part, {"tenant": tenant}) or 0)
+        return int(self.write(seq, "upsert_chunks", part or ([], None, None), {"tenant": tenant}) or 0)
 
-    def upsert_nothing(self) -> int:
-        return 0
+    def upsert_chunks(
+        self, ids: list[PointId], vectors: np.ndarray | None, payloads: list[Any] | None, tenant: str | None
+    ) -> int:
+        """Upsert a bulk part in requests of at most ``max_batch`` points."""
+        step = self.db.limits.max_batch
+        return sum(
+            self.col.upsert(
+                ids[lo : lo + step],
+                vectors[lo : lo + step] if vectors is not None else None,
+                payloads[lo : lo + step] if payloads is not None else None,
+                tenant=tenant,
+            )
+            for lo in range(0, len(ids), step)
+        )
 
     def wait_applied(self, seq: int, timeout: float) -> int:
         """The last write applied, once it is ``seq`` or after ``timeout`` seconds."""
@@ -252,6 +262,10 @@ class _Replica:
             "%s caught up: %d points copied in %.1f s", self.path, copied, time.perf_counter() - started
         )
         return copied
+
+    def pid(self) -> int:
+        """This actor's process id (for memory figures)."""
+        return os.getpid()
 
     def close(self) -> None:
         self.db.close()
