@@ -336,7 +336,7 @@ class ShardedCollection:
             try:
                 if ray.get(slot.handle.status.remote())[0] >= upto:
                     return
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.ActorDiedError:  # gone for good (a restarting one is waited for)
                 self._slots[shard][j] = slot = self._start(slot.path)
                 if ray.get(slot.handle.status.remote())[0] >= upto:
                     return
@@ -411,8 +411,10 @@ class ShardedCollection:
         for j, handle, ref in refs:
             try:
                 answers.append(ray.get(ref))
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            except ray.exceptions.ActorDiedError:
                 self._catch_up(shard, j, dead=handle)
+            except ray.exceptions.RayActorError:  # restarting: it is waited for
+                self._catch_up(shard, j)
             except Exception as exc:
                 cause = _unwrap(exc)
                 if isinstance(cause, Behind):
@@ -456,12 +458,13 @@ class ShardedCollection:
                     break
                 except Exception as exc:
                     cause = _unwrap(exc)
-                    lost = isinstance(
-                        exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
-                    )
-                    if not lost and not isinstance(cause, Behind):
+                    unreachable = isinstance(exc, ray.exceptions.RayActorError)  # dead, or Ray restarts it
+                    if not unreachable and not isinstance(cause, Behind):
                         raise cause from None
-                    self._db.repair_later(self, shard, j, self._slots[shard][j].handle if lost else None)
+                    if isinstance(exc, ray.exceptions.ActorDiedError):  # gone for good: replace it
+                        self._db.repair_later(self, shard, j, self._slots[shard][j].handle)
+                    elif not unreachable:  # behind: catch it up
+                        self._db.repair_later(self, shard, j, None)
                     attempt += 1
                     if attempt == len(self._slots[shard]):
                         raise Unavailable(

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from lamina.config import Limits, ServerConfig
-from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError
+from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError, NotFound
 from lamina.validation import check_tenant
 
 DEFAULT_DATA = "./lamina-data"
@@ -155,8 +155,61 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         args.parallel = 4 if is_address(args.target) else 2
     if args.parallel < 1 or args.batch_size < 1:
         raise InvalidArgument("--parallel and --batch-size must be at least 1")
+    if args.ray is not None:
+        return _ingest_ray(args)
     with _connect(args) as db:
         return ingest.dry_run(db, args) if args.dry_run else ingest.load(db, args)
+
+
+def _ingest_ray(args: argparse.Namespace) -> int:
+    """``lamina ingest --ray``: a sharded data directory opened here; .npy and Parquet files are
+    read by Ray tasks and written straight to the shards, other files through the front end."""
+    from tqdm import tqdm
+
+    from lamina import distributed, ingest
+    from lamina.client.api import is_address
+
+    if is_address(args.target):
+        raise InvalidArgument(
+            "--ray opens a sharded data directory in this process; to load through a "
+            "`lamina serve --ray` server, leave --ray out (the server routes to its shards)"
+        )
+    _start_ray(args.ray)
+    path = Path(args.file)
+    with distributed.connect(args.target) as db:
+        by_tasks = path.suffix in (".npy", ".parquet", ".pq") and not (
+            args.dry_run or args.resume or args.tenant_field
+        )
+        if not by_tasks:
+            return ingest.dry_run(db, args) if args.dry_run else ingest.load(db, args)
+        _, total, dim, _ = ingest.open_source(args)
+        try:
+            db.get_collection(args.collection)
+        except NotFound:
+            ingest.create(db, args, dim, args.tenant is not None)
+        started = time.perf_counter()
+        with tqdm(
+            total=total, unit="pts", desc=f"ingest {path.name}", file=sys.stderr, disable=args.quiet
+        ) as bar:
+            written = distributed.ingest(
+                db,
+                args.collection,
+                path,
+                tenant=args.tenant,
+                id_start=args.id_start,
+                id_field=args.id_field,
+                vector_field=args.vector_field,
+                payload_field=args.payload_field,
+                progress=lambda done, _: bar.update(done - bar.n),
+            )
+        seconds = time.perf_counter() - started
+        print(
+            f"ingested {written:,} points into {args.collection!r} with Ray tasks; it now holds "
+            f"{db.get_collection(args.collection).count(tenant=args.tenant)} "
+            f"({seconds:.2f} s, {written / seconds:,.0f} points/s)",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def cmd_collections(args: argparse.Namespace) -> int:
@@ -335,6 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--payload-field", default="payload", help="Parquet: else every other column")
     ingest.add_argument("--tenant-field", help=".jsonl / .parquet: the field naming each record's tenant")
     ingest.add_argument("--dataset", default="train", help=".hdf5 (ann-benchmarks): the dataset to load")
+    ingest.add_argument(
+        "--shards", type=int, default=1, help="when creating: shards (a server or data directory on Ray)"
+    )
+    ingest.add_argument("--replicas", type=int, default=1, help="when creating: replicas of each shard")
+    ingest.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="the target is a sharded data directory: open it here on the Ray cluster at ADDRESS (a local "
+        "Ray when left out); .npy and Parquet files are read by Ray tasks and written straight to the shards",
+    )
     ingest.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ingest.add_argument(
         "--dry-run",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from lamina.client.api import Client
 from lamina.client.transport import EmbeddedTransport
@@ -85,6 +86,7 @@ def _read_block(
     id_start: int,
     id_field: str,
     vector_field: str,
+    payload_field: str,
 ) -> tuple[Any, ...]:
     """A Ray task: read rows ``lo..hi`` (Parquet: row group ``index``), check them and split
     them by shard. Returns the row count, then one part per shard (None when empty)."""
@@ -111,7 +113,7 @@ def _read_block(
                     f"{file} rows {lo + 1}..{hi}: row {lo + r + 1}: {vector_field!r} must be a list of {dim} numbers"
                 )
         vectors = np.asarray(rows, dtype=np.float32)
-        payloads = [dict(zip(table, row, strict=True)) for row in zip(*table.values(), strict=True)] or None
+        payloads = _payloads(table, payload_field, f"{file} rows {lo + 1}..{hi}")
     where = f"{file} rows {lo + 1}..{hi}"
     try:
         matrix = as_matrix(vectors, dim)
@@ -133,6 +135,26 @@ def _read_block(
     return (hi - lo, *parts)
 
 
+def _payloads(table: dict[str, list[Any]], payload_field: str, where: str) -> list[Any] | None:
+    """Payloads from the ``payload_field`` column (objects or JSON strings) when there is one,
+    else from every other column (as ``lamina ingest`` reads Parquet)."""
+    if payload_field not in table:
+        return [dict(zip(table, row, strict=True)) for row in zip(*table.values(), strict=True)] or None
+    out = []
+    for r, value in enumerate(table[payload_field]):
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidArgument(
+                    f"{where}: row {r + 1} of the block: {payload_field!r} is not valid JSON ({exc})"
+                ) from None
+        if value is not None and not isinstance(value, dict):
+            raise InvalidArgument(f"{where}: row {r + 1} of the block: {payload_field!r} must be an object")
+        out.append(value)
+    return out
+
+
 def ingest(
     client: Client,
     collection: str,
@@ -142,11 +164,13 @@ def ingest(
     id_start: int = 0,
     id_field: str = "id",
     vector_field: str = "vector",
+    payload_field: str = "payload",
     rows_per_block: int = 50_000,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> int:
     """Load a ``.npy`` matrix (ids ``id_start``, ``id_start + 1``, ...) or a Parquet file
-    (``id_field``, ``vector_field``, the other columns as payload; a block per row group)
+    (``id_field``, ``vector_field``, the payload from ``payload_field`` when that column
+    exists, else from every other column; a block per row group)
     into a sharded collection. Ray tasks read and check blocks in parallel and split them
     by shard; each part goes from the task to the shard's replicas through Ray's object
     store (not through this process), as a numbered write like any other. Returns the
@@ -169,7 +193,7 @@ def ingest(
     def submit(index: int) -> None:
         lo, hi = blocks[index]
         refs = reader.remote(
-            str(file), index, lo, hi, shards, col.config.dim, id_start, id_field, vector_field
+            str(file), index, lo, hi, shards, col.config.dim, id_start, id_field, vector_field, payload_field
         )
         reading.append((refs[0], refs[1:]))
 

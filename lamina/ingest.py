@@ -451,6 +451,22 @@ def _located(error: BaseException, batch: _Batch) -> BaseException:
     return error
 
 
+def create(db: Any, args: argparse.Namespace, dim: int, multi: bool) -> Any:
+    """Create the collection a load writes into, with the command's settings."""
+    shards, replicas = getattr(args, "shards", 1), getattr(args, "replicas", 1)
+    col = db.create_collection(
+        args.collection, dim=dim, metric=args.metric, multi_tenant=multi, shards=shards, replicas=replicas
+    )
+    print(
+        f"created collection {args.collection!r} (dim={dim}, metric={args.metric}"
+        + (", multi-tenant" if multi else "")
+        + (f", {shards} shards x {replicas} replicas" if shards > 1 or replicas > 1 else "")
+        + ")",
+        file=sys.stderr,
+    )
+    return col
+
+
 def load(db: Any, args: argparse.Namespace) -> int:
     """Write the file's records into the collection (created when missing); see the module doc."""
     path, total, dim, items = open_source(args)
@@ -473,12 +489,7 @@ def load(db: Any, args: argparse.Namespace) -> int:
         if not dim:
             raise InvalidArgument(f"{path}: no vectors found to infer the dimension from") from None
         multi = args.tenant is not None or bool(args.tenant_field)
-        col = db.create_collection(args.collection, dim=dim, metric=args.metric, multi_tenant=multi)
-        print(
-            f"created collection {args.collection!r} (dim={dim}, metric={args.metric}"
-            + (", multi-tenant)" if multi else ")"),
-            file=sys.stderr,
-        )
+        col = create(db, args, dim, multi)
     began = time.perf_counter()
     with tqdm(
         total=total,

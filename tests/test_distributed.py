@@ -382,3 +382,30 @@ def test_lamina_serve_ray_routes_grpc_requests_to_the_shards(tmp_path: Path) -> 
     finally:
         if server.proc.poll() is None:
             server.terminate()
+
+
+def test_lamina_ingest_ray_loads_a_sharded_data_directory(cluster: None, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    matrix = np.random.default_rng(4).standard_normal((3000, DIM)).astype(np.float32)
+    np.save(tmp_path / "v.npy", matrix)
+    root = tmp_path / "shards"
+    cmd = [sys.executable, "-m", "lamina", "ingest", str(tmp_path / "v.npy"), "-c", "v", "-t", str(root)]
+    done = subprocess.run(
+        [*cmd, "--ray", "--shards", "3", "--replicas", "2", "--metric", "l2", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3 shards x 2 replicas" in done.stderr and "with Ray tasks; it now holds 3000" in done.stderr
+    refused = subprocess.run(
+        [*cmd[:-2], "-t", "127.0.0.1:1", "--ray"], capture_output=True, text=True, check=False
+    )
+    assert refused.returncode != 0 and "leave --ray out" in refused.stderr
+    with ld.connect(root) as db:
+        col = db.get_collection("v")
+        assert (col.info().config.shards, col.info().config.replicas, col.count()) == (3, 2, 3000)
+        assert col.search(matrix[123], k=1, exact=True)[0].id == 123
+        assert all(r[0] == r[1] for r in _sharded(db, "v").replicas())
