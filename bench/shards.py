@@ -1,7 +1,7 @@
 """Sharded Lamina on Ray: 1, 2 and 4 shards (and 2 shards x 2 replicas) beside one node.
 
-``python -m bench shards`` (200,000 x 128 clustered, cosine, by default; ``--rows``, ``--dim``,
-``--queries``).
+``python -m bench shards`` (kernel-docs-minilm: 60,000 x 384 real embeddings, cosine, 500
+queries, by default; ``--dataset synthetic --rows --dim`` for clustered synthetic vectors).
 
 Every system runs on this machine: "single node" is an embedded ``lamina.connect``; the
 sharded systems are ``lamina.distributed.connect`` over a local Ray (``ray.init``), each
@@ -37,6 +37,7 @@ import psutil
 import lamina
 import lamina.distributed as ld
 from bench.common import RESULTS, Row, clustered, ground_truth, plot, recall, rss_mb, save, table, time_each
+from bench.compare import DATA
 
 BATCH = 1_000
 QUERY_BATCH = 100
@@ -103,11 +104,20 @@ def _actors_rss(client: lamina.Client, name: str) -> float:
     return sum(psutil.Process(p).memory_info().rss for p in pids) / 2**20
 
 
-def run(rows: int, dim: int, nq: int, work: Path) -> list[Row]:
+def run(dataset: str, rows: int, dim: int, nq: int, work: Path) -> list[Row]:
     import ray
 
-    vectors = clustered(rows, dim, seed=1)
-    queries = clustered(nq, dim, seed=2)
+    if dataset == "kernel-docs":
+        vectors = np.load(DATA / "base.f16.npy").astype(np.float32)
+        queries = np.load(DATA / "queries.f16.npy").astype(np.float32)[:nq]
+        if rows:
+            vectors = vectors[:rows]
+    else:
+        vectors = clustered(rows or 200_000, dim, seed=1)
+        queries = clustered(nq, dim, seed=2)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    rows, dim = vectors.shape
     truth = ground_truth(vectors, queries, 10)
     path = work / "vectors.npy"
     np.save(path, vectors)
@@ -207,19 +217,33 @@ TASKS = ["ingest", "build", "search, 1 query per call", "search, batches of 100"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench shards", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--dataset", choices=["kernel-docs", "synthetic"], default="kernel-docs")
+    parser.add_argument(
+        "--rows", type=int, default=0, help="rows to load (default: all of kernel-docs; synthetic 200,000)"
+    )
+    parser.add_argument("--dim", type=int, default=128, help="synthetic only")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--work", help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-        rows = run(args.rows, args.dim, args.queries, Path(tmp))
+        if args.dataset == "kernel-docs" and not (DATA / "base.f16.npy").exists():
+            raise SystemExit(
+                f"{DATA} has no kernel-docs-minilm data (../shared/data); use --dataset synthetic"
+            )
+        rows = run(args.dataset, args.rows, args.dim, args.queries, Path(tmp))
     markdown = table(rows, {task: "single node" for task in TASKS})
     markdown += "\n\n2 cores: every shard and replica shares them; ratios show the cost of sharding here, not cluster scale-out."
     print(markdown)
-    params = {"rows": args.rows, "dim": args.dim, "queries": args.queries, "batch": BATCH}
-    json_path = save("shards", rows, params, markdown)
-    png = plot("shards", rows, TASKS)
+    params = {
+        "dataset": args.dataset,
+        "rows": args.rows,
+        "dim": args.dim,
+        "queries": args.queries,
+        "batch": BATCH,
+    }
+    name = f"shards-{args.dataset}"
+    json_path = save(name, rows, params, markdown)
+    png = plot(name, rows, TASKS)
     print(f"wrote {json_path}" + (f" and {png}" if png else ""), file=sys.stderr)
     print(f"(results folder: {RESULTS})", file=sys.stderr)
     return 0

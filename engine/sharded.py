@@ -146,10 +146,11 @@ class _Replica:
     GIL), so a long write does not hold searches back; numbered writes are applied in
     order whatever order they arrive in."""
 
-    def __init__(self, path: str, name: str, config: dict[str, Any]) -> None:
+    def __init__(self, path: str, name: str, config: dict[str, Any], sync: bool = False) -> None:
         self.path = Path(path)
         self.name = name
-        self.db = Database(path)
+        self.sync = sync
+        self.db = Database(path, sync_writes=sync)
         if name not in self.db.list_collections():
             self.db.create_collection(name, CollectionConfig.from_dict(config))
         self.col = self.db.get_collection(name)
@@ -162,7 +163,11 @@ class _Replica:
     def _mark(self, seq: int) -> None:
         """Record that write ``seq`` is applied (after its data is durable)."""
         tmp = self.path / f"{APPLIED}.tmp"
-        tmp.write_text(str(seq))
+        with open(tmp, "w") as f:
+            f.write(str(seq))
+            if self.sync:  # with synced writes the number must not outlive a power loss either
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, self.path / APPLIED)
         self.applied = seq
         self._turn.notify_all()
@@ -186,9 +191,14 @@ class _Replica:
             if seq <= self.applied:
                 return None  # sent again after a restart: already applied
             try:
-                return getattr(target, method)(*args, **kwargs)
-            finally:
-                self._mark(seq)
+                result = getattr(target, method)(*args, **kwargs)
+            except LaminaError:
+                self._mark(seq)  # refused: by every replica alike, nothing changed
+                raise
+            # any other failure (a disk error) leaves the write unapplied: this replica falls
+            # behind and catches up from its peer
+            self._mark(seq)
+            return result
 
     def upsert_part(self, seq: int, part: Part | None, tenant: str | None) -> int:
         """Write ``seq`` of a bulk load: one shard's part of a block, a Ray object made by a
@@ -223,7 +233,12 @@ class _Replica:
             raise InvalidArgument(f"{method} is not a replica read")
         if self.applied < need:
             raise Behind(f"replica {self.path} has applied write {self.applied}, the read needs {need}")
-        return getattr(self.col, method)(*args, **kwargs)
+        try:
+            return getattr(self.col, method)(*args, **kwargs)
+        except LaminaError:
+            if self.applied < need:  # its collection was replaced by a copy meanwhile
+                raise Behind(f"replica {self.path} started catching up during the read") from None
+            raise
 
     def export(
         self, tenant: str | None, offset: PointId | None
@@ -314,7 +329,7 @@ class ShardedCollection:
         actor = self._ray.remote(
             max_restarts=-1, max_task_retries=-1, max_concurrency=8, scheduling_strategy="SPREAD"
         )(_Replica)
-        return _Slot(path, actor.remote(str(path), self.name, self._inner))
+        return _Slot(path, actor.remote(str(path), self.name, self._inner, self._db.sync_writes))
 
     def _catch_up(self, shard: int, j: int, dead: Any = None) -> None:
         """Bring replica ``j`` of ``shard`` to the shard's last write, copying a current
@@ -848,11 +863,14 @@ class ShardedDatabase:
     interface of the engine's ``Database`` (what the server and the embedded SDK call).
     ``ray.init(...)`` must have run in this process."""
 
-    def __init__(self, path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, sync_writes: bool = False, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        """``sync_writes``: every replica fsyncs its write-ahead log on every write."""
         self.ray = _ray()
         self.path = Path(path)
         self.limits = limits
-        self.sync_writes = False
+        self.sync_writes = sync_writes
         try:
             (self.path / "collections").mkdir(parents=True, exist_ok=True)
         except OSError as exc:

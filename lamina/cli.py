@@ -128,10 +128,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls = (Path(config.tls_cert).read_bytes(), Path(config.tls_key).read_bytes())
     db: AnyDatabase
     if args.ray is not None:
-        if config.sync_writes:
-            raise InvalidArgument("--sync-writes is not available with --ray yet")
         _start_ray(args.ray)
-        db = ShardedDatabase(config.data, limits=config.limits)
+        db = ShardedDatabase(config.data, sync_writes=config.sync_writes, limits=config.limits)
     else:
         db = Database(config.data, sync_writes=config.sync_writes, limits=config.limits)
     try:

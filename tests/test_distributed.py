@@ -244,7 +244,7 @@ def test_a_replica_that_lost_its_data_catches_up_from_its_peer(cluster: None, tm
     ids, vectors, payloads = _data(2000, 12)
     queries = vectors[:6] + 0.05
     root = tmp_path / "shards"
-    client = ld.connect(root)
+    client = ld.connect(root, sync_writes=True)
     try:
         col = client.create_collection("c", DIM, "cosine", shards=2, replicas=2)
         sc = _sharded(client, "c")
