@@ -52,6 +52,24 @@ def read_snapshot(folder: Path) -> SnapshotInfo:
         raise NotFound(f"{folder} is not a Lamina snapshot (no readable {SNAPSHOT_FILE})") from None
 
 
+def lock_data_directory(path: Path) -> IO[str]:
+    """Create ``path/collections`` and hold ``path/LOCK`` (flock) for this process: the open
+    lock file, to close when done; FailedPrecondition when another process holds it."""
+    try:
+        (path / "collections").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot use {path} as a data directory: {exc.strerror}") from None
+    lock = open(path / "LOCK", "a+")  # noqa: SIM115 - held open while the database is
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise FailedPrecondition(
+            f"data directory {path} is in use by another Lamina process; stop it or use another directory"
+        ) from None
+    return lock
+
+
 class Database:
     """All collections of one data directory, opened in-process.
 
@@ -70,18 +88,7 @@ class Database:
         self.sync_writes = sync_writes
         self._root = self.path / "collections"
         self._snapshots = self.path / "snapshots"
-        try:
-            self._root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FailedPrecondition(f"cannot use {self.path} as a data directory: {exc.strerror}") from None
-        self._lock_file: IO[str] | None = open(self.path / "LOCK", "a+")  # noqa: SIM115 - held open while the database is
-        try:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise FailedPrecondition(
-                f"data directory {self.path} is in use by another Lamina process; stop it or use another directory"
-            ) from None
+        self._lock_file: IO[str] | None = lock_data_directory(self.path)
         self._lock = threading.RLock()
         self._collections: dict[str, Collection] = {}
         try:

@@ -28,7 +28,6 @@ object store), then it carries on from the peer's sequence.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -44,7 +43,7 @@ import numpy as np
 import orjson
 
 from lamina.config import DEFAULT_LIMITS, Limits
-from lamina.engine.database import Database
+from lamina.engine.database import Database, lock_data_directory
 from lamina.engine.filters import compile_filter
 from lamina.engine.text import fuse
 from lamina.errors import (
@@ -91,6 +90,8 @@ CATALOG = "sharded.json"
 APPLIED = "applied"
 #: how long a replica waits for the writes before one that arrived early
 REORDER_WAIT = 5.0
+#: how long catching up waits for a replica actor to start (Ray may have no room for it)
+START_WAIT = 120.0
 #: points per page when a replica copies its peer
 COPY_PAGE = 2_000
 #: replica calls that change data (numbered), and those that read
@@ -349,11 +350,11 @@ class ShardedCollection:
                 self._slots[shard][j] = slot = self._start(slot.path)
             upto = self._next[shard]
             try:
-                if ray.get(slot.handle.status.remote())[0] >= upto:
+                if self._applied(slot, shard) >= upto:
                     return
             except ray.exceptions.ActorDiedError:  # gone for good (a restarting one is waited for)
                 self._slots[shard][j] = slot = self._start(slot.path)
-                if ray.get(slot.handle.status.remote())[0] >= upto:
+                if self._applied(slot, shard) >= upto:
                     return
             for k, peer in enumerate(self._slots[shard]):
                 if k == j:
@@ -377,6 +378,16 @@ class ShardedCollection:
                 f"collection {self.name!r} shard {shard}: no replica holds write {upto}; "
                 "bring back the replica's data directory or restore a snapshot"
             )
+
+    def _applied(self, slot: _Slot, shard: int) -> int:
+        """The last write a replica applied, waiting up to ``START_WAIT`` for it to (re)start."""
+        try:
+            return int(self._ray.get(slot.handle.status.remote(), timeout=START_WAIT)[0])
+        except self._ray.exceptions.GetTimeoutError:
+            raise Unavailable(
+                f"collection {self.name!r} shard {shard}: a replica did not start within {START_WAIT:.0f} s "
+                "(no room on the Ray cluster?); writes to this shard wait for it, retry later"
+            ) from None
 
     def _config_now(self, slot: _Slot) -> dict[str, Any]:
         """A replica's config as it is now (payload indexes may have been added since creation)."""
@@ -871,18 +882,7 @@ class ShardedDatabase:
         self.path = Path(path)
         self.limits = limits
         self.sync_writes = sync_writes
-        try:
-            (self.path / "collections").mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FailedPrecondition(f"cannot use {self.path} as a data directory: {exc.strerror}") from None
-        self._lock_file: IO[str] | None = open(self.path / "LOCK", "a+")  # noqa: SIM115 - held while open
-        try:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise FailedPrecondition(
-                f"data directory {self.path} is in use by another Lamina process; stop it or use another directory"
-            ) from None
+        self._lock_file: IO[str] | None = lock_data_directory(self.path)
         self._lock = threading.RLock()
         self._collections: dict[str, ShardedCollection] = {}
         self._repairs: set[tuple[str, int, int]] = set()

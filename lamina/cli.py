@@ -234,6 +234,8 @@ def cmd_collections(args: argparse.Namespace) -> int:
         if info.config.payload_index:
             fields = ", ".join(f"{f} ({kind})" for f, kind in sorted(info.config.payload_index.items()))
             print(f"  payload indexes: {fields}")
+        if info.config.shards > 1 or info.config.replicas > 1:
+            print(f"  sharded on Ray: {info.config.shards} shards x {info.config.replicas} replicas")
         if info.config.multi_tenant:
             print(
                 f"  multi-tenant: {st.tenants:,} tenants, {st.tenant_partitions:,} with an index of their own"

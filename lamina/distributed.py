@@ -216,14 +216,19 @@ def ingest(
             progress(done, total)
 
     next_block = 0
-    while next_block < len(blocks) or reading or writing:
-        while next_block < len(blocks) and len(reading) + len(writing) < IN_FLIGHT:
-            submit(next_block)
-            next_block += 1
-        if reading:
-            send()
-        if writing and (len(writing) >= IN_FLIGHT // 2 or not reading):
+    try:
+        while next_block < len(blocks) or reading or writing:
+            while next_block < len(blocks) and len(reading) + len(writing) < IN_FLIGHT:
+                submit(next_block)
+                next_block += 1
+            if reading:
+                send()
+            if writing and (len(writing) >= IN_FLIGHT // 2 or not reading):
+                settle()
+    except BaseException:
+        while writing:  # blocks already sent are written before the error is reported
             settle()
+        raise
     seconds = time.perf_counter() - started
     log.info(
         "ingested %d points into %r in %.1f s (%.0f rows/s)",

@@ -190,10 +190,21 @@ def test_a_replica_killed_mid_query_loses_no_write_and_reads_go_on(cluster: None
         sc = _sharded(client, "c")
         col.upsert(list(range(2000)), vectors[:2000])
 
-        # a replica killed and restarted by Ray over its data directory: a write is acknowledged only
-        # once both replicas of its shard applied it (the restarted one included), none is lost
+        # a replica killed (and restarted by Ray over its data directory) while a writer upserts: a
+        # write is acknowledged only once both replicas of its shard applied it, none is lost
+        acked: list[int] = []
+
+        def writer() -> None:
+            for lo in range(2000, 3000, 50):
+                assert col.upsert(list(range(lo, lo + 50)), vectors[lo : lo + 50]) == 50
+                acked.extend(range(lo, lo + 50))
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert _wait(lambda: len(acked) >= 200, 30)
         ray.kill(sc._slots[0][0].handle, no_restart=False)
-        assert col.upsert(list(range(2000, 3000)), vectors[2000:]) == 1000
+        thread.join(120)
+        assert len(acked) == 1000
         for shard, replicas in enumerate(sc.replicas()):
             assert replicas[0] == replicas[1]  # (last write applied, points) equal
             assert replicas[0][1] == sum(1 for i in range(3000) if shard_of(i, 2) == shard)
@@ -337,6 +348,9 @@ def test_ray_tasks_ingest_npy_and_parquet_into_the_shards(cluster: None, tmp_pat
 def test_lamina_serve_ray_routes_grpc_requests_to_the_shards(tmp_path: Path) -> None:
     """`lamina serve --ray` (its own local Ray): the SDK over gRPC creates a sharded, replicated
     collection and gets one node's answers; acknowledged writes survive SIGTERM and kill -9."""
+    import subprocess
+    import sys
+
     from lamina.testing import ServerProcess
 
     ids, vectors, payloads = _data(2000, 21)
@@ -368,6 +382,13 @@ def test_lamina_serve_ray_routes_grpc_requests_to_the_shards(tmp_path: Path) -> 
                 col.upsert([1], np.zeros((1, DIM + 1), np.float32))
             with pytest.raises(lamina.FailedPrecondition, match="sharded"):
                 col.snapshot()
+        listed = subprocess.run(
+            [sys.executable, "-m", "lamina", "collections", "-t", server.address],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert "sharded on Ray: 3 shards x 2 replicas" in listed.stdout, listed.stderr
         assert server.terminate() == 0
         server = ServerProcess(data, "--ray")
         with lamina.connect(server.address) as remote:
