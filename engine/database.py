@@ -220,6 +220,10 @@ class Database:
         was taken from); AlreadyExists if that name is taken."""
         source = Path(path)
         info = read_snapshot(source)
+        if "shards" in orjson.loads((source / SNAPSHOT_FILE).read_bytes()):
+            raise FailedPrecondition(
+                f"{source} is a snapshot of a sharded collection: restore it with `lamina restore --ray`"
+            )
         name = check_collection_name(name or info.collection)
         with self._lock:
             self._check_open()

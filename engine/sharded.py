@@ -33,9 +33,10 @@ import os
 import shutil
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,7 +44,7 @@ import numpy as np
 import orjson
 
 from lamina.config import DEFAULT_LIMITS, Limits
-from lamina.engine.database import Database, lock_data_directory
+from lamina.engine.database import SNAPSHOT_FILE, Database, lock_data_directory, read_snapshot
 from lamina.engine.filters import compile_filter
 from lamina.engine.text import fuse
 from lamina.errors import (
@@ -278,6 +279,23 @@ class _Replica:
             "%s caught up: %d points copied in %.1f s", self.path, copied, time.perf_counter() - started
         )
         return copied
+
+    def snapshot(self) -> SnapshotInfo:
+        """An engine snapshot of this replica's collection (in its data directory)."""
+        return self.db.create_snapshot(self.name)
+
+    def delete_snapshot(self, snapshot: str) -> None:
+        self.db.delete_snapshot(self.name, snapshot)
+
+    def restore(self, path: str, seq: int) -> int:
+        """Replace this replica's collection by the snapshot at ``path`` (taken at write ``seq``)."""
+        with self._turn:
+            self._mark(0)
+        self.db.delete_collection(self.name)
+        self.col = self.db.restore_snapshot(path, self.name)
+        with self._turn:
+            self._mark(seq)
+        return self.col.count(None) if not self.col.config.multi_tenant else -1
 
     def pid(self) -> int:
         """This actor's process id (for memory figures)."""
@@ -852,6 +870,65 @@ class ShardedCollection:
         refs = [s.handle.read.remote(0, "optimize", (timeout,), {}) for slots in self._slots for s in slots]
         return all(ray.get(refs))
 
+    def snapshot_shards(self) -> list[dict[str, Any]]:
+        """Snapshot one replica of every shard at one cut: writes to every shard wait while
+        each shard's snapshot is taken (an engine snapshot: a RocksDB checkpoint and hard
+        links, quick). Returns where each shard's snapshot is."""
+        ray = self._ray
+        for lock in self._locks:
+            lock.acquire()
+        try:
+            parts = []
+            for shard, slots in enumerate(self._slots):
+                upto = self._next[shard]
+                for j, slot in enumerate(slots):
+                    try:
+                        if ray.get(slot.handle.wait_applied.remote(upto, 60.0)) < upto:
+                            continue
+                        info: SnapshotInfo = ray.get(slot.handle.snapshot.remote())
+                    except ray.exceptions.RayActorError:
+                        continue
+                    parts.append(
+                        {
+                            "shard": shard,
+                            "replica": j,
+                            "snapshot": info.name,
+                            "path": info.path,
+                            "write": upto,
+                            "points": info.points,
+                            "size_bytes": info.size_bytes,
+                        }
+                    )
+                    break
+                else:
+                    raise Unavailable(
+                        f"collection {self.name!r} shard {shard}: no replica can take a snapshot now"
+                    )
+            return parts
+        finally:
+            for lock in reversed(self._locks):
+                lock.release()
+
+    def delete_shard_snapshots(self, parts: list[dict[str, Any]]) -> None:
+        """Remove the shards' snapshots of a sharded snapshot."""
+        for part in parts:
+            slot = self._slots[part["shard"]][part["replica"]]
+            try:
+                self._ray.get(slot.handle.delete_snapshot.remote(part["snapshot"]))
+            except Exception:
+                shutil.rmtree(part["path"], ignore_errors=True)
+
+    def restore_shards(self, parts: list[dict[str, Any]]) -> None:
+        """Make every replica of every shard a copy of that shard's snapshot (a new, empty
+        collection; the snapshot folders must be readable where the replicas run)."""
+        ray = self._ray
+        for part in parts:
+            shard = part["shard"]
+            with self._locks[shard]:
+                ray.get([s.handle.restore.remote(part["path"], part["write"]) for s in self._slots[shard]])
+                self._next[shard] = part["write"]
+                self._ack(shard, part["write"])
+
     def replicas(self) -> list[list[tuple[int, int]]]:
         """(last write applied, live points) of every replica, by shard; points -1 when multi-tenant."""
         return [self._ray.get([s.handle.status.remote() for s in slots]) for slots in self._slots]
@@ -886,6 +963,7 @@ class ShardedDatabase:
         self._lock = threading.RLock()
         self._collections: dict[str, ShardedCollection] = {}
         self._repairs: set[tuple[str, int, int]] = set()
+        self._snapshots = self.path / "snapshots"
         catalog = self._catalog()
         for entry in (self.path / "collections").iterdir():
             if entry.name not in catalog:  # created or dropped halfway
@@ -951,19 +1029,84 @@ class ShardedDatabase:
         log.info("dropped collection %r", name)
 
     def create_snapshot(self, name: str) -> SnapshotInfo:
-        self.get_collection(name)
-        raise FailedPrecondition(
-            f"collection {name!r} is sharded: snapshots are per replica data directory for now "
-            "(copy <data>/collections/<name>/ with the server stopped)"
+        """A snapshot of every shard at one cut (writes wait meanwhile): each shard's engine
+        snapshot stays in its replica's data directory, and ``<data>/snapshots/<name>/<snap>/``
+        holds the manifest saying where they are. Restore with ``restore_snapshot``."""
+        col = self.get_collection(name)
+        created = time.time()
+        snap = f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created))}-{uuid.uuid4().hex[:6]}"
+        parts = col.snapshot_shards()
+        info = SnapshotInfo(
+            name,
+            snap,
+            str(self._snapshots / name / snap),
+            created,
+            sum(p["points"] for p in parts),
+            sum(p["size_bytes"] for p in parts),
         )
+        folder = Path(info.path)
+        tmp = folder.with_name(f".tmp-{snap}")
+        tmp.mkdir(parents=True)
+        meta = {k: v for k, v in asdict(info).items() if k != "path"}
+        (tmp / SNAPSHOT_FILE).write_bytes(
+            orjson.dumps({**meta, "config": col.config.to_dict(), "shards": parts})
+        )
+        tmp.rename(folder)
+        log.info("snapshot %s of %r: %d points over %d shards", snap, name, info.points, len(parts))
+        return info
 
     def list_snapshots(self, name: str | None = None) -> list[SnapshotInfo]:
+        """Snapshots of one collection (or of all), oldest first."""
+        self._check_open()
         if name is not None:
-            self.get_collection(name)
-        return []
+            check_collection_name(name)
+        folders = [self._snapshots / name] if name is not None else sorted(self._snapshots.glob("*"))
+        found = [
+            read_snapshot(entry)
+            for folder in folders
+            if folder.is_dir()
+            for entry in folder.iterdir()
+            if not entry.name.startswith(".tmp-") and (entry / SNAPSHOT_FILE).is_file()
+        ]
+        return sorted(found, key=lambda s: (s.created, s.name))
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
-        raise NotFound(f"snapshot {snapshot!r} of collection {name!r} does not exist")
+        """Remove a snapshot: every shard's part and the manifest; NotFound if there is none."""
+        check_collection_name(name)
+        check_collection_name(snapshot)  # same alphabet: no path tricks
+        folder = self._snapshots / name / snapshot
+        if not (folder / SNAPSHOT_FILE).is_file():
+            raise NotFound(f"collection {name!r} has no snapshot {snapshot!r}; list_snapshots() shows them")
+        parts = orjson.loads((folder / SNAPSHOT_FILE).read_bytes()).get("shards", [])
+        with self._lock:
+            col = self._collections.get(name)
+        if col is not None:
+            col.delete_shard_snapshots(parts)
+        else:
+            for part in parts:
+                shutil.rmtree(part["path"], ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("deleted snapshot %s of %r", snapshot, name)
+
+    def restore_snapshot(self, path: str | os.PathLike[str], name: str | None = None) -> ShardedCollection:
+        """Restore a sharded snapshot (its manifest folder) as collection ``name`` (default: the
+        one it was taken of), with the shards and replicas it had; AlreadyExists if the name is taken."""
+        source = Path(path)
+        info = read_snapshot(source)
+        meta = orjson.loads((source / SNAPSHOT_FILE).read_bytes())
+        if "shards" not in meta:
+            raise FailedPrecondition(
+                f"{source} is a snapshot of a collection on one node: restore it with `lamina restore` "
+                "into a data directory, without --ray"
+            )
+        col = self.create_collection(name or info.collection, CollectionConfig.from_dict(meta["config"]))
+        try:
+            col.restore_shards(meta["shards"])
+        except BaseException:
+            self.delete_collection(col.name)
+            raise
+        log.info("restored %r from snapshot %s (%d points)", col.name, info.name, info.points)
+        return col
 
     def repair_later(self, col: ShardedCollection, shard: int, j: int, dead: Any) -> None:
         """Catch a replica up in the background (one repair per replica at a time)."""

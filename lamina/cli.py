@@ -298,7 +298,14 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     import lamina
 
-    info = lamina.restore_snapshot(args.snapshot, args.data, args.name)
+    if args.ray is not None:
+        from lamina import distributed
+
+        _start_ray(args.ray)
+        with distributed.connect(args.data) as db:
+            info = distributed.restore_snapshot(db, args.snapshot, args.name)
+    else:
+        info = lamina.restore_snapshot(args.snapshot, args.data, args.name)
     print(f"restored {info.name!r} ({info.count:,} points) into {args.data}")
     return 0
 
@@ -425,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("snapshot", help="snapshot folder (as printed by `lamina snapshot create`)")
     restore.add_argument("--data", required=True, help="data directory to restore into (not in use)")
     restore.add_argument("--name", help="collection name (default: the snapshot's collection)")
+    restore.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="a snapshot of a sharded collection, restored into the sharded data directory --data on the Ray "
+        "cluster at ADDRESS (a local Ray when left out)",
+    )
     restore.set_defaults(func=cmd_restore)
 
     info = sub.add_parser("info", help="version and status of a server or data directory")

@@ -30,12 +30,12 @@ import orjson
 from lamina.client.api import Client
 from lamina.client.transport import EmbeddedTransport
 from lamina.config import DEFAULT_LIMITS, Limits
-from lamina.engine.sharded import Part, Sent, ShardedCollection, ShardedDatabase, _unwrap, shard_of
+from lamina.engine.sharded import Part, Sent, ShardedDatabase, _unwrap, shard_of
 from lamina.errors import FailedPrecondition, InvalidArgument
-from lamina.types import PointId
+from lamina.types import CollectionInfo, PointId
 from lamina.validation import as_matrix, check_ids
 
-__all__ = ["connect", "ingest", "shard_of"]
+__all__ = ["connect", "ingest", "restore_snapshot", "shard_of"]
 log = logging.getLogger("lamina.ingest")
 
 #: blocks being read or written at once during ingest
@@ -52,12 +52,20 @@ def connect(
     return Client(EmbeddedTransport(str(root), limits=limits, db=db), limits)
 
 
-def _sharded(client: Client, name: str) -> ShardedCollection:
-    transport = client._transport
-    db = getattr(transport, "db", None)
+def _database(client: Client) -> ShardedDatabase:
+    db = getattr(client._transport, "db", None)
     if not isinstance(db, ShardedDatabase):
-        raise FailedPrecondition("ingest with Ray needs a client from lamina.distributed.connect(...)")
-    return db.get_collection(name)
+        raise FailedPrecondition("this needs a client from lamina.distributed.connect(...)")
+    return db
+
+
+def restore_snapshot(
+    client: Client, snapshot: str | os.PathLike[str], name: str | None = None
+) -> CollectionInfo:
+    """Restore a sharded snapshot (the folder ``Collection.snapshot()`` returned) as collection
+    ``name`` (default: its own name) with its shards and replicas; the shards' snapshot folders
+    must be readable where the replicas run (the same machine, or a shared filesystem)."""
+    return _database(client).restore_snapshot(snapshot, name).info()
 
 
 def _blocks(path: Path, rows_per_block: int) -> list[tuple[int, int]]:
@@ -177,7 +185,7 @@ def ingest(
     by shard; each part goes from the task to the shard's replicas through Ray's object
     store (not through this process), as a numbered write like any other. Returns the
     points written; ``progress(done, total)`` is called as blocks are acknowledged."""
-    col = _sharded(client, collection)
+    col = _database(client).get_collection(collection)
     ray = col._ray
     file = Path(path).resolve()
     if not file.is_file():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import ray
 
@@ -380,8 +381,8 @@ def test_lamina_serve_ray_routes_grpc_requests_to_the_shards(tmp_path: Path) -> 
             assert {h.id for h in col.query(text="lions", k=40)} == {ids[i] for i in range(0, 2000, 50)}
             with pytest.raises(lamina.InvalidArgument, match="dim"):
                 col.upsert([1], np.zeros((1, DIM + 1), np.float32))
-            with pytest.raises(lamina.FailedPrecondition, match="sharded"):
-                col.snapshot()
+            snap = col.snapshot()  # every shard at one cut
+            assert snap.points == 2000 and [s.name for s in remote.list_snapshots("c")] == [snap.name]
         listed = subprocess.run(
             [sys.executable, "-m", "lamina", "collections", "-t", server.address],
             capture_output=True,
@@ -430,3 +431,46 @@ def test_lamina_ingest_ray_loads_a_sharded_data_directory(cluster: None, tmp_pat
         assert (col.info().config.shards, col.info().config.replicas, col.count()) == (3, 2, 3000)
         assert col.search(matrix[123], k=1, exact=True)[0].id == 123
         assert all(r[0] == r[1] for r in _sharded(db, "v").replicas())
+
+
+def test_sharded_snapshot_is_one_cut_and_restores_every_shard(cluster: None, tmp_path: Path) -> None:
+    ids, vectors, payloads = _data(2400, 31)
+    queries = vectors[:6] + 0.03
+    root = tmp_path / "shards"
+    with ld.connect(root) as db:
+        col = db.create_collection("c", DIM, "cosine", shards=3, replicas=2, payload_index={"g": "int"})
+        col.upsert(ids[:1600], vectors[:1600], payloads[:1600])
+        # a writer keeps upserting while the snapshot is taken: the snapshot holds a prefix of its writes
+        acked: list[int] = []
+
+        def writer() -> None:
+            for lo in range(1600, 2400, 40):
+                col.upsert(ids[lo : lo + 40], vectors[lo : lo + 40], payloads[lo : lo + 40])
+                acked.append(lo + 40)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert _wait(lambda: len(acked) >= 3, 30)
+        snap = col.snapshot()
+        thread.join(120)
+        assert len(acked) == 20 and col.count() == 2400
+        want = col.search_batch(queries, k=10, exact=True, filter={"g": {"$lt": 6}})
+
+        restored = ld.restore_snapshot(db, snap.path, "copy")
+        copy = db.get_collection("copy")
+        assert (restored.config.shards, restored.config.replicas) == (3, 2)
+        n = copy.count()
+        assert n == snap.points and 1600 + 120 <= n < 2400 and (n - 1600) % 40 == 0  # whole batches only
+        assert copy.get(ids[: n - 1 : 97]) == col.get(ids[: n - 1 : 97])
+        assert all(r[0] == r[1] for r in _sharded(db, "copy").replicas())
+        copy.upsert(ids[n:], vectors[n:], payloads[n:])  # writes carry on on every replica
+        assert _same(copy.search_batch(queries, k=10, exact=True, filter={"g": {"$lt": 6}}), want)
+
+        assert [s.name for s in db.list_snapshots("c")] == [snap.name]
+        with pytest.raises(lamina.FailedPrecondition, match="restore --ray"):
+            lamina.restore_snapshot(snap.path, tmp_path / "plain")  # one node cannot take it
+        manifest = orjson.loads((Path(snap.path) / "snapshot.json").read_bytes())
+        parts = [Path(p["path"]) for p in manifest["shards"]]
+        assert len(parts) == 3 and all(p.is_dir() for p in parts)
+        db.delete_snapshot("c", snap.name)
+        assert db.list_snapshots("c") == [] and not any(p.exists() for p in parts)
