@@ -149,6 +149,8 @@ class _Replica:
     order whatever order they arrive in."""
 
     def __init__(self, path: str, name: str, config: dict[str, Any], sync: bool = False) -> None:
+        if not logging.getLogger().handlers:  # a fresh Ray worker: its log reaches the server's
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.path = Path(path)
         self.name = name
         self.sync = sync
@@ -335,7 +337,16 @@ class ShardedCollection:
         self._turn = 0
         self._closed = False
         for shard, slots in enumerate(self._slots):
-            applied = [a for a, _ in self._ray.get([s.handle.status.remote() for s in slots])]
+            try:
+                applied = [
+                    a for a, _ in self._ray.get([s.handle.status.remote() for s in slots], timeout=START_WAIT)
+                ]
+            except self._ray.exceptions.GetTimeoutError:
+                self.close()
+                raise Unavailable(
+                    f"collection {name!r} shard {shard}: its replicas did not start within {START_WAIT:.0f} s "
+                    "(no room on the Ray cluster?)"
+                ) from None
             self._next[shard] = self._acked[shard] = max(applied)
             for j, have in enumerate(applied):
                 if have < self._acked[shard]:
@@ -928,6 +939,25 @@ class ShardedCollection:
                 ray.get([s.handle.restore.remote(part["path"], part["write"]) for s in self._slots[shard]])
                 self._next[shard] = part["write"]
                 self._ack(shard, part["write"])
+
+    def health(self, timeout: float = 2.0) -> list[tuple[int, int, bool, int]]:
+        """(shard, replica, answering, writes behind the last acknowledged one) of every replica,
+        each asked at once and given ``timeout`` seconds (for metrics)."""
+        ray = self._ray
+        asked = [
+            (i, j, s.handle.status.remote())
+            for i, slots in enumerate(self._slots)
+            for j, s in enumerate(slots)
+        ]
+        out = []
+        deadline = time.monotonic() + timeout
+        for i, j, ref in asked:
+            try:
+                applied = ray.get(ref, timeout=max(0.01, deadline - time.monotonic()))[0]
+                out.append((i, j, True, max(0, self._acked[i] - applied)))
+            except Exception:
+                out.append((i, j, False, 0))
+        return out
 
     def replicas(self) -> list[list[tuple[int, int]]]:
         """(last write applied, live points) of every replica, by shard; points -1 when multi-tenant."""

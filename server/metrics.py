@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from lamina.engine.sharded import AnyDatabase
+from lamina.engine.sharded import AnyDatabase, ShardedCollection
 from lamina.errors import LaminaError
 from lamina.types import CollectionInfo
 
@@ -79,14 +79,32 @@ class _EngineCollector(Collector):
             names = self.db.list_collections()
         except LaminaError:
             names = []  # closed meanwhile
+        up = GaugeMetricFamily(
+            "lamina_replica_up",
+            "Sharded: 1 if the replica answered within 2 s",
+            labels=["collection", "shard", "replica"],
+        )
+        behind = GaugeMetricFamily(
+            "lamina_replica_behind_writes",
+            "Sharded: acknowledged writes the replica has not applied (catching up)",
+            labels=["collection", "shard", "replica"],
+        )
         for name in names:
             try:
-                info = self.db.get_collection(name).info()
+                col = self.db.get_collection(name)
+                info = col.info()
             except LaminaError:
                 continue  # dropped meanwhile
             for family, value in families:
                 family.add_metric([name], value(info))
+            if isinstance(col, ShardedCollection):
+                for shard, replica, answering, lag in col.health():
+                    labels = [name, str(shard), str(replica)]
+                    up.add_metric(labels, 1.0 if answering else 0.0)
+                    behind.add_metric(labels, float(lag))
         yield from (family for family, _ in families)
+        yield up
+        yield behind
 
 
 class Metrics:

@@ -269,6 +269,8 @@ def test_a_replica_that_lost_its_data_catches_up_from_its_peer(cluster: None, tm
         shutil.rmtree(slot.path)
         ray.kill(slot.handle, no_restart=False)
         assert _wait(lambda: ray.get(slot.handle.status.remote())[0] == 0)
+        health = {(i, j): (up, lag) for i, j, up, lag in sc.health()}
+        assert sc._acked[0] > 0 and health[0, 0] == (True, sc._acked[0]) and health[0, 1] == (True, 0)
         # reads never see the empty replica: it refuses them until it has caught up
         for _ in range(4):
             assert _same(col.search_batch(queries, k=10, exact=True), want)
@@ -351,15 +353,17 @@ def test_lamina_serve_ray_routes_grpc_requests_to_the_shards(tmp_path: Path) -> 
     collection and gets one node's answers; acknowledged writes survive SIGTERM and kill -9."""
     import subprocess
     import sys
+    import urllib.request
 
-    from lamina.testing import ServerProcess
+    from lamina.testing import ServerProcess, free_port
 
     ids, vectors, payloads = _data(2000, 21)
     for i, p in enumerate(payloads):
         p["text"] = f"note {i} about {'lions' if i % 50 == 0 else 'cats'}"
     queries = vectors[:8] + 0.02
     data = tmp_path / "data"
-    server = ServerProcess(data, "--ray")
+    metrics_port = free_port()
+    server = ServerProcess(data, "--ray", "--metrics-port", str(metrics_port))
     try:
         with lamina.connect(server.address) as remote, lamina.connect(str(tmp_path / "single")) as single:
             options: dict[str, Any] = {"payload_index": {"text": "text", "g": "int"}}
@@ -390,6 +394,14 @@ def test_lamina_serve_ray_routes_grpc_requests_to_the_shards(tmp_path: Path) -> 
             check=False,
         )
         assert "sharded on Ray: 3 shards x 2 replicas" in listed.stdout, listed.stderr
+        scraped = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).read().decode()
+        )
+        for shard in range(3):
+            for replica in range(2):
+                labels = f'collection="c",replica="{replica}",shard="{shard}"'
+                assert f"lamina_replica_up{{{labels}}} 1.0" in scraped
+                assert f"lamina_replica_behind_writes{{{labels}}} 0.0" in scraped
         assert server.terminate() == 0
         server = ServerProcess(data, "--ray")
         with lamina.connect(server.address) as remote:
