@@ -44,6 +44,7 @@ import numpy as np
 import orjson
 
 from lamina.config import DEFAULT_LIMITS, Limits
+from lamina.engine.collection import Collection
 from lamina.engine.database import SNAPSHOT_FILE, Database, lock_data_directory, read_snapshot
 from lamina.engine.filters import compile_filter
 from lamina.engine.text import fuse
@@ -256,16 +257,21 @@ class _Replica:
     def tenants(self) -> list[str | None]:
         return [t.name for t in self.col.list_tenants()] if self.col.config.multi_tenant else [None]
 
+    def _replace(self, make: Callable[[], Collection]) -> None:
+        """Drop this replica's collection for ``make()``'s; reads are refused from the start
+        (also after a crash in the middle: it then counts as empty and catches up)."""
+        with self._turn:
+            self._mark(0)
+        self.db.delete_collection(self.name)
+        self.col = make()
+
     def copy_from(self, source: Any, config: dict[str, Any], upto: int) -> int:
         """Replace this replica's points by those of ``source`` (a peer at write ``upto``,
         which takes no writes meanwhile), then carry on from ``upto``."""
         import ray
 
         started = time.perf_counter()
-        with self._turn:
-            self._mark(0)  # refuse reads until the copy is complete (also after a crash in it)
-        self.db.delete_collection(self.name)
-        self.col = self.db.create_collection(self.name, CollectionConfig.from_dict(config))
+        self._replace(lambda: self.db.create_collection(self.name, CollectionConfig.from_dict(config)))
         copied = 0
         for tenant in ray.get(source.tenants.remote()):
             offset: PointId | None = None
@@ -291,10 +297,7 @@ class _Replica:
 
     def restore(self, path: str, seq: int) -> int:
         """Replace this replica's collection by the snapshot at ``path`` (taken at write ``seq``)."""
-        with self._turn:
-            self._mark(0)
-        self.db.delete_collection(self.name)
-        self.col = self.db.restore_snapshot(path, self.name)
+        self._replace(lambda: self.db.restore_snapshot(path, self.name))
         with self._turn:
             self._mark(seq)
         return self.col.count(None) if not self.col.config.multi_tenant else -1
@@ -640,6 +643,7 @@ class ShardedCollection:
             {s: ("create_payload_index", (field, kind), {}) for s in range(self.config.shards)}
         )
         self.config = replace(self.config, payload_index={**self.config.payload_index, field: kind})
+        self._db.save_catalog()
         return any(changed)
 
     def drop_payload_index(self, field: str) -> bool:
@@ -647,6 +651,7 @@ class ShardedCollection:
         self.config = replace(
             self.config, payload_index={f: k for f, k in self.config.payload_index.items() if f != field}
         )
+        self._db.save_catalog()
         return any(changed)
 
     def count(self, filter: Any = None, tenant: str | None = None) -> int:
@@ -1013,14 +1018,16 @@ class ShardedDatabase:
         except FileNotFoundError:
             return {}
 
-    def _save_catalog(self) -> None:
-        data = {n: c.config.to_dict() for n, c in self._collections.items()}
-        tmp = self.path / f"{CATALOG}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / CATALOG)
+    def save_catalog(self) -> None:
+        """Write every collection's settings to the catalog, durably (replaced whole)."""
+        with self._lock:
+            data = {n: c.config.to_dict() for n, c in self._collections.items()}
+            tmp = self.path / f"{CATALOG}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / CATALOG)
 
     def create_collection(self, name: str, config: CollectionConfig) -> ShardedCollection:
         check_collection_name(name)
@@ -1032,7 +1039,7 @@ class ShardedDatabase:
             shutil.rmtree(folder, ignore_errors=True)
             col = ShardedCollection(self, name, config)
             self._collections[name] = col
-            self._save_catalog()
+            self.save_catalog()
         log.info("created collection %r: %d shards x %d replicas", name, config.shards, config.replicas)
         return col
 
@@ -1053,7 +1060,7 @@ class ShardedDatabase:
         with self._lock:
             col = self.get_collection(name)
             del self._collections[name]
-            self._save_catalog()
+            self.save_catalog()
         col.close()
         shutil.rmtree(self.path / "collections" / name, ignore_errors=True)
         log.info("dropped collection %r", name)

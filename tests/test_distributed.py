@@ -288,7 +288,7 @@ def test_a_replica_that_lost_its_data_catches_up_from_its_peer(cluster: None, tm
     shutil.rmtree(root / "collections" / "c" / "shard-1" / "replica-1")
     with ld.connect(root) as again:
         col = again.get_collection("c")
-        assert col.count() == 1950
+        assert col.count() == 1950 and col.info().config.payload_index == {"g": "int"}
         assert all(r[0] == r[1] for r in _sharded(again, "c").replicas())
         assert col.get([ids[1999]])[0].payload == payloads[1999]
 
