@@ -52,6 +52,26 @@ def read_snapshot(folder: Path) -> SnapshotInfo:
         raise NotFound(f"{folder} is not a Lamina snapshot (no readable {SNAPSHOT_FILE})") from None
 
 
+def snapshot_name(collection: str, created: float) -> str:
+    """A new snapshot's name: the collection, the UTC time and a random tail."""
+    return f"{collection}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created))}-{uuid.uuid4().hex[:6]}"
+
+
+def list_snapshots(folder: Path, name: str | None = None) -> list[SnapshotInfo]:
+    """The snapshots under ``folder/<collection>/`` (of collection ``name``, or of all), oldest first."""
+    if name is not None:
+        check_collection_name(name)
+    folders = [folder / name] if name is not None else sorted(folder.glob("*"))
+    found = [
+        read_snapshot(entry)
+        for sub in folders
+        if sub.is_dir()
+        for entry in sub.iterdir()
+        if not entry.name.startswith(_TMP_PREFIX) and (entry / SNAPSHOT_FILE).is_file()
+    ]
+    return sorted(found, key=lambda s: (s.created, s.name))
+
+
 def lock_data_directory(path: Path) -> IO[str]:
     """Create ``path/collections`` and hold ``path/LOCK`` (flock) for this process: the open
     lock file, to close when done; FailedPrecondition when another process holds it."""
@@ -172,8 +192,7 @@ class Database:
         holds every write acknowledged before it was taken."""
         collection = self.get_collection(name)
         created = time.time()
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(created))
-        snap = f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
+        snap = snapshot_name(name, created)
         folder = self._snapshots / name
         folder.mkdir(parents=True, exist_ok=True)
         log.info("taking snapshot %s of %r", snap, name)
@@ -190,17 +209,7 @@ class Database:
     def list_snapshots(self, name: str | None = None) -> list[SnapshotInfo]:
         """Snapshots of one collection (or of all), oldest first."""
         self._check_open()
-        if name is not None:
-            check_collection_name(name)
-        folders = [self._snapshots / name] if name is not None else sorted(self._snapshots.glob("*"))
-        found = [
-            read_snapshot(entry)
-            for folder in folders
-            if folder.is_dir()
-            for entry in folder.iterdir()
-            if not entry.name.startswith(_TMP_PREFIX) and (entry / SNAPSHOT_FILE).is_file()
-        ]
-        return sorted(found, key=lambda s: (s.created, s.name))
+        return list_snapshots(self._snapshots, name)
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         """Remove one snapshot of collection ``name``; NotFound if there is none."""

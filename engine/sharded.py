@@ -33,7 +33,6 @@ import os
 import shutil
 import threading
 import time
-import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -45,7 +44,14 @@ import orjson
 
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.collection import Collection
-from lamina.engine.database import SNAPSHOT_FILE, Database, lock_data_directory, read_snapshot
+from lamina.engine.database import (
+    SNAPSHOT_FILE,
+    Database,
+    list_snapshots,
+    lock_data_directory,
+    read_snapshot,
+    snapshot_name,
+)
 from lamina.engine.filters import compile_filter
 from lamina.engine.text import fuse
 from lamina.errors import (
@@ -1048,7 +1054,7 @@ class ShardedDatabase:
             self._check_open()
             col = self._collections.get(name)
         if col is None:
-            raise NotFound(f"collection {name!r} does not exist")
+            raise NotFound(f"collection {name!r} does not exist; create it first")
         return col
 
     def list_collections(self) -> list[str]:
@@ -1071,7 +1077,7 @@ class ShardedDatabase:
         holds the manifest saying where they are. Restore with ``restore_snapshot``."""
         col = self.get_collection(name)
         created = time.time()
-        snap = f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created))}-{uuid.uuid4().hex[:6]}"
+        snap = snapshot_name(name, created)
         parts = col.snapshot_shards()
         info = SnapshotInfo(
             name,
@@ -1095,17 +1101,7 @@ class ShardedDatabase:
     def list_snapshots(self, name: str | None = None) -> list[SnapshotInfo]:
         """Snapshots of one collection (or of all), oldest first."""
         self._check_open()
-        if name is not None:
-            check_collection_name(name)
-        folders = [self._snapshots / name] if name is not None else sorted(self._snapshots.glob("*"))
-        found = [
-            read_snapshot(entry)
-            for folder in folders
-            if folder.is_dir()
-            for entry in folder.iterdir()
-            if not entry.name.startswith(".tmp-") and (entry / SNAPSHOT_FILE).is_file()
-        ]
-        return sorted(found, key=lambda s: (s.created, s.name))
+        return list_snapshots(self._snapshots, name)
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         """Remove a snapshot: every shard's part and the manifest; NotFound if there is none."""
