@@ -95,3 +95,25 @@ def test_example_configs_load_and_hold_keys() -> None:
     for text in ((DEPLOY / "lamina.example.toml").read_text(), secret["stringData"]["lamina.toml"]):
         config = ServerConfig.from_dict(tomllib.loads(text))
         assert config.keys and config.keys[0].role == "admin"  # needed to listen on 0.0.0.0
+
+
+def test_ray_cluster_config_starts_the_sharded_front_end_on_the_head() -> None:
+    cluster = yaml.safe_load((DEPLOY / "ray" / "cluster.yaml").read_text())
+    assert (
+        cluster["provider"]["type"] == "local"
+        and cluster["file_mounts"]["~/lamina.toml"] == "deploy/lamina.toml"
+    )
+    assert (DEPLOY / "lamina.example.toml").is_file()
+    assert any("laminadb[ray]" in c for c in cluster["setup_commands"])
+    serve = next(c for c in cluster["head_start_ray_commands"] if "lamina serve" in c)
+    argv = shlex.split(serve.removeprefix("nohup ").split(">")[0])
+    args = build_parser().parse_args(argv[1:])  # the flags exist and parse
+    assert (args.ray, args.host, args.port, args.config, args.data) == (
+        "auto",
+        "0.0.0.0",
+        6334,
+        "~/lamina.toml",
+        "/var/lib/lamina",
+    )
+    assert any(c.startswith("ray start --head") for c in cluster["head_start_ray_commands"])
+    assert any(c.startswith("ray start --address") for c in cluster["worker_start_ray_commands"])
