@@ -3,7 +3,9 @@ no acknowledged write lost when replicas die, replicas catching up, Ray-task ing
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import threading
 import time
 import zlib
@@ -206,6 +208,22 @@ def test_a_replica_killed_mid_query_loses_no_write_and_reads_go_on(cluster: None
         ray.kill(sc._slots[0][0].handle, no_restart=False)
         thread.join(120)
         assert len(acked) == 1000
+        # acknowledged means applied by both: while one replica's process is frozen, an upsert to its
+        # shard is not acknowledged; once it runs again, the upsert returns with the write on both
+        frozen = sc._slots[0][1].handle
+        pid = ray.get(frozen.pid.remote())
+        mine = [i for i in range(1000) if shard_of(i, 2) == 0][:5]
+        done: list[int] = []
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            upsert = threading.Thread(target=lambda: done.append(col.upsert(mine, vectors[mine])))
+            upsert.start()
+            time.sleep(1.5)
+            assert not done  # not acknowledged while a replica has not applied it
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        upsert.join(60)
+        assert done == [5] and ray.get(frozen.status.remote())[0] == sc._acked[0]
         for shard, replicas in enumerate(sc.replicas()):
             assert replicas[0] == replicas[1]  # (last write applied, points) equal
             assert replicas[0][1] == sum(1 for i in range(3000) if shard_of(i, 2) == shard)
