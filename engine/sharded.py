@@ -142,7 +142,7 @@ def _ray() -> Any:
     return ray
 
 
-def _unwrap(exc: BaseException) -> BaseException:
+def lamina_error_of(exc: BaseException) -> BaseException:
     """The Lamina error a replica raised, without Ray's wrapping (its message is the user's)."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, LaminaError) else exc
@@ -480,7 +480,7 @@ class ShardedCollection:
             except ray.exceptions.RayActorError:  # restarting: it is waited for
                 self._catch_up(shard, j)
             except Exception as exc:
-                cause = _unwrap(exc)
+                cause = lamina_error_of(exc)
                 if isinstance(cause, Behind):
                     self._catch_up(shard, j)
                 elif isinstance(cause, LaminaError):
@@ -521,7 +521,7 @@ class ShardedCollection:
                     answers.append(ray.get(ref))
                     break
                 except Exception as exc:
-                    cause = _unwrap(exc)
+                    cause = lamina_error_of(exc)
                     unreachable = isinstance(exc, ray.exceptions.RayActorError)  # dead, or Ray restarts it
                     if not unreachable and not isinstance(cause, Behind):
                         raise cause from None

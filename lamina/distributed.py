@@ -12,7 +12,7 @@ or a notebook, and loads files with Ray tasks::
     hits = col.search(query, k=10, filter={"lang": "en"})
     ld.ingest(db, "docs", "embeddings.parquet")  # Ray tasks read blocks, shards write them
 
-Install with ``pip install "laminadb[ray]"``. How it works: ``lamina/engine/sharded.py``.
+Install with ``pip install "laminadb[ray]"``. How it works: ``engine/sharded.py`` (``lamina.engine.sharded``) and docs/scale.md.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import orjson
 from lamina.client.api import Client
 from lamina.client.transport import EmbeddedTransport
 from lamina.config import DEFAULT_LIMITS, Limits
-from lamina.engine.sharded import Part, Sent, ShardedDatabase, _unwrap, shard_of
+from lamina.engine.sharded import Part, Sent, ShardedDatabase, lamina_error_of, shard_of
 from lamina.errors import FailedPrecondition, InvalidArgument
 from lamina.types import CollectionInfo, PointId
 from lamina.validation import as_matrix, check_ids
@@ -212,7 +212,7 @@ def ingest(
         try:
             rows = ray.get(count_ref)  # the task's error, before anything of the block is sent
         except Exception as exc:
-            raise _unwrap(exc) from None
+            raise lamina_error_of(exc) from None
         writing.append((rows, col.write_parts(parts, tenant)))
 
     def settle() -> None:
