@@ -554,6 +554,25 @@ class Collection:
                 self._wake.set()
         return len(dead)
 
+    @property
+    def payload_fields(self) -> frozenset[str]:
+        """Top-level payload keys seen in this collection (a filter on another field is
+        refused as unknown when the collection has payload indexes)."""
+        with self._lock:
+            return frozenset(self._fields)
+
+    def learn_fields(self, names: Sequence[str]) -> bool:
+        """Count ``names`` as payload keys seen, durably (a sharded collection tells every
+        shard the keys any shard has seen, so they check filters alike); True if any was new."""
+        with self._lock:
+            self._check_open()
+            fields = self._fields | set(names)
+            if len(fields) == len(self._fields):
+                return False
+            self._store.put_meta({FIELDS: orjson.dumps(sorted(fields))})
+            self._fields = fields
+            return True
+
     # ------------------------------------------------------------ tenants
     def list_tenants(self) -> list[TenantInfo]:
         """Every tenant of a multi-tenant collection, by name, with its live points."""

@@ -104,7 +104,15 @@ START_WAIT = 120.0
 COPY_PAGE = 2_000
 #: replica calls that change data (numbered), and those that read
 WRITES = frozenset(
-    {"upsert", "upsert_chunks", "delete", "delete_tenant", "create_payload_index", "drop_payload_index"}
+    {
+        "upsert",
+        "upsert_chunks",
+        "learn_fields",
+        "delete",
+        "delete_tenant",
+        "create_payload_index",
+        "drop_payload_index",
+    }
 )
 READS = frozenset(
     {
@@ -260,6 +268,10 @@ class _Replica:
         vectors = np.stack(rows) if rows else np.zeros((0, self.col.config.dim), "<f4")
         return [p.id for p in points], vectors, [p.payload for p in points], nxt
 
+    def fields(self) -> list[str]:
+        """The payload keys this replica has seen."""
+        return sorted(self.col.payload_fields)
+
     def tenants(self) -> list[str | None]:
         return [t.name for t in self.col.list_tenants()] if self.col.config.multi_tenant else [None]
 
@@ -287,6 +299,7 @@ class _Replica:
                     copied += self.col.upsert(ids, vectors, payloads, tenant=tenant)
                 if offset is None:
                     break
+        self.col.learn_fields(ray.get(source.fields.remote()))  # keys known without a point here too
         with self._turn:
             self._mark(upto)
         logging.getLogger("lamina.sharded").info(
@@ -343,6 +356,7 @@ class ShardedCollection:
         self._next = [0] * config.shards  # the last write numbered on each shard
         self._acked = [0] * config.shards  # the highest write acknowledged on each shard
         self._ack_lock = threading.Lock()
+        self._fields: set[str] = set()  # payload keys some shard has seen; every shard knows them all
         self._turn = 0
         self._closed = False
         for shard, slots in enumerate(self._slots):
@@ -357,6 +371,8 @@ class ShardedCollection:
                     "(no room on the Ray cluster?)"
                 ) from None
             self._next[shard] = self._acked[shard] = max(applied)
+            best = slots[applied.index(max(applied))]
+            self._fields.update(self._ray.get(best.handle.fields.remote()))
             for j, have in enumerate(applied):
                 if have < self._acked[shard]:
                     log.info("%s shard %d replica %d is behind (%d < %d)", name, shard, j, have, max(applied))
@@ -461,6 +477,14 @@ class ShardedCollection:
         by a reading task) to their shards as numbered upserts; ``settle`` each answer."""
         self._check_tenant(tenant, write=True)
         return [self._send(shard, "upsert_part", ref, tenant) for shard, ref in enumerate(parts)]
+
+    def learn(self, names: Sequence[str]) -> None:
+        """Tell every shard of payload keys it may not have seen (numbered writes), so that
+        every shard checks filters against the same keys as one node would."""
+        new = sorted(set(names) - self._fields)
+        if new:
+            self._write({s: ("learn_fields", (new,), {}) for s in range(self.config.shards)})
+            self._fields.update(new)
 
     def settle(self, sent: Sent) -> int:
         """Points a sent bulk write wrote, once every replica of its shard applied it."""
@@ -598,6 +622,8 @@ class ShardedCollection:
                 raise InvalidArgument(
                     f"vector {int(zero[0])} is all zeros: a zero vector has no direction under cosine"
                 )
+        if payloads is not None:
+            self.learn([key for p in payloads if isinstance(p, dict) for key in p])
         parts = {
             shard: (
                 "upsert",

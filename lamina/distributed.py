@@ -99,7 +99,7 @@ def _read_block(
     payload_field: str,
 ) -> tuple[Any, ...]:
     """A Ray task: read rows ``lo..hi`` (Parquet: row group ``index``), check them and split
-    them by shard. Returns the row count, then one part per shard (None when empty)."""
+    them by shard. Returns (row count, payload keys), then one part per shard (None when empty)."""
     file = Path(path)
     payloads: list[Any] | None = None
     if file.suffix == ".npy":
@@ -142,7 +142,8 @@ def _read_block(
             if pos.size
             else None
         )
-    return (hi - lo, *parts)
+    fields = sorted({key for p in payloads or () if isinstance(p, dict) for key in p})
+    return ((hi - lo, fields), *parts)
 
 
 def _payloads(table: dict[str, list[Any]], payload_field: str, where: str) -> list[Any] | None:
@@ -210,9 +211,10 @@ def ingest(
     def send() -> None:
         count_ref, parts = reading.pop(0)
         try:
-            rows = ray.get(count_ref)  # the task's error, before anything of the block is sent
+            rows, fields = ray.get(count_ref)  # the task's error, before anything of the block is sent
         except Exception as exc:
             raise lamina_error_of(exc) from None
+        col.learn(fields)
         writing.append((rows, col.write_parts(parts, tenant)))
 
     def settle() -> None:

@@ -504,3 +504,27 @@ def test_sharded_snapshot_is_one_cut_and_restores_every_shard(cluster: None, tmp
         assert len(parts) == 3 and all(p.is_dir() for p in parts)
         db.delete_snapshot("c", snap.name)
         assert db.list_snapshots("c") == [] and not any(p.exists() for p in parts)
+
+
+def test_every_shard_knows_the_payload_keys_any_shard_has_seen(cluster: None, tmp_path: Path) -> None:
+    # with payload indexes a filter on a key no point has is refused as a typo; a key only one shard's
+    # points carry must still be accepted by every shard, as one node accepts it
+    ids, vectors, payloads = _data(400, 41)
+    payloads[123] = {"g": 3, "rare": "x"}
+    single = lamina.connect(str(tmp_path / "single"))
+    try:
+        for reopen in (False, True):
+            with ld.connect(tmp_path / "shards") as db:
+                if not reopen:
+                    col = db.create_collection("c", DIM, "cosine", shards=4, payload_index={"g": "int"})
+                    col.upsert(ids, vectors, payloads)
+                    one = single.create_collection("c", DIM, "cosine", payload_index={"g": "int"})
+                    one.upsert(ids, vectors, payloads)
+                col = db.get_collection("c")
+                assert col.count({"rare": "x"}) == one.count({"rare": "x"}) == 1
+                assert col.count({"$not": {"rare": "x"}}) == one.count({"$not": {"rare": "x"}}) == 399
+                assert [h.id for h in col.search(vectors[5], k=3, filter={"rare": "x"})] == [ids[123]]
+                with pytest.raises(lamina.InvalidArgument, match="unknown field 'rrare'"):
+                    col.count({"rrare": "x"})
+    finally:
+        single.close()
