@@ -477,6 +477,7 @@ def test_sharded_snapshot_is_one_cut_and_restores_every_shard(cluster: None, tmp
             for lo in range(1600, 2400, 40):
                 col.upsert(ids[lo : lo + 40], vectors[lo : lo + 40], payloads[lo : lo + 40])
                 acked.append(lo + 40)
+                time.sleep(0.1)  # keeps writing while the snapshot is taken
 
         thread = threading.Thread(target=writer)
         thread.start()
