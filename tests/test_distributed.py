@@ -201,11 +201,13 @@ def test_a_replica_killed_mid_query_loses_no_write_and_reads_go_on(cluster: None
             for lo in range(2000, 3000, 50):
                 assert col.upsert(list(range(lo, lo + 50)), vectors[lo : lo + 50]) == 50
                 acked.extend(range(lo, lo + 50))
+                time.sleep(0.05)  # still writing when the replica is killed
 
         thread = threading.Thread(target=writer)
         thread.start()
         assert _wait(lambda: len(acked) >= 200, 30)
         ray.kill(sc._slots[0][0].handle, no_restart=False)
+        assert len(acked) < 1000  # the kill landed while writes were going on
         thread.join(120)
         assert len(acked) == 1000
         # acknowledged means applied by both: while one replica's process is frozen, an upsert to its
