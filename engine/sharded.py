@@ -528,17 +528,22 @@ class ShardedCollection:
         ray = self._ray
         self._turn += 1
 
-        def send(shard: int, args: tuple[Any, ...], kwargs: dict[str, Any], attempt: int) -> tuple[int, Any]:
+        def send(
+            shard: int, args: tuple[Any, ...], kwargs: dict[str, Any], attempt: int
+        ) -> tuple[int, Any, Any]:
             slots = self._slots[shard]
             j = (self._turn + attempt) % len(slots)
+            handle = slots[j].handle
             # no retry on this replica: another one answers now
-            return j, slots[j].handle.read.options(max_task_retries=0).remote(
-                self._acked[shard], method, args, kwargs
+            return (
+                j,
+                handle,
+                handle.read.options(max_task_retries=0).remote(self._acked[shard], method, args, kwargs),
             )
 
         answers = []
         pending = [send(s, a, kw, 0) for s, a, kw in calls]
-        for (shard, args, kwargs), (j, ref) in zip(calls, pending, strict=True):
+        for (shard, args, kwargs), (j, handle, ref) in zip(calls, pending, strict=True):
             attempt = 0
             while True:
                 try:
@@ -550,7 +555,7 @@ class ShardedCollection:
                     if not unreachable and not isinstance(cause, Behind):
                         raise cause from None
                     if isinstance(exc, ray.exceptions.ActorDiedError):  # gone for good: replace it
-                        self._db.repair_later(self, shard, j, self._slots[shard][j].handle)
+                        self._db.repair_later(self, shard, j, handle)
                     elif not unreachable:  # behind: catch it up
                         self._db.repair_later(self, shard, j, None)
                     attempt += 1
@@ -558,7 +563,7 @@ class ShardedCollection:
                         raise Unavailable(
                             f"collection {self.name!r} shard {shard}: no replica can answer now ({cause}); retry"
                         ) from None
-                    j, ref = send(shard, args, kwargs, attempt)
+                    j, handle, ref = send(shard, args, kwargs, attempt)
         return answers
 
     def _every(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
