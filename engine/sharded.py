@@ -302,9 +302,7 @@ class _Replica:
         self.col.learn_fields(ray.get(source.fields.remote()))  # keys known without a point here too
         with self._turn:
             self._mark(upto)
-        logging.getLogger("lamina.sharded").info(
-            "%s caught up: %d points copied in %.1f s", self.path, copied, time.perf_counter() - started
-        )
+        log.info("%s caught up: %d points copied in %.1f s", self.path, copied, time.perf_counter() - started)
         return copied
 
     def snapshot(self) -> SnapshotInfo:
@@ -511,10 +509,9 @@ class ShardedCollection:
                     error = cause  # rejected, the same way on every replica
                 else:
                     raise
+        self._ack(shard, seq)  # a rejected write is numbered and done too
         if error is not None:
-            self._ack(shard, seq)
             raise error
-        self._ack(shard, seq)
         return next((a for a in answers if a is not None), 0)
 
     def _ack(self, shard: int, seq: int) -> None:
@@ -667,12 +664,11 @@ class ShardedCollection:
     def delete_tenant(self, tenant: str) -> int:
         """Delete a tenant on every shard; NotFound when no shard has it."""
         self._check_tenant(tenant, write=True)
-        held = [t for t in self.list_tenants() if t.name == tenant]
-        if not held:
-            raise NotFound(f"tenant {tenant!r} of collection {self.name!r} does not exist")
         owners = {
             s for s, names in enumerate(self._every("list_tenants")) if any(t.name == tenant for t in names)
         }
+        if not owners:
+            raise NotFound(f"tenant {tenant!r} of collection {self.name!r} does not exist")
         return int(sum(self._write({s: ("delete_tenant", (tenant,), {}) for s in sorted(owners)})))
 
     def create_payload_index(self, field: str, kind: str) -> bool:
@@ -1005,7 +1001,7 @@ class ShardedCollection:
         """(last write applied, live points) of every replica, by shard; points -1 when multi-tenant."""
         return [self._ray.get([s.handle.status.remote() for s in slots]) for slots in self._slots]
 
-    def close(self, kill: bool = True) -> None:
+    def close(self) -> None:
         if self._closed:
             return
         self._closed = True
@@ -1014,8 +1010,7 @@ class ShardedCollection:
         for h in handles:
             with contextlib.suppress(Exception):
                 ray.get(h.close.remote())
-            if kill:
-                ray.kill(h, no_restart=True)
+            ray.kill(h, no_restart=True)
 
 
 class ShardedDatabase:
