@@ -37,7 +37,7 @@ from lamina.engine.filters import CompiledFilter, compile_filter, evaluate
 from lamina.engine.payload import FieldIndex, MutableIndexes, take
 from lamina.engine.segments import GRAPH_STEP_COST, WIDEN, Segment, take_first
 from lamina.engine.tenants import DELTA_SHARE, MERGE_SHARE, Partition, Tenants
-from lamina.engine.text import Bm25Query, fuse, top_rows
+from lamina.engine.text import Bm25Query, fuse, fusion_depth, top_rows
 from lamina.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows
@@ -109,6 +109,48 @@ def release_heap() -> None:
     36 MB of 240 resident for 60,000 x 384 vectors (bench/README.md, compare)."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def check_tenant_use(collection: str, multi_tenant: bool, tenant: str | None, *, write: bool = False) -> None:
+    """The tenant rule: every request to a multi-tenant collection names a tenant, no
+    request to another collection does."""
+    if not multi_tenant:
+        if tenant is not None:
+            raise InvalidArgument(
+                f"collection {collection!r} is not multi-tenant: leave tenant out "
+                "(create the collection with multi_tenant=True to keep tenants apart)"
+            )
+        return
+    if tenant is None:
+        raise InvalidArgument(
+            f"collection {collection!r} is multi-tenant: every {'write' if write else 'read'} "
+            "names its tenant (tenant=...)"
+        )
+    check_tenant(tenant)
+
+
+def check_points(
+    ids: Sequence[PointId],
+    vectors: object,
+    payloads: Sequence[Payload | None] | None,
+    dim: int,
+    limits: Limits,
+) -> tuple[list[PointId], FloatMatrix, list[bytes]]:
+    """An upsert's ids, vectors (float32, ``dim`` wide) and encoded payloads, checked."""
+    id_list = check_ids(ids, limits)
+    if not id_list:
+        raise InvalidArgument("upsert needs at least one point: ids is empty")
+    matrix = as_matrix(vectors, dim)
+    if matrix.shape[0] != len(id_list):
+        raise InvalidArgument(f"got {matrix.shape[0]} vectors for {len(id_list)} ids: give one vector per id")
+    return id_list, matrix, encode_payloads(payloads, len(id_list), limits)
+
+
+def check_directions(norms: np.ndarray) -> None:
+    """InvalidArgument for the first zero vector among rows of squared ``norms`` (cosine)."""
+    if (norms == 0).any():
+        bad = int(np.flatnonzero(norms == 0)[0])
+        raise InvalidArgument(f"vector {bad} is all zeros: a zero vector has no direction under cosine")
 
 
 def build_threads() -> int:
@@ -286,10 +328,7 @@ class Collection:
             if norm == 0:
                 raise InvalidArgument("vector 0 is all zeros: a zero vector has no direction under cosine")
             return vectors * np.float32(1.0 / np.sqrt(norm))
-        norms = np.einsum("ij,ij->i", vectors, vectors)
-        if (norms == 0).any():
-            bad = int(np.flatnonzero(norms == 0)[0])
-            raise InvalidArgument(f"vector {bad} is all zeros: a zero vector has no direction under cosine")
+        check_directions(np.einsum("ij,ij->i", vectors, vectors))
         return normalize_rows(vectors)
 
     def _ensure_capacity(self, need: int) -> None:
@@ -384,19 +423,10 @@ class Collection:
     def _tenant(self, tenant: str | None, *, write: bool = False) -> int | None:
         """The code of the tenant a request names: None in a collection without tenants,
         -1 for a tenant that holds no points yet. A multi-tenant collection needs one."""
-        if not self._multi:
-            if tenant is not None:
-                raise InvalidArgument(
-                    f"collection {self.name!r} is not multi-tenant: leave tenant out "
-                    "(create the collection with multi_tenant=True to keep tenants apart)"
-                )
-            return None
+        check_tenant_use(self.name, self._multi, tenant, write=write)
         if tenant is None:
-            raise InvalidArgument(
-                f"collection {self.name!r} is multi-tenant: every {'write' if write else 'read'} "
-                "names its tenant (tenant=...)"
-            )
-        return self._tenants.codes.get(check_tenant(tenant), -1)
+            return None
+        return self._tenants.codes.get(tenant, -1)
 
     def _key(self, point_id: PointId, code: int | None) -> bytes:
         return id_key(point_id) if code is None else tenant_prefix(code) + id_key(point_id)
@@ -462,15 +492,7 @@ class Collection:
         are its own: another tenant's point with the same id is a different point);
         returns how many were written."""
         code = self._tenant(tenant, write=True)
-        id_list = check_ids(ids, self._limits)
-        if not id_list:
-            raise InvalidArgument("upsert needs at least one point: ids is empty")
-        matrix = as_matrix(vectors, self.config.dim)
-        if matrix.shape[0] != len(id_list):
-            raise InvalidArgument(
-                f"got {matrix.shape[0]} vectors for {len(id_list)} ids: give one vector per id"
-            )
-        blobs = encode_payloads(payloads, len(id_list), self._limits)
+        id_list, matrix, blobs = check_points(ids, vectors, payloads, self.config.dim, self._limits)
         prepared = self._prepare(matrix)  # raises on zero vectors before anything is written
         raw = matrix.astype("<f4", copy=False)
         names = {name for p in payloads if p for name in p} if payloads is not None else set()
@@ -1014,7 +1036,7 @@ class Collection:
         field_name = self._text_field(text_field) if text is not None else ""
         compiled = self._compile(filter)
         prepared = self._prepare(query) if query is not None else None
-        depth = k if vector is None or text is None else min(self._limits.max_k, max(2 * k, 50))
+        depth = k if vector is None or text is None else fusion_depth(k, self._limits.max_k)
 
         if code == -1:
             return []

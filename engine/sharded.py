@@ -43,7 +43,7 @@ import numpy as np
 import orjson
 
 from lamina.config import DEFAULT_LIMITS, Limits
-from lamina.engine.collection import Collection
+from lamina.engine.collection import Collection, check_directions, check_points, check_tenant_use
 from lamina.engine.database import (
     SNAPSHOT_FILE,
     Database,
@@ -53,7 +53,7 @@ from lamina.engine.database import (
     snapshot_name,
 )
 from lamina.engine.filters import compile_filter
-from lamina.engine.text import fuse
+from lamina.engine.text import fuse, fusion_depth
 from lamina.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -83,8 +83,6 @@ from lamina.validation import (
     check_collection_name,
     check_ids,
     check_k,
-    check_tenant,
-    encode_payloads,
 )
 
 log = logging.getLogger("lamina.sharded")
@@ -580,19 +578,7 @@ class ShardedCollection:
 
     def _check_tenant(self, tenant: str | None, write: bool = False) -> None:
         """The engine's tenant rule, checked before anything is sent."""
-        if not self.config.multi_tenant:
-            if tenant is not None:
-                raise InvalidArgument(
-                    f"collection {self.name!r} is not multi-tenant: leave tenant out "
-                    "(create the collection with multi_tenant=True to keep tenants apart)"
-                )
-            return
-        if tenant is None:
-            raise InvalidArgument(
-                f"collection {self.name!r} is multi-tenant: every {'write' if write else 'read'} "
-                "names its tenant (tenant=...)"
-            )
-        check_tenant(tenant)
+        check_tenant_use(self.name, self.config.multi_tenant, tenant, write=write)
 
     def _check_filter(self, flt: Filter | None) -> None:
         compile_filter(flt, self._db.limits.max_filter_depth, self.config.payload_index or None)
@@ -608,22 +594,9 @@ class ShardedCollection:
         """Insert or replace points, each on its shard. Everything is checked before any shard
         is written; each shard's part is atomic and on every replica when this returns."""
         self._check_tenant(tenant, write=True)
-        limits = self._db.limits
-        id_list = check_ids(ids, limits)
-        if not id_list:
-            raise InvalidArgument("upsert needs at least one point: ids is empty")
-        matrix = as_matrix(vectors, self.config.dim)
-        if matrix.shape[0] != len(id_list):
-            raise InvalidArgument(
-                f"got {matrix.shape[0]} vectors for {len(id_list)} ids: give one vector per id"
-            )
-        encode_payloads(payloads, len(id_list), limits)
+        id_list, matrix, _ = check_points(ids, vectors, payloads, self.config.dim, self._db.limits)
         if self.config.metric == "cosine":
-            zero = np.flatnonzero(np.einsum("ij,ij->i", matrix, matrix) == 0)
-            if zero.size:
-                raise InvalidArgument(
-                    f"vector {int(zero[0])} is all zeros: a zero vector has no direction under cosine"
-                )
+            check_directions(np.einsum("ij,ij->i", matrix, matrix))
         if payloads is not None:
             self.learn([key for p in payloads if isinstance(p, dict) for key in p])
         parts = {
@@ -860,7 +833,7 @@ class ShardedCollection:
                 return hits[: check_k(k, self._db.limits)]
             return self._merge(per_shard, check_k(k, self._db.limits))
         k = check_k(k, self._db.limits)
-        depth = min(self._db.limits.max_k, max(2 * k, 50))
+        depth = fusion_depth(k, self._db.limits.max_k)
         dense = self.query(
             vector,
             None,

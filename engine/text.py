@@ -70,6 +70,11 @@ def top_rows(scores: np.ndarray, allow: np.ndarray, n: int) -> tuple[np.ndarray,
     return pos[order], scores[pos[order]]
 
 
+def fusion_depth(k: int, max_k: int) -> int:
+    """How deep each ranking is read before two are fused into a top ``k``."""
+    return min(max_k, max(2 * k, 50))
+
+
 def fuse(
     rankings: Sequence[tuple[np.ndarray, np.ndarray]], method: str, weights: Sequence[float], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
