@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
@@ -50,6 +50,19 @@ def read_snapshot(folder: Path) -> SnapshotInfo:
         )
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
         raise NotFound(f"{folder} is not a Lamina snapshot (no readable {SNAPSHOT_FILE})") from None
+
+
+def write_snapshot(folder: Path, info: SnapshotInfo, config: CollectionConfig, **extra: Any) -> None:
+    """Describe a snapshot in ``folder``: what ``read_snapshot`` reads back, the collection's
+    settings, and ``extra`` (a sharded snapshot: where each shard's part is)."""
+    meta = {k: v for k, v in asdict(info).items() if k != "path"}  # the folder may move
+    (folder / SNAPSHOT_FILE).write_bytes(orjson.dumps({**meta, "config": config.to_dict(), **extra}))
+
+
+def snapshot_tmp(final: Path) -> Path:
+    """Where a snapshot is written before it is renamed to ``final``: a dotted name that no
+    snapshot name can refer to and that listings skip."""
+    return final.with_name(f"{_TMP_PREFIX}{final.name}")
 
 
 def snapshot_name(collection: str, created: float) -> str:
@@ -196,13 +209,11 @@ class Database:
         folder = self._snapshots / name
         folder.mkdir(parents=True, exist_ok=True)
         log.info("taking snapshot %s of %r", snap, name)
-        # the temporary name starts with a dot: no snapshot name can refer to it
-        with atomic_folder(folder / snap, tmp=folder / f"{_TMP_PREFIX}{snap}") as tmp:
+        with atomic_folder(folder / snap, tmp=snapshot_tmp(folder / snap)) as tmp:
             points = collection.snapshot(tmp / "collection")
             size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
             info = SnapshotInfo(name, snap, str(folder / snap), created, points, size)
-            meta = {k: v for k, v in asdict(info).items() if k != "path"}  # the folder may move
-            (tmp / SNAPSHOT_FILE).write_bytes(orjson.dumps({**meta, "config": collection.config.to_dict()}))
+            write_snapshot(tmp, info, collection.config)
         log.info("snapshot %s of %r: %d points, %.1f MB", snap, name, points, size / 1e6)
         return info
 

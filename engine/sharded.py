@@ -35,7 +35,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,6 +51,8 @@ from lamina.engine.database import (
     lock_data_directory,
     read_snapshot,
     snapshot_name,
+    snapshot_tmp,
+    write_snapshot,
 )
 from lamina.engine.filters import compile_filter
 from lamina.engine.text import fuse, fusion_depth
@@ -63,6 +65,7 @@ from lamina.errors import (
     Unavailable,
 )
 from lamina.storage.keys import id_key
+from lamina.storage.vectorfile import atomic_folder
 from lamina.types import (
     CollectionConfig,
     CollectionInfo,
@@ -1087,13 +1090,8 @@ class ShardedDatabase:
             sum(p["size_bytes"] for p in parts),
         )
         folder = Path(info.path)
-        tmp = folder.with_name(f".tmp-{snap}")
-        tmp.mkdir(parents=True)
-        meta = {k: v for k, v in asdict(info).items() if k != "path"}
-        (tmp / SNAPSHOT_FILE).write_bytes(
-            orjson.dumps({**meta, "config": col.config.to_dict(), "shards": parts})
-        )
-        tmp.rename(folder)
+        with atomic_folder(folder, tmp=snapshot_tmp(folder)) as tmp:
+            write_snapshot(tmp, info, col.config, shards=parts)
         log.info("snapshot %s of %r: %d points over %d shards", snap, name, info.points, len(parts))
         return info
 
