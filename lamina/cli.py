@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from lamina.config import Limits, ServerConfig
-from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError, NotFound
+from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError
 from lamina.validation import check_tenant
 
 DEFAULT_DATA = "./lamina-data"
@@ -181,10 +181,7 @@ def _ingest_ray(args: argparse.Namespace) -> int:
         if not by_tasks:
             return ingest.dry_run(db, args) if args.dry_run else ingest.load(db, args)
         _, total, dim, _ = ingest.open_source(args)
-        try:
-            db.get_collection(args.collection)
-        except NotFound:
-            ingest.create(db, args, dim, args.tenant is not None)
+        ingest.target_collection(db, args, path, dim)
         started = time.perf_counter()
         with tqdm(
             total=total, unit="pts", desc=f"ingest {path.name}", file=sys.stderr, disable=args.quiet

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from lamina.client.api import Client
 from lamina.client.transport import EmbeddedTransport
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.sharded import Part, Sent, ShardedDatabase, lamina_error_of, shard_of
 from lamina.errors import FailedPrecondition, InvalidArgument
+from lamina.ingest import payload_cell
 from lamina.types import CollectionInfo, PointId
 from lamina.validation import as_matrix, check_ids
 
@@ -153,16 +153,10 @@ def _payloads(table: dict[str, list[Any]], payload_field: str, where: str) -> li
         return [dict(zip(table, row, strict=True)) for row in zip(*table.values(), strict=True)] or None
     out = []
     for r, value in enumerate(table[payload_field]):
-        if isinstance(value, str):
-            try:
-                value = orjson.loads(value)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidArgument(
-                    f"{where}: row {r + 1} of the block: {payload_field!r} is not valid JSON ({exc})"
-                ) from None
-        if value is not None and not isinstance(value, dict):
-            raise InvalidArgument(f"{where}: row {r + 1} of the block: {payload_field!r} must be an object")
-        out.append(value)
+        try:
+            out.append(payload_cell(value, payload_field))
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{where}: row {r + 1} of the block: {exc}") from None
     return out
 
 

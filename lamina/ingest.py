@@ -131,6 +131,18 @@ def _read_jsonl(
     return total, dim, records()
 
 
+def payload_cell(value: Any, column: str) -> dict[str, Any] | None:
+    """A Parquet payload column's cell as a payload: an object, a JSON string of one, or null."""
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidArgument(f"'{column}' is not valid JSON ({exc})") from None
+    if value is not None and not isinstance(value, dict):
+        raise InvalidArgument(f"'{column}' must be an object")
+    return value
+
+
 def _read_parquet(
     path: Path, id_field: str, vector_field: str, payload_field: str, tenant_field: str | None
 ) -> tuple[int, int, Iterator[Item]]:
@@ -167,15 +179,10 @@ def _read_parquet(
                     yield row, f"'{vector_field}' must be a list of {dim} numbers"
                     continue
                 if payload_cols == [payload_field]:
-                    payload = table[payload_field][i]
-                    if isinstance(payload, str):
-                        try:
-                            payload = orjson.loads(payload)
-                        except orjson.JSONDecodeError as exc:
-                            yield row, f"'{payload_field}' is not valid JSON ({exc})"
-                            continue
-                    if payload is not None and not isinstance(payload, dict):
-                        yield row, f"'{payload_field}' must be an object"
+                    try:
+                        payload = payload_cell(table[payload_field][i], payload_field)
+                    except InvalidArgument as exc:
+                        yield row, str(exc)
                         continue
                 else:
                     payload = {c: table[c][i] for c in payload_cols} or None
@@ -451,8 +458,15 @@ def _located(error: BaseException, batch: _Batch) -> BaseException:
     return error
 
 
-def create(db: Any, args: argparse.Namespace, dim: int, multi: bool) -> Any:
-    """Create the collection a load writes into, with the command's settings."""
+def target_collection(db: Any, args: argparse.Namespace, path: Path, dim: int) -> Any:
+    """The collection a load writes into, created with the command's settings when missing
+    (multi-tenant when the load names tenants)."""
+    try:
+        return db.get_collection(args.collection)
+    except NotFound:
+        if not dim:
+            raise InvalidArgument(f"{path}: no vectors found to infer the dimension from") from None
+    multi = args.tenant is not None or bool(args.tenant_field)
     shards, replicas = getattr(args, "shards", 1), getattr(args, "replicas", 1)
     col = db.create_collection(
         args.collection, dim=dim, metric=args.metric, multi_tenant=multi, shards=shards, replicas=replicas
@@ -483,13 +497,7 @@ def load(db: Any, args: argparse.Namespace) -> int:
             f"starting over; an interrupted run left {checkpoint.path} (--resume continues it)",
             file=sys.stderr,
         )
-    try:
-        col = db.get_collection(args.collection)
-    except NotFound:
-        if not dim:
-            raise InvalidArgument(f"{path}: no vectors found to infer the dimension from") from None
-        multi = args.tenant is not None or bool(args.tenant_field)
-        col = create(db, args, dim, multi)
+    col = target_collection(db, args, path, dim)
     began = time.perf_counter()
     with tqdm(
         total=total,
