@@ -1006,6 +1006,7 @@ class ShardedDatabase:
         self._lock = threading.RLock()
         self._collections: dict[str, ShardedCollection] = {}
         self._repairs: set[tuple[str, int, int]] = set()
+        self._creating: set[str] = set()  # names whose actors are starting
         self._snapshots = self.path / "snapshots"
         catalog = self._catalog()
         for entry in (self.path / "collections").iterdir():
@@ -1041,13 +1042,23 @@ class ShardedDatabase:
         check_collection_name(name)
         with self._lock:
             self._check_open()
-            if name in self._collections:
-                raise AlreadyExists(f"collection {name!r} already exists")
-            folder = self.path / "collections" / name
-            shutil.rmtree(folder, ignore_errors=True)
+            if name in self._collections or name in self._creating:
+                raise AlreadyExists(
+                    f"collection {name!r} already exists: pick another name or delete it first"
+                )
+            self._creating.add(name)
+        try:  # starting the actors takes seconds: requests for other collections go on meanwhile
+            shutil.rmtree(self.path / "collections" / name, ignore_errors=True)
             col = ShardedCollection(self, name, config)
-            self._collections[name] = col
-            self.save_catalog()
+            with self._lock:
+                if self._lock_file is None:  # closed meanwhile
+                    col.close()
+                    self._check_open()
+                self._collections[name] = col
+                self.save_catalog()
+        finally:
+            with self._lock:
+                self._creating.discard(name)
         log.info("created collection %r: %d shards x %d replicas", name, config.shards, config.replicas)
         return col
 
