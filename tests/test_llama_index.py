@@ -114,16 +114,17 @@ def test_index_retrieves_filters_and_deletes(client: lamina.Client) -> None:
     ]
     either = MetadataFilters(
         filters=[
-            MetadataFilter(key="year", value=2024, operator=FilterOperator.LTE),
-            MetadataFilter(key="tags", value="tenancy", operator=FilterOperator.CONTAINS),
+            MetadataFilter(key="year", value=2023, operator=FilterOperator.LTE),
+            MetadataFilter(key="tags", value="ann", operator=FilterOperator.CONTAINS),
         ],
         condition=FilterCondition.OR,
     )
+    # d1 by year alone, d2 and d3 by tag alone, d4 by neither: a dropped filter returns d4 too and
+    # an OR read as AND returns nothing
     assert sorted(ids(index.as_retriever(similarity_top_k=4, filters=either).retrieve("x"))) == [
         "d1",
         "d2",
         "d3",
-        "d4",
     ]
     both = MetadataFilters(
         filters=[
@@ -161,6 +162,14 @@ def test_filters_translate_and_unsupported_ones_say_so() -> None:
     assert lamina_filter(nested) == {
         "$and": [{"a": 1}, {"$and": [{"b": 1}, {"b": 2}]}, {"c": {"$exists": False}}]
     }
+    either = MetadataFilters(
+        filters=[
+            MetadataFilter(key="a", value=1, operator=FilterOperator.GT),
+            MetadataFilter(key="t", value="x", operator=FilterOperator.CONTAINS),
+        ],
+        condition=FilterCondition.OR,
+    )
+    assert lamina_filter(either) == {"$or": [{"a": {"$gt": 1}}, {"t": "x"}]}
     with pytest.raises(ValueError, match="text_match"):
         lamina_filter(
             MetadataFilters(filters=[MetadataFilter(key="a", value="x", operator=FilterOperator.TEXT_MATCH)])
