@@ -22,6 +22,7 @@ from lamina.engine.database import Database
 from lamina.engine.payload import FieldIndex
 from lamina.errors import InvalidArgument
 from lamina.types import CollectionConfig, SearchParams
+from tests.reference import ref_match
 
 DIM = 16
 N = 900
@@ -35,118 +36,9 @@ SCHEMA = {
     "body": "text",
     "meta.src": "keyword",
 }
+DATES = {f for f, kind in SCHEMA.items() if kind == "datetime"}  # compared as instants
 LANGS = ["en", "de", "fr", "it"]
 WORDS = ["vector", "search", "binary", "quantization", "graph", "filter", "rocks", "kernel"]
-
-
-# ---------------------------------------------------------------- reference evaluator
-_ABSENT = object()
-
-
-def _get(payload: dict[str, Any], path: str) -> Any:
-    value: Any = payload
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return _ABSENT
-        value = value[part]
-    return value
-
-
-def _instant(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-    return None
-
-
-def _value(payload: dict[str, Any], path: str) -> Any:
-    """The field's value as the reference compares it (instants for the datetime field)."""
-    value = _get(payload, path)
-    if path != "d" or value is _ABSENT:
-        return value
-    if isinstance(value, list):
-        return [t for t in (_instant(v) for v in value) if t is not None]
-    t = _instant(value)
-    return t if t is not None else "<not a date>"
-
-
-def _eq(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, str) and a == "<not a date>":
-        return False
-    return bool(a == b)
-
-
-def _has(value: Any, operand: Any) -> bool:
-    return _eq(value, operand) or (
-        isinstance(value, list) and not isinstance(operand, list) and any(_eq(v, operand) for v in value)
-    )
-
-
-def _cmp(value: Any, op: str, operand: Any) -> bool:
-    items = value if isinstance(value, list) else [value]
-    for v in items:
-        num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
-        comparable = (num(v) and num(operand)) or (
-            isinstance(v, str) and isinstance(operand, str) and v != "<not a date>"
-        )
-        if (
-            comparable
-            and {"$gt": v > operand, "$gte": v >= operand, "$lt": v < operand, "$lte": v <= operand}[op]
-        ):
-            return True
-    return False
-
-
-def ref_match(flt: dict[str, Any], payload: dict[str, Any]) -> bool:
-    for key, cond in flt.items():
-        if key == "$and" and not all(ref_match(f, payload) for f in cond):
-            return False
-        if key == "$or" and not any(ref_match(f, payload) for f in cond):
-            return False
-        if key == "$nor" and any(ref_match(f, payload) for f in cond):
-            return False
-        if key == "$not" and ref_match(cond, payload):
-            return False
-        if not key.startswith("$") and not ref_field(key, cond, payload):
-            return False
-    return True
-
-
-def _operand(path: str, x: Any) -> Any:
-    return _instant(x) if path == "d" else x
-
-
-def ref_field(path: str, cond: Any, payload: dict[str, Any]) -> bool:
-    value = _value(payload, path)
-    if not (isinstance(cond, dict) and cond and all(k.startswith("$") for k in cond)):
-        return value is not _ABSENT and _has(value, _operand(path, cond))
-    for op, x in cond.items():
-        if op == "$eq":
-            ok = value is not _ABSENT and _has(value, _operand(path, x))
-        elif op == "$ne":
-            ok = not (value is not _ABSENT and _has(value, _operand(path, x)))
-        elif op == "$in":
-            ok = value is not _ABSENT and any(_has(value, _operand(path, o)) for o in x)
-        elif op == "$nin":
-            ok = not (value is not _ABSENT and any(_has(value, _operand(path, o)) for o in x))
-        elif op == "$exists":
-            ok = (_get(payload, path) is not _ABSENT) is x
-        elif op == "$not":
-            ok = not ref_field(path, x, payload)
-        else:
-            ok = value is not _ABSENT and _cmp(value, op, _operand(path, x))
-        if not ok:
-            return False
-    return True
 
 
 # ---------------------------------------------------------------- data
@@ -212,7 +104,7 @@ class World:
         self.col.upsert(tail, self.vecs[N:], [self.payloads[i] for i in tail])
 
     def expected(self, flt: dict[str, Any]) -> set[int]:
-        return {i for i, p in self.payloads.items() if ref_match(flt, p)}
+        return {i for i, p in self.payloads.items() if ref_match(flt, p, DATES)}
 
 
 @pytest.fixture(scope="module")

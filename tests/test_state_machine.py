@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import lamina
+from tests.reference import ref_match  # independent of engine/filters.py
 
 DIM = 6
 ids = st.one_of(st.integers(0, 40), st.sampled_from(["a", "b", "c", "ü", "long-" + "x" * 50]))
@@ -21,24 +22,15 @@ payloads = st.fixed_dictionaries(
     {"g": st.integers(0, 3)}, optional={"tag": st.sampled_from(["x", "y"]), "v": st.floats(-5, 5)}
 )
 vectors = st.lists(st.floats(-10, 10, width=32).filter(lambda f: abs(f) > 1e-3), min_size=DIM, max_size=DIM)
-filters = st.sampled_from(
-    [
-        {"g": 1},
-        {"g": {"$in": [0, 2]}},
-        {"tag": {"$exists": True}},
-        {"$or": [{"tag": "x"}, {"g": {"$gte": 3}}]},
-        {"v": {"$lt": 0}},
-        {"$not": {"g": 0}},
-    ]
-)
-
-
-def model_match(flt: dict[str, Any], payload: dict[str, Any]) -> bool:
-    from lamina.engine.filters import compile_filter
-
-    compiled = compile_filter(flt)
-    predicate = None if compiled is None else compiled.predicate
-    return predicate is None or predicate(payload)
+FILTERS = [
+    {"g": 1},
+    {"g": {"$in": [0, 2]}},
+    {"tag": {"$exists": True}},
+    {"$or": [{"tag": "x"}, {"g": {"$gte": 3}}]},
+    {"v": {"$lt": 0}},
+    {"$not": {"g": 0}},
+]
+filters = st.sampled_from(FILTERS)
 
 
 class CollectionMachine(RuleBasedStateMachine):
@@ -65,7 +57,7 @@ class CollectionMachine(RuleBasedStateMachine):
 
     @rule(flt=filters)
     def delete_filter(self, flt: dict[str, Any]) -> None:
-        gone = [pid for pid, (_, pay) in self.model.items() if model_match(flt, pay)]
+        gone = [pid for pid, (_, pay) in self.model.items() if ref_match(flt, pay)]
         assert self.col.delete(filter=flt) == len(gone)
         for pid in gone:
             del self.model[pid]
@@ -80,9 +72,7 @@ class CollectionMachine(RuleBasedStateMachine):
     @rule(query=vectors, k=st.integers(1, 12), flt=st.one_of(st.none(), filters))
     def search(self, query: list[float], k: int, flt: dict[str, Any] | None) -> None:
         q = np.array(query, dtype=np.float32)
-        allowed = [
-            (pid, vec) for pid, (vec, pay) in self.model.items() if flt is None or model_match(flt, pay)
-        ]
+        allowed = [(pid, vec) for pid, (vec, pay) in self.model.items() if flt is None or ref_match(flt, pay)]
         dists = sorted(float(np.sqrt(((vec - q) ** 2).sum())) for _, vec in allowed)[:k]
         hits = self.col.search(q, k=k, filter=flt)
         assert len(hits) == len(dists)
@@ -97,6 +87,13 @@ class CollectionMachine(RuleBasedStateMachine):
         assert {p.id: (p.vector.tobytes(), p.payload) for p in points} == {  # type: ignore[union-attr]
             pid: (vec.tobytes(), pay) for pid, (vec, pay) in self.model.items()
         }
+
+    @invariant()
+    def filters_match_model(self) -> None:
+        """Every filter counts what the model's independent evaluator counts, after every step."""
+        for flt in FILTERS:
+            expected = sum(ref_match(flt, pay) for _, pay in self.model.values())
+            assert self.col.count(flt) == expected, flt
 
     def teardown(self) -> None:
         self.db.close()
