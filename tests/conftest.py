@@ -35,12 +35,13 @@ class ServerThread:
         tls: tuple[bytes, bytes] | None = None,
         metrics_port: int | None = None,
         port: int = 0,
+        sync_writes: bool = False,
     ) -> None:
         self.data = data
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.db = Database(data, limits=limits)
+        self.db = Database(data, limits=limits, sync_writes=sync_writes)
         self.server = LaminaServer(
             self.db, "127.0.0.1", port, workers=workers, keys=keys, tls=tls, metrics_port=metrics_port
         )

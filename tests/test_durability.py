@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import time
 from pathlib import Path
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 
 import lamina
-from tests.conftest import ServerProcess
+from lamina.cli import build_parser, server_config
+from lamina.engine.database import Database
+from tests.conftest import ServerProcess, ServerThread
 from tests.test_api import snapshot
 
 DIM = 24
@@ -99,12 +102,11 @@ def test_unusable_data_directory_is_a_clear_error(tmp_path: Path) -> None:
         assert db.list_collections() == ["good"]
 
 
-@pytest.mark.parametrize("sync_writes", [False, True])
-def test_acknowledged_writes_survive_kill_9(
-    tmp_path: Path, server_process: type[ServerProcess], sync_writes: bool
-) -> None:
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path, server_process: type[ServerProcess]) -> None:
+    """Without --sync-writes: kill -9 keeps the OS page cache, so the WAL alone carries every
+    acknowledged write across it (what --sync-writes adds is checked by the test below)."""
     data = tmp_path / "data"
-    proc = server_process(data, *(["--sync-writes"] if sync_writes else []))
+    proc = server_process(data)
     with lamina.connect(proc.address) as db:
         col = db.create_collection("docs", dim=DIM, metric="dot")
         expected = write_workload(col, seed=2)
@@ -115,6 +117,43 @@ def test_acknowledged_writes_survive_kill_9(
     restarted = server_process(data)
     with lamina.connect(restarted.address) as db:
         assert_state(db.get_collection("docs"), expected)
+
+
+def _wal_counts(db: Database, name: str) -> tuple[int, int]:
+    """(WAL writes, WAL syncs) RocksDB counted for the collection since it was opened."""
+    stats = db.get_collection(name)._store._db.property_value("rocksdb.dbstats") or ""
+    found = re.search(r"Cumulative WAL: (\d+) writes, (\d+) syncs", stats)
+    assert found, stats
+    return int(found[1]), int(found[2])
+
+
+@pytest.mark.parametrize("sync_writes", [False, True])
+def test_sync_writes_fsyncs_the_log_before_each_reply(tmp_path: Path, sync_writes: bool) -> None:
+    """`lamina serve --sync-writes` reaches RocksDB: by the time the client holds the reply
+    to a write, its write-ahead log record has been synced (RocksDB counts WAL syncs in its
+    DB stats; a kill -9 cannot tell, as the OS page cache survives it). Without the flag
+    the log is written but never synced per write."""
+    args = build_parser().parse_args(
+        ["serve", "--data", str(tmp_path / "data")] + ["--sync-writes"] * sync_writes
+    )
+    config = server_config(args)
+    assert config.sync_writes is sync_writes
+    srv = ServerThread(Path(config.data), sync_writes=config.sync_writes)
+    try:
+        with lamina.connect(srv.address) as client:
+            col = client.create_collection("docs", dim=DIM)
+            rng = np.random.default_rng(3)
+            for i in range(5):
+                writes, syncs = _wal_counts(srv.db, "docs")
+                if i % 2:
+                    assert col.delete(ids=[i - 1]) == 1
+                else:
+                    col.upsert([i, i + 1], rng.standard_normal((2, DIM)).astype(np.float32), [{"i": i}] * 2)
+                after_writes, after_syncs = _wal_counts(srv.db, "docs")
+                assert after_writes > writes  # the acknowledged write is in the log
+                assert after_syncs - syncs == (after_writes - writes if sync_writes else 0)
+    finally:
+        srv.stop()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
