@@ -1,6 +1,7 @@
 """Crash harness: SIGKILL a ``lamina serve`` process at random moments and check what survives.
 
-``python -m bench crash --cycles 20`` (CI runs 3 cycles through tests/test_crash.py).
+``python -m bench crash --cycles 20`` (CI runs 3 cycles through tests/test_crash.py; the
+second cycle of every four aims its kill at a running snapshot, so CI's run has one).
 
 Each cycle starts the server on the same data directory, runs a writer (upserts of new
 and existing ids, deletes by id and by filter, optimize calls that seal and compact)
@@ -13,8 +14,10 @@ restart the harness checks that
   request in flight at the kill was applied whole or not at all;
 * the indexes agree with storage: each checked vector's self-query returns it first
   (through the index tier and exactly), and filtered counts over payload indexes match;
-* the last acknowledged snapshot restores and holds the points it reported, and a snapshot
-  interrupted by the kill left nothing behind;
+* the last acknowledged snapshot (of this cycle or an earlier one) restores and holds the
+  points it reported, and a snapshot interrupted by the kill left nothing behind;
+* the writer and the snapshot taker ran until the kill: an error that stopped either
+  before it (a timeout, a refused request, a bug in the harness) fails the run;
 * the server serves (a write and a read after the checks).
 """
 
@@ -75,6 +78,8 @@ class Writer:
         self.next_id = next_id
         self.acked = 0
         self.pending: Model | None = None  # the state had the request in flight been applied
+        self.error: BaseException | None = None  # what stopped it (the kill, or a failure before it)
+        self.stopped_at = 0.0  # time.monotonic() when it stopped
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _step(self) -> tuple[Any, Model]:
@@ -110,7 +115,7 @@ class Writer:
                 if pay["batch"] == batch and pay["tag"] in ("red", "blue"):
                     after.pop(pid)
             return lambda: self.col.delete(filter=flt), after
-        return lambda: self.col.optimize(timeout=5.0), after  # seal now, compact, merge
+        return lambda: self.col.optimize(timeout=30.0), after  # seal now, compact, merge
 
     def _run(self) -> None:
         while True:
@@ -118,12 +123,39 @@ class Writer:
             self.pending = after
             try:
                 send()
-            except lamina.LaminaError:
-                return  # the server is gone; ``pending`` may or may not have been applied
+            except BaseException as exc:  # any failure stops it: judged by the harness
+                # after the kill the server is gone and ``pending`` may or may not have been applied;
+                # a failure before the kill is a bug the harness reports (see ``check_stopped_by_kill``)
+                self.error, self.stopped_at = exc, time.monotonic()
+                return
             self.model.clear()
             self.model.update(after)
             self.pending = None
             self.acked += 1
+
+
+def check_stopped_by_kill(
+    name: str, thread: threading.Thread, error: BaseException | None, stopped_at: float, killed_at: float
+) -> None:
+    """A client thread must have run until the kill and stopped because of it."""
+    if thread.is_alive():
+        raise AssertionError(f"the {name} was still running 60 s after the kill")
+    if error is None or stopped_at < killed_at:
+        raise AssertionError(f"the {name} stopped before the kill: {error!r}")
+
+
+def kill_during_snapshot(server: ServerProcess, acked: list[Any], timeout: float = 20.0) -> float | None:
+    """Once a snapshot of this cycle was acknowledged (``acked`` not empty, so one can be
+    restored), SIGKILL the server as soon as its log shows another started and not finished,
+    and return when; None if none was seen in ``timeout`` seconds (the server still runs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if acked and "snapshot" in in_progress(server.log.read_text()):
+            killed_at = time.monotonic()
+            server.proc.send_signal(signal.SIGKILL)
+            return killed_at
+        time.sleep(0.0005)
+    return None
 
 
 def read_state(col: lamina.Collection) -> Model:
@@ -216,6 +248,7 @@ def run(cycles: int, seed: int = 0, workdir: Path | None = None, log: Any = prin
     model: Model = {}
     tally = Tally()
     next_id = 0
+    last_snapshot: Any = None  # the last acknowledged snapshot, of any cycle so far
     try:
         for cycle in range(cycles):
             server = ServerProcess(data)
@@ -232,34 +265,37 @@ def run(cycles: int, seed: int = 0, workdir: Path | None = None, log: Any = prin
                     col = client.get_collection(COLLECTION)
                     writer = Writer(col, model, seed * 1000 + cycle, next_id)
                     snapshots: list[Any] = []
-                    snapping = threading.Event()  # set just before each snapshot request
+                    snap_failure: list[Any] = [None, 0.0]  # (error, when) that stopped the snapshot taker
 
                     def take_snapshots(
                         col: lamina.Collection = col,
                         snapshots: list[Any] = snapshots,
-                        snapping: threading.Event = snapping,
+                        snap_failure: list[Any] = snap_failure,
                     ) -> None:
                         while True:
                             time.sleep(rng.uniform(0.2, 0.8))
-                            snapping.set()
                             try:
                                 snapshots.append(col.snapshot())
-                            except lamina.LaminaError:
+                            except BaseException as exc:  # judged by the harness
+                                snap_failure[:] = [exc, time.monotonic()]
                                 return
-                            snapping.clear()
 
                     snapper = threading.Thread(target=take_snapshots, daemon=True)
                     writer.thread.start()
                     snapper.start()
                     time.sleep(rng.uniform(0.5, 3.0))
-                    if cycle % 4 == 3:  # aim at a snapshot: kill a few milliseconds into one
-                        snapping.clear()
-                        snapping.wait(5)
-                        time.sleep(rng.uniform(0.0, 0.01))
-                    server.proc.send_signal(signal.SIGKILL)
+                    # every 4th cycle, from the second on, aims at a snapshot: the kill lands while one runs
+                    killed_at = kill_during_snapshot(server, snapshots) if cycle % 4 == 1 else None
+                    if killed_at is None:
+                        killed_at = time.monotonic()
+                        server.proc.send_signal(signal.SIGKILL)
                     server.proc.wait(30)
                     writer.thread.join(60)
                     snapper.join(60)
+                    check_stopped_by_kill("writer", writer.thread, writer.error, writer.stopped_at, killed_at)
+                    check_stopped_by_kill("snapshot taker", snapper, *snap_failure, killed_at)
+                    if snapshots:
+                        last_snapshot = snapshots[-1]
             finally:
                 if server.proc.poll() is None:
                     server.kill()
@@ -275,7 +311,7 @@ def run(cycles: int, seed: int = 0, workdir: Path | None = None, log: Any = prin
                     writer.pending,
                     tally,
                     root,
-                    snapshots[-1] if snapshots else None,
+                    last_snapshot,  # this cycle's last, or an earlier cycle's: one is restored each cycle
                 )
             finally:
                 restarted.terminate()
