@@ -58,7 +58,8 @@ class Report:
     search_p99_ms: float = 0.0
     upsert_p50_ms: float = 0.0
     upsert_p99_ms: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # every exception a client saw, by type
+    clients_finished: int = 0  # clients that ran until told to stop (any other ended early)
     rss_after_warmup_mb: float = 0.0
     rss_end_mb: float = 0.0
     rss_growth: float = 0.0  # fraction, end vs after warm-up
@@ -78,6 +79,7 @@ class Recorder:
         self.search: list[float] = []
         self.upsert: list[float] = []
         self.errors: Counter[str] = Counter()
+        self.finished = 0  # clients that ran until ``stop`` and closed cleanly
 
     def take(self) -> tuple[list[float], list[float], Counter[str]]:
         with self.lock:
@@ -87,6 +89,19 @@ class Recorder:
 
 
 def _client(address: str, data: np.ndarray, seed: int, stop: threading.Event, rec: Recorder) -> None:
+    """One client thread: every exception is counted (a request's, or one that ends the
+    thread, as ``died: <type>``), and ``rec.finished`` counts threads that ran to the end."""
+    try:
+        _requests(address, data, seed, stop, rec)
+    except Exception as exc:  # counted, so the run's error check sees a client that died
+        with rec.lock:
+            rec.errors[f"died: {type(exc).__name__}"] += 1
+        return
+    with rec.lock:
+        rec.finished += 1
+
+
+def _requests(address: str, data: np.ndarray, seed: int, stop: threading.Event, rec: Recorder) -> None:
     rng = np.random.default_rng(seed)
     n, dim = data.shape
     with lamina.connect(address, timeout=30) as client:
@@ -110,7 +125,7 @@ def _client(address: str, data: np.ndarray, seed: int, stop: threading.Event, re
                         [{"group": int(i) % 10, "v": int(rng.integers(1 << 30))} for i in ids],
                     )
                     kind = "upsert"
-            except lamina.LaminaError as exc:
+            except Exception as exc:  # every failure counts, not only LaminaError
                 with rec.lock:
                     rec.errors[type(exc).__name__] += 1
                 continue
@@ -192,8 +207,11 @@ def run(
             for t in threads:
                 t.join(60)
             monitor.close()
-            search, upsert, errs = rec.take()
+            search, upsert, errs = rec.take()  # the requests that finished after the last interval
+            all_search += search
+            all_upsert += upsert
             errors += errs
+            report.clients_finished = rec.finished  # a thread still running after 60 s is not counted
         finally:
             server.terminate()
     report.ops = len(all_search) + len(all_upsert)
@@ -215,6 +233,7 @@ def summary(report: Report) -> str:
         f"{report.clients} clients, {report.duration_s:.0f} s, {report.points:,} x {report.dim}: "
         f"{report.ops_per_s:,.0f} ops/s; search p50 {report.search_p50_ms:.1f} ms, p99 {report.search_p99_ms:.1f} ms; "
         f"upsert p50 {report.upsert_p50_ms:.1f} ms, p99 {report.upsert_p99_ms:.1f} ms; errors {report.error_count}; "
+        f"{report.clients_finished}/{report.clients} clients ran to the end; "
         f"server RSS {report.rss_after_warmup_mb:.0f} -> {report.rss_end_mb:.0f} MB ({report.rss_growth:+.1%} after warm-up); "
         f"worst interval p99 / median interval p99 = {report.p99_spread:.2f}"
     )

@@ -10,6 +10,7 @@ def test_thirty_seconds_of_mixed_load_without_errors() -> None:
     report = load.run(clients=32, duration=30, points=10_000, interval=5, log=lines.append)
     print("\n".join(lines) + "\n" + load.summary(report))
     assert report.errors == {}, report.errors  # no request failed: no overload, no deadline, no error
+    assert report.clients_finished == 32  # every client ran to the end (none died early or hung)
     assert all(i.ops > 0 for i in report.intervals)  # progress in every interval: nothing stalled
     assert report.search_p99_ms < 5_000  # no request waited anywhere near its 30 s deadline
     # memory stays bounded while points are replaced, sealed and compacted (the 3-minute run
