@@ -4,6 +4,7 @@ deletes and compaction, persistence without rebuilds, settings and bad input."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -265,8 +266,37 @@ def test_bad_search_overrides_are_rejected(db: lamina.Client, kwargs: dict[str, 
 
 
 def test_a_collection_from_before_the_index_tier_opens_as_flat(tmp_path: Path) -> None:
-    config = CollectionConfig.from_dict({"dim": 4, "metric": "l2"})
-    assert config.index.type == "flat" and config.quantization is None
+    """tests/data/pre-index-tier holds a collection written by Lamina before the index tier
+    existed (its README says how): it opens as flat, unquantized, with every point intact,
+    searches exactly, and takes writes and a seal."""
+    shutil.copytree(Path(__file__).parent / "data" / "pre-index-tier", tmp_path / "data")
+    ids: list[Any] = [*range(40), "doc-a", "doc-b"]
+    vectors = (np.arange(len(ids) * 8, dtype=np.float32).reshape(len(ids), 8) % 13) / 3
+    expected = {
+        pid: (vectors[n].tobytes(), {"i": n, "tag": ["x", "y"][n % 2]})
+        for n, pid in enumerate(ids)
+        if pid not in (3, 5)
+    }
+    with lamina.connect(str(tmp_path / "data")) as db:
+        col = db.get_collection("old")
+        info = col.info()
+        assert info.config.index.type == "flat" and info.config.quantization is None
+        assert info.config.dim == 8 and info.config.metric == "l2"
+        points, _ = col.scroll(limit=100, with_vector=True)
+        assert {p.id: (p.vector.tobytes(), p.payload) for p in points} == expected  # type: ignore[union-attr]
+        hits = col.search(vectors[7], k=3, filter={"tag": "y"})
+        mine = sorted(
+            (float(np.linalg.norm(vectors[n] - vectors[7])), n)
+            for n in range(40)
+            if n % 2 and n not in (3, 5)
+        )
+        np.testing.assert_allclose([h.score for h in hits], [d for d, _ in mine[:3]], atol=1e-4)
+        assert all(h.payload is not None and h.payload["tag"] == "y" for h in hits) and len(hits) == 3
+        col.upsert([100], vectors[:1], [{"new": True}])
+        col.optimize()
+        assert col.info().status.indexed_points == len(expected) + 1
+    with lamina.connect(str(tmp_path / "data")) as db:
+        assert db.get_collection("old").count() == len(expected) + 1
 
 
 # ---------------------------------------------------------------- kernels vs numpy
@@ -358,7 +388,9 @@ def test_points_deleted_while_their_segment_is_built_stay_deleted_after_restart(
         deadline = time.monotonic() + 5
         while not col._busy and time.monotonic() < deadline:  # wait for the optimizer to start sealing
             time.sleep(0.001)
+        assert col._busy, "the optimizer did not start sealing: the race this test is about did not happen"
         assert col.delete(ids=list(range(0, 8_000, 10))) == 800
+        assert col.info().status.segments == 0  # the delete was acknowledged before the segment was sealed
         col.optimize()
         assert col.info().status.indexed_points == 7_200
     with Database(tmp_path) as database:
