@@ -46,6 +46,8 @@ async def scenario(db: lamina.Client | lamina.AsyncClient) -> list[Any]:
             await _a(bad())
         except lamina.LaminaError as exc:
             out.append((type(exc).__name__, str(exc)))
+        else:  # kept, so a transport that stops validating disagrees (and the check below fails)
+            out.append(("accepted", None))
     return out
 
 
@@ -77,6 +79,13 @@ async def test_embedded_and_remote_sync_and_async_agree(tmp_path: Path) -> None:
         srv.stop()
     for name, answer in answers.items():
         assert answer == answers["embedded"], name
+    # and what they agree on for the bad calls is a refusal of the right kind
+    assert [error for error, _ in answers["embedded"][-4:]] == [
+        "InvalidArgument",
+        "InvalidArgument",
+        "InvalidArgument",
+        "NotFound",
+    ]
 
 
 def test_every_operation_has_one_engine_form_and_one_grpc_form() -> None:

@@ -17,6 +17,35 @@ README = (ROOT / "README.md").read_text()
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
 
 
+_DOC_D1 = r"\[Document\(id='d1', metadata=\{'topic': 'storage'\}, page_content='Vectors live on disk in RocksDB\.'\)\]\n"
+# what each example must print, in full (a regex over its whole output), keyed by a line
+# that only that example holds: an example that prints the wrong thing, or nothing, fails
+OUTPUTS = {
+    "print(col.count(), col.count(filter": (
+        r"((1|doc-3) [-\d.]+ \{'lang': 'en', 'year': 20(21|24)\}\n){2}3 1\n\[1, 'doc-3'\]\n"
+    ),
+    "except lamina.InvalidArgument": (
+        r"\[Hit\(id=10, score=0\.1\d*, payload=\{\}, vector=None\)\]\n"
+        r"vectors have dimension 3 but the collection has dimension 4\n\['articles'\] \d+\.\d+\.\d+\S*\n"
+    ),
+    "await col.count()": r"\[1, 2, 3\] 3\n",
+    "info.status.index_bytes": r"3 3000 [1-9]\d*\n",
+    "plan.segments": r"\[\('exact', 30, '[^']+'\), \('exact', 30, '[^']+'\), \('exact', 0, '[^']+'\)\]\n",
+    "delete_tenant": r"\[\(1, \{'lang': 'en'\}\)\]\n\[\('acme', 2\), \('globex', 1\)\] 2\n1\n",
+    "langchain": _DOC_D1 + r"\['d[12]', 'd[12]'\]\n" + _DOC_D1,  # d2 deleted: d1 alone at the end
+    "llama_index": r"\[NodeWithScore\(node=TextNode\([^\n]*'topic': 'storage'[^\n]*node_id='d1'[^\n]*\)\]\n",
+    "ld.ingest": r"(?s:.*?)^20000\n20000 7\n(?s:.*)",  # Ray may print its own lines around them
+    "list_snapshots": r"(notes-\S+) 2\n\['\1'\]\nnotes-copy 2\n",
+}
+
+
+def test_every_readme_example_has_one_expected_output() -> None:
+    for block in PYTHON_BLOCKS:
+        assert sum(key in block for key in OUTPUTS) == 1, block[:300]
+    for key in OUTPUTS:
+        assert sum(key in block for block in PYTHON_BLOCKS) == 1, key
+
+
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[f"block{i}" for i in range(len(PYTHON_BLOCKS))])
 def test_readme_python_example_runs(block: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cwd = os.getcwd()
@@ -30,12 +59,8 @@ def test_readme_python_example_runs(block: str, tmp_path: Path, capsys: pytest.C
         if server:
             server.stop()
     out = capsys.readouterr().out
-    assert out  # every example prints what it shows
-    if "print(col.count(), col.count(filter" in block:
-        assert "3 1" in out and "[1, 'doc-3']" in out
-    if "except lamina.InvalidArgument" in block:
-        assert "vectors have dimension 3 but the collection has dimension 4" in out
-        assert "Hit(id=10, score=0.1" in out
+    (expected,) = [pattern for key, pattern in OUTPUTS.items() if key in block]
+    assert re.fullmatch(expected, out, re.MULTILINE), out  # every example prints what it shows
 
 
 def test_readme_has_two_quick_start_commands() -> None:
