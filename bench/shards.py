@@ -14,17 +14,20 @@ shard replica a Ray actor process with its own data directory. For each system:
 * ``build``: ``optimize()`` after the load: seal and index (HNSW) every shard;
 * ``search, 1 query per call`` and ``search, batches of 100``: QPS with recall@10 against
   exact ground truth, p50 / p99 per call;
-* memory: RSS of the process holding the data (single node: this process's growth;
-  sharded: the sum over the replica actor processes).
+* memory: growth of the resident memory of the processes holding the data, from before the
+  load to after the searches (single node: this process; sharded: the sum over the
+  replica actor processes, from just after the collection's actors started).
 
-Ratios are against the single node. **This machine has 2 cores**: every shard shares
-them, so more shards cannot add compute here; the figures show the cost of the scatter,
-the merge and the Ray hop, not the scale-out a cluster of machines would give.
+Ratios are against the single node. The table's note says how many cores the machine has
+(Ray is given 2 CPUs): on a small machine every shard shares them, so more shards cannot
+add compute; the figures then show the cost of the scatter, the merge and the Ray hop,
+not the scale-out a cluster of machines would give.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -178,6 +181,7 @@ def run(dataset: str, rows: int, dim: int, nq: int, work: Path) -> list[Row]:
                 )
                 client.delete_collection("loop")
                 col = client.create_collection("bench", dim, shards=shards, replicas=replicas)
+                actors_before = _actors_rss(client, "bench")  # started, empty: growth is measured from here
                 started = time.perf_counter()
                 written = ld.ingest(client, "bench", path, rows_per_block=20_000)
                 seconds = time.perf_counter() - started
@@ -205,7 +209,8 @@ def run(dataset: str, rows: int, dim: int, nq: int, work: Path) -> list[Row]:
                         extra={"seconds": build},
                     )
                 )
-                for row in _searches(col, queries, truth, system, _actors_rss(client, "bench")):
+                grown = _actors_rss(client, "bench") - actors_before
+                for row in _searches(col, queries, truth, system, grown):
                     say(row)
     finally:
         ray.shutdown()
@@ -232,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         rows = run(args.dataset, args.rows, args.dim, args.queries, Path(tmp))
     markdown = table(rows, {task: "single node" for task in TASKS})
-    markdown += "\n\n2 cores: every shard and replica shares them; ratios show the cost of sharding here, not cluster scale-out."
+    cores = len(os.sched_getaffinity(0))
+    markdown += (
+        f"\n\n{cores} cores on this machine (Ray given 2 CPUs): every shard and replica shares them; "
+        "ratios show the cost of sharding on this machine, not cluster scale-out. Memory: growth of the "
+        "processes holding the data (single node: this process; sharded: the replica actors)."
+    )
     print(markdown)
     params = {
         "dataset": args.dataset,

@@ -174,6 +174,7 @@ def raw_faiss_binary(
     index = faiss.IndexBinaryFlat(dim)
     index.add(np.packbits(base > 0, axis=1))
     build = time.perf_counter() - start
+    size = len(faiss.serialize_index_binary(index)) / len(base)  # measured like the other indexes
     rows = []
     faiss.omp_set_num_threads(1)
     for os_ in oversamples:
@@ -192,7 +193,7 @@ def raw_faiss_binary(
                 queries,
                 truth,
                 build,
-                dim / 8,
+                size,
                 "sign bits; numpy rerank",
             )
         )
@@ -216,7 +217,9 @@ def raw_faiss_ivfpq(
     ivfpq.nprobe = 32
     rows = []
     faiss.omp_set_num_threads(1)
-    code_bytes = pq_m + 8  # PQ code + id in the inverted lists; the refine vectors are extra float32
+    # the IVFPQ index serialized (coarse centroids, PQ codebooks, codes + ids in the inverted
+    # lists); the refine vectors IndexRefineFlat keeps beside it are extra float32, in the note
+    code_bytes = len(faiss.serialize_index(ivfpq)) / len(base)
     for factor in factors:
         params = faiss.IndexRefineSearchParameters(
             k_factor=factor, base_index_params=faiss.SearchParametersIVF(nprobe=32)
