@@ -43,7 +43,7 @@ import numpy as np
 import orjson
 
 from lamina.config import DEFAULT_LIMITS, Limits
-from lamina.engine.collection import Collection, check_directions, check_points, check_tenant_use
+from lamina.engine.collection import Collection
 from lamina.engine.database import (
     SNAPSHOT_FILE,
     Database,
@@ -55,7 +55,8 @@ from lamina.engine.database import (
     write_snapshot,
 )
 from lamina.engine.filters import compile_filter
-from lamina.engine.text import fuse, fusion_depth
+from lamina.engine.fusion import fuse, fusion_depth
+from lamina.engine.protocol import CollectionProtocol, DatabaseProtocol
 from lamina.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -84,8 +85,11 @@ from lamina.validation import (
     as_matrix,
     as_query,
     check_collection_name,
+    check_directions,
     check_ids,
     check_k,
+    check_points,
+    check_tenant_use,
 )
 
 log = logging.getLogger("lamina.sharded")
@@ -336,7 +340,7 @@ class _Slot:
         self.handle = handle
 
 
-class ShardedCollection:
+class ShardedCollection(CollectionProtocol):
     """A collection split over shards of replica actors; the methods of the engine's
     ``Collection`` that the server and the SDK call, with the same arguments."""
 
@@ -989,7 +993,7 @@ class ShardedCollection:
             ray.kill(h, no_restart=True)
 
 
-class ShardedDatabase:
+class ShardedDatabase(DatabaseProtocol):
     """The collections of one sharded data root, served by replica actors on Ray; the
     interface of the engine's ``Database`` (what the server and the embedded SDK call).
     ``ray.init(...)`` must have run in this process."""
@@ -1180,7 +1184,3 @@ class ShardedDatabase:
                 col.close()
             self._lock_file.close()
             self._lock_file = None
-
-
-#: what the server and the embedded SDK drive: one node's Database or a sharded one
-AnyDatabase = Database | ShardedDatabase
