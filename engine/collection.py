@@ -23,7 +23,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
@@ -33,10 +33,11 @@ import numpy as np
 import orjson
 
 from lamina.config import Limits
+from lamina.engine import bounds
 from lamina.engine.filters import CompiledFilter, compile_filter, evaluate
 from lamina.engine.payload import FieldIndex, MutableIndexes, take
 from lamina.engine.segments import GRAPH_STEP_COST, WIDEN, Segment, take_first
-from lamina.engine.tenants import DELTA_SHARE, MERGE_SHARE, Partition, Tenants
+from lamina.engine.tenants import DELTA_SHARE, MERGE_SHARE, Partition, TenantFields, Tenants
 from lamina.engine.text import Bm25Query, fuse, fusion_depth, top_rows
 from lamina.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from lamina.index.flat import exact_topk
@@ -51,6 +52,7 @@ from lamina.storage.rocks import (
     MUTABLE_START,
     NEXT_ROW,
     SEGMENTS,
+    TENANT_FIELDS,
     TENANTS,
     CollectionStore,
 )
@@ -203,6 +205,7 @@ class Collection:
         self._segment_dir = store.path / _SEGMENTS
         self._mut_pidx = MutableIndexes()
         self._replaced = 0  # upserts that replaced points so far (see _read)
+        self._payload_size = bounds.PayloadSize()  # what an answer's size is estimated with
         raw = store.get_meta(FIELDS)
         self._fields: set[str] = set(orjson.loads(raw)) if raw else set()
         self._load()
@@ -212,6 +215,11 @@ class Collection:
                 if isinstance(payload, dict):
                     self._fields.update(payload)
             store.put_meta({FIELDS: orjson.dumps(sorted(self._fields))})
+        raw = store.get_meta(TENANT_FIELDS)
+        self._tenant_fields = TenantFields(raw)  # per tenant: what its requests may learn of fields
+        if raw is None and self._multi and self._next_row:  # written before they were kept per tenant
+            self._tenant_fields = TenantFields.learn(store, self._tenants.names)
+            store.put_meta({TENANT_FIELDS: self._tenant_fields.encode()})
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._busy = False
@@ -288,19 +296,22 @@ class Collection:
             counts = {int(c): int(z) for c, z in zip(codes.tolist(), sizes.tolist(), strict=True) if c >= 0}
             self._tenant_live = counts
 
-    def _index_mutable(self, fields: dict[str, str]) -> None:
+    def _index_mutable(self, fields: dict[str, str], into: MutableIndexes | None = None) -> None:
         """Index ``fields`` of the mutable segment's stored payloads (at start, and when an
-        index is added; caller holds the lock or is the constructor)."""
+        index is added; caller holds the lock or is the constructor) into ``into`` (default:
+        the mutable segment's indexes), checking the request's deadline between blocks."""
+        target = self._mut_pidx if into is None else into
         rows: list[int] = []
         payloads: list[Payload | None] = []
         for row, blob in self._store.scan_payloads(self._mut_start):
             rows.append(row)
             payloads.append(orjson.loads(blob))
-            if len(rows) >= 65_536:
-                self._mut_pidx.add(fields, rows, payloads)
+            if len(rows) >= 16_384:
+                bounds.check()
+                target.add(fields, rows, payloads)
                 rows, payloads = [], []
         if rows:
-            self._mut_pidx.add(fields, rows, payloads)
+            target.add(fields, rows, payloads)
 
     def close(self) -> None:
         """Stop the optimizer (a build in progress ends within a chunk of rows; its rows stay
@@ -384,19 +395,28 @@ class Collection:
     def _filter_masks(self, compiled: CompiledFilter, snap: _Snapshot) -> list[np.ndarray]:
         """Per sealed segment, then for the mutable segment: the mask of live rows that
         match. Payload indexes decide most rows; rows they cannot decide (unindexed
-        fields, odd values) are checked against their stored payloads."""
+        fields, odd values) are checked against their stored payloads, once their number
+        is known to be within ``max_filter_checks`` (bounds.check_filter_cost)."""
         masks: list[np.ndarray] = []
+        undecided: list[tuple[int, Segment, np.ndarray, np.ndarray]] = []  # not cached: settled below
         for seg in snap.segments:
-
-            def compute(seg: Segment = seg) -> np.ndarray:
+            found = seg.matching(compiled.key)
+            if found is None:
                 indexes = {name: [index] for name, index in seg.payload.items()}
                 surely, maybe = evaluate(compiled.tree, seg.size, 0, indexes)
-                return self._settle(compiled, surely, maybe, seg.rows)
-
-            masks.append(seg.matching(compiled.key, compute) & seg.live)
+                undecided.append((len(masks), seg, surely, maybe))
+                found = surely
+            masks.append(found & seg.live)
         n = snap.live.size
         surely, maybe = evaluate(compiled.tree, n, snap.start, snap.payload)
-        masks.append(self._settle(compiled, surely & snap.live, maybe & snap.live, None, snap.start))
+        surely, maybe = surely & snap.live, maybe & snap.live
+        rows = int(np.count_nonzero(maybe & ~surely)) + sum(
+            int(np.count_nonzero(m & ~s & seg.live)) for _, seg, s, m in undecided
+        )
+        bounds.check_filter_cost(rows, compiled, self.config.payload_index, self._limits)
+        for pos, seg, s, m in undecided:
+            masks[pos] = seg.remember(compiled.key, self._settle(compiled, s, m, seg.rows)) & seg.live
+        masks.append(self._settle(compiled, surely, maybe, None, snap.start))
         return masks
 
     def _masks(
@@ -444,22 +464,31 @@ class Collection:
         if check.size:
             global_rows = rows[check] if rows is not None else check + base
             predicate = compiled.predicate
-            ok = [p is not None and predicate(p) for p in self._stored_payloads(global_rows)]
+            ok = [
+                p is not None and predicate(p) for p in self._stored_payloads(global_rows)
+            ]  # checks the deadline
             surely[check[np.asarray(ok, dtype=np.bool_)]] = True
         return surely
 
-    def _stored_payloads(self, rows: np.ndarray) -> list[Payload | None]:
-        """Decoded payloads of global ``rows`` (None: deleted), read in blocks."""
-        out: list[Payload | None] = []
-        for lo in range(0, rows.size, 16_384):
-            blobs = self._store.payloads_of(rows[lo : lo + 16_384].tolist())
-            out.extend(orjson.loads(b) if b is not None else None for b in blobs)
-        return out
+    def _stored_payloads(self, rows: np.ndarray) -> Iterator[Payload | None]:
+        """Decoded payloads of global ``rows`` (None: deleted), read in blocks, between which
+        the request's deadline is checked (its work stops when its client has gone)."""
+        for lo in range(0, rows.size, 4_096):
+            bounds.check()
+            blobs = self._store.payloads_of(rows[lo : lo + 4_096].tolist())
+            yield from (orjson.loads(b) if b is not None else None for b in blobs)
 
-    def _compile(self, flt: Any) -> CompiledFilter | None:
-        schema = self.config.payload_index  # a collection with a declared schema rejects unknown fields
-        known = frozenset(self._fields) if schema else None
-        return compile_filter(flt, self._limits.max_filter_depth, schema, known)
+    def _compile(self, flt: Any, tenant: str | None = None) -> CompiledFilter | None:
+        """A filter compiled for a request (of ``tenant``): a collection with a declared
+        schema rejects unknown fields, and a tenant's fields are those of its own points."""
+        schema = self.config.payload_index
+        if not schema:
+            known = None
+        else:
+            known = frozenset(self._fields) if tenant is None else self._tenant_fields.of(tenant)
+        return compile_filter(
+            flt, self._limits.max_filter_depth, schema, known, self._limits.max_filter_terms
+        )
 
     def _points(
         self, rows: Sequence[int], keys: Sequence[bytes | None], with_payload: bool, with_vector: bool
@@ -510,9 +539,13 @@ class Collection:
             dead = [(key, row) for key, row in zip(keys, old_rows, strict=True) if row is not None]
             fields = self._fields | names
             meta = {FIELDS: orjson.dumps(sorted(fields))} if len(fields) > len(self._fields) else {}
+            if tenant is not None and (mine := self._tenant_fields.added(tenant, names)) is not None:
+                meta[TENANT_FIELDS] = mine
             self._store.apply(keys, first, raw.tobytes(), blobs, dead, self._mut_start, meta | tenants_meta)
             if tenants_meta:
                 self._tenants.apply(tenants_meta[TENANTS])
+            if TENANT_FIELDS in meta:
+                self._tenant_fields.apply(meta[TENANT_FIELDS])
             self._fields = fields
             self._next_row = first + len(keys)
             self._place(new_rows, prepared, -1 if code is None else code)
@@ -545,7 +578,7 @@ class Collection:
                 rows_of = self._store.rows_of(keys)
                 dead = [(k, r) for k, r in zip(keys, rows_of, strict=True) if r is not None]
                 return self._drop(dead, code)
-        compiled = self._compile(filter)  # None: the empty filter, which matches every point
+        compiled = self._compile(filter, tenant)  # None: the empty filter, which matches every point
         with self._lock:
             self._check_open()
             code = self._tenant(tenant)
@@ -583,16 +616,22 @@ class Collection:
         with self._lock:
             return frozenset(self._fields)
 
-    def learn_fields(self, names: Sequence[str]) -> bool:
-        """Count ``names`` as payload keys seen, durably (a sharded collection tells every
-        shard the keys any shard has seen, so they check filters alike); True if any was new."""
+    def learn_fields(self, names: Sequence[str], tenant: str | None = None) -> bool:
+        """Count ``names`` as payload keys seen (by ``tenant``'s points), durably (a sharded
+        collection tells every shard the keys any shard has seen, so they check filters
+        alike); True if any was new."""
         with self._lock:
             self._check_open()
             fields = self._fields | set(names)
-            if len(fields) == len(self._fields):
+            mine = self._tenant_fields.added(tenant, set(names)) if tenant is not None else None
+            if len(fields) == len(self._fields) and mine is None:
                 return False
-            self._store.put_meta({FIELDS: orjson.dumps(sorted(fields))})
+            self._store.put_meta(
+                {FIELDS: orjson.dumps(sorted(fields)), **({TENANT_FIELDS: mine} if mine else {})}
+            )
             self._fields = fields
+            if mine is not None:
+                self._tenant_fields.apply(mine)
             return True
 
     # ------------------------------------------------------------ tenants
@@ -624,8 +663,10 @@ class Collection:
                     break
                 dead.append((key, row))
             self._partitions = {c: p for c, p in self._partitions.items() if c != code}
-            removed = self._drop(dead, code, {TENANTS: self._tenants.without(tenant)})
+            fields = self._tenant_fields.without(tenant)
+            removed = self._drop(dead, code, {TENANTS: self._tenants.without(tenant), TENANT_FIELDS: fields})
             self._tenants.apply(self._tenants.without(tenant))
+            self._tenant_fields.apply(fields)
             self._tenant_live.pop(code, None)
         log.info("deleted tenant %r of %r with %d points", tenant, self.name, removed)
         return removed
@@ -647,7 +688,7 @@ class Collection:
     def count(self, filter: Any = None, tenant: str | None = None) -> int:
         """Number of live points (of ``tenant``), or of those matching ``filter``."""
         code = self._tenant(tenant)
-        compiled = self._compile(filter)
+        compiled = self._compile(filter, tenant)
         self._check_open()
         if code == -1:
             return 0
@@ -671,6 +712,7 @@ class Collection:
         self._check_open()
         if code == -1:
             return []
+        self._check_answer(1, len(id_list), code, with_payload, with_vector, "ask for fewer ids per request")
         keys = [self._key(i, code) for i in id_list]
         rows = self._store.rows_of(keys)
         present = [(k, r) for k, r in zip(keys, rows, strict=True) if r is not None]
@@ -693,7 +735,7 @@ class Collection:
             raise InvalidArgument(
                 f"scroll limit must be an integer in 1..{self._limits.max_scroll_limit}, got {limit!r}"
             )
-        compiled = self._compile(filter)
+        compiled = self._compile(filter, tenant)
         self._check_open()
         if code == -1:
             return [], None
@@ -706,7 +748,10 @@ class Collection:
         )
         page: list[tuple[bytes, int]] = []
         next_offset: PointId | None = None
-        for key, row in self._store.scan_ids(start):
+        self._check_answer(1, limit, code, with_payload, with_vector, "ask for a smaller page (limit)")
+        for seen, (key, row) in enumerate(self._store.scan_ids(start)):
+            if seen % 4_096 == 0:
+                bounds.check()  # a filter matching few points reads many keys
             if not key.startswith(prefix):
                 break  # past the tenant's range
             if matching is not None and row not in matching:
@@ -731,8 +776,15 @@ class Collection:
         """The ``k`` nearest points (of ``tenant``) to one query vector, best first."""
         code = self._tenant(tenant)
         query = as_query(vector, self.config.dim)
+        self._check_answer(1, check_k(k, self._limits), code, with_payload, with_vector)
         return self._search(
-            query.reshape(1, -1), k, self._compile(filter), with_payload, with_vector, params, code=code
+            query.reshape(1, -1),
+            k,
+            self._compile(filter, tenant),
+            with_payload,
+            with_vector,
+            params,
+            code=code,
         )[0]
 
     def search_batch(
@@ -755,7 +807,8 @@ class Collection:
             raise ResourceExhausted(
                 f"batch of {queries.shape[0]} queries exceeds the limit of {self._limits.max_query_batch}"
             )
-        compiled = self._compile(filter)
+        compiled = self._compile(filter, tenant)
+        self._check_answer(queries.shape[0], check_k(k, self._limits), code, with_payload, with_vector)
         step = _ALIVE_STEP if alive is not None else max(1, queries.shape[0])
         results: list[list[Hit]] = []
         for lo in range(0, queries.shape[0], step):
@@ -767,6 +820,36 @@ class Collection:
                 )
             )
         return results
+
+    def _k_within(self, k: int, code: int | None) -> int:
+        """``k`` bounded by the points there are (of tenant ``code``), at least 1."""
+        with self._lock:
+            live = self._live_count() if code is None else self._tenant_live.get(code, 0)
+        return max(1, min(k, live))
+
+    def _check_answer(
+        self,
+        queries: int,
+        k: int,
+        code: int | None,
+        with_payload: bool,
+        with_vector: bool,
+        paging: str | None = None,
+    ) -> None:
+        """ResourceExhausted, before any work, when ``queries`` lists of ``k`` results (at
+        most the points there are, of tenant ``code``) would outgrow one message
+        (bounds.check_answer_size)."""
+        hits = queries * self._k_within(k, code)
+        payload = self._payload_size.mean(self._store, self._next_row) if with_payload else 0.0
+        bounds.check_answer_size(
+            hits,
+            self.config.dim,
+            with_vector,
+            payload,
+            with_payload,
+            self._limits,
+            *([paging] if paging else []),
+        )
 
     def _snapshot(self, locked: bool = False) -> _Snapshot:
         if not locked:
@@ -825,7 +908,7 @@ class Collection:
         explain: list[SegmentPlan] | None = None,
         code: int | None = None,
     ) -> list[list[Hit]]:
-        k = check_k(k, self._limits)
+        k = self._k_within(check_k(k, self._limits), code)  # no more hits than points: smaller arrays
         prepared = self._prepare(queries)
         if code == -1:  # a tenant without points
             return [[] for _ in range(queries.shape[0])]
@@ -952,7 +1035,9 @@ class Collection:
         filter the walk asks for k / selectivity candidates, widening up to 3 times,
         unless few rows match (then exact)."""
         nq = prepared.shape[0]
-        name = f"tenant-partition-{part.code}-{part.lo}"
+        name = "tenant-partition-" + (
+            "delta" if part.lo else "main"
+        )  # not its code: that tells creation order
 
         def inside(seg: Segment, local: np.ndarray | None) -> np.ndarray:
             local = seg.tenant_local(part.code) if local is None else local
@@ -1032,9 +1117,10 @@ class Collection:
         if text is not None and not isinstance(text, str):
             raise InvalidArgument(f"text must be a string, got {type(text).__name__}")
         k = check_k(k, self._limits)
+        self._check_answer(1, k, code, with_payload, with_vector)
         query = as_query(vector, self.config.dim).reshape(1, -1) if vector is not None else None
         field_name = self._text_field(text_field) if text is not None else ""
-        compiled = self._compile(filter)
+        compiled = self._compile(filter, tenant)
         prepared = self._prepare(query) if query is not None else None
         depth = k if vector is None or text is None else fusion_depth(k, self._limits.max_k)
 
@@ -1048,7 +1134,7 @@ class Collection:
                 scores, rows, counts = self._search_rows(prepared, depth, snap, masks, params, None)
                 rankings.append((rows[0, : counts[0]], scores[0, : counts[0]]))
             if text is not None:
-                rankings.append(self._bm25(text, field_name, depth, snap, masks))
+                rankings.append(self._bm25(text, field_name, depth, snap, masks, code))
             if len(rankings) == 1:
                 rows, fused = rankings[0]
                 if prepared is not None:
@@ -1078,15 +1164,26 @@ class Collection:
         return name
 
     def _bm25(
-        self, text: str, field_name: str, n: int, snap: _Snapshot, masks: list[np.ndarray] | None
+        self,
+        text: str,
+        field_name: str,
+        n: int,
+        snap: _Snapshot,
+        masks: list[np.ndarray] | None,
+        code: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(global rows, BM25 scores) of the best ``n`` allowed rows, best first."""
+        """(global rows, BM25 scores) of the best ``n`` allowed rows, best first; with the
+        statistics of tenant ``code``'s live rows only in a multi-tenant collection."""
         sealed = [
             seg.payload.get(field_name) or self._index_segment(seg, field_name, "text")
             for seg in snap.segments
         ]
         mutable = snap.payload.get(field_name, [])
-        bm25 = Bm25Query.prepare(text, [*sealed, *mutable])
+        mine = self._masks(None, snap, code) if code is not None else None  # the tenant's live rows
+        scope = (
+            None if mine is None else [(m, 0) for m in mine[:-1]] + [(mine[-1], snap.start)] * len(mutable)
+        )
+        bm25 = Bm25Query.prepare(text, [*sealed, *mutable], scope)
         found_rows: list[np.ndarray] = []
         found_scores: list[np.ndarray] = []
         for i, (seg, part) in enumerate(zip(snap.segments, sealed, strict=True)):
@@ -1130,9 +1227,10 @@ class Collection:
         """``search`` that also returns the QueryPlan ``explain`` describes."""
         code = self._tenant(tenant)
         query = as_query(vector, self.config.dim)
+        self._check_answer(1, check_k(k, self._limits), code, with_payload, with_vector)
         plans: list[SegmentPlan] = []
         started = time.perf_counter()
-        compiled = self._compile(filter)
+        compiled = self._compile(filter, tenant)
         hits = self._search(
             query.reshape(1, -1), k, compiled, with_payload, with_vector, params, plans, code
         )[0]
@@ -1573,10 +1671,12 @@ class Collection:
                 raise InvalidArgument(
                     f"field {field!r} already has a {current} index: drop_payload_index({field!r}) first"
                 )
+            built = MutableIndexes()  # built first: a request stopped midway changes nothing
+            self._index_mutable({field: kind}, built)
             config = replace(self.config, payload_index={**self.config.payload_index, field: kind})
             self._store.put_meta({CONFIG: orjson.dumps(config.to_dict())})
             self.config = config
-            self._index_mutable({field: kind})
+            self._mut_pidx.parts[field] = built.parts.get(field, [])
         self._wake.set()
         log.info("added %s payload index on %r of %r", kind, field, self.name)
         return True

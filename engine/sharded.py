@@ -355,7 +355,8 @@ class ShardedCollection:
         self._next = [0] * config.shards  # the last write numbered on each shard
         self._acked = [0] * config.shards  # the highest write acknowledged on each shard
         self._ack_lock = threading.Lock()
-        self._fields: set[str] = set()  # payload keys some shard has seen; every shard knows them all
+        # (tenant or "", payload key) some shard has seen; every shard knows them all
+        self._fields: set[tuple[str, str]] = set()
         self._turn = 0
         self._closed = False
         for shard, slots in enumerate(self._slots):
@@ -371,7 +372,7 @@ class ShardedCollection:
                 ) from None
             self._next[shard] = self._acked[shard] = max(applied)
             best = slots[applied.index(max(applied))]
-            self._fields.update(self._ray.get(best.handle.fields.remote()))
+            self._fields.update(("", f) for f in self._ray.get(best.handle.fields.remote()))
             for j, have in enumerate(applied):
                 if have < self._acked[shard]:
                     log.info("%s shard %d replica %d is behind (%d < %d)", name, shard, j, have, max(applied))
@@ -477,12 +478,14 @@ class ShardedCollection:
         self._check_tenant(tenant, write=True)
         return [self._send(shard, "upsert_part", ref, tenant) for shard, ref in enumerate(parts)]
 
-    def learn(self, names: Sequence[str]) -> None:
-        """Tell every shard of payload keys it may not have seen (numbered writes), so that
-        every shard checks filters against the same keys as one node would."""
-        new = sorted(set(names) - self._fields)
+    def learn(self, names: Sequence[str], tenant: str | None = None) -> None:
+        """Tell every shard of payload keys (of ``tenant``'s points) it may not have seen
+        (numbered writes), so that every shard checks filters against the same keys as one
+        node would."""
+        new = sorted({(tenant or "", n) for n in names} - self._fields)
         if new:
-            self._write({s: ("learn_fields", (new,), {}) for s in range(self.config.shards)})
+            fresh = [n for _, n in new]
+            self._write({s: ("learn_fields", (fresh, tenant), {}) for s in range(self.config.shards)})
             self._fields.update(new)
 
     def settle(self, sent: Sent) -> int:
@@ -601,7 +604,7 @@ class ShardedCollection:
         if self.config.metric == "cosine":
             check_directions(np.einsum("ij,ij->i", matrix, matrix))
         if payloads is not None:
-            self.learn([key for p in payloads if isinstance(p, dict) for key in p])
+            self.learn([key for p in payloads if isinstance(p, dict) for key in p], tenant)
         parts = {
             shard: (
                 "upsert",

@@ -1,0 +1,175 @@
+"""The holes of the security review of issue #25, one test each, against a real server on
+loopback: names anchored at their true end, tenants that learn nothing of each other,
+requests whose cost is bounded before they start and whose work stops with their client,
+answers refused before they outgrow a message, and a metrics endpoint that is no wider
+than the gRPC port."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+import lamina
+from lamina.client.api import is_address
+from lamina.engine.database import Database
+from lamina.engine.tenants import TenantFields
+from lamina.proto.lamina.v1 import collections_pb2 as cpb
+from lamina.proto.lamina.v1 import collections_pb2_grpc as cgrpc
+from lamina.server.auth import ApiKey, hash_key
+from lamina.types import CollectionConfig
+from lamina.validation import check_collection_name, check_tenant
+from tests.conftest import ServerThread
+
+
+# ---------------------------------------------------------------- hole 5: names end where they end
+def test_names_with_a_trailing_newline_are_refused_and_old_ones_stay_manageable(
+    server: ServerThread, tmp_path: Path
+) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        stub = cgrpc.CollectionsStub(channel)
+        for bad in ("x\n", "docs\n", "a" * 128 + "\n"):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Create(cpb.CreateCollectionRequest(name=bad, config=cpb.CollectionConfig(dim=4)))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "invalid collection name" in (err.value.details() or "")
+        assert not any(p.name.endswith("\n") for p in (server.data / "collections").iterdir())
+    for bad in ("x\n", "x\r", "snap\n"):
+        with pytest.raises(lamina.InvalidArgument):
+            check_collection_name(bad)
+    for bad in ("acme\x7f", "acme\x85", "acme\n"):  # DEL and C1 controls too, not only C0
+        with pytest.raises(lamina.InvalidArgument):
+            check_tenant(bad)
+    assert is_address("localhost:6334") and not is_address("localhost:6334\n")
+    with pytest.raises(lamina.InvalidArgument):
+        ApiKey.from_dict({"name": 'ops"\nrole = "admin', "hash": hash_key("k"), "role": "read"}, "keys[0]")
+    quoted = ApiKey("a\\b", hash_key("k"), "read", frozenset({"docs"})).to_toml()
+    assert 'name = "a\\\\b"' in quoted
+
+    # a collection (and its snapshot) made by an older version under such a name can still be deleted
+    data = tmp_path / "legacy"
+    with Database(data) as db:
+        db.create_collection("x", CollectionConfig(dim=4))
+        snap = db.create_snapshot("x")
+    (data / "collections" / "x").rename(data / "collections" / "x\n")
+    (data / "snapshots" / "x").rename(data / "snapshots" / "x\n")
+    with Database(data) as db:
+        assert db.list_collections() == ["x\n"]
+        db.delete_snapshot("x\n", snap.name)
+        assert not (data / "snapshots" / "x\n" / snap.name).exists()
+        with pytest.raises(lamina.InvalidArgument):
+            db.delete_snapshot("../x\n", snap.name)
+        db.delete_collection("x\n")
+    shutil.rmtree(data)
+
+
+# ---------------------------------------------------------------- hole 1: a tenant learns only its own fields
+def _multi_tenant_server(tmp_path: Path) -> tuple[ServerThread, str]:
+    """A server with keys (an admin, and a reader scoped to tenant acme) and the multi-tenant
+    collection "mt": acme's points have body/lang/owner, globex's also globex_ssn."""
+    acme_secret = "lam_acme-reader-secret"
+    srv = ServerThread(
+        tmp_path / "data",
+        keys=[
+            ApiKey("root", hash_key("lam_root-secret"), "admin"),
+            ApiKey("acme", hash_key(acme_secret), "read", tenants=frozenset({"acme"})),
+        ],
+    )
+    rng = np.random.default_rng(1)
+    with lamina.connect(srv.address, api_key="lam_root-secret") as admin:
+        mt = admin.create_collection(
+            "mt",
+            dim=8,
+            multi_tenant=True,
+            payload_index={"lang": "keyword"},
+            tenant_index_rows=64,
+            segment_rows=256,
+        )
+        mt.upsert(
+            list(range(600)),
+            rng.standard_normal((600, 8)),
+            [{"body": "hello", "lang": "en", "owner": f"a{i}"} for i in range(600)],
+            tenant="acme",
+        )
+        mt.upsert(
+            list(range(50)),
+            rng.standard_normal((50, 8)),
+            [{"body": "x", "lang": "de", "owner": "g", "globex_ssn": "123"} for _ in range(50)],
+            tenant="globex",
+        )
+        mt.optimize()
+    return srv, acme_secret
+
+
+def test_a_tenant_learns_nothing_of_other_tenants_fields(tmp_path: Path) -> None:
+    srv, secret = _multi_tenant_server(tmp_path)
+    try:
+        with lamina.connect(srv.address, api_key=secret) as client:
+            mt = client.get_collection("mt")
+            answers = {}
+            for field in ("nosuchfield", "globex_ssn"):  # a field of another tenant looks like no field
+                with pytest.raises(lamina.InvalidArgument) as err:
+                    mt.count(filter={field: "x"}, tenant="acme")
+                answers[field] = str(err.value).replace(field, "<field>")
+                assert "globex_ssn" not in answers[field]
+                assert "known fields: body, lang, owner" in str(err.value)
+            assert answers["nosuchfield"] == answers["globex_ssn"]
+            assert mt.count(filter={"owner": "a1"}, tenant="acme") == 1  # its own fields work
+            assert mt.count(filter={"lang": "de"}, tenant="acme") == 0  # declared ones too
+            # explain names the tenant's graphs without their codes (which tell creation order)
+            plan = mt.explain(np.ones(8), k=5, tenant="acme")
+            names = {s.segment for s in plan.segments}
+            assert names <= {"tenant", "tenant-partition-main", "tenant-partition-delta"}, names
+            assert "tenant-partition-main" in names
+    finally:
+        srv.stop()
+    # the map survives a restart, and a collection written before it was kept learns it once
+    with Database(tmp_path / "data") as db:
+        col = db.get_collection("mt")
+        with pytest.raises(lamina.InvalidArgument, match="known fields: body, lang, owner\\)"):
+            col.count({"globex_ssn": "1"}, tenant="acme")
+        assert col.count({"globex_ssn": "123"}, tenant="globex") == 50
+        learned = TenantFields.learn(col._store, col._tenants.names)  # as for an older collection
+        assert learned.by_tenant == {
+            "acme": {"body", "lang", "owner"},
+            "globex": {"body", "lang", "owner", "globex_ssn"},
+        }
+
+
+# ---------------------------------------------------------------- hole 2: BM25 statistics are the tenant's own
+def test_a_tenants_text_scores_depend_only_on_its_own_documents(server: ServerThread) -> None:
+    acme_docs = ["secret plan for the launch", "hello world", "the plan is secret", "nothing here"]
+    rng = np.random.default_rng(2)
+    with lamina.connect(server.address) as client:
+        mt = client.create_collection(
+            "mt", dim=4, multi_tenant=True, payload_index={"body": "text"}, segment_rows=256
+        )
+        alone = client.create_collection("alone", dim=4, payload_index={"body": "text"})  # the reference
+        vectors = rng.standard_normal((len(acme_docs), 4))
+        payloads = [{"body": d} for d in acme_docs]
+        mt.upsert(list(range(len(acme_docs))), vectors, payloads, tenant="acme")
+        alone.upsert(list(range(len(acme_docs))), vectors, payloads)
+
+        def scores(col: lamina.Collection, **tenant: str) -> dict[object, float]:
+            return {h.id: round(h.score, 5) for h in col.query(text="secret plan", k=10, **tenant)}
+
+        expected = scores(alone)
+        assert len(expected) == 2 and scores(mt, tenant="acme") == expected
+        # another tenant writes (sealed and mutable), deletes, and writes again: acme's scores stay
+        for round_ in range(3):
+            n = 300
+            mt.upsert(
+                list(range(n)),
+                rng.standard_normal((n, 4)),
+                [{"body": "secret " * (1 + i % 3) + "plan" * (round_ % 2)} for i in range(n)],
+                tenant="globex",
+            )
+            if round_ == 1:
+                mt.delete(filter={"body": {"$exists": True}}, tenant="globex")
+            assert scores(mt, tenant="acme") == expected, round_
+        mt.optimize()
+        assert scores(mt, tenant="acme") == expected
+        assert mt.count(tenant="globex") == 300
