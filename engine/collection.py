@@ -464,10 +464,12 @@ class Collection:
         if check.size:
             global_rows = rows[check] if rows is not None else check + base
             predicate = compiled.predicate
-            ok = [
-                p is not None and predicate(p) for p in self._stored_payloads(global_rows)
-            ]  # checks the deadline
-            surely[check[np.asarray(ok, dtype=np.bool_)]] = True
+            ok = np.zeros(check.size, np.bool_)
+            for i, payload in enumerate(self._stored_payloads(global_rows)):
+                if not i & 255:
+                    bounds.check()  # a filter may be slow per payload: stop soon after the client goes
+                ok[i] = payload is not None and predicate(payload)
+            surely[check[ok]] = True
         return surely
 
     def _stored_payloads(self, rows: np.ndarray) -> Iterator[Payload | None]:

@@ -27,7 +27,7 @@ class Limits:
     10,000 points per scroll page, and 64 requests running or queued in a server at
     once (more are answered RESOURCE_EXHAUSTED), 32 of them from one caller (an API key,
     or a connection when the server has no keys). A filter may hold 10,000 conditions and
-    ``$in``/``$nin`` values, and may check 2,000,000 (rows x conditions) against stored
+    ``$in``/``$nin`` values, and may check 1,000,000 (rows x conditions) against stored
     payloads where no payload index decides (more: RESOURCE_EXHAUSTED naming the field to
     index). An answer estimated larger than ``max_message_bytes`` is refused before any
     work is done.
@@ -45,7 +45,7 @@ class Limits:
     max_concurrent_requests: int = 64
     max_requests_per_caller: int = 32
     max_filter_terms: int = 10_000
-    max_filter_checks: int = 2_000_000
+    max_filter_checks: int = 1_000_000
 
     @classmethod
     def from_dict(cls, data: object, where: str = "limits") -> Limits:

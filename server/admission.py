@@ -136,6 +136,7 @@ class Gate:
                 job.done.cancel()
             elif inner.exception() is not None:
                 job.done.set_exception(inner.exception())  # type: ignore[arg-type]
+                job.done.exception()  # its handler may have gone: never "never retrieved"
             else:
                 job.done.set_result(inner.result())
         elif not inner.cancelled():
@@ -181,4 +182,5 @@ class Gate:
                 self._settle(job, tally)
                 if not job.done.done():
                     job.done.set_exception(Cancelled(f"{why}; the request was not started"))
+                    job.done.exception()
         self._turn.clear()

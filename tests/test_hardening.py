@@ -6,7 +6,11 @@ than the gRPC port."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -15,6 +19,7 @@ import pytest
 
 import lamina
 from lamina.client.api import is_address
+from lamina.config import Limits
 from lamina.engine.database import Database
 from lamina.engine.tenants import TenantFields
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
@@ -173,3 +178,89 @@ def test_a_tenants_text_scores_depend_only_on_its_own_documents(server: ServerTh
         mt.optimize()
         assert scores(mt, tenant="acme") == expected
         assert mt.count(tenant="globex") == 300
+
+
+# ---------------------------------------------------------------- hole 3: bounded, stopped, fair
+#: a valid filter that checks 300 conditions on every unindexed payload: tens of seconds over 20,000
+SLOW = {"$or": [{"tag": f"nope-{i}"} for i in range(300)]}
+
+
+def _tagged(client: lamina.Client, n: int = 20_000) -> lamina.Collection:
+    col = client.create_collection("t", dim=8, segment_rows=1_000_000)
+    rng = np.random.default_rng(3)
+    for lo in range(0, n, 10_000):
+        ids = list(range(lo, lo + 10_000))
+        col.upsert(ids, rng.standard_normal((10_000, 8)), [{"tag": f"t{i}", "n": i} for i in ids])
+    return col
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_expensive_requests_are_bounded_stopped_with_their_client_and_do_not_starve_others(
+    tmp_path: Path,
+) -> None:
+    # bounded before it starts: a cost past the limits is refused, naming the limit and the way out
+    small = ServerThread(tmp_path / "small", limits=Limits(max_filter_checks=100_000, max_filter_terms=2_000))
+    try:
+        with lamina.connect(small.address) as client:
+            col = _tagged(client)
+            wide = {"tag": {"$in": [f"t{i}" for i in range(0, 2_000, 2)]}}  # 1,000 values: one set lookup
+            assert col.count(wide) == 1_000
+            ten = {"$or": [{"tag": f"t{i}"} for i in range(10)]}  # 20,000 rows x 10 conditions
+            with pytest.raises(
+                lamina.ResourceExhausted, match=r"max_filter_checks=100,000: create a payload index on 'tag'"
+            ):
+                col.count(ten)
+            with pytest.raises(lamina.ResourceExhausted, match="max_filter_terms"):
+                col.count({"tag": {"$nin": [str(i) for i in range(2_001)]}})
+            col.create_payload_index("tag", "keyword")
+            assert col.count(ten) == 10  # the index answers it now
+    finally:
+        small.stop()
+
+    srv = ServerThread(tmp_path / "big", workers=4, limits=Limits(max_filter_checks=10**9))
+    heavy_threads: list[threading.Thread] = []
+    try:
+        with lamina.connect(srv.address) as admin:
+            _tagged(admin)
+            gate = srv.server.gate
+            # the work stops when its client has gone
+            with lamina.connect(srv.address, timeout=0.5) as hasty, pytest.raises(lamina.DeadlineExceeded):
+                hasty.get_collection("t").count(SLOW)
+            assert _wait_for(lambda: gate.in_flight == 0, 5), "the abandoned count kept running"
+            assert admin.server_info()["requests_abandoned"] >= 1
+
+            # one caller floods with heavy requests; another's trivial calls still answer at once
+            heavy = lamina.connect(srv.address, timeout=60)
+
+            def flood() -> None:
+                with contextlib.suppress(lamina.LaminaError):
+                    heavy.get_collection("t").count(SLOW)
+
+            heavy_threads = [threading.Thread(target=flood) for _ in range(8)]
+            for thread in heavy_threads:
+                thread.start()
+            assert _wait_for(lambda: gate.in_flight >= 8, 10)
+            with lamina.connect(srv.address, timeout=30) as light:
+                waits = []
+                for _ in range(5):
+                    started = time.monotonic()
+                    assert light.get_collection("t").count() == 20_000
+                    waits.append(time.monotonic() - started)
+            assert max(waits) < 2.0, waits
+            assert gate.in_flight >= 8  # the flood is still running meanwhile
+    finally:
+        # shutdown honours its grace (1 s here), then stops the work in flight
+        started = time.monotonic()
+        srv.stop()
+        stopped_in = time.monotonic() - started
+        for thread in heavy_threads:
+            thread.join(10)
+    assert stopped_in < 6.0, stopped_in
