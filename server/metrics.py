@@ -197,15 +197,8 @@ class Metrics:
             host_port(host, bound),
             " (key required)" if key_hash else "",
         )
-        if not is_loopback(host):
-            if key_hash is None:
-                log.warning(
-                    "the metrics endpoint on %s needs no key: anyone who reaches it can read request rates "
-                    "and collection sizes. Set metrics_key (lamina keys create prints a hash) or bind 127.0.0.1",
-                    host,
-                )
-            if tls is None:
-                log.warning("the metrics endpoint on %s is plaintext: configure [tls] to encrypt it", host)
+        for warning in exposure_warnings(host, tls is not None, key_hash is not None):
+            log.warning(warning)
         return bound
 
     def stop(self) -> None:
@@ -213,6 +206,22 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+def exposure_warnings(host: str, tls: bool, key: bool) -> list[str]:
+    """What to warn about when the metrics endpoint binds ``host`` (with TLS, with a key):
+    nothing on loopback; elsewhere, a missing key and plaintext."""
+    if is_loopback(host):
+        return []
+    warnings = []
+    if not key:
+        warnings.append(
+            f"the metrics endpoint on {host} needs no key: anyone who reaches it can read request rates "
+            "and collection sizes. Set metrics_key (lamina keys create prints a hash) or bind 127.0.0.1"
+        )
+    if not tls:
+        warnings.append(f"the metrics endpoint on {host} is plaintext: configure [tls] to encrypt it")
+    return warnings
 
 
 class _Quiet(WSGIRequestHandler):

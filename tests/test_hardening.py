@@ -6,16 +6,23 @@ than the gRPC port."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import http.client
 import shutil
+import socket
+import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+import trustme
 
 import lamina
 from lamina.client.api import is_address
@@ -24,7 +31,10 @@ from lamina.engine.database import Database
 from lamina.engine.tenants import TenantFields
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
 from lamina.proto.lamina.v1 import collections_pb2_grpc as cgrpc
-from lamina.server.auth import ApiKey, hash_key
+from lamina.server.app import LaminaServer
+from lamina.server.auth import ApiKey, hash_key, new_key
+from lamina.server.metrics import exposure_warnings
+from lamina.server.network import host_port, is_loopback
 from lamina.types import CollectionConfig
 from lamina.validation import check_collection_name, check_tenant
 from tests.conftest import ServerThread
@@ -264,3 +274,104 @@ def test_expensive_requests_are_bounded_stopped_with_their_client_and_do_not_sta
         for thread in heavy_threads:
             thread.join(10)
     assert stopped_in < 6.0, stopped_in
+
+
+# ---------------------------------------------------------------- hole 4: answers that cannot be sent are never built
+def test_answers_larger_than_a_message_are_refused_before_the_work(tmp_path: Path) -> None:
+    srv = ServerThread(tmp_path / "data", limits=Limits(max_message_bytes=8 << 20))
+    try:
+        with lamina.connect(srv.address) as client:
+            col = client.create_collection("c", dim=64)
+            rng = np.random.default_rng(4)
+            col.upsert(list(range(3_000)), rng.standard_normal((3_000, 64)), [{"body": "x" * 40}] * 3_000)
+            queries = rng.standard_normal((200, 64)).astype(np.float32)
+            # 200 queries x k=10,000 bounded by the 3,000 points there are, with vectors and payloads
+            with pytest.raises(lamina.ResourceExhausted) as err:
+                col.search_batch(queries, k=10_000, with_vector=True, with_payload=True)
+            message = str(err.value)
+            assert "600,000 results" in message and "max_message_bytes=8 MiB" in message
+            assert "with_vector=False" in message and "scroll" in message and "nothing was done" in message
+            # what fits is answered, with k bounded by the collection's size
+            hits = col.search_batch(queries[:20], k=10_000, with_vector=False, with_payload=False)
+            assert [len(h) for h in hits] == [3_000] * 20
+            assert len(col.search(queries[0], k=10_000, with_payload=False)) == 3_000
+            page, _ = col.scroll(limit=10_000, with_vector=True)
+            assert len(page) == 3_000
+    finally:
+        srv.stop()
+
+
+# ---------------------------------------------------------------- hole 6: metrics no wider than gRPC; scoped info
+def _scrape(url: str, context: ssl.SSLContext | None, key: str | None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_metrics_take_tls_and_a_key_and_scoped_keys_see_only_their_scope(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    secrets = {"root": new_key(), "kb": new_key(), "metrics": new_key()}
+    srv = ServerThread(
+        tmp_path / "data",
+        keys=[
+            ApiKey("root", hash_key(secrets["root"]), "admin"),
+            ApiKey("kb-reader", hash_key(secrets["kb"]), "read", frozenset({"kb"})),
+        ],
+        tls=(cert.cert_chain_pems[0].bytes(), cert.private_key_pem.bytes()),
+        metrics_port=0,
+        metrics_key=hash_key(secrets["metrics"]),
+    )
+    try:
+        with lamina.connect(f"localhost:{srv.port}", api_key=secrets["root"], ca_cert=ca_file) as root:
+            for name, n in (("kb", 3), ("secret-project", 5)):
+                root.create_collection(name, dim=4).upsert(list(range(n)), np.ones((n, 4)))
+            assert root.server_info()["collections"] == 2
+        url = f"https://localhost:{srv.server.metrics_port}/metrics"
+        trusted = ssl.create_default_context(cafile=str(ca_file))
+        assert _scrape(url, trusted, None)[0] == 401
+        assert _scrape(url, trusted, secrets["kb"])[0] == 401  # an API key is not the metrics key
+        status, body = _scrape(url, trusted, secrets["metrics"])
+        assert status == 200
+        assert "lamina_collection_points 8.0" in body and "lamina_collections 2.0" in body
+        assert "secret-project" not in body and 'collection="' not in body  # totals, no names
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://localhost:{srv.server.metrics_port}/metrics", timeout=5).read()
+
+        with lamina.connect(f"localhost:{srv.port}", api_key=secrets["kb"], ca_cert=ca_file) as reader:
+            for _ in range(3):
+                reader.get_collection("kb").count()
+            info = reader.server_info()
+            assert info["collections"] == 1  # what its scope covers, not the server's totals
+            assert info["requests_served"] == 6 and info["requests_in_flight"] == 0  # its own requests
+    finally:
+        srv.stop()
+
+    # [::1] is loopback and written once in brackets; warnings where other machines can reach metrics
+    assert (
+        is_loopback("[::1]") and is_loopback("::1") and is_loopback("127.0.0.2") and is_loopback("localhost")
+    )
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("example.com")
+    assert host_port("[::1]", 6334) == "[::1]:6334" == host_port("::1", 6334)
+    assert exposure_warnings("[::1]", tls=False, key=False) == []
+    assert len(exposure_warnings("0.0.0.0", tls=False, key=False)) == 2
+    assert exposure_warnings("0.0.0.0", tls=True, key=True) == []
+    if socket.has_ipv6:
+        with Database(tmp_path / "v6") as db:
+            server = LaminaServer(db, "[::1]", 0)  # no keys: allowed, it is loopback
+            try:
+                port = asyncio.run(_start_stop(server))
+            except OSError:
+                port = None  # no IPv6 on this machine's loopback
+            assert port is None or port > 0
+
+
+async def _start_stop(server: LaminaServer) -> int:
+    port = await server.start()
+    await server.stop(grace=0)
+    return port
