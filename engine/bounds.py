@@ -9,7 +9,8 @@
 * ``check_filter_cost``: a filter's rows that no payload index decides are checked
   against their stored payloads; their number times the filter's conditions is refused
   past ``Limits.max_filter_checks`` before a single payload is read, with a message that
-  names the fields to index.
+  names the fields to index. Large such scans take turns (``scan_turn``): they hold the
+  GIL, and a few at once keep the rest of the server responsive.
 * ``check_answer_size``: an answer's size, estimated as hits x (vector bytes + payload
   bytes), is refused past ``Limits.max_message_bytes`` before the search runs: an answer
   that cannot be sent is never built in memory.
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -73,6 +75,29 @@ def check() -> None:
     deadline: Deadline | None = getattr(_current, "deadline", None)
     if deadline is not None:
         deadline.check()
+
+
+#: filter scans over stored payloads running at once (past ``SCAN_MIN_ROWS`` rows): they are
+#: Python work holding the GIL, so more of them at once only slow each other and every other
+#: request of the process down; the rest wait (checking their deadline) for a turn
+SCAN_SLOTS = max(1, (os.cpu_count() or 2) // 2)
+SCAN_MIN_ROWS = 2_048
+_scans = threading.BoundedSemaphore(SCAN_SLOTS)
+
+
+@contextmanager
+def scan_turn(rows: int) -> Iterator[None]:
+    """Hold one of ``SCAN_SLOTS`` turns while checking ``rows`` stored payloads (small scans
+    need none); waiting for one checks this thread's deadline."""
+    if rows < SCAN_MIN_ROWS:
+        yield
+        return
+    while not _scans.acquire(timeout=0.05):
+        check()
+    try:
+        yield
+    finally:
+        _scans.release()
 
 
 def conditions(tree: Node | Leaf) -> int:

@@ -465,10 +465,11 @@ class Collection:
             global_rows = rows[check] if rows is not None else check + base
             predicate = compiled.predicate
             ok = np.zeros(check.size, np.bool_)
-            for i, payload in enumerate(self._stored_payloads(global_rows)):
-                if not i & 255:
-                    bounds.check()  # a filter may be slow per payload: stop soon after the client goes
-                ok[i] = payload is not None and predicate(payload)
+            with bounds.scan_turn(check.size):
+                for i, payload in enumerate(self._stored_payloads(global_rows)):
+                    if not i & 255:
+                        bounds.check()  # a filter may be slow per payload: stop soon after the client goes
+                    ok[i] = payload is not None and predicate(payload)
             surely[check[ok]] = True
         return surely
 

@@ -587,7 +587,10 @@ class ShardedCollection:
         check_tenant_use(self.name, self.config.multi_tenant, tenant, write=write)
 
     def _check_filter(self, flt: Filter | None) -> None:
-        compile_filter(flt, self._db.limits.max_filter_depth, self.config.payload_index or None)
+        limits = self._db.limits
+        compile_filter(
+            flt, limits.max_filter_depth, self.config.payload_index or None, None, limits.max_filter_terms
+        )
 
     # ------------------------------------------------------------ the Collection interface
     def upsert(
