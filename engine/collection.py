@@ -825,9 +825,9 @@ class Collection:
         return results
 
     def _k_within(self, k: int, code: int | None) -> int:
-        """``k`` bounded by the points there are (of tenant ``code``), at least 1."""
-        with self._lock:
-            live = self._live_count() if code is None else self._tenant_live.get(code, 0)
+        """``k`` bounded by the points there are (of tenant ``code``), at least 1: an estimate
+        for sizing an answer (read without the lock; searches bound k by their snapshot)."""
+        live = self._live_count() if code is None else self._tenant_live.get(code, 0)
         return max(1, min(k, live))
 
     def _check_answer(
@@ -911,12 +911,15 @@ class Collection:
         explain: list[SegmentPlan] | None = None,
         code: int | None = None,
     ) -> list[list[Hit]]:
-        k = self._k_within(check_k(k, self._limits), code)  # no more hits than points: smaller arrays
+        asked = check_k(k, self._limits)
         prepared = self._prepare(queries)
         if code == -1:  # a tenant without points
             return [[] for _ in range(queries.shape[0])]
 
         def read(snap: _Snapshot) -> list[list[Hit]]:
+            # no more hits than rows the snapshot holds (dead ones too: a safe bound), so that
+            # the kernels never allocate queries x k for a k past the collection's size
+            k = max(1, min(asked, sum(s.size for s in snap.segments) + snap.live.size))
             if explain is not None:
                 explain.clear()
             if code is not None:
