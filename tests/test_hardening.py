@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import http.client
 import shutil
+import signal
 import socket
 import ssl
 import threading
@@ -37,7 +38,7 @@ from lamina.server.metrics import exposure_warnings
 from lamina.server.network import host_port, is_loopback
 from lamina.types import CollectionConfig
 from lamina.validation import check_collection_name, check_tenant
-from tests.conftest import ServerThread
+from tests.conftest import ServerProcess, ServerThread
 
 
 # ---------------------------------------------------------------- hole 5: names end where they end
@@ -375,3 +376,36 @@ async def _start_stop(server: LaminaServer) -> int:
     port = await server.start()
     await server.stop(grace=0)
     return port
+
+
+def test_sigterm_stops_work_in_flight_after_the_grace_period(
+    tmp_path: Path, server_process: type[ServerProcess]
+) -> None:
+    proc = server_process(tmp_path / "data", "--workers", "2", "--limit", f"max_filter_checks={10**9}")
+    with lamina.connect(proc.address) as client:
+        _tagged(client, 10_000)
+    heavy = lamina.connect(proc.address, timeout=120, retries=0)
+    outcomes: list[str] = []
+
+    def slow_count() -> None:
+        try:
+            heavy.get_collection("t").count(SLOW)  # ~10 s alone, far longer two at a time
+            outcomes.append("ok")
+        except lamina.LaminaError as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=slow_count) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(30) == 0
+    took = time.monotonic() - started
+    for thread in threads:
+        thread.join(10)
+    heavy.close()
+    log = proc.log.read_text()
+    assert took < 5 + 4, f"SIGTERM took {took:.1f} s with a 5 s grace period:\n{log[-2000:]}"
+    assert "then stopping them" in log and "stopping the work of" in log
+    assert outcomes and "ok" not in outcomes, outcomes
