@@ -17,7 +17,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -39,6 +38,7 @@ from lamina.server.network import host_port, is_loopback
 from lamina.types import CollectionConfig
 from lamina.validation import check_collection_name, check_tenant
 from tests.conftest import ServerProcess, ServerThread
+from tests.test_limits import wait_for
 
 
 # ---------------------------------------------------------------- hole 5: names end where they end
@@ -205,15 +205,6 @@ def _tagged(client: lamina.Client, n: int = 20_000) -> lamina.Collection:
     return col
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_expensive_requests_are_bounded_stopped_with_their_client_and_do_not_starve_others(
     tmp_path: Path,
 ) -> None:
@@ -245,7 +236,7 @@ def test_expensive_requests_are_bounded_stopped_with_their_client_and_do_not_sta
             # the work stops when its client has gone
             with lamina.connect(srv.address, timeout=0.5) as hasty, pytest.raises(lamina.DeadlineExceeded):
                 hasty.get_collection("t").count(SLOW)
-            assert _wait_for(lambda: gate.in_flight == 0, 5), "the abandoned count kept running"
+            assert wait_for(lambda: gate.in_flight == 0, 5), "the abandoned count kept running"
             assert admin.server_info()["requests_abandoned"] >= 1
 
             # one caller floods with heavy requests; another's trivial calls still answer at once
@@ -258,7 +249,7 @@ def test_expensive_requests_are_bounded_stopped_with_their_client_and_do_not_sta
             heavy_threads = [threading.Thread(target=flood) for _ in range(8)]
             for thread in heavy_threads:
                 thread.start()
-            assert _wait_for(lambda: gate.in_flight >= 8, 10)
+            assert wait_for(lambda: gate.in_flight >= 8, 10)
             with lamina.connect(srv.address, timeout=30) as light:
                 waits = []
                 for _ in range(5):
