@@ -218,6 +218,7 @@ class Collection:
         raw = store.get_meta(TENANT_FIELDS)
         self._tenant_fields = TenantFields(raw)  # per tenant: what its requests may learn of fields
         if raw is None and self._multi and self._next_row:  # written before they were kept per tenant
+            log.info("learning the payload keys of each tenant of %r (once)", name)
             self._tenant_fields = TenantFields.learn(store, self._tenants.names)
             store.put_meta({TENANT_FIELDS: self._tenant_fields.encode()})
         self._wake = threading.Event()
