@@ -7,7 +7,6 @@ than the gRPC port."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import shutil
 import signal
@@ -227,7 +226,8 @@ def test_expensive_requests_are_bounded_stopped_with_their_client_and_do_not_sta
     finally:
         small.stop()
 
-    srv = ServerThread(tmp_path / "big", workers=4, limits=Limits(max_filter_checks=10**9))
+    limits = Limits(max_filter_checks=10**9, max_requests_per_caller=6)
+    srv = ServerThread(tmp_path / "big", workers=4, limits=limits)
     heavy_threads: list[threading.Thread] = []
     try:
         with lamina.connect(srv.address) as admin:
@@ -240,16 +240,21 @@ def test_expensive_requests_are_bounded_stopped_with_their_client_and_do_not_sta
             assert admin.server_info()["requests_abandoned"] >= 1
 
             # one caller floods with heavy requests; another's trivial calls still answer at once
-            heavy = lamina.connect(srv.address, timeout=60)
+            heavy = lamina.connect(srv.address, timeout=60, retries=0)
+            refused: list[str] = []
 
             def flood() -> None:
-                with contextlib.suppress(lamina.LaminaError):
+                try:
                     heavy.get_collection("t").count(SLOW)
+                except lamina.ResourceExhausted as exc:
+                    refused.append(str(exc))
+                except lamina.LaminaError:
+                    pass
 
             heavy_threads = [threading.Thread(target=flood) for _ in range(8)]
             for thread in heavy_threads:
                 thread.start()
-            assert wait_for(lambda: gate.in_flight >= 8, 10)
+            assert wait_for(lambda: gate.in_flight >= 6 and len(refused) >= 2, 10)  # 6 per caller
             with lamina.connect(srv.address, timeout=30) as light:
                 waits = []
                 for _ in range(5):
@@ -257,7 +262,8 @@ def test_expensive_requests_are_bounded_stopped_with_their_client_and_do_not_sta
                     assert light.get_collection("t").count() == 20_000
                     waits.append(time.monotonic() - started)
             assert max(waits) < 2.0, waits
-            assert gate.in_flight >= 8  # the flood is still running meanwhile
+            assert gate.in_flight >= 6  # the flood is still running meanwhile
+            assert all("max_requests_per_caller=6" in r for r in refused), refused
     finally:
         # shutdown honours its grace (1 s here), then stops the work in flight
         started = time.monotonic()
