@@ -1042,9 +1042,8 @@ class Collection:
         filter the walk asks for k / selectivity candidates, widening up to 3 times,
         unless few rows match (then exact)."""
         nq = prepared.shape[0]
-        name = "tenant-partition-" + (
-            "delta" if part.lo else "main"
-        )  # not its code: that tells creation order
+        # named by its role, not by the tenant's code (which tells the order tenants were created in)
+        name = "tenant-partition-delta" if part.lo else "tenant-partition-main"
 
         def inside(seg: Segment, local: np.ndarray | None) -> np.ndarray:
             local = seg.tenant_local(part.code) if local is None else local
@@ -1372,7 +1371,8 @@ class Collection:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._idle.wait(left)
+                self._idle.wait(0.1 if left is None else min(left, 0.1))
+                bounds.check()  # the request stops waiting when its client has gone (the work goes on)
         if self._error:
             raise FailedPrecondition(f"the optimizer of {self.name!r} failed: {self._error}")
         return True
