@@ -68,6 +68,8 @@ class Gate:
 
     def refusal(self, caller: str) -> str | None:
         """Why a new request of ``caller`` is turned away now, or None to admit it."""
+        if self._closed:
+            return "the server is shutting down; retry with another server or later"
         if self.in_flight >= self.limit:
             return (
                 f"server is busy: {self.in_flight} requests are running or queued "
