@@ -29,7 +29,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from lamina.engine.sharded import AnyDatabase, ShardedCollection
+from lamina.engine.protocol import DatabaseProtocol
+from lamina.engine.sharded import ShardedCollection
 from lamina.errors import LaminaError
 from lamina.server.auth import hash_key
 from lamina.server.network import bare_host, host_port, is_loopback
@@ -75,7 +76,7 @@ COLLECTION_GAUGES: tuple[tuple[str, str, Callable[[CollectionInfo], float]], ...
 class _EngineCollector(Collector):
     """Gauges read from the database and the admission gate when Prometheus scrapes."""
 
-    def __init__(self, db: AnyDatabase, gate: Gate, names: bool) -> None:
+    def __init__(self, db: DatabaseProtocol, gate: Gate, names: bool) -> None:
         self.db = db
         self.gate = gate
         self.names = names
@@ -153,7 +154,7 @@ class _EngineCollector(Collector):
 class Metrics:
     """The metrics of one server, in a registry of its own (several servers may share a process)."""
 
-    def __init__(self, db: AnyDatabase, gate: Gate, names: bool = False) -> None:
+    def __init__(self, db: DatabaseProtocol, gate: Gate, names: bool = False) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "lamina_requests", "Requests by RPC and status code", ["method", "code"], registry=self.registry
