@@ -82,6 +82,7 @@ def _existing_name(folder: Path, name: str) -> str:
             isinstance(name, str)
             and "/" not in name
             and name not in (".", "..")
+            and folder.is_dir()
             and name in {entry.name for entry in folder.iterdir()}
         ):
             return name
