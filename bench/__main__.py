@@ -11,6 +11,7 @@ BENCHMARKS = {
     "text": "bench.text",
     "crash": "bench.crash",
     "load": "bench.load",
+    "fairness": "bench.fairness",
     "tenants": "bench.tenants",
     "ingest": "bench.ingest",
     "compare": "bench.compare",

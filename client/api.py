@@ -58,12 +58,14 @@ from lamina.validation import as_rows, as_vector, check_collection_name, check_i
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_ADDRESS = re.compile(r"^(grpc://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
+_ADDRESS = re.compile(
+    r"(grpc://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}"
+)  # fullmatch: no trailing newline
 
 
 def is_address(target: str) -> bool:
     """Whether ``connect(target)`` talks to a server (``host:port``) rather than opening a directory."""
-    return bool(_ADDRESS.match(target))
+    return bool(_ADDRESS.fullmatch(target))
 
 
 def connect(

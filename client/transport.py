@@ -595,6 +595,9 @@ class _GrpcChannel:
             # reconnect soon after a server restart, so that retries find it
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 5000),
+            # a connection of its own: a server without keys tells callers apart by connection
+            # (fair admission), and one client's connection trouble is not another's
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         channels: Any = grpc.aio if aio else grpc
         if tls or ca_cert is not None:

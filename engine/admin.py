@@ -14,6 +14,7 @@ from lamina.storage.rocks import CONFIG
 from lamina.storage.vectorfile import link_tree
 from lamina.types import CollectionInfo, IndexStatus, check_payload_field
 
+from .payload import MutableIndexes
 from .state import SEGMENT_DIR, CollectionState
 
 log = logging.getLogger("lamina.engine")
@@ -37,10 +38,12 @@ class Admin(CollectionState):
                 raise InvalidArgument(
                     f"field {field!r} already has a {current} index: drop_payload_index({field!r}) first"
                 )
+            built = MutableIndexes()  # built first: a request stopped midway changes nothing
+            self._index_mutable({field: kind}, built)
             config = replace(self.config, payload_index={**self.config.payload_index, field: kind})
             self._store.put_meta({CONFIG: orjson.dumps(config.to_dict())})
             self.config = config
-            self._index_mutable({field: kind})
+            self._mut_pidx.parts[field] = built.parts.get(field, [])
         self._wake.set()
         log.info("added %s payload index on %r of %r", kind, field, self.name)
         return True

@@ -33,7 +33,7 @@ from lamina.engine.collection import Collection
 from lamina.engine.protocol import DatabaseProtocol
 from lamina.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from lamina.storage.vectorfile import atomic_folder, fsync_path, fsync_tree
-from lamina.types import CollectionConfig, SnapshotInfo
+from lamina.types import COLLECTION_NAME_RE, CollectionConfig, SnapshotInfo
 from lamina.validation import check_collection_name
 
 log = logging.getLogger("lamina.engine")
@@ -69,6 +69,24 @@ def snapshot_tmp(final: Path) -> Path:
 def snapshot_name(collection: str, created: float) -> str:
     """A new snapshot's name: the collection, the UTC time and a random tail."""
     return f"{collection}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created))}-{uuid.uuid4().hex[:6]}"
+
+
+def _existing_name(folder: Path, name: str) -> str:
+    """``name`` if it is a valid collection name, or the exact name of an entry of
+    ``folder`` (left by an older version that accepted names such as ``"x\\n"``, so that
+    its snapshots can still be deleted); InvalidArgument otherwise. Never a path."""
+    try:
+        return check_collection_name(name)
+    except InvalidArgument:
+        if (
+            isinstance(name, str)
+            and "/" not in name
+            and name not in (".", "..")
+            and folder.is_dir()
+            and name in {entry.name for entry in folder.iterdir()}
+        ):
+            return name
+        raise
 
 
 def list_snapshots(folder: Path, name: str | None = None) -> list[SnapshotInfo]:
@@ -130,6 +148,12 @@ class Database(DatabaseProtocol):
                 if entry.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
                     shutil.rmtree(entry, ignore_errors=True)
                 elif entry.is_dir():
+                    if not COLLECTION_NAME_RE.fullmatch(entry.name):
+                        log.warning(
+                            "collection folder %r has a name that is no longer valid (made by an older "
+                            "version): export it, or delete it (delete_collection accepts the name)",
+                            entry.name,
+                        )
                     self._collections[entry.name] = Collection.open(
                         entry.name, entry, limits, sync=sync_writes
                     )
@@ -226,9 +250,8 @@ class Database(DatabaseProtocol):
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         """Remove one snapshot of collection ``name``; NotFound if there is none."""
         self._check_open()
-        check_collection_name(name)
+        folder = self._snapshots / _existing_name(self._snapshots, name) / snapshot
         check_collection_name(snapshot)  # same alphabet: no path tricks
-        folder = self._snapshots / name / snapshot
         if not (folder / SNAPSHOT_FILE).is_file():
             raise NotFound(f"collection {name!r} has no snapshot {snapshot!r}; list_snapshots() shows them")
         trash = folder.with_name(f"{_TMP_PREFIX}{snapshot}")

@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 
 from lamina.engine.payload import MISSING, FieldIndex, index_key, is_number, lookup, to_epoch
-from lamina.errors import InvalidArgument
+from lamina.errors import InvalidArgument, ResourceExhausted
 from lamina.types import Filter, Payload
 from lamina.validation import check_json_value
 
@@ -121,12 +121,41 @@ _UNPARSED: Any = object()  # present but not an instant: equals nothing, compare
 
 
 # ---------------------------------------------------------------- compiler
+def _member(options: Sequence[Any]) -> Callable[[Any], bool]:
+    """Whether a field's value equals (or, for an array, holds) one of the scalar ``options``,
+    as ``_equals`` decides, in constant time per item: booleans apart (``True == 1`` in a set)."""
+    flags = {o for o in options if isinstance(o, bool)}
+    plain = {o for o in options if not isinstance(o, bool)}
+
+    def one(item: Any) -> bool:
+        if isinstance(item, bool):
+            return item in flags
+        if isinstance(item, (str, int, float)) or item is None:
+            return item in plain
+        return False  # an object or array equals no scalar
+
+    return lambda value: one(value) or (isinstance(value, list) and any(one(v) for v in value))
+
+
 class _Compiler:
-    def __init__(self, schema: Mapping[str, str], known: frozenset[str] | None, max_depth: int) -> None:
+    def __init__(
+        self, schema: Mapping[str, str], known: frozenset[str] | None, max_depth: int, max_terms: int
+    ) -> None:
         self.schema = schema
         self.known = known
         self.max_depth = max_depth
+        self.max_terms = max_terms
+        self.terms = 0
         self.fields: set[str] = set()
+
+    def count(self, terms: int, where: str) -> None:
+        """Count conditions and ``$in``/``$nin`` values; past ``max_terms`` the filter is refused."""
+        self.terms += terms
+        if self.terms > self.max_terms:
+            raise ResourceExhausted(
+                f"filter at {where}: the filter holds more than {self.max_terms:,} conditions and $in/$nin "
+                f"values (limit max_filter_terms): split the request, or index the field and ask for fewer values"
+            )
 
     def depth(self, depth: int) -> None:
         if depth > self.max_depth:
@@ -212,6 +241,7 @@ class _Compiler:
             )
         if isinstance(condition, (dict, list)):  # literal object or whole-array equality
             self.check_field(name, where)
+            self.count(1, where)
             return (lambda p: _equals(get(p), condition)), Leaf(name, "scan")
         return self.op(name, get, "$eq", condition, where, depth)
 
@@ -251,6 +281,7 @@ class _Compiler:
     ) -> tuple[Predicate, Node | Leaf]:
         if op not in ("$exists", "$not"):
             self.check_field(name, where)
+        self.count(len(operand) if op in ("$in", "$nin") and isinstance(operand, list) else 1, where)
         kind = self.schema.get(name)
         term = kind in ("keyword", "bool", "int", "float", "datetime")
         if op in ("$eq", "$ne"):
@@ -266,10 +297,11 @@ class _Compiler:
                     f"filter at {where}: {op} takes a list of values, got {type(operand).__name__}"
                 )
             options = [self.operand(name, op, item, f"{where}[{i}]") for i, item in enumerate(operand)]
+            member = _member(options)
 
             def contains(p: Payload) -> bool:
                 value = get(p)
-                return value is not MISSING and any(_equals(value, o) for o in options)
+                return value is not MISSING and member(value)
 
             node = (
                 Leaf(name, "in", tuple(index_key(kind or "", o) for o in options))
@@ -329,11 +361,13 @@ def compile_filter(
     max_depth: int = 32,
     schema: Mapping[str, str] | None = None,
     known: frozenset[str] | None = None,
+    max_terms: int = 10_000,
 ) -> CompiledFilter | None:
     """Validate and compile a filter; None for "no filter" (None or ``{}``).
 
     ``schema`` maps indexed fields to their index type; ``known`` (top-level payload
-    keys seen in the collection) turns on the unknown-field check.
+    keys seen in the collection) turns on the unknown-field check; a filter of more
+    than ``max_terms`` conditions and ``$in``/``$nin`` values is ResourceExhausted.
 
     >>> match = compile_filter({"lang": "en", "year": {"$gte": 2020}}).predicate
     >>> match({"lang": "en", "year": 2021}), match({"lang": "de", "year": 2021})
@@ -346,7 +380,7 @@ def compile_filter(
     if not flt:
         return None
     check_json_value(flt, "filter", max_depth=2 * max_depth + 2)
-    compiler = _Compiler(schema or {}, known, max_depth)
+    compiler = _Compiler(schema or {}, known, max_depth, max_terms)
     predicate, tree = compiler.filter(flt, "", 0)
     named = {name: kind for name, kind in (schema or {}).items() if name in compiler.fields}
     key = orjson.dumps([flt, named], option=orjson.OPT_SORT_KEYS)  # an index's type changes semantics

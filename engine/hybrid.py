@@ -53,9 +53,10 @@ class Hybrid(Reads):
         if text is not None and not isinstance(text, str):
             raise InvalidArgument(f"text must be a string, got {type(text).__name__}")
         k = check_k(k, self._limits)
+        self._check_answer(1, k, code, with_payload, with_vector)
         query = as_query(vector, self.config.dim).reshape(1, -1) if vector is not None else None
         field_name = self._text_field(text_field) if text is not None else ""
-        compiled = self._compile(filter)
+        compiled = self._compile(filter, tenant)
         prepared = self._prepare(query) if query is not None else None
         depth = k if vector is None or text is None else fusion_depth(k, self._limits.max_k)
 
@@ -69,7 +70,7 @@ class Hybrid(Reads):
                 scores, rows, counts = self._search_rows(prepared, depth, snap, masks, params, None)
                 rankings.append((rows[0, : counts[0]], scores[0, : counts[0]]))
             if text is not None:
-                rankings.append(self._bm25(text, field_name, depth, snap, masks))
+                rankings.append(self._bm25(text, field_name, depth, snap, masks, code))
             if len(rankings) == 1:
                 rows, fused = rankings[0]
                 if prepared is not None:
@@ -99,15 +100,26 @@ class Hybrid(Reads):
         return name
 
     def _bm25(
-        self, text: str, field_name: str, n: int, snap: ReadSnapshot, masks: list[np.ndarray] | None
+        self,
+        text: str,
+        field_name: str,
+        n: int,
+        snap: ReadSnapshot,
+        masks: list[np.ndarray] | None,
+        code: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(global rows, BM25 scores) of the best ``n`` allowed rows, best first."""
+        """(global rows, BM25 scores) of the best ``n`` allowed rows, best first; with the
+        statistics of tenant ``code``'s live rows only in a multi-tenant collection."""
         sealed = [
             seg.payload.get(field_name) or self._index_segment(seg, field_name, "text")
             for seg in snap.segments
         ]
         mutable = snap.payload.get(field_name, [])
-        bm25 = Bm25Query.prepare(text, [*sealed, *mutable])
+        mine = self._masks(None, snap, code) if code is not None else None  # the tenant's live rows
+        scope = (
+            None if mine is None else [(m, 0) for m in mine[:-1]] + [(mine[-1], snap.start)] * len(mutable)
+        )
+        bm25 = Bm25Query.prepare(text, [*sealed, *mutable], scope)
         found_rows: list[np.ndarray] = []
         found_scores: list[np.ndarray] = []
         for i, (seg, part) in enumerate(zip(snap.segments, sealed, strict=True)):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -144,7 +144,7 @@ class FieldIndex:
     # ------------------------------------------------------------ building
     @classmethod
     def build(
-        cls, kind: str, path: tuple[str, ...], rows: Sequence[int], payloads: Sequence[Payload | None]
+        cls, kind: str, path: tuple[str, ...], rows: Sequence[int], payloads: Iterable[Payload | None]
     ) -> FieldIndex:
         """Index the field at ``path`` of ``payloads`` (one per row)."""
         present: list[int] = []

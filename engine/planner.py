@@ -12,6 +12,7 @@ import numpy as np
 from lamina.index.tiers import Knobs
 from lamina.types import SearchParams
 
+from . import bounds
 from .filters import CompiledFilter, compile_filter, evaluate
 from .segments import Segment
 from .state import CollectionState, ReadSnapshot
@@ -22,10 +23,17 @@ DEFAULT_PARAMS = SearchParams()
 class Planner(CollectionState):
     """Filter masks and search knobs of a collection."""
 
-    def _compile(self, flt: Any) -> CompiledFilter | None:
-        schema = self.config.payload_index  # a collection with a declared schema rejects unknown fields
-        known = frozenset(self._fields) if schema else None
-        return compile_filter(flt, self._limits.max_filter_depth, schema, known)
+    def _compile(self, flt: Any, tenant: str | None = None) -> CompiledFilter | None:
+        """A filter compiled for a request (of ``tenant``): a collection with a declared
+        schema rejects unknown fields, and a tenant's fields are those of its own points."""
+        schema = self.config.payload_index
+        if not schema:
+            known = None
+        else:
+            known = frozenset(self._fields) if tenant is None else self._tenant_fields.of(tenant)
+        return compile_filter(
+            flt, self._limits.max_filter_depth, schema, known, self._limits.max_filter_terms
+        )
 
     def _knobs(self, params: SearchParams) -> Knobs:
         quant = self.config.quantization
@@ -45,19 +53,28 @@ class Planner(CollectionState):
     def _filter_masks(self, compiled: CompiledFilter, snap: ReadSnapshot) -> list[np.ndarray]:
         """Per sealed segment, then for the mutable segment: the mask of live rows that
         match. Payload indexes decide most rows; rows they cannot decide (unindexed
-        fields, odd values) are checked against their stored payloads."""
+        fields, odd values) are checked against their stored payloads, once their number
+        is known to be within ``max_filter_checks`` (bounds.check_filter_cost)."""
         masks: list[np.ndarray] = []
+        undecided: list[tuple[int, Segment, np.ndarray, np.ndarray]] = []  # not cached: settled below
         for seg in snap.segments:
-
-            def compute(seg: Segment = seg) -> np.ndarray:
+            found = seg.matching(compiled.key)
+            if found is None:
                 indexes = {name: [index] for name, index in seg.payload.items()}
                 surely, maybe = evaluate(compiled.tree, seg.size, 0, indexes)
-                return self._settle(compiled, surely, maybe, seg.rows)
-
-            masks.append(seg.matching(compiled.key, compute) & seg.live)
+                undecided.append((len(masks), seg, surely, maybe))
+                found = surely
+            masks.append(found & seg.live)
         n = snap.live.size
         surely, maybe = evaluate(compiled.tree, n, snap.start, snap.payload)
-        masks.append(self._settle(compiled, surely & snap.live, maybe & snap.live, None, snap.start))
+        surely, maybe = surely & snap.live, maybe & snap.live
+        rows = int(np.count_nonzero(maybe & ~surely)) + sum(
+            int(np.count_nonzero(m & ~s & seg.live)) for _, seg, s, m in undecided
+        )
+        bounds.check_filter_cost(rows, compiled, self.config.payload_index, self._limits)
+        for pos, seg, s, m in undecided:
+            masks[pos] = seg.remember(compiled.key, self._settle(compiled, s, m, seg.rows)) & seg.live
+        masks.append(self._settle(compiled, surely, maybe, None, snap.start))
         return masks
 
     def _masks(
@@ -94,8 +111,13 @@ class Planner(CollectionState):
         if check.size:
             global_rows = rows[check] if rows is not None else check + base
             predicate = compiled.predicate
-            ok = [p is not None and predicate(p) for p in self._stored_payloads(global_rows)]
-            surely[check[np.asarray(ok, dtype=np.bool_)]] = True
+            ok = np.zeros(check.size, np.bool_)
+            with bounds.scan_turn(check.size):
+                for i, payload in enumerate(self._stored_payloads(global_rows)):
+                    if not i & 255:
+                        bounds.check()  # a filter may be slow per payload: stop soon after the client goes
+                    ok[i] = payload is not None and predicate(payload)
+            surely[check[ok]] = True
         return surely
 
     def _match_rows(

@@ -20,6 +20,7 @@ from lamina.storage.keys import id_from_key, tenant_prefix
 from lamina.types import FloatMatrix, Hit, Point, PointId, QueryPlan, SearchParams, SegmentPlan
 from lamina.validation import as_matrix, as_query, check_ids, check_int, check_k
 
+from . import bounds
 from .filters import CompiledFilter
 from .planner import DEFAULT_PARAMS
 from .state import ReadSnapshot
@@ -35,7 +36,7 @@ class Reads(TenantSearch):
     def count(self, filter: Any = None, tenant: str | None = None) -> int:
         """Number of live points (of ``tenant``), or of those matching ``filter``."""
         code = self._tenant(tenant)
-        compiled = self._compile(filter)
+        compiled = self._compile(filter, tenant)
         self._check_open()
         if code == -1:
             return 0
@@ -59,6 +60,7 @@ class Reads(TenantSearch):
         self._check_open()
         if code == -1:
             return []
+        self._check_answer(1, len(id_list), code, with_payload, with_vector, "ask for fewer ids per request")
         keys = [self._key(i, code) for i in id_list]
         rows = self._store.rows_of(keys)
         present = [(k, r) for k, r in zip(keys, rows, strict=True) if r is not None]
@@ -81,7 +83,7 @@ class Reads(TenantSearch):
             raise InvalidArgument(
                 f"scroll limit must be an integer in 1..{self._limits.max_scroll_limit}, got {limit!r}"
             )
-        compiled = self._compile(filter)
+        compiled = self._compile(filter, tenant)
         self._check_open()
         if code == -1:
             return [], None
@@ -94,7 +96,10 @@ class Reads(TenantSearch):
         )
         page: list[tuple[bytes, int]] = []
         next_offset: PointId | None = None
-        for key, row in self._store.scan_ids(start):
+        self._check_answer(1, limit, code, with_payload, with_vector, "ask for a smaller page (limit)")
+        for seen, (key, row) in enumerate(self._store.scan_ids(start)):
+            if seen % 4_096 == 0:
+                bounds.check()  # a filter matching few points reads many keys
             if not key.startswith(prefix):
                 break  # past the tenant's range
             if matching is not None and row not in matching:
@@ -119,8 +124,15 @@ class Reads(TenantSearch):
         """The ``k`` nearest points (of ``tenant``) to one query vector, best first."""
         code = self._tenant(tenant)
         query = as_query(vector, self.config.dim)
+        self._check_answer(1, check_k(k, self._limits), code, with_payload, with_vector)
         return self._search(
-            query.reshape(1, -1), k, self._compile(filter), with_payload, with_vector, params, code=code
+            query.reshape(1, -1),
+            k,
+            self._compile(filter, tenant),
+            with_payload,
+            with_vector,
+            params,
+            code=code,
         )[0]
 
     def search_batch(
@@ -143,7 +155,8 @@ class Reads(TenantSearch):
             raise ResourceExhausted(
                 f"batch of {queries.shape[0]} queries exceeds the limit of {self._limits.max_query_batch}"
             )
-        compiled = self._compile(filter)
+        compiled = self._compile(filter, tenant)
+        self._check_answer(queries.shape[0], check_k(k, self._limits), code, with_payload, with_vector)
         step = _ALIVE_STEP if alive is not None else max(1, queries.shape[0])
         results: list[list[Hit]] = []
         for lo in range(0, queries.shape[0], step):
@@ -182,9 +195,10 @@ class Reads(TenantSearch):
         """``search`` that also returns the QueryPlan ``explain`` describes."""
         code = self._tenant(tenant)
         query = as_query(vector, self.config.dim)
+        self._check_answer(1, check_k(k, self._limits), code, with_payload, with_vector)
         plans: list[SegmentPlan] = []
         started = time.perf_counter()
-        compiled = self._compile(filter)
+        compiled = self._compile(filter, tenant)
         hits = self._search(
             query.reshape(1, -1), k, compiled, with_payload, with_vector, params, plans, code
         )[0]
@@ -200,6 +214,36 @@ class Reads(TenantSearch):
         )
         return hits, plan
 
+    def _k_within(self, k: int, code: int | None) -> int:
+        """``k`` bounded by the points there are (of tenant ``code``), at least 1: an estimate
+        for sizing an answer (read without the lock; searches bound k by their snapshot)."""
+        live = self._live_count() if code is None else self._tenant_live.get(code, 0)
+        return max(1, min(k, live))
+
+    def _check_answer(
+        self,
+        queries: int,
+        k: int,
+        code: int | None,
+        with_payload: bool,
+        with_vector: bool,
+        paging: str | None = None,
+    ) -> None:
+        """ResourceExhausted, before any work, when ``queries`` lists of ``k`` results (at
+        most the points there are, of tenant ``code``) would outgrow one message
+        (bounds.check_answer_size)."""
+        hits = queries * self._k_within(k, code)
+        payload = self._payload_size.mean(self._store, self._next_row) if with_payload else 0.0
+        bounds.check_answer_size(
+            hits,
+            self.config.dim,
+            with_vector,
+            payload,
+            with_payload,
+            self._limits,
+            *([paging] if paging else []),
+        )
+
     def _search(
         self,
         queries: FloatMatrix,
@@ -211,12 +255,15 @@ class Reads(TenantSearch):
         explain: list[SegmentPlan] | None = None,
         code: int | None = None,
     ) -> list[list[Hit]]:
-        k = check_k(k, self._limits)
+        asked = check_k(k, self._limits)
         prepared = self._prepare(queries)
         if code == -1:  # a tenant without points
             return [[] for _ in range(queries.shape[0])]
 
         def read(snap: ReadSnapshot) -> list[list[Hit]]:
+            # no more hits than rows the snapshot holds (dead ones too: a safe bound), so that
+            # the kernels never allocate queries x k for a k past the collection's size
+            k = max(1, min(asked, sum(s.size for s in snap.segments) + snap.live.size))
             if explain is not None:
                 explain.clear()
             if code is not None:

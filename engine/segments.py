@@ -19,7 +19,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, cast
@@ -259,21 +259,23 @@ class Segment:
             scores, local, counts = self.tier.search(self.vectors, self.live, queries, k, knobs)
         return self._global((scores, local, counts))
 
-    def matching(self, key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        """Rows (dead or alive) matching the filter with canonical ``key``, as a mask: ``compute()`` the first
-        time, then from a small LRU cache (a sealed segment's payloads never change, so
-        a repeated filter costs one AND with the live mask)."""
+    def matching(self, key: Hashable) -> np.ndarray | None:
+        """Rows (dead or alive) matching the filter with canonical ``key``, as a mask, if a
+        small LRU cache holds it (a sealed segment's payloads never change, so a repeated
+        filter costs one AND with the live mask); None otherwise (``remember`` it then)."""
         cache = self._matches
         with self._cache_lock:
             found = cache.get(key)
             if found is not None:
                 cache.move_to_end(key)
-                return found
-        found = compute()
+            return found
+
+    def remember(self, key: Hashable, found: np.ndarray) -> np.ndarray:
+        """Cache the mask of rows matching the filter with canonical ``key``; returns it."""
         with self._cache_lock:
-            cache[key] = found
-            while len(cache) > MATCH_CACHE:
-                cache.popitem(last=False)
+            self._matches[key] = found
+            while len(self._matches) > MATCH_CACHE:
+                self._matches.popitem(last=False)
         return found
 
     def search_filtered(

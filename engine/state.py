@@ -8,9 +8,10 @@ path and the optimizer jobs are mixins over it (see engine/collection.py).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -22,19 +23,30 @@ from lamina.errors import InvalidArgument, NotFound
 from lamina.index.kernels import METRIC_IP, METRIC_L2, normalize_rows
 from lamina.index.tiers import Knobs
 from lamina.storage.keys import id_key, row_from_key, tenant_of_key, tenant_prefix
-from lamina.storage.rocks import FIELDS, MUTABLE_START, NEXT_ROW, SEGMENTS, TENANTS, CollectionStore
+from lamina.storage.rocks import (
+    FIELDS,
+    MUTABLE_START,
+    NEXT_ROW,
+    SEGMENTS,
+    TENANT_FIELDS,
+    TENANTS,
+    CollectionStore,
+)
 from lamina.types import CollectionConfig, FloatMatrix, Payload, PointId
 from lamina.validation import check_directions, check_tenant_use
 
+from . import bounds
 from .payload import FieldIndex, MutableIndexes
 from .segments import Segment
-from .tenants import Partition, Tenants
+from .tenants import Partition, TenantFields, Tenants
 
 GROW = 1.5  # the mutable matrix grows by this factor
 MIN_CAPACITY = 1024  # rows of a fresh mutable matrix
 SEGMENT_DIR = "segments"  # sealed segments live in this folder of the collection
 READ_ATTEMPTS = 3  # see CollectionState._read
 T = TypeVar("T")
+
+log = logging.getLogger("lamina.engine")
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,7 @@ class CollectionState:
         self._segment_dir = store.path / SEGMENT_DIR
         self._mut_pidx = MutableIndexes()
         self._replaced = 0  # upserts that replaced points so far (see _read)
+        self._payload_size = bounds.PayloadSize()  # what an answer's size is estimated with
         raw = store.get_meta(FIELDS)
         self._fields: set[str] = set(orjson.loads(raw)) if raw else set()
         self._load()
@@ -91,6 +104,12 @@ class CollectionState:
                 if isinstance(payload, dict):
                     self._fields.update(payload)
             store.put_meta({FIELDS: orjson.dumps(sorted(self._fields))})
+        raw = store.get_meta(TENANT_FIELDS)
+        self._tenant_fields = TenantFields(raw)  # per tenant: what its requests may learn of fields
+        if raw is None and self._multi and self._next_row:  # written before they were kept per tenant
+            log.info("learning the payload keys of each tenant of %r (once)", name)
+            self._tenant_fields = TenantFields.learn(store, self._tenants.names)
+            store.put_meta({TENANT_FIELDS: self._tenant_fields.encode()})
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._busy = False
@@ -142,19 +161,22 @@ class CollectionState:
             counts = {int(c): int(z) for c, z in zip(codes.tolist(), sizes.tolist(), strict=True) if c >= 0}
             self._tenant_live = counts
 
-    def _index_mutable(self, fields: dict[str, str]) -> None:
+    def _index_mutable(self, fields: dict[str, str], into: MutableIndexes | None = None) -> None:
         """Index ``fields`` of the mutable segment's stored payloads (at start, and when an
-        index is added; caller holds the lock or is the constructor)."""
+        index is added; caller holds the lock or is the constructor) into ``into`` (default:
+        the mutable segment's indexes), checking the request's deadline between blocks."""
+        target = self._mut_pidx if into is None else into
         rows: list[int] = []
         payloads: list[Payload | None] = []
         for row, blob in self._store.scan_payloads(self._mut_start):
             rows.append(row)
             payloads.append(orjson.loads(blob))
-            if len(rows) >= 65_536:
-                self._mut_pidx.add(fields, rows, payloads)
+            if len(rows) >= 16_384:
+                bounds.check()
+                target.add(fields, rows, payloads)
                 rows, payloads = [], []
         if rows:
-            self._mut_pidx.add(fields, rows, payloads)
+            target.add(fields, rows, payloads)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -223,13 +245,13 @@ class CollectionState:
     def _key(self, point_id: PointId, code: int | None) -> bytes:
         return id_key(point_id) if code is None else tenant_prefix(code) + id_key(point_id)
 
-    def _stored_payloads(self, rows: np.ndarray) -> list[Payload | None]:
-        """Decoded payloads of global ``rows`` (None: deleted), read in blocks."""
-        out: list[Payload | None] = []
-        for lo in range(0, rows.size, 16_384):
-            blobs = self._store.payloads_of(rows[lo : lo + 16_384].tolist())
-            out.extend(orjson.loads(b) if b is not None else None for b in blobs)
-        return out
+    def _stored_payloads(self, rows: np.ndarray) -> Iterator[Payload | None]:
+        """Decoded payloads of global ``rows`` (None: deleted), read in blocks, between which
+        the request's deadline is checked (its work stops when its client has gone)."""
+        for lo in range(0, rows.size, 4_096):
+            bounds.check()
+            blobs = self._store.payloads_of(rows[lo : lo + 4_096].tolist())
+            yield from (orjson.loads(b) if b is not None else None for b in blobs)
 
     def _index_segment(self, segment: Segment, name: str, kind: str) -> FieldIndex:
         """A payload index of a sealed segment built from its stored payloads."""

@@ -100,7 +100,8 @@ class TenantSearch(Planner):
         filter the walk asks for k / selectivity candidates, widening up to 3 times,
         unless few rows match (then exact)."""
         nq = prepared.shape[0]
-        name = f"tenant-partition-{part.code}-{part.lo}"
+        # named by its role, not by the tenant's code (which tells the order tenants were created in)
+        name = "tenant-partition-delta" if part.lo else "tenant-partition-main"
 
         def inside(seg: Segment, local: np.ndarray | None) -> np.ndarray:
             local = seg.tenant_local(part.code) if local is None else local

@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 
 from lamina.index.tiers import TopK, hnsw_index, hnsw_mark_deleted, hnsw_walk
+from lamina.storage.keys import tenant_of_key
 from lamina.types import CollectionConfig, FloatMatrix
 
 #: a tenant's sealed rows past its graphs go into a delta graph once they reach this share
@@ -70,6 +71,64 @@ class Tenants:
 
     def without(self, name: str) -> bytes:
         return orjson.dumps({"names": {n: c for n, c in self.codes.items() if n != name}, "next": self.next})
+
+
+class TenantFields:
+    """The top-level payload keys each tenant's points have had (by tenant name), so that
+    what a tenant-scoped request is told about fields ("unknown field ..., known fields:
+    ...") comes from its own points and the declared schema, never from another tenant's.
+    Kept like ``Tenants``: a meta value written in the batch of the upsert that adds a key
+    (a sharded collection also tells every shard what a tenant's points on the others have)."""
+
+    def __init__(self, raw: bytes | None) -> None:
+        data: dict[str, list[str]] = orjson.loads(raw) if raw else {}
+        self.by_tenant: dict[str, frozenset[str]] = {t: frozenset(f) for t, f in data.items()}
+
+    @classmethod
+    def learn(cls, store: Any, names: dict[int, str]) -> TenantFields:
+        """The map rebuilt from the stored payloads (of a collection written before it was
+        kept); ``names`` maps tenant codes to names."""
+        found: dict[str, set[str]] = {}
+        rows: list[int] = []
+        payloads: list[Any] = []
+
+        def flush() -> None:
+            for key, payload in zip(store.id_keys_of(rows), payloads, strict=True):
+                tenant = names.get(tenant_of_key(key)) if key is not None else None
+                if tenant is not None and isinstance(payload, dict):
+                    found.setdefault(tenant, set()).update(payload)
+            rows.clear()
+            payloads.clear()
+
+        for row, blob in store.scan_payloads():
+            rows.append(row)
+            payloads.append(orjson.loads(blob))
+            if len(rows) >= 65_536:
+                flush()
+        flush()
+        fields = cls(None)
+        fields.by_tenant = {t: frozenset(f) for t, f in found.items()}
+        return fields
+
+    def encode(self, by_tenant: dict[str, frozenset[str]] | None = None) -> bytes:
+        return orjson.dumps(
+            {t: sorted(f) for t, f in (self.by_tenant if by_tenant is None else by_tenant).items()}
+        )
+
+    def of(self, tenant: str) -> frozenset[str]:
+        return self.by_tenant.get(tenant, frozenset())
+
+    def added(self, tenant: str, names: set[str] | frozenset[str]) -> bytes | None:
+        """The meta value recording ``names`` for ``tenant``; None when it knew them all."""
+        if names <= self.of(tenant):
+            return None
+        return self.encode({**self.by_tenant, tenant: self.of(tenant) | names})
+
+    def without(self, tenant: str) -> bytes:
+        return self.encode({t: f for t, f in self.by_tenant.items() if t != tenant})
+
+    def apply(self, raw: bytes) -> None:
+        self.by_tenant = TenantFields(raw).by_tenant
 
 
 class Partition:

@@ -5,7 +5,10 @@ tokens with term frequencies, and document lengths), one per sealed segment and 
 few for the mutable segment, so it follows sealing, deletes and compaction like
 every payload index. Scores use corpus statistics summed over all parts (Lucene's
 BM25 with ``k1 = 1.2``, ``b = 0.75`` and its non-negative idf); rows deleted but not
-yet compacted still count in those statistics, as in Lucene.
+yet compacted still count in those statistics, as in Lucene. In a multi-tenant
+collection the statistics are the tenant's own (``scope``: its live rows only), so a
+tenant's scores depend on nothing but its own documents: it cannot count another
+tenant's documents through them.
 """
 
 from __future__ import annotations
@@ -31,14 +34,25 @@ class Bm25Query:
     avgdl: float
 
     @classmethod
-    def prepare(cls, text: str, parts: Sequence[FieldIndex]) -> Bm25Query:
+    def prepare(
+        cls, text: str, parts: Sequence[FieldIndex], scope: Sequence[tuple[np.ndarray, int]] | None = None
+    ) -> Bm25Query:
+        """The query's statistics over ``parts``; with ``scope`` (per part, a mask over its
+        rows ``base .. base + mask.size`` and ``base``), over the rows the masks hold only."""
         terms = tuple(dict.fromkeys(tokenize(text)))
-        docs = sum(p.doc_rows.size for p in parts)
-        length = float(sum(p.doc_len.sum(dtype=np.float64) for p in parts))
-        idf = []
-        for term in terms:
-            df = sum(p.doc_freq(term) for p in parts)
-            idf.append(math.log(1.0 + (docs - df + 0.5) / (df + 0.5)))
+        if scope is None:
+            docs = sum(p.doc_rows.size for p in parts)
+            length = float(sum(p.doc_len.sum(dtype=np.float64) for p in parts))
+            dfs = [sum(p.doc_freq(term) for p in parts) for term in terms]
+        else:
+            docs, length, dfs = 0, 0.0, [0] * len(terms)
+            for part, (mask, base) in zip(parts, scope, strict=True):
+                inside = _within(part.doc_rows, mask, base)
+                docs += int(np.count_nonzero(inside))
+                length += float(part.doc_len[inside].sum(dtype=np.float64))
+                for i, term in enumerate(terms):
+                    dfs[i] += int(np.count_nonzero(_within(part.postings(term)[0], mask, base)))
+        idf = [math.log(1.0 + (docs - df + 0.5) / (df + 0.5)) for df in dfs]
         return cls(terms, tuple(idf), length / docs if docs else 1.0)
 
     def score(self, part: FieldIndex, size: int, base: int = 0) -> np.ndarray:
@@ -55,6 +69,15 @@ class Bm25Query:
                 local, gain = local[inside], gain[inside]
             out[local] += gain.astype(np.float32)
         return out
+
+
+def _within(rows: np.ndarray, mask: np.ndarray, base: int) -> np.ndarray:
+    """Which of ``rows`` the ``mask`` over rows ``base .. base + mask.size`` holds."""
+    local = rows - base
+    ok = (local >= 0) & (local < mask.size)
+    out = np.zeros(rows.size, np.bool_)
+    out[ok] = mask[local[ok]]
+    return out
 
 
 def top_rows(scores: np.ndarray, allow: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

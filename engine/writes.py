@@ -14,7 +14,7 @@ import orjson
 
 from lamina.errors import InvalidArgument, NotFound
 from lamina.storage.keys import tenant_prefix
-from lamina.storage.rocks import FIELDS, TENANTS
+from lamina.storage.rocks import FIELDS, TENANT_FIELDS, TENANTS
 from lamina.types import Payload, PointId
 from lamina.validation import check_ids, check_points
 
@@ -56,9 +56,13 @@ class Writes(Planner):
             dead = [(key, row) for key, row in zip(keys, old_rows, strict=True) if row is not None]
             fields = self._fields | names
             meta = {FIELDS: orjson.dumps(sorted(fields))} if len(fields) > len(self._fields) else {}
+            if tenant is not None and (mine := self._tenant_fields.added(tenant, names)) is not None:
+                meta[TENANT_FIELDS] = mine
             self._store.apply(keys, first, raw.tobytes(), blobs, dead, self._mut_start, meta | tenants_meta)
             if tenants_meta:
                 self._tenants.apply(tenants_meta[TENANTS])
+            if TENANT_FIELDS in meta:
+                self._tenant_fields.apply(meta[TENANT_FIELDS])
             self._fields = fields
             self._next_row = first + len(keys)
             self._place(new_rows, prepared, -1 if code is None else code)
@@ -91,7 +95,7 @@ class Writes(Planner):
                 rows_of = self._store.rows_of(keys)
                 dead = [(k, r) for k, r in zip(keys, rows_of, strict=True) if r is not None]
                 return self._drop(dead, code)
-        compiled = self._compile(filter)  # None: the empty filter, which matches every point
+        compiled = self._compile(filter, tenant)  # None: the empty filter, which matches every point
         with self._lock:
             self._check_open()
             code = self._tenant(tenant)
@@ -139,8 +143,10 @@ class Writes(Planner):
                     break
                 dead.append((key, row))
             self._partitions = {c: p for c, p in self._partitions.items() if c != code}
-            removed = self._drop(dead, code, {TENANTS: self._tenants.without(tenant)})
+            fields = self._tenant_fields.without(tenant)
+            removed = self._drop(dead, code, {TENANTS: self._tenants.without(tenant), TENANT_FIELDS: fields})
             self._tenants.apply(self._tenants.without(tenant))
+            self._tenant_fields.apply(fields)
             self._tenant_live.pop(code, None)
         log.info("deleted tenant %r of %r with %d points", tenant, self.name, removed)
         return removed
@@ -158,14 +164,20 @@ class Writes(Planner):
         with self._lock:
             return frozenset(self._fields)
 
-    def learn_fields(self, names: Sequence[str]) -> bool:
-        """Count ``names`` as payload keys seen, durably (a sharded collection tells every
-        shard the keys any shard has seen, so they check filters alike); True if any was new."""
+    def learn_fields(self, names: Sequence[str], tenant: str | None = None) -> bool:
+        """Count ``names`` as payload keys seen (by ``tenant``'s points), durably (a sharded
+        collection tells every shard the keys any shard has seen, so they check filters
+        alike); True if any was new."""
         with self._lock:
             self._check_open()
             fields = self._fields | set(names)
-            if len(fields) == len(self._fields):
+            mine = self._tenant_fields.added(tenant, set(names)) if tenant is not None else None
+            if len(fields) == len(self._fields) and mine is None:
                 return False
-            self._store.put_meta({FIELDS: orjson.dumps(sorted(fields))})
+            self._store.put_meta(
+                {FIELDS: orjson.dumps(sorted(fields)), **({TENANT_FIELDS: mine} if mine else {})}
+            )
             self._fields = fields
+            if mine is not None:
+                self._tenant_fields.apply(mine)
             return True

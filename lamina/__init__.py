@@ -26,6 +26,7 @@ from lamina.client.api import (
 from lamina.config import Limits
 from lamina.errors import (
     AlreadyExists,
+    Cancelled,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -43,6 +44,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "AsyncCollection",
+    "Cancelled",
     "Client",
     "Collection",
     "CollectionConfig",

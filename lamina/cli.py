@@ -59,6 +59,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     }
     if args.sync_writes:
         overrides["sync_writes"] = True
+    if args.metrics_names:
+        overrides["metrics_names"] = True
     if args.limit:
         limits = dict(config.limits.__dict__)
         for item in args.limit:
@@ -135,7 +137,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         db = Database(config.data, sync_writes=config.sync_writes, limits=config.limits)
     try:
         asyncio.run(
-            serve(db, config.host, config.port, config.workers, config.keys, tls, config.metrics_port)
+            serve(
+                db,
+                config.host,
+                config.port,
+                config.workers,
+                config.keys,
+                tls,
+                config.metrics_port,
+                config.metrics_key,
+                config.metrics_names,
+                config.grace_seconds,
+            )
         )
     finally:
         db.close()
@@ -332,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="threads running engine calls (default 8)")
     serve.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)"
+    )
+    serve.add_argument(
+        "--metrics-names",
+        action="store_true",
+        help="label collection metrics with collection names (default: totals only)",
     )
     serve.add_argument(
         "--sync-writes", action="store_true", help="fsync the WAL on every write (power-loss safe)"

@@ -25,7 +25,12 @@ class Limits:
     k up to 10,000, 65,536 dimensions, 1 MiB of JSON payload per point, filters
     nested 32 levels deep, ids and strings up to 1,024 bytes, 64 MiB gRPC messages,
     10,000 points per scroll page, and 64 requests running or queued in a server at
-    once (more are answered RESOURCE_EXHAUSTED).
+    once (more are answered RESOURCE_EXHAUSTED), 32 of them from one caller (an API key,
+    or a connection when the server has no keys). A filter may hold 10,000 conditions and
+    ``$in``/``$nin`` values, and may check 1,000,000 (rows x conditions) against stored
+    payloads where no payload index decides (more: RESOURCE_EXHAUSTED naming the field to
+    index). An answer estimated larger than ``max_message_bytes`` is refused before any
+    work is done.
     """
 
     max_batch: int = 10_000
@@ -38,6 +43,9 @@ class Limits:
     max_message_bytes: int = 64 << 20
     max_scroll_limit: int = 10_000
     max_concurrent_requests: int = 64
+    max_requests_per_caller: int = 32
+    max_filter_terms: int = 10_000
+    max_filter_checks: int = 1_000_000
 
     @classmethod
     def from_dict(cls, data: object, where: str = "limits") -> Limits:
@@ -73,7 +81,10 @@ class ServerConfig:
         port = 6334
         workers = 8
         sync_writes = false
-        metrics_port = 9464        # Prometheus /metrics (left out: no endpoint)
+        metrics_port = 9464        # Prometheus /metrics (left out: no endpoint); TLS as [tls]
+        metrics_key = "sha256:..." # optional: scrapes send Authorization: Bearer <key>
+        metrics_names = false      # true: per-collection metrics labelled by name
+        grace_seconds = 5.0        # shutdown: time for requests in flight, then they are stopped
 
         [limits]
         max_batch = 10000
@@ -97,6 +108,9 @@ class ServerConfig:
     sync_writes: bool = False
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None  # serve Prometheus metrics on this port (same host)
+    metrics_key: str | None = None  # sha256:... hash of the key a scrape must send (None: no key)
+    metrics_names: bool = False  # label collection metrics with names (default: totals only)
+    grace_seconds: float = 5.0  # on SIGTERM: time requests in flight get before their work is stopped
     keys: tuple[ApiKey, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -121,6 +135,9 @@ class ServerConfig:
             "workers": int,
             "sync_writes": bool,
             "metrics_port": int,
+            "metrics_key": str,
+            "metrics_names": bool,
+            "grace_seconds": float,
         }
         values: dict[str, Any] = {}
         for key, value in raw.items():
@@ -149,6 +166,8 @@ class ServerConfig:
                     f"{where}: unknown setting {key!r}; known: {', '.join([*types, 'limits', 'tls', 'keys'])}"
                 )
             want = types[key]
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
             if not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise InvalidArgument(f"{where}: {key} must be a {want.__name__}, got {value!r}")
             values[key] = value
@@ -157,4 +176,13 @@ class ServerConfig:
             raise InvalidArgument(f"{where}: port must be in 0..65535, got {config.port}")
         if config.workers < 1:
             raise InvalidArgument(f"{where}: workers must be at least 1, got {config.workers}")
+        if config.metrics_key is not None and (
+            not config.metrics_key.startswith("sha256:") or len(config.metrics_key) != 71
+        ):
+            raise InvalidArgument(
+                f"{where}: metrics_key must be 'sha256:' and 64 hex digits (lamina keys create prints a hash); "
+                "never put the key itself in the config"
+            )
+        if not 0 <= config.grace_seconds <= 3600:
+            raise InvalidArgument(f"{where}: grace_seconds must be in 0..3600, got {config.grace_seconds}")
         return config

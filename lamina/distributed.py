@@ -208,7 +208,7 @@ def ingest(
             rows, fields = ray.get(count_ref)  # the task's error, before anything of the block is sent
         except Exception as exc:
             raise lamina_error_of(exc) from None
-        col.learn(fields)
+        col.learn(fields, tenant)
         writing.append((rows, col.write_parts(parts, tenant)))
 
     def settle() -> None:

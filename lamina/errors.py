@@ -72,6 +72,12 @@ class DeadlineExceeded(LaminaError):
     code = "DEADLINE_EXCEEDED"
 
 
+class Cancelled(LaminaError):
+    """The request was cancelled (its client left, or the server is shutting down) and its work stopped."""
+
+    code = "CANCELLED"
+
+
 class Internal(LaminaError):
     """An unexpected failure inside Lamina (a bug: please report it)."""
 
@@ -90,6 +96,7 @@ ERROR_BY_CODE: dict[str, type[LaminaError]] = {
         ResourceExhausted,
         Unavailable,
         DeadlineExceeded,
+        Cancelled,
         Internal,
     )
 }

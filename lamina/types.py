@@ -25,7 +25,8 @@ Metric: TypeAlias = Literal["cosine", "dot", "l2"]
 METRICS: tuple[str, ...] = get_args(Metric)
 FloatMatrix: TypeAlias = npt.NDArray[np.float32]
 
-COLLECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: a collection (and snapshot) name; match it with ``fullmatch`` (``$`` would also accept a trailing newline)
+COLLECTION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 IndexType: TypeAlias = Literal["flat", "hnsw"]

@@ -5,6 +5,7 @@ one message per mistake, so both transports say the same thing."""
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -19,7 +20,7 @@ U64_MAX = (1 << 64) - 1
 
 
 def check_collection_name(name: object) -> str:
-    if not isinstance(name, str) or not COLLECTION_NAME_RE.match(name):
+    if not isinstance(name, str) or not COLLECTION_NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid collection name {name!r}: use 1-128 characters from letters, digits, "
             "'_', '-' and '.', starting with a letter or digit"
@@ -36,7 +37,8 @@ def check_tenant(tenant: object) -> str:
     if not isinstance(tenant, str) or not tenant:
         raise InvalidArgument(f"invalid tenant {tenant!r}: a tenant is a non-empty string")
     if len(tenant.encode("utf-8", "surrogatepass")) > MAX_TENANT_BYTES or any(
-        ord(c) < 32 or 0xD800 <= ord(c) < 0xE000 for c in tenant
+        unicodedata.category(c) in ("Cc", "Cs")
+        for c in tenant  # controls (C0, DEL, C1), surrogates
     ):
         raise InvalidArgument(
             f"invalid tenant {tenant[:40]!r}: use at most {MAX_TENANT_BYTES} bytes of printable text"

@@ -6,10 +6,10 @@ graceful shutdown. Protobuf stops here: requests are converted by
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +22,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lamina import __version__
+from lamina.engine import bounds
+from lamina.engine.bounds import Deadline
 from lamina.engine.protocol import CollectionProtocol, DatabaseProtocol
 from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError
 from lamina.proto import convert
@@ -33,8 +35,10 @@ from lamina.proto.lamina.v1 import points_pb2 as ppb
 from lamina.proto.lamina.v1 import points_pb2_grpc as pgrpc
 from lamina.proto.lamina.v1 import search_pb2 as spb
 from lamina.proto.lamina.v1 import search_pb2_grpc as sgrpc
+from lamina.server.admission import Gate
 from lamina.server.auth import ApiKey, Authorizer
 from lamina.server.metrics import Metrics
+from lamina.server.network import host_port, is_loopback
 from lamina.validation import check_collection_name
 
 log = logging.getLogger("lamina.server")
@@ -48,112 +52,51 @@ SERVICE_NAMES = (
 )
 
 
-class Abandoned(Exception):
-    """The client gave up (cancelled, or its deadline passed) before the work was done."""
-
-
-class _Request:
-    """One request's liveness: set when the client cancels, or past its deadline."""
-
-    def __init__(self, time_remaining: float | None) -> None:
-        self.deadline = None if time_remaining is None else time.monotonic() + time_remaining
-        self.cancelled = threading.Event()
-
-    def check(self) -> None:
-        if self.cancelled.is_set():
-            raise Abandoned("the client cancelled the request")
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise Abandoned("the request's deadline passed")
-
-
-_current = threading.local()
-
-
-def check_alive() -> None:
-    """Raise Abandoned when the client of the request this worker runs has gone; long
-    requests call it between steps so that work stops when the client gives up."""
-    request: _Request | None = getattr(_current, "request", None)
-    if request is not None:
-        request.check()
-
-
-class Gate:
-    """Admission control and request tallies shared by every servicer of one server.
-
-    At most ``limit`` requests run or wait for a worker at once; one more is answered
-    RESOURCE_EXHAUSTED at once instead of queueing without bound."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-        self.served = 0
-        self.rejected = 0
-        self._abandoned = 0
-        self._lock = threading.Lock()
-
-    @property
-    def abandoned(self) -> int:
-        return self._abandoned
-
-    def release(self, job: asyncio.Future[Any]) -> None:
-        """A job is over (on the event loop's thread); its error, if any, is consumed."""
-        self.in_flight -= 1
-        if not job.cancelled():
-            job.exception()
-
-    def count_abandoned(self) -> None:
-        with self._lock:
-            self._abandoned += 1
+#: the API key of the request a handler serves (None: the server has no keys), and its caller
+#: for admission control (the key, or the connection when the server has no keys)
+_key: contextvars.ContextVar[ApiKey | None] = contextvars.ContextVar("lamina_key", default=None)
+_caller: contextvars.ContextVar[str] = contextvars.ContextVar("lamina_caller", default="-")
 
 
 class _Base:
     """Runs engine calls on a thread pool (numba kernels release the GIL) and maps
     Lamina errors to their gRPC status codes."""
 
-    def __init__(self, db: DatabaseProtocol, executor: ThreadPoolExecutor, gate: Gate) -> None:
+    def __init__(self, db: DatabaseProtocol, gate: Gate) -> None:
         self.db = db
-        self._executor = executor
         self._gate = gate
 
     async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on a worker when admission control lets it (see ``admission``),
+        with a Deadline the engine checks: its work stops when the client has gone."""
         gate = self._gate
-        if gate.in_flight >= gate.limit:
-            gate.rejected += 1
+        caller = _caller.get()
+        refusal = gate.refusal(caller)
+        if refusal is not None:
+            gate.reject(caller)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"server is busy: {gate.in_flight} requests are running or queued "
-                f"(limit max_concurrent_requests={gate.limit}); retry with back-off",
+                refusal,
                 trailing_metadata=(("lamina-retry", "busy"),),  # nothing was done: safe to send again
             )
-        request = _Request(context.time_remaining())
+        deadline = Deadline(context.time_remaining())
 
         def job() -> T:
-            _current.request = request
-            try:
-                request.check()  # the client may have gone while this waited for a worker
+            with bounds.running(deadline):
+                deadline.check()  # the client may have gone while this waited for a worker
                 return fn(*args)
-            except Abandoned:
-                gate.count_abandoned()
-                raise
-            finally:
-                _current.request = None
 
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        gate.in_flight += 1
-        job_done = loop.run_in_executor(self._executor, job)
         # a request counts until its job is over, even when its client has gone
-        job_done.add_done_callback(gate.release)
+        job_done = gate.submit(caller, job, deadline)
         try:
             result = await asyncio.shield(job_done)
-            gate.served += 1
+            gate.count_served(caller)
             log.debug("%s ok in %.1f ms", fn.__name__, (time.perf_counter() - started) * 1000)
             return result
         except asyncio.CancelledError:
-            request.cancelled.set()  # the job stops at its next check (or before it starts)
+            deadline.cancel()  # the job stops at its next check (or before it starts)
             raise
-        except Abandoned as exc:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{exc}; the work was stopped")
         except LaminaError as exc:
             log.debug(
                 "%s rejected (%s) in %.1f ms", fn.__name__, exc.code, (time.perf_counter() - started) * 1000
@@ -397,7 +340,7 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
                 with_payload=request.with_payload,
                 with_vector=request.with_vector,
                 params=convert.params_from_proto(request.params),
-                alive=check_alive,
+                alive=bounds.check,
                 tenant=convert.tenant_from_proto(request.tenant),
             )
             return spb.SearchBatchResponse(
@@ -434,9 +377,23 @@ class InfoServicer(_Base, igrpc.InfoServicer):
         self, request: ipb.GetInfoRequest, context: grpc.aio.ServicerContext
     ) -> ipb.GetInfoResponse:
         gate = self._gate
+        key = _key.get()
+        uptime = time.monotonic() - self.started
+        if key is not None and (key.collections is not None or key.tenants is not None):
+            # a scoped key is shown what its scope covers: its collections and its own requests
+            mine = gate.tally_of(_caller.get())
+            return ipb.GetInfoResponse(
+                version=__version__,
+                uptime_seconds=uptime,
+                collections=sum(1 for name in self.db.list_collections() if key.sees(name)),
+                requests_served=mine["served"],
+                requests_rejected=mine["rejected"],
+                requests_abandoned=mine["abandoned"],
+                requests_in_flight=mine["in_flight"],
+            )
         return ipb.GetInfoResponse(
             version=__version__,
-            uptime_seconds=time.monotonic() - self.started,
+            uptime_seconds=uptime,
             collections=len(self.db.list_collections()),
             requests_served=gate.served,
             requests_rejected=gate.rejected,
@@ -482,6 +439,8 @@ def _handlers(
         except LaminaError as exc:
             log.info("denied %s to key %r: %s", path, key.name if key else "-", exc)
             await context.abort(grpc.StatusCode[exc.code], str(exc))
+        _key.set(key)
+        _caller.set(f"key {key.name}" if key is not None else f"peer {context.peer()}")
         response = await impl(request, context)
         if key is not None and key.collections is not None and path == "Collections/List":
             visible = [c for c in response.collections if key.sees(c.name)]
@@ -547,9 +506,13 @@ class LaminaServer:
         keys: Sequence[ApiKey] = (),
         tls: tuple[bytes, bytes] | None = None,
         metrics_port: int | None = None,
+        metrics_key: str | None = None,
+        metrics_names: bool = False,
     ) -> None:
         self.db = db
         self.metrics_port = metrics_port  # None: no metrics endpoint; 0: pick a port
+        self.metrics_key = metrics_key  # sha256:... hash of the key a scrape must carry (None: none)
+        self.metrics_names = metrics_names  # label gauges with collection names (default: totals only)
         self.metrics: Metrics | None = None
         self.host = host
         self.port = port
@@ -564,6 +527,7 @@ class LaminaServer:
         """Make the grpc.aio server; it must be created on the loop that runs it."""
         db = self.db
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lamina-worker")
+        limits = db.limits
         max_bytes = db.limits.max_message_bytes
         server = grpc.aio.server(
             # a backstop behind the Gate, which answers with a clearer message first
@@ -575,8 +539,10 @@ class LaminaServer:
             ],
         )
         self._health = health.aio.HealthServicer()
-        self.gate = Gate(db.limits.max_concurrent_requests)
-        self.metrics = Metrics(db, self.gate)
+        self.gate = Gate(
+            limits.max_concurrent_requests, limits.max_requests_per_caller, self._executor, self.workers
+        )
+        self.metrics = Metrics(db, self.gate, names=self.metrics_names)
         servicers = (
             (cpb, CollectionsServicer),
             (ppb, PointsServicer),
@@ -584,10 +550,7 @@ class LaminaServer:
             (ipb, InfoServicer),
         )
         server.add_generic_rpc_handlers(
-            [
-                _handlers(module, cls(db, self._executor, self.gate), self.auth, self.metrics)
-                for module, cls in servicers
-            ]
+            [_handlers(module, cls(db, self.gate), self.auth, self.metrics) for module, cls in servicers]
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -596,14 +559,14 @@ class LaminaServer:
         return server
 
     async def start(self) -> int:
-        loopback = self.host in ("127.0.0.1", "localhost", "::1")
+        loopback = is_loopback(self.host)
         if not self.auth.enabled and not loopback:
             raise FailedPrecondition(
                 f"refusing to serve on {self.host} without API keys: anyone who can reach it could read and "
                 "write. Add [[keys]] to the config file (lamina keys create), or bind 127.0.0.1"
             )
         self._server = self._build()
-        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        address = host_port(self.host, self.port)
         if self.tls is not None:
             cert, key = self.tls
             self.port = self._server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
@@ -616,15 +579,13 @@ class LaminaServer:
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "serving on %s:%d over %s (data: %s)",
-            self.host,
-            self.port,
+            "serving on %s over %s (data: %s)",
+            host_port(self.host, self.port),
             "TLS" if self.tls else "plaintext",
             self.db.path,
         )
         if self.metrics_port is not None and self.metrics is not None:
-            self.metrics_port = self.metrics.serve(self.host, self.metrics_port)
-            log.info("metrics on http://%s:%d/metrics", self.host, self.metrics_port)
+            self.metrics_port = self.metrics.serve(self.host, self.metrics_port, self.tls, self.metrics_key)
         if self.auth.enabled:
             log.info("API keys required (%d configured)", len(self.auth))
         else:
@@ -634,13 +595,19 @@ class LaminaServer:
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
-        log.info("shutting down: finishing requests in flight (up to %.0fs)", grace)
+        """Stop taking requests, let those in flight finish for up to ``grace`` seconds, then
+        stop their work (each at its next deadline check) and close the database."""
+        log.info("shutting down: finishing requests in flight (up to %.0fs), then stopping them", grace)
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            if self.gate.in_flight:
+                log.info("stopping the work of %d request(s) still in flight", self.gate.in_flight)
+            self.gate.cancel_all("the server is shutting down")
+            # off the loop's thread: the jobs' completions run on it meanwhile
+            await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         if self.metrics is not None:
             self.metrics.stop()
         self.db.close()
@@ -655,13 +622,17 @@ async def serve(
     keys: Sequence[ApiKey] = (),
     tls: tuple[bytes, bytes] | None = None,
     metrics_port: int | None = None,
+    metrics_key: str | None = None,
+    metrics_names: bool = False,
+    grace: float = 5.0,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    server = LaminaServer(db, host, port, workers, keys, tls, metrics_port)
+    """Run until SIGTERM or SIGINT, then shut down gracefully (``grace`` seconds for the
+    requests in flight, then their work is stopped)."""
+    server = LaminaServer(db, host, port, workers, keys, tls, metrics_port, metrics_key, metrics_names)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await server.stop()
+    await server.stop(grace)

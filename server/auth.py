@@ -99,8 +99,8 @@ class ApiKey:
         if unknown:
             raise InvalidArgument(f"{where} has unknown settings {sorted(unknown)}")
         name, digest, role = raw.get("name"), raw.get("hash"), raw.get("role")
-        if not isinstance(name, str) or not name:
-            raise InvalidArgument(f"{where}.name must be a non-empty string")
+        if not isinstance(name, str) or not name or not name.isprintable():
+            raise InvalidArgument(f"{where}.name must be a non-empty string of printable characters")
         if not isinstance(digest, str) or not digest.startswith(_HASH_PREFIX) or len(digest) != 71:
             raise InvalidArgument(
                 f"{where}.hash must be 'sha256:' and 64 hex digits (lamina keys create prints it); "
@@ -126,9 +126,15 @@ class ApiKey:
         return cls(name, digest, role, collections, tenants)
 
     def to_toml(self) -> str:
-        lines = ["[[keys]]", f'name = "{self.name}"', f'hash = "{self.hash}"', f'role = "{self.role}"']
+        quote = lambda text: orjson.dumps(text).decode()  # noqa: E731  a TOML basic string, escaped
+        lines = [
+            "[[keys]]",
+            f"name = {quote(self.name)}",
+            f"hash = {quote(self.hash)}",
+            f"role = {quote(self.role)}",
+        ]
         if self.collections is not None:
-            lines.append("collections = [" + ", ".join(f'"{c}"' for c in sorted(self.collections)) + "]")
+            lines.append("collections = [" + ", ".join(quote(c) for c in sorted(self.collections)) + "]")
         if self.tenants is not None:
             lines.append(
                 "tenants = [" + ", ".join(orjson.dumps(t).decode() for t in sorted(self.tenants)) + "]"

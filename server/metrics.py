@@ -1,26 +1,45 @@
 """Prometheus metrics of one server: per-RPC request counts and latency histograms,
-requests in flight, turned away and abandoned, and per-collection points, segments,
-index memory and background work (read from the engine at scrape time).
+requests in flight, turned away and abandoned, and points, segments, index memory and
+background work of the collections (read from the engine at scrape time): totals over
+all collections, or per collection (labelled with its name) when ``metrics_names`` is set,
+since names and sizes of collections are themselves information.
 
-``lamina serve --metrics-port 9464`` serves them at ``http://<host>:9464/metrics``.
+``lamina serve --metrics-port 9464`` serves them at ``http://<host>:9464/metrics``, over
+TLS with the gRPC port's certificate when the server has one (``https://``), and only to
+scrapes that carry ``Authorization: Bearer <key>`` when ``metrics_key`` (the key's
+``sha256:`` hash, as ``lamina keys create`` prints it) is set. Binding it to an address
+other machines reach without a key or TLS logs a warning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+import hmac
+import logging
+import socket
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from lamina.engine.protocol import DatabaseProtocol
 from lamina.engine.sharded import ShardedCollection
 from lamina.errors import LaminaError
+from lamina.server.auth import hash_key
+from lamina.server.network import bare_host, host_port, is_loopback
 from lamina.types import CollectionInfo
 
 if TYPE_CHECKING:
-    from lamina.server.app import Gate
+    from lamina.server.admission import Gate
+
+log = logging.getLogger("lamina.server")
 
 #: request latency buckets, seconds (0.5 ms .. 30 s)
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -57,9 +76,10 @@ COLLECTION_GAUGES: tuple[tuple[str, str, Callable[[CollectionInfo], float]], ...
 class _EngineCollector(Collector):
     """Gauges read from the database and the admission gate when Prometheus scrapes."""
 
-    def __init__(self, db: DatabaseProtocol, gate: Gate) -> None:
+    def __init__(self, db: DatabaseProtocol, gate: Gate, names: bool) -> None:
         self.db = db
         self.gate = gate
+        self.names = names
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         gate = self.gate
@@ -72,37 +92,60 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily(
             "lamina_requests_abandoned", "Requests stopped because the client left", gate.abandoned
         )
-        families = [
-            (GaugeMetricFamily(name, text, labels=["collection"]), value)
-            for name, text, value in COLLECTION_GAUGES
-        ]
         try:
             names = self.db.list_collections()
         except LaminaError:
             names = []  # closed meanwhile
+        by_name = ["collection"] if self.names else []  # without names: totals over the collections
+        families = [
+            (
+                GaugeMetricFamily(name, text + ("" if self.names else " (all collections)"), labels=by_name),
+                value,
+            )
+            for name, text, value in COLLECTION_GAUGES
+        ]
+        totals = [0.0] * len(families)
         up = GaugeMetricFamily(
             "lamina_replica_up",
-            "Sharded: 1 if the replica answered within 2 s",
-            labels=["collection", "shard", "replica"],
+            "Sharded: 1 if the replica answered within 2 s" + ("" if self.names else " (replicas answering)"),
+            labels=[*by_name, "shard", "replica"] if self.names else [],
         )
         behind = GaugeMetricFamily(
             "lamina_replica_behind_writes",
             "Sharded: acknowledged writes the replica has not applied (catching up)",
-            labels=["collection", "shard", "replica"],
+            labels=[*by_name, "shard", "replica"] if self.names else [],
         )
+        replicas_up = lag_total = 0.0
+        sharded = False
+        collections = 0
         for name in names:
             try:
                 col = self.db.get_collection(name)
                 info = col.info()
             except LaminaError:
                 continue  # dropped meanwhile
-            for family, value in families:
-                family.add_metric([name], value(info))
+            collections += 1
+            for i, (family, value) in enumerate(families):
+                if self.names:
+                    family.add_metric([name], value(info))
+                else:
+                    totals[i] += value(info)
             if isinstance(col, ShardedCollection):
+                sharded = True
                 for shard, replica, answering, lag in col.health():
-                    labels = [name, str(shard), str(replica)]
-                    up.add_metric(labels, 1.0 if answering else 0.0)
-                    behind.add_metric(labels, float(lag))
+                    if self.names:
+                        labels = [name, str(shard), str(replica)]
+                        up.add_metric(labels, 1.0 if answering else 0.0)
+                        behind.add_metric(labels, float(lag))
+                    replicas_up += 1.0 if answering else 0.0
+                    lag_total += float(lag)
+        if not self.names:
+            for (family, _), total in zip(families, totals, strict=True):
+                family.add_metric([], total)
+            if sharded:
+                up.add_metric([], replicas_up)
+                behind.add_metric([], lag_total)
+        yield GaugeMetricFamily("lamina_collections", "Collections", collections)
         yield from (family for family, _ in families)
         yield up
         yield behind
@@ -111,7 +154,7 @@ class _EngineCollector(Collector):
 class Metrics:
     """The metrics of one server, in a registry of its own (several servers may share a process)."""
 
-    def __init__(self, db: DatabaseProtocol, gate: Gate) -> None:
+    def __init__(self, db: DatabaseProtocol, gate: Gate, names: bool = False) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "lamina_requests", "Requests by RPC and status code", ["method", "code"], registry=self.registry
@@ -123,21 +166,96 @@ class Metrics:
             buckets=BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_EngineCollector(db, gate))
-        self._http: object | None = None
+        self.registry.register(_EngineCollector(db, gate, names))
+        self._http: WSGIServer | None = None
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()
         self.latency.labels(method).observe(seconds)
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` over HTTP on ``host:port`` (0 picks a port); returns the port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return int(server.server_port)
+    def serve(
+        self, host: str, port: int, tls: tuple[bytes, bytes] | None = None, key_hash: str | None = None
+    ) -> int:
+        """Serve ``/metrics`` on ``host:port`` (0 picks a port), over TLS with ``tls``
+        (certificate chain, private key: the gRPC port's), to scrapes carrying the key of
+        ``key_hash`` when given; returns the port."""
+        app = make_wsgi_app(self.registry)
+        if key_hash is not None:
+            app = _with_key(app, key_hash)
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in bare_host(host) else socket.AF_INET
+
+        httpd = make_server(bare_host(host), port, app, Server, handler_class=_Quiet)
+        if tls is not None:
+            httpd.socket = _tls_context(*tls).wrap_socket(httpd.socket, server_side=True)
+        threading.Thread(target=httpd.serve_forever, name="lamina-metrics", daemon=True).start()
+        self._http = httpd
+        bound = int(httpd.server_port)
+        log.info(
+            "metrics on %s://%s/metrics%s",
+            "https" if tls else "http",
+            host_port(host, bound),
+            " (key required)" if key_hash else "",
+        )
+        for warning in exposure_warnings(host, tls is not None, key_hash is not None):
+            log.warning(warning)
+        return bound
 
     def stop(self) -> None:
         if self._http is not None:
-            self._http.shutdown()  # type: ignore[attr-defined]
-            self._http.server_close()  # type: ignore[attr-defined]
+            self._http.shutdown()
+            self._http.server_close()
             self._http = None
+
+
+def exposure_warnings(host: str, tls: bool, key: bool) -> list[str]:
+    """What to warn about when the metrics endpoint binds ``host`` (with TLS, with a key):
+    nothing on loopback; elsewhere, a missing key and plaintext."""
+    if is_loopback(host):
+        return []
+    warnings = []
+    if not key:
+        warnings.append(
+            f"the metrics endpoint on {host} needs no key: anyone who reaches it can read request rates "
+            "and collection sizes. Set metrics_key (lamina keys create prints a hash) or bind 127.0.0.1"
+        )
+    if not tls:
+        warnings.append(f"the metrics endpoint on {host} is plaintext: configure [tls] to encrypt it")
+    return warnings
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not logged
+        pass
+
+
+def _with_key(app: Callable[..., Iterable[bytes]], key_hash: str) -> Callable[..., Iterable[bytes]]:
+    """``app`` for requests carrying ``Authorization: Bearer <key>`` of ``key_hash``; 401 otherwise."""
+
+    def checked(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        given = environ.get("HTTP_AUTHORIZATION", "")
+        token = given[len("Bearer ") :].strip() if given.startswith("Bearer ") else ""
+        if token and hmac.compare_digest(hash_key(token), key_hash):
+            return app(environ, start_response)
+        start_response(
+            "401 Unauthorized",
+            [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="metrics"')],
+        )
+        return [b"this metrics endpoint needs a key: send Authorization: Bearer <key>\n"]
+
+    return checked
+
+
+def _tls_context(cert: bytes, key: bytes) -> ssl.SSLContext:
+    """A server TLS context from PEM bytes (ssl loads files: they live in a private temp dir
+    for the moment it reads them)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="lamina-tls-") as folder:
+        cert_file, key_file = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+        cert_file.write_bytes(cert)
+        key_file.touch(mode=0o600)
+        key_file.write_bytes(key)
+        context.load_cert_chain(cert_file, key_file)
+    return context

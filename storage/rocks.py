@@ -39,6 +39,7 @@ SEGMENTS = b"segments"
 MUTABLE_START = b"mutable_start"
 FIELDS = b"fields"  # JSON list of the top-level payload keys ever written
 TENANTS = b"tenants"  # multi-tenant collections: {"names": {tenant: code}, "next": code}
+TENANT_FIELDS = b"tenant_fields"  # multi-tenant collections: {code: top-level payload keys of its points}
 
 
 #: memtable memory of one collection (all column families together); RocksDB's default is

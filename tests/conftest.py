@@ -36,6 +36,8 @@ class ServerThread:
         metrics_port: int | None = None,
         port: int = 0,
         sync_writes: bool = False,
+        metrics_key: str | None = None,
+        metrics_names: bool = False,
     ) -> None:
         self.data = data
         self.loop = asyncio.new_event_loop()
@@ -43,7 +45,15 @@ class ServerThread:
         self.thread.start()
         self.db = Database(data, limits=limits, sync_writes=sync_writes)
         self.server = LaminaServer(
-            self.db, "127.0.0.1", port, workers=workers, keys=keys, tls=tls, metrics_port=metrics_port
+            self.db,
+            "127.0.0.1",
+            port,
+            workers=workers,
+            keys=keys,
+            tls=tls,
+            metrics_port=metrics_port,
+            metrics_key=metrics_key,
+            metrics_names=metrics_names,
         )
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
         self.address = f"127.0.0.1:{self.port}"

@@ -383,7 +383,7 @@ def test_lamina_serve_ray_routes_grpc_requests_to_the_shards(tmp_path: Path) -> 
     queries = vectors[:8] + 0.02
     data = tmp_path / "data"
     metrics_port = free_port()
-    server = ServerProcess(data, "--ray", "--metrics-port", str(metrics_port))
+    server = ServerProcess(data, "--ray", "--metrics-port", str(metrics_port), "--metrics-names")
     try:
         with lamina.connect(server.address) as remote, lamina.connect(str(tmp_path / "single")) as single:
             options: dict[str, Any] = {"payload_index": {"text": "text", "g": "int"}}

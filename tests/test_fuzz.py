@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -362,3 +363,134 @@ def test_server_answers_every_fuzzed_request_precisely(
         assert fingerprint(srv.db) == before, f"{method} was rejected ({code}) but changed the state"
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# ---------------------------------------------------------------- expensive but valid requests
+BIG = "fzbig"  # 20,000 points with unindexed payloads: where filters and big answers cost most
+BIG_POINTS = 20_000
+HEAVY_EXAMPLES = int(os.environ.get("LAMINA_FUZZ_HEAVY_EXAMPLES", "6"))
+HEAVY_COPIES = 4  # sent at once, from one client
+HEAVY_DEADLINE = 5.0  # seconds each heavy request may take
+LIGHT_WITHIN = 2.0  # seconds a second client's trivial call may take meanwhile
+HEAVY_STATUSES = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # refused before the work: a limit named in the message
+    grpc.StatusCode.DEADLINE_EXCEEDED,  # ran out of its deadline (its work is stopped)
+}
+
+
+def wide_in(field: str, op: str, n: int) -> dict[str, Any]:
+    return {field: {op: [f"t{i}" if field == "tag" else i for i in range(n)]}}
+
+
+def many_clauses(op: str, n: int, field: str) -> dict[str, Any]:
+    return {op: [{field: f"x{i}" if field == "tag" else {"$gt": i}} for i in range(n)]}
+
+
+expensive_filters = st.one_of(
+    st.builds(
+        wide_in,
+        st.sampled_from(["tag", "n", "missing", "nested.x"]),
+        st.sampled_from(["$in", "$nin"]),
+        st.sampled_from([1_000, 9_999, 10_001, 50_000]),
+    ),
+    st.builds(
+        many_clauses,
+        st.sampled_from(["$or", "$and", "$nor"]),
+        st.sampled_from([10, 60, 400, 5_000]),
+        st.sampled_from(["tag", "n"]),
+    ),
+    st.builds(
+        lambda v, s: {"$or": [{"n": {"$gte": v}}, {"tag": {"$lt": s}}, {"nested.x": {"$exists": True}}]},
+        st.integers(-5, BIG_POINTS),
+        st.text(max_size=4).map(lambda s: "t" + s),
+    ),
+).map(orjson.dumps)
+
+
+def heavy_batch(nq: int, k: int, flt: bytes, with_payload: bool, with_vector: bool) -> tuple[str, bytes]:
+    req = search_pb2.SearchBatchRequest(
+        collection=BIG, k=k, filter_json=flt.decode(), with_payload=with_payload, with_vector=with_vector
+    )
+    req.vectors.dim = DIM
+    req.vectors.data = vector_bytes(DIM, nq, "finite")
+    return "/lamina.v1.Search/SearchBatch", req.SerializeToString()
+
+
+expensive_requests = st.one_of(
+    expensive_filters.map(
+        lambda f: ("/lamina.v1.Points/Count", points_pb2.CountRequest(collection=BIG, filter_json=f.decode()))
+    ).map(lambda t: (t[0], t[1].SerializeToString())),
+    st.builds(
+        lambda f, vec: (
+            "/lamina.v1.Points/Scroll",
+            points_pb2.ScrollRequest(
+                collection=BIG, limit=10_000, filter_json=f.decode(), with_payload=True, with_vector=vec
+            ).SerializeToString(),
+        ),
+        expensive_filters,
+        st.booleans(),
+    ),
+    st.builds(
+        heavy_batch,
+        st.sampled_from([1, 100, 1_000]),
+        st.sampled_from([10, 1_000, 10_000]),
+        st.one_of(st.just(b""), expensive_filters),
+        st.booleans(),
+        st.booleans(),
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def heavy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    srv = ServerThread(Path(tmp_path_factory.mktemp("heavy")) / "data", workers=4)
+    col = srv.db.create_collection(BIG, CollectionConfig(dim=DIM, segment_rows=10_000))
+    rng = np.random.default_rng(5)
+    for lo in range(0, BIG_POINTS, 10_000):
+        ids = list(range(lo, lo + 10_000))
+        payloads = [{"tag": f"t{i}", "n": i, "nested": {"x": [i]} if i % 2 else {}} for i in ids]
+        col.upsert(ids, rng.standard_normal((10_000, DIM)), payloads)
+    yield srv
+    srv.stop()
+
+
+@settings(
+    max_examples=HEAVY_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(expensive_requests)
+def test_expensive_valid_requests_leave_the_server_responsive(
+    heavy_server: ServerThread, request: tuple[str, bytes]
+) -> None:
+    """Copies of one expensive but valid request (wide $in/$nin, many clauses on unindexed
+    fields, huge k x batch with vectors and payloads) sent at once from one client: each
+    is answered OK, refused RESOURCE_EXHAUSTED or stopped at its deadline, while another
+    client's trivial call answers within LIGHT_WITHIN seconds; then nothing keeps running."""
+    method, raw = request
+    local = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 128 << 20)]
+    with (
+        grpc.insecure_channel(heavy_server.address, options=local) as heavy,
+        grpc.insecure_channel(heavy_server.address, options=local) as light,
+    ):
+        calls = [heavy.unary_unary(method).future(raw, timeout=HEAVY_DEADLINE) for _ in range(HEAVY_COPIES)]
+        count = light.unary_unary(
+            "/lamina.v1.Points/Count", response_deserializer=points_pb2.CountResponse.FromString
+        )
+        started = time.monotonic()
+        answer = count(points_pb2.CountRequest(collection=BIG).SerializeToString(), timeout=30)
+        waited = time.monotonic() - started
+        assert answer.count == BIG_POINTS
+        assert waited < LIGHT_WITHIN, f"a trivial Count waited {waited:.1f} s behind {method}"
+        for call in calls:
+            code = call.code()
+            TALLY[f"heavy {code.name}"] += 1
+            assert code in HEAVY_STATUSES, f"{method} answered {code}: {call.details()}"
+            if code != grpc.StatusCode.OK:
+                assert call.details(), f"{method} answered {code} without a message"
+    gate = heavy_server.server.gate
+    deadline = time.monotonic() + 5
+    while gate.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gate.in_flight == 0, "work of requests whose clients had gone kept running"

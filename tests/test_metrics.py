@@ -24,7 +24,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_count_requests_and_describe_collections(tmp_path: Path) -> None:
-    srv = ServerThread(tmp_path / "data", metrics_port=0)
+    srv = ServerThread(tmp_path / "data", metrics_port=0, metrics_names=True)
     try:
         port = srv.server.metrics_port
         assert port

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from lamina.errors import FailedPrecondition
 from lamina.index.tiers import BuildStopped
 
+from .. import bounds
 from .compaction import Compaction
 from .payload_indexes import PayloadIndexing
 from .seal import Seal
@@ -66,7 +67,8 @@ class Scheduler(Seal, Compaction, PayloadIndexing, TenantGraphs):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._idle.wait(left)
+                self._idle.wait(0.1 if left is None else min(left, 0.1))
+                bounds.check()  # the request stops waiting when its client has gone (the work goes on)
         if self._error:
             raise FailedPrecondition(f"the optimizer of {self.name!r} failed: {self._error}")
         return True

@@ -34,7 +34,7 @@ class CatchUp(Shards):
                 ) from None
             self._next[shard] = self._acked[shard] = max(applied)
             best = slots[applied.index(max(applied))]
-            self._fields.update(self._ray.get(best.handle.fields.remote()))
+            self._fields.update(("", f) for f in self._ray.get(best.handle.fields.remote()))
             for j, have in enumerate(applied):
                 if have < self._acked[shard]:
                     log.info(

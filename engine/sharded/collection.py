@@ -57,7 +57,7 @@ class ShardedCollection(Replication, ShardSnapshots, CollectionProtocol):
         if self.config.metric == "cosine":
             check_directions(np.einsum("ij,ij->i", matrix, matrix))
         if payloads is not None:
-            self.learn([key for p in payloads if isinstance(p, dict) for key in p])
+            self.learn([key for p in payloads if isinstance(p, dict) for key in p], tenant)
         parts = {
             shard: (
                 "upsert",

@@ -47,12 +47,13 @@ class Replication(CatchUp):
         self._check_tenant(tenant, write=True)
         return [self._send(shard, "upsert_part", ref, tenant) for shard, ref in enumerate(parts)]
 
-    def learn(self, names: Sequence[str]) -> None:
+    def learn(self, names: Sequence[str], tenant: str | None = None) -> None:
         """Tell every shard of payload keys it may not have seen (numbered writes), so that
         every shard checks filters against the same keys as one node would."""
-        new = sorted(set(names) - self._fields)
+        new = sorted({(tenant or "", n) for n in names} - self._fields)
         if new:
-            self._write({s: ("learn_fields", (new,), {}) for s in range(self.config.shards)})
+            fresh = [n for _, n in new]
+            self._write({s: ("learn_fields", (fresh, tenant), {}) for s in range(self.config.shards)})
             self._fields.update(new)
 
     def settle(self, sent: Sent) -> int:

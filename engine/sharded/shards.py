@@ -51,7 +51,8 @@ class Shards:
         self._next = [0] * config.shards  # the last write numbered on each shard
         self._acked = [0] * config.shards  # the highest write acknowledged on each shard
         self._ack_lock = threading.Lock()
-        self._fields: set[str] = set()  # payload keys some shard has seen; every shard knows them all
+        # (tenant or "", payload key) some shard has seen; every shard knows them all
+        self._fields: set[tuple[str, str]] = set()
         self._turn = 0  # round robin of reads over replicas
         self._closed = False
 
@@ -75,7 +76,10 @@ class Shards:
         check_tenant_use(self.name, self.config.multi_tenant, tenant, write=write)
 
     def _check_filter(self, flt: Filter | None) -> None:
-        compile_filter(flt, self._db.limits.max_filter_depth, self.config.payload_index or None)
+        limits = self._db.limits
+        compile_filter(
+            flt, limits.max_filter_depth, self.config.payload_index or None, None, limits.max_filter_terms
+        )
 
     def health(self, timeout: float = 2.0) -> list[tuple[int, int, bool, int]]:
         """(shard, replica, answering, writes behind the last acknowledged one) of every replica,
