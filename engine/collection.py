@@ -35,13 +35,22 @@ import orjson
 from lamina.config import Limits
 from lamina.engine.filters import CompiledFilter, compile_filter, evaluate
 from lamina.engine.payload import FieldIndex, MutableIndexes, take
-from lamina.engine.segments import GRAPH_STEP_COST, WIDEN, Segment, take_first
+from lamina.engine.segments import (
+    GRAPH_STEP_COST,
+    WIDEN,
+    Segment,
+    degraded_error,
+    discard_unless_committed,
+    open_segments,
+    take_first,
+)
 from lamina.engine.tenants import DELTA_SHARE, MERGE_SHARE, Partition, Tenants
 from lamina.engine.text import Bm25Query, fuse, fusion_depth, top_rows
-from lamina.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError, NotFound, ResourceExhausted
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows
 from lamina.index.tiers import BuildStopped, Knobs, TopK
+from lamina.storage.faults import Backoff
 from lamina.storage.keys import id_from_key, id_key, row_from_key, row_key, tenant_of_key, tenant_prefix
 from lamina.storage.rocks import (
     CONFIG,
@@ -199,6 +208,7 @@ class Collection:
         self._partitions: dict[int, tuple[Partition, ...]] = {}
         self._tenant_live: dict[int, int] = {}  # tenant code -> live points
         self._segments: list[Segment] = []
+        self._damaged: dict[str, str] = {}  # segment name -> why it could not be opened
         self._knob_cache: dict[tuple[int | None, float | None], Knobs] = {}
         self._segment_dir = store.path / _SEGMENTS
         self._mut_pidx = MutableIndexes()
@@ -206,7 +216,7 @@ class Collection:
         raw = store.get_meta(FIELDS)
         self._fields: set[str] = set(orjson.loads(raw)) if raw else set()
         self._load()
-        if raw is None and self._next_row:  # written before fields were tracked: learn them once
+        if raw is None and self._next_row and not store.read_only:  # written before fields were tracked
             for _, blob in store.scan_payloads():
                 payload = orjson.loads(blob)
                 if isinstance(payload, dict):
@@ -218,6 +228,8 @@ class Collection:
         self._force_seal = False
         self._sealed_last = False  # the optimizer's last step was a seal (see _optimize_step)
         self._error: str = ""
+        self._fault: LaminaError | None = None  # a full or read-only disk stalls the optimizer
+        self._backoff = Backoff(self._wake.set)
         self._optimizer = threading.Thread(target=self._optimize_loop, name=f"optimizer-{name}", daemon=True)
         self._optimizer.start()
         self._wake.set()
@@ -232,10 +244,12 @@ class Collection:
         return cls(name, store, config, limits)
 
     @classmethod
-    def open(cls, name: str, path: Path, limits: Limits, *, sync: bool) -> Collection:
+    def open(
+        cls, name: str, path: Path, limits: Limits, *, sync: bool, read_only: bool = False
+    ) -> Collection:
         if not (path / "CURRENT").exists():  # not a RocksDB: do not create one in a stranger's folder
             raise FailedPrecondition(f"{path} holds no Lamina collection: move it out of the data directory")
-        store = CollectionStore(path, sync=sync)
+        store = CollectionStore(path, sync=sync, read_only=read_only)
         raw = store.get_meta(CONFIG)
         if raw is None:
             store.close()
@@ -249,11 +263,12 @@ class Collection:
         and rebuild the mutable segment from the vectors stored past it."""
         raw = self._store.get_meta(SEGMENTS)
         names: list[str] = orjson.loads(raw) if raw else []
-        self._segment_dir.mkdir(exist_ok=True)
-        for entry in self._segment_dir.iterdir():  # unfinished builds, segments replaced before a crash
-            if entry.name not in names:
-                shutil.rmtree(entry, ignore_errors=True)
-        self._segments = [Segment.load(self._segment_dir / n, self.config, self._metric) for n in names]
+        if not self._store.read_only:
+            self._segment_dir.mkdir(exist_ok=True)
+            for entry in self._segment_dir.iterdir():  # unfinished builds, segments replaced before a crash
+                if entry.name not in names:
+                    shutil.rmtree(entry, ignore_errors=True)
+        self._segments, self._damaged = open_segments(self._segment_dir, names, self.config, self._metric)
         dead = self._store.dead_rows()
         for segment in self._segments:
             segment.kill(dead)
@@ -653,6 +668,8 @@ class Collection:
             return 0
         if compiled is None:
             with self._lock:
+                if self._damaged:
+                    raise degraded_error(self.name, self._damaged)
                 return self._live_count() if code is None else self._tenant_live.get(code, 0)
         return self._read(
             lambda snap: sum(int(np.count_nonzero(m)) for m in self._masks(compiled, snap, code) or [])
@@ -773,6 +790,8 @@ class Collection:
             with self._lock:
                 return self._snapshot(locked=True)
         self._check_open()
+        if self._damaged:  # refused rather than answered without the damaged rows
+            raise degraded_error(self.name, self._damaged)
         n = self._next_row - self._mut_start
         return _Snapshot(
             tuple(self._segments),
@@ -1223,6 +1242,8 @@ class Collection:
             partitions = [p for parts in self._partitions.values() for p in parts]
             tenants = len(self._tenants.codes)
         notes = sorted({s.note for s in segments if s.note} | ({error} if error else set()))
+        if self._damaged:
+            notes.insert(0, str(degraded_error(self.name, self._damaged)))
         status = IndexStatus(
             segments=len(segments),
             indexed_points=sum(s.live_count for s in segments),
@@ -1234,6 +1255,7 @@ class Collection:
             optimizing=busy,
             tenants=tenants,
             tenant_partitions=len({p.code for p in partitions}),
+            write_stall=self._store.write_stall(self._fault),
         )
         return CollectionInfo(self.name, self.config, status.indexed_points + mutable, status)
 
@@ -1256,18 +1278,26 @@ class Collection:
         """Seal the mutable segment now (whatever its size), compact and merge segments,
         and wait until the optimizer is idle; False if ``timeout`` seconds passed first."""
         self._check_open()
+        self._store.check_writable()
         if timeout is not None and timeout > threading.TIMEOUT_MAX:
             timeout = None  # longer than a wait can be: wait without a limit
         with self._lock:
             self._force_seal = True
+            self._fault = None  # tried again now; set again if the disk still refuses
         self._wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while (self._force_seal or self._busy or self._wake.is_set()) and not self._closed:
+            while (
+                (self._force_seal or self._busy or self._wake.is_set())
+                and not self._closed
+                and (self._fault is None or self._busy)  # a stalled optimizer answers at once
+            ):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
                 self._idle.wait(left)
+        if self._fault is not None:
+            raise type(self._fault)(str(self._fault))
         if self._error:
             raise FailedPrecondition(f"the optimizer of {self.name!r} failed: {self._error}")
         return True
@@ -1284,16 +1314,19 @@ class Collection:
                 worked = False
                 while self._optimize_step():
                     worked = True
-                self._error = ""
+                self._error, self._fault = "", None
+                self._backoff.reset()
                 if worked:
                     release_heap()  # a burst of seals and merges is over: give its garbage back
             except BuildStopped:
                 log.info("closing %r: the index build in progress was stopped", self.name)
             except Exception as exc:  # keep serving from what is sealed; info() shows the error
-                log.exception("optimizer of %r failed", self.name)
-                self._error = f"{type(exc).__name__}: {exc}"
+                self._fault = self._backoff.failed(exc, self._store.path, f"optimizer of {self.name!r}")
+                if self._fault is None:
+                    log.exception("optimizer of %r failed", self.name)
+                self._error = str(self._fault or f"{type(exc).__name__}: {exc}")
                 with self._lock:
-                    self._force_seal = False
+                    self._force_seal = self._force_seal and self._fault is not None  # retried after back-off
             with self._lock:
                 self._busy = False
                 self._idle.notify_all()
@@ -1301,8 +1334,10 @@ class Collection:
     def _optimize_step(self) -> bool:
         """Do one unit of work (seal, compact or merge); False when there is none."""
         with self._lock:
-            if self._closed:
-                return False
+            if self._closed or self._damaged:
+                return False  # a degraded collection keeps its manifest as it is until repaired
+            if self._scrub_step() or self._store.read_only:
+                return not self._store.read_only
             pending = self._next_row - self._mut_start
             size = self.config.segment_rows
             seal = pending >= size or (self._force_seal and pending > 0)
@@ -1336,10 +1371,11 @@ class Collection:
                 return False
             names = [s.name for s in self._segments] + ([segment.name] if segment is not None else [])
             died = local[~self._live[local]] + start  # deleted while the segment was built
-            self._store.put_meta(
-                {SEGMENTS: orjson.dumps(names), MUTABLE_START: row_key(start + take_rows)},
-                add_dead=[int(r) for r in died] if segment is not None else [],
-            )
+            with discard_unless_committed(segment):
+                self._store.put_meta(
+                    {SEGMENTS: orjson.dumps(names), MUTABLE_START: row_key(start + take_rows)},
+                    add_dead=[int(r) for r in died] if segment is not None else [],
+                )
             if segment is not None:
                 segment.kill(died)
                 self._segments.append(segment)
@@ -1357,6 +1393,26 @@ class Collection:
         log.info(
             "sealed %d rows of %r into segment %s", take_rows, self.name, segment.name if segment else "-"
         )
+        return True
+
+    def _scrub_step(self) -> bool:
+        """Verify the files of one segment opened but not yet checked in full (the vector
+        file: see engine/segments.py); a damaged one makes the collection degraded. Caller
+        holds the lock; the reading runs without it. Returns whether it did one."""
+        segment = next((s for s in self._segments if not s.verified), None)
+        if segment is None:
+            return False
+        self._lock.release()
+        try:
+            problems = segment.scrub()
+        finally:
+            self._lock.acquire()
+        if problems and segment in self._segments:
+            self._segments = [s for s in self._segments if s is not segment]
+            self._damaged[segment.name] = "; ".join(problems)
+            log.error(
+                "%s: collection %r is degraded until repaired (lamina check --repair)", problems[0], self.name
+            )
         return True
 
     def _rewrite_step(self) -> bool:
@@ -1414,7 +1470,8 @@ class Collection:
         at = self._segments.index(group[0])
         replaced = self._segments[:at] + ([segment] if segment else []) + self._segments[at + len(group) :]
         gone = np.concatenate([seg.rows[~lv] for seg, lv in zip(group, lives, strict=True)])
-        self._store.put_meta({SEGMENTS: orjson.dumps([s.name for s in replaced])}, [int(r) for r in gone])
+        with discard_unless_committed(segment):
+            self._store.put_meta({SEGMENTS: orjson.dumps([s.name for s in replaced])}, [int(r) for r in gone])
         if segment is not None:
             for seg, lv in zip(group, lives, strict=True):
                 segment.kill(seg.rows[lv & ~seg.live])  # deleted while it was rebuilt
