@@ -39,7 +39,7 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 #: RocksDB status messages (rocksdict raises a plain Exception carrying them)
 _ROCKS_FULL = ("No space left on device", "Disk quota exceeded")
-_ROCKS_READ_ONLY = ("Read-only file system", "Permission denied", "read only mode")
+_ROCKS_READ_ONLY = ("Read-only file system", "Permission denied", "read only mode", "os error 30")
 _ROCKS_LOST = ("Corruption:", "Input/output error", "checksum mismatch")
 
 log = logging.getLogger("lamina.storage")
@@ -78,6 +78,14 @@ def read_only_reason(path: Path) -> str:
         return f"{path} is on a read-only file system"
     if not os.access(path, os.W_OK):
         return f"this process may not write {path} (permission denied)"
+    # a file system the kernel turned read-only after an error need not say so in its flags
+    probe = path / ".lamina-write-probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
+        os.unlink(probe)
+    except OSError as exc:
+        if exc.errno in _READ_ONLY:
+            return f"{path} is on a read-only file system ({exc.strerror})"
     return ""
 
 
@@ -117,7 +125,8 @@ def classify(exc: BaseException, where: Path) -> LaminaError | None:
                 "disk and run `lamina check --data DIR --deep`; it names each damaged file and its repair"
             )
         return None
-    if type(exc) is Exception and exc.args and isinstance(exc.args[0], str):  # rocksdict's status
+    if (type(exc) is Exception or isinstance(exc, OSError)) and exc.args and isinstance(exc.args[0], str):
+        # rocksdict's status (a plain Exception), or an OSError from its Rust side (no errno)
         message = exc.args[0]
         if any(m in message for m in _ROCKS_FULL):
             return disk_full(where, f"RocksDB: {message}")

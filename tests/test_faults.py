@@ -9,6 +9,7 @@ Mounting needs root (CI runs as root); elsewhere the mounting tests skip saying 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -22,8 +23,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import lamina
+from lamina import cli
 from lamina.engine.database import Database
-from lamina.errors import ResourceExhausted
+from lamina.errors import DataLoss, FailedPrecondition, ResourceExhausted
+from lamina.storage import faults
+from lamina.types import CollectionConfig, SearchParams
 from tests.conftest import ServerThread
 
 DIM = 32
@@ -214,3 +218,239 @@ def test_disk_full_at_every_stage_refuses_whole_and_resumes_without_restart(tmpf
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _seed(data: Path, n: int = 600) -> np.ndarray:
+    """A data directory with collection "docs": n points, partly sealed."""
+    vecs = _vectors(n, 1)
+    with Database(data) as db:
+        col = db.create_collection("docs", CollectionConfig(dim=DIM, metric="l2", segment_rows=256))
+        col.upsert(list(range(n)), vecs, [{"i": i} for i in range(n)])
+        col.optimize()
+    return vecs
+
+
+def _refused_read_only(call: Callable[[], object], path: Path) -> None:
+    with pytest.raises(FailedPrecondition) as info:
+        call()
+    assert "read-only" in str(info.value) and str(path) in str(info.value), str(info.value)
+
+
+def test_read_only_file_system_at_start_serves_reads_and_refuses_writes(tmpfs: Path) -> None:
+    data = tmpfs / "data"
+    vecs = _seed(data)
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    try:
+        srv = ServerThread(data)
+        try:
+            client = lamina.connect(srv.address)
+            assert "read-only file system" in client.server_info()["read_only"]
+            col = client.get_collection("docs")
+            hits = col.search(vecs[5], k=1)
+            assert [h.id for h in hits] == [5]
+            assert col.count() == 600
+            _refused_read_only(lambda: col.upsert([1], vecs[:1]), tmpfs)
+            _refused_read_only(lambda: col.delete(ids=[1]), tmpfs)
+            _refused_read_only(lambda: client.create_collection("new", dim=DIM), tmpfs)
+            _refused_read_only(lambda: col.snapshot(), tmpfs)
+            assert "read-only" in col.info().status.write_stall
+            assert _serving(srv.address)
+        finally:
+            srv.stop()
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)
+
+
+@pytest.fixture
+def ext4(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A 32 MiB ext4 image on a loop device, mounted errors=remount-ro: (mount point, the
+    sysfs file that makes the kernel remount it read-only as after a disk error)."""
+    image, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
+    mnt.mkdir()
+    with open(image, "wb") as fh:
+        fh.truncate(32 << 20)
+    if subprocess.run(["mkfs.ext4", "-q", str(image)], capture_output=True).returncode != 0:
+        pytest.skip("mkfs.ext4 is not available")
+    _mount(["-o", "loop,errors=remount-ro", str(image), str(mnt)])
+    source = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(mnt)], capture_output=True, text=True)
+    trigger = Path("/sys/fs/ext4") / Path(source.stdout.strip()).name / "trigger_fs_error"
+    if not trigger.exists():
+        _umount(mnt)
+        pytest.skip("this kernel has no ext4 trigger_fs_error")
+    yield mnt, trigger
+    _umount(mnt)
+
+
+def test_disk_turning_read_only_while_serving(ext4: tuple[Path, Path]) -> None:
+    """The kernel remounts the file system read-only under a running server (an ext4
+    error with errors=remount-ro): reads go on, writes are FAILED_PRECONDITION naming the
+    data directory, the optimizer backs off, health stays SERVING, nothing acknowledged is lost."""
+    mnt, trigger = ext4
+    data = mnt / "data"
+    vecs = _seed(data)
+    srv = ServerThread(data)
+    try:
+        client = lamina.connect(srv.address)
+        col = client.get_collection("docs")
+        col.upsert([1000], vecs[:1])  # acknowledged before the fault
+        trigger.write_text("lamina test\n")
+        _refused_read_only(lambda: col.upsert([1001], vecs[1:2]), data)
+        _refused_read_only(lambda: col.upsert([1002], vecs[2:3]), data)  # and again, without a crash
+        with pytest.raises(FailedPrecondition):
+            col.optimize()
+        assert [h.id for h in col.search(vecs[7], k=1)] == [7]
+        assert col.get([1000])[0].id == 1000
+        assert col.get([1001]) == []
+        assert "read-only" in col.info().status.write_stall
+        assert _serving(srv.address)
+    finally:
+        srv.stop()
+    with Database(data) as db:  # read-only now: opens read-only by itself, every acknowledged point there
+        assert "read-only" in db.read_only
+        assert db.get_collection("docs").count() == 601
+
+
+def test_serve_read_only_flag(tmp_path: Path, server_process: type) -> None:
+    data = tmp_path / "data"
+    vecs = _seed(data)
+    proc = server_process(data, "--read-only")
+    client = lamina.connect(proc.address)
+    col = client.get_collection("docs")
+    assert [h.id for h in col.search(vecs[3], k=1)] == [3]
+    assert client.server_info()["read_only"] == "served with --read-only"
+    with pytest.raises(FailedPrecondition, match="--read-only"):
+        col.upsert([1], vecs[:1])
+    with pytest.raises(FailedPrecondition, match="read-only"):
+        col.create_payload_index("i", "int")
+    client.close()
+    # a second read-only server may share the directory; a writer may not start meanwhile
+    with pytest.raises(FailedPrecondition, match="in use"):
+        Database(data)
+    assert proc.terminate() == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "lamina", "serve", "--data", str(data), "--read-only", "--ray"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "--read-only cannot be combined with --ray" in done.stderr, done.stderr
+
+
+def _segment_folders(data: Path) -> list[Path]:
+    return sorted(p for p in (data / "collections" / "docs" / "segments").iterdir() if p.is_dir())
+
+
+def test_io_error_reading_a_segment_fails_the_queries_that_touch_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EIO from a segment file (the storage/faults.py seam raises the OSError a failing
+    disk raises): searches that read it are DATA_LOSS naming the segment, reads that do not
+    (get by id, other collections) go on, the log says what to do, and it passes when the
+    disk does."""
+    data = tmp_path / "data"
+    vecs = _seed(data)
+    with Database(data) as db:
+        db.create_collection("other", CollectionConfig(dim=DIM)).upsert([1], vecs[:1])
+    srv = ServerThread(data)
+    try:
+        client = lamina.connect(srv.address)
+        col = client.get_collection("docs")
+        bad = _segment_folders(data)[0].name
+        faults.inject(bad)
+        try:
+            with pytest.raises(DataLoss, match=f"segment {bad}"):
+                col.search(vecs[0], k=3)
+            assert col.get([0])[0].id == 0
+            assert [h.id for h in client.get_collection("other").search(vecs[0], k=1)] == [1]
+            assert _serving(srv.address)
+            assert any("lamina check" in r.getMessage() and bad in r.getMessage() for r in caplog.records)
+        finally:
+            faults.clear()
+        assert [h.id for h in col.search(vecs[0], k=1)] == [0]
+    finally:
+        srv.stop()
+
+
+def _check(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``lamina check`` (in this process: its lock is a file lock of its own all the same)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["check", "--data", str(data), *args])
+    return subprocess.CompletedProcess([], code, out.getvalue(), err.getvalue())
+
+
+def _flip(path: Path, at: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[at % len(raw)] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _exact_top(vecs: np.ndarray, query: np.ndarray, k: int) -> list[int]:
+    return [int(i) for i in np.argsort(((vecs - query) ** 2).sum(axis=1), kind="stable")[:k]]
+
+
+def test_damaged_segment_opens_degraded_and_check_repairs_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    vecs = _seed(data)
+    assert _check(data, "--deep").returncode == 0
+    victim = _segment_folders(data)[0]
+    _flip(victim / "rows.npy", 200)
+    with Database(data) as db:
+        col = db.get_collection("docs")
+        assert "degraded" in col.info().status.note and victim.name in col.info().status.note
+        with pytest.raises(DataLoss, match="degraded"):
+            col.search(vecs[0], k=3)
+        with pytest.raises(DataLoss):
+            col.count()
+        assert col.get([0])[0].id == 0  # reads by id come from RocksDB
+    done = _check(data)
+    assert done.returncode == 1
+    assert f"segment {victim.name}: rows.npy fails its checksum" in done.stdout
+    assert "lamina check --data DIR --repair" in done.stdout
+    done = _check(data, "--repair")
+    assert "REPAIRED" in done.stdout, done.stdout + done.stderr
+    assert _check(data, "--deep").returncode == 0
+    with Database(data) as db:
+        col = db.get_collection("docs")
+        assert col.count() == len(vecs)
+        for q in (0, 17, 333):
+            hits = col.search(vecs[q], k=5, params=SearchParams(exact=True))
+            assert [h.id for h in hits] == _exact_top(vecs, vecs[q], 5)
+
+
+def test_flipped_vector_byte_found_by_the_scrub_and_check_deep(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _seed(data)
+    victim = _segment_folders(data)[-1]
+    _flip(victim / "vectors.f32", 1000)
+    assert _check(data).returncode == 0  # the size is right: only --deep reads the vectors
+    done = _check(data, "--deep")
+    assert done.returncode == 1 and f"segment {victim.name}: vectors.f32 fails its checksum" in done.stdout
+    with Database(data) as db:
+        col = db.get_collection("docs")
+        _wait(lambda: "degraded" in col.info().status.note)  # the background scrub finds it
+        with pytest.raises(DataLoss):
+            col.search(np.zeros(DIM, np.float32), k=1)
+
+
+def test_torn_segment_manifest_is_detected_at_open(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _seed(data)
+    meta = _segment_folders(data)[0] / "segment.json"
+    meta.write_bytes(meta.read_bytes()[:25])
+    with Database(data) as db:
+        assert "torn or truncated" in db.get_collection("docs").info().status.note
+    assert "torn or truncated" in _check(data).stdout
+
+
+def test_check_refuses_a_stranger_and_a_held_directory(tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    done = _check(stranger)
+    assert done.returncode == 2 and "not a Lamina data directory" in done.stderr
+    data = tmp_path / "data"
+    _seed(data)
+    with Database(data):
+        done = _check(data)
+        assert done.returncode == 2 and "--online" in done.stderr, done.stderr
+        done = _check(data, "--online", "--deep")
+        assert done.returncode == 0, done.stdout + done.stderr
