@@ -125,7 +125,13 @@ def check_data_directory(
         for name in names:
             folder = path / "collections" / name
             before = len(report.problems)
-            report.checked.append(_check_collection(name, folder, deep, report.problems))
+            try:
+                report.checked.append(_check_collection(name, folder, deep, report.problems))
+            except Exception as exc:  # damage this check did not foresee: still a finding, not a crash
+                report.problems.append(
+                    Problem(name, f"the check could not finish: {type(exc).__name__}: {exc}", RESTORE)
+                )
+                report.checked.append(f"collection {name}: check interrupted")
             if repair and len(report.problems) > before:
                 report.repaired.extend(repair_collection(name, folder))
     return report
@@ -149,8 +155,25 @@ def _check_collection(name: str, folder: Path, deep: bool, problems: list[Proble
         if store.get_meta(CONFIG) is None:
             problem("RocksDB holds no collection config (not a Lamina collection, or damaged)")
             return f"collection {name}: no config"
+        orphans = sorted({p.name for p in folder.glob("*.sst")} - store.table_files())
+        if orphans:
+            problem(
+                f"RocksDB's MANIFEST does not name {len(orphans)} table file(s) in its folder ({orphans[0]}, ...): "
+                "the MANIFEST is damaged and the data in those tables is invisible"
+            )
         raw = store.get_meta(SEGMENTS)
         names: list[str] = orjson.loads(raw) if raw else []
+        unlisted = sorted(
+            p.name
+            for p in (folder / "segments").glob("*")
+            if p.is_dir() and p.name not in names and not p.name.endswith(".tmp")
+        )
+        if unlisted:
+            problem(
+                f"{len(unlisted)} segment folder(s) are not in the segment manifest ({unlisted[0]}, ...): "
+                "either left by a compaction a crash interrupted (harmless: the next start removes them) "
+                "or the manifest in RocksDB lost them"
+            )
         raw = store.get_meta(MUTABLE_START)
         mut_start = int.from_bytes(raw, "big") if raw else 0
         ids, rows = _check_ids(store, problem)
@@ -232,9 +255,10 @@ def _check_rows(
                 f"recorded dead (first: row {gone[0]})",
                 REBUILD,
             )
-        pos = np.searchsorted(sealed, seg_rows[alive])
-        pos = pos[(pos < sealed.size) & (sealed[np.minimum(pos, sealed.size - 1)] == seg_rows[alive])]
-        covered[pos] += 1
+        if sealed.size:
+            pos = np.searchsorted(sealed, seg_rows[alive])
+            pos = pos[(pos < sealed.size) & (sealed[np.minimum(pos, sealed.size - 1)] == seg_rows[alive])]
+            covered[pos] += 1
         for field_name, kind in schema.items():
             index_path = seg_folder / payload_file(field_name, kind)
             if index_path.exists() and not _index_matches(

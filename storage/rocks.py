@@ -316,6 +316,11 @@ class CollectionStore:
             it.status()
         return n
 
+    def table_files(self) -> set[str]:
+        """Names of the table (.sst) files RocksDB's MANIFEST says are live."""
+        with storage_errors(self.path):
+            return {str(f["name"]).lstrip("/") for f in self._db.live_files()}
+
     def scan_ids(self, start: bytes | None = None) -> Iterator[tuple[bytes, int]]:
         """(id key, row) in id order, from ``start`` (inclusive)."""
         for key, value in self._scan("ids", start):
