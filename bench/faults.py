@@ -140,11 +140,11 @@ def disk_full(trials: int, work: Path) -> FaultRow:
     return row
 
 
-def read_only_remount(trials: int, work: Path) -> FaultRow:
-    row = FaultRow("file system turned read-only (ext4 errors=remount-ro)")
+def read_only_remount(trials: int, work: Path, sync: bool) -> FaultRow:
+    row = FaultRow(f"file system turned read-only (ext4 errors=remount-ro), sync_writes={sync}")
     reads = served = 0
     for t in range(trials):
-        image, mnt = work / f"ext4-{t}.img", work / f"ext4-{t}"
+        image, mnt = work / f"ext4-{t}-{sync}.img", work / f"ext4-{t}-{sync}"
         mnt.mkdir()
         with open(image, "wb") as fh:
             fh.truncate(32 << 20)
@@ -159,7 +159,7 @@ def read_only_remount(trials: int, work: Path) -> FaultRow:
             )
             trigger = Path("/sys/fs/ext4") / Path(source.stdout.strip()).name / "trigger_fs_error"
             acked: list[int] = []
-            with Database(mnt / "data") as db:
+            with Database(mnt / "data", sync_writes=sync) as db:
                 col = db.create_collection("docs", CollectionConfig(dim=DIM, metric="l2"))
                 for b in range(5):
                     col.upsert(list(range(b * 100, b * 100 + 100)), _vectors(100, b))
@@ -187,11 +187,15 @@ def read_only_remount(trials: int, work: Path) -> FaultRow:
                 subprocess.run(["umount", str(mnt)], capture_output=True)
         image.unlink()
     row.reads_served = f"{served}/{reads}"
-    row.note = "acknowledged writes counted after unmount + mount (page cache gone)"
+    row.note = (
+        "acknowledged writes counted after unmount + mount (the page cache is gone, as after a power loss)"
+    )
     return row
 
 
-def _seed(data: Path, n: int = 6000) -> tuple[np.ndarray, list[str]]:
+def _seed(data: Path, n: int = 6000, image: Path | None = None) -> tuple[np.ndarray, list[str]]:
+    """Collection "docs" in ``data``; ``image``: also a copy taken while it is open, as a
+    kill -9 leaves it (a write-ahead log with the last write in it)."""
     vecs = _vectors(n, 1)
     with Database(data) as db:
         col = db.create_collection(
@@ -207,6 +211,8 @@ def _seed(data: Path, n: int = 6000) -> tuple[np.ndarray, list[str]]:
         col.optimize()
         col._store._db.flush()  # tables on disk, so that every kind of file exists
         col.upsert([n], _vectors(1, 2))  # and a write-ahead log with a record in it
+        if image is not None:
+            shutil.copytree(data, image)
         vecs = np.vstack([vecs, _vectors(1, 2)])
     segments = sorted(p.name for p in (data / "collections/docs/segments").iterdir())
     return vecs, segments
@@ -258,7 +264,7 @@ def corruption(trials: int, work: Path, seed: int, truncate: bool) -> FaultRow:
     row = FaultRow(f"corruption: random {'truncation' if truncate else 'byte flip'}, every kind of file")
     pristine = work / "pristine"
     if not pristine.exists():
-        _seed(pristine)
+        _seed(work / "seeded", image=pristine)
     vecs_n = 6001
     files = sorted(
         p
@@ -344,7 +350,8 @@ def main(argv: list[str]) -> int:
         rows = []
         for name, run in (
             ("disk full", lambda: disk_full(args.mount_trials, work)),
-            ("read-only", lambda: read_only_remount(args.mount_trials, work)),
+            ("read-only", lambda: read_only_remount(args.mount_trials, work, sync=False)),
+            ("read-only, sync", lambda: read_only_remount(args.mount_trials, work, sync=True)),
             ("eio", lambda: eio(args.eio_trials, work)),
             ("flips", lambda: corruption(args.trials, work, args.seed, truncate=False)),
             ("truncations", lambda: corruption(args.trials, work, args.seed, truncate=True)),

@@ -374,5 +374,5 @@ def _shadow_of(path: Path) -> Path:
         if entry.name == "rocksdict-config.json":
             shutil.copyfile(entry.path, shadow / entry.name)
         else:
-            os.symlink(entry.path, shadow / entry.name)
+            os.symlink(os.path.abspath(entry.path), shadow / entry.name)
     return shadow
