@@ -125,7 +125,7 @@ def read_meta(folder: Path) -> dict[str, Any]:
             f"segment {folder.name}: its manifest {path} is torn or truncated ({len(raw)} bytes that are "
             "not a segment manifest)"
         ) from None
-    if "checksum" in meta and meta["checksum"] != _body_crc(meta):
+    if ("checksum" in meta or "files" in meta) and meta.get("checksum") != _body_crc(meta):
         raise DamagedSegment(f"segment {folder.name}: its manifest {path} fails its checksum")
     return cast(dict[str, Any], meta)
 

@@ -436,6 +436,9 @@ def test_torn_segment_manifest_is_detected_at_open(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _seed(data)
     meta = _segment_folders(data)[0] / "segment.json"
+    other = _segment_folders(data)[1] / "segment.json"
+    other.write_bytes(other.read_bytes().replace(b'"checksum"', b'"checksUm"'))  # a flip in the key itself
+    assert "fails its checksum" in _check(data).stdout
     meta.write_bytes(meta.read_bytes()[:25])
     with Database(data) as db:
         assert "torn or truncated" in db.get_collection("docs").info().status.note
