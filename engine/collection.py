@@ -1336,8 +1336,10 @@ class Collection:
         with self._lock:
             if self._closed or self._damaged:
                 return False  # a degraded collection keeps its manifest as it is until repaired
-            if self._scrub_step() or self._store.read_only:
-                return not self._store.read_only
+            if self._scrub_step():
+                return True
+            if self._store.read_only:
+                return False
             pending = self._next_row - self._mut_start
             size = self.config.segment_rows
             seal = pending >= size or (self._force_seal and pending > 0)
