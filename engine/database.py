@@ -34,6 +34,7 @@ import orjson
 
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.collection import Collection
+from lamina.engine.protocol import DatabaseProtocol
 from lamina.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ReadOnly
 from lamina.storage.faults import read_only_reason, storage_errors
 from lamina.storage.vectorfile import atomic_folder, fsync_path, fsync_tree
@@ -119,7 +120,7 @@ def lock_data_directory(path: Path, *, shared: bool = False) -> IO[str] | None:
     return lock
 
 
-class Database:
+class Database(DatabaseProtocol):
     """All collections of one data directory, opened in-process.
 
     >>> import tempfile
