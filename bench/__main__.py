@@ -16,6 +16,7 @@ BENCHMARKS = {
     "ingest": "bench.ingest",
     "compare": "bench.compare",
     "shards": "bench.shards",
+    "faults": "bench.faults",
 }
 
 

@@ -249,7 +249,12 @@ class EmbeddedTransport:
     def server_info(self) -> dict[str, Any]:
         from lamina import __version__
 
-        return {"version": __version__, "mode": "embedded", "collections": len(self.db.list_collections())}
+        return {
+            "version": __version__,
+            "mode": "embedded",
+            "collections": len(self.db.list_collections()),
+            "read_only": getattr(self.db, "read_only", ""),
+        }
 
     def is_serving(self) -> bool:
         self.db.list_collections()  # FailedPrecondition once closed
@@ -545,6 +550,7 @@ class GrpcRequests:
                 "requests_rejected": response.requests_rejected,
                 "requests_abandoned": response.requests_abandoned,
                 "requests_in_flight": response.requests_in_flight,
+                "read_only": response.read_only,
             }
 
         return Call("info", "GetInfo", ipb.GetInfoRequest(), decode)

@@ -15,6 +15,7 @@ from lamina.storage.vectorfile import link_tree
 from lamina.types import CollectionInfo, IndexStatus, check_payload_field
 
 from .payload import MutableIndexes
+from .segments import degraded_error
 from .state import SEGMENT_DIR, CollectionState
 
 log = logging.getLogger("lamina.engine")
@@ -78,6 +79,8 @@ class Admin(CollectionState):
             partitions = [p for parts in self._partitions.values() for p in parts]
             tenants = len(self._tenants.codes)
         notes = sorted({s.note for s in segments if s.note} | ({error} if error else set()))
+        if self._damaged:
+            notes.insert(0, str(degraded_error(self.name, self._damaged)))
         status = IndexStatus(
             segments=len(segments),
             indexed_points=sum(s.live_count for s in segments),
@@ -89,6 +92,7 @@ class Admin(CollectionState):
             optimizing=busy,
             tenants=tenants,
             tenant_partitions=len({p.code for p in partitions}),
+            write_stall=self._store.write_stall(self._fault),
         )
         return CollectionInfo(self.name, self.config, status.indexed_points + mutable, status)
 

@@ -58,10 +58,12 @@ class Collection(Writes, Hybrid, Admin, Scheduler, CollectionProtocol):
         return cls(name, store, config, limits)
 
     @classmethod
-    def open(cls, name: str, path: Path, limits: Limits, *, sync: bool) -> Collection:
+    def open(
+        cls, name: str, path: Path, limits: Limits, *, sync: bool, read_only: bool = False
+    ) -> Collection:
         if not (path / "CURRENT").exists():  # not a RocksDB: do not create one in a stranger's folder
             raise FailedPrecondition(f"{path} holds no Lamina collection: move it out of the data directory")
-        store = CollectionStore(path, sync=sync)
+        store = CollectionStore(path, sync=sync, read_only=read_only)
         raw = store.get_meta(CONFIG)
         if raw is None:
             store.close()

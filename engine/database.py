@@ -11,6 +11,10 @@ Creating writes the new collection under a temporary name and renames it into
 place; dropping renames it away before removing it. Snapshots and restores are
 written the same way. A crash at any moment leaves either the whole collection (or
 snapshot) or none of it; leftovers are swept at the next open.
+
+A database opened ``read_only`` (``lamina serve --read-only``, or a data directory on a
+read-only file system, found at start) writes nothing: it shares the directory lock with
+other readers, opens every RocksDB read-only and refuses every write with ``ReadOnly``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import orjson
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.collection import Collection
 from lamina.engine.protocol import DatabaseProtocol
-from lamina.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from lamina.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ReadOnly
+from lamina.storage.faults import read_only_reason, storage_errors
 from lamina.storage.vectorfile import atomic_folder, fsync_path, fsync_tree
 from lamina.types import COLLECTION_NAME_RE, CollectionConfig, SnapshotInfo
 from lamina.validation import check_collection_name
@@ -104,16 +109,27 @@ def list_snapshots(folder: Path, name: str | None = None) -> list[SnapshotInfo]:
     return sorted(found, key=lambda s: (s.created, s.name))
 
 
-def lock_data_directory(path: Path) -> IO[str]:
+def lock_data_directory(path: Path, *, shared: bool = False) -> IO[str] | None:
     """Create ``path/collections`` and hold ``path/LOCK`` (flock) for this process: the open
-    lock file, to close when done; FailedPrecondition when another process holds it."""
+    lock file, to close when done; FailedPrecondition when another process holds it.
+    ``shared`` (a read-only database): create nothing, share the lock with other readers
+    (None when the directory has no lock file to share)."""
+    if shared:
+        if not (path / "collections").is_dir():
+            raise FailedPrecondition(
+                f"{path} is not a Lamina data directory (no collections/ folder): a read-only server "
+                "serves an existing one"
+            )
+        if not (path / "LOCK").exists():
+            return None
     try:
-        (path / "collections").mkdir(parents=True, exist_ok=True)
+        if not shared:
+            (path / "collections").mkdir(parents=True, exist_ok=True)
+        lock = open(path / "LOCK", "r" if shared else "a+")  # noqa: SIM115 - held open while the database is
     except OSError as exc:
         raise FailedPrecondition(f"cannot use {path} as a data directory: {exc.strerror}") from None
-    lock = open(path / "LOCK", "a+")  # noqa: SIM115 - held open while the database is
     try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(lock.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
         raise FailedPrecondition(
@@ -133,20 +149,32 @@ class Database(DatabaseProtocol):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, sync_writes: bool = False, limits: Limits = DEFAULT_LIMITS
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sync_writes: bool = False,
+        limits: Limits = DEFAULT_LIMITS,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
         self.limits = limits
         self.sync_writes = sync_writes
         self._root = self.path / "collections"
         self._snapshots = self.path / "snapshots"
-        self._lock_file: IO[str] | None = lock_data_directory(self.path)
+        found = read_only_reason(self.path) if self.path.exists() else ""
+        if found and not read_only:
+            log.warning("%s: opening it read-only (writes will be refused)", found)
+        #: why this database refuses writes ("" when it takes them)
+        self.read_only = "served with --read-only" if read_only else found
+        self._closed = False
+        self._lock_file: IO[str] | None = lock_data_directory(self.path, shared=bool(self.read_only))
         self._lock = threading.RLock()
         self._collections: dict[str, Collection] = {}
         try:
             for entry in sorted(self._root.iterdir()):
                 if entry.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
-                    shutil.rmtree(entry, ignore_errors=True)
+                    if not self.read_only:
+                        shutil.rmtree(entry, ignore_errors=True)
                 elif entry.is_dir():
                     if not COLLECTION_NAME_RE.fullmatch(entry.name):
                         log.warning(
@@ -155,9 +183,9 @@ class Database(DatabaseProtocol):
                             entry.name,
                         )
                     self._collections[entry.name] = Collection.open(
-                        entry.name, entry, limits, sync=sync_writes
+                        entry.name, entry, limits, sync=sync_writes, read_only=bool(self.read_only)
                     )
-            if self._snapshots.is_dir():
+            if self._snapshots.is_dir() and not self.read_only:
                 for entry in self._snapshots.glob(f"*/{_TMP_PREFIX}*"):  # interrupted snapshots
                     shutil.rmtree(entry, ignore_errors=True)
         except BaseException:
@@ -166,8 +194,17 @@ class Database(DatabaseProtocol):
         log.info("opened %s with %d collection(s)", self.path, len(self._collections))
 
     def _check_open(self) -> None:
-        if self._lock_file is None:
+        if self._closed:
             raise FailedPrecondition("the database is closed")
+
+    def _check_writable(self) -> None:
+        """ReadOnly when this database writes nothing."""
+        self._check_open()
+        if self.read_only:
+            raise ReadOnly(
+                f"data directory {self.path} is read-only ({self.read_only}): collections, snapshots "
+                "and points cannot be created, changed or deleted; reads are served"
+            )
 
     def create_collection(self, name: str, config: CollectionConfig) -> Collection:
         """Create a collection; AlreadyExists if the name is taken."""
@@ -180,16 +217,21 @@ class Database(DatabaseProtocol):
                 "server with `lamina serve --ray`, or open it with lamina.distributed.connect(...)"
             )
         with self._lock:
-            self._check_open()
+            self._check_writable()
             if name in self._collections:
                 raise AlreadyExists(
                     f"collection {name!r} already exists: pick another name or delete it first"
                 )
             tmp = self._root / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-            Collection.create(name, tmp, config, self.limits, sync=self.sync_writes).close()
-            final = self._root / name
-            tmp.rename(final)
-            fsync_path(self._root)
+            try:
+                with storage_errors(self._root):
+                    Collection.create(name, tmp, config, self.limits, sync=self.sync_writes).close()
+                    final = self._root / name
+                    tmp.rename(final)
+                    fsync_path(self._root)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             collection = Collection.open(name, final, self.limits, sync=self.sync_writes)
             self._collections[name] = collection
             log.info("created collection %r (dim=%d, metric=%s)", name, config.dim, config.metric)
@@ -215,6 +257,7 @@ class Database(DatabaseProtocol):
     def delete_collection(self, name: str) -> None:
         """Drop a collection and all its data; NotFound if there is none."""
         with self._lock:
+            self._check_writable()
             collection = self.get_collection(name)
             del self._collections[name]
             collection.close()
@@ -228,11 +271,13 @@ class Database(DatabaseProtocol):
     def create_snapshot(self, name: str) -> SnapshotInfo:
         """Snapshot a collection while it keeps serving reads and writes; the snapshot
         holds every write acknowledged before it was taken."""
+        self._check_writable()
         collection = self.get_collection(name)
         created = time.time()
         snap = snapshot_name(name, created)
         folder = self._snapshots / name
-        folder.mkdir(parents=True, exist_ok=True)
+        with storage_errors(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         log.info("taking snapshot %s of %r", snap, name)
         with atomic_folder(folder / snap, tmp=snapshot_tmp(folder / snap)) as tmp:
             points = collection.snapshot(tmp / "collection")
@@ -249,7 +294,7 @@ class Database(DatabaseProtocol):
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         """Remove one snapshot of collection ``name``; NotFound if there is none."""
-        self._check_open()
+        self._check_writable()
         folder = self._snapshots / _existing_name(self._snapshots, name) / snapshot
         check_collection_name(snapshot)  # same alphabet: no path tricks
         if not (folder / SNAPSHOT_FILE).is_file():
@@ -270,7 +315,7 @@ class Database(DatabaseProtocol):
             )
         name = check_collection_name(name or info.collection)
         with self._lock:
-            self._check_open()
+            self._check_writable()
             if name in self._collections:
                 raise AlreadyExists(
                     f"collection {name!r} already exists: restore under another name or delete it first"
@@ -297,6 +342,7 @@ class Database(DatabaseProtocol):
             for collection in self._collections.values():
                 collection.close()
             self._collections.clear()
+            self._closed = True
             if self._lock_file is not None:
                 fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
                 self._lock_file.close()

@@ -23,6 +23,7 @@ from lamina.validation import as_matrix, as_query, check_ids, check_int, check_k
 from . import bounds
 from .filters import CompiledFilter
 from .planner import DEFAULT_PARAMS
+from .segments import degraded_error
 from .state import ReadSnapshot
 from .tenancy import TenantSearch
 from .topk import merge_topk, mutable_topk
@@ -42,6 +43,8 @@ class Reads(TenantSearch):
             return 0
         if compiled is None:
             with self._lock:
+                if self._damaged:
+                    raise degraded_error(self.name, self._damaged)
                 return self._live_count() if code is None else self._tenant_live.get(code, 0)
         return self._read(
             lambda snap: sum(int(np.count_nonzero(m)) for m in self._masks(compiled, snap, code) or [])

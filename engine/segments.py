@@ -9,28 +9,45 @@ memory-mapped, so that a search answers ids without a RocksDB read), ``segment.j
 ``tenants.npy`` (each row's tenant code; see engine/tenants.py). Deletes after sealing only clear a
 bit in the in-memory ``live`` mask (and are recorded durably in RocksDB, which
 re-applies them at start); compaction rewrites a segment without its dead rows.
+
+``segment.json`` is the segment's manifest: besides the tier it lists every other file
+of the folder with its size and CRC-32 (taken as the folder is written, from the page
+cache, before it is fsynced and renamed into place), and carries a CRC-32 of its own
+body. Opening a segment checks the manifest's own checksum, that every file it lists is
+there with its size, and the checksums of every file but the memory-mapped vectors (read
+at open anyway); ``verify_segment(deep=True)`` (``lamina check --deep``) checks them all.
+A segment written before checksums (no ``files`` in its manifest) still opens, unchecked.
+Any mismatch raises ``DamagedSegment``; the collection then opens degraded (see
+``engine/check.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import math
 import os
+import shutil
 import threading
 import weakref
+import zlib
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import numpy as np
 import orjson
 
 from lamina.engine.payload import FieldIndex
+from lamina.errors import DataLoss
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import rerank
 from lamina.index.tiers import ExactTier, HnswTier, Knobs, Stop, Tier, TopK, build_tier, load_tier
+from lamina.storage import faults
 from lamina.storage.keys import id_from_key, tenant_of_key, without_tenant
 from lamina.storage.vectorfile import atomic_folder, fsync_path, map_matrix, write_matrix
 from lamina.types import CollectionConfig, FloatMatrix, PointId, SegmentPlan
@@ -45,6 +62,165 @@ WIDEN = 1.5
 MATCH_CACHE = 32
 #: gather() reads at most this many runs of consecutive rows with pread, else the map
 MAX_READ_RUNS = 64
+
+
+log = logging.getLogger("lamina.engine")
+P = ParamSpec("P")
+R = TypeVar("R")
+#: files checked at open by size and checksum; the vector file (memory-mapped, read as
+#: searches touch it) by size only, unless deep
+_MAPPED = "vectors.f32"
+
+
+class DamagedSegment(DataLoss):
+    """A segment's files do not match its manifest (or the manifest is torn)."""
+
+
+def crc_file(path: Path) -> int:
+    """CRC-32 of a file's bytes, read in 4 MiB blocks."""
+    crc = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(4 << 20):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _body_crc(meta: dict[str, Any]) -> int:
+    return zlib.crc32(
+        orjson.dumps({k: v for k, v in meta.items() if k != "checksum"}, option=orjson.OPT_SORT_KEYS)
+    )
+
+
+def write_meta(folder: Path, meta: dict[str, Any], dest: Path | None = None) -> None:
+    """Write ``segment.json`` (to ``dest``, default in ``folder``): ``meta`` with the size
+    and CRC-32 of every other file in ``folder`` and a checksum of its own body."""
+    files = {
+        entry.name: [entry.stat().st_size, crc_file(Path(entry.path))]
+        for entry in os.scandir(folder)
+        if entry.is_file() and entry.name != _META and not entry.name.endswith(".tmp")
+    }
+    body = {k: v for k, v in meta.items() if k not in ("files", "checksum")} | {"files": files}
+    (dest or folder / _META).write_bytes(orjson.dumps(body | {"checksum": _body_crc(body)}))
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """The manifest of the segment in ``folder``; DamagedSegment when it is missing, torn
+    or fails its checksum."""
+    path = folder / _META
+    try:
+        faults.check_read(path)
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DamagedSegment(f"segment {folder.name}: its manifest {path} is missing") from None
+    except OSError as exc:
+        raise DamagedSegment(
+            f"segment {folder.name}: cannot read its manifest {path}: {exc.strerror}"
+        ) from None
+    try:
+        meta = orjson.loads(raw)
+        if not isinstance(meta, dict) or "tier" not in meta:
+            raise ValueError("not a segment manifest")
+    except (orjson.JSONDecodeError, ValueError):
+        raise DamagedSegment(
+            f"segment {folder.name}: its manifest {path} is torn or truncated ({len(raw)} bytes that are "
+            "not a segment manifest)"
+        ) from None
+    if ("checksum" in meta or "files" in meta) and meta.get("checksum") != _body_crc(meta):
+        raise DamagedSegment(f"segment {folder.name}: its manifest {path} fails its checksum")
+    return cast(dict[str, Any], meta)
+
+
+def verify_segment(folder: Path, *, deep: bool) -> list[str]:
+    """Problems of the segment in ``folder`` (empty: intact): its manifest, then every file
+    it lists by size, and by checksum (the memory-mapped vector file only when ``deep``)."""
+    try:
+        meta = read_meta(folder)
+    except DamagedSegment as exc:
+        return [str(exc)]
+    files: dict[str, list[int]] | None = meta.get("files")
+    if files is None:
+        return []  # written before checksums: nothing to compare with
+    problems = []
+    for name, (size, crc) in sorted(files.items()):
+        path = folder / name
+        try:
+            faults.check_read(path)
+            actual = path.stat().st_size
+            if actual != size:
+                problems.append(f"segment {folder.name}: {name} has {actual} bytes, its manifest says {size}")
+            elif (deep or name != _MAPPED) and crc_file(path) != crc:
+                problems.append(f"segment {folder.name}: {name} fails its checksum")
+        except FileNotFoundError:
+            problems.append(f"segment {folder.name}: {name} is missing")
+        except OSError as exc:
+            problems.append(f"segment {folder.name}: cannot read {name}: {exc.strerror}")
+    return problems
+
+
+def _reads_disk(method: Callable[P, R]) -> Callable[P, R]:
+    """A Segment method that reads its files: an I/O error becomes DataLoss naming the segment."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        segment = cast(Segment, args[0])
+        try:
+            faults.check_read(segment.folder / _MAPPED)
+            return method(*args, **kwargs)
+        except OSError as exc:
+            log.error(
+                "I/O error reading segment %s (%s): %s. Searches that read it fail with DATA_LOSS; the "
+                "disk is failing: move the data directory to a healthy disk and run `lamina check --deep`",
+                segment.name,
+                segment.folder,
+                exc,
+            )
+            raise DataLoss(
+                f"segment {segment.name} could not be read ({exc.strerror or exc}): the disk under "
+                f"{segment.folder} is failing; the server log says how to recover"
+            ) from exc
+
+    return wrapper
+
+
+def open_segments(
+    folder: Path, names: list[str], config: CollectionConfig, metric: int
+) -> tuple[list[Segment], dict[str, str]]:
+    """The segments of a manifest, opened from ``folder``, and those that could not be
+    (name -> why): the collection then opens degraded."""
+    segments: list[Segment] = []
+    damaged: dict[str, str] = {}
+    for name in names:
+        try:
+            segments.append(Segment.load(folder / name, config, metric))
+        except DamagedSegment as exc:
+            damaged[name] = str(exc)
+            log.error(
+                "%s. The collection opens degraded: searches are refused until it is repaired; run "
+                "`lamina check --data DIR --repair` (it rebuilds the segment from the vectors RocksDB holds)",
+                exc,
+            )
+    return segments, damaged
+
+
+def degraded_error(collection: str, damaged: dict[str, str]) -> DataLoss:
+    """Why a search of a degraded collection is refused."""
+    return DataLoss(
+        f"collection {collection!r} is degraded: {'; '.join(damaged.values())}. Searches are refused "
+        "rather than answered without those rows (get and scroll by id still work); repair it offline "
+        "with `lamina check --data DIR --repair` (a rebuild from the stored vectors), or restore a snapshot"
+    )
+
+
+@contextmanager
+def discard_unless_committed(segment: Segment | None) -> Iterator[None]:
+    """Commit a newly built ``segment`` to the manifest in the block; if that fails
+    (disk full), remove its folder so that nothing of the build is left behind."""
+    try:
+        yield
+    except BaseException:
+        if segment is not None:
+            shutil.rmtree(segment.folder, ignore_errors=True)
+        raise
 
 
 def payload_file(field: str, kind: str) -> str:
@@ -94,6 +270,7 @@ class Segment:
         if self._fd >= 0:
             weakref.finalize(self, os.close, self._fd)
         self.dead = 0
+        self.verified = True  # its files' checksums were checked (see scrub)
         self._matches: OrderedDict[Hashable, np.ndarray] = OrderedDict()  # filter key -> rows matching
         self._cache_lock = threading.Lock()
         # tenant membership: local rows sorted by tenant code (stable, so ascending per tenant)
@@ -116,6 +293,7 @@ class Segment:
         """The tenant code of every live row (in tenant order)."""
         return self._tenant_sorted[self.live[self._tenant_order]]
 
+    @_reads_disk
     def gather(self, local: np.ndarray) -> FloatMatrix:
         """The vectors of ascending ``local`` rows, read with ``pread`` one run of
         consecutive rows at a time: a tenant's rows are few runs (writes come in
@@ -199,13 +377,25 @@ class Segment:
             tier.save(tmp)
             for name, index in payload.items():
                 index.save(tmp / payload_file(name, index.kind))
-            (tmp / _META).write_bytes(orjson.dumps({"tier": tier.kind, "note": note, "rows": int(rows.size)}))
+            write_meta(tmp, {"tier": tier.kind, "note": note, "rows": int(rows.size)})
         vecs = map_matrix(folder / "vectors.f32", config.dim)
         return cls(folder, rows.astype(np.int64), vecs, tier, note, _read_ids(folder), dict(payload), tenants)
 
     @classmethod
     def load(cls, folder: Path, config: CollectionConfig, metric: int) -> Segment:
-        meta: dict[str, Any] = orjson.loads((folder / _META).read_bytes())
+        """Open the segment in ``folder``; DamagedSegment when its files do not match its
+        manifest (see the module's doc)."""
+        problems = verify_segment(folder, deep=False)
+        if problems:
+            raise DamagedSegment("; ".join(problems))
+        meta = read_meta(folder)
+        try:
+            return cls._load(folder, meta, config, metric)
+        except (OSError, ValueError, RuntimeError) as exc:  # an old segment without checksums
+            raise DamagedSegment(f"segment {folder.name} cannot be opened: {exc}") from exc
+
+    @classmethod
+    def _load(cls, folder: Path, meta: dict[str, Any], config: CollectionConfig, metric: int) -> Segment:
         tier = load_tier(meta["tier"], folder, config, metric)
         rows = np.load(folder / "rows.npy")
         vecs = map_matrix(folder / "vectors.f32", config.dim)
@@ -215,16 +405,31 @@ class Segment:
             if (folder / payload_file(name, kind)).exists()
         }
         tenants = np.load(folder / "tenants.npy") if (folder / "tenants.npy").exists() else None
-        return cls(folder, rows, vecs, tier, meta.get("note", ""), _read_ids(folder), payload, tenants)
+        segment = cls(folder, rows, vecs, tier, meta.get("note", ""), _read_ids(folder), payload, tenants)
+        segment.verified = "files" not in meta  # written before checksums: nothing to verify
+        return segment
+
+    def scrub(self) -> list[str]:
+        """Verify every file of the segment against its manifest, the memory-mapped vector
+        file included (what opening leaves out); returns the problems found."""
+        problems = verify_segment(self.folder, deep=True)
+        self.verified = True
+        return problems
 
     def add_payload_index(self, name: str, index: FieldIndex) -> None:
         """Write a payload index built after sealing (atomically) and start using it."""
         path = self.folder / payload_file(name, index.kind)
-        tmp = path.with_suffix(".tmp")
-        index.save(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(self.folder)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with faults.storage_errors(self.folder):
+                index.save(tmp)
+                fsync_path(tmp)
+                os.replace(tmp, path)
+                self._rewrite_meta()
+                fsync_path(self.folder)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failed build leaves nothing behind
+            raise
         self.payload = {**self.payload, name: index}  # copy on write: searches iterate it unlocked
         self._matches = OrderedDict()
 
@@ -234,6 +439,24 @@ class Segment:
             self.payload = {k: v for k, v in self.payload.items() if k != name}
             self._matches = OrderedDict()
             (self.folder / payload_file(name, index.kind)).unlink(missing_ok=True)
+            self._rewrite_meta()
+
+    def _rewrite_meta(self) -> None:
+        """Rewrite the manifest after a payload index came or went (atomically: beside it,
+        fsynced, renamed over it)."""
+        path = self.folder / _META
+        try:
+            meta = read_meta(self.folder)
+        except DamagedSegment:
+            return  # reported by check; a new manifest would hide the damage
+        tmp = self.folder / (_META + ".tmp")
+        try:
+            write_meta(self.folder, meta, tmp)
+            fsync_path(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def locate(self, rows: np.ndarray) -> np.ndarray:
         """Local positions of those global ``rows`` that belong to this segment."""
@@ -250,6 +473,7 @@ class Segment:
             self.dead += int(local.size)
             self.tier.kill(local)
 
+    @_reads_disk
     def search(self, queries: FloatMatrix, k: int, knobs: Knobs, exact: bool, metric: int) -> TopK:
         """Top-k with global row numbers (-1 padded), best first per query."""
         k = min(k, self.size)
@@ -278,6 +502,7 @@ class Segment:
                 self._matches.popitem(last=False)
         return found
 
+    @_reads_disk
     def search_filtered(
         self, queries: FloatMatrix, k: int, knobs: Knobs, allow: np.ndarray, plan: str, metric: int
     ) -> tuple[TopK, SegmentPlan]:
@@ -383,6 +608,7 @@ class Segment:
         local = found[1]
         return take_first(found, (local >= 0) & allow[np.maximum(local, 0)], k)
 
+    @_reads_disk
     def ids_at(self, rows: np.ndarray) -> list[PointId]:
         """Point ids of global ``rows`` of this segment."""
         local = np.searchsorted(self.rows, rows)

@@ -19,9 +19,10 @@ import numpy as np
 import orjson
 
 from lamina.config import Limits
-from lamina.errors import InvalidArgument, NotFound
+from lamina.errors import InvalidArgument, LaminaError, NotFound
 from lamina.index.kernels import METRIC_IP, METRIC_L2, normalize_rows
 from lamina.index.tiers import Knobs
+from lamina.storage.faults import Backoff
 from lamina.storage.keys import id_key, row_from_key, tenant_of_key, tenant_prefix
 from lamina.storage.rocks import (
     FIELDS,
@@ -37,7 +38,7 @@ from lamina.validation import check_directions, check_tenant_use
 
 from . import bounds
 from .payload import FieldIndex, MutableIndexes
-from .segments import Segment
+from .segments import Segment, degraded_error, open_segments
 from .tenants import Partition, TenantFields, Tenants
 
 GROW = 1.5  # the mutable matrix grows by this factor
@@ -90,6 +91,7 @@ class CollectionState:
         self._partitions: dict[int, tuple[Partition, ...]] = {}
         self._tenant_live: dict[int, int] = {}  # tenant code -> live points
         self._segments: list[Segment] = []
+        self._damaged: dict[str, str] = {}  # segment name -> why it could not be opened
         self._knob_cache: dict[tuple[int | None, float | None], Knobs] = {}
         self._segment_dir = store.path / SEGMENT_DIR
         self._mut_pidx = MutableIndexes()
@@ -98,7 +100,7 @@ class CollectionState:
         raw = store.get_meta(FIELDS)
         self._fields: set[str] = set(orjson.loads(raw)) if raw else set()
         self._load()
-        if raw is None and self._next_row:  # written before fields were tracked: learn them once
+        if raw is None and self._next_row and not store.read_only:  # written before fields were tracked
             for _, blob in store.scan_payloads():
                 payload = orjson.loads(blob)
                 if isinstance(payload, dict):
@@ -116,17 +118,20 @@ class CollectionState:
         self._force_seal = False
         self._sealed_last = False  # the optimizer's last step was a seal (see _optimize_step)
         self._error: str = ""
+        self._fault: LaminaError | None = None  # a full or read-only disk stalls the optimizer
+        self._backoff = Backoff(self._wake.set)
 
     def _load(self) -> None:
         """Load the sealed segments of the manifest, re-apply deletes made after sealing,
         and rebuild the mutable segment from the vectors stored past it."""
         raw = self._store.get_meta(SEGMENTS)
         names: list[str] = orjson.loads(raw) if raw else []
-        self._segment_dir.mkdir(exist_ok=True)
-        for entry in self._segment_dir.iterdir():  # unfinished builds, segments replaced before a crash
-            if entry.name not in names:
-                shutil.rmtree(entry, ignore_errors=True)
-        self._segments = [Segment.load(self._segment_dir / n, self.config, self._metric) for n in names]
+        if not self._store.read_only:
+            self._segment_dir.mkdir(exist_ok=True)
+            for entry in self._segment_dir.iterdir():  # unfinished builds, segments replaced before a crash
+                if entry.name not in names:
+                    shutil.rmtree(entry, ignore_errors=True)
+        self._segments, self._damaged = open_segments(self._segment_dir, names, self.config, self._metric)
         dead = self._store.dead_rows()
         for segment in self._segments:
             segment.kill(dead)
@@ -270,6 +275,8 @@ class CollectionState:
             with self._lock:
                 return self._snapshot(locked=True)
         self._check_open()
+        if self._damaged:  # refused rather than answered without the damaged rows
+            raise degraded_error(self.name, self._damaged)
         n = self._next_row - self._mut_start
         return ReadSnapshot(
             tuple(self._segments),

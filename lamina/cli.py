@@ -131,10 +131,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls = (Path(config.tls_cert).read_bytes(), Path(config.tls_key).read_bytes())
     db: DatabaseProtocol
     if args.ray is not None:
+        if args.read_only:
+            raise InvalidArgument(
+                "--read-only cannot be combined with --ray: every replica of a sharded collection applies "
+                "the writes of its shard, so there is no read-only sharded server; serve a restored "
+                "snapshot of it without --ray instead (lamina restore --ray, then lamina serve --read-only)"
+            )
         _start_ray(args.ray)
         db = ShardedDatabase(config.data, sync_writes=config.sync_writes, limits=config.limits)
     else:
-        db = Database(config.data, sync_writes=config.sync_writes, limits=config.limits)
+        db = Database(
+            config.data, sync_writes=config.sync_writes, limits=config.limits, read_only=args.read_only
+        )
     try:
         asyncio.run(
             serve(
@@ -271,8 +279,37 @@ def cmd_info(args: argparse.Namespace) -> int:
                     else ""
                 )
                 + (", optimizing" if st.optimizing else "")
+                + (f", WRITES STALLED: {st.write_stall}" if st.write_stall else "")
                 + (f" ({st.note})" if st.note else "")
             )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from lamina.engine.check import check_data_directory
+
+    data = Path(args.data)
+    if not data.is_dir():
+        raise FailedPrecondition(
+            f"{data} is not a directory: give --data the directory `lamina serve --data` uses"
+        )
+    report = check_data_directory(
+        data, args.collection, deep=args.deep, online=args.online, repair=args.repair
+    )
+    for line in report.checked:
+        print(line)
+    for problem in report.problems:
+        print(f"PROBLEM {problem}")
+    for line in report.repaired:
+        print(f"REPAIRED {line}")
+    if report.problems and not args.repair:
+        print(f"{len(report.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    if report.problems:
+        return (
+            0 if len(report.repaired) and all(p.repair.endswith("--repair`") for p in report.problems) else 1
+        )
+    print("no problems found" + ("" if args.deep else " (add --deep to verify every file's checksums)"))
     return 0
 
 
@@ -359,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME=VALUE",
         help="override one request limit, e.g. --limit max_batch=5000 (repeatable)",
+    )
+    serve.add_argument(
+        "--read-only",
+        action="store_true",
+        help="serve reads only, writing nothing to the data directory (a replica of a snapshot, a "
+        "read-only volume); writes are refused with FAILED_PRECONDITION",
     )
     serve.add_argument(
         "--ray",
@@ -457,6 +500,29 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster at ADDRESS (a local Ray when left out)",
     )
     restore.set_defaults(func=cmd_restore)
+
+    check = sub.add_parser(
+        "check",
+        help="verify a data directory (RocksDB checksums, segment files, id mapping, payload indexes); "
+        "exit 1 naming each problem and its repair",
+    )
+    check.add_argument("--data", required=True, help="data directory to check")
+    check.add_argument("--collection", "-c", help="only this collection")
+    check.add_argument(
+        "--deep",
+        action="store_true",
+        help="read every file: all RocksDB blocks, every segment file's checksum, rows against segments, "
+        "payload indexes against payloads",
+    )
+    check.add_argument(
+        "--online", action="store_true", help="check a directory a running server holds (read-only)"
+    )
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild damaged segments from the vectors RocksDB holds (offline: the server must be stopped)",
+    )
+    check.set_defaults(func=cmd_check)
 
     info = sub.add_parser("info", help="version and status of a server or data directory")
     info.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)

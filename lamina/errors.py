@@ -60,6 +60,24 @@ class ResourceExhausted(LaminaError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class DiskFull(ResourceExhausted):
+    """The data directory's file system is full: the write was refused whole (nothing of it
+    is applied); reads go on, and writes resume by themselves once space is freed."""
+
+
+class ReadOnly(FailedPrecondition):
+    """The data directory cannot be written (a read-only file system, missing permission,
+    or ``lamina serve --read-only``): writes are refused, reads are served."""
+
+
+class DataLoss(LaminaError):
+    """Stored data could not be read back intact (an I/O error or a checksum mismatch in a
+    segment file): the request is refused rather than answered from damaged data. The
+    message names the file and the repair (``lamina check``)."""
+
+    code = "DATA_LOSS"
+
+
 class Unavailable(LaminaError):
     """The server cannot be reached or is shutting down; retrying may help."""
 
@@ -95,6 +113,7 @@ ERROR_BY_CODE: dict[str, type[LaminaError]] = {
         Unauthenticated,
         ResourceExhausted,
         Unavailable,
+        DataLoss,
         DeadlineExceeded,
         Cancelled,
         Internal,

@@ -253,6 +253,7 @@ class IndexStatus:
     optimizing: bool = False  # a seal, compaction or index build is running in the background
     tenants: int = 0  # multi-tenant collections: tenants holding points
     tenant_partitions: int = 0  # tenants promoted to an HNSW partition of their own
+    write_stall: str = ""  # why writes are refused now (disk full, read-only); "" when they are not
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,7 @@ def info_to_proto(info: CollectionInfo) -> cpb.CollectionInfo:
             optimizing=st.optimizing,
             tenants=st.tenants,
             tenant_partitions=st.tenant_partitions,
+            write_stall=st.write_stall,
         ),
     )
 
@@ -208,6 +209,7 @@ def info_from_proto(msg: cpb.CollectionInfo) -> CollectionInfo:
         st.optimizing,
         st.tenants,
         st.tenant_partitions,
+        st.write_stall,
     )
     return CollectionInfo(name=msg.name, config=config_from_proto(msg.config), count=msg.count, status=status)
 

@@ -39,6 +39,7 @@ from lamina.server.admission import Gate
 from lamina.server.auth import ApiKey, Authorizer
 from lamina.server.metrics import Metrics
 from lamina.server.network import host_port, is_loopback
+from lamina.storage.faults import classify
 from lamina.validation import check_collection_name
 
 log = logging.getLogger("lamina.server")
@@ -102,7 +103,11 @@ class _Base:
                 "%s rejected (%s) in %.1f ms", fn.__name__, exc.code, (time.perf_counter() - started) * 1000
             )
             await context.abort(grpc.StatusCode[exc.code], str(exc))
-        except Exception:
+        except Exception as exc:
+            fault = classify(exc, self.db.path)  # a storage fault the engine let through
+            if fault is not None:
+                log.warning("%s refused: %s", fn.__name__, fault)
+                await context.abort(grpc.StatusCode[fault.code], str(fault))
             log.exception("internal error")
             await context.abort(
                 grpc.StatusCode.INTERNAL, "internal error in Lamina; the server log has the details"
@@ -399,6 +404,7 @@ class InfoServicer(_Base, igrpc.InfoServicer):
             requests_rejected=gate.rejected,
             requests_abandoned=gate.abandoned,
             requests_in_flight=gate.in_flight,
+            read_only=getattr(self.db, "read_only", ""),
         )
 
 

@@ -64,6 +64,11 @@ COLLECTION_GAUGES: tuple[tuple[str, str, Callable[[CollectionInfo], float]], ...
         "1 while a seal, compaction or index build runs",
         lambda i: int(i.status.optimizing),
     ),
+    (
+        "lamina_collection_write_stalled",
+        "1 while writes are refused: disk full, read-only file system or --read-only (info() says why)",
+        lambda i: int(bool(i.status.write_stall)),
+    ),
     ("lamina_collection_tenants", "Tenants of a multi-tenant collection", lambda i: i.status.tenants),
     (
         "lamina_collection_tenant_partitions",

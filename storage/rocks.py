@@ -16,19 +16,45 @@ Column families:
 Every request becomes one ``WriteBatch``, so it is applied whole or not at all;
 the write-ahead log makes an acknowledged batch survive ``kill -9`` of the
 process, and ``sync=True`` fsyncs the log on each batch for power-loss safety.
+
+A batch that fails (disk full, file system turned read-only) is not applied, and
+RocksDB refuses every later write until it is reopened: the store keeps serving reads
+from the open database and, at the next write once the disk can take it again,
+reopens it (``stall`` says why writes are refused meanwhile). A read-only store
+(``read_only=True``) opens RocksDB read-only through a folder of links beside it,
+since rocksdict writes a file of its own into the folder it opens.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
+import os
 import shutil
-from collections.abc import Iterator, Sequence
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
-from rocksdict import Checkpoint, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import (
+    AccessType,
+    Checkpoint,
+    DBRecoveryMode,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteOptions,
+)
 
+from lamina.errors import LaminaError, ReadOnly
+from lamina.storage.faults import storage_errors, writable
 from lamina.storage.keys import row_from_key, row_key
+
+log = logging.getLogger("lamina.storage")
+T = TypeVar("T")
 
 _COLUMN_FAMILIES = ("meta", "ids", "rows", "vecs", "pays", "dead")
 NEXT_ROW = b"next_row"
@@ -61,19 +87,104 @@ class CollectionStore:
     """The durable state of one collection. Not thread-safe for writes: the engine
     serialises writers; reads may run concurrently."""
 
-    def __init__(self, path: Path, *, sync: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, sync: bool = False, read_only: bool = False, paranoid: bool = False
+    ) -> None:
         self.path = path
-        self._db = Rdict(
-            str(path), _options(db=True), column_families={cf: _options() for cf in _COLUMN_FAMILIES}
-        )
-        self._cf = {cf: self._db.get_column_family(cf) for cf in _COLUMN_FAMILIES}
-        self._handle = {cf: self._db.get_column_family_handle(cf) for cf in _COLUMN_FAMILIES}
+        self._paranoid = paranoid  # lamina check: refuse a write-ahead log damaged before its tail
+        self.read_only = read_only
+        #: why writes are refused now ("" when they are not): a full disk, a read-only file system
+        self.stall = ""
+        self._failed = False  # a write failed: RocksDB refuses writes until it is reopened
+        self._swap = threading.Lock()  # held while the database is reopened
+        self._shadow: Path | None = None
         self._write_opts = WriteOptions()
         self._write_opts.sync = sync
+        self._open(read_only)
+
+    def _open(self, read_only: bool) -> None:
+        families = {cf: _options() for cf in _COLUMN_FAMILIES}
+        with storage_errors(self.path):
+            if read_only:
+                self._shadow = _shadow_of(self.path)
+                opts = _options(db=True)
+                if self._paranoid:
+                    opts.set_paranoid_checks(True)
+                    opts.set_wal_recovery_mode(DBRecoveryMode.tolerate_corrupted_tail_records())
+                self._db = Rdict(
+                    str(self._shadow),
+                    opts,
+                    column_families=families,
+                    access_type=AccessType.read_only(False),
+                )
+            else:
+                self._db = Rdict(str(self.path), _options(db=True), column_families=families)
+        # replaced whole (never cleared) on reopen: a reader holding the old one retries
+        self._cf = {cf: self._db.get_column_family(cf) for cf in _COLUMN_FAMILIES}
+        self._handle = {cf: self._db.get_column_family_handle(cf) for cf in _COLUMN_FAMILIES}
+
+    # ----------------------------------------------------------------- faults
+    def check_writable(self) -> None:
+        """Raise the error a write would meet now (read-only store, full disk, read-only
+        file system); after a failed write, reopen RocksDB once the disk can take writes."""
+        if self.read_only:
+            raise ReadOnly(
+                f"{self.path} is open read-only (lamina serve --read-only, or its file system was "
+                "read-only at start): writes are refused, reads are served"
+            )
+        if not self._failed:
+            return
+        problem = writable(self.path)
+        if problem is not None:
+            self.stall = str(problem)
+            raise problem
+        with self._swap:
+            self._release()
+            try:
+                self._open(False)
+            except LaminaError as exc:  # still cannot write: keep serving reads
+                self.stall = str(exc)
+                self._open(True)
+                self.read_only = False  # not by choice: retried at the next write
+                raise
+        self._failed = False
+        self.stall = ""
+        log.info("%s takes writes again: RocksDB reopened", self.path)
+
+    def write_stall(self, fault: LaminaError | None = None) -> str:
+        """Why writes are refused now ("" when they are not): read-only, a full or read-only
+        disk met by a write (or by the optimizer: ``fault``)."""
+        if self.read_only:
+            return f"read-only: {self.path} is served read-only"
+        return self.stall or (str(fault) if fault is not None else "")
+
+    def _write(self, batch: WriteBatch) -> None:
+        """Apply one batch whole, or raise the typed error and apply none of it."""
+        self.check_writable()
+        try:
+            with storage_errors(self.path):
+                self._db.write(batch, self._write_opts)
+        except LaminaError as exc:
+            self._failed = True
+            self.stall = str(exc)
+            log.warning("write to %s refused: %s", self.path, str(exc))  # not exc: its frames hold RocksDB
+            raise
+
+    def _reading(self, read: Callable[[dict[str, Rdict]], T]) -> T:
+        """``read(column families)``; repeated once if the database was reopened meanwhile."""
+        cfs = self._cf
+        try:
+            with storage_errors(self.path):
+                return read(cfs)
+        except Exception:
+            if cfs is self._cf and not self._swap.locked():
+                raise
+        with self._swap, storage_errors(self.path):
+            return read(self._cf)
 
     # ----------------------------------------------------------------- meta
     def get_meta(self, key: bytes) -> bytes | None:
-        value = self._cf["meta"].get(key)
+        value = self._reading(lambda cfs: cfs["meta"].get(key))
         return None if value is None else bytes(value)
 
     def put_meta(
@@ -89,7 +200,7 @@ class CollectionStore:
             batch.delete(row_key(row), self._handle["dead"])
         for row in add_dead:
             batch.put(row_key(row), b"", self._handle["dead"])
-        self._db.write(batch, self._write_opts)
+        self._write(batch)
 
     # ----------------------------------------------------------------- writes
     def apply(
@@ -135,19 +246,21 @@ class CollectionStore:
         batch.put(NEXT_ROW, row_key(first_row + n), self._handle["meta"])
         for key, value in (meta or {}).items():
             batch.put(key, value, self._handle["meta"])
-        self._db.write(batch, self._write_opts)
+        del ids_cf, rows_cf, vecs_cf, pays_cf  # no frame of a failed write may hold the database
+        self._write(batch)
 
     # ----------------------------------------------------------------- reads
     def rows_of(self, id_keys: Sequence[bytes]) -> list[int | None]:
         if not id_keys:
             return []
-        found = cast(list[bytes | None], self._cf["ids"].get(list(id_keys)))
+        found = cast(list[bytes | None], self._reading(lambda cfs: cfs["ids"].get(list(id_keys))))
         return [None if v is None else row_from_key(v) for v in found]
 
     def _multi_get(self, cf: str, rows: Sequence[int]) -> list[bytes | None]:
         if not rows:
             return []
-        return cast(list[bytes | None], self._cf[cf].get([row_key(r) for r in rows]))
+        keys: list[Any] = [row_key(r) for r in rows]
+        return cast(list[bytes | None], self._reading(lambda cfs: cfs[cf].get(keys)))
 
     def id_keys_of(self, rows: Sequence[int]) -> list[bytes | None]:
         return self._multi_get("rows", rows)
@@ -159,14 +272,16 @@ class CollectionStore:
         return self._multi_get("pays", rows)
 
     def _scan(self, cf: str, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        it = self._cf[cf].iter(ReadOptions())
-        if start is None:
-            it.seek_to_first()
-        else:
-            it.seek(start)
-        while it.valid():
-            yield it.key(), it.value()
-            it.next()
+        with storage_errors(self.path):
+            it = self._cf[cf].iter(ReadOptions())
+            if start is None:
+                it.seek_to_first()
+            else:
+                it.seek(start)
+            while it.valid():
+                yield it.key(), it.value()
+                it.next()
+            it.status()  # a scan cut short by a damaged block raises, never ends quietly
 
     def scan_vectors(self, start_row: int = 0) -> Iterator[tuple[int, bytes]]:
         """(row, vector bytes) of every stored row from ``start_row``, in row order."""
@@ -182,6 +297,31 @@ class CollectionStore:
         for key, value in self._scan("pays", row_key(start_row)):
             yield row_from_key(key), value
 
+    def scan_rows(self, start_row: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(row, id key) of every live row from ``start_row``, in row order."""
+        for key, value in self._scan("rows", row_key(start_row)):
+            yield row_from_key(key), value
+
+    def verify_family(self, cf: str) -> int:
+        """Read every block of a column family with RocksDB's checksums verified (not through
+        the block cache); returns its entries, raises DataLoss on a mismatch."""
+        opts = ReadOptions()
+        opts.set_verify_checksums(True)
+        with storage_errors(self.path):
+            it = self._cf[cf].iter(opts)
+            it.seek_to_first()
+            n = 0
+            while it.valid():
+                n += 1
+                it.next()
+            it.status()
+        return n
+
+    def table_files(self) -> set[str]:
+        """Names of the table (.sst) files RocksDB's MANIFEST says are live."""
+        with storage_errors(self.path):
+            return {str(f["name"]).lstrip("/") for f in self._db.live_files()}
+
     def scan_ids(self, start: bytes | None = None) -> Iterator[tuple[bytes, int]]:
         """(id key, row) in id order, from ``start`` (inclusive)."""
         for key, value in self._scan("ids", start):
@@ -191,18 +331,49 @@ class CollectionStore:
     def checkpoint(self, dest: Path) -> None:
         """Write a consistent copy of the database into the new folder ``dest`` (SST files
         are hard-linked, the rest copied): it opens as a RocksDB of its own."""
-        Checkpoint(self._db).create_checkpoint(str(dest))
+        with storage_errors(dest):
+            Checkpoint(self._db).create_checkpoint(str(dest))
 
     def flush(self) -> None:
-        self._db.flush_wal(True)
+        with storage_errors(self.path):
+            self._db.flush_wal(True)
+
+    def _release(self) -> None:
+        """Close RocksDB and drop every reference to it (the column families keep it open)."""
+        for handle in (*self._cf.values(), self._db):
+            try:
+                handle.close()
+            except Exception as exc:  # a failed write or flush repeats its error here: the log holds the rest
+                log.warning(
+                    "closing %s: RocksDB reported %s (after a failed write; nothing acknowledged is lost)",
+                    self.path,
+                    exc,
+                )
+        self._cf = {}
+        self._handle = {}
+        del self._db
+        gc.collect()  # frames kept by a failed write's traceback hold column families, hence the database
 
     def close(self) -> None:
-        for cf in self._cf.values():
-            cf.close()
-        self._cf.clear()
-        self._handle.clear()
-        self._db.close()
+        self._release()
+        if self._shadow is not None:
+            shutil.rmtree(self._shadow, ignore_errors=True)
 
     @staticmethod
     def destroy(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _shadow_of(path: Path) -> Path:
+    """A temporary folder of symbolic links to the files of the RocksDB at ``path`` (and a
+    copy of rocksdict's own config file, which rocksdict rewrites at every open), so that it
+    opens read-only from a folder that cannot be written."""
+    shadow = Path(tempfile.mkdtemp(prefix="lamina-ro-"))
+    for entry in os.scandir(path):
+        if entry.name == "LOCK" or entry.name.startswith("LOG") or entry.is_dir():
+            continue
+        if entry.name == "rocksdict-config.json":
+            shutil.copyfile(entry.path, shadow / entry.name)
+        else:
+            os.symlink(os.path.abspath(entry.path), shadow / entry.name)
+    return shadow

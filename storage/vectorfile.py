@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lamina.storage.faults import classify
 from lamina.types import FloatMatrix
 
 TMP_SUFFIX = ".tmp"
@@ -60,15 +61,18 @@ def atomic_folder(final: Path, tmp: Path | None = None) -> Iterator[Path]:
     success everything in it is fsynced and it becomes ``final``, durably."""
     tmp = tmp if tmp is not None else final.with_name(final.name + TMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         yield tmp
         fsync_tree(tmp)
         tmp.rename(final)
         fsync_path(final.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fault = classify(exc, final) if isinstance(exc, Exception) else None
+        if fault is None or fault is exc:
+            raise
+        raise fault from exc
 
 
 def write_matrix(path: Path, matrix: FloatMatrix) -> None:

@@ -14,6 +14,7 @@ import orjson
 from lamina.storage.rocks import SEGMENTS
 
 from ..payload import FieldIndex
+from ..segments import discard_unless_committed
 from .build import SegmentBuilder
 
 log = logging.getLogger("lamina.engine")
@@ -80,7 +81,8 @@ class Compaction(SegmentBuilder):
         at = self._segments.index(group[0])
         replaced = self._segments[:at] + ([segment] if segment else []) + self._segments[at + len(group) :]
         gone = np.concatenate([seg.rows[~lv] for seg, lv in zip(group, lives, strict=True)])
-        self._store.put_meta({SEGMENTS: orjson.dumps([s.name for s in replaced])}, [int(r) for r in gone])
+        with discard_unless_committed(segment):
+            self._store.put_meta({SEGMENTS: orjson.dumps([s.name for s in replaced])}, [int(r) for r in gone])
         if segment is not None:
             for seg, lv in zip(group, lives, strict=True):
                 segment.kill(seg.rows[lv & ~seg.live])  # deleted while it was rebuilt

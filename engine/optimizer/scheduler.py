@@ -17,6 +17,7 @@ from lamina.index.tiers import BuildStopped
 from .. import bounds
 from .compaction import Compaction
 from .payload_indexes import PayloadIndexing
+from .scrub import Scrub
 from .seal import Seal
 from .tenant_graphs import TenantGraphs
 
@@ -41,7 +42,7 @@ def release_heap() -> None:
         _MALLOC_TRIM(0)
 
 
-class Scheduler(Seal, Compaction, PayloadIndexing, TenantGraphs):
+class Scheduler(Scrub, Seal, Compaction, PayloadIndexing, TenantGraphs):
     """The optimizer of a collection: its thread, its loop, and the order of its jobs."""
 
     def _start_optimizer(self) -> None:
@@ -56,19 +57,27 @@ class Scheduler(Seal, Compaction, PayloadIndexing, TenantGraphs):
         """Seal the mutable segment now (whatever its size), compact and merge segments,
         and wait until the optimizer is idle; False if ``timeout`` seconds passed first."""
         self._check_open()
+        self._store.check_writable()
         if timeout is not None and timeout > threading.TIMEOUT_MAX:
             timeout = None  # longer than a wait can be: wait without a limit
         with self._lock:
             self._force_seal = True
+            self._fault = None  # tried again now; set again if the disk still refuses
         self._wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while (self._force_seal or self._busy or self._wake.is_set()) and not self._closed:
+            while (
+                (self._force_seal or self._busy or self._wake.is_set())
+                and not self._closed
+                and (self._fault is None or self._busy)  # a stalled optimizer answers at once
+            ):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
                 self._idle.wait(0.1 if left is None else min(left, 0.1))
                 bounds.check()  # the request stops waiting when its client has gone (the work goes on)
+        if self._fault is not None:
+            raise type(self._fault)(str(self._fault))
         if self._error:
             raise FailedPrecondition(f"the optimizer of {self.name!r} failed: {self._error}")
         return True
@@ -85,16 +94,20 @@ class Scheduler(Seal, Compaction, PayloadIndexing, TenantGraphs):
                 worked = False
                 while self._optimize_step():
                     worked = True
-                self._error = ""
+                self._error, self._fault = "", None
+                self._backoff.reset()
                 if worked:
                     release_heap()  # a burst of seals and merges is over: give its garbage back
             except BuildStopped:
                 log.info("closing %r: the index build in progress was stopped", self.name)
             except Exception as exc:  # keep serving from what is sealed; info() shows the error
-                log.exception("optimizer of %r failed", self.name)
-                self._error = f"{type(exc).__name__}: {exc}"
+                # a full or read-only disk: retried after a back-off, the forced seal kept pending
+                self._fault = self._backoff.failed(exc, self._store.path, f"optimizer of {self.name!r}")
+                if self._fault is None:
+                    log.exception("optimizer of %r failed", self.name)
+                self._error = str(self._fault or f"{type(exc).__name__}: {exc}")
                 with self._lock:
-                    self._force_seal = False
+                    self._force_seal = self._force_seal and self._fault is not None
             with self._lock:
                 self._busy = False
                 self._idle.notify_all()
@@ -103,7 +116,11 @@ class Scheduler(Seal, Compaction, PayloadIndexing, TenantGraphs):
         """Do one unit of work (seal, compact or merge, build a payload index or a tenant
         graph); False when there is none."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._damaged:
+                return False  # a degraded collection keeps its manifest as it is until repaired
+            if self._scrub_step():
+                return True
+            if self._store.read_only:
                 return False
             pending = self._next_row - self._mut_start
             size = self.config.segment_rows

@@ -12,6 +12,7 @@ from lamina.storage.keys import row_key
 from lamina.storage.rocks import MUTABLE_START, SEGMENTS
 
 from ..payload import take
+from ..segments import discard_unless_committed
 from ..state import GROW, MIN_CAPACITY
 from .build import SegmentBuilder
 
@@ -44,10 +45,11 @@ class Seal(SegmentBuilder):
             return False
         names = [s.name for s in self._segments] + ([segment.name] if segment is not None else [])
         died = local[~self._live[local]] + start  # deleted while the segment was built
-        self._store.put_meta(
-            {SEGMENTS: orjson.dumps(names), MUTABLE_START: row_key(start + take_rows)},
-            add_dead=[int(r) for r in died] if segment is not None else [],
-        )
+        with discard_unless_committed(segment):
+            self._store.put_meta(
+                {SEGMENTS: orjson.dumps(names), MUTABLE_START: row_key(start + take_rows)},
+                add_dead=[int(r) for r in died] if segment is not None else [],
+            )
         if segment is not None:
             segment.kill(died)
             self._segments.append(segment)

@@ -341,6 +341,7 @@ class ShardedCollection(Replication, ShardSnapshots, CollectionProtocol):
             optimizing=any(s.optimizing for s in st),
             tenants=tenants,
             tenant_partitions=sum(s.tenant_partitions for s in st),
+            write_stall="; ".join(sorted({s.write_stall for s in st if s.write_stall})),
         )
         return CollectionInfo(self.name, self.config, sum(i.count for i in infos), status)
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blamina/v1/collections.proto\x12\tlamina.v1\"K\n\x0bIndexConfig\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\t\n\x01m\x18\x02 \x01(\x03\x12\x17\n\x0f\x65\x66_construction\x18\x03 \x01(\x03\x12\n\n\x02\x65\x66\x18\x04 \x01(\x03\"O\n\x12QuantizationConfig\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x62its\x18\x02 \x01(\x03\x12\t\n\x01m\x18\x03 \x01(\x03\x12\x12\n\noversample\x18\x04 \x01(\x01\"\x82\x03\n\x10\x43ollectionConfig\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12!\n\x06metric\x18\x02 \x01(\x0e\x32\x11.lamina.v1.Metric\x12%\n\x05index\x18\x03 \x01(\x0b\x32\x16.lamina.v1.IndexConfig\x12\x33\n\x0cquantization\x18\x04 \x01(\x0b\x32\x1d.lamina.v1.QuantizationConfig\x12\x14\n\x0csegment_rows\x18\x05 \x01(\x03\x12\x44\n\rpayload_index\x18\x06 \x03(\x0b\x32-.lamina.v1.CollectionConfig.PayloadIndexEntry\x12\x14\n\x0cmulti_tenant\x18\x07 \x01(\x08\x12\x19\n\x11tenant_index_rows\x18\x08 \x01(\x03\x12\x0e\n\x06shards\x18\t \x01(\r\x12\x10\n\x08replicas\x18\n \x01(\r\x1a\x33\n\x11PayloadIndexEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb2\x01\n\x0bIndexStatus\x12\x10\n\x08segments\x18\x01 \x01(\r\x12\x16\n\x0eindexed_points\x18\x02 \x01(\x04\x12\x16\n\x0emutable_points\x18\x03 \x01(\x04\x12\x13\n\x0bindex_bytes\x18\x04 \x01(\x04\x12\x0c\n\x04note\x18\x05 \x01(\t\x12\x12\n\noptimizing\x18\x06 \x01(\x08\x12\x0f\n\x07tenants\x18\x07 \x01(\x04\x12\x19\n\x11tenant_partitions\x18\x08 \x01(\x04\"T\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.lamina.v1.CollectionConfig\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x82\x01\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.lamina.v1.CollectionConfig\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12&\n\x06status\x18\x04 \x01(\x0b\x32\x16.lamina.v1.IndexStatus\"\x18\n\x16ListCollectionsRequest\"I\n\x17ListCollectionsResponse\x12.\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x19.lamina.v1.CollectionInfo\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCollectionResponse\"8\n\x0fOptimizeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"L\n\x19\x43reatePayloadIndexRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\"<\n\x17\x44ropPayloadIndexRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\"\'\n\x14PayloadIndexResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"+\n\x15\x43reateSnapshotRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"s\n\x0cSnapshotInfo\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x01\x12\x0e\n\x06points\x18\x05 \x01(\x04\x12\x12\n\nsize_bytes\x18\x06 \x01(\x04\"*\n\x14ListSnapshotsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"C\n\x15ListSnapshotsResponse\x12*\n\tsnapshots\x18\x01 \x03(\x0b\x32\x17.lamina.v1.SnapshotInfo\"=\n\x15\x44\x65leteSnapshotRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08snapshot\x18\x02 \x01(\t\"\x18\n\x16\x44\x65leteSnapshotResponse*=\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\n\n\x06\x43OSINE\x10\x01\x12\x07\n\x03\x44OT\x10\x02\x12\x06\n\x02L2\x10\x03\x32\xac\x06\n\x0b\x43ollections\x12G\n\x06\x43reate\x12\".lamina.v1.CreateCollectionRequest\x1a\x19.lamina.v1.CollectionInfo\x12\x41\n\x03Get\x12\x1f.lamina.v1.GetCollectionRequest\x1a\x19.lamina.v1.CollectionInfo\x12M\n\x04List\x12!.lamina.v1.ListCollectionsRequest\x1a\".lamina.v1.ListCollectionsResponse\x12Q\n\x06\x44\x65lete\x12\".lamina.v1.DeleteCollectionRequest\x1a#.lamina.v1.DeleteCollectionResponse\x12\x41\n\x08Optimize\x12\x1a.lamina.v1.OptimizeRequest\x1a\x19.lamina.v1.CollectionInfo\x12[\n\x12\x43reatePayloadIndex\x12$.lamina.v1.CreatePayloadIndexRequest\x1a\x1f.lamina.v1.PayloadIndexResponse\x12W\n\x10\x44ropPayloadIndex\x12\".lamina.v1.DropPayloadIndexRequest\x1a\x1f.lamina.v1.PayloadIndexResponse\x12K\n\x0e\x43reateSnapshot\x12 .lamina.v1.CreateSnapshotRequest\x1a\x17.lamina.v1.SnapshotInfo\x12R\n\rListSnapshots\x12\x1f.lamina.v1.ListSnapshotsRequest\x1a .lamina.v1.ListSnapshotsResponse\x12U\n\x0e\x44\x65leteSnapshot\x12 .lamina.v1.DeleteSnapshotRequest\x1a!.lamina.v1.DeleteSnapshotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blamina/v1/collections.proto\x12\tlamina.v1\"K\n\x0bIndexConfig\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\t\n\x01m\x18\x02 \x01(\x03\x12\x17\n\x0f\x65\x66_construction\x18\x03 \x01(\x03\x12\n\n\x02\x65\x66\x18\x04 \x01(\x03\"O\n\x12QuantizationConfig\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x62its\x18\x02 \x01(\x03\x12\t\n\x01m\x18\x03 \x01(\x03\x12\x12\n\noversample\x18\x04 \x01(\x01\"\x82\x03\n\x10\x43ollectionConfig\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12!\n\x06metric\x18\x02 \x01(\x0e\x32\x11.lamina.v1.Metric\x12%\n\x05index\x18\x03 \x01(\x0b\x32\x16.lamina.v1.IndexConfig\x12\x33\n\x0cquantization\x18\x04 \x01(\x0b\x32\x1d.lamina.v1.QuantizationConfig\x12\x14\n\x0csegment_rows\x18\x05 \x01(\x03\x12\x44\n\rpayload_index\x18\x06 \x03(\x0b\x32-.lamina.v1.CollectionConfig.PayloadIndexEntry\x12\x14\n\x0cmulti_tenant\x18\x07 \x01(\x08\x12\x19\n\x11tenant_index_rows\x18\x08 \x01(\x03\x12\x0e\n\x06shards\x18\t \x01(\r\x12\x10\n\x08replicas\x18\n \x01(\r\x1a\x33\n\x11PayloadIndexEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x01\n\x0bIndexStatus\x12\x10\n\x08segments\x18\x01 \x01(\r\x12\x16\n\x0eindexed_points\x18\x02 \x01(\x04\x12\x16\n\x0emutable_points\x18\x03 \x01(\x04\x12\x13\n\x0bindex_bytes\x18\x04 \x01(\x04\x12\x0c\n\x04note\x18\x05 \x01(\t\x12\x12\n\noptimizing\x18\x06 \x01(\x08\x12\x0f\n\x07tenants\x18\x07 \x01(\x04\x12\x19\n\x11tenant_partitions\x18\x08 \x01(\x04\x12\x13\n\x0bwrite_stall\x18\t \x01(\t\"T\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.lamina.v1.CollectionConfig\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x82\x01\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.lamina.v1.CollectionConfig\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12&\n\x06status\x18\x04 \x01(\x0b\x32\x16.lamina.v1.IndexStatus\"\x18\n\x16ListCollectionsRequest\"I\n\x17ListCollectionsResponse\x12.\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x19.lamina.v1.CollectionInfo\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCollectionResponse\"8\n\x0fOptimizeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"L\n\x19\x43reatePayloadIndexRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\"<\n\x17\x44ropPayloadIndexRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\"\'\n\x14PayloadIndexResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"+\n\x15\x43reateSnapshotRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"s\n\x0cSnapshotInfo\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x01\x12\x0e\n\x06points\x18\x05 \x01(\x04\x12\x12\n\nsize_bytes\x18\x06 \x01(\x04\"*\n\x14ListSnapshotsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"C\n\x15ListSnapshotsResponse\x12*\n\tsnapshots\x18\x01 \x03(\x0b\x32\x17.lamina.v1.SnapshotInfo\"=\n\x15\x44\x65leteSnapshotRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08snapshot\x18\x02 \x01(\t\"\x18\n\x16\x44\x65leteSnapshotResponse*=\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\n\n\x06\x43OSINE\x10\x01\x12\x07\n\x03\x44OT\x10\x02\x12\x06\n\x02L2\x10\x03\x32\xac\x06\n\x0b\x43ollections\x12G\n\x06\x43reate\x12\".lamina.v1.CreateCollectionRequest\x1a\x19.lamina.v1.CollectionInfo\x12\x41\n\x03Get\x12\x1f.lamina.v1.GetCollectionRequest\x1a\x19.lamina.v1.CollectionInfo\x12M\n\x04List\x12!.lamina.v1.ListCollectionsRequest\x1a\".lamina.v1.ListCollectionsResponse\x12Q\n\x06\x44\x65lete\x12\".lamina.v1.DeleteCollectionRequest\x1a#.lamina.v1.DeleteCollectionResponse\x12\x41\n\x08Optimize\x12\x1a.lamina.v1.OptimizeRequest\x1a\x19.lamina.v1.CollectionInfo\x12[\n\x12\x43reatePayloadIndex\x12$.lamina.v1.CreatePayloadIndexRequest\x1a\x1f.lamina.v1.PayloadIndexResponse\x12W\n\x10\x44ropPayloadIndex\x12\".lamina.v1.DropPayloadIndexRequest\x1a\x1f.lamina.v1.PayloadIndexResponse\x12K\n\x0e\x43reateSnapshot\x12 .lamina.v1.CreateSnapshotRequest\x1a\x17.lamina.v1.SnapshotInfo\x12R\n\rListSnapshots\x12\x1f.lamina.v1.ListSnapshotsRequest\x1a .lamina.v1.ListSnapshotsResponse\x12U\n\x0e\x44\x65leteSnapshot\x12 .lamina.v1.DeleteSnapshotRequest\x1a!.lamina.v1.DeleteSnapshotResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COLLECTIONCONFIG_PAYLOADINDEXENTRY']._loaded_options = None
   _globals['_COLLECTIONCONFIG_PAYLOADINDEXENTRY']._serialized_options = b'8\001'
-  _globals['_METRIC']._serialized_start=1800
-  _globals['_METRIC']._serialized_end=1861
+  _globals['_METRIC']._serialized_start=1821
+  _globals['_METRIC']._serialized_end=1882
   _globals['_INDEXCONFIG']._serialized_start=42
   _globals['_INDEXCONFIG']._serialized_end=117
   _globals['_QUANTIZATIONCONFIG']._serialized_start=119
@@ -44,41 +44,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLLECTIONCONFIG_PAYLOADINDEXENTRY']._serialized_start=536
   _globals['_COLLECTIONCONFIG_PAYLOADINDEXENTRY']._serialized_end=587
   _globals['_INDEXSTATUS']._serialized_start=590
-  _globals['_INDEXSTATUS']._serialized_end=768
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=770
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=854
-  _globals['_GETCOLLECTIONREQUEST']._serialized_start=856
-  _globals['_GETCOLLECTIONREQUEST']._serialized_end=892
-  _globals['_COLLECTIONINFO']._serialized_start=895
-  _globals['_COLLECTIONINFO']._serialized_end=1025
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1027
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1051
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1053
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1126
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=1128
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=1167
-  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=1169
-  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=1195
-  _globals['_OPTIMIZEREQUEST']._serialized_start=1197
-  _globals['_OPTIMIZEREQUEST']._serialized_end=1253
-  _globals['_CREATEPAYLOADINDEXREQUEST']._serialized_start=1255
-  _globals['_CREATEPAYLOADINDEXREQUEST']._serialized_end=1331
-  _globals['_DROPPAYLOADINDEXREQUEST']._serialized_start=1333
-  _globals['_DROPPAYLOADINDEXREQUEST']._serialized_end=1393
-  _globals['_PAYLOADINDEXRESPONSE']._serialized_start=1395
-  _globals['_PAYLOADINDEXRESPONSE']._serialized_end=1434
-  _globals['_CREATESNAPSHOTREQUEST']._serialized_start=1436
-  _globals['_CREATESNAPSHOTREQUEST']._serialized_end=1479
-  _globals['_SNAPSHOTINFO']._serialized_start=1481
-  _globals['_SNAPSHOTINFO']._serialized_end=1596
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=1598
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=1640
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=1642
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=1709
-  _globals['_DELETESNAPSHOTREQUEST']._serialized_start=1711
-  _globals['_DELETESNAPSHOTREQUEST']._serialized_end=1772
-  _globals['_DELETESNAPSHOTRESPONSE']._serialized_start=1774
-  _globals['_DELETESNAPSHOTRESPONSE']._serialized_end=1798
-  _globals['_COLLECTIONS']._serialized_start=1864
-  _globals['_COLLECTIONS']._serialized_end=2676
+  _globals['_INDEXSTATUS']._serialized_end=789
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=791
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=875
+  _globals['_GETCOLLECTIONREQUEST']._serialized_start=877
+  _globals['_GETCOLLECTIONREQUEST']._serialized_end=913
+  _globals['_COLLECTIONINFO']._serialized_start=916
+  _globals['_COLLECTIONINFO']._serialized_end=1046
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1048
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1072
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1074
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1147
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=1149
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=1188
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=1190
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=1216
+  _globals['_OPTIMIZEREQUEST']._serialized_start=1218
+  _globals['_OPTIMIZEREQUEST']._serialized_end=1274
+  _globals['_CREATEPAYLOADINDEXREQUEST']._serialized_start=1276
+  _globals['_CREATEPAYLOADINDEXREQUEST']._serialized_end=1352
+  _globals['_DROPPAYLOADINDEXREQUEST']._serialized_start=1354
+  _globals['_DROPPAYLOADINDEXREQUEST']._serialized_end=1414
+  _globals['_PAYLOADINDEXRESPONSE']._serialized_start=1416
+  _globals['_PAYLOADINDEXRESPONSE']._serialized_end=1455
+  _globals['_CREATESNAPSHOTREQUEST']._serialized_start=1457
+  _globals['_CREATESNAPSHOTREQUEST']._serialized_end=1500
+  _globals['_SNAPSHOTINFO']._serialized_start=1502
+  _globals['_SNAPSHOTINFO']._serialized_end=1617
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=1619
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=1661
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=1663
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=1730
+  _globals['_DELETESNAPSHOTREQUEST']._serialized_start=1732
+  _globals['_DELETESNAPSHOTREQUEST']._serialized_end=1793
+  _globals['_DELETESNAPSHOTRESPONSE']._serialized_start=1795
+  _globals['_DELETESNAPSHOTRESPONSE']._serialized_end=1819
+  _globals['_COLLECTIONS']._serialized_start=1885
+  _globals['_COLLECTIONS']._serialized_end=2697
 # @@protoc_insertion_point(module_scope)

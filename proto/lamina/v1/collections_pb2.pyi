@@ -213,6 +213,7 @@ class IndexStatus(_message.Message):
     OPTIMIZING_FIELD_NUMBER: _builtins.int
     TENANTS_FIELD_NUMBER: _builtins.int
     TENANT_PARTITIONS_FIELD_NUMBER: _builtins.int
+    WRITE_STALL_FIELD_NUMBER: _builtins.int
     segments: _builtins.int
     """sealed, indexed segments"""
     indexed_points: _builtins.int
@@ -229,6 +230,8 @@ class IndexStatus(_message.Message):
     """multi-tenant: tenants holding points"""
     tenant_partitions: _builtins.int
     """multi-tenant: tenants with an HNSW partition of their own"""
+    write_stall: _builtins.str
+    """why writes are refused now (disk full, read-only); empty when they are not"""
     def __init__(
         self,
         *,
@@ -240,10 +243,11 @@ class IndexStatus(_message.Message):
         optimizing: _builtins.bool = ...,
         tenants: _builtins.int = ...,
         tenant_partitions: _builtins.int = ...,
+        write_stall: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_bytes", b"index_bytes", "indexed_points", b"indexed_points", "mutable_points", b"mutable_points", "note", b"note", "optimizing", b"optimizing", "segments", b"segments", "tenant_partitions", b"tenant_partitions", "tenants", b"tenants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_bytes", b"index_bytes", "indexed_points", b"indexed_points", "mutable_points", b"mutable_points", "note", b"note", "optimizing", b"optimizing", "segments", b"segments", "tenant_partitions", b"tenant_partitions", "tenants", b"tenants", "write_stall", b"write_stall"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14lamina/v1/info.proto\x12\tlamina.v1\"\x10\n\x0eGetInfoRequest\"\xbb\x01\n\x0fGetInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x02 \x01(\x01\x12\x13\n\x0b\x63ollections\x18\x03 \x01(\r\x12\x17\n\x0frequests_served\x18\x04 \x01(\x04\x12\x19\n\x11requests_rejected\x18\x05 \x01(\x04\x12\x1a\n\x12requests_abandoned\x18\x06 \x01(\x04\x12\x1a\n\x12requests_in_flight\x18\x07 \x01(\r2H\n\x04Info\x12@\n\x07GetInfo\x12\x19.lamina.v1.GetInfoRequest\x1a\x1a.lamina.v1.GetInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14lamina/v1/info.proto\x12\tlamina.v1\"\x10\n\x0eGetInfoRequest\"\xce\x01\n\x0fGetInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x02 \x01(\x01\x12\x13\n\x0b\x63ollections\x18\x03 \x01(\r\x12\x17\n\x0frequests_served\x18\x04 \x01(\x04\x12\x19\n\x11requests_rejected\x18\x05 \x01(\x04\x12\x1a\n\x12requests_abandoned\x18\x06 \x01(\x04\x12\x1a\n\x12requests_in_flight\x18\x07 \x01(\r\x12\x11\n\tread_only\x18\x08 \x01(\t2H\n\x04Info\x12@\n\x07GetInfo\x12\x19.lamina.v1.GetInfoRequest\x1a\x1a.lamina.v1.GetInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINFOREQUEST']._serialized_start=35
   _globals['_GETINFOREQUEST']._serialized_end=51
   _globals['_GETINFORESPONSE']._serialized_start=54
-  _globals['_GETINFORESPONSE']._serialized_end=241
-  _globals['_INFO']._serialized_start=243
-  _globals['_INFO']._serialized_end=315
+  _globals['_GETINFORESPONSE']._serialized_end=260
+  _globals['_INFO']._serialized_start=262
+  _globals['_INFO']._serialized_end=334
 # @@protoc_insertion_point(module_scope)

@@ -42,6 +42,7 @@ class GetInfoResponse(_message.Message):
     REQUESTS_REJECTED_FIELD_NUMBER: _builtins.int
     REQUESTS_ABANDONED_FIELD_NUMBER: _builtins.int
     REQUESTS_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Lamina version, e.g. "0.1.0"."""
     uptime_seconds: _builtins.float
@@ -56,6 +57,8 @@ class GetInfoResponse(_message.Message):
     """Requests whose work was stopped because the client cancelled or its deadline passed."""
     requests_in_flight: _builtins.int
     """Requests running or waiting for a worker now."""
+    read_only: _builtins.str
+    """Why the server refuses writes ("" when it takes them): --read-only, a read-only file system."""
     def __init__(
         self,
         *,
@@ -66,10 +69,11 @@ class GetInfoResponse(_message.Message):
         requests_rejected: _builtins.int = ...,
         requests_abandoned: _builtins.int = ...,
         requests_in_flight: _builtins.int = ...,
+        read_only: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections", b"collections", "requests_abandoned", b"requests_abandoned", "requests_in_flight", b"requests_in_flight", "requests_rejected", b"requests_rejected", "requests_served", b"requests_served", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections", b"collections", "read_only", b"read_only", "requests_abandoned", b"requests_abandoned", "requests_in_flight", b"requests_in_flight", "requests_rejected", b"requests_rejected", "requests_served", b"requests_served", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
