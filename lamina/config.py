@@ -74,6 +74,8 @@ class ServerConfig:
         workers = 8
         sync_writes = false
         metrics_port = 9464        # Prometheus /metrics (left out: no endpoint)
+        http_port = 6335           # the web console (docs/console.md)
+        console = true             # false: no console
 
         [limits]
         max_batch = 10000
@@ -97,6 +99,8 @@ class ServerConfig:
     sync_writes: bool = False
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None  # serve Prometheus metrics on this port (same host)
+    http_port: int = 6335  # the web console's port (same host as gRPC, same TLS)
+    console: bool = True  # serve the web console on http_port
     keys: tuple[ApiKey, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -121,6 +125,8 @@ class ServerConfig:
             "workers": int,
             "sync_writes": bool,
             "metrics_port": int,
+            "http_port": int,
+            "console": bool,
         }
         values: dict[str, Any] = {}
         for key, value in raw.items():
@@ -155,6 +161,8 @@ class ServerConfig:
         config = cls(**values)
         if not 0 <= config.port <= 65535:
             raise InvalidArgument(f"{where}: port must be in 0..65535, got {config.port}")
+        if not 0 <= config.http_port <= 65535:
+            raise InvalidArgument(f"{where}: http_port must be in 0..65535, got {config.http_port}")
         if config.workers < 1:
             raise InvalidArgument(f"{where}: workers must be at least 1, got {config.workers}")
         return config
