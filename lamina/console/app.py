@@ -110,6 +110,7 @@ def error_response(code: str, message: str, status: int | None = None) -> web.Re
     return _json({"error": {"code": code, "message": message}}, status or HTTP_STATUS.get(code, 500))
 
 
+MAX_BYTES = web.AppKey("max_bytes", int)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -122,10 +123,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
     except LaminaError as exc:
         response = error_response(exc.code, str(exc))
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
         response = error_response(
             "RESOURCE_EXHAUSTED",
-            f"request body is larger than the limit max_message_bytes={exc.max_size}",  # type: ignore[attr-defined]
+            f"request body is larger than the limit max_message_bytes={request.app[MAX_BYTES]}",
             413,
         )
     except web.HTTPNotFound:
@@ -180,12 +181,18 @@ def _optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...], wh
 class Console:
     """The web console of one ``LaminaServer``: ``await console.start(server)`` binds
     ``host:port`` (default: the gRPC host; ``port=0`` picks one) with the server's TLS
-    settings; ``await console.stop()`` closes it. ``announce`` prints its address."""
+    settings; ``await console.stop()`` closes it. ``announce`` prints its address;
+    ``sample_every``: seconds between two samples of the metrics charts."""
 
     def __init__(
-        self, port: int = DEFAULT_HTTP_PORT, host: str | None = None, announce: bool = False
+        self,
+        port: int = DEFAULT_HTTP_PORT,
+        host: str | None = None,
+        announce: bool = False,
+        sample_every: float = 2.0,
     ) -> None:
         self.port = port
+        self.sample_every = sample_every
         self.host = host
         self.announce = announce
         self.url = ""
@@ -201,6 +208,7 @@ class Console:
         self._files = static_files()
         host = self.host or server.host
         app = web.Application(middlewares=[_errors], client_max_size=server.db.limits.max_message_bytes)
+        app[MAX_BYTES] = server.db.limits.max_message_bytes
         self._routes(app)
         ssl_context = _ssl_context(server.tls) if server.tls is not None else None
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -217,7 +225,7 @@ class Console:
         self._runner = runner
         sockets = [s for s in (runner.addresses or [])]
         self.port = int(sockets[0][1]) if sockets else self.port
-        self.history = MetricsHistory(server.metrics, server.db)
+        self.history = MetricsHistory(server.metrics, server.db, self.sample_every)
         self.history.start()
         shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         shown = f"[{shown}]" if ":" in shown else shown

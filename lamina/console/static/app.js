@@ -303,6 +303,7 @@ function planTable(plan) {
   return h("div", { id: "plan" },
     h("h2", {}, `Query plan: ${plan.hits} hits in ${(plan.seconds * 1000).toFixed(2)} ms`),
     h("p", { class: "muted" }, `payload indexes used: ${plan.indexed_fields.join(", ") || "–"}; checked against payloads: ${plan.unindexed_fields.join(", ") || "–"}`),
+    plan.segments.length ? null : h("p", { class: "muted" }, "No filter: every segment was searched through its index."),
     h("table", {},
       h("thead", {}, h("tr", {}, ["segment", "rows", "matches", "method", "reason"].map((t) => h("th", {}, t)))),
       h("tbody", {}, plan.segments.map((s) => h("tr", {},
