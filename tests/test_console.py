@@ -340,8 +340,18 @@ def test_serve_prints_the_console_address_and_no_console_turns_it_off(tmp_path: 
         assert page.status == 200 and b'<script type="module" src="/static/app.js">' in page.read()
         # the port is taken now: a second server says so and exits
         taken = subprocess.run(
-            [sys.executable, "-m", "lamina", "serve", "--data", str(tmp_path / "b"), "--port", "0"]
-            + ["--http-port", str(http_port)],
+            [
+                sys.executable,
+                "-m",
+                "lamina",
+                "serve",
+                "--data",
+                str(tmp_path / "b"),
+                "--port",
+                "0",
+                "--http-port",
+                str(http_port),
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -354,7 +364,7 @@ def test_serve_prints_the_console_address_and_no_console_turns_it_off(tmp_path: 
         assert "console:" not in off.log.read_text() and "lamina.console" not in off.log.read_text()
     finally:
         off.terminate()
-    with pytest.raises(InvalidArgument, match="http_port must be in 0..65535"):
+    with pytest.raises(InvalidArgument, match=r"http_port must be in 0\.\.65535"):
         ServerConfig.from_dict({"http_port": 70000})
     assert ServerConfig.from_dict({"console": False, "http_port": 7000}).console is False
 
@@ -363,8 +373,18 @@ def test_the_built_wheel_ships_the_pages(tmp_path: Path) -> None:
     """A non-editable install serves the pages from the package (importlib.resources), so
     they must be in the wheel: build it and look."""
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
-        + [str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
