@@ -168,9 +168,11 @@ def test_a_bad_filter_shows_the_apis_own_message(browser: Any, site: Site, shots
     browser.find_element(By.ID, "filter").send_keys(bad)
     browser.find_element(By.ID, "apply-filter").click()
     shown = wait(browser, "#filter-error").text
-    with lamina.connect(site.server.address, api_key=site.keys["read"]) as db:
-        with pytest.raises(lamina.InvalidArgument) as err:
-            db.get_collection("docs").scroll(filter={"n": {"$between": [1, 5]}})
+    with (
+        lamina.connect(site.server.address, api_key=site.keys["read"]) as db,
+        pytest.raises(lamina.InvalidArgument) as err,
+    ):
+        db.get_collection("docs").scroll(filter={"n": {"$between": [1, 5]}})
     assert shown == f"INVALID_ARGUMENT: {err.value}"
     browser.save_screenshot(str(shots / "bad-filter.png"))
     # a good filter pages through the matching points
