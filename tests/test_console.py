@@ -5,6 +5,7 @@ the metrics history, the CLI flags, and the pages shipped in the built wheel."""
 from __future__ import annotations
 
 import http.client
+import shutil
 import ssl
 import subprocess
 import sys
@@ -371,7 +372,12 @@ def test_serve_prints_the_console_address_and_no_console_turns_it_off(tmp_path: 
 
 def test_the_built_wheel_ships_the_pages(tmp_path: Path) -> None:
     """A non-editable install serves the pages from the package (importlib.resources), so
-    they must be in the wheel: build it and look."""
+    they must be in the wheel: build it (from a copy, leaving no build/ in the checkout) and look."""
+    source = tmp_path / "src"
+    skip = shutil.ignore_patterns(
+        ".*", "build", "dist", "*.egg-info", "__pycache__", "tests", "bench", "docs"
+    )
+    shutil.copytree(ROOT, source, ignore=skip)
     out = subprocess.run(
         [
             sys.executable,
@@ -383,7 +389,7 @@ def test_the_built_wheel_ships_the_pages(tmp_path: Path) -> None:
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(source),
         ],
         capture_output=True,
         text=True,
