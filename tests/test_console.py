@@ -212,7 +212,7 @@ def _secured(tmp: Path, tls: tuple[bytes, bytes] | None = None) -> tuple[ServerT
         ApiKey("kb-only", hash_key(keys["kb-only"]), "admin", collections=frozenset({"kb"})),
         ApiKey("acme", hash_key(keys["acme"]), "write", tenants=frozenset({"acme"})),
     ]
-    return ServerThread(tmp / "data", keys=configured, tls=tls, console=True), keys
+    return ServerThread(tmp / "data", keys=configured, tls=tls, console=True, sample_every=0.2), keys
 
 
 def test_keys_roles_collections_and_tenants_as_in_grpc(tmp_path: Path) -> None:
@@ -264,8 +264,13 @@ def test_keys_roles_collections_and_tenants_as_in_grpc(tmp_path: Path) -> None:
         tenants = call(port, "GET", "/api/collections/mt/tenants", key=acme)[1]["tenants"]
         assert [t["name"] for t in tenants] == ["acme"]
         assert {c["count"] for c in call(port, "GET", "/api/collections", key=acme)[1]["collections"]} == {0}
-        metrics = call(port, "GET", "/api/metrics", key=acme)[1]
-        assert all(v is None for v in metrics["points"])
+        deadline = time.monotonic() + 10  # an admin watching: points are sampled...
+        while not any(call(port, "GET", "/api/metrics", key=keys["admin"])[1]["points"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        metrics = call(port, "GET", "/api/metrics", key=acme)[1]  # ...but not shown to a tenant key
+        assert metrics["points"] and all(v is None for v in metrics["points"] + metrics["index_bytes"])
+        assert len(metrics["qps"]) == len(metrics["points"])
 
         assert call(port, "DELETE", "/api/collections/other", key=keys["admin"])[0] == 200
     finally:
