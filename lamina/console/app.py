@@ -26,6 +26,7 @@ from lamina.console.transport import InProcessTransport, client_for
 from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError, NotFound
 from lamina.server.auth import ApiKey
 from lamina.server.metrics import MetricsHistory
+from lamina.validation import decode_object
 
 if TYPE_CHECKING:
     from lamina.server.app import LaminaServer
@@ -152,12 +153,7 @@ async def _body(request: web.Request, known: tuple[str, ...]) -> dict[str, Any]:
     raw = await request.read()  # bounded by client_max_size (max_message_bytes)
     if not raw:
         return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument(f"request body must be a JSON object, got {type(body).__name__}")
+    body = decode_object(raw, "request body")
     unknown = sorted(set(body) - set(known))
     if unknown:
         raise InvalidArgument(f"unknown field(s) {unknown}; known: {', '.join(known)}")
