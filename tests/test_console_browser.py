@@ -59,6 +59,7 @@ class Site:
                 list(range(N)), vectors, [{"n": i, "lang": "en" if i % 2 else "de"} for i in range(N)]
             )
             docs.optimize()
+            docs.search(vectors[0], k=5)  # compiles the search kernels before any page times a search
             db.create_collection("notes", dim=4, multi_tenant=True)
 
 
