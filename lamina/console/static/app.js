@@ -56,9 +56,16 @@ function parseJsonField(text, what) {
   try { return JSON.parse(text); } catch (e) { throw new ApiError("INVALID_ARGUMENT", `${what} is not valid JSON: ${e.message}`); }
 }
 
+// A point id typed in a box: digits are an integer id, "quoted" text a string id (so that
+// the string "42" can be asked for), anything else a string id.
 function parseId(text) {
   const t = text.trim();
-  return /^\d+$/.test(t) && Number.isSafeInteger(Number(t)) ? Number(t) : t;
+  if (t.startsWith('"')) return parseJsonField(t, "point id");
+  return /^(0|[1-9]\d*)$/.test(t) && Number.isSafeInteger(Number(t)) ? Number(t) : t;
+}
+
+function showId(id) {
+  return typeof id === "string" && /^\d+$/.test(id) ? JSON.stringify(id) : String(id);
 }
 
 function stopLive() {
@@ -256,7 +263,7 @@ async function pageSearch(name, query) {
   if (col && col.config.embedding) modes.push(["text", "text"]);
   const mode = h("select", { id: "search-mode" }, modes.map(([v, t]) => h("option", { value: v }, t)));
   const preset = query.get("id");
-  const idInput = h("input", { id: "search-id", size: 24, value: preset ? String(JSON.parse(preset)) : "" });
+  const idInput = h("input", { id: "search-id", size: 24, value: preset ? showId(JSON.parse(preset)) : "" });
   const vecInput = h("textarea", { id: "search-vector", placeholder: "[0.1, 0.2, …]" });
   const k = h("input", { id: "k", type: "number", min: 1, value: 10, size: 4 });
   const ef = h("input", { id: "ef", type: "number", min: 1, placeholder: "default", size: 6 });
