@@ -60,7 +60,9 @@ class Site:
             )
             docs.optimize()
             docs.search(vectors[0], k=5)  # compiles the search kernels before any page times a search
-            db.create_collection("notes", dim=4, multi_tenant=True)
+            notes = db.create_collection("notes", dim=4, multi_tenant=True)
+            notes.upsert([1, 2, 3], np.eye(3, 4), tenant="acme")
+            notes.upsert([1], np.eye(1, 4), tenant="beta")
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +232,31 @@ def test_the_metrics_chart_draws_after_a_few_searches(browser: Any, site: Site, 
     assert int(browser.find_element(By.ID, "main").get_attribute("data-samples")) >= 3
     time.sleep(0.6)  # let the next sample land before the picture
     browser.save_screenshot(str(shots / "metrics.png"))
+
+
+def test_point_view_more_like_this_tenants_and_snapshots_pages(browser: Any, site: Site, shots: Path) -> None:
+    sign_in(browser, site, "admin", "#/points/docs")
+    wait(browser, "#points-table a.point-link").click()
+    card = wait(browser, "#point-card").text
+    assert "Point 0" in card and '"lang": "de"' in card and "vector (8 dims)" in card
+    browser.find_element(By.LINK_TEXT, "more like this").click()  # the playground, searching by it
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#hits tbody tr"))
+    first = browser.find_element(By.CSS_SELECTOR, "#hits tbody tr").get_attribute("data-id")
+    assert first == "0" and browser.find_element(By.ID, "search-id").get_attribute("value") == "0"
+
+    browser.get(site.url + "#/tenants/notes")
+    tenants = [r.text for r in wait(browser, "#tenants-table").find_elements(By.CSS_SELECTOR, "tbody tr")]
+    assert tenants == ["acme 3 searched exactly", "beta 1 searched exactly"]
+    browser.get(site.url + "#/tenants/docs")
+    WebDriverWait(browser, 10).until(lambda d: "is not multi-tenant" in d.find_element(By.ID, "main").text)
+
+    browser.get(site.url + "#/snapshots/docs")
+    wait(browser, "#create-snapshot").click()
+    row = wait(browser, "#snapshots-table tbody tr")
+    assert "400" in row.text
+    browser.save_screenshot(str(shots / "snapshots.png"))
+    row.find_element(By.CSS_SELECTOR, ".delete-snapshot").click()
+    browser.switch_to.alert.accept()  # the confirmation
+    WebDriverWait(browser, 10).until(lambda d: "No snapshots." in d.find_element(By.ID, "snapshots-out").text)
+    with lamina.connect(site.server.address, api_key=site.keys["admin"]) as db:
+        assert db.list_snapshots("docs") == []
