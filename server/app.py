@@ -49,6 +49,10 @@ SERVICE_NAMES = (
 )
 
 
+#: the addresses a server may bind without API keys
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 class Abandoned(Exception):
     """The client gave up (cancelled, or its deadline passed) before the work was done."""
 
@@ -637,7 +641,7 @@ class LaminaServer:
         return server
 
     async def start(self) -> int:
-        loopback = self.host in ("127.0.0.1", "localhost", "::1")
+        loopback = self.host in LOOPBACK
         if not self.auth.enabled and not loopback:
             raise FailedPrecondition(
                 f"refusing to serve on {self.host} without API keys: anyone who can reach it could read and "

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -24,17 +24,14 @@ from aiohttp import web
 from lamina.client.api import AsyncClient, AsyncCollection, _CollectionOps
 from lamina.console.transport import InProcessTransport, client_for
 from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError, NotFound
+from lamina.server.app import LOOPBACK, LaminaServer
 from lamina.server.auth import ApiKey
 from lamina.server.metrics import MetricsHistory
 from lamina.validation import decode_object
 
-if TYPE_CHECKING:
-    from lamina.server.app import LaminaServer
-
 log = logging.getLogger("lamina.console")
 
 DEFAULT_HTTP_PORT = 6335
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 #: gRPC status -> HTTP status, as Google's HTTP/JSON mapping of gRPC does
 HTTP_STATUS = {
@@ -219,8 +216,8 @@ class Console:
                 "with --http-port, or turn the console off with --no-console"
             ) from None
         self._runner = runner
-        sockets = [s for s in (runner.addresses or [])]
-        self.port = int(sockets[0][1]) if sockets else self.port
+        if runner.addresses:  # the port bound, when 0 asked for any
+            self.port = int(runner.addresses[0][1])
         self.history = MetricsHistory(server.metrics, server.db, self.sample_every)
         self.history.start()
         shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
