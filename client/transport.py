@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.database import Database
-from lamina.engine.sharded import AnyDatabase
+from lamina.engine.protocol import DatabaseProtocol
 from lamina.errors import ERROR_BY_CODE, Internal, LaminaError
 from lamina.proto import convert
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
@@ -91,10 +91,10 @@ class EmbeddedTransport:
         *,
         sync_writes: bool = False,
         limits: Limits = DEFAULT_LIMITS,
-        db: AnyDatabase | None = None,
+        db: DatabaseProtocol | None = None,
     ) -> None:
         """The Database over ``path``, or ``db`` when given (a sharded one, already open)."""
-        self.db: AnyDatabase = (
+        self.db: DatabaseProtocol = (
             db if db is not None else Database(path, sync_writes=sync_writes, limits=limits)
         )
 

@@ -30,6 +30,7 @@ import orjson
 
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.collection import Collection
+from lamina.engine.protocol import DatabaseProtocol
 from lamina.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from lamina.storage.vectorfile import atomic_folder, fsync_path, fsync_tree
 from lamina.types import CollectionConfig, SnapshotInfo
@@ -103,7 +104,7 @@ def lock_data_directory(path: Path) -> IO[str]:
     return lock
 
 
-class Database:
+class Database(DatabaseProtocol):
     """All collections of one data directory, opened in-process.
 
     >>> import tempfile
