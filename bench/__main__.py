@@ -17,6 +17,7 @@ BENCHMARKS = {
     "compare": "bench.compare",
     "shards": "bench.shards",
     "faults": "bench.faults",
+    "console": "bench.console",
 }
 
 

@@ -54,9 +54,11 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     config = ServerConfig.load(args.config) if args.config else ServerConfig()
     overrides: dict[str, Any] = {
         key: getattr(args, key)
-        for key in ("data", "host", "port", "workers", "metrics_port")
+        for key in ("data", "host", "port", "workers", "metrics_port", "http_port")
         if getattr(args, key) is not None
     }
+    if args.no_console:
+        overrides["console"] = False
     if args.sync_writes:
         overrides["sync_writes"] = True
     if args.metrics_names:
@@ -123,9 +125,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lamina.engine.database import Database
     from lamina.engine.protocol import DatabaseProtocol
     from lamina.engine.sharded import ShardedDatabase
-    from lamina.server.app import serve
+    from lamina.server.app import Companion, serve
 
     config = server_config(args)
+    companions: list[Companion] = []
+    if config.console:
+        from lamina.console import Console
+
+        companions.append(Console(config.http_port, announce=True))
     tls = None
     if config.tls_cert and config.tls_key:
         tls = (Path(config.tls_cert).read_bytes(), Path(config.tls_key).read_bytes())
@@ -156,6 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 config.metrics_key,
                 config.metrics_names,
                 config.grace_seconds,
+                companions,
             )
         )
     finally:
@@ -374,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve = sub.add_parser("serve", help="run the gRPC server and the web console")
     serve.add_argument("--config", help="TOML config file (docs/configuration.md); flags override it")
     serve.add_argument("--data", help=f"data directory (default {DEFAULT_DATA})")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
@@ -388,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="label collection metrics with collection names (default: totals only)",
     )
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        help="serve the web console at http://HOST:PORT/ (default 6335; same host and TLS as gRPC)",
+    )
+    serve.add_argument("--no-console", action="store_true", help="do not serve the web console")
     serve.add_argument(
         "--sync-writes", action="store_true", help="fsync the WAL on every write (power-loss safe)"
     )

@@ -85,6 +85,9 @@ class ServerConfig:
         metrics_key = "sha256:..." # optional: scrapes send Authorization: Bearer <key>
         metrics_names = false      # true: per-collection metrics labelled by name
         grace_seconds = 5.0        # shutdown: time for requests in flight, then they are stopped
+        metrics_port = 9464        # Prometheus /metrics (left out: no endpoint)
+        http_port = 6335           # the web console (docs/console.md)
+        console = true             # false: no console
 
         [limits]
         max_batch = 10000
@@ -111,6 +114,8 @@ class ServerConfig:
     metrics_key: str | None = None  # sha256:... hash of the key a scrape must send (None: no key)
     metrics_names: bool = False  # label collection metrics with names (default: totals only)
     grace_seconds: float = 5.0  # on SIGTERM: time requests in flight get before their work is stopped
+    http_port: int = 6335  # the web console's port (same host as gRPC, same TLS)
+    console: bool = True  # serve the web console on http_port
     keys: tuple[ApiKey, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -138,6 +143,8 @@ class ServerConfig:
             "metrics_key": str,
             "metrics_names": bool,
             "grace_seconds": float,
+            "http_port": int,
+            "console": bool,
         }
         values: dict[str, Any] = {}
         for key, value in raw.items():
@@ -174,6 +181,8 @@ class ServerConfig:
         config = cls(**values)
         if not 0 <= config.port <= 65535:
             raise InvalidArgument(f"{where}: port must be in 0..65535, got {config.port}")
+        if not 0 <= config.http_port <= 65535:
+            raise InvalidArgument(f"{where}: http_port must be in 0..65535, got {config.http_port}")
         if config.workers < 1:
             raise InvalidArgument(f"{where}: workers must be at least 1, got {config.workers}")
         if config.metrics_key is not None and (

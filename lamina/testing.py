@@ -31,6 +31,8 @@ class ServerProcess:
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log = data.parent / f"server-{self.port}.log"
+        if not {"--http-port", "--no-console"} & set(extra):
+            extra = (*extra, "--no-console")  # the console's default port would be shared by every server
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [

@@ -232,15 +232,21 @@ def encode_payloads(payloads: Sequence[object] | None, n: int, limits: Limits) -
     return out
 
 
-def decode_payload(blob: bytes | str) -> Payload:
-    """Parse a payload received as JSON; InvalidArgument if it is not a JSON object."""
+def decode_object(blob: bytes | str, what: str) -> dict[str, Any]:
+    """Parse a JSON object received as ``blob``; InvalidArgument, naming ``what``, if it is
+    not valid JSON or not an object."""
     try:
         value = orjson.loads(blob)
     except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"payload is not valid JSON: {exc}") from None
+        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise InvalidArgument(f"payload must be a JSON object, got {type(value).__name__}")
+        raise InvalidArgument(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def decode_payload(blob: bytes | str) -> Payload:
+    """Parse a payload received as JSON; InvalidArgument if it is not a JSON object."""
+    return decode_object(blob, "payload")
 
 
 def check_tenant_use(collection: str, multi_tenant: bool, tenant: str | None, *, write: bool = False) -> None:

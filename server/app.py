@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -420,24 +420,102 @@ def _tenant_of(request: Any) -> str | None:
     return request.tenant if "tenant" in request.DESCRIPTOR.fields_by_name else None
 
 
-def _handlers(
-    module: Any, servicer: Any, auth: Authorizer, metrics: Metrics | None
-) -> grpc.GenericRpcHandler:
-    """Method handlers of the one service in ``module`` that parse requests themselves, so
-    that a request that is not a valid message (truncated, bad UTF-8 in a string) is
-    answered INVALID_ARGUMENT rather than gRPC's generic UNKNOWN, that check the caller's
-    API key and its role before the servicer runs, and that count and time every call."""
-    (service,) = module.DESCRIPTOR.services_by_name.values()
+class CallAborted(Exception):
+    """A call made through ``Api.call`` by an in-process caller ended with a gRPC status
+    other than OK: ``code`` (a ``grpc.StatusCode``) and ``details``, as a gRPC client sees them."""
 
-    async def _checked(
-        raw: bytes, context: grpc.aio.ServicerContext, parse: Any, impl: Any, path: str
-    ) -> Any:
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class CallContext:
+    """The parts of ``grpc.aio.ServicerContext`` that the request pipeline uses, for callers
+    inside the server process (the web console): the caller's metadata (its API key) in,
+    the status out. ``abort`` raises ``CallAborted`` as gRPC's raises to end the RPC."""
+
+    def __init__(self, metadata: Sequence[tuple[str, str]] = (), peer: str = "console") -> None:
+        self._metadata = tuple(metadata)
+        self._peer = peer
+        self._code: grpc.StatusCode | None = None
+
+    def peer(self) -> str:
+        """Who calls (admission control's caller when the server has no keys)."""
+        return self._peer
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        self._code = code
+        raise CallAborted(code, details)
+
+
+class Api:
+    """Every RPC of one server by path (``Service/Method``), behind one pipeline: check the
+    caller's API key, parse the request (a request that is not a valid message, truncated
+    or with bad UTF-8 in a string, is INVALID_ARGUMENT rather than gRPC's generic UNKNOWN),
+    check the key's role, collections and tenants, run the servicer, trim the answer to what
+    the key may see, and count and time the call. The gRPC handlers and the web console
+    both call ``call``, so both follow the same rules, limits and errors."""
+
+    def __init__(self, auth: Authorizer, metrics: Metrics | None) -> None:
+        self.auth = auth
+        self.metrics = metrics
+        self.methods: dict[str, tuple[Callable[[bytes], Any], Any]] = {}  # path -> (parse, servicer method)
+        self.handlers: list[grpc.GenericRpcHandler] = []
+
+    def add(self, module: Any, servicer: Any) -> None:
+        """Register the one service in ``module``, implemented by ``servicer``."""
+        (service,) = module.DESCRIPTOR.services_by_name.values()
+        grpc_methods = {}
+        for method in service.methods:
+            path = f"{service.name}/{method.name}"
+            parse = GetMessageClass(method.input_type).FromString
+            self.methods[path] = (parse, getattr(servicer, method.name))
+
+            async def handle(raw: bytes, context: grpc.aio.ServicerContext, path: str = path) -> Any:
+                return await self.call(path, raw, context)
+
+            grpc_methods[method.name] = grpc.unary_unary_rpc_method_handler(
+                handle, response_serializer=GetMessageClass(method.output_type).SerializeToString
+            )
+        self.handlers.append(grpc.method_handlers_generic_handler(service.full_name, grpc_methods))
+
+    async def call(self, path: str, request: Any, context: Any) -> Any:
+        """Answer one call of ``path``: ``request`` is the serialized message (gRPC) or the
+        message itself (in-process callers); ``context`` a gRPC servicer context or a
+        ``CallContext``."""
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await self._checked(path, request, context)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except BaseException:
+            code = getattr(context.code(), "name", None) or "UNKNOWN"  # the status abort() set
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe(path, code, time.perf_counter() - started)
+
+    async def _checked(self, path: str, raw: Any, context: Any) -> Any:
+        auth = self.auth
+        parse, impl = self.methods[path]
         try:
             key = auth.authenticate(context.invocation_metadata())
         except LaminaError as exc:
             await context.abort(grpc.StatusCode[exc.code], str(exc))
         try:
-            request = parse(raw)
+            request = parse(raw) if isinstance(raw, bytes) else raw
         except DecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
         try:
@@ -462,38 +540,6 @@ def _handlers(
                     info.count = 0
                     info.ClearField("status")
         return response
-
-    methods = {}
-    for method in service.methods:
-        parse = GetMessageClass(method.input_type).FromString
-        impl = getattr(servicer, method.name)
-        path = f"{service.name}/{method.name}"
-
-        async def handle(
-            raw: bytes,
-            context: grpc.aio.ServicerContext,
-            parse: Any = parse,
-            impl: Any = impl,
-            path: str = path,
-        ) -> Any:
-            started = time.perf_counter()
-            code = "OK"
-            try:
-                return await _checked(raw, context, parse, impl, path)
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except BaseException:
-                code = getattr(context.code(), "name", None) or "UNKNOWN"  # the status abort() set
-                raise
-            finally:
-                if metrics is not None:
-                    metrics.observe(path, code, time.perf_counter() - started)
-
-        methods[method.name] = grpc.unary_unary_rpc_method_handler(
-            handle, response_serializer=GetMessageClass(method.output_type).SerializeToString
-        )
-    return grpc.method_handlers_generic_handler(service.full_name, methods)
 
 
 class LaminaServer:
@@ -528,6 +574,7 @@ class LaminaServer:
         self._executor: ThreadPoolExecutor | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
+        self.api: Api | None = None  # set by start(): every RPC behind the auth pipeline
 
     def _build(self) -> grpc.aio.Server:
         """Make the grpc.aio server; it must be created on the loop that runs it."""
@@ -555,9 +602,10 @@ class LaminaServer:
             (spb, SearchServicer),
             (ipb, InfoServicer),
         )
-        server.add_generic_rpc_handlers(
-            [_handlers(module, cls(db, self.gate), self.auth, self.metrics) for module, cls in servicers]
-        )
+        self.api = Api(self.auth, self.metrics)
+        for module, cls in servicers:
+            self.api.add(module, cls(db, self.gate))
+        server.add_generic_rpc_handlers(self.api.handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -620,6 +668,15 @@ class LaminaServer:
         log.info("stopped; data flushed and closed")
 
 
+class Companion(Protocol):
+    """A service that runs beside the gRPC server on its event loop and calls its ``Api``
+    (the web console): started once the server is serving, stopped before it drains."""
+
+    async def start(self, server: LaminaServer) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 async def serve(
     db: DatabaseProtocol,
     host: str,
@@ -631,14 +688,23 @@ async def serve(
     metrics_key: str | None = None,
     metrics_names: bool = False,
     grace: float = 5.0,
+    companions: Sequence[Companion] = (),
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully (``grace`` seconds for the
     requests in flight, then their work is stopped)."""
     server = LaminaServer(db, host, port, workers, keys, tls, metrics_port, metrics_key, metrics_names)
     await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(grace)
+    started: list[Companion] = []
+    try:
+        for companion in companions:
+            await companion.start(server)
+            started.append(companion)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        for companion in reversed(started):
+            await companion.stop()
+        await server.stop(grace)

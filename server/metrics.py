@@ -14,12 +14,17 @@ other machines reach without a key or TLS logs a warning.
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
+import math
+import os
 import socket
 import ssl
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -264,3 +269,140 @@ def _tls_context(cert: bytes, key: bytes) -> ssl.SSLContext:
         key_file.write_bytes(key)
         context.load_cert_chain(cert_file, key_file)
     return context
+
+
+def _rss_bytes() -> float | None:
+    """This process's resident memory (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return float(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def bucket_quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float | None:
+    """The ``q`` quantile of observations counted in cumulative histogram buckets (upper
+    ``bounds``, the last +Inf), interpolated within its bucket as Prometheus'
+    ``histogram_quantile`` does; None when there are no observations."""
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower  # past the last finite bucket: its bound is all that is known
+            return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+        lower, below = bound, count
+    return lower
+
+
+class MetricsHistory:
+    """The last minutes of the server's own metrics, for the console's charts: every
+    ``interval`` seconds a background thread reads the request counters and latency
+    histogram (the series Prometheus scrapes) and the process's memory, and keeps
+    ``keep`` samples in a ring buffer. The engine's gauges (points, index memory) are
+    read only while someone watches (``series`` was called in the last minute), so that
+    nobody looking costs the engine nothing."""
+
+    WATCHED_FOR = 60.0
+
+    def __init__(
+        self, metrics: Metrics, db: DatabaseProtocol, interval: float = 2.0, keep: int = 300
+    ) -> None:
+        self.metrics = metrics
+        self.db = db
+        self.interval = interval
+        self._samples: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watched_at = -math.inf
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="lamina-metrics-history", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._sample()
+            except Exception:  # a sample is worth less than the thread taking them
+                logging.getLogger("lamina.server").exception("metrics sample failed")
+
+    def _engine_totals(self) -> tuple[float, float] | None:
+        if time.monotonic() - self._watched_at > self.WATCHED_FOR:
+            return None
+        points = index_bytes = 0.0
+        try:
+            names = self.db.list_collections()
+        except LaminaError:
+            return None
+        for name in names:
+            try:
+                info = self.db.get_collection(name).info()
+            except LaminaError:
+                continue  # dropped meanwhile
+            points += info.count
+            index_bytes += info.status.index_bytes
+        return points, index_bytes
+
+    def _sample(self) -> None:
+        requests = errors = 0.0
+        for metric in self.metrics.requests.collect():
+            for s in metric.samples:
+                if s.name.endswith("_total"):
+                    requests += s.value
+                    if s.labels.get("code") != "OK":
+                        errors += s.value
+        buckets: dict[float, float] = {}
+        for metric in self.metrics.latency.collect():
+            for s in metric.samples:
+                if s.name.endswith("_bucket"):
+                    bound = float(s.labels["le"])
+                    buckets[bound] = buckets.get(bound, 0.0) + s.value
+        engine = self._engine_totals()
+        sample = {
+            "time": time.time(),
+            "requests": requests,
+            "errors": errors,
+            "buckets": [buckets.get(b, 0.0) for b in (*BUCKETS, math.inf)],
+            "rss_bytes": _rss_bytes(),
+            "points": None if engine is None else engine[0],
+            "index_bytes": None if engine is None else engine[1],
+        }
+        with self._lock:
+            self._samples.append(sample)
+
+    def series(self) -> dict[str, list[float | None]]:
+        """Per interval between two samples: its end time (seconds since the epoch),
+        requests per second, errors per second, p50 and p99 latency (seconds, None when
+        no request finished in it), resident memory, points and index memory (None while
+        nobody watched)."""
+        self._watched_at = time.monotonic()
+        with self._lock:
+            samples = list(self._samples)
+        out: dict[str, list[float | None]] = {
+            k: [] for k in ("time", "qps", "errors", "p50", "p99", "rss_bytes", "points", "index_bytes")
+        }
+        bounds = (*BUCKETS, math.inf)
+        for before, after in itertools.pairwise(samples):
+            seconds = after["time"] - before["time"]
+            if seconds <= 0:
+                continue
+            delta = [a - b for a, b in zip(after["buckets"], before["buckets"], strict=True)]
+            out["time"].append(after["time"])
+            out["qps"].append((after["requests"] - before["requests"]) / seconds)
+            out["errors"].append((after["errors"] - before["errors"]) / seconds)
+            out["p50"].append(bucket_quantile(0.5, bounds, delta))
+            out["p99"].append(bucket_quantile(0.99, bounds, delta))
+            for key in ("rss_bytes", "points", "index_bytes"):
+                out[key].append(after[key])
+        return out

@@ -15,6 +15,7 @@ import pytest
 
 import lamina
 from lamina.config import DEFAULT_LIMITS, Limits
+from lamina.console import Console
 from lamina.engine.database import Database
 from lamina.server.app import LaminaServer
 from lamina.server.auth import ApiKey
@@ -38,6 +39,8 @@ class ServerThread:
         sync_writes: bool = False,
         metrics_key: str | None = None,
         metrics_names: bool = False,
+        console: bool = False,
+        sample_every: float = 2.0,
     ) -> None:
         self.data = data
         self.loop = asyncio.new_event_loop()
@@ -57,8 +60,14 @@ class ServerThread:
         )
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
         self.address = f"127.0.0.1:{self.port}"
+        self.console: Console | None = None
+        if console:  # the web console on a free port, as `lamina serve` runs it
+            self.console = Console(port=0, sample_every=sample_every)
+            asyncio.run_coroutine_threadsafe(self.console.start(self.server), self.loop).result(30)
 
     def stop(self) -> None:
+        if self.console is not None:
+            asyncio.run_coroutine_threadsafe(self.console.stop(), self.loop).result(30)
         asyncio.run_coroutine_threadsafe(self.server.stop(grace=1), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
