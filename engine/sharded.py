@@ -54,6 +54,7 @@ from lamina.engine.database import (
     snapshot_tmp,
     write_snapshot,
 )
+from lamina.engine.embedding import complete_config
 from lamina.engine.filters import compile_filter
 from lamina.engine.text import fuse, fusion_depth
 from lamina.errors import (
@@ -1040,6 +1041,7 @@ class ShardedDatabase:
 
     def create_collection(self, name: str, config: CollectionConfig) -> ShardedCollection:
         check_collection_name(name)
+        config = complete_config(config)  # a model gives the dimension and indexes `document`
         with self._lock:
             self._check_open()
             if name in self._collections or name in self._creating:

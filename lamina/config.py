@@ -24,8 +24,9 @@ class Limits:
     Defaults: 10,000 points per write batch, 1,000 query vectors per batch search,
     k up to 10,000, 65,536 dimensions, 1 MiB of JSON payload per point, filters
     nested 32 levels deep, ids and strings up to 1,024 bytes, 64 MiB gRPC messages,
-    10,000 points per scroll page, and 64 requests running or queued in a server at
-    once (more are answered RESOURCE_EXHAUSTED).
+    10,000 points per scroll page, 64 requests running or queued in a server at
+    once (more are answered RESOURCE_EXHAUSTED), and 20,000 texts waiting for an
+    embedding model per process (more are answered RESOURCE_EXHAUSTED).
     """
 
     max_batch: int = 10_000
@@ -38,6 +39,7 @@ class Limits:
     max_message_bytes: int = 64 << 20
     max_scroll_limit: int = 10_000
     max_concurrent_requests: int = 64
+    max_embed_queue: int = 20_000
 
     @classmethod
     def from_dict(cls, data: object, where: str = "limits") -> Limits:

@@ -46,6 +46,7 @@ TENANT_METHODS = frozenset(
         "Search/Search",
         "Search/SearchBatch",
         "Search/Query",
+        "Search/Embed",
         "Collections/Get",
         "Collections/List",
         "Info/GetInfo",
@@ -67,6 +68,7 @@ REQUIRED_ROLE: dict[str, str] = {
     "Search/Search": "read",
     "Search/SearchBatch": "read",
     "Search/Query": "read",
+    "Search/Embed": "read",
     "Info/GetInfo": "read",
 }
 
