@@ -485,28 +485,26 @@ class Batcher:
                     job = self._jobs.pop(0)
                     jobs.append(job)
                     count += len(job.texts)
+                self._queued -= count  # taken: no longer waiting
             texts = [t for job in jobs for t in job.texts]
             try:
                 vectors = self.model.embed(texts)
                 self.batches += 1
             except LaminaError as exc:
-                self._finish(jobs, count, error=exc)
+                self._finish(jobs, error=exc)
                 continue
             except Exception as exc:
                 log.exception("embedding model %r failed", self.model.name)
-                self._finish(jobs, count, error=exc)
+                self._finish(jobs, error=exc)
                 continue
-            self._finish(jobs, count, vectors=vectors)
+            self._finish(jobs, vectors=vectors)
 
     def _finish(
         self,
         jobs: list[_Job],
-        count: int,
         vectors: FloatMatrix | None = None,
         error: BaseException | None = None,
     ) -> None:
-        with self._cond:
-            self._queued -= count
         at = 0
         for job in jobs:
             if error is not None:

@@ -455,3 +455,33 @@ def load(db: Any, args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def ingest(
+    db: Any,
+    path: str | os.PathLike[str],
+    collection: str,
+    *,
+    model: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+    resume: bool = False,
+    quiet: bool = True,
+) -> int:
+    """``lamina ingest PATH --embed -c COLLECTION`` from Python, with the client ``db``
+    (embedded or remote): returns 0 once every document is chunked, embedded and written."""
+    args = argparse.Namespace(
+        file=str(path),
+        collection=collection,
+        target=str(getattr(getattr(db, "_transport", None), "address", "embedded")),
+        model=model,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        checkpoint=None,
+        resume=resume,
+        quiet=quiet,
+        batch_size=64,
+        tenant=None,
+        metric="cosine",
+    )
+    return load(db, args)
