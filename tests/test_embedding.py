@@ -74,6 +74,8 @@ def test_text_collection_round_trip(db: lamina.Client) -> None:
     assert hits[0].id == 1
     assert hits[0].payload == {"topic": "garden", "document": DOCS[0]}
     assert [h.id for h in col.query(text="moon tides", k=1)] == [2]  # hybrid: dense + BM25
+    # no word in common with any document: only the embedded text (the dense side) finds it
+    assert [h.id for h in col.query(text="lunar pull upon oceans", k=1)] == [2]
     assert [[h.id for h in hl] for hl in col.search_batch(["bread baking", "ocean"], k=1)] == [[3], [2]]
     # the stored vectors are the model's, embedded wherever the engine runs
     stored = col.get([1, 2, 3], with_vector=True)
