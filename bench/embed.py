@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     server = ServerProcess(folder / "server")  # `lamina serve` on loopback: it loads its own model
     try:
         for mode, target in (("embedded", str(folder / "embedded")), ("server", server.address)):
-            with lamina.connect(target) as db:
+            with lamina.connect(target, timeout=None) as db:  # a loaded machine embeds slowly
                 col = db.create_collection("kb", embedding="minilm")
                 rate = _add_rate(col, docs)
                 rows.append(

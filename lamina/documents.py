@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 from tqdm import tqdm
 
 from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError, NotFound
+from lamina.ingest import read_checkpoint, write_checkpoint
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".html", ".htm")
 DEFAULT_CHUNK_SIZE = 1000
@@ -327,20 +327,9 @@ class FileCheckpoint:
         self.done: dict[str, list[int]] = {}
 
     def load(self) -> None:
-        try:
-            saved = orjson.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            raise FailedPrecondition(
-                f"no checkpoint {self.path} to resume from; run without --resume"
-            ) from None
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise FailedPrecondition(f"checkpoint {self.path} cannot be read ({exc}); delete it") from None
-        changed = [k for k, v in self.identity.items() if saved.get(k) != v]
-        if changed:
-            raise FailedPrecondition(
-                f"checkpoint {self.path} belongs to another load (its {', '.join(changed)} differ); "
-                "run without --resume to start over"
-            )
+        saved = read_checkpoint(self.path, self.identity)
+        if saved is None:
+            raise FailedPrecondition(f"no checkpoint {self.path} to resume from; run without --resume")
         self.done = dict(saved.get("files", {}))
 
     @staticmethod
@@ -353,9 +342,7 @@ class FileCheckpoint:
 
     def mark(self, source: str, path: Path) -> None:
         self.done[source] = self.stamp(path)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_bytes(orjson.dumps({**self.identity, "files": self.done}))
-        os.replace(tmp, self.path)
+        write_checkpoint(self.path, {**self.identity, "files": self.done})
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

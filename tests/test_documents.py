@@ -108,26 +108,10 @@ def test_ingest_folder_then_reingest_a_changed_file(
     docs = _folder(tmp_path)
     srv = ServerThread(tmp_path / "server") if remote else None
     target = srv.address if srv else str(tmp_path / "data")
+    argv = ["ingest", str(docs), "--embed", "-c", "kb", "-t", target, "-q", "--chunk-size", "200"]
+    argv += ["--chunk-overlap", "40"]
     try:
-        assert (
-            main(
-                [
-                    "ingest",
-                    str(docs),
-                    "--embed",
-                    "-c",
-                    "kb",
-                    "-t",
-                    target,
-                    "-q",
-                    "--chunk-size",
-                    "200",
-                    "--chunk-overlap",
-                    "40",
-                ]
-            )
-            == 0
-        )
+        assert main(argv) == 0
         err = capsys.readouterr().err
         for skipped in (
             "photo.png: not a text document",
@@ -164,25 +148,7 @@ def test_ingest_folder_then_reingest_a_changed_file(
         assert "embedding: minilm (384 dimensions)" in capsys.readouterr().out
         # the garden file shrinks: its chunks are replaced and the ones past its end removed
         (docs / "garden.md").write_text("# Garden handbook\n\nOnly the lawn now: mow it weekly.\n")
-        assert (
-            main(
-                [
-                    "ingest",
-                    str(docs),
-                    "--embed",
-                    "-c",
-                    "kb",
-                    "-t",
-                    target,
-                    "-q",
-                    "--chunk-size",
-                    "200",
-                    "--chunk-overlap",
-                    "40",
-                ]
-            )
-            == 0
-        )
+        assert main(argv) == 0
         assert "2 stale chunks removed" in capsys.readouterr().err
         with lamina.connect(target) as db:
             col = db.get_collection("kb")
