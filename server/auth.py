@@ -46,7 +46,6 @@ TENANT_METHODS = frozenset(
         "Search/Search",
         "Search/SearchBatch",
         "Search/Query",
-        "Search/Embed",
         "Collections/Get",
         "Collections/List",
         "Info/GetInfo",
