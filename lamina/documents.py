@@ -18,7 +18,8 @@ Loading (``load``): each chunk becomes a point with id ``"<source>#<n>"`` and pa
 ``source`` (the path relative to PATH), ``title`` (the document's first heading, else
 its file name), ``section`` (the heading above the chunk), ``chunk`` (n) and ``document``
 (the text). Re-ingesting a changed file overwrites its chunks and deletes those past its
-new end, so nothing stale is left. Files are written one after the other and a
+new end, so nothing stale is left; a file whose chunks are stored as they are is not
+embedded again. Files are written one after the other and a
 checkpoint beside PATH records the finished ones: ``--resume`` skips them.
 """
 
@@ -378,6 +379,18 @@ def target_collection(db: Any, args: argparse.Namespace) -> Any:
     return col
 
 
+def _stored_as_is(col: Any, chunks: list[Chunk], tenant: str | None) -> bool:
+    """Whether the collection already holds exactly these chunks of the file (same texts and
+    payloads, none past its end): then re-ingesting it would change nothing."""
+    if not chunks:
+        return False
+    wanted = [*(c.id for c in chunks), f"{chunks[0].source}#{len(chunks)}"]
+    stored = {p.id: p.payload for p in col.get(wanted, with_vector=False, tenant=tenant)}
+    return len(stored) == len(chunks) and all(
+        stored.get(c.id) == {**c.payload(), "document": c.text} for c in chunks
+    )
+
+
 def load(db: Any, args: argparse.Namespace) -> int:
     """Chunk, embed and write every document under ``args.file``; see the module doc."""
     size, overlap = args.chunk_size, args.chunk_overlap
@@ -405,12 +418,17 @@ def load(db: Any, args: argparse.Namespace) -> int:
     total = sum(len(c) for _, _, c in todo)
     batch = max(1, args.batch_size or 64)
     began = time.perf_counter()
-    written = removed = 0
+    written = removed = unchanged = 0
     with tqdm(
         total=total, unit="chunk", desc=f"ingest {root.name}", file=sys.stderr, disable=args.quiet
     ) as bar:
         for source, path, chunks in todo:
             try:
+                if _stored_as_is(col, chunks, args.tenant):  # an unchanged file: nothing to embed
+                    unchanged += 1
+                    bar.update(len(chunks))
+                    checkpoint.mark(source, path)
+                    continue
                 for lo in range(0, len(chunks), batch):
                     part = chunks[lo : lo + batch]
                     written += col.add(
@@ -435,8 +453,9 @@ def load(db: Any, args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - began
     rate = written / seconds if seconds > 0 else 0.0
     print(
-        f"ingested {written:,} chunks from {len(todo):,} files into {args.collection!r}"
+        f"ingested {written:,} chunks from {len(todo) - unchanged:,} files into {args.collection!r}"
         + (f" ({len(files) - len(todo)} already done)" if len(files) > len(todo) else "")
+        + f", {unchanged:,} unchanged files left as they were"
         + f", {removed:,} stale chunks removed, {skipped:,} files skipped; "
         f"it now holds {col.count(tenant=args.tenant):,} ({seconds:.2f} s, {rate:,.1f} chunks/s)",
         file=sys.stderr,

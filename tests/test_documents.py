@@ -149,7 +149,9 @@ def test_ingest_folder_then_reingest_a_changed_file(
         # the garden file shrinks: its chunks are replaced and the ones past its end removed
         (docs / "garden.md").write_text("# Garden handbook\n\nOnly the lawn now: mow it weekly.\n")
         assert main(argv) == 0
-        assert "2 stale chunks removed" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "2 stale chunks removed" in err
+        assert "ingested 1 chunks from 1 files" in err and "3 unchanged files left as they were" in err
         with lamina.connect(target) as db:
             col = db.get_collection("kb")
             assert col.count() == total - 2
