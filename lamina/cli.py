@@ -398,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="--embed: most characters in a chunk (default 1000, about 250 tokens)",
     )
     ingest.add_argument(
+        "--prune",
+        action="store_true",
+        help="--embed, PATH a folder: also delete the chunks of files no longer in it (every chunk with a "
+        "source the folder does not have)",
+    )
+    ingest.add_argument(
         "--chunk-overlap",
         type=int,
         default=150,

@@ -449,6 +449,11 @@ def load(db: Any, args: argparse.Namespace) -> int:
                 )
                 raise type(exc)(f"{source}: {exc}") from None
             checkpoint.mark(source, path)
+    pruned = 0
+    if getattr(args, "prune", False) and root.is_dir():  # files gone from the folder: their chunks too
+        present = sorted({source for source, _, _ in files})
+        gone = {"$and": [{"source": {"$exists": True}}, {"source": {"$nin": present}}]}
+        pruned = col.delete(filter=gone, tenant=args.tenant)
     checkpoint.remove()
     seconds = time.perf_counter() - began
     rate = written / seconds if seconds > 0 else 0.0
@@ -456,7 +461,9 @@ def load(db: Any, args: argparse.Namespace) -> int:
         f"ingested {written:,} chunks from {len(todo) - unchanged:,} files into {args.collection!r}"
         + (f" ({len(files) - len(todo)} already done)" if len(files) > len(todo) else "")
         + f", {unchanged:,} unchanged files left as they were"
-        + f", {removed:,} stale chunks removed, {skipped:,} files skipped; "
+        + f", {removed:,} stale chunks removed"
+        + (f", {pruned:,} chunks of vanished files pruned" if getattr(args, "prune", False) else "")
+        + f", {skipped:,} files skipped; "
         f"it now holds {col.count(tenant=args.tenant):,} ({seconds:.2f} s, {rate:,.1f} chunks/s)",
         file=sys.stderr,
     )

@@ -158,6 +158,15 @@ def test_ingest_folder_then_reingest_a_changed_file(
             garden = col.get(garden_before)
             assert [p.id for p in garden] == ["garden.md#0"]
             assert garden[0].payload is not None and "mow it weekly" in garden[0].payload["document"]
+            col.add(["mine"], ["a point of the user's own, without a source"])
+        # a file disappears: --prune removes its chunks, and only those
+        (docs / "notes.txt").unlink()
+        assert main([*argv, "--prune"]) == 0
+        assert "1 chunks of vanished files pruned" in capsys.readouterr().err
+        with lamina.connect(target) as db:
+            col = db.get_collection("kb")
+            assert col.count() == total - 2 and col.count({"source": "notes.txt"}) == 0
+            assert col.get(["mine"]) != []
     finally:
         if srv:
             srv.stop()
