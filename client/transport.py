@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine import embedding
 from lamina.engine.database import Database, open_shared, release_shared
-from lamina.engine.sharded import AnyDatabase
+from lamina.engine.protocol import DatabaseProtocol
 from lamina.errors import ERROR_BY_CODE, FailedPrecondition, Internal, LaminaError
 from lamina.proto import convert
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
@@ -92,12 +92,12 @@ class EmbeddedTransport:
         *,
         sync_writes: bool = False,
         limits: Limits = DEFAULT_LIMITS,
-        db: AnyDatabase | None = None,
+        db: DatabaseProtocol | None = None,
     ) -> None:
         """The Database over ``path`` (shared with the other clients of this process that
         opened the same directory), or ``db`` when given (a sharded one, already open)."""
         self._shared = db is None
-        self.db: AnyDatabase = (
+        self.db: DatabaseProtocol = (
             db if db is not None else open_shared(path, sync_writes=sync_writes, limits=limits)
         )
         self._closed = False

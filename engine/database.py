@@ -31,6 +31,7 @@ import orjson
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.collection import Collection
 from lamina.engine.embedding import complete_config
+from lamina.engine.protocol import DatabaseProtocol
 from lamina.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from lamina.storage.vectorfile import atomic_folder, fsync_path, fsync_tree
 from lamina.types import CollectionConfig, SnapshotInfo
@@ -167,7 +168,7 @@ def release_shared(db: Database) -> None:
     db.close()
 
 
-class Database:
+class Database(DatabaseProtocol):
     """All collections of one data directory, opened in-process.
 
     >>> import tempfile

@@ -43,6 +43,7 @@ import numpy as np
 import orjson
 
 from lamina.config import DEFAULT_LIMITS, Limits
+from lamina.engine.protocol import CollectionProtocol
 from lamina.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -341,22 +342,6 @@ def _spec(name: str, config: CollectionConfig) -> EmbeddingConfig:
     return config.embedding
 
 
-class CollectionLike(Protocol):
-    """What text operations need of a collection (local or sharded)."""
-
-    name: str
-    config: CollectionConfig
-
-    def upsert(
-        self,
-        ids: Sequence[PointId],
-        vectors: Any,
-        payloads: Sequence[Payload | None] | None = None,
-        *,
-        tenant: str | None = None,
-    ) -> int: ...
-
-
 def document_payloads(documents: list[str], payloads: Sequence[Payload | None] | None) -> list[Payload]:
     """Each document's payload with its text in ``document`` (the user's own fields kept)."""
     merged: list[Payload] = []
@@ -375,7 +360,7 @@ def document_payloads(documents: list[str], payloads: Sequence[Payload | None] |
 
 
 def add_documents(
-    col: CollectionLike,
+    col: CollectionProtocol,
     ids: Sequence[PointId],
     documents: Sequence[object],
     payloads: Sequence[Payload | None] | None,

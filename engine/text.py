@@ -1,4 +1,4 @@
-"""BM25 over ``text`` payload indexes, and fusion of dense and keyword rankings.
+"""BM25 over ``text`` payload indexes (fusion with the dense ranking: engine/fusion.py).
 
 The text index is a ``FieldIndex`` of kind ``text`` (postings of lower-cased word
 tokens with term frequencies, and document lengths), one per sealed segment and a
@@ -6,9 +6,6 @@ few for the mutable segment, so it follows sealing, deletes and compaction like
 every payload index. Scores use corpus statistics summed over all parts (Lucene's
 BM25 with ``k1 = 1.2``, ``b = 0.75`` and its non-negative idf); rows deleted but not
 yet compacted still count in those statistics, as in Lucene.
-
-Fusion: reciprocal-rank fusion, ``sum(w / (60 + rank))`` (Cormack et al. 2009), or
-a weighted sum of min-max normalised scores.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from lamina.engine.payload import FieldIndex, tokenize
 
 K1 = 1.2
 B = 0.75
-RRF_K = 60
 
 
 @dataclass(frozen=True)
@@ -68,30 +64,3 @@ def top_rows(scores: np.ndarray, allow: np.ndarray, n: int) -> tuple[np.ndarray,
         pos = pos[np.argpartition(-scores[pos], n - 1)[:n]]
     order = np.argsort(-scores[pos], kind="stable")
     return pos[order], scores[pos[order]]
-
-
-def fusion_depth(k: int, max_k: int) -> int:
-    """How deep each ranking is read before two are fused into a top ``k``."""
-    return min(max_k, max(2 * k, 50))
-
-
-def fuse(
-    rankings: Sequence[tuple[np.ndarray, np.ndarray]], method: str, weights: Sequence[float], k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fuse ranked lists of (rows, scores), each best first, into the top ``k`` (rows,
-    fused scores). ``rrf`` adds ``w / (60 + rank)``; ``weighted`` adds ``w`` times the
-    score min-max normalised within its list (a list of one scores 1)."""
-    total: dict[int, float] = {}
-    for (rows, scores), weight in zip(rankings, weights, strict=True):
-        if method == "rrf":
-            gains = [weight / (RRF_K + rank) for rank in range(1, rows.size + 1)]
-        else:
-            lo, hi = (float(scores.min()), float(scores.max())) if scores.size else (0.0, 0.0)
-            gains = [weight * ((float(s) - lo) / (hi - lo) if hi > lo else 1.0) for s in scores]
-        for row, gain in zip(rows.tolist(), gains, strict=True):
-            total[row] = total.get(row, 0.0) + gain
-    best = sorted(total.items(), key=lambda item: (-item[1], item[0]))[:k]
-    return (
-        np.array([r for r, _ in best], dtype=np.int64),
-        np.array([s for _, s in best], dtype=np.float32),
-    )

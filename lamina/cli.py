@@ -119,14 +119,15 @@ def _start_ray(address: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from lamina.engine.database import Database
-    from lamina.engine.sharded import AnyDatabase, ShardedDatabase
+    from lamina.engine.protocol import DatabaseProtocol
+    from lamina.engine.sharded import ShardedDatabase
     from lamina.server.app import serve
 
     config = server_config(args)
     tls = None
     if config.tls_cert and config.tls_key:
         tls = (Path(config.tls_cert).read_bytes(), Path(config.tls_key).read_bytes())
-    db: AnyDatabase
+    db: DatabaseProtocol
     if args.ray is not None:
         _start_ray(args.ray)
         db = ShardedDatabase(config.data, sync_writes=config.sync_writes, limits=config.limits)

@@ -258,3 +258,45 @@ def decode_payload(blob: bytes | str) -> Payload:
     if not isinstance(value, dict):
         raise InvalidArgument(f"payload must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def check_tenant_use(collection: str, multi_tenant: bool, tenant: str | None, *, write: bool = False) -> None:
+    """The tenant rule: every request to a multi-tenant collection names a tenant, no
+    request to another collection does."""
+    if not multi_tenant:
+        if tenant is not None:
+            raise InvalidArgument(
+                f"collection {collection!r} is not multi-tenant: leave tenant out "
+                "(create the collection with multi_tenant=True to keep tenants apart)"
+            )
+        return
+    if tenant is None:
+        raise InvalidArgument(
+            f"collection {collection!r} is multi-tenant: every {'write' if write else 'read'} "
+            "names its tenant (tenant=...)"
+        )
+    check_tenant(tenant)
+
+
+def check_points(
+    ids: Sequence[PointId],
+    vectors: object,
+    payloads: Sequence[Payload | None] | None,
+    dim: int,
+    limits: Limits,
+) -> tuple[list[PointId], FloatMatrix, list[bytes]]:
+    """An upsert's ids, vectors (float32, ``dim`` wide) and encoded payloads, checked."""
+    id_list = check_ids(ids, limits)
+    if not id_list:
+        raise InvalidArgument("upsert needs at least one point: ids is empty")
+    matrix = as_matrix(vectors, dim)
+    if matrix.shape[0] != len(id_list):
+        raise InvalidArgument(f"got {matrix.shape[0]} vectors for {len(id_list)} ids: give one vector per id")
+    return id_list, matrix, encode_payloads(payloads, len(id_list), limits)
+
+
+def check_directions(norms: np.ndarray) -> None:
+    """InvalidArgument for the first zero vector among rows of squared ``norms`` (cosine)."""
+    if (norms == 0).any():
+        bad = int(np.flatnonzero(norms == 0)[0])
+        raise InvalidArgument(f"vector {bad} is all zeros: a zero vector has no direction under cosine")

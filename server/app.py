@@ -23,8 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lamina import __version__
 from lamina.engine import embedding
-from lamina.engine.collection import Collection
-from lamina.engine.sharded import AnyDatabase, ShardedCollection
+from lamina.engine.protocol import CollectionProtocol, DatabaseProtocol
 from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError
 from lamina.proto import convert
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
@@ -112,7 +111,7 @@ class _Base:
     """Runs engine calls on a thread pool (numba kernels release the GIL) and maps
     Lamina errors to their gRPC status codes."""
 
-    def __init__(self, db: AnyDatabase, executor: ThreadPoolExecutor, gate: Gate) -> None:
+    def __init__(self, db: DatabaseProtocol, executor: ThreadPoolExecutor, gate: Gate) -> None:
         self.db = db
         self._executor = executor
         self._gate = gate
@@ -168,7 +167,7 @@ class _Base:
             )
         raise AssertionError("unreachable")  # context.abort always raises
 
-    def _collection(self, name: str) -> Collection | ShardedCollection:
+    def _collection(self, name: str) -> CollectionProtocol:
         if not name:
             raise InvalidArgument("collection name is empty: name the collection the request is for")
         return self.db.get_collection(check_collection_name(name))
@@ -578,7 +577,7 @@ class LaminaServer:
 
     def __init__(
         self,
-        db: AnyDatabase,
+        db: DatabaseProtocol,
         host: str = "127.0.0.1",
         port: int = 6334,
         workers: int = 8,
@@ -686,7 +685,7 @@ class LaminaServer:
 
 
 async def serve(
-    db: AnyDatabase,
+    db: DatabaseProtocol,
     host: str,
     port: int,
     workers: int = 8,

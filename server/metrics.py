@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from lamina.engine.sharded import AnyDatabase, ShardedCollection
+from lamina.engine.protocol import DatabaseProtocol
+from lamina.engine.sharded import ShardedCollection
 from lamina.errors import LaminaError
 from lamina.types import CollectionInfo
 
@@ -56,7 +57,7 @@ COLLECTION_GAUGES: tuple[tuple[str, str, Callable[[CollectionInfo], float]], ...
 class _EngineCollector(Collector):
     """Gauges read from the database and the admission gate when Prometheus scrapes."""
 
-    def __init__(self, db: AnyDatabase, gate: Gate) -> None:
+    def __init__(self, db: DatabaseProtocol, gate: Gate) -> None:
         self.db = db
         self.gate = gate
 
@@ -110,7 +111,7 @@ class _EngineCollector(Collector):
 class Metrics:
     """The metrics of one server, in a registry of its own (several servers may share a process)."""
 
-    def __init__(self, db: AnyDatabase, gate: Gate) -> None:
+    def __init__(self, db: DatabaseProtocol, gate: Gate) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "lamina_requests", "Requests by RPC and status code", ["method", "code"], registry=self.registry

@@ -320,7 +320,7 @@ def test_median_thresholds_set_each_bit_for_half_the_points() -> None:
 
 
 def test_build_threads_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lamina.engine.collection import build_threads
+    from lamina.engine.optimizer.build import build_threads
 
     monkeypatch.setenv("LAMINA_BUILD_THREADS", "1")
     assert build_threads() == 1

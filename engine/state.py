@@ -1,0 +1,275 @@
+"""The state every part of a collection works on: the RocksDB store, the sealed
+segments, the mutable segment (an in-memory float32 matrix with a live mask and the
+tenant of each row), tenant counts and partitions, and the lock that serialises
+writers. ``CollectionState`` loads it at open and keeps the few operations that keep
+it consistent (placing and killing rows, the read snapshot); the write path, the read
+path and the optimizer jobs are mixins over it (see engine/collection.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import orjson
+
+from lamina.config import Limits
+from lamina.errors import InvalidArgument, NotFound
+from lamina.index.kernels import METRIC_IP, METRIC_L2, normalize_rows
+from lamina.index.tiers import Knobs
+from lamina.storage.keys import id_key, row_from_key, tenant_of_key, tenant_prefix
+from lamina.storage.rocks import FIELDS, MUTABLE_START, NEXT_ROW, SEGMENTS, TENANTS, CollectionStore
+from lamina.types import CollectionConfig, FloatMatrix, Payload, PointId
+from lamina.validation import check_directions, check_tenant_use
+
+from .payload import FieldIndex, MutableIndexes
+from .segments import Segment
+from .tenants import Partition, Tenants
+
+GROW = 1.5  # the mutable matrix grows by this factor
+MIN_CAPACITY = 1024  # rows of a fresh mutable matrix
+SEGMENT_DIR = "segments"  # sealed segments live in this folder of the collection
+READ_ATTEMPTS = 3  # see CollectionState._read
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ReadSnapshot:
+    """What one search reads: sealed segments, and the mutable segment's rows
+    ``start .. start + len(live)`` in ``matrix``."""
+
+    segments: tuple[Segment, ...]
+    start: int
+    matrix: FloatMatrix
+    live: np.ndarray
+    payload: dict[str, list[FieldIndex]]
+    replaced: int  # Collection._replaced when it was taken
+    tcodes: np.ndarray  # multi-tenant: tenant code of each mutable row (from ``start``)
+    partitions: dict[int, tuple[Partition, ...]]  # tenant code -> its HNSW partitions (main, delta)
+
+
+class CollectionState:
+    """A collection's data and the lock around it. Thread-safe: writers are
+    serialised by ``_lock``; searches copy a ``ReadSnapshot`` under it and then scan without it."""
+
+    def __init__(self, name: str, store: CollectionStore, config: CollectionConfig, limits: Limits) -> None:
+        self.name = name
+        self.config = config
+        self._store = store
+        self._limits = limits
+        self._metric = METRIC_L2 if config.metric == "l2" else METRIC_IP
+        self._lock = threading.Lock()
+        self._closed = False
+        raw = store.get_meta(NEXT_ROW)
+        self._next_row = row_from_key(raw) if raw else 0
+        raw = store.get_meta(MUTABLE_START)
+        self._mut_start = row_from_key(raw) if raw else 0
+        capacity = max(MIN_CAPACITY, self._next_row - self._mut_start)
+        self._matrix: FloatMatrix = np.zeros((capacity, config.dim), dtype=np.float32)
+        self._live = np.zeros(capacity, dtype=np.bool_)
+        self._multi = config.multi_tenant
+        self._tenants = Tenants(store.get_meta(TENANTS))
+        self._tcodes = np.full(capacity, -1, dtype=np.int32)  # tenant code per mutable row
+        # tenant code -> (main, [delta]) partitions; replaced, never changed: searches hold it
+        self._partitions: dict[int, tuple[Partition, ...]] = {}
+        self._tenant_live: dict[int, int] = {}  # tenant code -> live points
+        self._segments: list[Segment] = []
+        self._knob_cache: dict[tuple[int | None, float | None], Knobs] = {}
+        self._segment_dir = store.path / SEGMENT_DIR
+        self._mut_pidx = MutableIndexes()
+        self._replaced = 0  # upserts that replaced points so far (see _read)
+        raw = store.get_meta(FIELDS)
+        self._fields: set[str] = set(orjson.loads(raw)) if raw else set()
+        self._load()
+        if raw is None and self._next_row:  # written before fields were tracked: learn them once
+            for _, blob in store.scan_payloads():
+                payload = orjson.loads(blob)
+                if isinstance(payload, dict):
+                    self._fields.update(payload)
+            store.put_meta({FIELDS: orjson.dumps(sorted(self._fields))})
+        self._wake = threading.Event()
+        self._idle = threading.Condition(self._lock)
+        self._busy = False
+        self._force_seal = False
+        self._sealed_last = False  # the optimizer's last step was a seal (see _optimize_step)
+        self._error: str = ""
+
+    def _load(self) -> None:
+        """Load the sealed segments of the manifest, re-apply deletes made after sealing,
+        and rebuild the mutable segment from the vectors stored past it."""
+        raw = self._store.get_meta(SEGMENTS)
+        names: list[str] = orjson.loads(raw) if raw else []
+        self._segment_dir.mkdir(exist_ok=True)
+        for entry in self._segment_dir.iterdir():  # unfinished builds, segments replaced before a crash
+            if entry.name not in names:
+                shutil.rmtree(entry, ignore_errors=True)
+        self._segments = [Segment.load(self._segment_dir / n, self.config, self._metric) for n in names]
+        dead = self._store.dead_rows()
+        for segment in self._segments:
+            segment.kill(dead)
+        dim = self.config.dim
+        block_rows: list[int] = []
+        block_vecs: list[bytes] = []
+
+        def flush() -> None:
+            if block_rows:
+                vecs = np.frombuffer(b"".join(block_vecs), dtype="<f4").reshape(-1, dim)
+                rows = np.asarray(block_rows, dtype=np.int64)
+                self._place(rows, self._prepare(vecs))
+                if self._multi:
+                    keys = self._store.id_keys_of(block_rows)
+                    self._tcodes[rows - self._mut_start] = [tenant_of_key(k or b"") for k in keys]
+                block_rows.clear()
+                block_vecs.clear()
+
+        for row, vec in self._store.scan_vectors(self._mut_start):
+            block_rows.append(row)
+            block_vecs.append(vec)
+            if len(block_rows) >= 65_536:
+                flush()
+        flush()
+        if self.config.payload_index:
+            self._index_mutable(self.config.payload_index)
+        if self._multi:
+            counts: dict[int, int] = {}
+            n = self._next_row - self._mut_start
+            parts = [s.tenant_codes_live() for s in self._segments] + [self._tcodes[:n][self._live[:n]]]
+            codes, sizes = np.unique(np.concatenate(parts), return_counts=True)
+            counts = {int(c): int(z) for c, z in zip(codes.tolist(), sizes.tolist(), strict=True) if c >= 0}
+            self._tenant_live = counts
+
+    def _index_mutable(self, fields: dict[str, str]) -> None:
+        """Index ``fields`` of the mutable segment's stored payloads (at start, and when an
+        index is added; caller holds the lock or is the constructor)."""
+        rows: list[int] = []
+        payloads: list[Payload | None] = []
+        for row, blob in self._store.scan_payloads(self._mut_start):
+            rows.append(row)
+            payloads.append(orjson.loads(blob))
+            if len(rows) >= 65_536:
+                self._mut_pidx.add(fields, rows, payloads)
+                rows, payloads = [], []
+        if rows:
+            self._mut_pidx.add(fields, rows, payloads)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NotFound(f"collection {self.name!r} does not exist (it was deleted or the database closed)")
+
+    def _prepare(self, vectors: FloatMatrix) -> FloatMatrix:
+        """Vectors as the kernel sees them: unit length for cosine."""
+        if self.config.metric != "cosine":
+            return vectors
+        if vectors.shape[0] == 1:  # one query: two numpy calls instead of a kernel dispatch
+            norm = float(np.dot(vectors[0], vectors[0]))
+            if norm == 0:
+                raise InvalidArgument("vector 0 is all zeros: a zero vector has no direction under cosine")
+            return vectors * np.float32(1.0 / np.sqrt(norm))
+        check_directions(np.einsum("ij,ij->i", vectors, vectors))
+        return normalize_rows(vectors)
+
+    def _ensure_capacity(self, need: int) -> None:
+        """Grow the mutable matrix and live mask to hold ``need`` rows (caller holds the lock)."""
+        if need > self._matrix.shape[0]:
+            capacity = max(need, int(self._matrix.shape[0] * GROW))
+            matrix = np.zeros((capacity, self.config.dim), dtype=np.float32)
+            matrix[: self._matrix.shape[0]] = self._matrix
+            live = np.zeros(capacity, dtype=np.bool_)
+            live[: self._live.shape[0]] = self._live
+            tcodes = np.full(capacity, -1, dtype=np.int32)
+            tcodes[: self._tcodes.shape[0]] = self._tcodes
+            self._matrix, self._live, self._tcodes = matrix, live, tcodes
+
+    def _place(self, rows: np.ndarray, prepared: FloatMatrix, code: int = -1) -> None:
+        """Write prepared vectors at global ``rows`` of the mutable segment and mark them
+        live, as points of tenant ``code`` (caller holds the lock)."""
+        if rows.size:
+            local = rows - self._mut_start
+            self._ensure_capacity(int(local.max()) + 1)
+            self._matrix[local] = prepared
+            self._live[local] = True
+            self._tcodes[local] = code
+
+    def _kill(self, rows: Sequence[int], replaced: bool = False, code: int | None = None) -> None:
+        """Hide dead global ``rows`` (of tenant ``code`` in a multi-tenant collection) from
+        every segment (caller holds the lock); ``replaced``: their points were written
+        again, at rows past every current snapshot."""
+        arr = np.asarray(rows, dtype=np.int64)
+        mutable = arr[arr >= self._mut_start]
+        self._live[mutable - self._mut_start] = False
+        sealed = np.sort(arr[arr < self._mut_start])
+        if sealed.size:
+            for segment in self._segments:
+                segment.kill(sealed)
+            for part in self._partitions.get(code, ()) if code is not None else ():
+                part.kill(sealed)
+        if code is not None:
+            self._tenant_live[code] = self._tenant_live.get(code, 0) - arr.size
+        if replaced:
+            self._replaced += 1
+
+    def _tenant(self, tenant: str | None, *, write: bool = False) -> int | None:
+        """The code of the tenant a request names: None in a collection without tenants,
+        -1 for a tenant that holds no points yet. A multi-tenant collection needs one."""
+        check_tenant_use(self.name, self._multi, tenant, write=write)
+        if tenant is None:
+            return None
+        return self._tenants.codes.get(tenant, -1)
+
+    def _key(self, point_id: PointId, code: int | None) -> bytes:
+        return id_key(point_id) if code is None else tenant_prefix(code) + id_key(point_id)
+
+    def _stored_payloads(self, rows: np.ndarray) -> list[Payload | None]:
+        """Decoded payloads of global ``rows`` (None: deleted), read in blocks."""
+        out: list[Payload | None] = []
+        for lo in range(0, rows.size, 16_384):
+            blobs = self._store.payloads_of(rows[lo : lo + 16_384].tolist())
+            out.extend(orjson.loads(b) if b is not None else None for b in blobs)
+        return out
+
+    def _index_segment(self, segment: Segment, name: str, kind: str) -> FieldIndex:
+        """A payload index of a sealed segment built from its stored payloads."""
+        payloads = self._stored_payloads(segment.rows)
+        return FieldIndex.build(kind, tuple(name.split(".")), range(segment.size), payloads)
+
+    def _mutable_count(self) -> int:
+        """Live points in the mutable segment (caller holds the lock)."""
+        return int(np.count_nonzero(self._live[: self._next_row - self._mut_start]))
+
+    def _live_count(self) -> int:
+        return self._mutable_count() + sum(s.live_count for s in self._segments)
+
+    def _snapshot(self, locked: bool = False) -> ReadSnapshot:
+        if not locked:
+            with self._lock:
+                return self._snapshot(locked=True)
+        self._check_open()
+        n = self._next_row - self._mut_start
+        return ReadSnapshot(
+            tuple(self._segments),
+            self._mut_start,
+            self._matrix,
+            self._live[:n].copy(),
+            self._mut_pidx.snapshot(),
+            self._replaced,
+            self._tcodes,
+            self._partitions,
+        )
+
+    def _read(self, read: Callable[[ReadSnapshot], T]) -> T:
+        """``read(snapshot)``, consistent with concurrent writes. An upsert that replaces a
+        point while a search runs writes it at a row past the search's snapshot and drops its
+        old row: sealed segments hide the old row at once (their live masks and graphs are
+        shared, not copied), and its id and payload leave RocksDB, so the search could see
+        the point nowhere. Such a read is run again; the last attempt holds the writer lock."""
+        for _ in range(READ_ATTEMPTS - 1):
+            snap = self._snapshot()
+            result = read(snap)
+            if self._replaced == snap.replaced:
+                return result
+        with self._lock:
+            return read(self._snapshot(locked=True))
