@@ -18,6 +18,7 @@ BENCHMARKS = {
     "shards": "bench.shards",
     "faults": "bench.faults",
     "console": "bench.console",
+    "embed": "bench.embed",
 }
 
 

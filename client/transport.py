@@ -19,9 +19,10 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamina.config import DEFAULT_LIMITS, Limits
-from lamina.engine.database import Database
+from lamina.engine import embedding
+from lamina.engine.database import Database, open_shared, release_shared
 from lamina.engine.protocol import DatabaseProtocol
-from lamina.errors import ERROR_BY_CODE, Internal, LaminaError
+from lamina.errors import ERROR_BY_CODE, FailedPrecondition, Internal, LaminaError
 from lamina.proto import convert
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
 from lamina.proto.lamina.v1 import collections_pb2_grpc as cgrpc
@@ -93,12 +94,17 @@ class EmbeddedTransport:
         limits: Limits = DEFAULT_LIMITS,
         db: DatabaseProtocol | None = None,
     ) -> None:
-        """The Database over ``path``, or ``db`` when given (a sharded one, already open)."""
+        """The Database over ``path`` (shared with the other clients of this process that
+        opened the same directory), or ``db`` when given (a sharded one, already open)."""
+        self._shared = db is None
         self.db: DatabaseProtocol = (
-            db if db is not None else Database(path, sync_writes=sync_writes, limits=limits)
+            db if db is not None else open_shared(path, sync_writes=sync_writes, limits=limits)
         )
+        self._closed = False
 
     def run(self, op: Op[T]) -> T:
+        if self._closed:
+            raise FailedPrecondition("the database is closed")
         return op.finish(getattr(self, op.name)(*op.args))
 
     def create_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
@@ -122,6 +128,22 @@ class EmbeddedTransport:
         tenant: str | None,
     ) -> int:
         return self.db.get_collection(name).upsert(ids, vectors, payloads, tenant=tenant)
+
+    def add_documents(
+        self,
+        name: str,
+        ids: list[PointId],
+        documents: list[str],
+        payloads: Sequence[Payload | None] | None,
+        tenant: str | None,
+    ) -> int:
+        col = self.db.get_collection(name)
+        return embedding.add_documents(col, ids, documents, payloads, tenant, self.db.limits)
+
+    def _queries(self, name: str, query: Any) -> tuple[Any, Any]:
+        """The collection and ``query`` with any text embedded by its model."""
+        col = self.db.get_collection(name)
+        return col, embedding.as_query_rows(name, col.config, query, self.db.limits)
 
     def get(
         self, name: str, ids: list[PointId], with_payload: bool, with_vector: bool, tenant: str | None
@@ -153,7 +175,7 @@ class EmbeddedTransport:
     def search(
         self,
         name: str,
-        query: FloatMatrix,
+        query: FloatMatrix | str,
         k: int,
         filter: Filter | None,
         with_payload: bool,
@@ -161,9 +183,8 @@ class EmbeddedTransport:
         params: SearchParams | None,
         tenant: str | None,
     ) -> list[Hit]:
-        return self.db.get_collection(name).search(
-            query, k, filter, with_payload, with_vector, params, tenant=tenant
-        )
+        col, query = self._queries(name, query)
+        return col.search(query, k, filter, with_payload, with_vector, params, tenant=tenant)
 
     def search_batch(
         self,
@@ -176,9 +197,8 @@ class EmbeddedTransport:
         params: SearchParams | None,
         tenant: str | None,
     ) -> list[list[Hit]]:
-        return self.db.get_collection(name).search_batch(
-            queries, k, filter, with_payload, with_vector, params, tenant=tenant
-        )
+        col, queries = self._queries(name, queries)
+        return col.search_batch(queries, k, filter, with_payload, with_vector, params, tenant=tenant)
 
     def explain(
         self,
@@ -189,7 +209,8 @@ class EmbeddedTransport:
         params: SearchParams | None,
         tenant: str | None,
     ) -> QueryPlan:
-        return self.db.get_collection(name).explain(query, k, filter, params, tenant=tenant)
+        col, query = self._queries(name, query)
+        return col.explain(query, k, filter, params, tenant=tenant)
 
     def query(
         self,
@@ -206,7 +227,9 @@ class EmbeddedTransport:
         params: SearchParams | None,
         tenant: str | None,
     ) -> list[Hit]:
-        return self.db.get_collection(name).query(
+        col = self.db.get_collection(name)
+        vector, text_field = embedding.hybrid_text(name, col.config, vector, text, text_field, self.db.limits)
+        return col.query(
             vector,
             text,
             k,
@@ -219,6 +242,10 @@ class EmbeddedTransport:
             params,
             tenant=tenant,
         )
+
+    def embed(self, name: str, texts: list[str]) -> FloatMatrix:
+        col = self.db.get_collection(name)
+        return embedding.query_vectors(name, col.config, texts, self.db.limits)
 
     def list_tenants(self, name: str) -> list[TenantInfo]:
         return self.db.get_collection(name).list_tenants()
@@ -261,7 +288,13 @@ class EmbeddedTransport:
         return True
 
     def close(self) -> None:
-        self.db.close()
+        if self._closed:
+            return
+        self._closed = True
+        if self._shared and isinstance(self.db, Database):
+            release_shared(self.db)
+        else:
+            self.db.close()
 
 
 @dataclass(frozen=True)
@@ -324,6 +357,25 @@ class GrpcRequests:
             tenant=tenant or "",
             ids=[convert.id_to_proto(i) for i in ids],
             vectors=convert.matrix_to_proto(vectors),
+            payloads_json=[b.decode() for b in encode_payloads(payloads, len(ids), self.limits)]
+            if payloads is not None
+            else [],
+        )
+        return Call("points", "Upsert", request, lambda r: int(r.upserted))
+
+    def add_documents(
+        self,
+        name: str,
+        ids: list[PointId],
+        documents: list[str],
+        payloads: Sequence[Payload | None] | None,
+        tenant: str | None,
+    ) -> Call[int]:
+        request = ppb.UpsertRequest(
+            collection=name,
+            tenant=tenant or "",
+            ids=[convert.id_to_proto(i) for i in ids],
+            documents=documents,
             payloads_json=[b.decode() for b in encode_payloads(payloads, len(ids), self.limits)]
             if payloads is not None
             else [],
@@ -395,7 +447,7 @@ class GrpcRequests:
     def search(
         self,
         name: str,
-        query: FloatMatrix,
+        query: FloatMatrix | str,
         k: int,
         filter: Filter | None,
         with_payload: bool,
@@ -406,19 +458,19 @@ class GrpcRequests:
         request = spb.SearchRequest(
             collection=name,
             tenant=tenant or "",
-            vector=query.astype("<f4", copy=False).tobytes(),
             k=k,
             filter_json=convert.filter_to_json(filter),
             with_payload=with_payload,
             with_vector=with_vector,
             params=convert.params_to_proto(params),
         )
+        _set_query(request, query)
         return Call("search", "Search", request, _hits_decoder(with_vector, with_payload))
 
     def search_batch(
         self,
         name: str,
-        queries: FloatMatrix,
+        queries: FloatMatrix | list[str],
         k: int,
         filter: Filter | None,
         with_payload: bool,
@@ -429,20 +481,23 @@ class GrpcRequests:
         request = spb.SearchBatchRequest(
             collection=name,
             tenant=tenant or "",
-            vectors=convert.matrix_to_proto(queries),
             k=k,
             filter_json=convert.filter_to_json(filter),
             with_payload=with_payload,
             with_vector=with_vector,
             params=convert.params_to_proto(params),
         )
+        if isinstance(queries, list):
+            request.texts.extend(queries)
+        else:
+            request.vectors.CopyFrom(convert.matrix_to_proto(queries))
         hits = _hits_decoder(with_vector, with_payload)
         return Call("search", "SearchBatch", request, lambda r: [hits(hl) for hl in r.results])
 
     def explain(
         self,
         name: str,
-        query: FloatMatrix,
+        query: FloatMatrix | str,
         k: int,
         filter: Filter | None,
         params: SearchParams | None,
@@ -451,12 +506,12 @@ class GrpcRequests:
         request = spb.SearchRequest(
             collection=name,
             tenant=tenant or "",
-            vector=query.astype("<f4", copy=False).tobytes(),
             k=k,
             filter_json=convert.filter_to_json(filter),
             params=convert.params_to_proto(params),
             explain=True,
         )
+        _set_query(request, query)
         return Call("search", "Search", request, lambda r: convert.plan_from_proto(r.plan))
 
     def query(
@@ -490,6 +545,10 @@ class GrpcRequests:
         if text is not None:
             request.text = text
         return Call("search", "Query", request, _hits_decoder(with_vector, with_payload))
+
+    def embed(self, name: str, texts: list[str]) -> Call[FloatMatrix]:
+        request = spb.EmbedRequest(collection=name, texts=texts)
+        return Call("search", "Embed", request, lambda r: convert.matrix_from_proto(r.vectors))
 
     def list_tenants(self, name: str) -> Call[list[TenantInfo]]:
         return Call(
@@ -559,6 +618,14 @@ class GrpcRequests:
         serving = health_pb2.HealthCheckResponse.SERVING
         request = health_pb2.HealthCheckRequest()
         return Call("health", "Check", request, lambda r: bool(r.status == serving), probe=True)
+
+
+def _set_query(request: spb.SearchRequest, query: FloatMatrix | str) -> None:
+    """A search request's query: a text (the server embeds it) or a float32 vector."""
+    if isinstance(query, str):
+        request.text = query
+    else:
+        request.vector = query.astype("<f4", copy=False).tobytes()
 
 
 def _hits_decoder(with_vector: bool, with_payload: bool) -> Callable[[Any], list[Hit]]:

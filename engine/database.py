@@ -34,6 +34,7 @@ import orjson
 
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.collection import Collection
+from lamina.engine.embedding import complete_config
 from lamina.engine.protocol import DatabaseProtocol
 from lamina.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ReadOnly
 from lamina.storage.faults import read_only_reason, storage_errors
@@ -131,11 +132,74 @@ def lock_data_directory(path: Path, *, shared: bool = False) -> IO[str] | None:
     try:
         fcntl.flock(lock.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip()
         lock.close()
+        if holder == str(os.getpid()):
+            raise FailedPrecondition(
+                f"data directory {path} is already open in this process (pid {holder}): use that "
+                "client, or lamina.connect(path), which shares it"
+            ) from None
         raise FailedPrecondition(
-            f"data directory {path} is in use by another Lamina process; stop it or use another directory"
+            f"data directory {path} is in use by another Lamina process (pid {holder or 'unknown'}); "
+            "stop it or use another directory"
         ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))  # named in the error another process gets
+    lock.flush()
     return lock
+
+
+class _Shared:
+    """A Database opened by ``open_shared`` and the number of clients using it."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.users = 1
+
+
+_shared: dict[Path, _Shared] = {}
+_shared_lock = threading.Lock()
+
+
+def open_shared(
+    path: str | os.PathLike[str], *, sync_writes: bool = False, limits: Limits = DEFAULT_LIMITS
+) -> Database:
+    """The Database over ``path`` for one more client in this process: opened by the first,
+    shared by the next ones (a notebook that runs ``lamina.connect(path)`` twice), closed
+    by ``release_shared`` when its last client lets go. FailedPrecondition when a client
+    already holds it with other settings, or another process holds it."""
+    key = Path(path).resolve()
+    with _shared_lock:
+        entry = _shared.get(key)
+        if entry is not None and entry.db._lock_file is not None:
+            db = entry.db
+            if db.sync_writes != sync_writes or db.limits != limits:
+                raise FailedPrecondition(
+                    f"data directory {path} is already open in this process with other settings "
+                    f"(sync_writes={db.sync_writes}, limits); connect with the same ones, or close it first"
+                )
+            entry.users += 1
+            return db
+        db = Database(path, sync_writes=sync_writes, limits=limits)
+        _shared[key] = _Shared(db)
+        return db
+
+
+def release_shared(db: Database) -> None:
+    """One client of an ``open_shared`` Database is done; the last one closes it."""
+    with _shared_lock:
+        key = db.path.resolve()
+        entry = _shared.get(key)
+        if entry is None or entry.db is not db:
+            db.close()
+            return
+        entry.users -= 1
+        if entry.users > 0:
+            return
+        del _shared[key]
+    db.close()
 
 
 class Database(DatabaseProtocol):
@@ -209,6 +273,7 @@ class Database(DatabaseProtocol):
     def create_collection(self, name: str, config: CollectionConfig) -> Collection:
         """Create a collection; AlreadyExists if the name is taken."""
         check_collection_name(name)
+        config = complete_config(config)  # a model gives the dimension and indexes `document`
         if not 1 <= config.dim <= self.limits.max_dim:
             raise InvalidArgument(f"dim must be in 1..{self.limits.max_dim}, got {config.dim}")
         if config.shards > 1 or config.replicas > 1:

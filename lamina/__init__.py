@@ -24,6 +24,7 @@ from lamina.client.api import (
     restore_snapshot,
 )
 from lamina.config import Limits
+from lamina.engine.embedding import register_embedding
 from lamina.errors import (
     AlreadyExists,
     Cancelled,
@@ -41,7 +42,7 @@ from lamina.errors import (
     Unauthenticated,
     Unavailable,
 )
-from lamina.types import CollectionConfig, CollectionInfo, Hit, Point, PointId, SnapshotInfo
+from lamina.types import CollectionConfig, CollectionInfo, EmbeddingConfig, Hit, Point, PointId, SnapshotInfo
 
 __all__ = [
     "AlreadyExists",
@@ -55,6 +56,7 @@ __all__ = [
     "DataLoss",
     "DeadlineExceeded",
     "DiskFull",
+    "EmbeddingConfig",
     "FailedPrecondition",
     "Hit",
     "Internal",
@@ -73,5 +75,6 @@ __all__ = [
     "__version__",
     "connect",
     "connect_async",
+    "register_embedding",
     "restore_snapshot",
 ]

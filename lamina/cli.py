@@ -181,8 +181,23 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             raise InvalidArgument("give --tenant (one tenant for every record) or --tenant-field, not both")
     if args.parallel is None:  # embedded, more threads only contend for the GIL with the index builds
         args.parallel = 4 if is_address(args.target) else 2
+    if args.batch_size is None:
+        args.batch_size = 64 if args.embed else 1000
     if args.parallel < 1 or args.batch_size < 1:
         raise InvalidArgument("--parallel and --batch-size must be at least 1")
+    if args.embed:
+        from lamina import documents
+
+        if args.ray is not None or args.dry_run:
+            raise InvalidArgument("--embed loads documents through the client: leave out --ray and --dry-run")
+        with _connect(args) as db:
+            return documents.load(db, args)
+    if args.model:
+        raise InvalidArgument("--model names the embedding model of --embed: add --embed")
+    if Path(args.file).is_dir() or Path(args.file).suffix.lower() in (".txt", ".md", ".rst", ".html", ".htm"):
+        raise InvalidArgument(
+            f"{args.file} holds documents, not vectors: add --embed to chunk and embed them"
+        )
     if args.ray is not None:
         return _ingest_ray(args)
     with _connect(args) as db:
@@ -261,6 +276,9 @@ def cmd_collections(args: argparse.Namespace) -> int:
         if info.config.payload_index:
             fields = ", ".join(f"{f} ({kind})" for f, kind in sorted(info.config.payload_index.items()))
             print(f"  payload indexes: {fields}")
+        if info.config.embedding is not None:
+            e = info.config.embedding
+            print(f"  embedding: {e.model} ({info.dim} dimensions)" + (f" at {e.url}" if e.url else ""))
         if info.config.shards > 1 or info.config.replicas > 1:
             print(f"  sharded on Ray: {info.config.shards} shards x {info.config.replicas} replicas")
         if info.config.multi_tenant:
@@ -286,6 +304,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                     if info.config.multi_tenant
                     else ""
                 )
+                + (f", embedding {info.config.embedding.model}" if info.config.embedding else "")
                 + (", optimizing" if st.optimizing else "")
                 + (f", WRITES STALLED: {st.write_stall}" if st.write_stall else "")
                 + (f" ({st.note})" if st.note else "")
@@ -429,18 +448,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     target_help = f"data directory or host:port of a server (default {DEFAULT_DATA})"
     ingest = sub.add_parser(
-        "ingest", help="load vectors from .npy, .fvecs/.bvecs, JSON Lines, Parquet or ann-benchmarks .hdf5"
+        "ingest",
+        help="load vectors from .npy, .fvecs/.bvecs, JSON Lines, Parquet or ann-benchmarks .hdf5, "
+        "or (--embed) a file or folder of .txt/.md/.rst/.html documents",
     )
     ingest.add_argument(
         "file",
+        metavar="PATH",
         help=".npy (n, dim), .fvecs/.bvecs, .hdf5 (ann-benchmarks) vectors, or .jsonl / .parquet records "
-        "with id, vector, payload (and tenant) fields",
+        "with id, vector, payload (and tenant) fields; with --embed, a document or a folder of them",
+    )
+    ingest.add_argument(
+        "--embed",
+        action="store_true",
+        help="PATH holds documents: chunk them, embed the chunks with the collection's model, load them "
+        "(docs/embedding.md)",
+    )
+    ingest.add_argument(
+        "--model", help="--embed, when creating the collection: embedding model (default minilm)"
+    )
+    ingest.add_argument(
+        "--chunk-size",
+        type=int,
+        default=1000,
+        help="--embed: most characters in a chunk (default 1000, about 250 tokens)",
+    )
+    ingest.add_argument(
+        "--prune",
+        action="store_true",
+        help="--embed, PATH a folder: also delete the chunks of files no longer in it (every chunk with a "
+        "source the folder does not have)",
+    )
+    ingest.add_argument(
+        "--chunk-overlap",
+        type=int,
+        default=150,
+        help="--embed: characters a chunk repeats from the one before it (default 150)",
     )
     ingest.add_argument("--collection", "-c", required=True)
     ingest.add_argument("--target", "-t", default=DEFAULT_DATA, help=target_help)
     _client_options(ingest)
     ingest.add_argument("--metric", default="cosine", choices=["cosine", "dot", "l2"], help="when creating")
-    ingest.add_argument("--batch-size", type=int, default=1000, help="records per upsert")
+    ingest.add_argument(
+        "--batch-size", type=int, help="records per upsert (default 1000; --embed: chunks per add, 64)"
+    )
     ingest.add_argument(
         "--parallel",
         type=int,

@@ -30,7 +30,8 @@ class Limits:
     ``$in``/``$nin`` values, and may check 1,000,000 (rows x conditions) against stored
     payloads where no payload index decides (more: RESOURCE_EXHAUSTED naming the field to
     index). An answer estimated larger than ``max_message_bytes`` is refused before any
-    work is done.
+    work is done. 20,000 texts may wait for an embedding model per process (more are
+    answered RESOURCE_EXHAUSTED).
     """
 
     max_batch: int = 10_000
@@ -46,6 +47,7 @@ class Limits:
     max_requests_per_caller: int = 32
     max_filter_terms: int = 10_000
     max_filter_checks: int = 1_000_000
+    max_embed_queue: int = 20_000
 
     @classmethod
     def from_dict(cls, data: object, where: str = "limits") -> Limits:

@@ -280,6 +280,31 @@ def dry_run(db: Any, args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
+def read_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint saved at ``path`` by an earlier run of the load ``identity`` describes, or
+    None if there is none; FailedPrecondition when it is unreadable or of another load."""
+    try:
+        saved: dict[str, Any] = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise FailedPrecondition(f"checkpoint {path} cannot be read ({exc}); delete it") from None
+    changed = [k for k, v in identity.items() if saved.get(k) != v]
+    if changed:
+        raise FailedPrecondition(
+            f"checkpoint {path} belongs to another load (its {', '.join(changed)} differ); "
+            "run without --resume to start over"
+        )
+    return saved
+
+
+def write_checkpoint(path: Path, data: dict[str, Any]) -> None:
+    """Replace the checkpoint at ``path`` whole (a crash leaves the old one or the new one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(data))
+    os.replace(tmp, path)
+
+
 class Checkpoint:
     """How far a run got: the number of records (in file order) all written, in a small
     JSON file beside the input (``--checkpoint`` names another). It is saved as batches
@@ -306,24 +331,11 @@ class Checkpoint:
 
     def load(self) -> int | None:
         """Records already written by an earlier run of this same load, or None if there is none."""
-        try:
-            saved = orjson.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise FailedPrecondition(f"checkpoint {self.path} cannot be read ({exc}); delete it") from None
-        changed = [k for k, v in self.identity.items() if saved.get(k) != v]
-        if changed:
-            raise FailedPrecondition(
-                f"checkpoint {self.path} belongs to another load (its {', '.join(changed)} differ); "
-                "run without --resume to start over"
-            )
-        return int(saved["records"])
+        saved = read_checkpoint(self.path, self.identity)
+        return None if saved is None else int(saved["records"])
 
     def save(self, records: int, written: int) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_bytes(orjson.dumps({**self.identity, "records": records, "written": written}))
-        os.replace(tmp, self.path)
+        write_checkpoint(self.path, {**self.identity, "records": records, "written": written})
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

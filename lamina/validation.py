@@ -160,6 +160,25 @@ def as_query(vector: object, dim: int) -> FloatMatrix:
     return arr
 
 
+def check_documents(documents: object, n: int | None, limits: Limits, what: str = "document") -> list[str]:
+    """``documents`` as a list of non-empty strings (``n`` of them, when given: one per id),
+    or InvalidArgument saying which is not."""
+    if isinstance(documents, str) or not isinstance(documents, Sequence):
+        raise InvalidArgument(f"{what}s must be a list of strings, got {type(documents).__name__}")
+    if n is not None and len(documents) != n:
+        raise InvalidArgument(f"got {len(documents)} {what}s for {n} ids: give one id per {what}")
+    if len(documents) > limits.max_batch:
+        raise ResourceExhausted(
+            f"{len(documents)} {what}s in one call; the limit is max_batch={limits.max_batch}"
+        )
+    for i, text in enumerate(documents):
+        if not isinstance(text, str):
+            raise InvalidArgument(f"{what} {i} must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise InvalidArgument(f"{what} {i} is empty: there is nothing to embed")
+    return list(cast(Sequence[str], documents))
+
+
 def check_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise InvalidArgument(f"{name} must be an integer, got {type(value).__name__}")

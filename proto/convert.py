@@ -22,6 +22,7 @@ from lamina.types import (
     DEFAULT_TENANT_INDEX_ROWS,
     CollectionConfig,
     CollectionInfo,
+    EmbeddingConfig,
     Filter,
     FloatMatrix,
     Hit,
@@ -142,6 +143,9 @@ def config_to_proto(config: CollectionConfig) -> cpb.CollectionConfig:
         msg.quantization.CopyFrom(
             cpb.QuantizationConfig(type=q.type, bits=q.bits, m=q.m, oversample=q.oversample)
         )
+    e = config.embedding
+    if e is not None:
+        msg.embedding.CopyFrom(cpb.EmbeddingConfig(model=e.model, url=e.url, api_key_env=e.api_key_env))
     return msg
 
 
@@ -175,6 +179,9 @@ def config_from_proto(msg: cpb.CollectionConfig) -> CollectionConfig:
         tenant_index_rows=msg.tenant_index_rows or DEFAULT_TENANT_INDEX_ROWS,
         shards=msg.shards or 1,
         replicas=msg.replicas or 1,
+        embedding=EmbeddingConfig(msg.embedding.model, msg.embedding.url, msg.embedding.api_key_env)
+        if msg.HasField("embedding")
+        else None,
     )
 
 

@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lamina import __version__
-from lamina.engine import bounds
+from lamina.engine import bounds, embedding
 from lamina.engine.bounds import Deadline
 from lamina.engine.protocol import CollectionProtocol, DatabaseProtocol
 from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError
@@ -224,13 +224,19 @@ class PointsServicer(_Base, pgrpc.PointsServicer):
         def upsert() -> ppb.UpsertResponse:
             col = self._collection(request.collection)
             ids = [convert.id_from_proto(i) for i in request.ids]
-            vectors = convert.matrix_from_proto(request.vectors)
             payloads = (
                 [convert.payload_from_json(p) for p in request.payloads_json]
                 if request.payloads_json
                 else None
             )
             tenant = convert.tenant_from_proto(request.tenant)
+            if request.documents:
+                if request.HasField("vectors"):
+                    raise InvalidArgument("send documents or vectors, not both: documents are embedded")
+                documents = list(request.documents)
+                added = embedding.add_documents(col, ids, documents, payloads, tenant, self.db.limits)
+                return ppb.UpsertResponse(upserted=added)
+            vectors = convert.matrix_from_proto(request.vectors)
             return ppb.UpsertResponse(upserted=col.upsert(ids, vectors, payloads, tenant=tenant))
 
         return await self._run(context, upsert)
@@ -315,8 +321,14 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
     ) -> spb.SearchResponse:
         def search() -> spb.SearchResponse:
             col = self._collection(request.collection)
+            if request.HasField("text"):
+                if request.vector:
+                    raise InvalidArgument("send a query vector or a text, not both")
+                query = embedding.as_query_rows(col.name, col.config, request.text, self.db.limits)
+            else:
+                query = convert.vector_from_bytes(request.vector)
             args = (
-                convert.vector_from_bytes(request.vector),
+                query,
                 request.k,
                 convert.filter_from_json(request.filter_json),
                 request.with_payload,
@@ -338,8 +350,15 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
     ) -> spb.SearchBatchResponse:
         def search_batch() -> spb.SearchBatchResponse:
             col = self._collection(request.collection)
+            if request.texts:
+                if request.HasField("vectors"):
+                    raise InvalidArgument("send query vectors or texts, not both")
+                texts = list(request.texts)
+                queries = embedding.query_vectors(col.name, col.config, texts, self.db.limits)
+            else:
+                queries = convert.matrix_from_proto(request.vectors)
             results = col.search_batch(
-                convert.matrix_from_proto(request.vectors),
+                queries,
                 k=request.k,
                 filter=convert.filter_from_json(request.filter_json),
                 with_payload=request.with_payload,
@@ -357,14 +376,23 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
     async def Query(self, request: spb.QueryRequest, context: grpc.aio.ServicerContext) -> spb.SearchResponse:
         def query() -> spb.SearchResponse:
             col = self._collection(request.collection)
+            text = request.text if request.HasField("text") else None
+            vector, text_field = embedding.hybrid_text(
+                col.name,
+                col.config,
+                convert.vector_from_bytes(request.vector) if request.vector else None,
+                text,
+                request.text_field or None,
+                self.db.limits,
+            )
             hits = col.query(
-                vector=convert.vector_from_bytes(request.vector) if request.vector else None,
-                text=request.text if request.HasField("text") else None,
+                vector=vector,
+                text=text,
                 k=request.k,
                 filter=convert.filter_from_json(request.filter_json),
                 fusion=request.fusion or "rrf",
                 weights=list(request.weights) or None,
-                text_field=request.text_field or None,
+                text_field=text_field,
                 with_payload=request.with_payload,
                 with_vector=request.with_vector,
                 params=convert.params_from_proto(request.params),
@@ -373,6 +401,14 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
             return spb.SearchResponse(hits=[convert.hit_to_proto(h) for h in hits])
 
         return await self._run(context, query)
+
+    async def Embed(self, request: spb.EmbedRequest, context: grpc.aio.ServicerContext) -> spb.EmbedResponse:
+        def embed() -> spb.EmbedResponse:
+            col = self._collection(request.collection)
+            vectors = embedding.query_vectors(col.name, col.config, list(request.texts), self.db.limits)
+            return spb.EmbedResponse(vectors=convert.matrix_to_proto(vectors))
+
+        return await self._run(context, embed)
 
 
 class InfoServicer(_Base, igrpc.InfoServicer):

@@ -67,6 +67,7 @@ REQUIRED_ROLE: dict[str, str] = {
     "Search/Search": "read",
     "Search/SearchBatch": "read",
     "Search/Query": "read",
+    "Search/Embed": "read",
     "Info/GetInfo": "read",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,6 +63,12 @@ def secured(tmp_path: Path) -> Iterator[Secured]:
     srv.server.stop()
 
 
+def _embed(client: lamina.Client) -> None:
+    """Search/Embed on ``kb``: let through, the engine answers that kb has no model."""
+    with contextlib.suppress(lamina.InvalidArgument):
+        client.get_collection("kb").embed(["text"])
+
+
 # every RPC, as an SDK call on collection ``kb`` (the ``Service/Method`` it sends)
 CALLS: dict[str, Callable[[lamina.Client], Any]] = {
     "Collections/Create": lambda c: c.create_collection("fresh", dim=DIM),
@@ -84,6 +91,7 @@ CALLS: dict[str, Callable[[lamina.Client], Any]] = {
     "Search/Search": lambda c: c.get_collection("kb").search(np.ones(DIM), k=1),
     "Search/SearchBatch": lambda c: c.get_collection("kb").search_batch(np.ones((2, DIM)), k=1),
     "Search/Query": lambda c: c.get_collection("kb").query(np.ones(DIM), k=1),
+    "Search/Embed": _embed,
     "Info/GetInfo": lambda c: c.server_info(),
 }
 

@@ -34,6 +34,13 @@ async def scenario(db: lamina.Client | lamina.AsyncClient) -> list[Any]:
     out.append(await _a(col.delete(filter={"g": 6})))
     out.append(await _a(col.delete(ids=ids[:10])))
     out.append((await _a(col.count()), await _a(col.count({"g": 2}))))
+    text = await _a(db.create_collection("t", embedding="minilm"))  # text in, text out
+    docs = ["Prune roses in late winter.", "Tides follow the moon.", "Bake bread at 250 degrees."]
+    out.append(await _a(text.add([1, 2, 3], docs, [{"n": 1}, None, {"n": 3}])))
+    out.append(await _a(text.search("cutting back roses", k=2)))
+    out.append(await _a(text.search_batch(["the sea", "baking"], k=1)))
+    out.append(await _a(text.query(text="moon", k=2)))
+    out.append(np.round(await _a(text.embed(["roses"])), 5).tolist())
     out.append([(i.name, i.config, i.count) for i in await _a(db.collections_info())])
     out.append(await _a(db.list_collections()))
     for bad in (
@@ -73,6 +80,7 @@ async def test_embedded_and_remote_sync_and_async_agree(tmp_path: Path) -> None:
         with lamina.connect(srv.address) as db:
             answers["remote"] = _plain(await scenario(db))
             db.delete_collection("c")
+            db.delete_collection("t")
         async with await lamina.connect_async(srv.address) as adb:
             answers["remote async"] = _plain(await scenario(adb))
     finally:
@@ -102,4 +110,4 @@ def test_every_operation_has_one_engine_form_and_one_grpc_form() -> None:
     engine = operations(EmbeddedTransport, {"run", "close"})
     wire = operations(GrpcRequests, {"build"})
     assert engine == wire
-    assert len(engine) == 23
+    assert len(engine) == 25

@@ -81,8 +81,10 @@ def test_reopen_gives_back_every_collection_exactly(tmp_path: Path) -> None:
 
 
 def test_data_directory_is_locked_while_open(tmp_path: Path) -> None:
-    with lamina.connect(str(tmp_path)), pytest.raises(lamina.FailedPrecondition, match="in use"):
-        lamina.connect(str(tmp_path))
+    # lamina.connect shares one engine per directory (tests/test_embedding.py); a second
+    # engine over the same directory is refused
+    with Database(tmp_path), pytest.raises(lamina.FailedPrecondition, match="already open in this process"):
+        Database(tmp_path)
 
 
 def test_unusable_data_directory_is_a_clear_error(tmp_path: Path) -> None:

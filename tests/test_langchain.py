@@ -94,3 +94,23 @@ def test_tenants_keep_their_documents(tmp_path: Path) -> None:
         assert [d.page_content for d in acme.similarity_search("plans", k=5)] == ["acme plans"]
         assert [d.page_content for d in globex.get_by_ids(["1"])] == ["globex plans"]
         assert client.get_collection("kb").config.multi_tenant
+
+
+def test_without_an_embedding_the_collection_model_embeds(tmp_path: Path) -> None:
+    srv = ServerThread(tmp_path / "server")
+    try:
+        with lamina.connect(srv.address) as client:
+            store = LaminaVectorStore(client, "kb")  # no embedding object: the server's model embeds
+            store.add_texts(
+                ["Prune roses in late winter.", "Tides follow the moon."],
+                metadatas=[{"t": "garden"}, {"t": "sea"}],
+            )
+            col = client.get_collection("kb")
+            assert col.config.embedding is not None and col.config.embedding.model == "minilm"
+            found = store.similarity_search("when do I cut back roses?", k=1)
+            assert found[0].page_content == "Prune roses in late winter." and found[0].metadata == {
+                "t": "garden"
+            }
+            assert store.max_marginal_relevance_search("ocean", k=1, fetch_k=2)[0].metadata == {"t": "sea"}
+    finally:
+        srv.stop()

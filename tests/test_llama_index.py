@@ -187,3 +187,24 @@ def test_tenants_keep_their_nodes(tmp_path: Path) -> None:
         )
         assert len(globex.as_retriever(similarity_top_k=10).retrieve("tenant")) == 1
         assert len(acme_index.as_retriever(similarity_top_k=10).retrieve("tenant")) == 4
+
+
+def test_nodes_without_embeddings_use_the_collection_model(tmp_path: Path) -> None:
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    with lamina.connect(str(tmp_path / "data")) as client:
+        store = LaminaVectorStore(client, "kb")
+        store.add(
+            [
+                TextNode(text="Prune roses in late winter.", id_="r"),
+                TextNode(text="Tides follow the moon.", id_="t"),
+            ]
+        )
+        assert client.get_collection("kb").config.embedding is not None
+        result = store.query(VectorStoreQuery(query_str="moon and the sea", similarity_top_k=1))
+        assert (
+            result.ids == ["t"]
+            and result.nodes is not None
+            and result.nodes[0].get_content() == "Tides follow the moon."
+        )

@@ -28,6 +28,7 @@ from ..database import (
     snapshot_tmp,
     write_snapshot,
 )
+from ..embedding import complete_config
 from ..protocol import DatabaseProtocol
 from .catch_up import CatchUp
 from .collection import ShardedCollection
@@ -98,6 +99,7 @@ class ShardedDatabase(DatabaseProtocol):
 
     def create_collection(self, name: str, config: CollectionConfig) -> ShardedCollection:
         check_collection_name(name)
+        config = complete_config(config)  # a model gives the dimension and indexes `document`
         with self._lock:
             self._check_open()
             if name in self._collections or name in self._creating:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lamina.client.api import Client, Collection
-from lamina.errors import NotFound
+from lamina.errors import InvalidArgument, NotFound
 from lamina.types import Metric
 
 
@@ -37,6 +37,21 @@ class LazyCollection:
             except NotFound:
                 return None
         return self._collection
+
+    def for_text(self) -> Collection:
+        """The collection, created now with an embedding model (``options["embedding"]``,
+        default ``minilm``) if it does not exist yet; InvalidArgument if it has no model."""
+        col = self.existing()
+        if col is None:
+            options = {"multi_tenant": self.tenant is not None, "embedding": "minilm", **self.options}
+            col = self.client.create_collection(self.name, metric=self.metric, **options)
+            self._collection = col
+        if col.config.embedding is None:
+            raise InvalidArgument(
+                f"collection {self.name!r} has no embedding model: give the store an embedding object, "
+                "or use a collection created with embedding="
+            )
+        return col
 
     def for_writing(self, dim: int) -> Collection:
         """The collection, created now with ``dim`` if it does not exist yet."""

@@ -57,6 +57,23 @@ def metadata_filter(flt: Filter | None) -> Filter | None:
     return out
 
 
+class CollectionEmbeddings(Embeddings):
+    """LangChain ``Embeddings`` answered by a Lamina collection's own model (``Collection.embed``:
+    in this process when embedded, by the server when remote)."""
+
+    def __init__(self, target: LazyCollection) -> None:
+        self.target = target
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        vectors: list[list[float]] = self.target.for_text().embed(texts).tolist()
+        return vectors
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+
 class LaminaVectorStore(VectorStore):
     """A LangChain ``VectorStore`` keeping documents in a Lamina collection."""
 
@@ -64,7 +81,7 @@ class LaminaVectorStore(VectorStore):
         self,
         client: Client | str,
         collection_name: str,
-        embedding: Embeddings,
+        embedding: Embeddings | None = None,
         *,
         metric: Metric = "cosine",
         tenant: str | None = None,
@@ -72,13 +89,17 @@ class LaminaVectorStore(VectorStore):
     ) -> None:
         """``client``: a ``lamina.Client`` or what ``lamina.connect`` takes (a data
         directory or ``host:port``). ``collection_options`` are passed to
-        ``create_collection`` when the collection is made (index, quantization, ...)."""
+        ``create_collection`` when the collection is made (index, quantization, ...).
+        Without ``embedding`` the collection's own model embeds (a new collection is created
+        with ``collection_options["embedding"]``, default ``minilm``)."""
         self.client = connect(client) if isinstance(client, str) else client
         self.collection_name = collection_name
-        self.embedding = embedding
         self.metric: Metric = metric
         self.tenant = tenant
         self._target = LazyCollection(self.client, collection_name, metric, tenant, collection_options)
+        self.embedding: Embeddings = (
+            embedding if embedding is not None else CollectionEmbeddings(self._target)
+        )
 
     @property
     def embeddings(self) -> Embeddings:
@@ -224,7 +245,7 @@ class LaminaVectorStore(VectorStore):
     def from_texts(
         cls,
         texts: list[str],
-        embedding: Embeddings,
+        embedding: Embeddings | None = None,
         metadatas: list[dict[str, Any]] | None = None,
         *,
         ids: list[str] | None = None,

@@ -9,7 +9,9 @@ metadata plus LlamaIndex's serialised node (``node_to_metadata_dict``), so queri
 back whole nodes with their text and relationships. ``MetadataFilters`` become Lamina
 filters over the metadata (==, !=, >, >=, <, <=, in, nin, contains, any, all, is_empty;
 AND / OR / NOT, nested). The collection is created on the first ``add`` with the
-embedding's dimension. ``tenant=`` keeps one tenant's nodes in a multi-tenant collection.
+embedding's dimension. Nodes without an embedding, and queries without one (only
+``query_str``), are embedded with the collection's own model (a new collection is then
+created with the built-in ``minilm``). ``tenant=`` keeps one tenant's nodes in a multi-tenant collection.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from llama_index.core.bridge.pydantic import PrivateAttr
-from llama_index.core.schema import BaseNode
+from llama_index.core.schema import BaseNode, MetadataMode
 from llama_index.core.vector_stores.types import (
     BasePydanticVectorStore,
     FilterCondition,
@@ -111,6 +113,12 @@ class LaminaVectorStore(BasePydanticVectorStore):
         """Store nodes with their embeddings (a node id that exists is replaced)."""
         if not nodes:
             return []
+        if any(n.embedding is None for n in nodes):  # no embed model: the collection's own embeds
+            col = self._target.for_text()
+            missing = [n for n in nodes if n.embedding is None]
+            texts = [n.get_content(metadata_mode=MetadataMode.EMBED) or " " for n in missing]
+            for node, vector in zip(missing, col.embed(texts).tolist(), strict=True):
+                node.embedding = vector
         vectors = np.asarray([n.get_embedding() for n in nodes], dtype=np.float32)
         col = self._target.for_writing(vectors.shape[1])
         payloads = [
@@ -165,10 +173,15 @@ class LaminaVectorStore(BasePydanticVectorStore):
         """The ``similarity_top_k`` nodes nearest to the query embedding that match its
         filters (and, when given, its ``doc_ids`` / ``node_ids``)."""
         col = self._target.existing()
-        if col is None or query.query_embedding is None:
+        if col is None or (query.query_embedding is None and not query.query_str):
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+        vector = (
+            np.asarray(query.query_embedding, dtype=np.float32)
+            if query.query_embedding is not None
+            else self._target.for_text().embed([query.query_str or ""])[0]  # the collection's model
+        )
         hits = col.search(
-            np.asarray(query.query_embedding, dtype=np.float32),
+            vector,
             k=query.similarity_top_k,
             filter=_where(query.filters, query.node_ids, query.doc_ids),
             tenant=self.tenant,

@@ -153,6 +153,7 @@ class CollectionConfig(_message.Message):
     TENANT_INDEX_ROWS_FIELD_NUMBER: _builtins.int
     SHARDS_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
     dim: _builtins.int
     metric: Global___Metric.ValueType
     segment_rows: _builtins.int
@@ -177,6 +178,13 @@ class CollectionConfig(_message.Message):
     def payload_index(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Payload field (dotted path) -> index type: keyword, int, float, bool, datetime, text."""
 
+    @_builtins.property
+    def embedding(self) -> Global___EmbeddingConfig:
+        """The model that embeds the texts given to Upsert (documents) and to Search / SearchBatch /
+        Query (text); unset: the collection takes vectors only. With a model, dim may be 0 at
+        creation: the model's dimension is taken.
+        """
+
     def __init__(
         self,
         *,
@@ -190,14 +198,47 @@ class CollectionConfig(_message.Message):
         tenant_index_rows: _builtins.int = ...,
         shards: _builtins.int = ...,
         replicas: _builtins.int = ...,
+        embedding: Global___EmbeddingConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "quantization", b"quantization"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "index", b"index", "quantization", b"quantization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "index", b"index", "metric", b"metric", "multi_tenant", b"multi_tenant", "payload_index", b"payload_index", "quantization", b"quantization", "replicas", b"replicas", "segment_rows", b"segment_rows", "shards", b"shards", "tenant_index_rows", b"tenant_index_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedding", b"embedding", "index", b"index", "metric", b"metric", "multi_tenant", b"multi_tenant", "payload_index", b"payload_index", "quantization", b"quantization", "replicas", b"replicas", "segment_rows", b"segment_rows", "shards", b"shards", "tenant_index_rows", b"tenant_index_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CollectionConfig: _TypeAlias = CollectionConfig  # noqa: Y015
+
+@_typing.final
+class EmbeddingConfig(_message.Message):
+    """A collection's embedding model (see docs/embedding.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    API_KEY_ENV_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """"minilm" (built in), a sentence-transformers model name or folder on the server, or the
+    model an OpenAI-compatible endpoint serves (with url).
+    """
+    url: _builtins.str
+    """An OpenAI-compatible endpoint: POST {url}/embeddings; empty: a local model."""
+    api_key_env: _builtins.str
+    """The environment variable (of the server process) holding the endpoint's API key."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        url: _builtins.str = ...,
+        api_key_env: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "model", b"model", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbeddingConfig: _TypeAlias = EmbeddingConfig  # noqa: Y015
 
 @_typing.final
 class IndexStatus(_message.Message):

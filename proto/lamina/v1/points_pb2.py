@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lamina.proto.lamina.v1 import common_pb2 as lamina_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16lamina/v1/points.proto\x12\tlamina.v1\x1a\x16lamina/v1/common.proto\"\x90\x01\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1f\n\x03ids\x18\x02 \x03(\x0b\x32\x12.lamina.v1.PointId\x12#\n\x07vectors\x18\x03 \x01(\x0b\x32\x12.lamina.v1.Vectors\x12\x15\n\rpayloads_json\x18\x04 \x03(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\t\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x04\"|\n\nGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1f\n\x03ids\x18\x02 \x03(\x0b\x32\x12.lamina.v1.PointId\x12\x14\n\x0cwith_payload\x18\x03 \x01(\x08\x12\x13\n\x0bwith_vector\x18\x04 \x01(\x08\x12\x0e\n\x06tenant\x18\x05 \x01(\t\"/\n\x0bGetResponse\x12 \n\x06points\x18\x01 \x03(\x0b\x32\x10.lamina.v1.Point\"i\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1f\n\x03ids\x18\x02 \x03(\x0b\x32\x12.lamina.v1.PointId\x12\x13\n\x0b\x66ilter_json\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"G\n\x0c\x43ountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0b\x66ilter_json\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"\xb6\x01\n\rScrollRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\'\n\x06offset\x18\x03 \x01(\x0b\x32\x12.lamina.v1.PointIdH\x00\x88\x01\x01\x12\x13\n\x0b\x66ilter_json\x18\x04 \x01(\t\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x13\n\x0bwith_vector\x18\x06 \x01(\x08\x12\x0e\n\x06tenant\x18\x07 \x01(\tB\t\n\x07_offset\"p\n\x0eScrollResponse\x12 \n\x06points\x18\x01 \x03(\x0b\x32\x10.lamina.v1.Point\x12,\n\x0bnext_offset\x18\x02 \x01(\x0b\x32\x12.lamina.v1.PointIdH\x00\x88\x01\x01\x42\x0e\n\x0c_next_offset\"(\n\x12ListTenantsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\";\n\nTenantInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06points\x18\x02 \x01(\x04\x12\x0f\n\x07indexed\x18\x03 \x01(\x08\"=\n\x13ListTenantsResponse\x12&\n\x07tenants\x18\x01 \x03(\x0b\x32\x15.lamina.v1.TenantInfo\"9\n\x13\x44\x65leteTenantRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\'\n\x14\x44\x65leteTenantResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\x32\xd6\x03\n\x06Points\x12=\n\x06Upsert\x12\x18.lamina.v1.UpsertRequest\x1a\x19.lamina.v1.UpsertResponse\x12\x34\n\x03Get\x12\x15.lamina.v1.GetRequest\x1a\x16.lamina.v1.GetResponse\x12=\n\x06\x44\x65lete\x12\x18.lamina.v1.DeleteRequest\x1a\x19.lamina.v1.DeleteResponse\x12:\n\x05\x43ount\x12\x17.lamina.v1.CountRequest\x1a\x18.lamina.v1.CountResponse\x12=\n\x06Scroll\x12\x18.lamina.v1.ScrollRequest\x1a\x19.lamina.v1.ScrollResponse\x12L\n\x0bListTenants\x12\x1d.lamina.v1.ListTenantsRequest\x1a\x1e.lamina.v1.ListTenantsResponse\x12O\n\x0c\x44\x65leteTenant\x12\x1e.lamina.v1.DeleteTenantRequest\x1a\x1f.lamina.v1.DeleteTenantResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16lamina/v1/points.proto\x12\tlamina.v1\x1a\x16lamina/v1/common.proto\"\xa3\x01\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1f\n\x03ids\x18\x02 \x03(\x0b\x32\x12.lamina.v1.PointId\x12#\n\x07vectors\x18\x03 \x01(\x0b\x32\x12.lamina.v1.Vectors\x12\x15\n\rpayloads_json\x18\x04 \x03(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\x11\n\tdocuments\x18\x06 \x03(\t\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x04\"|\n\nGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1f\n\x03ids\x18\x02 \x03(\x0b\x32\x12.lamina.v1.PointId\x12\x14\n\x0cwith_payload\x18\x03 \x01(\x08\x12\x13\n\x0bwith_vector\x18\x04 \x01(\x08\x12\x0e\n\x06tenant\x18\x05 \x01(\t\"/\n\x0bGetResponse\x12 \n\x06points\x18\x01 \x03(\x0b\x32\x10.lamina.v1.Point\"i\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1f\n\x03ids\x18\x02 \x03(\x0b\x32\x12.lamina.v1.PointId\x12\x13\n\x0b\x66ilter_json\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"G\n\x0c\x43ountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0b\x66ilter_json\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"\xb6\x01\n\rScrollRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\'\n\x06offset\x18\x03 \x01(\x0b\x32\x12.lamina.v1.PointIdH\x00\x88\x01\x01\x12\x13\n\x0b\x66ilter_json\x18\x04 \x01(\t\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x13\n\x0bwith_vector\x18\x06 \x01(\x08\x12\x0e\n\x06tenant\x18\x07 \x01(\tB\t\n\x07_offset\"p\n\x0eScrollResponse\x12 \n\x06points\x18\x01 \x03(\x0b\x32\x10.lamina.v1.Point\x12,\n\x0bnext_offset\x18\x02 \x01(\x0b\x32\x12.lamina.v1.PointIdH\x00\x88\x01\x01\x42\x0e\n\x0c_next_offset\"(\n\x12ListTenantsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\";\n\nTenantInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06points\x18\x02 \x01(\x04\x12\x0f\n\x07indexed\x18\x03 \x01(\x08\"=\n\x13ListTenantsResponse\x12&\n\x07tenants\x18\x01 \x03(\x0b\x32\x15.lamina.v1.TenantInfo\"9\n\x13\x44\x65leteTenantRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\'\n\x14\x44\x65leteTenantResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\x32\xd6\x03\n\x06Points\x12=\n\x06Upsert\x12\x18.lamina.v1.UpsertRequest\x1a\x19.lamina.v1.UpsertResponse\x12\x34\n\x03Get\x12\x15.lamina.v1.GetRequest\x1a\x16.lamina.v1.GetResponse\x12=\n\x06\x44\x65lete\x12\x18.lamina.v1.DeleteRequest\x1a\x19.lamina.v1.DeleteResponse\x12:\n\x05\x43ount\x12\x17.lamina.v1.CountRequest\x1a\x18.lamina.v1.CountResponse\x12=\n\x06Scroll\x12\x18.lamina.v1.ScrollRequest\x1a\x19.lamina.v1.ScrollResponse\x12L\n\x0bListTenants\x12\x1d.lamina.v1.ListTenantsRequest\x1a\x1e.lamina.v1.ListTenantsResponse\x12O\n\x0c\x44\x65leteTenant\x12\x1e.lamina.v1.DeleteTenantRequest\x1a\x1f.lamina.v1.DeleteTenantResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,35 +33,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lamina.proto.lamina.v1.poin
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UPSERTREQUEST']._serialized_start=62
-  _globals['_UPSERTREQUEST']._serialized_end=206
-  _globals['_UPSERTRESPONSE']._serialized_start=208
-  _globals['_UPSERTRESPONSE']._serialized_end=242
-  _globals['_GETREQUEST']._serialized_start=244
-  _globals['_GETREQUEST']._serialized_end=368
-  _globals['_GETRESPONSE']._serialized_start=370
-  _globals['_GETRESPONSE']._serialized_end=417
-  _globals['_DELETEREQUEST']._serialized_start=419
-  _globals['_DELETEREQUEST']._serialized_end=524
-  _globals['_DELETERESPONSE']._serialized_start=526
-  _globals['_DELETERESPONSE']._serialized_end=559
-  _globals['_COUNTREQUEST']._serialized_start=561
-  _globals['_COUNTREQUEST']._serialized_end=632
-  _globals['_COUNTRESPONSE']._serialized_start=634
-  _globals['_COUNTRESPONSE']._serialized_end=664
-  _globals['_SCROLLREQUEST']._serialized_start=667
-  _globals['_SCROLLREQUEST']._serialized_end=849
-  _globals['_SCROLLRESPONSE']._serialized_start=851
-  _globals['_SCROLLRESPONSE']._serialized_end=963
-  _globals['_LISTTENANTSREQUEST']._serialized_start=965
-  _globals['_LISTTENANTSREQUEST']._serialized_end=1005
-  _globals['_TENANTINFO']._serialized_start=1007
-  _globals['_TENANTINFO']._serialized_end=1066
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=1068
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=1129
-  _globals['_DELETETENANTREQUEST']._serialized_start=1131
-  _globals['_DELETETENANTREQUEST']._serialized_end=1188
-  _globals['_DELETETENANTRESPONSE']._serialized_start=1190
-  _globals['_DELETETENANTRESPONSE']._serialized_end=1229
-  _globals['_POINTS']._serialized_start=1232
-  _globals['_POINTS']._serialized_end=1702
+  _globals['_UPSERTREQUEST']._serialized_end=225
+  _globals['_UPSERTRESPONSE']._serialized_start=227
+  _globals['_UPSERTRESPONSE']._serialized_end=261
+  _globals['_GETREQUEST']._serialized_start=263
+  _globals['_GETREQUEST']._serialized_end=387
+  _globals['_GETRESPONSE']._serialized_start=389
+  _globals['_GETRESPONSE']._serialized_end=436
+  _globals['_DELETEREQUEST']._serialized_start=438
+  _globals['_DELETEREQUEST']._serialized_end=543
+  _globals['_DELETERESPONSE']._serialized_start=545
+  _globals['_DELETERESPONSE']._serialized_end=578
+  _globals['_COUNTREQUEST']._serialized_start=580
+  _globals['_COUNTREQUEST']._serialized_end=651
+  _globals['_COUNTRESPONSE']._serialized_start=653
+  _globals['_COUNTRESPONSE']._serialized_end=683
+  _globals['_SCROLLREQUEST']._serialized_start=686
+  _globals['_SCROLLREQUEST']._serialized_end=868
+  _globals['_SCROLLRESPONSE']._serialized_start=870
+  _globals['_SCROLLRESPONSE']._serialized_end=982
+  _globals['_LISTTENANTSREQUEST']._serialized_start=984
+  _globals['_LISTTENANTSREQUEST']._serialized_end=1024
+  _globals['_TENANTINFO']._serialized_start=1026
+  _globals['_TENANTINFO']._serialized_end=1085
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=1087
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=1148
+  _globals['_DELETETENANTREQUEST']._serialized_start=1150
+  _globals['_DELETETENANTREQUEST']._serialized_end=1207
+  _globals['_DELETETENANTRESPONSE']._serialized_start=1209
+  _globals['_DELETETENANTRESPONSE']._serialized_end=1248
+  _globals['_POINTS']._serialized_start=1251
+  _globals['_POINTS']._serialized_end=1721
 # @@protoc_insertion_point(module_scope)

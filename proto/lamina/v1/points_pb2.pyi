@@ -28,6 +28,7 @@ class UpsertRequest(_message.Message):
     VECTORS_FIELD_NUMBER: _builtins.int
     PAYLOADS_JSON_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     tenant: _builtins.str
     """Multi-tenant collections: the tenant the request acts for (required there,
@@ -43,6 +44,12 @@ class UpsertRequest(_message.Message):
     def payloads_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Either empty (no payloads) or one JSON object per id ("" stands for {})."""
 
+    @_builtins.property
+    def documents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Texts, one per id, instead of vectors: the server embeds them with the collection's
+        model and stores each in its payload's "document" field. Either vectors or documents.
+        """
+
     def __init__(
         self,
         *,
@@ -51,10 +58,11 @@ class UpsertRequest(_message.Message):
         vectors: _common_pb2.Vectors | None = ...,
         payloads_json: _abc.Iterable[_builtins.str] | None = ...,
         tenant: _builtins.str = ...,
+        documents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["vectors", b"vectors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "ids", b"ids", "payloads_json", b"payloads_json", "tenant", b"tenant", "vectors", b"vectors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "documents", b"documents", "ids", b"ids", "payloads_json", b"payloads_json", "tenant", b"tenant", "vectors", b"vectors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

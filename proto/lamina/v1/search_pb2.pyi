@@ -20,6 +20,51 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class EmbedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbedRequest: _TypeAlias = EmbedRequest  # noqa: Y015
+
+@_typing.final
+class EmbedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTORS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vectors(self) -> _common_pb2.Vectors:
+        """one row per text, in order"""
+
+    def __init__(
+        self,
+        *,
+        vectors: _common_pb2.Vectors | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["vectors", b"vectors"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vectors", b"vectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbedResponse: _TypeAlias = EmbedResponse  # noqa: Y015
+
+@_typing.final
 class SearchParams(_message.Message):
     """Per-query overrides of the collection's search settings."""
 
@@ -73,6 +118,7 @@ class SearchRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     vector: _builtins.bytes
     """float32 little-endian query vector of the collection's dimension."""
@@ -88,6 +134,8 @@ class SearchRequest(_message.Message):
     """Multi-tenant collections: the tenant the request acts for (required there,
     and must be empty for a collection without tenants).
     """
+    text: _builtins.str
+    """A query text instead of the vector: embedded by the server with the collection's model."""
     @_builtins.property
     def params(self) -> Global___SearchParams: ...
     def __init__(
@@ -102,12 +150,15 @@ class SearchRequest(_message.Message):
         params: Global___SearchParams | None = ...,
         explain: _builtins.bool = ...,
         tenant: _builtins.str = ...,
+        text: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "params", b"params", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "explain", b"explain", "filter_json", b"filter_json", "k", b"k", "params", b"params", "tenant", b"tenant", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "collection", b"collection", "explain", b"explain", "filter_json", b"filter_json", "k", b"k", "params", b"params", "tenant", b"tenant", "text", b"text", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__text: _TypeAlias = _typing.Literal["text"]  # noqa: Y015
+    _WhichOneofArgType__text: _TypeAlias = _typing.Literal["_text", b"_text"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__text) -> _WhichOneofReturnType__text | None: ...
 
 Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
 
@@ -270,7 +321,9 @@ class QueryRequest(_message.Message):
     fusion: _builtins.str
     """"rrf" (default) or "weighted" """
     text_field: _builtins.str
-    """empty: the collection's only text index"""
+    """empty: the collection's only text index ("document" on a collection with a model).
+    On a collection with a model, a text without a vector is also embedded as the dense query.
+    """
     with_payload: _builtins.bool
     with_vector: _builtins.bool
     tenant: _builtins.str
@@ -321,6 +374,7 @@ class SearchBatchRequest(_message.Message):
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     k: _builtins.int
     filter_json: _builtins.str
@@ -334,6 +388,10 @@ class SearchBatchRequest(_message.Message):
     def vectors(self) -> _common_pb2.Vectors: ...
     @_builtins.property
     def params(self) -> Global___SearchParams: ...
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Query texts instead of vectors, embedded by the server with the collection's model."""
+
     def __init__(
         self,
         *,
@@ -345,10 +403,11 @@ class SearchBatchRequest(_message.Message):
         with_vector: _builtins.bool = ...,
         params: Global___SearchParams | None = ...,
         tenant: _builtins.str = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "vectors", b"vectors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json", "k", b"k", "params", b"params", "tenant", b"tenant", "vectors", b"vectors", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter_json", b"filter_json", "k", b"k", "params", b"params", "tenant", b"tenant", "texts", b"texts", "vectors", b"vectors", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

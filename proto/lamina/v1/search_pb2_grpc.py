@@ -50,6 +50,11 @@ class SearchStub:
                 request_serializer=lamina_dot_v1_dot_search__pb2.QueryRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_search__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/lamina.v1.Search/Embed',
+                request_serializer=lamina_dot_v1_dot_search__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_search__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServicer:
@@ -75,6 +80,14 @@ class SearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Texts embedded with the collection's model, nothing stored (for clients that need the
+        vectors themselves, e.g. framework stores computing MMR); INVALID_ARGUMENT without a model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.Query,
                     request_deserializer=lamina_dot_v1_dot_search__pb2.QueryRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=lamina_dot_v1_dot_search__pb2.EmbedRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_search__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +194,33 @@ class Search:
             '/lamina.v1.Search/Query',
             lamina_dot_v1_dot_search__pb2.QueryRequest.SerializeToString,
             lamina_dot_v1_dot_search__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Search/Embed',
+            lamina_dot_v1_dot_search__pb2.EmbedRequest.SerializeToString,
+            lamina_dot_v1_dot_search__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class SearchStub:
     SearchBatch: _grpc.UnaryUnaryMultiCallable[_search_pb2.SearchBatchRequest, _search_pb2.SearchBatchResponse]
     Query: _grpc.UnaryUnaryMultiCallable[_search_pb2.QueryRequest, _search_pb2.SearchResponse]
     """Hybrid search: dense and BM25 rankings fused (or either one alone)."""
+    Embed: _grpc.UnaryUnaryMultiCallable[_search_pb2.EmbedRequest, _search_pb2.EmbedResponse]
+    """Texts embedded with the collection's model, nothing stored (for clients that need the
+    vectors themselves, e.g. framework stores computing MMR); INVALID_ARGUMENT without a model.
+    """
 
 @_typing.type_check_only
 class SearchAsyncStub(SearchStub):
@@ -47,6 +51,10 @@ class SearchAsyncStub(SearchStub):
     SearchBatch: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchBatchRequest, _search_pb2.SearchBatchResponse]  # type: ignore[assignment]
     Query: _aio.UnaryUnaryMultiCallable[_search_pb2.QueryRequest, _search_pb2.SearchResponse]  # type: ignore[assignment]
     """Hybrid search: dense and BM25 rankings fused (or either one alone)."""
+    Embed: _aio.UnaryUnaryMultiCallable[_search_pb2.EmbedRequest, _search_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Texts embedded with the collection's model, nothing stored (for clients that need the
+    vectors themselves, e.g. framework stores computing MMR); INVALID_ARGUMENT without a model.
+    """
 
 class SearchServicer(metaclass=_abc_1.ABCMeta):
     """Nearest-neighbour search, one query or a batch."""
@@ -72,5 +80,15 @@ class SearchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_search_pb2.SearchResponse, _abc.Awaitable[_search_pb2.SearchResponse]]:
         """Hybrid search: dense and BM25 rankings fused (or either one alone)."""
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _search_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_pb2.EmbedResponse, _abc.Awaitable[_search_pb2.EmbedResponse]]:
+        """Texts embedded with the collection's model, nothing stored (for clients that need the
+        vectors themselves, e.g. framework stores computing MMR); INVALID_ARGUMENT without a model.
+        """
 
 def add_SearchServicer_to_server(servicer: SearchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
