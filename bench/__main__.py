@@ -15,6 +15,7 @@ BENCHMARKS = {
     "ingest": "bench.ingest",
     "compare": "bench.compare",
     "shards": "bench.shards",
+    "serve": "bench.serve",
 }
 
 
