@@ -19,6 +19,7 @@ BENCHMARKS = {
     "faults": "bench.faults",
     "console": "bench.console",
     "embed": "bench.embed",
+    "serve": "bench.serve",
 }
 
 

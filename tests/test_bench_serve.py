@@ -1,0 +1,32 @@
+"""``python -m bench serve`` end to end at a small size: real servers, client processes, ratios."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import serve
+
+
+def test_serve_measures_lamina_pgvector_and_the_echo_floor_with_client_processes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["--rows", "2000", "--queries", "50", "--clients", "1,2", "--duration", "1", "--out", str(out)]
+    assert serve.main(argv) == 0
+    report = json.loads(next(out.glob("*-serve.json")).read_text())
+    results = {r["system"]: r for r in report["results"]}
+    assert set(results) == {"echo", "lamina", "pgvector"}
+    for name, r in results.items():
+        assert "error" not in r, r
+        assert [run["clients"] for run in r["runs"]] == [1, 2]
+        for run in r["runs"]:
+            assert run["qps"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"], (name, run)
+            assert run["server_mb"] > 1, (name, run)  # the server's memory, not this process's
+    for name in ("lamina", "pgvector"):  # ef was chosen by recall against exact ground truth
+        chosen = next(s for s in results[name]["sweep"] if s["ef"] == results[name]["ef"])
+        assert chosen["recall"] >= serve.TARGET_RECALL, results[name]["sweep"]
+        assert all(s["recall"] < serve.TARGET_RECALL for s in results[name]["sweep"] if s["ef"] < chosen["ef"])
+    table = next(out.glob("*-serve.md")).read_text()
+    lamina_1 = next(line for line in table.splitlines() if line.startswith("| lamina") and "| 1 |" in line)
+    ratio = results["lamina"]["runs"][0]["qps"] / results["pgvector"]["runs"][0]["qps"]
+    assert f"| {ratio:.2f}x |" in lamina_1  # the ratio column compares the same client count
+    assert next(out.glob("*-serve.png")).stat().st_size > 0
