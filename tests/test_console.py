@@ -413,3 +413,28 @@ def test_the_built_wheel_ships_the_pages(tmp_path: Path) -> None:
     ):
         assert f"lamina/console/static/{name}" in names
     assert "lamina/console/app.py" in names and "lamina/console/transport.py" in names
+
+
+def test_search_by_text_embeds_with_the_collections_model(open_server: ServerThread) -> None:
+    """The playground's text mode: the server embeds the query with the collection's model,
+    so the console's hits are the SDK's ``search(str)`` hits; a collection without a model
+    refuses text with the API's message."""
+    assert open_server.console is not None
+    port = open_server.console.port
+    texts = ["Prune roses in late winter.", "Tides follow the moon.", "Kernel modules load at boot."]
+    with lamina.connect(open_server.address) as db:
+        kb = db.create_collection("kb", embedding="minilm")
+        kb.add(ids=[1, 2, 3], documents=texts)
+        expected = [h.id for h in kb.search("when do I cut back my roses?", k=3)]
+        with pytest.raises(InvalidArgument) as no_model:
+            db.get_collection("docs").search("roses", k=3)
+    status, found = call(
+        port, "POST", "/api/collections/kb/search", {"text": "when do I cut back my roses?", "k": 3}
+    )
+    assert status == 200, found
+    assert [h["id"] for h in found["hits"]] == expected and expected[0] == 1
+    assert found["hits"][0]["payload"]["document"] == texts[0]
+    status, err = call(port, "POST", "/api/collections/docs/search", {"text": "roses", "k": 3})
+    assert status == 400 and err["error"]["message"] == str(no_model.value)
+    status, err = call(port, "POST", "/api/collections/kb/search", {"text": "roses", "id": 1})
+    assert status == 400 and "give one of vector" in err["error"]["message"]

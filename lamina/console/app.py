@@ -415,15 +415,33 @@ class Console:
         return _json({"points": points})
 
     async def _search(self, request: web.Request) -> web.Response:
-        """Search by ``vector`` or by the vector of point ``id`` ("more like this": the point
-        itself comes first); with ``explain`` (default), the plan of each segment too."""
-        known = ("vector", "id", "k", "filter", "tenant", "ef", "oversample", "exact", "plan", "explain")
+        """Search by ``vector``, by the vector of point ``id`` ("more like this": the point
+        itself comes first) or by ``text`` (embedded with the collection's model); with
+        ``explain`` (default), the plan of each segment too."""
+        known = (
+            "vector",
+            "id",
+            "text",
+            "k",
+            "filter",
+            "tenant",
+            "ef",
+            "oversample",
+            "exact",
+            "plan",
+            "explain",
+        )
         body = await _body(request, known)
-        if ("vector" in body) == ("id" in body):
-            raise InvalidArgument("give either vector (a list of numbers) or id (a point's id), not both")
+        if sum(key in body for key in ("vector", "id", "text")) != 1:
+            raise InvalidArgument(
+                "give one of vector (a list of numbers), id (a point's id) or text (a query, on a "
+                "collection with an embedding model)"
+            )
         tenant = _optional(body, "tenant", str, "a string")
         col = await self._collection(request)
         vector = body.get("vector")
+        if "text" in body:
+            vector = _optional(body, "text", str, "a string")
         if "id" in body:
             found = await col.get([body["id"]], with_payload=False, with_vector=True, tenant=tenant)
             if not found:

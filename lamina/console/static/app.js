@@ -258,13 +258,14 @@ async function pageSearch(name, query) {
   if (!current) return main.replaceChildren(h("p", { class: "muted" }, "No collections yet."));
   const col = state.collections.find((c) => c.name === current);
   // Modes: by a point's id or by a pasted vector; a text mode joins them when the
-  // collection has an embedding model (config.embedding), once the engine has one.
+  // collection has an embedding model (config.embedding): the server embeds the text.
   const modes = [["id", "point id (more like this)"], ["vector", "vector"]];
   if (col && col.config.embedding) modes.push(["text", "text"]);
   const mode = h("select", { id: "search-mode" }, modes.map(([v, t]) => h("option", { value: v }, t)));
   const preset = query.get("id");
   const idInput = h("input", { id: "search-id", size: 24, value: preset ? showId(JSON.parse(preset)) : "" });
   const vecInput = h("textarea", { id: "search-vector", placeholder: "[0.1, 0.2, …]" });
+  const textInput = h("input", { id: "search-text", size: 48, placeholder: "a question or keywords" });
   const k = h("input", { id: "k", type: "number", min: 1, value: 10, size: 4 });
   const ef = h("input", { id: "ef", type: "number", min: 1, placeholder: "default", size: 6 });
   const over = h("input", { id: "oversample", type: "number", min: 1, step: "any", placeholder: "default", size: 6 });
@@ -272,7 +273,11 @@ async function pageSearch(name, query) {
   const filter = h("textarea", { id: "search-filter", placeholder: "filter (JSON), optional" });
   const tenant = tenantInput("search-tenant", col);
   const out = h("div", { id: "search-out" });
-  const which = () => { idInput.parentElement.hidden = mode.value !== "id"; vecInput.parentElement.hidden = mode.value !== "vector"; };
+  const which = () => {
+    idInput.parentElement.hidden = mode.value !== "id";
+    vecInput.parentElement.hidden = mode.value !== "vector";
+    textInput.parentElement.hidden = mode.value !== "text";
+  };
   mode.addEventListener("change", which);
   const run = async () => {
     try {
@@ -280,6 +285,7 @@ async function pageSearch(name, query) {
       if (ef.value) body.ef = Number(ef.value);
       if (over.value) body.oversample = Number(over.value);
       if (mode.value === "id") body.id = parseId(idInput.value);
+      else if (mode.value === "text") body.text = textInput.value;
       else body.vector = parseJsonField(vecInput.value, "vector");
       const res = await api("POST", `/api/collections/${encodeURIComponent(current)}/search`, body);
       out.replaceChildren(
@@ -298,6 +304,7 @@ async function pageSearch(name, query) {
     h("div", { class: "row" }, h("label", {}, "collection", select), h("label", {}, "by", mode),
       h("label", {}, "point id", idInput), h("label", {}, "tenant", tenant)),
     h("label", {}, vecInput),
+    h("label", {}, "text", textInput),
     h("div", { class: "row" }, h("label", {}, "k", k), h("label", {}, "ef", ef), h("label", {}, "oversample", over), h("label", {}, "exact", exact)),
     filter,
     h("div", { class: "row" }, h("button", { id: "run-search", onclick: run }, "Search")),
