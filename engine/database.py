@@ -141,14 +141,31 @@ def lock_data_directory(path: Path, *, shared: bool = False) -> IO[str] | None:
                 "client, or lamina.connect(path), which shares it"
             ) from None
         raise FailedPrecondition(
-            f"data directory {path} is in use by another Lamina process (pid {holder or 'unknown'}); "
+            f"data directory {path} is in use by another Lamina process "
+            f"({f'pid {holder}' if holder else 'a read-only server, or a process whose pid is unknown'}); "
             "stop it or use another directory"
         ) from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(str(os.getpid()))  # named in the error another process gets
-    lock.flush()
+    if not shared:  # a read-only holder opened the file read-only: only the writer is named
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))  # named in the error another process gets
+        lock.flush()
     return lock
+
+
+def release_data_directory(lock: IO[str]) -> None:
+    """Let go of ``path/LOCK`` taken by ``lock_data_directory``. The writer clears its pid
+    first, so that a process refused later (while read-only servers share the lock) is not
+    told of a holder that has gone."""
+    if lock.writable():
+        try:
+            lock.seek(0)
+            lock.truncate()
+            lock.flush()
+        except OSError:  # a file system turned read-only: the lock goes all the same
+            pass
+    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    lock.close()
 
 
 class _Shared:
@@ -409,8 +426,7 @@ class Database(DatabaseProtocol):
             self._collections.clear()
             self._closed = True
             if self._lock_file is not None:
-                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-                self._lock_file.close()
+                release_data_directory(self._lock_file)
                 self._lock_file = None
 
     def __enter__(self) -> Database:

@@ -110,7 +110,7 @@ def test_disk_full_at_every_stage_refuses_whole_and_resumes_without_restart(tmpf
     no acknowledged write is lost across a restart."""
     data = tmpfs / "data"
     ballast = Ballast(tmpfs)
-    srv = ServerThread(data, metrics_port=0)
+    srv = ServerThread(data, metrics_port=0, metrics_names=True)
     acked: dict[int, np.ndarray] = {}
     try:
         client = lamina.connect(srv.address)

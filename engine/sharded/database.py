@@ -24,6 +24,7 @@ from ..database import (
     list_snapshots,
     lock_data_directory,
     read_snapshot,
+    release_data_directory,
     snapshot_name,
     snapshot_tmp,
     write_snapshot,
@@ -238,5 +239,5 @@ class ShardedDatabase(DatabaseProtocol):
                 return
             for col in self._collections.values():
                 col.close()
-            self._lock_file.close()
+            release_data_directory(self._lock_file)
             self._lock_file = None
