@@ -24,7 +24,9 @@ def test_serve_measures_lamina_pgvector_and_the_echo_floor_with_client_processes
     for name in ("lamina", "pgvector"):  # ef was chosen by recall against exact ground truth
         chosen = next(s for s in results[name]["sweep"] if s["ef"] == results[name]["ef"])
         assert chosen["recall"] >= serve.TARGET_RECALL, results[name]["sweep"]
-        assert all(s["recall"] < serve.TARGET_RECALL for s in results[name]["sweep"] if s["ef"] < chosen["ef"])
+        assert all(
+            s["recall"] < serve.TARGET_RECALL for s in results[name]["sweep"] if s["ef"] < chosen["ef"]
+        )
     table = next(out.glob("*-serve.md")).read_text()
     lamina_1 = next(line for line in table.splitlines() if line.startswith("| lamina") and "| 1 |" in line)
     ratio = results["lamina"]["runs"][0]["qps"] / results["pgvector"]["runs"][0]["qps"]

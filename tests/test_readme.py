@@ -36,6 +36,11 @@ OUTPUTS = {
     "llama_index": r"\[NodeWithScore\(node=TextNode\([^\n]*'topic': 'storage'[^\n]*node_id='d1'[^\n]*\)\]\n",
     "ld.ingest": r"(?s:.*?)^20000\n20000 7\n(?s:.*)",  # Ray may print its own lines around them
     "list_snapshots": r"(notes-\S+) 2\n\['\1'\]\nnotes-copy 2\n",
+    "the server embeds": r"1 Prune roses in late winter\.\n\[1, 2\]\n",
+    "from lamina.documents import ingest": (
+        r"0\.\d\d  garden\.md / Roses: Prune roses in late winter, before the buds break\.\n"
+        r"-?\d\.\d\d  (garden|sea)\.md / [^\n]+\n"
+    ),
 }
 
 
