@@ -91,13 +91,14 @@ def _body_crc(meta: dict[str, Any]) -> int:
     )
 
 
-def write_meta(folder: Path, meta: dict[str, Any], dest: Path | None = None) -> None:
+def write_meta(folder: Path, meta: dict[str, Any], dest: Path | None = None, leave_out: str = "") -> None:
     """Write ``segment.json`` (to ``dest``, default in ``folder``): ``meta`` with the size
-    and CRC-32 of every other file in ``folder`` and a checksum of its own body."""
+    and CRC-32 of every other file in ``folder`` (but ``leave_out``, a file about to be
+    removed) and a checksum of its own body."""
     files = {
         entry.name: [entry.stat().st_size, crc_file(Path(entry.path))]
         for entry in os.scandir(folder)
-        if entry.is_file() and entry.name != _META and not entry.name.endswith(".tmp")
+        if entry.is_file() and entry.name not in (_META, leave_out) and not entry.name.endswith(".tmp")
     }
     body = {k: v for k, v in meta.items() if k not in ("files", "checksum")} | {"files": files}
     (dest or folder / _META).write_bytes(orjson.dumps(body | {"checksum": _body_crc(body)}))
@@ -438,10 +439,12 @@ class Segment:
         if index is not None:
             self.payload = {k: v for k, v in self.payload.items() if k != name}
             self._matches = OrderedDict()
+            # the manifest first: a crash between the two leaves a stray file, not a
+            # manifest naming a file that is gone (which would make the segment damaged)
+            self._rewrite_meta(leave_out=payload_file(name, index.kind))
             (self.folder / payload_file(name, index.kind)).unlink(missing_ok=True)
-            self._rewrite_meta()
 
-    def _rewrite_meta(self) -> None:
+    def _rewrite_meta(self, leave_out: str = "") -> None:
         """Rewrite the manifest after a payload index came or went (atomically: beside it,
         fsynced, renamed over it)."""
         path = self.folder / _META
@@ -451,7 +454,7 @@ class Segment:
             return  # reported by check; a new manifest would hide the damage
         tmp = self.folder / (_META + ".tmp")
         try:
-            write_meta(self.folder, meta, tmp)
+            write_meta(self.folder, meta, tmp, leave_out)
             fsync_path(tmp)
             os.replace(tmp, path)
         except BaseException:

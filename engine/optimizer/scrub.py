@@ -27,6 +27,10 @@ class Scrub(CollectionState):
         finally:
             self._lock.acquire()
         if problems and segment in self._segments:
+            # read again with the lock held: a payload index dropped or added meanwhile
+            # changes the segment's files and manifest under the unlocked reading
+            problems = segment.scrub()
+        if problems and segment in self._segments:
             self._segments = [s for s in self._segments if s is not segment]
             self._damaged[segment.name] = "; ".join(problems)
             log.error(
