@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -222,16 +223,25 @@ def _checkpoint(path: Path) -> dict[str, object]:
 
 
 def _interrupt_when(cmd: list[str], checkpoint: Path, records: int, sig: int) -> subprocess.Popen[str]:
-    """Start ``lamina ingest``, send ``sig`` once its checkpoint passes ``records``."""
+    """Start ``lamina ingest``, send ``sig`` once its checkpoint passes ``records``. The load
+    runs at the lowest CPU priority and is frozen (SIGSTOP) the moment the threshold shows,
+    so it cannot finish between the poll and the signal however busy the machine is."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lamina", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "lamina", *cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.nice(19),
     )
     deadline = time.monotonic() + 120
     while int(_checkpoint(checkpoint).get("records", 0)) < records:  # type: ignore[call-overload]
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
-        time.sleep(0.02)
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGSTOP)
+    assert proc.poll() is None, "the load finished before it could be interrupted"
     proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
     proc.wait(60)
     return proc
 
