@@ -96,6 +96,7 @@ class CollectionStore:
         #: why writes are refused now ("" when they are not): a full disk, a read-only file system
         self.stall = ""
         self._failed = False  # a write failed: RocksDB refuses writes until it is reopened
+        self._raised = False  # an operation raised: tracebacks may hold column families
         self._swap = threading.Lock()  # held while the database is reopened
         self._shadow: Path | None = None
         self._write_opts = WriteOptions()
@@ -165,7 +166,7 @@ class CollectionStore:
             with storage_errors(self.path):
                 self._db.write(batch, self._write_opts)
         except LaminaError as exc:
-            self._failed = True
+            self._failed = self._raised = True
             self.stall = str(exc)
             log.warning("write to %s refused: %s", self.path, str(exc))  # not exc: its frames hold RocksDB
             raise
@@ -177,6 +178,7 @@ class CollectionStore:
             with storage_errors(self.path):
                 return read(cfs)
         except Exception:
+            self._raised = True
             if cfs is self._cf and not self._swap.locked():
                 raise
         with self._swap, storage_errors(self.path):
@@ -352,7 +354,9 @@ class CollectionStore:
         self._cf = {}
         self._handle = {}
         del self._db
-        gc.collect()  # frames kept by a failed write's traceback hold column families, hence the database
+        if self._raised:  # frames kept by a failed call's traceback hold column families, hence the
+            self._raised = False  # database; a full collection costs ~0.1-1 s in a large process
+            gc.collect()
 
     def close(self) -> None:
         self._release()
