@@ -46,6 +46,7 @@ TENANT_METHODS = frozenset(
         "Search/Search",
         "Search/SearchBatch",
         "Search/Query",
+        "Search/Embed",  # the collection's model on the caller's text: no tenant's data
         "Collections/Get",
         "Collections/List",
         "Info/GetInfo",
