@@ -48,6 +48,10 @@ class Deadline:
         """Whether the work should stop (cancelled, or past the deadline)."""
         return self.why is not None or (self.at is not None and time.monotonic() > self.at)
 
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (None: none; at most 0 once passed)."""
+        return None if self.at is None else max(0.0, self.at - time.monotonic())
+
     def check(self) -> None:
         """Cancelled or DeadlineExceeded when the work should stop."""
         if self.why is not None:
@@ -68,6 +72,11 @@ def running(deadline: Deadline) -> Iterator[Deadline]:
         yield deadline
     finally:
         _current.deadline = outer
+
+
+def current() -> Deadline | None:
+    """The deadline of this thread's request (None: embedded call, or none installed)."""
+    return getattr(_current, "deadline", None)
 
 
 def check() -> None:

@@ -531,3 +531,26 @@ def test_every_shard_knows_the_payload_keys_any_shard_has_seen(cluster: None, tm
                     col.count({"rrare": "x"})
     finally:
         single.close()
+
+
+def test_a_read_stops_on_the_shards_with_its_deadline(cluster: None, tmp_path: Path) -> None:
+    """The request's deadline travels with each shard read: the replicas stop their own work
+    when it passes (their DeadlineExceeded, not the router's), as one node's engine does."""
+    from lamina.engine import bounds
+
+    ids, vectors, payloads = _data(6000, 31)
+    db = ld.connect(tmp_path / "shards")
+    try:
+        col = db.create_collection("c", DIM, "l2", shards=2)
+        col.upsert(ids, vectors, [{**p, "w": i} for i, p in enumerate(payloads)])
+        sc = _sharded(db, "c")
+        unindexed = {"w": {"$gte": 0}}  # a scan of stored payloads, checking the deadline as it goes
+        assert sc.count(unindexed) == 6000  # no deadline: the whole answer
+        with bounds.running(bounds.Deadline(3600)):
+            assert sc.count(unindexed) == 6000  # a distant one: the same
+        with bounds.running(bounds.Deadline(0.0)), pytest.raises(lamina.DeadlineExceeded) as stopped:
+            sc.count(unindexed)
+        assert "the work was stopped" in str(stopped.value)  # raised by a replica's own check
+        assert sc.count(unindexed) == 6000  # and the shards serve on
+    finally:
+        db.close()

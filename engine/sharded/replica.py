@@ -17,6 +17,7 @@ import numpy as np
 from lamina.errors import InvalidArgument, LaminaError
 from lamina.types import CollectionConfig, Payload, PointId, SnapshotInfo
 
+from .. import bounds
 from ..collection import Collection
 from ..database import Database
 from .routing import Behind, Part
@@ -146,13 +147,24 @@ class Replica:
             self._turn.wait_for(lambda: self.applied >= seq, timeout)
             return self.applied
 
-    def read(self, need: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """A read, refused while this replica is behind write ``need``."""
+    def read(
+        self,
+        need: int,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        budget: float | None = None,
+    ) -> Any:
+        """A read, refused while this replica is behind write ``need``; with ``budget``
+        (seconds left of its request's deadline) its work stops when that runs out."""
         if method not in READS:
             raise InvalidArgument(f"{method} is not a replica read")
         if self.applied < need:
             raise Behind(f"replica {self.path} has applied write {self.applied}, the read needs {need}")
         try:
+            if budget is not None:
+                with bounds.running(bounds.Deadline(budget)):
+                    return getattr(self.col, method)(*args, **kwargs)
             return getattr(self.col, method)(*args, **kwargs)
         except LaminaError:
             if self.applied < need:  # its collection was replaced by a copy meanwhile

@@ -1,18 +1,25 @@
 """Writes and reads over replicas: each shard's writes are numbered and sent to every
 replica in order, acknowledged when all applied them; a read goes to one replica of
 each shard in turn, with the shard's acknowledged write number, and moves to another
-replica when one is dead or behind."""
+replica when one is dead or behind. A read carries what is left of its request's
+deadline: the replicas stop their work with it, as one node's engine does."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from lamina.errors import LaminaError, Unavailable
+from lamina.errors import DeadlineExceeded, LaminaError, Unavailable
 from lamina.types import PointId
 
+from .. import bounds
 from .catch_up import CatchUp
 from .routing import Behind, Sent, lamina_error_of, split_by_shard
+
+#: seconds past a read's deadline allowed for the replicas to report that they stopped
+DEADLINE_GRACE = 2.0
 
 
 class Replication(CatchUp):
@@ -103,16 +110,19 @@ class Replication(CatchUp):
             return (
                 j,
                 handle,
-                handle.read.options(max_task_retries=0).remote(self._acked[shard], method, args, kwargs),
+                handle.read.options(max_task_retries=0).remote(
+                    self._acked[shard], method, args, kwargs, deadline and deadline.remaining()
+                ),
             )
 
+        deadline = bounds.current()
         answers = []
         pending = [send(s, a, kw, 0) for s, a, kw in calls]
         for (shard, args, kwargs), (j, handle, ref) in zip(calls, pending, strict=True):
             attempt = 0
             while True:
                 try:
-                    answers.append(ray.get(ref))
+                    answers.append(self._answer(ref, deadline, [r for _, _, r in pending]))
                     break
                 except Exception as exc:
                     cause = lamina_error_of(exc)
@@ -130,6 +140,27 @@ class Replication(CatchUp):
                         ) from None
                     j, handle, ref = send(shard, args, kwargs, attempt)
         return answers
+
+    def _answer(self, ref: Any, deadline: bounds.Deadline | None, refs: list[Any]) -> Any:
+        """The answer of one read. With a deadline, the replicas stop their own work when it
+        passes and say so (their DeadlineExceeded is raised here); should they not answer
+        within ``DEADLINE_GRACE`` after it, or should the client cancel, the reads still out
+        are cancelled and the request stops here."""
+        ray = self._ray
+        if deadline is None:
+            return ray.get(ref)
+        while True:
+            try:
+                return ray.get(ref, timeout=0.1)
+            except ray.exceptions.GetTimeoutError:
+                pass
+            late = deadline.at is not None and time.monotonic() > deadline.at + DEADLINE_GRACE
+            if deadline.why is not None or late:
+                for other in refs:
+                    with contextlib.suppress(Exception):  # best effort: one already done cannot be
+                        ray.cancel(other)
+                deadline.check()  # Cancelled when the client went
+                raise DeadlineExceeded("the request's deadline passed; the shards did not stop in time")
 
     def _every(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         return self._read(method, [(s, args, kwargs) for s in range(self.config.shards)])
