@@ -468,12 +468,16 @@ class CallAborted(Exception):
 
 class CallContext:
     """The parts of ``grpc.aio.ServicerContext`` that the request pipeline uses, for callers
-    inside the server process (the web console): the caller's metadata (its API key) in,
-    the status out. ``abort`` raises ``CallAborted`` as gRPC's raises to end the RPC."""
+        inside the server process (the web console): the caller's metadata (its API key) in,
+        the status out, and a deadline (``timeout`` seconds from now; None: none) as a gRPC
+    client's. ``abort`` raises ``CallAborted`` as gRPC's raises to end the RPC."""
 
-    def __init__(self, metadata: Sequence[tuple[str, str]] = (), peer: str = "console") -> None:
+    def __init__(
+        self, metadata: Sequence[tuple[str, str]] = (), peer: str = "console", timeout: float | None = None
+    ) -> None:
         self._metadata = tuple(metadata)
         self._peer = peer
+        self._at = None if timeout is None else time.monotonic() + timeout  # the call's deadline
         self._code: grpc.StatusCode | None = None
 
     def peer(self) -> str:
@@ -484,7 +488,7 @@ class CallContext:
         return self._metadata
 
     def time_remaining(self) -> float | None:
-        return None
+        return None if self._at is None else max(0.0, self._at - time.monotonic())
 
     def code(self) -> grpc.StatusCode | None:
         return self._code

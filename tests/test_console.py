@@ -192,6 +192,17 @@ def test_bad_requests_get_short_json_errors_and_change_nothing(open_server: Serv
         db.get_collection("docs").scroll(filter=bad)
     assert status == 400 and err["error"] == {"code": "INVALID_ARGUMENT", "message": str(grpc_err.value)}
 
+    # each call has a deadline (30 s by default); past it the work stops as for a gRPC client
+    console = open_server.console
+    console.request_timeout = 0.0
+    status, err = call(port, "POST", "/api/collections/docs/count", {"filter": {"n": {"$gte": 0}}})
+    assert status == 504 and err["error"]["code"] == "DEADLINE_EXCEEDED", err
+    console.request_timeout = 30.0
+    assert call(port, "POST", "/api/collections/docs/count", {"filter": {"n": {"$gte": 0}}}) == (
+        200,
+        {"count": 300},
+    )
+
     # over max_message_bytes (64 KiB here): refused as gRPC refuses it, nothing written
     big = {"name": "big", "dim": 4, "payload_index": {f"f{i}": "keyword" for i in range(8000)}}
     status, err = call(port, "POST", "/api/collections", big)

@@ -34,6 +34,10 @@ log = logging.getLogger("lamina.console")
 
 DEFAULT_HTTP_PORT = 6335
 
+#: seconds a console call may run before its work is stopped (a filter over stored payloads
+#: of a large collection, say); a browser waits no longer than this for a page's data
+REQUEST_TIMEOUT = 30.0
+
 #: gRPC status -> HTTP status, as Google's HTTP/JSON mapping of gRPC does
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
@@ -176,7 +180,9 @@ class Console:
     """The web console of one ``LaminaServer``: ``await console.start(server)`` binds
     ``host:port`` (default: the gRPC host; ``port=0`` picks one) with the server's TLS
     settings; ``await console.stop()`` closes it. ``announce`` prints its address;
-    ``sample_every``: seconds between two samples of the metrics charts."""
+    ``sample_every``: seconds between two samples of the metrics charts; ``request_timeout``:
+    the deadline of each call a page makes (past it the work stops, as for a gRPC client's
+    deadline, and the page shows DEADLINE_EXCEEDED)."""
 
     def __init__(
         self,
@@ -184,8 +190,10 @@ class Console:
         host: str | None = None,
         announce: bool = False,
         sample_every: float = 2.0,
+        request_timeout: float | None = REQUEST_TIMEOUT,
     ) -> None:
         self.port = port
+        self.request_timeout = request_timeout
         self.sample_every = sample_every
         self.host = host
         self.announce = announce
@@ -277,7 +285,9 @@ class Console:
         )
 
     def _client(self, request: web.Request) -> AsyncClient:
-        return client_for(self.server.api, self._metadata(request), self.server.db.limits)  # type: ignore[arg-type]
+        api = self.server.api
+        assert api is not None  # started with the server
+        return client_for(api, self._metadata(request), self.server.db.limits, self.request_timeout)
 
     def _key(self, request: web.Request) -> ApiKey | None:
         """The caller's key (None: the server has no keys); Unauthenticated as for gRPC."""

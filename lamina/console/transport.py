@@ -29,15 +29,18 @@ class InProcessTransport:
     (the caller's API key) as a gRPC client would; errors are the ``LaminaError`` a remote
     client would raise, with the server's message."""
 
-    def __init__(self, api: Api, metadata: Sequence[tuple[str, str]], limits: Limits) -> None:
+    def __init__(
+        self, api: Api, metadata: Sequence[tuple[str, str]], limits: Limits, timeout: float | None = None
+    ) -> None:
         self.api = api
         self.metadata = tuple(metadata)
+        self.timeout = timeout  # each call's deadline, in seconds
         self._requests = GrpcRequests("in-process", limits)
 
     async def _send(self, call: Call[Any]) -> Any:
         path = f"{call.service.capitalize()}/{call.method}"
         try:
-            return await self.api.call(path, call.request, CallContext(self.metadata))
+            return await self.api.call(path, call.request, CallContext(self.metadata, timeout=self.timeout))
         except CallAborted as exc:
             raise ERROR_BY_CODE.get(exc.code.name, Internal)(exc.details) from None
 
@@ -58,6 +61,9 @@ class InProcessTransport:
         """Nothing to release: no connection is held."""
 
 
-def client_for(api: Api, metadata: Sequence[tuple[str, str]], limits: Limits) -> AsyncClient:
-    """An ``AsyncClient`` for one console request, acting with the key in ``metadata``."""
-    return AsyncClient(InProcessTransport(api, metadata, limits), limits)
+def client_for(
+    api: Api, metadata: Sequence[tuple[str, str]], limits: Limits, timeout: float | None = None
+) -> AsyncClient:
+    """An ``AsyncClient`` for one console request, acting with the key in ``metadata``; each
+    of its calls has ``timeout`` seconds (None: no deadline)."""
+    return AsyncClient(InProcessTransport(api, metadata, limits, timeout), limits)
