@@ -554,3 +554,31 @@ def test_a_read_stops_on_the_shards_with_its_deadline(cluster: None, tmp_path: P
         assert sc.count(unindexed) == 6000  # and the shards serve on
     finally:
         db.close()
+
+
+def test_text_in_and_out_on_a_sharded_collection(cluster: None, tmp_path: Path) -> None:
+    """A sharded collection with the built-in model embeds once, in the router, and answers
+    text searches and hybrid queries as one node does over the same documents."""
+    docs = [
+        f"paragraph {i}: " + ("roses are pruned in late winter" if i % 7 == 0 else f"tide table {i}")
+        for i in range(60)
+    ]
+    sharded = ld.connect(tmp_path / "shards")
+    single = lamina.connect(str(tmp_path / "single"))
+    try:
+        cols = [
+            sharded.create_collection("kb", embedding="minilm", shards=3),
+            single.create_collection("kb", embedding="minilm"),
+        ]
+        for col in cols:
+            col.add(documents=docs, ids=list(range(60)), payloads=[{"i": i} for i in range(60)])
+        assert cols[0].dim == 384 and _sharded(sharded, "kb").info().count == 60
+        got, want = (c.search("when should I cut back my roses?", k=5) for c in cols)
+        assert [h.id for h in got] == [h.id for h in want] and all(h.id % 7 == 0 for h in got)
+        assert got[0].payload == {"i": got[0].id, "document": docs[got[0].id]}
+        roses = {i for i in range(60) if i % 7 == 0}  # nine documents, tied in BM25 but for their number
+        assert {h.id for h in cols[0].query(text="roses winter", k=9)} == roses
+        assert {h.id for h in cols[1].query(text="roses winter", k=9)} == roses
+    finally:
+        sharded.close()
+        single.close()
