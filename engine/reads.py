@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -304,16 +305,21 @@ class Reads(TenantSearch):
         else:
             plan = "exact" if params.exact else params.plan
             for segment, allow in zip(snap.segments, masks, strict=False):
+                started = time.perf_counter()
                 found, how = segment.search_filtered(prepared, k, knobs, allow, plan, self._metric)
                 parts.append(found)
                 if explain is not None:
-                    explain.append(how)
+                    explain.append(replace(how, seconds=time.perf_counter() - started))
             mask = masks[-1]
-            if explain is not None:
-                reason = "the mutable segment is always scanned exactly"
-                explain.append(SegmentPlan("mutable", int(snap.live.sum()), int(mask.sum()), "exact", reason))
+        started = time.perf_counter()
         if mask.any():
             parts.append(mutable_topk(prepared, k, snap, mask, self._metric))
+        if explain is not None and masks is not None:
+            reason = "the mutable segment is always scanned exactly"
+            seconds = time.perf_counter() - started
+            explain.append(
+                SegmentPlan("mutable", int(snap.live.sum()), int(mask.sum()), "exact", reason, seconds)
+            )
         return merge_topk(parts, prepared.shape[0], k)
 
     def _ids_of(self, snap: ReadSnapshot, rows: np.ndarray) -> list[PointId | None]:

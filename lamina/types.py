@@ -387,13 +387,15 @@ class SegmentPlan:
     """How one segment answered a filtered query: ``method`` is ``exact`` (the matching
     rows scored with full-precision vectors), ``<tier>+allow-list`` (the tier skips rows
     outside the filter), ``<tier>+widened`` (the index asked for k / selectivity
-    candidates, then filtered), ``<tier>+post-filter`` or ``skip``; ``reason`` says why."""
+    candidates, then filtered), ``<tier>+post-filter`` or ``skip``; ``reason`` says why;
+    ``seconds``: the time the segment's part of the search took."""
 
     segment: str
     rows: int
     matches: int
     method: str
     reason: str
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)

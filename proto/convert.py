@@ -245,7 +245,12 @@ def plan_to_proto(plan: QueryPlan) -> spb.QueryPlan:
     return spb.QueryPlan(
         segments=[
             spb.SegmentPlan(
-                segment=s.segment, rows=s.rows, matches=s.matches, method=s.method, reason=s.reason
+                segment=s.segment,
+                rows=s.rows,
+                matches=s.matches,
+                method=s.method,
+                reason=s.reason,
+                seconds=s.seconds,
             )
             for s in plan.segments
         ],
@@ -258,7 +263,9 @@ def plan_to_proto(plan: QueryPlan) -> spb.QueryPlan:
 
 def plan_from_proto(msg: spb.QueryPlan) -> QueryPlan:
     return QueryPlan(
-        segments=[SegmentPlan(s.segment, s.rows, s.matches, s.method, s.reason) for s in msg.segments],
+        segments=[
+            SegmentPlan(s.segment, s.rows, s.matches, s.method, s.reason, s.seconds) for s in msg.segments
+        ],
         indexed_fields=list(msg.indexed_fields),
         unindexed_fields=list(msg.unindexed_fields),
         hits=msg.hits,

@@ -447,6 +447,8 @@ def test_payload_index_visible_and_explain_over_both_transports(db: lamina.Clien
     assert plan.hits == 5 and plan.indexed_fields == ["n"]
     assert [s.method for s in plan.segments[:-1]] == ["exact", "skip", "skip"]
     assert sum(s.matches for s in plan.segments) == 20
+    assert all(s.seconds > 0 for s in plan.segments)  # each segment's time, carried over gRPC too
+    assert sum(s.seconds for s in plan.segments) <= plan.seconds
     assert col.drop_payload_index("n") is True and col.drop_payload_index("n") is False
 
 

@@ -319,10 +319,10 @@ function planTable(plan) {
     h("p", { class: "muted" }, `payload indexes used: ${plan.indexed_fields.join(", ") || "–"}; checked against payloads: ${plan.unindexed_fields.join(", ") || "–"}`),
     plan.segments.length ? null : h("p", { class: "muted" }, "No filter: every segment was searched through its index."),
     h("table", {},
-      h("thead", {}, h("tr", {}, ["segment", "rows", "matches", "method", "reason"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["segment", "rows", "matches", "method", "reason", "ms"].map((t) => h("th", {}, t)))),
       h("tbody", {}, plan.segments.map((s) => h("tr", {},
         h("td", {}, s.segment), h("td", { class: "num" }, fmt.format(s.rows)), h("td", { class: "num" }, fmt.format(s.matches)),
-        h("td", {}, s.method), h("td", {}, s.reason))))));
+        h("td", {}, s.method), h("td", {}, s.reason), h("td", { class: "num" }, (s.seconds * 1000).toFixed(2)))))));
 }
 
 async function pageTenants(name) {

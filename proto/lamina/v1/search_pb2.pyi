@@ -232,6 +232,7 @@ class SegmentPlan(_message.Message):
     MATCHES_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
     segment: _builtins.str
     rows: _builtins.int
     """live rows in the segment"""
@@ -240,6 +241,8 @@ class SegmentPlan(_message.Message):
     method: _builtins.str
     """exact, <tier>+allow-list, <tier>+widened, <tier>+post-filter, skip"""
     reason: _builtins.str
+    seconds: _builtins.float
+    """time this segment's part of the search took"""
     def __init__(
         self,
         *,
@@ -248,10 +251,11 @@ class SegmentPlan(_message.Message):
         matches: _builtins.int = ...,
         method: _builtins.str = ...,
         reason: _builtins.str = ...,
+        seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches", "method", b"method", "reason", b"reason", "rows", b"rows", "segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches", "method", b"method", "reason", b"reason", "rows", b"rows", "seconds", b"seconds", "segment", b"segment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
