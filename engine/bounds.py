@@ -127,6 +127,15 @@ def check_filter_cost(rows: int, compiled: CompiledFilter, schema: Mapping[str, 
 HIT_OVERHEAD = 32
 
 
+def answer_fits(
+    hits: int, dim: int, with_vector: bool, payload_bytes: float, with_payload: bool, limits: Limits
+) -> bool:
+    """Whether ``hits`` results fit in one message (what ``check_answer_size`` checks)."""
+    vector = 4 * dim + 8 if with_vector else 0
+    payload = payload_bytes + 8 if with_payload else 0
+    return hits * (HIT_OVERHEAD + vector + payload) <= limits.max_message_bytes
+
+
 def check_answer_size(
     hits: int,
     dim: int,
@@ -138,11 +147,11 @@ def check_answer_size(
 ) -> None:
     """ResourceExhausted when ``hits`` results (with vectors of ``dim`` floats and payloads
     of ``payload_bytes`` on average) would not fit in one message of ``max_message_bytes``."""
+    if answer_fits(hits, dim, with_vector, payload_bytes, with_payload, limits):
+        return
     vector = 4 * dim + 8 if with_vector else 0
     payload = payload_bytes + 8 if with_payload else 0
     size = hits * (HIT_OVERHEAD + vector + payload)
-    if size <= limits.max_message_bytes:
-        return
     parts = [f"{hits:,} results"]
     if with_vector:
         parts.append(f"{vector:,} bytes of vector each")
