@@ -102,7 +102,8 @@ class _Base:
                 # a request counts until its job is over, even when its client has gone
                 result = await asyncio.shield(gate.submit(caller, job, deadline))
             gate.count_served(caller)
-            log.debug("%s ok in %.1f ms", fn.__name__, (time.perf_counter() - started) * 1000)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s ok in %.1f ms", fn.__name__, (time.perf_counter() - started) * 1000)
             return result
         except asyncio.CancelledError:
             deadline.cancel()  # the job stops at its next check (or before it starts)
@@ -328,8 +329,10 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
     async def Search(
         self, request: spb.SearchRequest, context: grpc.aio.ServicerContext
     ) -> spb.SearchResponse:
+        quick = self._quick(request)
+
         def search() -> spb.SearchResponse:
-            col = self._collection(request.collection)
+            col = quick or self._collection(request.collection)
             if request.HasField("text"):
                 if request.vector:
                     raise InvalidArgument("send a query vector or a text, not both")
@@ -354,11 +357,11 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
             response.plan.CopyFrom(convert.plan_to_proto(plan))
             return response
 
-        return await self._run(context, search, inline=self._quick(request))
+        return await self._run(context, search, inline=quick is not None)
 
-    def _quick(self, request: spb.SearchRequest) -> bool:
-        """Whether a search is short enough to answer on the event loop: a vector, no filter,
-        no plan, a few hits without their vectors, in a ``quick`` collection."""
+    def _quick(self, request: spb.SearchRequest) -> CollectionProtocol | None:
+        """The collection of a search short enough to answer on the event loop (a vector, no
+        filter, no plan, a few hits without their vectors, a ``quick`` collection), or None."""
         if (
             request.filter_json
             or request.explain
@@ -366,11 +369,12 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
             or request.HasField("text")
             or not 0 < request.k <= QUICK_MAX_K
         ):
-            return False
+            return None
         try:
-            return self._collection(request.collection).quick()
+            col = self._collection(request.collection)
         except LaminaError:
-            return False  # the job says what is wrong
+            return None  # the job says what is wrong
+        return col if col.quick() else None
 
     async def SearchBatch(
         self, request: spb.SearchBatchRequest, context: grpc.aio.ServicerContext
