@@ -36,7 +36,8 @@ import numpy as np
 from bench.common import RESULTS, _pyplot, machine
 from bench.compare import EF_CONSTRUCTION, EF_SWEEP, TARGET_RECALL, K, M, prepare, tree_pss_mb
 
-SYSTEMS = ["echo", "lamina", "pgvector"]
+SYSTEMS = ["echo", "echo-sync", "lamina", "pgvector"]
+DEFAULT_SYSTEMS = ["echo", "lamina", "pgvector"]
 COLLECTION = "serve"
 TABLE = "items"
 
@@ -68,13 +69,14 @@ class Server:
 class EchoServer(Server):
     name = "grpc echo (floor)"
     knob = ""
+    flag = "--echo-server"
 
     def __init__(self, work: Path) -> None:
         from lamina.testing import free_port
 
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench", "serve", "--echo-server", str(self.port)],
+            [sys.executable, "-m", "bench", "serve", self.flag, str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
@@ -89,6 +91,13 @@ class EchoServer(Server):
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+
+
+class SyncEchoServer(EchoServer):
+    """The same echo on grpc's thread-pool (sync) server: what that server model allows."""
+
+    name = "grpc echo, sync server"
+    flag = "--echo-sync-server"
 
 
 class LaminaServer(Server):
@@ -199,6 +208,22 @@ def echo_server(port: int) -> None:
     asyncio.run(run())
 
 
+def echo_sync_server(port: int) -> None:
+    """``echo_server`` on grpc's sync server (a thread pool runs the handlers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
+    )
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
 # ------------------------------------------------------------------ clients (one process each)
 class Searcher:
     """One client's connection; ``search`` answers row ids, best first."""
@@ -233,7 +258,7 @@ class Searcher:
                 f"SELECT id FROM {TABLE} ORDER BY embedding <=> %s LIMIT {K}", (query,)
             ).fetchall()
             return [int(r[0]) for r in rows]
-        self.call(query.tobytes(), timeout=30)
+        self.call(query.tobytes(), timeout=30)  # echo and echo-sync
         return []
 
     def close(self) -> None:
@@ -326,7 +351,12 @@ def choose_ef(system: str, target: str, work: Path) -> tuple[int | None, list[di
 
 
 def run_system(system: str, work: Path, clients: list[int], duration: float) -> dict[str, Any]:
-    makers = {"echo": EchoServer, "lamina": LaminaServer, "pgvector": PgvectorServer}
+    makers = {
+        "echo": EchoServer,
+        "echo-sync": SyncEchoServer,
+        "lamina": LaminaServer,
+        "pgvector": PgvectorServer,
+    }
     try:
         server = makers[system](work)
     except Exception as exc:  # a peer that cannot be installed or started is reported, not dropped
@@ -335,7 +365,7 @@ def run_system(system: str, work: Path, clients: list[int], duration: float) -> 
         t0 = time.perf_counter()
         server.load(np.load(work / "base.npy"))
         load_s = time.perf_counter() - t0
-        ef, sweep = (None, []) if system == "echo" else choose_ef(system, server.target(), work)
+        ef, sweep = (None, []) if system.startswith("echo") else choose_ef(system, server.target(), work)
         runs = []
         for n in clients:
             result = measure(server, system, ef, work, n, duration)
@@ -478,15 +508,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--clients", default="1,4,16", help="comma-separated client process counts")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    parser.add_argument(
+        "--systems",
+        default=",".join(DEFAULT_SYSTEMS),
+        help=f"comma-separated, of {','.join(SYSTEMS)} (echo-sync: the echo on grpc's sync server)",
+    )
     parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON, markdown and PNG")
     parser.add_argument(
         "--no-embedded", action="store_true", help="skip Lamina embedded against raw hnswlib (same graph)"
     )
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--echo-sync-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
         echo_server(args.echo_server)
+        return 0
+    if args.echo_sync_server:
+        echo_sync_server(args.echo_sync_server)
         return 0
     systems = [s for s in args.systems.split(",") if s]
     unknown = sorted(set(systems) - set(SYSTEMS))
