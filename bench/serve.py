@@ -9,7 +9,9 @@ over the same vectors; each one's ef is the narrowest of ``EF_SWEEP`` that reach
 against exact ground truth (measured with one client first). The echo floor is a bare Python grpc.aio
 server returning the 1.6 KB request it got (a 384-d float32 query): what the transport alone allows.
 Reported per system and client count: QPS, p50 and p99 latency, and the server's memory (PSS: shared
-pages counted once, summed over the server's processes). Lamina runs with its defaults: its index is
+pages counted once, summed over the server's processes). Then Lamina embedded against raw hnswlib:
+single-query searches with Lamina's ef, on the same graph (the sealed segment's own index), median CPU
+time per query. The load average is recorded: the machine may be shared. Lamina runs with its defaults: its index is
 built by ``optimize()`` once loaded, as a collection under 100,000 points would otherwise stay in the
 exact-scanned mutable segment.
 """
@@ -34,7 +36,8 @@ import numpy as np
 from bench.common import RESULTS, _pyplot, machine
 from bench.compare import EF_CONSTRUCTION, EF_SWEEP, TARGET_RECALL, K, M, prepare, tree_pss_mb
 
-SYSTEMS = ["echo", "lamina", "pgvector"]
+SYSTEMS = ["echo", "echo-sync", "lamina", "pgvector"]
+DEFAULT_SYSTEMS = ["echo", "lamina", "pgvector"]
 COLLECTION = "serve"
 TABLE = "items"
 
@@ -66,13 +69,14 @@ class Server:
 class EchoServer(Server):
     name = "grpc echo (floor)"
     knob = ""
+    flag = "--echo-server"
 
     def __init__(self, work: Path) -> None:
         from lamina.testing import free_port
 
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench", "serve", "--echo-server", str(self.port)],
+            [sys.executable, "-m", "bench", "serve", self.flag, str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
@@ -87,6 +91,13 @@ class EchoServer(Server):
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+
+
+class SyncEchoServer(EchoServer):
+    """The same echo on grpc's thread-pool (sync) server: what that server model allows."""
+
+    name = "grpc echo, sync server"
+    flag = "--echo-sync-server"
 
 
 class LaminaServer(Server):
@@ -197,6 +208,22 @@ def echo_server(port: int) -> None:
     asyncio.run(run())
 
 
+def echo_sync_server(port: int) -> None:
+    """``echo_server`` on grpc's sync server (a thread pool runs the handlers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
+    )
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
 # ------------------------------------------------------------------ clients (one process each)
 class Searcher:
     """One client's connection; ``search`` answers row ids, best first."""
@@ -231,7 +258,7 @@ class Searcher:
                 f"SELECT id FROM {TABLE} ORDER BY embedding <=> %s LIMIT {K}", (query,)
             ).fetchall()
             return [int(r[0]) for r in rows]
-        self.call(query.tobytes(), timeout=30)
+        self.call(query.tobytes(), timeout=30)  # echo and echo-sync
         return []
 
     def close(self) -> None:
@@ -324,7 +351,12 @@ def choose_ef(system: str, target: str, work: Path) -> tuple[int | None, list[di
 
 
 def run_system(system: str, work: Path, clients: list[int], duration: float) -> dict[str, Any]:
-    makers = {"echo": EchoServer, "lamina": LaminaServer, "pgvector": PgvectorServer}
+    makers = {
+        "echo": EchoServer,
+        "echo-sync": SyncEchoServer,
+        "lamina": LaminaServer,
+        "pgvector": PgvectorServer,
+    }
     try:
         server = makers[system](work)
     except Exception as exc:  # a peer that cannot be installed or started is reported, not dropped
@@ -333,7 +365,7 @@ def run_system(system: str, work: Path, clients: list[int], duration: float) -> 
         t0 = time.perf_counter()
         server.load(np.load(work / "base.npy"))
         load_s = time.perf_counter() - t0
-        ef, sweep = (None, []) if system == "echo" else choose_ef(system, server.target(), work)
+        ef, sweep = (None, []) if system.startswith("echo") else choose_ef(system, server.target(), work)
         runs = []
         for n in clients:
             result = measure(server, system, ef, work, n, duration)
@@ -354,6 +386,56 @@ def run_system(system: str, work: Path, clients: list[int], duration: float) -> 
         }
     finally:
         server.close()
+
+
+# ------------------------------------------------------------------ embedded, against raw hnswlib
+def embedded(work: Path, ef: int, rounds: int = 5) -> dict[str, Any]:
+    """Single-query searches (k = 10) of Lamina embedded against the same hnswlib graph walked
+    directly (the sealed segment's own index, so both walk the same nodes): the median CPU time
+    of each (``time.thread_time``: what this process spent, not what a busy machine's other
+    processes took), measured in alternating blocks over the query set."""
+    import lamina
+
+    base, queries = np.load(work / "base.npy"), np.load(work / "queries.npy")
+    with lamina.connect(str(work / "embedded-data")) as db:
+        col = db.create_collection(
+            COLLECTION,
+            dim=base.shape[1],
+            metric="cosine",
+            index={"type": "hnsw", "m": M, "ef_construction": EF_CONSTRUCTION},
+        )
+        for lo in range(0, base.shape[0], 5000):
+            col.upsert(list(range(lo, min(lo + 5000, base.shape[0]))), base[lo : lo + 5000])
+        col.optimize()
+        engine = db._transport.db.get_collection(COLLECTION)  # type: ignore[attr-defined]
+        (segment,) = engine._segments  # one sealed segment after optimize(): its graph
+        index = segment.tier.index
+        rows = [q.reshape(1, -1) for q in queries]
+
+        def raw(q: np.ndarray) -> Any:
+            index.set_ef(ef)
+            return index.knn_query(q, k=K, num_threads=1)
+
+        calls = {
+            "hnswlib": raw,
+            "lamina": lambda q: col.search(q, k=K, with_payload=False, ef=ef),
+            "lamina_payload": lambda q: col.search(q, k=K, ef=ef),
+        }
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        clock = time.thread_time
+        for _ in range(rounds):
+            for name, call in calls.items():
+                for q in rows:
+                    t0 = clock()
+                    call(q)
+                    times[name].append(clock() - t0)
+    us = {name: float(np.median(t)) * 1e6 for name, t in times.items()}
+    return {
+        "ef": ef,
+        "median_us": us,
+        "qps": {name: 1e6 / v for name, v in us.items()},
+        "vs_hnswlib": {name: us["hnswlib"] / v for name, v in us.items()},
+    }
 
 
 # ------------------------------------------------------------------ report
@@ -426,12 +508,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--clients", default="1,4,16", help="comma-separated client process counts")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    parser.add_argument(
+        "--systems",
+        default=",".join(DEFAULT_SYSTEMS),
+        help=f"comma-separated, of {','.join(SYSTEMS)} (echo-sync: the echo on grpc's sync server)",
+    )
     parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON, markdown and PNG")
+    parser.add_argument(
+        "--no-embedded", action="store_true", help="skip Lamina embedded against raw hnswlib (same graph)"
+    )
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--echo-sync-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
         echo_server(args.echo_server)
+        return 0
+    if args.echo_sync_server:
+        echo_sync_server(args.echo_sync_server)
         return 0
     systems = [s for s in args.systems.split(",") if s]
     unknown = sorted(set(systems) - set(SYSTEMS))
@@ -441,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     if not clients or min(clients) < 1:
         parser.error("--clients takes positive counts, e.g. 1,4,16")
     results = []
+    single: dict[str, Any] | None = None
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:
         params = prepare(work, "kernel-docs", args.rows, 384, args.queries)
@@ -451,15 +545,37 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_system(system, work, clients, args.duration))
             if "error" in results[-1]:
                 print(f"  {results[-1]['error']}", file=sys.stderr)
+        lamina_ef = next((r["ef"] for r in results if r["system"] == "lamina" and "error" not in r), None)
+        if lamina_ef is not None and not args.no_embedded:
+            print("lamina embedded vs raw hnswlib ...", file=sys.stderr, flush=True)
+            single = embedded(work, lamina_ef)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = markdown(results, params)
+    if single is not None:
+        us, ratio = single["median_us"], single["vs_hnswlib"]
+        table += (
+            f"\n\nEmbedded single-query search, k = {K}, ef {single['ef']}, median CPU time per query "
+            f"(same graph): raw hnswlib {us['hnswlib']:.0f} us; Lamina {us['lamina']:.0f} us "
+            f"({ratio['lamina']:.2f}x hnswlib's QPS), with payloads {us['lamina_payload']:.0f} us "
+            f"({ratio['lamina_payload']:.2f}x)"
+        )
+    table += f"\n\nload average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)"
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{time.strftime('%Y-%m-%d')}-serve"
     stem.with_suffix(".json").write_text(
-        json.dumps({"params": params, "machine": machine(), "results": results}, indent=2)
+        json.dumps(
+            {
+                "params": params,
+                "machine": machine(),
+                "load_average": os.getloadavg(),
+                "results": results,
+                "embedded": single,
+            },
+            indent=2,
+        )
     )
     stem.with_suffix(".md").write_text(table + "\n")
     png = plot(results, stem.with_suffix(".png"))

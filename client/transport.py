@@ -629,7 +629,7 @@ def _set_query(request: spb.SearchRequest, query: FloatMatrix | str) -> None:
 
 
 def _hits_decoder(with_vector: bool, with_payload: bool) -> Callable[[Any], list[Hit]]:
-    return lambda response: [convert.hit_from_proto(h, with_vector, with_payload) for h in response.hits]
+    return lambda response: convert.hits_from_proto(response.hits, with_vector, with_payload)
 
 
 def _raise_lamina(err: grpc.RpcError) -> LaminaError:

@@ -63,15 +63,23 @@ class Deadline:
 _current = threading.local()
 
 
-@contextmanager
-def running(deadline: Deadline) -> Iterator[Deadline]:
-    """Make ``deadline`` the one ``check()`` consults on this thread while the block runs."""
-    outer = getattr(_current, "deadline", None)
-    _current.deadline = deadline
-    try:
-        yield deadline
-    finally:
-        _current.deadline = outer
+class running:  # lower case: callers use it as the context manager function it was
+    """Make ``deadline`` the one ``check()`` consults on this thread while the block runs (a
+    class: every request enters it, and a generator-based context manager costs more)."""
+
+    __slots__ = ("deadline", "outer")
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+        self.outer: Deadline | None = None
+
+    def __enter__(self) -> Deadline:
+        self.outer = getattr(_current, "deadline", None)
+        _current.deadline = self.deadline
+        return self.deadline
+
+    def __exit__(self, *exc: object) -> None:
+        _current.deadline = self.outer
 
 
 def current() -> Deadline | None:
@@ -136,6 +144,15 @@ def check_filter_cost(rows: int, compiled: CompiledFilter, schema: Mapping[str, 
 HIT_OVERHEAD = 32
 
 
+def answer_fits(
+    hits: int, dim: int, with_vector: bool, payload_bytes: float, with_payload: bool, limits: Limits
+) -> bool:
+    """Whether ``hits`` results fit in one message (what ``check_answer_size`` checks)."""
+    vector = 4 * dim + 8 if with_vector else 0
+    payload = payload_bytes + 8 if with_payload else 0
+    return hits * (HIT_OVERHEAD + vector + payload) <= limits.max_message_bytes
+
+
 def check_answer_size(
     hits: int,
     dim: int,
@@ -147,11 +164,11 @@ def check_answer_size(
 ) -> None:
     """ResourceExhausted when ``hits`` results (with vectors of ``dim`` floats and payloads
     of ``payload_bytes`` on average) would not fit in one message of ``max_message_bytes``."""
+    if answer_fits(hits, dim, with_vector, payload_bytes, with_payload, limits):
+        return
     vector = 4 * dim + 8 if with_vector else 0
     payload = payload_bytes + 8 if with_payload else 0
     size = hits * (HIT_OVERHEAD + vector + payload)
-    if size <= limits.max_message_bytes:
-        return
     parts = [f"{hits:,} results"]
     if with_vector:
         parts.append(f"{vector:,} bytes of vector each")

@@ -93,6 +93,12 @@ class CollectionProtocol(Protocol):
         """One page of points in id order from ``offset``; returns (points, next offset or None)."""
         ...
 
+    def quick(self) -> bool:
+        """Whether an unfiltered search of a few hits is short enough (an index walk, no big
+        exact scan) for a server to answer it on its event loop rather than hand it to a
+        worker thread. A hint, read without locks; the default is no."""
+        return False
+
     def search(
         self,
         vector: object,

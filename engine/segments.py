@@ -165,7 +165,7 @@ def _reads_disk(method: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         segment = cast(Segment, args[0])
         try:
-            faults.check_read(segment.folder / _MAPPED)
+            faults.check_read(segment._mapped)
             return method(*args, **kwargs)
         except OSError as exc:
             log.error(
@@ -251,6 +251,9 @@ class Segment:
         tenants: np.ndarray | None = None,
     ) -> None:
         self.folder = folder
+        self._mapped = (
+            folder / _MAPPED
+        )  # what _reads_disk checks (made once: a path join per read is not free)
         self.payload = payload
         self._ids = ids
         self.name = folder.name

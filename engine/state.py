@@ -9,11 +9,11 @@ path and the optimizer jobs are mixins over it (see engine/collection.py).
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import orjson
@@ -50,10 +50,10 @@ T = TypeVar("T")
 log = logging.getLogger("lamina.engine")
 
 
-@dataclass(frozen=True)
-class ReadSnapshot:
+class ReadSnapshot(NamedTuple):
     """What one search reads: sealed segments, and the mutable segment's rows
-    ``start .. start + len(live)`` in ``matrix``."""
+    ``start .. start + len(live)`` in ``matrix``. A named tuple: one is made per search, and
+    a tuple is made in one step where a frozen dataclass sets each field in turn."""
 
     segments: tuple[Segment, ...]
     start: int
@@ -67,7 +67,7 @@ class ReadSnapshot:
 
 class CollectionState:
     """A collection's data and the lock around it. Thread-safe: writers are
-    serialised by ``_lock``; searches copy a ``ReadSnapshot`` under it and then scan without it."""
+    serialised by ``_lock``; searches take a ``ReadSnapshot`` under it and then scan without it."""
 
     def __init__(self, name: str, store: CollectionStore, config: CollectionConfig, limits: Limits) -> None:
         self.name = name
@@ -195,7 +195,7 @@ class CollectionState:
             norm = float(np.dot(vectors[0], vectors[0]))
             if norm == 0:
                 raise InvalidArgument("vector 0 is all zeros: a zero vector has no direction under cosine")
-            return vectors * np.float32(1.0 / np.sqrt(norm))
+            return vectors * np.float32(1.0 / math.sqrt(norm))
         check_directions(np.einsum("ij,ij->i", vectors, vectors))
         return normalize_rows(vectors)
 
@@ -282,7 +282,9 @@ class CollectionState:
             tuple(self._segments),
             self._mut_start,
             self._matrix,
-            self._live[:n].copy(),
+            self._live[
+                :n
+            ],  # a view: rows past n are not in it, and kills only clear bits (as in sealed segments)
             self._mut_pidx.snapshot(),
             self._replaced,
             self._tcodes,

@@ -6,6 +6,7 @@ The server converts requests with the ``*_from_proto`` functions and answers wit
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, fields
 from typing import Any, cast
 
@@ -294,13 +295,21 @@ def point_from_proto(msg: pb.Point, with_vector: bool, with_payload: bool) -> Po
     )
 
 
-def hit_to_proto(hit: Hit) -> spb.ScoredPoint:
-    return spb.ScoredPoint(
-        id=id_to_proto(hit.id),
-        score=hit.score,
-        payload_json=_stored_payload_json(hit.payload),
-        vector=_vector_bytes(hit.vector),
-    )
+def hits_to_proto(hits: Sequence[Hit], into: Any) -> None:
+    """Append ``hits`` to ``into`` (a repeated ScoredPoint field), setting fields on messages
+    the field adds: a third of the time of building each message from keyword arguments."""
+    add = into.add
+    for hit in hits:
+        msg = add()
+        if isinstance(hit.id, str):
+            msg.id.str = hit.id
+        else:
+            msg.id.num = hit.id
+        msg.score = hit.score
+        if hit.payload is not None:
+            msg.payload_json = orjson.dumps(hit.payload).decode()
+        if hit.vector is not None:
+            msg.vector = _vector_bytes(hit.vector)
 
 
 def hit_from_proto(msg: spb.ScoredPoint, with_vector: bool, with_payload: bool) -> Hit:
@@ -310,6 +319,18 @@ def hit_from_proto(msg: spb.ScoredPoint, with_vector: bool, with_payload: bool) 
         payload=(payload_from_json(msg.payload_json) or {}) if with_payload else None,
         vector=np.frombuffer(msg.vector, dtype="<f4").copy() if with_vector else None,
     )
+
+
+def hits_from_proto(msgs: Iterable[spb.ScoredPoint], with_vector: bool, with_payload: bool) -> list[Hit]:
+    """``hit_from_proto`` of each message; hits with numeric ids and nothing else (the common
+    answer) are read without the per-hit calls."""
+    if with_vector or with_payload:
+        return [hit_from_proto(m, with_vector, with_payload) for m in msgs]
+    out = []
+    for msg in msgs:
+        pid = msg.id
+        out.append(Hit(pid.num if pid.WhichOneof("kind") == "num" else id_from_proto(pid), msg.score))
+    return out
 
 
 def snapshot_to_proto(info: SnapshotInfo) -> cpb.SnapshotInfo:

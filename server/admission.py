@@ -97,6 +97,25 @@ class Gate:
         self._dispatch()
         return job.done
 
+    def run_inline(self, caller: str, run: Callable[[], Any]) -> Any:
+        """Run an admitted job (``refusal`` said yes) here, on the event loop's thread: a
+        short one (see ``CollectionProtocol.quick``) costs less than its hops to a worker and
+        back. It counts as in flight while it runs, as a queued job does."""
+        tally = self._callers.setdefault(caller, _Tally())
+        tally.admitted += 1
+        self.in_flight += 1
+        try:
+            return run()
+        except (Cancelled, DeadlineExceeded):
+            self.abandoned += 1
+            self._count(caller, "abandoned")
+            raise
+        finally:
+            tally.admitted -= 1
+            self.in_flight -= 1
+            if tally.admitted == 0 and not tally.queue:
+                self._callers.pop(caller, None)
+
     def _dispatch(self) -> None:
         """Give free workers to queued jobs, one caller after another."""
         skipped = 0

@@ -177,11 +177,20 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_EngineCollector(db, gate, names))
+        self._counters: dict[tuple[str, str], Any] = {}  # (method, code) -> its series of requests
+        self._timers: dict[str, Any] = {}  # method -> its latency series
         self._http: WSGIServer | None = None
 
     def observe(self, method: str, code: str, seconds: float) -> None:
-        self.requests.labels(method, code).inc()
-        self.latency.labels(method).observe(seconds)
+        """Count one request and its latency (the labelled series are looked up once each)."""
+        counter = self._counters.get((method, code))
+        if counter is None:
+            counter = self._counters[(method, code)] = self.requests.labels(method, code)
+        timer = self._timers.get(method)
+        if timer is None:
+            timer = self._timers[method] = self.latency.labels(method)
+        counter.inc()
+        timer.observe(seconds)
 
     def serve(
         self, host: str, port: int, tls: tuple[bytes, bytes] | None = None, key_hash: str | None = None

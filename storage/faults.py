@@ -17,7 +17,7 @@ RocksDB ``Corruption``
 A failing disk is simulated by ``inject``: a test-only seam that the segment reader
 consults (``check_read``) and that raises the ``OSError`` a real failing disk raises
 (the environment variable ``LAMINA_INJECT_EIO``, a comma-separated list of path
-fragments, does the same in a server process). RocksDB itself is never mocked.
+fragments read when the process starts, does the same in a server process). RocksDB itself is never mocked.
 """
 
 from __future__ import annotations
@@ -208,16 +208,18 @@ def clear(fragment: str | None = None) -> None:
             _injected.pop(fragment, None)
 
 
+#: ``LAMINA_INJECT_EIO`` as the process started with it (read once: every search checks it)
+_ENV_FRAGMENTS = tuple(f for f in os.environ.get("LAMINA_INJECT_EIO", "").split(",") if f)
+
+
 def check_read(path: Path) -> None:
     """Raise the OS error a failing disk would when ``path`` is read, if one was injected."""
-    env = os.environ.get("LAMINA_INJECT_EIO")
-    if not _injected and not env:
+    if not _injected and not _ENV_FRAGMENTS:
         return
     text = str(path)
     faults = dict(_injected)
-    for fragment in (env or "").split(","):
-        if fragment:
-            faults.setdefault(fragment, errno.EIO)
+    for fragment in _ENV_FRAGMENTS:
+        faults.setdefault(fragment, errno.EIO)
     for fragment, code in faults.items():
         if fragment in text:
             raise OSError(code, os.strerror(code), text)

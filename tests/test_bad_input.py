@@ -163,6 +163,7 @@ def test_deeply_nested_filter_is_rejected(col: lamina.Collection) -> None:
         ({"vector": np.full(DIM, np.nan)}, "NaN"),
         ({"vector": np.zeros(DIM)}, "zeros"),
         ({"vector": np.full(DIM, 3e38)}, "scores would overflow float32"),
+        ({"vector": np.full(DIM, 1.01e18 / np.sqrt(DIM))}, "over the limit of 1e+18"),  # finite, too long
         ({"vector": np.ones((2, DIM))}, "1-d"),
         ({"vector": ["a"] * DIM}, "numeric"),
     ],

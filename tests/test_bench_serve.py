@@ -32,3 +32,8 @@ def test_serve_measures_lamina_pgvector_and_the_echo_floor_with_client_processes
     ratio = results["lamina"]["runs"][0]["qps"] / results["pgvector"]["runs"][0]["qps"]
     assert f"| {ratio:.2f}x |" in lamina_1  # the ratio column compares the same client count
     assert next(out.glob("*-serve.png")).stat().st_size > 0
+    single = report["embedded"]  # Lamina embedded against the same hnswlib graph walked directly
+    assert single["ef"] == results["lamina"]["ef"]
+    assert set(single["median_us"]) == {"hnswlib", "lamina", "lamina_payload"}
+    assert all(v > 0 for v in single["median_us"].values())
+    assert f"({single['vs_hnswlib']['lamina']:.2f}x hnswlib's QPS)" in table

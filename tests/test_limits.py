@@ -212,3 +212,33 @@ def test_client_retries_a_busy_server_and_an_unreachable_one(tmp_path: Path) -> 
                 nobody.list_collections()
         finally:
             late.stop()
+
+
+def test_quick_search_is_answered_on_the_event_loop(tmp_path: Path) -> None:
+    """A plain search of a collection its index answers (``quick``) runs on the server's event
+    loop, not on a worker: with the only worker busy on a long batch search, it is answered at
+    once; it is counted as served and leaves nothing in flight, and its errors keep their status."""
+    srv = ServerThread(tmp_path / "data", workers=1)
+    try:
+        with lamina.connect(srv.address) as client:
+            slow, queries = slow_collection(client)  # 20,000 rows scanned exactly: not quick
+            quick = client.create_collection("quick", dim=DIM)
+            vectors = np.random.default_rng(1).standard_normal((200, DIM)).astype(np.float32)
+            quick.upsert(list(range(200)), vectors)
+            assert srv.db.get_collection("quick").quick() and not srv.db.get_collection("slow").quick()
+            blocker = threading.Thread(target=lambda: slow.search_batch(queries, k=1000, with_payload=False))
+            blocker.start()
+            assert wait_for(lambda: srv.server.gate.in_flight == 1)
+            hits = quick.search(vectors[7], k=3)
+            assert srv.server.gate.in_flight == 1, "the quick search waited for the busy worker"
+            assert hits[0].id == 7 and len(hits) == 3
+            with pytest.raises(lamina.InvalidArgument, match="dimension"):
+                quick.search(np.ones(DIM + 1), k=3)
+            blocker.join(120)
+            served = client.server_info()["requests_served"]
+            quick.search(vectors[8], k=3)
+            info = client.server_info()
+            assert info["requests_served"] == served + 1  # the search (GetInfo is not a job)
+            assert info["requests_in_flight"] == 0
+    finally:
+        srv.stop()
