@@ -383,6 +383,51 @@ class Segment:
         return cls(folder, rows.astype(np.int64), vecs, tier, note, _read_ids(folder), dict(payload), tenants)
 
     @classmethod
+    def grow(
+        cls,
+        folder: Path,
+        base: Segment,
+        rows: np.ndarray,
+        keys: list[bytes],
+        vectors: FloatMatrix,
+        config: CollectionConfig,
+        metric: int,
+        threads: int,
+        payload: dict[str, FieldIndex],
+        stop: Stop = None,
+    ) -> Segment:
+        """A new segment in ``folder`` holding every row of ``base`` (an HNSW segment; its
+        dead rows stay, marked deleted, at the same positions) and then ``rows`` (all past
+        ``base``'s, with their id ``keys`` and prepared ``vectors``): base's graph is loaded
+        and grown by inserting the new points (each point of a merge is inserted once, not
+        the whole segment again). ``payload`` holds the indexes in the new segment's
+        positions. Written durably like ``build``; the caller commits it to the manifest."""
+        dead = np.flatnonzero(~base.live)
+        tier = HnswTier.grow(base.folder, config, metric, dead, vectors, threads, stop)
+        all_rows = np.concatenate([base.rows, rows.astype(np.int64)])
+        with atomic_folder(folder) as tmp:
+            np.save(tmp / "rows.npy", all_rows)
+            write_matrix(tmp / "vectors.f32", base.vectors, vectors)
+            _write_ids(tmp, base.keys() + keys)
+            tier.save(tmp)
+            for name, index in payload.items():
+                index.save(tmp / payload_file(name, index.kind))
+            write_meta(tmp, {"tier": tier.kind, "note": "", "rows": int(all_rows.size)})
+        vecs = map_matrix(folder / "vectors.f32", config.dim)
+        segment = cls(folder, all_rows, vecs, tier, "", _read_ids(folder), dict(payload))
+        segment.kill(base.rows[dead])  # the graph has them marked already; the live mask learns them
+        return segment
+
+    def keys(self) -> list[bytes]:
+        """The id key of every row, as the segment was written with them."""
+        if isinstance(self._ids, np.ndarray):
+            raw = self._ids.astype(">u8").tobytes()
+            return [b"\x00" + raw[i : i + 8] for i in range(0, len(raw), 8)]
+        blob, offsets = self._ids
+        bounds = offsets.tolist()
+        return [bytes(blob[a:b]) for a, b in pairwise(bounds)]
+
+    @classmethod
     def load(cls, folder: Path, config: CollectionConfig, metric: int) -> Segment:
         """Open the segment in ``folder``; DamagedSegment when its files do not match its
         manifest (see the module's doc)."""
