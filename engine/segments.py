@@ -408,7 +408,7 @@ class Segment:
         with atomic_folder(folder) as tmp:
             np.save(tmp / "rows.npy", all_rows)
             write_matrix(tmp / "vectors.f32", base.vectors, vectors)
-            _write_ids(tmp, base.keys() + keys)
+            _write_ids(tmp, keys, base._ids)
             tier.save(tmp)
             for name, index in payload.items():
                 index.save(tmp / payload_file(name, index.kind))
@@ -418,12 +418,13 @@ class Segment:
         segment.kill(base.rows[dead])  # the graph has them marked already; the live mask learns them
         return segment
 
-    def keys(self) -> list[bytes]:
-        """The id key of every row, as the segment was written with them."""
-        if isinstance(self._ids, np.ndarray):
-            raw = self._ids.astype(">u8").tobytes()
+    @staticmethod
+    def keys_of(ids: _Ids) -> list[bytes]:
+        """The id key of every row of a segment with ``ids``, as it was written with them."""
+        if isinstance(ids, np.ndarray):
+            raw = ids.astype(">u8").tobytes()
             return [b"\x00" + raw[i : i + 8] for i in range(0, len(raw), 8)]
-        blob, offsets = self._ids
+        blob, offsets = ids
         bounds = offsets.tolist()
         return [bytes(blob[a:b]) for a, b in pairwise(bounds)]
 
@@ -690,14 +691,20 @@ def take_first(found: TopK, keep: np.ndarray, k: int) -> TopK:
     return out_s, out_r, out_c
 
 
-def _write_ids(folder: Path, keys: list[bytes]) -> None:
+def _write_ids(folder: Path, keys: list[bytes], before: _Ids | None = None) -> None:
     """Integer ids (tenant prefixes dropped: ``tenants.npy`` holds the tenants) as one
-    uint64 array; otherwise the id keys back to back with their offsets."""
+    uint64 array; otherwise the id keys back to back with their offsets. ``before``: the
+    ids of the rows that come first (a grown segment's), kept as they are when both are
+    integers (no Python loop over a large segment's ids while searches wait for the GIL)."""
     plain = [without_tenant(k) for k in keys]
-    if all(len(k) == 9 and k[:1] == b"\x00" for k in plain):
+    if all(len(k) == 9 and k[:1] == b"\x00" for k in plain) and (
+        before is None or isinstance(before, np.ndarray)
+    ):
         ints = np.frombuffer(b"".join(k[1:] for k in plain), dtype=">u8").astype(np.uint64)
-        np.save(folder / "ids.npy", ints)
+        np.save(folder / "ids.npy", ints if before is None else np.concatenate([before, ints]))
         return
+    if before is not None:
+        keys = Segment.keys_of(before) + keys
     (folder / "keys.bin").write_bytes(b"".join(keys))
     offsets = np.zeros(len(keys) + 1, dtype=np.int64)
     np.cumsum([len(k) for k in keys], out=offsets[1:])
