@@ -369,10 +369,30 @@ class Segment:
             else build_tier(config, vectors, metric, threads, stop)
         )
         tenants = np.array([tenant_of_key(k) for k in keys], np.int32) if config.multi_tenant else None
+        return cls._write(
+            folder, rows.astype(np.int64), [vectors], keys, None, tier, note, payload, config, tenants
+        )
+
+    @classmethod
+    def _write(
+        cls,
+        folder: Path,
+        rows: np.ndarray,
+        vectors: list[FloatMatrix],
+        keys: list[bytes],
+        before: _Ids | None,
+        tier: Tier,
+        note: str,
+        payload: dict[str, FieldIndex],
+        config: CollectionConfig,
+        tenants: np.ndarray | None = None,
+    ) -> Segment:
+        """Write a segment folder durably (see ``atomic_folder``) and open it: ``vectors``
+        are written one part after another, ids are ``before``'s (if any) then ``keys``."""
         with atomic_folder(folder) as tmp:
-            np.save(tmp / "rows.npy", rows.astype(np.int64))
-            write_matrix(tmp / "vectors.f32", vectors)
-            _write_ids(tmp, keys)
+            np.save(tmp / "rows.npy", rows)
+            write_matrix(tmp / "vectors.f32", *vectors)
+            _write_ids(tmp, keys, before)
             if tenants is not None:
                 np.save(tmp / "tenants.npy", tenants)
             tier.save(tmp)
@@ -380,7 +400,7 @@ class Segment:
                 index.save(tmp / payload_file(name, index.kind))
             write_meta(tmp, {"tier": tier.kind, "note": note, "rows": int(rows.size)})
         vecs = map_matrix(folder / "vectors.f32", config.dim)
-        return cls(folder, rows.astype(np.int64), vecs, tier, note, _read_ids(folder), dict(payload), tenants)
+        return cls(folder, rows, vecs, tier, note, _read_ids(folder), dict(payload), tenants)
 
     @classmethod
     def grow(
@@ -405,16 +425,9 @@ class Segment:
         dead = np.flatnonzero(~base.live)
         tier = HnswTier.grow(base.folder, config, metric, dead, vectors, threads, stop)
         all_rows = np.concatenate([base.rows, rows.astype(np.int64)])
-        with atomic_folder(folder) as tmp:
-            np.save(tmp / "rows.npy", all_rows)
-            write_matrix(tmp / "vectors.f32", base.vectors, vectors)
-            _write_ids(tmp, keys, base._ids)
-            tier.save(tmp)
-            for name, index in payload.items():
-                index.save(tmp / payload_file(name, index.kind))
-            write_meta(tmp, {"tier": tier.kind, "note": "", "rows": int(all_rows.size)})
-        vecs = map_matrix(folder / "vectors.f32", config.dim)
-        segment = cls(folder, all_rows, vecs, tier, "", _read_ids(folder), dict(payload))
+        segment = cls._write(
+            folder, all_rows, [base.vectors, vectors], keys, base._ids, tier, "", payload, config
+        )
         segment.kill(base.rows[dead])  # the graph has them marked already; the live mask learns them
         return segment
 
