@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -44,6 +46,21 @@ def build_threads() -> int:
 
 class SegmentBuilder(CollectionState):
     """Segment builds of a collection."""
+
+    #: folders of segments a committed seal or merge replaced, removed by the optimizer
+    #: thread once it let go of the lock (unlinking a large segment's files takes long
+    #: enough to show in the p99 of searches waiting for the lock); a crash first leaves
+    #: them to the sweep at open, as the manifest no longer names them
+    _replaced_folders: list[Path]
+
+    def _discard(self, folder: Path) -> None:
+        """Remove ``folder`` (a replaced segment's) after the current step (caller holds the lock)."""
+        self._replaced_folders.append(folder)
+
+    def _remove_replaced(self) -> None:
+        """Remove the folders of replaced segments (without the lock)."""
+        while self._replaced_folders:
+            shutil.rmtree(self._replaced_folders.pop(), ignore_errors=True)
 
     def _keys_for_build(self, rows: np.ndarray) -> list[bytes]:
         """Id keys of ``rows`` from RocksDB; a row deleted meanwhile gets an empty key

@@ -7,7 +7,6 @@ tiers are rebuilt over the group. Payload indexes are carried over by renumberin
 from __future__ import annotations
 
 import logging
-import shutil
 
 import numpy as np
 import orjson
@@ -88,7 +87,7 @@ class Compaction(SegmentBuilder):
                 segment.kill(seg.rows[lv & ~seg.live])  # deleted while it was rebuilt
         self._segments = replaced
         for seg in group:
-            shutil.rmtree(seg.folder, ignore_errors=True)
+            self._discard(seg.folder)
         log.info(
             "rewrote %d segment(s) of %r into %s", len(group), self.name, segment.name if segment else "-"
         )
@@ -133,7 +132,7 @@ class Compaction(SegmentBuilder):
         self._drop_stale_indexes(segment)
         self._segments = replaced
         for seg in parts:
-            shutil.rmtree(seg.folder, ignore_errors=True)
+            self._discard(seg.folder)
         log.info(
             "merged %d segment(s) of %r into %s (%d rows)", len(group), self.name, segment.name, segment.size
         )

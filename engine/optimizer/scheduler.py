@@ -47,6 +47,7 @@ class Scheduler(Scrub, Seal, Compaction, PayloadIndexing, TenantGraphs):
 
     def _start_optimizer(self) -> None:
         """Start the optimizer thread and have it look for work at once."""
+        self._replaced_folders = []
         self._optimizer = threading.Thread(
             target=self._optimize_loop, name=f"optimizer-{self.name}", daemon=True
         )
@@ -94,6 +95,7 @@ class Scheduler(Scrub, Seal, Compaction, PayloadIndexing, TenantGraphs):
                 worked = False
                 while self._optimize_step():
                     worked = True
+                    self._remove_replaced()  # outside the lock: searches do not wait for it
                 self._error, self._fault = "", None
                 self._backoff.reset()
                 if worked:

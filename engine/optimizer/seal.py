@@ -6,7 +6,6 @@ leave the heap."""
 from __future__ import annotations
 
 import logging
-import shutil
 
 import numpy as np
 import orjson
@@ -72,7 +71,7 @@ class Seal(SegmentBuilder):
             if base is not None:
                 segment.kill(base.rows[~base.live])  # deleted from the base while it grew
                 self._drop_stale_indexes(segment)
-                shutil.rmtree(base.folder, ignore_errors=True)
+                self._discard(base.folder)
             self._segments = [*kept, segment]
         rest = self._next_row - start - take_rows
         capacity = max(MIN_CAPACITY, int(rest * GROW))
