@@ -20,6 +20,7 @@ BENCHMARKS = {
     "console": "bench.console",
     "embed": "bench.embed",
     "serve": "bench.serve",
+    "scale": "bench.scale",
 }
 
 

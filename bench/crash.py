@@ -1,13 +1,14 @@
 """Crash harness: SIGKILL a ``lamina serve`` process at random moments and check what survives.
 
 ``python -m bench crash --cycles 20`` (CI runs 3 cycles through tests/test_crash.py; the
-second cycle of every four aims its kill at a running snapshot, so CI's run has one).
+second cycle of every four aims its kill at a running snapshot, the third at a merge
+growing a segment's graph, so CI's run has one of each).
 
 Each cycle starts the server on the same data directory, runs a writer (upserts of new
 and existing ids, deletes by id and by filter, optimize calls that seal and compact)
 and a snapshot taker against it, and kills the server with SIGKILL after a random
-delay: during ingest, while a segment is sealed and indexed, during compaction or
-during a snapshot. The writer keeps a model of every acknowledged write. After the
+delay: during ingest, while a segment is sealed and indexed, while a merge grows a
+segment's graph, during compaction or during a snapshot. The writer keeps a model of every acknowledged write. After the
 restart the harness checks that
 
 * every acknowledged point is there with identical vector bytes and payload, and the
@@ -148,9 +149,18 @@ def kill_during_snapshot(server: ServerProcess, acked: list[Any], timeout: float
     """Once a snapshot of this cycle was acknowledged (``acked`` not empty, so one can be
     restored), SIGKILL the server as soon as its log shows another started and not finished,
     and return when; None if none was seen in ``timeout`` seconds (the server still runs)."""
+    return kill_during(server, "snapshot", lambda: bool(acked), timeout)
+
+
+def kill_during(
+    server: ServerProcess, doing: str, ready: Any = lambda: True, timeout: float = 20.0
+) -> float | None:
+    """SIGKILL the server as soon as its log shows ``doing`` (a name ``in_progress`` gives,
+    or part of one: "snapshot", "graph growth") started and not finished, once ``ready()``;
+    return when, or None if it was not seen in ``timeout`` seconds (the server still runs)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if acked and "snapshot" in in_progress(server.log.read_text()):
+        if ready() and doing in in_progress(server.log.read_text()):
             killed_at = time.monotonic()
             server.proc.send_signal(signal.SIGKILL)
             return killed_at
@@ -172,16 +182,28 @@ def read_state(col: lamina.Collection) -> Model:
 def in_progress(log: str) -> str:
     """What the server was doing when it was killed, from the start and end lines it logs."""
     last: dict[str, int] = {}
+    growing = False  # the last seal grows a segment's graph (see engine/optimizer/build.py)
     for n, line in enumerate(log.splitlines()):
         message = line.split(": ", 1)[-1]
-        for marker in ("sealing ", "sealed ", "compacting ", "rewrote ", "taking snapshot ", "snapshot "):
+        for marker in (
+            "sealing ",
+            "sealed ",
+            "compacting ",
+            "rewrote ",
+            "merging ",
+            "merged ",
+            "taking snapshot ",
+            "snapshot ",
+        ):
             if message.startswith(marker):
                 last[marker] = n
+                growing = " into segment " in message if marker == "sealing " else growing
     doing = [
         name
         for name, start, end in (
-            ("seal + index build", "sealing ", "sealed "),
+            ("seal + graph growth" if growing else "seal + index build", "sealing ", "sealed "),
             ("compaction", "compacting ", "rewrote "),
+            ("merge (graph growth)", "merging ", "merged "),
             ("snapshot", "taking snapshot ", "snapshot "),
         )
         if last.get(start, -1) > last.get(end, -1)
@@ -286,6 +308,8 @@ def run(cycles: int, seed: int = 0, workdir: Path | None = None, log: Any = prin
                     time.sleep(rng.uniform(0.5, 3.0))
                     # every 4th cycle, from the second on, aims at a snapshot: the kill lands while one runs
                     killed_at = kill_during_snapshot(server, snapshots) if cycle % 4 == 1 else None
+                    if cycle % 4 == 2:  # and every 4th from the third at a merge growing a graph
+                        killed_at = kill_during(server, "graph growth")
                     if killed_at is None:
                         killed_at = time.monotonic()
                         server.proc.send_signal(signal.SIGKILL)

@@ -36,6 +36,7 @@ from lamina.engine.database import Database
 from lamina.engine.embedding import register_embedding
 from lamina.errors import InvalidArgument, NotFound
 from lamina.types import (
+    DEFAULT_MAX_SEGMENT_ROWS,
     DEFAULT_SEGMENT_ROWS,
     DEFAULT_TENANT_INDEX_ROWS,
     CollectionConfig,
@@ -196,6 +197,7 @@ class _ClientOps:
         index: dict[str, Any] | IndexConfig | None = None,
         quantization: dict[str, Any] | QuantizationConfig | None = None,
         segment_rows: int = DEFAULT_SEGMENT_ROWS,
+        max_segment_rows: int = DEFAULT_MAX_SEGMENT_ROWS,
         payload_index: dict[str, str] | None = None,
         multi_tenant: bool = False,
         tenant_index_rows: int = DEFAULT_TENANT_INDEX_ROWS,
@@ -210,7 +212,9 @@ class _ClientOps:
         ``quantization`` keeps compact codes in memory and reranks their candidates
         with full-precision vectors: ``{"type": "binary", "bits": 1, "oversample": 4}``
         or ``{"type": "pq", "m": 64}``; None keeps full precision. ``segment_rows``
-        rows are collected (and searched exactly) before they are sealed and indexed.
+        rows are collected (and searched exactly) before they are sealed and indexed;
+        background merges then grow sealed segments up to ``max_segment_rows`` rows, so
+        that a large collection is searched through one or two graphs.
         ``payload_index`` maps payload fields to index types (``keyword``, ``int``,
         ``float``, ``bool``, ``datetime``, ``text``) so that filters on them are answered
         from the index and ``text`` fields can be searched with BM25.
@@ -245,6 +249,7 @@ class _ClientOps:
             if isinstance(quantization, QuantizationConfig) or quantization is None
             else QuantizationConfig.from_dict(quantization),
             segment_rows=segment_rows,
+            max_segment_rows=max_segment_rows,
             payload_index=dict(payload_index or {}),
             multi_tenant=multi_tenant,
             tenant_index_rows=tenant_index_rows,

@@ -372,10 +372,30 @@ class Segment:
             else build_tier(config, vectors, metric, threads, stop)
         )
         tenants = np.array([tenant_of_key(k) for k in keys], np.int32) if config.multi_tenant else None
+        return cls._write(
+            folder, rows.astype(np.int64), [vectors], keys, None, tier, note, payload, config, tenants
+        )
+
+    @classmethod
+    def _write(
+        cls,
+        folder: Path,
+        rows: np.ndarray,
+        vectors: list[FloatMatrix],
+        keys: list[bytes],
+        before: _Ids | None,
+        tier: Tier,
+        note: str,
+        payload: dict[str, FieldIndex],
+        config: CollectionConfig,
+        tenants: np.ndarray | None = None,
+    ) -> Segment:
+        """Write a segment folder durably (see ``atomic_folder``) and open it: ``vectors``
+        are written one part after another, ids are ``before``'s (if any) then ``keys``."""
         with atomic_folder(folder) as tmp:
-            np.save(tmp / "rows.npy", rows.astype(np.int64))
-            write_matrix(tmp / "vectors.f32", vectors)
-            _write_ids(tmp, keys)
+            np.save(tmp / "rows.npy", rows)
+            write_matrix(tmp / "vectors.f32", *vectors)
+            _write_ids(tmp, keys, before)
             if tenants is not None:
                 np.save(tmp / "tenants.npy", tenants)
             tier.save(tmp)
@@ -383,7 +403,46 @@ class Segment:
                 index.save(tmp / payload_file(name, index.kind))
             write_meta(tmp, {"tier": tier.kind, "note": note, "rows": int(rows.size)})
         vecs = map_matrix(folder / "vectors.f32", config.dim)
-        return cls(folder, rows.astype(np.int64), vecs, tier, note, _read_ids(folder), dict(payload), tenants)
+        return cls(folder, rows, vecs, tier, note, _read_ids(folder), dict(payload), tenants)
+
+    @classmethod
+    def grow(
+        cls,
+        folder: Path,
+        base: Segment,
+        rows: np.ndarray,
+        keys: list[bytes],
+        vectors: FloatMatrix,
+        config: CollectionConfig,
+        metric: int,
+        threads: int,
+        payload: dict[str, FieldIndex],
+        stop: Stop = None,
+    ) -> Segment:
+        """A new segment in ``folder`` holding every row of ``base`` (an HNSW segment; its
+        dead rows stay, marked deleted, at the same positions) and then ``rows`` (all past
+        ``base``'s, with their id ``keys`` and prepared ``vectors``): base's graph is loaded
+        and grown by inserting the new points (each point of a merge is inserted once, not
+        the whole segment again). ``payload`` holds the indexes in the new segment's
+        positions. Written durably like ``build``; the caller commits it to the manifest."""
+        dead = np.flatnonzero(~base.live)
+        tier = HnswTier.grow(base.folder, config, metric, dead, vectors, threads, stop)
+        all_rows = np.concatenate([base.rows, rows.astype(np.int64)])
+        segment = cls._write(
+            folder, all_rows, [base.vectors, vectors], keys, base._ids, tier, "", payload, config
+        )
+        segment.kill(base.rows[dead])  # the graph has them marked already; the live mask learns them
+        return segment
+
+    @staticmethod
+    def keys_of(ids: _Ids) -> list[bytes]:
+        """The id key of every row of a segment with ``ids``, as it was written with them."""
+        if isinstance(ids, np.ndarray):
+            raw = ids.astype(">u8").tobytes()
+            return [b"\x00" + raw[i : i + 8] for i in range(0, len(raw), 8)]
+        blob, offsets = ids
+        bounds = offsets.tolist()
+        return [bytes(blob[a:b]) for a, b in pairwise(bounds)]
 
     @classmethod
     def load(cls, folder: Path, config: CollectionConfig, metric: int) -> Segment:
@@ -648,14 +707,20 @@ def take_first(found: TopK, keep: np.ndarray, k: int) -> TopK:
     return out_s, out_r, out_c
 
 
-def _write_ids(folder: Path, keys: list[bytes]) -> None:
+def _write_ids(folder: Path, keys: list[bytes], before: _Ids | None = None) -> None:
     """Integer ids (tenant prefixes dropped: ``tenants.npy`` holds the tenants) as one
-    uint64 array; otherwise the id keys back to back with their offsets."""
+    uint64 array; otherwise the id keys back to back with their offsets. ``before``: the
+    ids of the rows that come first (a grown segment's), kept as they are when both are
+    integers (no Python loop over a large segment's ids while searches wait for the GIL)."""
     plain = [without_tenant(k) for k in keys]
-    if all(len(k) == 9 and k[:1] == b"\x00" for k in plain):
+    if all(len(k) == 9 and k[:1] == b"\x00" for k in plain) and (
+        before is None or isinstance(before, np.ndarray)
+    ):
         ints = np.frombuffer(b"".join(k[1:] for k in plain), dtype=">u8").astype(np.uint64)
-        np.save(folder / "ids.npy", ints)
+        np.save(folder / "ids.npy", ints if before is None else np.concatenate([before, ints]))
         return
+    if before is not None:
+        keys = Segment.keys_of(before) + keys
     (folder / "keys.bin").write_bytes(b"".join(keys))
     offsets = np.zeros(len(keys) + 1, dtype=np.int64)
     np.cumsum([len(k) for k in keys], out=offsets[1:])

@@ -72,7 +72,7 @@ class Writes(Planner):
                 self._tenant_live[code] = self._tenant_live.get(code, 0) + len(keys)
             if dead:
                 self._kill([row for _, row in dead], replaced=True, code=code)
-        if self._next_row - self._mut_start >= self.config.segment_rows:
+        if self._next_row - self._mut_start >= self.config.seal_rows:
             self._wake.set()
         return len(keys)
 

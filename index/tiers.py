@@ -341,6 +341,33 @@ class HnswTier:
         index.load_index(str(folder / "graph.hnsw"))
         return cls(metric, index)
 
+    @classmethod
+    def grow(
+        cls,
+        folder: Path,
+        config: CollectionConfig,
+        metric: int,
+        dead: np.ndarray,
+        vectors: FloatMatrix,
+        threads: int,
+        stop: Stop = None,
+    ) -> HnswTier:
+        """A copy of the graph saved in ``folder`` (n labels, ``dead`` of them marked deleted)
+        with ``vectors`` inserted as labels n, n + 1, ...: a merge grows the larger graph by
+        the smaller segment's points instead of building both again. hnswlib releases the
+        GIL while it inserts, on ``threads`` threads."""
+        index = hnsw_index(config, metric)
+        path = str(folder / "graph.hnsw")
+        index.load_index(path)
+        start = index.get_current_count()
+        index.resize_index(start + vectors.shape[0])
+        hnsw_mark_deleted(index, dead.tolist())
+        for lo, hi in build_chunks(vectors.shape[0], stop):
+            index.add_items(
+                np.ascontiguousarray(vectors[lo:hi]), np.arange(start + lo, start + hi), num_threads=threads
+            )
+        return cls(metric, index)
+
     def save(self, folder: Path) -> None:
         self.index.save_index(str(folder / "graph.hnsw"))
 

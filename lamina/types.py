@@ -34,7 +34,12 @@ INDEX_TYPES: tuple[str, ...] = get_args(IndexType)
 QuantizationType: TypeAlias = Literal["binary", "pq"]
 QUANTIZATION_TYPES: tuple[str, ...] = get_args(QuantizationType)
 #: Rows a mutable segment collects before the optimizer seals it into an indexed one.
-DEFAULT_SEGMENT_ROWS = 100_000
+DEFAULT_SEGMENT_ROWS = 20_000
+#: The largest segment merges grow: bounded by the memory a build holds (about twice the
+#: graph and vectors of the segment) and by its build time, not by the seal size.
+DEFAULT_MAX_SEGMENT_ROWS = 2_000_000
+#: The mutable segment is also sealed once its vectors take this many bytes (wide vectors).
+MUTABLE_BYTES = 64 << 20
 #: a tenant with at least this many points gets an HNSW partition of its own
 DEFAULT_TENANT_INDEX_ROWS = 1_000
 
@@ -204,7 +209,10 @@ class CollectionConfig:
     metric: Metric = "cosine"
     index: IndexConfig = field(default_factory=IndexConfig)
     quantization: QuantizationConfig | None = None
+    #: the mutable segment (searched exactly) is sealed at this many rows (or MUTABLE_BYTES)
     segment_rows: int = DEFAULT_SEGMENT_ROWS
+    #: background merges grow sealed segments up to this many rows
+    max_segment_rows: int = DEFAULT_MAX_SEGMENT_ROWS
     #: payload field (dotted path) -> index type: keyword, int, float, bool, datetime, text
     payload_index: dict[str, str] = field(default_factory=dict)
     #: every point belongs to a tenant, named by every read and write (see engine/tenants.py)
@@ -234,6 +242,12 @@ class CollectionConfig:
         if self.metric not in METRICS:
             raise InvalidArgument(f"unknown metric {self.metric!r}: use one of {', '.join(METRICS)}")
         _int_param("collection", "segment_rows", self.segment_rows, 256, 100_000_000)
+        _int_param("collection", "max_segment_rows", self.max_segment_rows, 256, 1_000_000_000)
+        if self.max_segment_rows < self.segment_rows:
+            raise InvalidArgument(
+                f"collection max_segment_rows ({self.max_segment_rows}) must be at least segment_rows "
+                f"({self.segment_rows}): merges grow sealed segments from the seal size up to it"
+            )
         q = self.quantization
         if q is not None and q.type == "pq" and self.dim % q.m:
             raise InvalidArgument(f"pq m={q.m} does not divide dim={self.dim}: pick a divisor of {self.dim}")
@@ -241,6 +255,12 @@ class CollectionConfig:
             raise InvalidArgument(
                 f"hnsw over binary codes needs dim * bits to be a multiple of 8, got {self.dim} * {q.bits}"
             )
+
+    @property
+    def seal_rows(self) -> int:
+        """Rows of the mutable segment that make the optimizer seal it: ``segment_rows``,
+        or fewer when their vectors would take more than ``MUTABLE_BYTES``."""
+        return max(256, min(self.segment_rows, MUTABLE_BYTES // (4 * max(1, self.dim))))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,6 +275,9 @@ class CollectionConfig:
             index=IndexConfig.from_dict(data.get("index", {"type": "flat"})),
             quantization=None if quant is None else QuantizationConfig.from_dict(quant),
             segment_rows=int(data.get("segment_rows", DEFAULT_SEGMENT_ROWS)),
+            max_segment_rows=int(  # created before the setting: never below its segment_rows
+                data.get("max_segment_rows", max(DEFAULT_MAX_SEGMENT_ROWS, int(data.get("segment_rows", 0))))
+            ),
             payload_index=dict(data.get("payload_index") or {}),
             multi_tenant=bool(data.get("multi_tenant", False)),
             tenant_index_rows=int(data.get("tenant_index_rows", DEFAULT_TENANT_INDEX_ROWS)),

@@ -19,6 +19,7 @@ from lamina.proto.lamina.v1 import common_pb2 as pb
 from lamina.proto.lamina.v1 import points_pb2 as ppb
 from lamina.proto.lamina.v1 import search_pb2 as spb
 from lamina.types import (
+    DEFAULT_MAX_SEGMENT_ROWS,
     DEFAULT_SEGMENT_ROWS,
     DEFAULT_TENANT_INDEX_ROWS,
     CollectionConfig,
@@ -133,6 +134,7 @@ def config_to_proto(config: CollectionConfig) -> cpb.CollectionConfig:
         metric=_METRIC_TO_PROTO[config.metric],
         index=cpb.IndexConfig(type=idx.type, m=idx.m, ef_construction=idx.ef_construction, ef=idx.ef),
         segment_rows=config.segment_rows,
+        max_segment_rows=config.max_segment_rows,
         payload_index=config.payload_index,
         multi_tenant=config.multi_tenant,
         tenant_index_rows=config.tenant_index_rows,
@@ -175,6 +177,7 @@ def config_from_proto(msg: cpb.CollectionConfig) -> CollectionConfig:
         index=index,
         quantization=quant,
         segment_rows=msg.segment_rows or DEFAULT_SEGMENT_ROWS,
+        max_segment_rows=msg.max_segment_rows or max(DEFAULT_MAX_SEGMENT_ROWS, msg.segment_rows),
         payload_index=dict(msg.payload_index),
         multi_tenant=msg.multi_tenant,
         tenant_index_rows=msg.tenant_index_rows or DEFAULT_TENANT_INDEX_ROWS,

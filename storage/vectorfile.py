@@ -75,11 +75,13 @@ def atomic_folder(final: Path, tmp: Path | None = None) -> Iterator[Path]:
         raise fault from exc
 
 
-def write_matrix(path: Path, matrix: FloatMatrix) -> None:
-    """Store a float32 matrix as raw little-endian rows."""
+def write_matrix(path: Path, *matrices: FloatMatrix) -> None:
+    """Store float32 matrices (of one width) one after another as raw little-endian rows:
+    one matrix of all their rows, written in blocks (a memory-mapped part is read as it goes)."""
     with open(path, "wb") as fh:
-        for lo in range(0, matrix.shape[0], 65_536):
-            fh.write(np.ascontiguousarray(matrix[lo : lo + 65_536], dtype="<f4").tobytes())
+        for matrix in matrices:
+            for lo in range(0, matrix.shape[0], 65_536):
+                fh.write(np.ascontiguousarray(matrix[lo : lo + 65_536], dtype="<f4").tobytes())
 
 
 def map_matrix(path: Path, dim: int) -> FloatMatrix:

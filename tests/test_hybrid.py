@@ -214,6 +214,7 @@ def labelled(path: Path, n: int = 6000, segment_rows: int = 3000) -> tuple[Datab
         dim=DIM,
         index={"type": "hnsw", "m": 12, "ef_construction": 100},  # type: ignore[arg-type]
         segment_rows=segment_rows,
+        max_segment_rows=segment_rows,  # no merges: plans are made per segment, over two
         payload_index={"sel": "int", "label": "float"},
     )
     col = db.create_collection("p", config)
@@ -436,7 +437,9 @@ def test_bad_index_and_query_arguments(db: lamina.Client) -> None:
 
 
 def test_payload_index_visible_and_explain_over_both_transports(db: lamina.Client) -> None:
-    col = db.create_collection("vis", DIM, segment_rows=256, payload_index={"lang": "keyword"})
+    col = db.create_collection(
+        "vis", DIM, segment_rows=256, max_segment_rows=256, payload_index={"lang": "keyword"}
+    )  # no merges: two sealed segments, each planned
     data = vectors(600, 4)
     col.upsert(list(range(600)), data, [{"lang": LANGS[i % 4], "n": i} for i in range(600)])
     col.optimize()

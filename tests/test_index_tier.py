@@ -72,7 +72,9 @@ def tier_db(tmp_path_factory: pytest.TempPathFactory) -> Any:
     path = tmp_path_factory.mktemp("tiers")
     client = lamina.connect(str(path))
     for i, (index, quant, _) in enumerate(TIERS):
-        col = client.create_collection(f"t{i}", DIM, index=index, quantization=quant, segment_rows=SEGMENT)
+        col = client.create_collection(
+            f"t{i}", DIM, index=index, quantization=quant, segment_rows=SEGMENT, max_segment_rows=SEGMENT
+        )  # several segments: searches merge their answers
         for lo in range(0, N, 1_000):
             col.upsert(list(range(lo, lo + 1_000)), DATA[lo : lo + 1_000])
         col.optimize()
@@ -207,7 +209,9 @@ def test_unfinished_segment_folders_are_removed_at_start(tmp_path: Path) -> None
 
 def test_the_optimizer_seals_in_the_background_while_searches_run(tmp_path: Path) -> None:
     with lamina.connect(str(tmp_path)) as client:
-        col = client.create_collection("c", DIM, index={"type": "hnsw", "ef": 200}, segment_rows=1_000)
+        col = client.create_collection(
+            "c", DIM, index={"type": "hnsw", "ef": 200}, segment_rows=1_000, max_segment_rows=1_000
+        )  # no merges: every seal stays a segment
         for lo in range(0, 4_000, 500):
             col.upsert(list(range(lo, lo + 500)), DATA[lo : lo + 500])
             # every point written so far is found by an exact self-query, sealed or not
@@ -220,7 +224,9 @@ def test_the_optimizer_seals_in_the_background_while_searches_run(tmp_path: Path
 
 def test_pq_with_too_few_points_falls_back_to_exact_and_says_so(tmp_path: Path) -> None:
     with lamina.connect(str(tmp_path)) as client:
-        col = client.create_collection("c", DIM, quantization={"type": "pq", "m": 8}, segment_rows=500)
+        col = client.create_collection(
+            "c", DIM, quantization={"type": "pq", "m": 8}, segment_rows=500, max_segment_rows=500
+        )
         col.upsert(list(range(600)), DATA[:600])
         info = col.optimize()
         assert info.status.segments == 2 and "pq needs 9984 points to train" in info.status.note
@@ -235,6 +241,7 @@ def test_settings_and_status_are_visible_over_grpc(db: lamina.Client) -> None:
         index={"type": "hnsw", "m": 8, "ef_construction": 50, "ef": 32},
         quantization={"type": "binary", "bits": 2, "oversample": 6},
         segment_rows=1_000,
+        max_segment_rows=1_000,
     )
     col.upsert(list(range(1_500)), DATA[:1_500])
     info = col.optimize()

@@ -29,8 +29,8 @@ OUTPUTS = {
         r"vectors have dimension 3 but the collection has dimension 4\n\['articles'\] \d+\.\d+\.\d+\S*\n"
     ),
     "await col.count()": r"\[1, 2, 3\] 3\n",
-    "info.status.index_bytes": r"3 3000 [1-9]\d*\n",
-    "plan.segments": r"\[\('exact', 30, '[^']+'\), \('exact', 30, '[^']+'\), \('exact', 0, '[^']+'\)\]\n",
+    "info.status.index_bytes": r"1 3000 [1-9]\d*\n",  # three seals merged into one segment
+    "plan.segments": r"\[\('exact', 60, '[^']+'\), \('exact', 0, '[^']+'\)\]\n",
     "delete_tenant": r"\[\(1, \{'lang': 'en'\}\)\]\n\[\('acme', 2\), \('globex', 1\)\] 2\n1\n",
     "langchain": _DOC_D1 + r"\['d[12]', 'd[12]'\]\n" + _DOC_D1,  # d2 deleted: d1 alone at the end
     "llama_index": r"\[NodeWithScore\(node=TextNode\([^\n]*'topic': 'storage'[^\n]*node_id='d1'[^\n]*\)\]\n",

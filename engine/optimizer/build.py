@@ -1,15 +1,29 @@
 """Building a sealed segment (vectors file, id file, index tier, payload indexes) from
-rows of the collection; every optimizer job that writes a segment goes through it."""
+rows of the collection, or growing an HNSW segment by more rows; every optimizer job
+that writes a segment goes through it.
+
+The segment lifecycle: the mutable segment is sealed at ``seal_rows`` (a few tens of
+thousands of rows, bounded in bytes too) and indexed at once. Segments then grow
+like the levels of an LSM tree, up to ``max_segment_rows``: rows sealed after an HNSW
+segment, once they are at least ``MERGE_FRACTION`` of its live rows, are inserted into
+its graph (``Segment.grow``: hnswlib loads the graph, resizes it and adds the points;
+each point of a merge is inserted once). A collection of N points is so searched
+through a few graphs whose sizes fall geometrically: one or two at any N below
+``max_segment_rows``. Tiers that cannot grow (flat, quantized, multi-tenant) are merged
+by rebuilding the neighbours (see compaction)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 
+from lamina.index.tiers import HnswTier
 from lamina.types import FloatMatrix
 
 from ..payload import FieldIndex
@@ -17,6 +31,12 @@ from ..segments import Segment
 from ..state import CollectionState
 
 log = logging.getLogger("lamina.engine")
+
+#: rows sealed or merged after a segment join it once they are this fraction of its live
+#: rows: the next level of the tree is at most 1 / MERGE_FRACTION times smaller, so a
+#: segment's rows are rewritten about 1 / MERGE_FRACTION times while it grows (I/O), and
+#: the small segments beside the largest stay few
+MERGE_FRACTION = 0.25
 
 
 def build_threads() -> int:
@@ -26,6 +46,21 @@ def build_threads() -> int:
 
 class SegmentBuilder(CollectionState):
     """Segment builds of a collection."""
+
+    #: folders of segments a committed seal or merge replaced, removed by the optimizer
+    #: thread once it let go of the lock (unlinking a large segment's files takes long
+    #: enough to show in the p99 of searches waiting for the lock); a crash first leaves
+    #: them to the sweep at open, as the manifest no longer names them
+    _replaced_folders: list[Path]
+
+    def _discard(self, folder: Path) -> None:
+        """Remove ``folder`` (a replaced segment's) after the current step (caller holds the lock)."""
+        self._replaced_folders.append(folder)
+
+    def _remove_replaced(self) -> None:
+        """Remove the folders of replaced segments (without the lock)."""
+        while self._replaced_folders:
+            shutil.rmtree(self._replaced_folders.pop(), ignore_errors=True)
 
     def _keys_for_build(self, rows: np.ndarray) -> list[bytes]:
         """Id keys of ``rows`` from RocksDB; a row deleted meanwhile gets an empty key
@@ -59,3 +94,47 @@ class SegmentBuilder(CollectionState):
             time.perf_counter() - started,
         )
         return segment
+
+    def _growable(self, segment: Segment) -> bool:
+        """Whether merges grow ``segment``'s graph instead of rebuilding: a float HNSW
+        segment (multi-tenant segments are searched through tenant partitions)."""
+        return isinstance(segment.tier, HnswTier) and not self.config.multi_tenant
+
+    def _joins(self, segment: Segment, rows: int) -> bool:
+        """Whether ``rows`` new rows are enough to grow ``segment`` by, and fit in it."""
+        kept = segment.size if self._growable(segment) else segment.live_count  # a rebuild drops the dead
+        return rows >= MERGE_FRACTION * segment.live_count and kept + rows <= self.config.max_segment_rows
+
+    def _grow(
+        self, base: Segment, rows: np.ndarray, vectors: FloatMatrix, payload: dict[str, FieldIndex]
+    ) -> Segment:
+        """A new segment: ``base`` grown by ``rows`` (see ``Segment.grow``)."""
+        folder = self._segment_dir / f"{base.lo:012d}-{uuid.uuid4().hex[:8]}"
+        started = time.perf_counter()
+        segment = Segment.grow(
+            folder,
+            base,
+            rows,
+            self._keys_for_build(rows),
+            vectors,
+            self.config,
+            self._metric,
+            build_threads(),
+            payload,
+            stop=lambda: self._closed,
+        )
+        log.info(
+            "grew segment %s of %d rows by %d rows for %r in %.1f s",
+            base.name,
+            base.size,
+            rows.size,
+            self.name,
+            time.perf_counter() - started,
+        )
+        return segment
+
+    def _drop_stale_indexes(self, segment: Segment) -> None:
+        """Drop the payload indexes of fields dropped while ``segment`` was built from
+        indexes taken before (caller holds the lock)."""
+        for name in set(segment.payload) - set(self.config.payload_index):
+            segment.drop_payload_index(name)

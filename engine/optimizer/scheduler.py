@@ -47,6 +47,7 @@ class Scheduler(Scrub, Seal, Compaction, PayloadIndexing, TenantGraphs):
 
     def _start_optimizer(self) -> None:
         """Start the optimizer thread and have it look for work at once."""
+        self._replaced_folders = []
         self._optimizer = threading.Thread(
             target=self._optimize_loop, name=f"optimizer-{self.name}", daemon=True
         )
@@ -94,6 +95,7 @@ class Scheduler(Scrub, Seal, Compaction, PayloadIndexing, TenantGraphs):
                 worked = False
                 while self._optimize_step():
                     worked = True
+                    self._remove_replaced()  # outside the lock: searches do not wait for it
                 self._error, self._fault = "", None
                 self._backoff.reset()
                 if worked:
@@ -112,6 +114,16 @@ class Scheduler(Scrub, Seal, Compaction, PayloadIndexing, TenantGraphs):
                 self._busy = False
                 self._idle.notify_all()
 
+    def _seal_size(self, size: int) -> int:
+        """Rows one seal takes: ``size``, or, when the optimizer is behind (a bulk load) and
+        the last segment grows by what is sealed, as many as it holds (at most doubling it,
+        within ``max_segment_rows``): a backlog is inserted into one graph in a few steps
+        that each stay searchable, rather than sealed into many small graphs merged later."""
+        last = self._segments[-1] if self._segments else None
+        if last is None or not self._growable(last):
+            return size
+        return max(size, min(last.live_count, self.config.max_segment_rows - last.size))
+
     def _optimize_step(self) -> bool:
         """Do one unit of work (seal, compact or merge, build a payload index or a tenant
         graph); False when there is none."""
@@ -123,7 +135,7 @@ class Scheduler(Scrub, Seal, Compaction, PayloadIndexing, TenantGraphs):
             if self._store.read_only:
                 return False
             pending = self._next_row - self._mut_start
-            size = self.config.segment_rows
+            size = self.config.seal_rows
             seal = pending >= size or (self._force_seal and pending > 0)
             if seal and self._sealed_last:
                 # one compaction between two seals: under a steady stream of replacing writes
@@ -133,7 +145,7 @@ class Scheduler(Scrub, Seal, Compaction, PayloadIndexing, TenantGraphs):
                     return True
             if seal:
                 self._sealed_last = True
-                return self._seal_step(min(pending, size))
+                return self._seal_step(min(pending, self._seal_size(size)))
             did = self._rewrite_step() or self._index_step() or self._tenant_step()
             if not did:
                 self._force_seal = False

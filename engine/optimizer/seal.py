@@ -1,5 +1,7 @@
-"""Sealing: the first ``segment_rows`` rows of the mutable segment become a sealed
-segment, committed to the manifest, and leave the heap."""
+"""Sealing: the first rows of the mutable segment (``seal_rows``, more when the optimizer
+is behind and the last segment can take them) become a sealed segment, or grow the last
+HNSW segment when they are enough to (see build.py), committed to the manifest, and
+leave the heap."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import orjson
 from lamina.storage.keys import row_key
 from lamina.storage.rocks import MUTABLE_START, SEGMENTS
 
-from ..payload import take
+from ..payload import FieldIndex, take
 from ..segments import discard_unless_committed
 from ..state import GROW, MIN_CAPACITY
 from .build import SegmentBuilder
@@ -32,18 +34,32 @@ class Seal(SegmentBuilder):
         pidx = self._mut_pidx.snapshot()
         local = np.flatnonzero(live)
         segment = None
-        log.info("sealing %d rows of %r", take_rows, self.name)
+        last = self._segments[-1] if self._segments else None
+        base = last if last is not None and self._growable(last) and self._joins(last, local.size) else None
+        log.info(
+            "sealing %d rows of %r%s", take_rows, self.name, f" into segment {base.name}" if base else ""
+        )
         self._lock.release()
         try:
             if local.size:
                 rows = local + start
                 payload = {name: take(kind, pidx.get(name, []), rows) for name, kind in schema.items()}
-                segment = self._build(rows, matrix[local], payload)
+                if base is None:
+                    segment = self._build(rows, matrix[local], payload)
+                else:
+                    at = np.arange(base.size, base.size + rows.size)
+                    payload = {  # a field the segment lacks is built over the grown one later
+                        name: FieldIndex.merge([base.payload[name], index], [np.arange(base.size), at])
+                        for name, index in payload.items()
+                        if name in base.payload
+                    }
+                    segment = self._grow(base, rows, matrix[local], payload)
         finally:
             self._lock.acquire()
         if self._closed:
             return False
-        names = [s.name for s in self._segments] + ([segment.name] if segment is not None else [])
+        kept = self._segments[:-1] if segment is not None and base is not None else self._segments
+        names = [s.name for s in kept] + ([segment.name] if segment is not None else [])
         died = local[~self._live[local]] + start  # deleted while the segment was built
         with discard_unless_committed(segment):
             self._store.put_meta(
@@ -52,7 +68,11 @@ class Seal(SegmentBuilder):
             )
         if segment is not None:
             segment.kill(died)
-            self._segments.append(segment)
+            if base is not None:
+                segment.kill(base.rows[~base.live])  # deleted from the base while it grew
+                self._drop_stale_indexes(segment)
+                self._discard(base.folder)
+            self._segments = [*kept, segment]
         rest = self._next_row - start - take_rows
         capacity = max(MIN_CAPACITY, int(rest * GROW))
         new_matrix = np.zeros((capacity, self.config.dim), dtype=np.float32)

@@ -369,6 +369,7 @@ class Console:
             "index",
             "quantization",
             "segment_rows",
+            "max_segment_rows",
             "payload_index",
             "multi_tenant",
             "tenant_index_rows",

@@ -154,10 +154,11 @@ class CollectionConfig(_message.Message):
     SHARDS_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
+    MAX_SEGMENT_ROWS_FIELD_NUMBER: _builtins.int
     dim: _builtins.int
     metric: Global___Metric.ValueType
     segment_rows: _builtins.int
-    """rows per sealed segment (0: 100000)"""
+    """rows of the mutable segment that make a seal (0: 20000)"""
     multi_tenant: _builtins.bool
     """Every point belongs to a tenant named by each request; tenants never see each other."""
     tenant_index_rows: _builtins.int
@@ -166,6 +167,8 @@ class CollectionConfig(_message.Message):
     """Shards the collection is split into by id hash (0: 1); more than 1 needs `lamina serve --ray`."""
     replicas: _builtins.int
     """Actors keeping each shard (0: 1); a write is acknowledged once every replica applied it."""
+    max_segment_rows: _builtins.int
+    """Background merges grow sealed segments up to this many rows (0: 2000000)."""
     @_builtins.property
     def index(self) -> Global___IndexConfig:
         """unset: hnsw with defaults"""
@@ -199,10 +202,11 @@ class CollectionConfig(_message.Message):
         shards: _builtins.int = ...,
         replicas: _builtins.int = ...,
         embedding: Global___EmbeddingConfig | None = ...,
+        max_segment_rows: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "index", b"index", "quantization", b"quantization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedding", b"embedding", "index", b"index", "metric", b"metric", "multi_tenant", b"multi_tenant", "payload_index", b"payload_index", "quantization", b"quantization", "replicas", b"replicas", "segment_rows", b"segment_rows", "shards", b"shards", "tenant_index_rows", b"tenant_index_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedding", b"embedding", "index", b"index", "max_segment_rows", b"max_segment_rows", "metric", b"metric", "multi_tenant", b"multi_tenant", "payload_index", b"payload_index", "quantization", b"quantization", "replicas", b"replicas", "segment_rows", b"segment_rows", "shards", b"shards", "tenant_index_rows", b"tenant_index_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

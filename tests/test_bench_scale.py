@@ -1,0 +1,37 @@
+"""``python -m bench scale`` end to end at a tiny size (the real runs use the manifold data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bench import scale
+
+
+def test_scale_measures_lamina_defaults_against_one_graph_per_size(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["--synthetic", "--sizes", "2000", "--queries", "30", "--ingest-seconds", "1"]
+    assert scale.main([*argv, "--data", str(tmp_path / "data"), "--out", str(out)]) == 0
+    report = json.loads(next(out.glob("*-scale-synthetic.json")).read_text())
+    results = {r["system"]: r for r in report["results"]}
+    assert set(results) == {"lamina", "hnswlib", "faiss"}
+    for name, r in results.items():
+        assert "error" not in r, r
+        assert r["n"] == 2000 and r["chosen"]["recall"] >= scale.TARGET_RECALL, name
+        assert all(0 <= c["recall"] <= 1 and c["qps"] > 0 for c in r["curve"])
+        assert r["indexed_s"] > 0 and r["disk_mb"] > 0 and r["reopen_s"] > 0
+    lamina = results["lamina"]
+    assert lamina["load_s"] > 0 and lamina["ingest"]["idle_p99_ms"] > 0 and lamina["ingest"]["rows_per_s"] > 0
+    table = next(out.glob("*.md")).read_text()
+    assert all(f"| {name} |" in table for name in results)
+    assert next(out.glob("*-scale-synthetic.png")).stat().st_size > 0
+
+
+def test_the_ground_truth_of_generated_data_is_exact(tmp_path: Path) -> None:
+    folder = scale.dataset(tmp_path, 500, synthetic=True)
+    base, queries, gt = (np.load(folder / f"{name}.npy") for name in ("base", "queries", "gt"))
+    for q, top in zip(queries, gt, strict=True):
+        scores = base @ q
+        assert np.allclose(np.sort(scores)[::-1][: scale.K], scores[top])
