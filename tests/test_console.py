@@ -318,6 +318,8 @@ def test_metrics_history_charts_the_servers_own_counters(open_server: ServerThre
     def served(m: dict[str, Any]) -> float:
         """Requests the history shows: each rate times its interval's true width (a busy
         machine stretches some; the first one's is the nominal interval)."""
+        if not m["time"]:
+            return 0.0  # no interval closed yet
         starts = [m["time"][0] - m["interval_seconds"], *m["time"]]
         return sum(r * (b - a) for r, a, b in zip(m["qps"], starts, m["time"], strict=False))
 
