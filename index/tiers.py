@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,6 +298,42 @@ def hnsw_mark_deleted(index: hnswlib.Index, labels: Iterable[int]) -> int:
     return marked
 
 
+class _Beam:
+    """The beam width of one hnswlib graph's walks. hnswlib keeps ef on the index, not per
+    call, and walks release the GIL: walks of the same width run together; one of another
+    width waits until they end, and walks arriving meanwhile wait behind it (no starving),
+    so no walk runs with a width another request set."""
+
+    __slots__ = ("turn", "ef", "walking", "draining")
+
+    def __init__(self) -> None:
+        self.turn = threading.Condition()
+        self.ef = 0
+        self.walking = 0
+        self.draining = False  # a walk of another width waits for the current ones to end
+
+    def enter(self, index: hnswlib.Index, ef: int) -> None:
+        with self.turn:
+            while self.walking and (self.ef != ef or self.draining):
+                self.draining = self.draining or self.ef != ef
+                self.turn.wait()
+            if not self.walking:
+                self.draining = False
+                index.set_ef(ef)
+                self.ef = ef
+            self.walking += 1
+
+    def leave(self) -> None:
+        with self.turn:
+            self.walking -= 1
+            if not self.walking:
+                self.turn.notify_all()
+
+
+_beams: weakref.WeakKeyDictionary[hnswlib.Index, _Beam] = weakref.WeakKeyDictionary()
+_beams_lock = threading.Lock()
+
+
 def hnsw_walk(
     index: hnswlib.Index,
     queries: FloatMatrix,
@@ -307,11 +344,17 @@ def hnsw_walk(
 ) -> tuple[FloatMatrix, np.ndarray] | None:
     """(kernel scores, labels) of the top-k of each query by a walk of beam max(ef, k);
     None when the graph cannot return k (too few live labels reachable)."""
-    index.set_ef(max(ef, k))
+    beam = _beams.get(index)
+    if beam is None:
+        with _beams_lock:
+            beam = _beams.setdefault(index, _Beam())
+    beam.enter(index, max(ef, k))
     try:
         labels, dists = index.knn_query(queries, k=k, num_threads=1, filter=accept)
     except RuntimeError:
         return None
+    finally:
+        beam.leave()
     scores = np.subtract(1.0, dists, out=dists) if metric == METRIC_IP else np.negative(dists, out=dists)
     return scores, labels.astype(np.int64, copy=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,36 @@ def test_the_ef_override_widens_the_hnsw_beam(tmp_path: Path) -> None:
         single = recall([col.search(q, k=10, ef=400) for q in queries], expected)
     assert wide >= narrow + 0.3 and wide >= 0.8, (narrow, wide)  # measured: 0.28 -> 0.89
     assert single == wide  # one query per call walks the same beam
+
+
+def test_concurrent_searches_each_walk_with_their_own_ef(tmp_path: Path) -> None:
+    """hnswlib keeps ef on the index and walks release the GIL: searches asking ef 10 and
+    ef 400 at once, from two threads, must each get the answer its own ef gives alone."""
+    rng = np.random.default_rng(6)
+    data = rng.standard_normal((4_000, 32)).astype(np.float32)
+    queries = rng.standard_normal((20, 32)).astype(np.float32)
+    with lamina.connect(str(tmp_path)) as client:
+        col = client.create_collection(
+            "h", 32, metric="l2", index={"type": "hnsw", "m": 4, "ef_construction": 16}, segment_rows=4_000
+        )
+        col.upsert(list(range(4_000)), data)
+        col.optimize()
+        alone = {ef: [[h.id for h in col.search(q, k=10, ef=ef)] for q in queries] for ef in (10, 400)}
+        assert alone[10] != alone[400]  # the width matters on this data
+        wrong: list[tuple[int, int]] = []
+
+        def searches(ef: int) -> None:
+            for _ in range(40):
+                for i, q in enumerate(queries):
+                    if [h.id for h in col.search(q, k=10, ef=ef)] != alone[ef][i]:
+                        wrong.append((ef, i))
+
+        threads = [threading.Thread(target=searches, args=(ef,)) for ef in (10, 400, 10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert not wrong, f"{len(wrong)} searches walked with another request's ef: {wrong[:5]}"
 
 
 @pytest.mark.parametrize("case", [1, 2, 5, 6])
