@@ -14,8 +14,8 @@ from lamina.storage.rocks import CONFIG
 from lamina.storage.vectorfile import link_tree
 from lamina.types import CollectionInfo, IndexStatus, check_payload_field
 
+from .manifest import degraded_error
 from .payload import MutableIndexes
-from .segments import degraded_error
 from .state import SEGMENT_DIR, CollectionState
 
 log = logging.getLogger("lamina.engine")

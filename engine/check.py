@@ -33,8 +33,9 @@ import orjson
 
 from lamina.config import DEFAULT_LIMITS
 from lamina.engine.collection import Collection
+from lamina.engine.manifest import verify_segment
 from lamina.engine.payload import FieldIndex
-from lamina.engine.segments import Segment, payload_file, verify_segment
+from lamina.engine.segments import Segment, payload_file
 from lamina.errors import FailedPrecondition, LaminaError
 from lamina.storage.rocks import CONFIG, MUTABLE_START, SEGMENTS, CollectionStore
 

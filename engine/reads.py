@@ -23,8 +23,8 @@ from lamina.validation import as_matrix, as_query, check_ids, check_int, check_k
 
 from . import bounds
 from .filters import CompiledFilter
+from .manifest import degraded_error
 from .planner import DEFAULT_PARAMS
-from .segments import degraded_error
 from .state import ReadSnapshot
 from .tenancy import TenantSearch
 from .topk import merge_topk, mutable_topk

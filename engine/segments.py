@@ -10,15 +10,8 @@ memory-mapped, so that a search answers ids without a RocksDB read), ``segment.j
 bit in the in-memory ``live`` mask (and are recorded durably in RocksDB, which
 re-applies them at start); compaction rewrites a segment without its dead rows.
 
-``segment.json`` is the segment's manifest: besides the tier it lists every other file
-of the folder with its size and CRC-32 (taken as the folder is written, from the page
-cache, before it is fsynced and renamed into place), and carries a CRC-32 of its own
-body. Opening a segment checks the manifest's own checksum, that every file it lists is
-there with its size, and the checksums of every file but the memory-mapped vectors (read
-at open anyway); ``verify_segment(deep=True)`` (``lamina check --deep``) checks them all.
-A segment written before checksums (no ``files`` in its manifest) still opens, unchecked.
-Any mismatch raises ``DamagedSegment``; the collection then opens degraded (see
-``engine/check.py``).
+``segment.json`` is the segment's manifest (engine/manifest.py: its file list with sizes and
+CRC-32s, checked at open, and the segment's verification).
 """
 
 from __future__ import annotations
@@ -31,7 +24,6 @@ import os
 import shutil
 import threading
 import weakref
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
@@ -40,7 +32,6 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import numpy as np
-import orjson
 
 from lamina.engine.payload import FieldIndex
 from lamina.errors import DataLoss
@@ -52,7 +43,8 @@ from lamina.storage.keys import id_from_key, tenant_of_key, without_tenant
 from lamina.storage.vectorfile import atomic_folder, fsync_path, map_matrix, write_matrix
 from lamina.types import CollectionConfig, FloatMatrix, PointId, SegmentPlan
 
-_META = "segment.json"
+from .manifest import MAPPED, META, DamagedSegment, read_meta, verify_segment, write_meta
+
 #: a graph step (one candidate of an HNSW walk) costs about this many exact row scores
 #: (measured on kernel-docs: ef=64 walk ≈ 125 µs, exact score of a gathered row ≈ 0.2 µs at 384-d)
 GRAPH_STEP_COST = 10.0
@@ -67,95 +59,6 @@ MAX_READ_RUNS = 64
 log = logging.getLogger("lamina.engine")
 P = ParamSpec("P")
 R = TypeVar("R")
-#: files checked at open by size and checksum; the vector file (memory-mapped, read as
-#: searches touch it) by size only, unless deep
-_MAPPED = "vectors.f32"
-
-
-class DamagedSegment(DataLoss):
-    """A segment's files do not match its manifest (or the manifest is torn)."""
-
-
-def crc_file(path: Path) -> int:
-    """CRC-32 of a file's bytes, read in 4 MiB blocks."""
-    crc = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(4 << 20):
-            crc = zlib.crc32(block, crc)
-    return crc
-
-
-def _body_crc(meta: dict[str, Any]) -> int:
-    return zlib.crc32(
-        orjson.dumps({k: v for k, v in meta.items() if k != "checksum"}, option=orjson.OPT_SORT_KEYS)
-    )
-
-
-def write_meta(folder: Path, meta: dict[str, Any], dest: Path | None = None, leave_out: str = "") -> None:
-    """Write ``segment.json`` (to ``dest``, default in ``folder``): ``meta`` with the size
-    and CRC-32 of every other file in ``folder`` (but ``leave_out``, a file about to be
-    removed) and a checksum of its own body."""
-    files = {
-        entry.name: [entry.stat().st_size, crc_file(Path(entry.path))]
-        for entry in os.scandir(folder)
-        if entry.is_file() and entry.name not in (_META, leave_out) and not entry.name.endswith(".tmp")
-    }
-    body = {k: v for k, v in meta.items() if k not in ("files", "checksum")} | {"files": files}
-    (dest or folder / _META).write_bytes(orjson.dumps(body | {"checksum": _body_crc(body)}))
-
-
-def read_meta(folder: Path) -> dict[str, Any]:
-    """The manifest of the segment in ``folder``; DamagedSegment when it is missing, torn
-    or fails its checksum."""
-    path = folder / _META
-    try:
-        faults.check_read(path)
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DamagedSegment(f"segment {folder.name}: its manifest {path} is missing") from None
-    except OSError as exc:
-        raise DamagedSegment(
-            f"segment {folder.name}: cannot read its manifest {path}: {exc.strerror}"
-        ) from None
-    try:
-        meta = orjson.loads(raw)
-        if not isinstance(meta, dict) or "tier" not in meta:
-            raise ValueError("not a segment manifest")
-    except (orjson.JSONDecodeError, ValueError):
-        raise DamagedSegment(
-            f"segment {folder.name}: its manifest {path} is torn or truncated ({len(raw)} bytes that are "
-            "not a segment manifest)"
-        ) from None
-    if ("checksum" in meta or "files" in meta) and meta.get("checksum") != _body_crc(meta):
-        raise DamagedSegment(f"segment {folder.name}: its manifest {path} fails its checksum")
-    return cast(dict[str, Any], meta)
-
-
-def verify_segment(folder: Path, *, deep: bool) -> list[str]:
-    """Problems of the segment in ``folder`` (empty: intact): its manifest, then every file
-    it lists by size, and by checksum (the memory-mapped vector file only when ``deep``)."""
-    try:
-        meta = read_meta(folder)
-    except DamagedSegment as exc:
-        return [str(exc)]
-    files: dict[str, list[int]] | None = meta.get("files")
-    if files is None:
-        return []  # written before checksums: nothing to compare with
-    problems = []
-    for name, (size, crc) in sorted(files.items()):
-        path = folder / name
-        try:
-            faults.check_read(path)
-            actual = path.stat().st_size
-            if actual != size:
-                problems.append(f"segment {folder.name}: {name} has {actual} bytes, its manifest says {size}")
-            elif (deep or name != _MAPPED) and crc_file(path) != crc:
-                problems.append(f"segment {folder.name}: {name} fails its checksum")
-        except FileNotFoundError:
-            problems.append(f"segment {folder.name}: {name} is missing")
-        except OSError as exc:
-            problems.append(f"segment {folder.name}: cannot read {name}: {exc.strerror}")
-    return problems
 
 
 def _reads_disk(method: Callable[P, R]) -> Callable[P, R]:
@@ -203,15 +106,6 @@ def open_segments(
     return segments, damaged
 
 
-def degraded_error(collection: str, damaged: dict[str, str]) -> DataLoss:
-    """Why a search of a degraded collection is refused."""
-    return DataLoss(
-        f"collection {collection!r} is degraded: {'; '.join(damaged.values())}. Searches are refused "
-        "rather than answered without those rows (get and scroll by id still work); repair it offline "
-        "with `lamina check --data DIR --repair` (a rebuild from the stored vectors), or restore a snapshot"
-    )
-
-
 @contextmanager
 def discard_unless_committed(segment: Segment | None) -> Iterator[None]:
     """Commit a newly built ``segment`` to the manifest in the block; if that fails
@@ -252,7 +146,7 @@ class Segment:
     ) -> None:
         self.folder = folder
         self._mapped = (
-            folder / _MAPPED
+            folder / MAPPED
         )  # what _reads_disk checks (made once: a path join per read is not free)
         self.payload = payload
         self._ids = ids
@@ -509,12 +403,12 @@ class Segment:
     def _rewrite_meta(self, leave_out: str = "") -> None:
         """Rewrite the manifest after a payload index came or went (atomically: beside it,
         fsynced, renamed over it)."""
-        path = self.folder / _META
+        path = self.folder / META
         try:
             meta = read_meta(self.folder)
         except DamagedSegment:
             return  # reported by check; a new manifest would hide the damage
-        tmp = self.folder / (_META + ".tmp")
+        tmp = self.folder / (META + ".tmp")
         try:
             write_meta(self.folder, meta, tmp, leave_out)
             fsync_path(tmp)

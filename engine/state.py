@@ -37,8 +37,9 @@ from lamina.types import CollectionConfig, FloatMatrix, Payload, PointId
 from lamina.validation import check_directions, check_tenant_use
 
 from . import bounds
+from .manifest import degraded_error
 from .payload import FieldIndex, MutableIndexes
-from .segments import Segment, degraded_error, open_segments
+from .segments import Segment, open_segments
 from .tenants import Partition, TenantFields, Tenants
 
 GROW = 1.5  # the mutable matrix grows by this factor

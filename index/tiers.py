@@ -304,7 +304,7 @@ class _Beam:
     width waits until they end, and walks arriving meanwhile wait behind it (no starving),
     so no walk runs with a width another request set."""
 
-    __slots__ = ("turn", "ef", "walking", "draining")
+    __slots__ = ("draining", "ef", "turn", "walking")
 
     def __init__(self) -> None:
         self.turn = threading.Condition()
