@@ -36,13 +36,10 @@ from typing import Any
 import numpy as np
 
 from bench.common import RESULTS, clustered, machine
-from bench.compare import folder_mb, resident_mb
+from bench.peers import EF_CONSTRUCTION, EF_SWEEP, K, M, folder_mb, resident_mb
 
 MAKE_MANIFOLD = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "make_manifold.py"
 SYSTEMS = ["lamina", "hnswlib", "faiss"]
-M, EF_CONSTRUCTION = 16, 200
-EF_SWEEP = [16, 32, 64, 128, 256]
-K = 10
 BATCH = 5_000
 TARGET_RECALL = 0.95
 DEFAULT_SIZES = [100_000, 300_000]

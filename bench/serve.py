@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from bench.common import RESULTS, _pyplot, machine
-from bench.compare import EF_CONSTRUCTION, EF_SWEEP, TARGET_RECALL, K, M, prepare, tree_pss_mb
+from bench.compare import TARGET_RECALL, K, prepare
+from bench.peers import EF_CONSTRUCTION, EF_SWEEP, M, tree_pss_mb
 
 SYSTEMS = ["echo", "echo-sync", "lamina", "pgvector"]
 DEFAULT_SYSTEMS = ["echo", "lamina", "pgvector"]
