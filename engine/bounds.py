@@ -144,12 +144,16 @@ def check_filter_cost(rows: int, compiled: CompiledFilter, schema: Mapping[str, 
 HIT_OVERHEAD = 32
 
 
+def _per_hit(dim: int, with_vector: bool, payload_bytes: float, with_payload: bool) -> tuple[int, float]:
+    """Estimated bytes of one hit's vector and of its payload in an answer."""
+    return (4 * dim + 8 if with_vector else 0), (payload_bytes + 8 if with_payload else 0.0)
+
+
 def answer_fits(
     hits: int, dim: int, with_vector: bool, payload_bytes: float, with_payload: bool, limits: Limits
 ) -> bool:
     """Whether ``hits`` results fit in one message (what ``check_answer_size`` checks)."""
-    vector = 4 * dim + 8 if with_vector else 0
-    payload = payload_bytes + 8 if with_payload else 0
+    vector, payload = _per_hit(dim, with_vector, payload_bytes, with_payload)
     return hits * (HIT_OVERHEAD + vector + payload) <= limits.max_message_bytes
 
 
@@ -164,11 +168,10 @@ def check_answer_size(
 ) -> None:
     """ResourceExhausted when ``hits`` results (with vectors of ``dim`` floats and payloads
     of ``payload_bytes`` on average) would not fit in one message of ``max_message_bytes``."""
-    if answer_fits(hits, dim, with_vector, payload_bytes, with_payload, limits):
-        return
-    vector = 4 * dim + 8 if with_vector else 0
-    payload = payload_bytes + 8 if with_payload else 0
+    vector, payload = _per_hit(dim, with_vector, payload_bytes, with_payload)
     size = hits * (HIT_OVERHEAD + vector + payload)
+    if size <= limits.max_message_bytes:
+        return
     parts = [f"{hits:,} results"]
     if with_vector:
         parts.append(f"{vector:,} bytes of vector each")
