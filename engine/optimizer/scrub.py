@@ -6,7 +6,9 @@ a segment that fails makes the collection degraded (searches refused, see engine
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+from ..manifest import META
 from ..state import CollectionState
 
 log = logging.getLogger("lamina.engine")
@@ -23,13 +25,15 @@ class Scrub(CollectionState):
             return False
         self._lock.release()
         try:
+            manifest = _manifest_of(segment.folder)
             problems = segment.scrub()
         finally:
             self._lock.acquire()
-        if problems and segment in self._segments:
-            # read again with the lock held: a payload index dropped or added meanwhile
-            # changes the segment's files and manifest under the unlocked reading
-            problems = segment.scrub()
+        if problems and _manifest_of(segment.folder) != manifest:
+            # a payload index came or went while the files were read (its manifest is rewritten
+            # under the lock): what was seen may be half old, half new; read it again next step
+            segment.verified = False
+            return True
         if problems and segment in self._segments:
             self._segments = [s for s in self._segments if s is not segment]
             self._damaged[segment.name] = "; ".join(problems)
@@ -37,3 +41,12 @@ class Scrub(CollectionState):
                 "%s: collection %r is degraded until repaired (lamina check --repair)", problems[0], self.name
             )
         return True
+
+
+def _manifest_of(folder: Path) -> bytes | None:
+    """The bytes of a segment's manifest now (None: unreadable): a change tells that its
+    files changed."""
+    try:
+        return (folder / META).read_bytes()
+    except OSError:
+        return None
