@@ -326,12 +326,21 @@ class _Beam:
     def leave(self) -> None:
         with self.turn:
             self.walking -= 1
-            if not self.walking:
+            if not self.walking and self.draining:  # only a walk of another width ever waits
                 self.turn.notify_all()
 
 
 _beams: weakref.WeakKeyDictionary[hnswlib.Index, _Beam] = weakref.WeakKeyDictionary()
 _beams_lock = threading.Lock()
+
+
+def beam_of(index: hnswlib.Index) -> _Beam:
+    """The one ``_Beam`` of a graph (made at its first walk)."""
+    beam = _beams.get(index)
+    if beam is None:
+        with _beams_lock:
+            beam = _beams.setdefault(index, _Beam())
+    return beam
 
 
 def hnsw_walk(
@@ -341,13 +350,13 @@ def hnsw_walk(
     ef: int,
     metric: int,
     accept: Callable[[int], bool] | None = None,
+    beam: _Beam | None = None,
 ) -> tuple[FloatMatrix, np.ndarray] | None:
     """(kernel scores, labels) of the top-k of each query by a walk of beam max(ef, k);
-    None when the graph cannot return k (too few live labels reachable)."""
-    beam = _beams.get(index)
+    None when the graph cannot return k (too few live labels reachable). ``beam``: the
+    graph's ``beam_of``, when the caller keeps it (spares a lookup per walk)."""
     if beam is None:
-        with _beams_lock:
-            beam = _beams.setdefault(index, _Beam())
+        beam = beam_of(index)
     beam.enter(index, max(ef, k))
     try:
         labels, dists = index.knn_query(queries, k=k, num_threads=1, filter=accept)
@@ -368,6 +377,7 @@ class HnswTier:
     def __init__(self, metric: int, index: hnswlib.Index) -> None:
         self.metric = metric
         self.index = index
+        self._beam = beam_of(index)
 
     @classmethod
     def build(
@@ -441,7 +451,7 @@ class HnswTier:
         knobs: Knobs,
         accept: Callable[[int], bool] | None,
     ) -> TopK:
-        found = hnsw_walk(self.index, queries, k, knobs.ef, self.metric, accept)
+        found = hnsw_walk(self.index, queries, k, knobs.ef, self.metric, accept, self._beam)
         if found is None:  # fewer than k live rows reachable: answer exactly
             return exact_topk(vectors, live, queries, k, self.metric)
         return found[0], found[1], np.full(queries.shape[0], k, dtype=np.int64)
