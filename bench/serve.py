@@ -39,7 +39,7 @@ from bench.common import RESULTS, _pyplot, machine
 from bench.compare import TARGET_RECALL, K, prepare
 from bench.peers import EF_CONSTRUCTION, EF_SWEEP, M, tree_pss_mb
 
-SYSTEMS = ["echo", "echo-sync", "lamina", "pgvector"]
+SYSTEMS = ["echo", "echo-sync", "lamina", "lamina-sync", "pgvector"]
 DEFAULT_SYSTEMS = ["echo", "lamina", "pgvector"]
 COLLECTION = "serve"
 TABLE = "items"
@@ -101,6 +101,118 @@ class SyncEchoServer(EchoServer):
 
     name = "grpc echo, sync server"
     flag = "--echo-sync-server"
+
+
+class SyncLaminaServer(Server):
+    """Lamina's engine and request conversion behind grpc's sync (thread-pool) server, serving
+    Collections/Get and Search only (``lamina_sync_server``): what moving the Search hot path off
+    grpc.aio would give. It has no API keys, admission control or metrics, so it is an upper
+    bound; it loads the data itself (embedded, then ``optimize()``) before it listens."""
+
+    name = "lamina engine, sync server (Search only)"
+
+    def __init__(self, work: Path) -> None:
+        from lamina.testing import free_port
+
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench",
+                "serve",
+                "--lamina-sync-server",
+                str(self.port),
+                "--work",
+                str(work),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        _wait_port(self.port, self.proc, timeout=3600)  # listens once loaded and indexed
+
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def lamina_sync_server(port: int, work: Path) -> None:
+    """``SyncLaminaServer``'s process: load ``work``'s base vectors into an embedded collection,
+    then answer Collections/Get and Search on grpc's sync server, as the grpc.aio server's
+    SearchServicer does (same conversions, same engine call, errors as their status codes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    import lamina
+    from lamina.errors import LaminaError
+    from lamina.proto import convert
+    from lamina.proto.lamina.v1 import collections_pb2 as cpb
+    from lamina.proto.lamina.v1 import search_pb2 as spb
+
+    base = np.load(work / "base.npy")
+    client = lamina.connect(str(work / "lamina-sync-data"))
+    col = client.create_collection(
+        COLLECTION,
+        dim=base.shape[1],
+        metric="cosine",
+        index={"type": "hnsw", "m": M, "ef_construction": EF_CONSTRUCTION},
+    )
+    for lo in range(0, base.shape[0], 5000):
+        col.upsert(list(range(lo, min(lo + 5000, base.shape[0]))), base[lo : lo + 5000])
+    col.optimize()
+    db = client._transport.db  # type: ignore[attr-defined]
+
+    def get(request: cpb.GetCollectionRequest, context: grpc.ServicerContext) -> cpb.CollectionInfo:
+        try:
+            return convert.info_to_proto(db.get_collection(request.name).info())
+        except LaminaError as exc:
+            context.abort(grpc.StatusCode[exc.code], str(exc))
+            raise
+
+    def search(request: spb.SearchRequest, context: grpc.ServicerContext) -> spb.SearchResponse:
+        try:
+            hits = db.get_collection(request.collection).search(
+                convert.vector_from_bytes(request.vector),
+                request.k,
+                convert.filter_from_json(request.filter_json),
+                request.with_payload,
+                request.with_vector,
+                convert.params_from_proto(request.params),
+                convert.tenant_from_proto(request.tenant),
+            )
+        except LaminaError as exc:
+            context.abort(grpc.StatusCode[exc.code], str(exc))
+            raise
+        response = spb.SearchResponse()
+        convert.hits_to_proto(hits, response.hits)
+        return response
+
+    def method(fn: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+        )
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "lamina.v1.Collections", {"Get": method(get, cpb.GetCollectionRequest, cpb.CollectionInfo)}
+            ),
+            grpc.method_handlers_generic_handler(
+                "lamina.v1.Search", {"Search": method(search, spb.SearchRequest, spb.SearchResponse)}
+            ),
+        )
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
 
 
 class LaminaServer(Server):
@@ -233,7 +345,7 @@ class Searcher:
 
     def __init__(self, system: str, target: str, ef: int | None) -> None:
         self.system = system
-        if system == "lamina":
+        if system.startswith("lamina"):
             import lamina
 
             self.db = lamina.connect(target, timeout=60)
@@ -254,7 +366,7 @@ class Searcher:
         self.ef = ef
 
     def search(self, query: np.ndarray) -> list[int]:
-        if self.system == "lamina":
+        if self.system.startswith("lamina"):
             return [int(h.id) for h in self.col.search(query, k=K, with_payload=False, ef=self.ef)]
         if self.system == "pgvector":
             rows = self.conn.execute(
@@ -265,7 +377,7 @@ class Searcher:
         return []
 
     def close(self) -> None:
-        if self.system == "lamina":
+        if self.system.startswith("lamina"):
             self.db.close()
         elif self.system == "pgvector":
             self.conn.close()
@@ -358,6 +470,7 @@ def run_system(system: str, work: Path, clients: list[int], duration: float) -> 
         "echo": EchoServer,
         "echo-sync": SyncEchoServer,
         "lamina": LaminaServer,
+        "lamina-sync": SyncLaminaServer,
         "pgvector": PgvectorServer,
     }
     try:
@@ -552,7 +665,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
         if "error" in r:
             continue
         xs = [run["clients"] for run in r["runs"]]
-        style = "-o" if r["system"] == "lamina" else "--s"
+        style = "-o" if r["system"].startswith("lamina") else "--s"
         qps_ax.plot(xs, [run["qps"] for run in r["runs"]], style, label=r["name"])
         p99_ax.plot(xs, [run["p99_ms"] for run in r["runs"]], style, label=r["name"])
     for ax, label in ((qps_ax, "QPS (single-query searches)"), (p99_ax, "p99 latency, ms")):
@@ -591,12 +704,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--echo-sync-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--lamina-sync-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
         echo_server(args.echo_server)
         return 0
     if args.echo_sync_server:
         echo_sync_server(args.echo_sync_server)
+        return 0
+    if args.lamina_sync_server:
+        lamina_sync_server(args.lamina_sync_server, Path(args.work))
         return 0
     systems = [s for s in args.systems.split(",") if s]
     unknown = sorted(set(systems) - set(SYSTEMS))
