@@ -19,7 +19,7 @@ from lamina.errors import InvalidArgument, ResourceExhausted
 from lamina.index.kernels import finish_scores, topk_scan
 from lamina.index.tiers import TopK
 from lamina.storage.keys import id_from_key, tenant_prefix
-from lamina.types import FloatMatrix, Hit, Point, PointId, QueryPlan, SearchParams, SegmentPlan
+from lamina.types import FloatMatrix, Hit, Point, PointId, QueryPlan, SearchParams, SegmentPlan, make_hit
 from lamina.validation import as_matrix, as_query, check_ids, check_int, check_k, plain_norm2
 
 from . import bounds
@@ -30,23 +30,9 @@ from .state import ReadSnapshot
 from .tenancy import TenantSearch
 from .topk import merge_topk, mutable_topk
 
-_new = object.__new__
-
 
 def _id_or_none(key: bytes | None) -> PointId | None:
     return id_from_key(key) if key is not None else None
-
-
-def _hit(pid: PointId, score: float, payload: Any) -> Hit:
-    """A Hit made without its frozen dataclass's __init__ (one object.__setattr__ per field):
-    the same object, in about half the time, for the plain search's hits."""
-    hit = _new(Hit)
-    fields = hit.__dict__
-    fields["id"] = pid
-    fields["score"] = score
-    fields["payload"] = payload
-    fields["vector"] = None
-    return hit
 
 
 _ALIVE_STEP = 64  # queries searched between liveness checks of a batch
@@ -258,10 +244,10 @@ class Reads(TenantSearch):
         """Hits of a plain search; ``rows``: global rows, or local rows of the segment whose
         global rows are ``owner`` (payloads are read at global rows)."""
         if not with_payload:
-            return [_hit(pid, s, None) for pid, s in zip(ids, scores, strict=True) if pid is not None]
+            return [make_hit(pid, s, None) for pid, s in zip(ids, scores, strict=True) if pid is not None]
         blobs = self._store.payloads_of((owner[rows] if owner is not None else rows).tolist())
         return [
-            _hit(pid, s, orjson.loads(blob))
+            make_hit(pid, s, orjson.loads(blob))
             for pid, s, blob in zip(ids, scores, blobs, strict=True)
             if pid is not None and blob is not None  # None: deleted while we read
         ]
