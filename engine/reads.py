@@ -35,6 +35,7 @@ def _id_or_none(key: bytes | None) -> PointId | None:
     return id_from_key(key) if key is not None else None
 
 
+_new = object.__new__
 _ALIVE_STEP = 64  # queries searched between liveness checks of a batch
 #: a collection is ``quick`` while its mutable segment (scanned exactly by every search) holds
 #: at most this many rows: a scan of 4,096 x 384 floats takes well under a millisecond
@@ -243,14 +244,26 @@ class Reads(TenantSearch):
     ) -> list[Hit]:
         """Hits of a plain search; ``rows``: global rows, or local rows of the segment whose
         global rows are ``owner`` (payloads are read at global rows)."""
+        hits: list[Hit] = []
+        add = hits.append
         if not with_payload:
-            return [make_hit(pid, s, None) for pid, s in zip(ids, scores, strict=True) if pid is not None]
+            for pid, score in zip(ids, scores, strict=True):
+                if pid is not None:  # None: deleted while we read
+                    hit = _new(Hit)  # make_hit, inline: a call per hit is a tenth of the hit
+                    fields = hit.__dict__
+                    fields["id"], fields["score"], fields["payload"], fields["vector"] = (
+                        pid,
+                        score,
+                        None,
+                        None,
+                    )
+                    add(hit)
+            return hits
         blobs = self._store.payloads_of((owner[rows] if owner is not None else rows).tolist())
-        return [
-            make_hit(pid, s, orjson.loads(blob))
-            for pid, s, blob in zip(ids, scores, blobs, strict=True)
-            if pid is not None and blob is not None  # None: deleted while we read
-        ]
+        for pid, score, blob in zip(ids, scores, blobs, strict=True):
+            if pid is not None and blob is not None:
+                add(make_hit(pid, score, orjson.loads(blob)))
+        return hits
 
     def search_batch(
         self,

@@ -588,10 +588,14 @@ class Segment:
         tier's top-k of one prepared (1, dim) query among live rows, as kernel scores, local
         rows and point ids, without padding and without global row numbers (the graph's
         labels are local rows, and ids are read at them)."""
-        scores, local, counts = self.tier.search(self.vectors, self.live, query, min(k, self.size), knobs)
-        n = int(counts[0])
-        rows = local[0, :n]
-        return scores[0, :n], rows, self._ids_local(rows)
+        k = min(k, self.size)
+        tier = self.tier
+        found = tier.nearest(query, k, knobs.ef) if type(tier) is HnswTier else None
+        if found is None:  # other tiers, or a graph with fewer than k live rows reachable
+            scores, local, counts = tier.search(self.vectors, self.live, query, k, knobs)
+            n = int(counts[0])
+            found = scores[0, :n], local[0, :n]
+        return found[0], found[1], self._ids_local(found[1])
 
     def index_bytes(self) -> int:
         """Bytes the tier holds in memory (its files' sizes), the live mask and tenant membership."""

@@ -304,27 +304,29 @@ class _Beam:
     width waits until they end, and walks arriving meanwhile wait behind it (no starving),
     so no walk runs with a width another request set."""
 
-    __slots__ = ("draining", "ef", "turn", "walking")
+    __slots__ = ("draining", "ef", "lock", "turn", "walking")
 
     def __init__(self) -> None:
-        self.turn = threading.Condition()
-        self.ef = 0
+        self.lock = threading.Lock()  # entered directly (C), the condition only to wait
+        self.turn = threading.Condition(self.lock)
+        self.ef = 0  # the graph's ef (set only here)
         self.walking = 0
         self.draining = False  # a walk of another width waits for the current ones to end
 
     def enter(self, index: hnswlib.Index, ef: int) -> None:
-        with self.turn:
+        with self.lock:
             while self.walking and (self.ef != ef or self.draining):
                 self.draining = self.draining or self.ef != ef
                 self.turn.wait()
             if not self.walking:
                 self.draining = False
-                index.set_ef(ef)
-                self.ef = ef
+                if self.ef != ef:
+                    index.set_ef(ef)
+                    self.ef = ef
             self.walking += 1
 
     def leave(self) -> None:
-        with self.turn:
+        with self.lock:
             self.walking -= 1
             if not self.walking and self.draining:  # only a walk of another width ever waits
                 self.turn.notify_all()
@@ -434,6 +436,13 @@ class HnswTier:
         self, vectors: FloatMatrix, live: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
     ) -> TopK:
         return self._walk(vectors, live, queries, k, knobs, None)
+
+    def nearest(self, query: FloatMatrix, k: int, ef: int) -> tuple[FloatMatrix, np.ndarray] | None:
+        """``search`` of one (1, dim) query as flat arrays (kernel scores, labels), or None
+        when the graph cannot return k (the caller answers exactly): the plain search's walk,
+        without the counts and padding a batch needs."""
+        found = hnsw_walk(self.index, query, k, ef, self.metric, None, self._beam)
+        return None if found is None else (found[0][0], found[1][0])
 
     def search_allowed(
         self, vectors: FloatMatrix, allow: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
