@@ -11,7 +11,8 @@ server returning the 1.6 KB request it got (a 384-d float32 query): what the tra
 Reported per system and client count: QPS, p50 and p99 latency, and the server's memory (PSS: shared
 pages counted once, summed over the server's processes). Then Lamina embedded against raw hnswlib:
 single-query searches with Lamina's ef, on the same graph (the sealed segment's own index), median CPU
-time per query. The load average is recorded: the machine may be shared. Lamina runs with its defaults: its index is
+time per query, layer by layer (raw walk, tier, segment, engine, SDK, payloads), with and without a
+small mutable tail (``--systems '' --ef 32``: that measurement alone). The load average is recorded: the machine may be shared. Lamina runs with its defaults: its index is
 built by ``optimize()`` once loaded, as a collection under 100,000 points would otherwise stay in the
 exact-scanned mutable segment.
 """
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from bench.common import RESULTS, _pyplot, machine
 from bench.compare import TARGET_RECALL, K, prepare
 from bench.peers import EF_CONSTRUCTION, EF_SWEEP, M, tree_pss_mb
 
-SYSTEMS = ["echo", "echo-sync", "lamina", "pgvector"]
+SYSTEMS = ["echo", "echo-sync", "lamina", "lamina-sync", "pgvector"]
 DEFAULT_SYSTEMS = ["echo", "lamina", "pgvector"]
 COLLECTION = "serve"
 TABLE = "items"
@@ -99,6 +101,118 @@ class SyncEchoServer(EchoServer):
 
     name = "grpc echo, sync server"
     flag = "--echo-sync-server"
+
+
+class SyncLaminaServer(Server):
+    """Lamina's engine and request conversion behind grpc's sync (thread-pool) server, serving
+    Collections/Get and Search only (``lamina_sync_server``): what moving the Search hot path off
+    grpc.aio would give. It has no API keys, admission control or metrics, so it is an upper
+    bound; it loads the data itself (embedded, then ``optimize()``) before it listens."""
+
+    name = "lamina engine, sync server (Search only)"
+
+    def __init__(self, work: Path) -> None:
+        from lamina.testing import free_port
+
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench",
+                "serve",
+                "--lamina-sync-server",
+                str(self.port),
+                "--work",
+                str(work),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        _wait_port(self.port, self.proc, timeout=3600)  # listens once loaded and indexed
+
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def lamina_sync_server(port: int, work: Path) -> None:
+    """``SyncLaminaServer``'s process: load ``work``'s base vectors into an embedded collection,
+    then answer Collections/Get and Search on grpc's sync server, as the grpc.aio server's
+    SearchServicer does (same conversions, same engine call, errors as their status codes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    import lamina
+    from lamina.errors import LaminaError
+    from lamina.proto import convert
+    from lamina.proto.lamina.v1 import collections_pb2 as cpb
+    from lamina.proto.lamina.v1 import search_pb2 as spb
+
+    base = np.load(work / "base.npy")
+    client = lamina.connect(str(work / "lamina-sync-data"))
+    col = client.create_collection(
+        COLLECTION,
+        dim=base.shape[1],
+        metric="cosine",
+        index={"type": "hnsw", "m": M, "ef_construction": EF_CONSTRUCTION},
+    )
+    for lo in range(0, base.shape[0], 5000):
+        col.upsert(list(range(lo, min(lo + 5000, base.shape[0]))), base[lo : lo + 5000])
+    col.optimize()
+    db = client._transport.db  # type: ignore[attr-defined]
+
+    def get(request: cpb.GetCollectionRequest, context: grpc.ServicerContext) -> cpb.CollectionInfo:
+        try:
+            return convert.info_to_proto(db.get_collection(request.name).info())
+        except LaminaError as exc:
+            context.abort(grpc.StatusCode[exc.code], str(exc))
+            raise
+
+    def search(request: spb.SearchRequest, context: grpc.ServicerContext) -> spb.SearchResponse:
+        try:
+            hits = db.get_collection(request.collection).search(
+                convert.vector_from_bytes(request.vector),
+                request.k,
+                convert.filter_from_json(request.filter_json),
+                request.with_payload,
+                request.with_vector,
+                convert.params_from_proto(request.params),
+                convert.tenant_from_proto(request.tenant),
+            )
+        except LaminaError as exc:
+            context.abort(grpc.StatusCode[exc.code], str(exc))
+            raise
+        response = spb.SearchResponse()
+        convert.hits_to_proto(hits, response.hits)
+        return response
+
+    def method(fn: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+        )
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "lamina.v1.Collections", {"Get": method(get, cpb.GetCollectionRequest, cpb.CollectionInfo)}
+            ),
+            grpc.method_handlers_generic_handler(
+                "lamina.v1.Search", {"Search": method(search, spb.SearchRequest, spb.SearchResponse)}
+            ),
+        )
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
 
 
 class LaminaServer(Server):
@@ -231,7 +345,7 @@ class Searcher:
 
     def __init__(self, system: str, target: str, ef: int | None) -> None:
         self.system = system
-        if system == "lamina":
+        if system.startswith("lamina"):
             import lamina
 
             self.db = lamina.connect(target, timeout=60)
@@ -252,7 +366,7 @@ class Searcher:
         self.ef = ef
 
     def search(self, query: np.ndarray) -> list[int]:
-        if self.system == "lamina":
+        if self.system.startswith("lamina"):
             return [int(h.id) for h in self.col.search(query, k=K, with_payload=False, ef=self.ef)]
         if self.system == "pgvector":
             rows = self.conn.execute(
@@ -263,7 +377,7 @@ class Searcher:
         return []
 
     def close(self) -> None:
-        if self.system == "lamina":
+        if self.system.startswith("lamina"):
             self.db.close()
         elif self.system == "pgvector":
             self.conn.close()
@@ -356,6 +470,7 @@ def run_system(system: str, work: Path, clients: list[int], duration: float) -> 
         "echo": EchoServer,
         "echo-sync": SyncEchoServer,
         "lamina": LaminaServer,
+        "lamina-sync": SyncLaminaServer,
         "pgvector": PgvectorServer,
     }
     try:
@@ -390,12 +505,29 @@ def run_system(system: str, work: Path, clients: list[int], duration: float) -> 
 
 
 # ------------------------------------------------------------------ embedded, against raw hnswlib
-def embedded(work: Path, ef: int, rounds: int = 5) -> dict[str, Any]:
+#: rows upserted after the optimizer finished for the "small mutable tail" case (scanned exactly)
+TAIL_ROWS = 2_000
+#: the layers of an embedded single-query search, each measured on its own (see ``embedded``)
+LAYERS = {
+    "hnswlib": "raw hnswlib knn_query on the segment's graph (set_ef + walk)",
+    "tier": "+ the tier's search (beam bookkeeping, kernel scores, counts)",
+    "segment": "+ the segment (fault check, point ids at the graph's labels)",
+    "engine": "+ the engine's Collection.search (validation, snapshot, mutable rows, hits)",
+    "lamina": "+ the SDK (lamina.connect(path) ... col.search(q, with_payload=False))",
+    "lamina_payload": "+ payloads (the SDK's default with_payload=True)",
+}
+
+
+def embedded(work: Path, ef: int, rounds: int = 5, tail: int = TAIL_ROWS) -> dict[str, Any]:
     """Single-query searches (k = 10) of Lamina embedded against the same hnswlib graph walked
-    directly (the sealed segment's own index, so both walk the same nodes): the median CPU time
-    of each (``time.thread_time``: what this process spent, not what a busy machine's other
-    processes took), measured in alternating blocks over the query set."""
+    directly (the sealed segment's own index, so both walk the same nodes), layer by layer
+    (``LAYERS``: each adds one step of the search path to the one before), first with one
+    sealed segment and nothing else, then with ``tail`` more points in the mutable segment
+    (written after the optimizer finished, as a live collection has). Median CPU time of each
+    (``time.thread_time``: what this process spent, not what a busy machine's other processes
+    took), measured in alternating blocks over the query set."""
     import lamina
+    from lamina.engine.planner import DEFAULT_PARAMS
 
     base, queries = np.load(work / "base.npy"), np.load(work / "queries.npy")
     with lamina.connect(str(work / "embedded-data")) as db:
@@ -406,37 +538,83 @@ def embedded(work: Path, ef: int, rounds: int = 5) -> dict[str, Any]:
             index={"type": "hnsw", "m": M, "ef_construction": EF_CONSTRUCTION},
         )
         for lo in range(0, base.shape[0], 5000):
-            col.upsert(list(range(lo, min(lo + 5000, base.shape[0]))), base[lo : lo + 5000])
+            ids = list(range(lo, min(lo + 5000, base.shape[0])))
+            col.upsert(ids, base[lo : lo + 5000], [{"doc": i} for i in ids])
         col.optimize()
         engine = db._transport.db.get_collection(COLLECTION)  # type: ignore[attr-defined]
         (segment,) = engine._segments  # one sealed segment after optimize(): its graph
         index = segment.tier.index
+        knobs = engine._knobs(replace(DEFAULT_PARAMS, ef=ef))
+        params = replace(DEFAULT_PARAMS, ef=ef)
         rows = [q.reshape(1, -1) for q in queries]
+        unit = [q / np.linalg.norm(q) for q in rows]  # what the engine hands the tier (cosine)
 
-        def raw(q: np.ndarray) -> Any:
+        def raw(i: int) -> Any:
             index.set_ef(ef)
-            return index.knn_query(q, k=K, num_threads=1)
+            return index.knn_query(unit[i], k=K, num_threads=1)
 
         calls = {
             "hnswlib": raw,
-            "lamina": lambda q: col.search(q, k=K, with_payload=False, ef=ef),
-            "lamina_payload": lambda q: col.search(q, k=K, ef=ef),
+            "tier": lambda i: segment.tier.search(segment.vectors, segment.live, unit[i], K, knobs),
+            "segment": lambda i: segment.nearest(unit[i], K, knobs),
+            "engine": lambda i: engine.search(queries[i], K, None, False, False, params),
+            "lamina": lambda i: col.search(queries[i], k=K, with_payload=False, ef=ef),
+            "lamina_payload": lambda i: col.search(queries[i], k=K, ef=ef),
         }
-        times: dict[str, list[float]] = {name: [] for name in calls}
-        clock = time.thread_time
-        for _ in range(rounds):
-            for name, call in calls.items():
-                for q in rows:
-                    t0 = clock()
-                    call(q)
-                    times[name].append(clock() - t0)
-    us = {name: float(np.median(t)) * 1e6 for name, t in times.items()}
+        sealed_only = _median_us(calls, len(rows), rounds)
+        rng = np.random.default_rng(7)  # a tail of fresh points near the real ones
+        picks = rng.integers(0, base.shape[0], tail)
+        fresh = base[picks] + 0.05 * rng.standard_normal((tail, base.shape[1])).astype(np.float32)
+        ids = list(range(base.shape[0], base.shape[0] + tail))
+        col.upsert(ids, fresh, [{"doc": i} for i in ids])
+        with_tail = _median_us(
+            {n: calls[n] for n in ("hnswlib", "engine", "lamina", "lamina_payload")}, len(rows), rounds
+        )
+        assert engine._next_row - engine._mut_start == tail  # still in the mutable segment
     return {
         "ef": ef,
-        "median_us": us,
-        "qps": {name: 1e6 / v for name, v in us.items()},
-        "vs_hnswlib": {name: us["hnswlib"] / v for name, v in us.items()},
+        "tail_rows": tail,
+        "layers": LAYERS,
+        "median_us": sealed_only,
+        "qps": {name: 1e6 / v for name, v in sealed_only.items()},
+        "vs_hnswlib": {name: sealed_only["hnswlib"] / v for name, v in sealed_only.items()},
+        "tail_median_us": with_tail,
+        "tail_vs_hnswlib": {name: with_tail["hnswlib"] / v for name, v in with_tail.items()},
     }
+
+
+def _median_us(calls: dict[str, Any], n: int, rounds: int) -> dict[str, float]:
+    """Median CPU microseconds of each call over queries 0..n-1, the calls taking turns by blocks."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    clock = time.thread_time
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for i in range(n):
+                t0 = clock()
+                call(i)
+                times[name].append(clock() - t0)
+    return {name: float(np.median(t)) * 1e6 for name, t in times.items()}
+
+
+def embedded_table(single: dict[str, Any]) -> str:
+    """The embedded measurement as markdown: each layer's median time, its step and ratio."""
+    us, tail = single["median_us"], single["tail_median_us"]
+    lines = [
+        f"Embedded single-query search, k = {K}, ef {single['ef']}, median CPU time per query, on the same "
+        f"graph (one sealed segment; then {single['tail_rows']:,} more points in the mutable segment)",
+        "",
+        "| layer | µs | step µs | vs raw hnswlib | with the mutable tail µs | vs raw hnswlib |",
+        "|---|---|---|---|---|---|",
+    ]
+    before = 0.0
+    for name, what in single["layers"].items():
+        t = tail.get(name)
+        lines.append(
+            f"| {name}: {what} | {us[name]:.0f} | {us[name] - before:+.0f} | {us['hnswlib'] / us[name]:.2f}x | "
+            + (f"{t:.0f} | {tail['hnswlib'] / t:.2f}x |" if t is not None else "- | - |")
+        )
+        before = us[name]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ report
@@ -487,7 +665,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
         if "error" in r:
             continue
         xs = [run["clients"] for run in r["runs"]]
-        style = "-o" if r["system"] == "lamina" else "--s"
+        style = "-o" if r["system"].startswith("lamina") else "--s"
         qps_ax.plot(xs, [run["qps"] for run in r["runs"]], style, label=r["name"])
         p99_ax.plot(xs, [run["p99_ms"] for run in r["runs"]], style, label=r["name"])
     for ax, label in ((qps_ax, "QPS (single-query searches)"), (p99_ax, "p99 latency, ms")):
@@ -518,14 +696,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-embedded", action="store_true", help="skip Lamina embedded against raw hnswlib (same graph)"
     )
+    parser.add_argument(
+        "--ef",
+        type=int,
+        help="ef of the embedded measurement when no Lamina server ran (e.g. --systems '' --ef 32: "
+        "the embedded measurement alone); default: the ef the Lamina server chose",
+    )
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--echo-sync-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--lamina-sync-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
         echo_server(args.echo_server)
         return 0
     if args.echo_sync_server:
         echo_sync_server(args.echo_sync_server)
+        return 0
+    if args.lamina_sync_server:
+        lamina_sync_server(args.lamina_sync_server, Path(args.work))
         return 0
     systems = [s for s in args.systems.split(",") if s]
     unknown = sorted(set(systems) - set(SYSTEMS))
@@ -546,21 +735,15 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_system(system, work, clients, args.duration))
             if "error" in results[-1]:
                 print(f"  {results[-1]['error']}", file=sys.stderr)
-        lamina_ef = next((r["ef"] for r in results if r["system"] == "lamina" and "error" not in r), None)
+        lamina_ef = next((r["ef"] for r in results if r["system"] == "lamina" and "error" not in r), args.ef)
         if lamina_ef is not None and not args.no_embedded:
             print("lamina embedded vs raw hnswlib ...", file=sys.stderr, flush=True)
             single = embedded(work, lamina_ef)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = markdown(results, params)
+    table = markdown(results, params) if results else ""
     if single is not None:
-        us, ratio = single["median_us"], single["vs_hnswlib"]
-        table += (
-            f"\n\nEmbedded single-query search, k = {K}, ef {single['ef']}, median CPU time per query "
-            f"(same graph): raw hnswlib {us['hnswlib']:.0f} us; Lamina {us['lamina']:.0f} us "
-            f"({ratio['lamina']:.2f}x hnswlib's QPS), with payloads {us['lamina_payload']:.0f} us "
-            f"({ratio['lamina_payload']:.2f}x)"
-        )
+        table += ("\n\n" if table else "") + embedded_table(single)
     table += f"\n\nload average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)"
     print(table)
     out = Path(args.out)

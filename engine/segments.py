@@ -570,12 +570,32 @@ class Segment:
     @_reads_disk
     def ids_at(self, rows: np.ndarray) -> list[PointId]:
         """Point ids of global ``rows`` of this segment."""
-        local = np.searchsorted(self.rows, rows)
+        return self._ids_local(np.searchsorted(self.rows, rows))
+
+    def _ids_local(self, local: np.ndarray) -> list[PointId]:
+        """Point ids of local rows ``local``."""
         if isinstance(self._ids, np.ndarray):
             return cast(list[PointId], self._ids[local].tolist())
         blob, offsets = self._ids
         starts, ends = offsets[local].tolist(), offsets[local + 1].tolist()
         return [id_from_key(bytes(blob[a:b])) for a, b in zip(starts, ends, strict=True)]
+
+    @_reads_disk
+    def nearest(
+        self, query: FloatMatrix, k: int, knobs: Knobs
+    ) -> tuple[FloatMatrix, np.ndarray, list[PointId]]:
+        """The plain search's step in this segment (engine/reads.py ``Reads._plain``): the
+        tier's top-k of one prepared (1, dim) query among live rows, as kernel scores, local
+        rows and point ids, without padding and without global row numbers (the graph's
+        labels are local rows, and ids are read at them)."""
+        k = min(k, self.size)
+        tier = self.tier
+        found = tier.nearest(query, k, knobs.ef) if type(tier) is HnswTier else None
+        if found is None:  # other tiers, or a graph with fewer than k live rows reachable
+            scores, local, counts = tier.search(self.vectors, self.live, query, k, knobs)
+            n = int(counts[0])
+            found = scores[0, :n], local[0, :n]
+        return found[0], found[1], self._ids_local(found[1])
 
     def index_bytes(self) -> int:
         """Bytes the tier holds in memory (its files' sizes), the live mask and tenant membership."""

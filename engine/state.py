@@ -222,10 +222,10 @@ class CollectionState:
             self._live[local] = True
             self._tcodes[local] = code
 
-    def _kill(self, rows: Sequence[int], replaced: bool = False, code: int | None = None) -> None:
+    def _kill(self, rows: Sequence[int], code: int | None = None) -> None:
         """Hide dead global ``rows`` (of tenant ``code`` in a multi-tenant collection) from
-        every segment (caller holds the lock); ``replaced``: their points were written
-        again, at rows past every current snapshot."""
+        every segment (caller holds the lock). An upsert that replaces points counts
+        ``_replaced`` itself, before it writes."""
         arr = np.asarray(rows, dtype=np.int64)
         mutable = arr[arr >= self._mut_start]
         self._live[mutable - self._mut_start] = False
@@ -237,8 +237,6 @@ class CollectionState:
                 part.kill(sealed)
         if code is not None:
             self._tenant_live[code] = self._tenant_live.get(code, 0) - arr.size
-        if replaced:
-            self._replaced += 1
 
     def _tenant(self, tenant: str | None, *, write: bool = False) -> int | None:
         """The code of the tenant a request names: None in a collection without tenants,

@@ -304,34 +304,45 @@ class _Beam:
     width waits until they end, and walks arriving meanwhile wait behind it (no starving),
     so no walk runs with a width another request set."""
 
-    __slots__ = ("draining", "ef", "turn", "walking")
+    __slots__ = ("draining", "ef", "lock", "turn", "walking")
 
     def __init__(self) -> None:
-        self.turn = threading.Condition()
-        self.ef = 0
+        self.lock = threading.Lock()  # entered directly (C), the condition only to wait
+        self.turn = threading.Condition(self.lock)
+        self.ef = 0  # the graph's ef (set only here)
         self.walking = 0
         self.draining = False  # a walk of another width waits for the current ones to end
 
     def enter(self, index: hnswlib.Index, ef: int) -> None:
-        with self.turn:
+        with self.lock:
             while self.walking and (self.ef != ef or self.draining):
                 self.draining = self.draining or self.ef != ef
                 self.turn.wait()
             if not self.walking:
                 self.draining = False
-                index.set_ef(ef)
-                self.ef = ef
+                if self.ef != ef:
+                    index.set_ef(ef)
+                    self.ef = ef
             self.walking += 1
 
     def leave(self) -> None:
-        with self.turn:
+        with self.lock:
             self.walking -= 1
-            if not self.walking:
+            if not self.walking and self.draining:  # only a walk of another width ever waits
                 self.turn.notify_all()
 
 
 _beams: weakref.WeakKeyDictionary[hnswlib.Index, _Beam] = weakref.WeakKeyDictionary()
 _beams_lock = threading.Lock()
+
+
+def beam_of(index: hnswlib.Index) -> _Beam:
+    """The one ``_Beam`` of a graph (made at its first walk)."""
+    beam = _beams.get(index)
+    if beam is None:
+        with _beams_lock:
+            beam = _beams.setdefault(index, _Beam())
+    return beam
 
 
 def hnsw_walk(
@@ -341,13 +352,13 @@ def hnsw_walk(
     ef: int,
     metric: int,
     accept: Callable[[int], bool] | None = None,
+    beam: _Beam | None = None,
 ) -> tuple[FloatMatrix, np.ndarray] | None:
     """(kernel scores, labels) of the top-k of each query by a walk of beam max(ef, k);
-    None when the graph cannot return k (too few live labels reachable)."""
-    beam = _beams.get(index)
+    None when the graph cannot return k (too few live labels reachable). ``beam``: the
+    graph's ``beam_of``, when the caller keeps it (spares a lookup per walk)."""
     if beam is None:
-        with _beams_lock:
-            beam = _beams.setdefault(index, _Beam())
+        beam = beam_of(index)
     beam.enter(index, max(ef, k))
     try:
         labels, dists = index.knn_query(queries, k=k, num_threads=1, filter=accept)
@@ -368,6 +379,7 @@ class HnswTier:
     def __init__(self, metric: int, index: hnswlib.Index) -> None:
         self.metric = metric
         self.index = index
+        self._beam = beam_of(index)
 
     @classmethod
     def build(
@@ -425,6 +437,13 @@ class HnswTier:
     ) -> TopK:
         return self._walk(vectors, live, queries, k, knobs, None)
 
+    def nearest(self, query: FloatMatrix, k: int, ef: int) -> tuple[FloatMatrix, np.ndarray] | None:
+        """``search`` of one (1, dim) query as flat arrays (kernel scores, labels), or None
+        when the graph cannot return k (the caller answers exactly): the plain search's walk,
+        without the counts and padding a batch needs."""
+        found = hnsw_walk(self.index, query, k, ef, self.metric, None, self._beam)
+        return None if found is None else (found[0][0], found[1][0])
+
     def search_allowed(
         self, vectors: FloatMatrix, allow: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
     ) -> TopK:
@@ -441,7 +460,7 @@ class HnswTier:
         knobs: Knobs,
         accept: Callable[[int], bool] | None,
     ) -> TopK:
-        found = hnsw_walk(self.index, queries, k, knobs.ef, self.metric, accept)
+        found = hnsw_walk(self.index, queries, k, knobs.ef, self.metric, accept, self._beam)
         if found is None:  # fewer than k live rows reachable: answer exactly
             return exact_topk(vectors, live, queries, k, self.metric)
         return found[0], found[1], np.full(queries.shape[0], k, dtype=np.int64)

@@ -99,6 +99,22 @@ MAX_NORM = 1e18
 _SAFE_NORM2 = (0.99 * MAX_NORM) ** 2
 
 
+def plain_norm2(vector: object, dim: int) -> float | None:
+    """The squared norm of a query that needs no conversion and passes every check
+    ``as_query`` makes (a C-contiguous float32 (dim,) array of finite values under the norm
+    limit), from one dot product; None for anything else (``as_query`` says what is wrong)."""
+    if (
+        type(vector) is np.ndarray
+        and vector.dtype == np.float32
+        and vector.shape == (dim,)
+        and vector.flags.c_contiguous
+    ):
+        norm2 = float(np.dot(vector, vector))
+        if norm2 <= _SAFE_NORM2:  # False for NaN, inf or an overflow
+            return norm2
+    return None
+
+
 def _check_finite(arr: np.ndarray, what: str) -> None:
     # one query: one dot product answers both checks (NaN or inf make it NaN or inf, which fail
     # the comparison, as does an overflow); only a failure takes the precise path below

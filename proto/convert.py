@@ -42,6 +42,7 @@ from lamina.types import (
     SegmentPlan,
     SnapshotInfo,
     TenantInfo,
+    make_hit,
 )
 from lamina.validation import check_json_value
 
@@ -332,7 +333,7 @@ def hits_from_proto(msgs: Iterable[spb.ScoredPoint], with_vector: bool, with_pay
     out = []
     for msg in msgs:
         pid = msg.id
-        out.append(Hit(pid.num if pid.WhichOneof("kind") == "num" else id_from_proto(pid), msg.score))
+        out.append(make_hit(pid.num if pid.WhichOneof("kind") == "num" else id_from_proto(pid), msg.score))
     return out
 
 
