@@ -136,6 +136,11 @@ class CollectionState:
         dead = self._store.dead_rows()
         for segment in self._segments:
             segment.kill(dead)
+        self._load_mutable()
+
+    def _load_mutable(self) -> None:
+        """Rebuild the mutable segment from the vectors stored from ``_mut_start`` on (and,
+        in a multi-tenant collection, count the live points of each tenant)."""
         dim = self.config.dim
         block_rows: list[int] = []
         block_vecs: list[bytes] = []
