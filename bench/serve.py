@@ -37,8 +37,10 @@ from bench.common import RESULTS, _pyplot, machine
 from bench.compare import TARGET_RECALL, K, prepare
 from bench.peers import EF_CONSTRUCTION, EF_SWEEP, M, tree_pss_mb
 
-SYSTEMS = ["echo", "echo-sync", "lamina", "pgvector"]
-DEFAULT_SYSTEMS = ["echo", "lamina", "pgvector"]
+SYSTEMS = ["echo", "echo-sync", "lamina", "lamina-processes", "pgvector"]
+#: processes of the lamina-processes system (``lamina serve --processes``): this machine's cores
+PROCESSES = max(2, os.cpu_count() or 1)
+DEFAULT_SYSTEMS = ["echo", "lamina", "lamina-processes", "pgvector"]
 COLLECTION = "serve"
 TABLE = "items"
 
@@ -131,6 +133,24 @@ class LaminaServer(Server):
 
     def close(self) -> None:
         self.server.terminate()
+
+
+class LaminaProcessesServer(LaminaServer):
+    """``lamina serve --processes N``: a writer and N - 1 readers on one port."""
+
+    def __init__(self, work: Path) -> None:
+        from lamina.testing import ServerProcess
+
+        self.name = f"lamina serve --processes {PROCESSES}"
+        run = work / "lamina-run"
+        self.server = ServerProcess(
+            work / "lamina-processes-data", "--processes", str(PROCESSES), "--run-dir", str(run)
+        )
+        deadline = time.monotonic() + 300
+        while not all((run / f"process-{i}.ready").exists() for i in range(PROCESSES)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"lamina serve --processes {PROCESSES}: not every process started")
+            time.sleep(0.1)
 
 
 class PgvectorServer(Server):
@@ -231,7 +251,7 @@ class Searcher:
 
     def __init__(self, system: str, target: str, ef: int | None) -> None:
         self.system = system
-        if system == "lamina":
+        if system.startswith("lamina"):
             import lamina
 
             self.db = lamina.connect(target, timeout=60)
@@ -252,7 +272,7 @@ class Searcher:
         self.ef = ef
 
     def search(self, query: np.ndarray) -> list[int]:
-        if self.system == "lamina":
+        if self.system.startswith("lamina"):
             return [int(h.id) for h in self.col.search(query, k=K, with_payload=False, ef=self.ef)]
         if self.system == "pgvector":
             rows = self.conn.execute(
@@ -263,7 +283,7 @@ class Searcher:
         return []
 
     def close(self) -> None:
-        if self.system == "lamina":
+        if self.system.startswith("lamina"):
             self.db.close()
         elif self.system == "pgvector":
             self.conn.close()
@@ -356,6 +376,7 @@ def run_system(system: str, work: Path, clients: list[int], duration: float) -> 
         "echo": EchoServer,
         "echo-sync": SyncEchoServer,
         "lamina": LaminaServer,
+        "lamina-processes": LaminaProcessesServer,
         "pgvector": PgvectorServer,
     }
     try:
