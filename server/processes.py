@@ -43,6 +43,7 @@ from lamina.proto.lamina.v1 import collections_pb2 as cpb
 from lamina.proto.lamina.v1 import info_pb2 as ipb
 from lamina.proto.lamina.v1 import points_pb2 as ppb
 from lamina.proto.lamina.v1 import search_pb2 as spb
+from lamina.server.metrics import MULTIPROCESS_ENV
 from lamina.server.network import host_port
 
 log = logging.getLogger("lamina.server")
@@ -241,8 +242,10 @@ class Supervisor:
                 for stale in self.run.glob("journal-*"):
                     stale.unlink()
                 (self.run / "catalog").unlink(missing_ok=True)
+                shutil.rmtree(self.run / "metrics", ignore_errors=True)
             except OSError as exc:
                 raise FailedPrecondition(f"cannot use --run-dir {run}: {exc.strerror}") from None
+        (self.run / "metrics").mkdir(exist_ok=True)
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.started: dict[int, float] = {}
         self.failures = 0
@@ -252,7 +255,8 @@ class Supervisor:
         (self.run / f"process-{index}.ready").unlink(missing_ok=True)
         args = [sys.executable, "-m", "lamina", *self.argv]
         args += ["--port", str(self.port), "--process-index", str(index), "--run-dir", str(self.run)]
-        child = subprocess.Popen(args)
+        env = dict(os.environ, **{MULTIPROCESS_ENV: str(self.run / "metrics")})
+        child = subprocess.Popen(args, env=env)
         self.children[index] = child
         self.started[index] = time.monotonic()
         log.info("process %d (%s) started: pid %d", index, "writer" if index == 0 else "reader", child.pid)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -19,7 +20,7 @@ from lamina.client.api import Client
 from lamina.client.transport import GrpcTransport
 from lamina.config import DEFAULT_LIMITS
 from lamina.errors import InvalidArgument
-from lamina.testing import ServerProcess
+from lamina.testing import ServerProcess, free_port
 
 DIM = 16
 
@@ -52,9 +53,9 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
-def _start(tmp_path: Path, n: int) -> tuple[ServerProcess, Path, list[int]]:
+def _start(tmp_path: Path, n: int, *extra: str) -> tuple[ServerProcess, Path, list[int]]:
     run = tmp_path / "run"
-    server = ServerProcess(tmp_path / "data", "--processes", str(n), "--run-dir", str(run))
+    server = ServerProcess(tmp_path / "data", "--processes", str(n), "--run-dir", str(run), *extra)
     return server, run, [_ready(run, i) for i in range(n)]
 
 
@@ -70,8 +71,16 @@ def test_processes_flag_is_validated(tmp_path: Path) -> None:
         assert "--processes must be between 1 and" in out.stderr
 
 
+def _counted(port: int, method: str) -> float:
+    """The writer's /metrics count of successful ``method`` calls (summed over processes)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    line = f'lamina_requests_total{{code="OK",method="{method}"}} '
+    return sum(float(x.removeprefix(line)) for x in text.splitlines() if x.startswith(line))
+
+
 def test_writes_through_one_process_are_read_at_once_through_another(tmp_path: Path) -> None:
-    server, run, pids = _start(tmp_path, 2)
+    metrics_port = free_port()
+    server, run, pids = _start(tmp_path, 2, "--metrics-port", str(metrics_port))
     rng = np.random.default_rng(7)
     try:
         writer, reader = _direct(run, 0), _direct(run, 1)
@@ -103,6 +112,12 @@ def test_writes_through_one_process_are_read_at_once_through_another(tmp_path: P
             errors.append(str(exc.value))
         assert errors[0] == errors[1] and "dim" in errors[0]
         assert r.count() == 597
+        # the writer's metrics count the requests of every process
+        before = _counted(metrics_port, "Points/Count")
+        for col, times in ((w, 3), (r, 4)):
+            for _ in range(times):
+                col.count()
+        assert _counted(metrics_port, "Points/Count") - before == 7
         # a collection dropped through the writer leaves the reader
         writer.delete_collection("docs")
         assert reader.list_collections() == []
