@@ -185,8 +185,9 @@ class FollowerCollection(Collection):
     """A collection served by a follower: the writer's state, caught up from RocksDB and the
     journal before each request (``follow``). Never writes, never optimizes."""
 
-    journal: Path
-    _applied: int
+    journal: Path  # the writer's journal of this collection
+    _applied: int  # bytes of it applied
+    _config_raw: bytes  # the settings it was opened with
 
     @classmethod
     def follow_folder(cls, name: str, folder: Path, run: Path, limits: Limits) -> FollowerCollection:
@@ -252,7 +253,9 @@ class FollowerCollection(Collection):
         self._fields = set(orjson.loads(raw)) if raw else set()
         if self._multi:
             self._tenants = Tenants(store.get_meta(TENANTS))
-            self._tenant_fields = TenantFields(store.get_meta(TENANT_FIELDS))
+            raw = store.get_meta(TENANT_FIELDS)
+            if raw is not None:  # else what the constructor learned from the payloads
+                self._tenant_fields = TenantFields(raw)
 
     def _follow_segments(self) -> None:
         """Take up the writer's manifest when it changed: segments already open are kept,

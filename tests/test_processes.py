@@ -118,8 +118,14 @@ def test_writes_through_one_process_are_read_at_once_through_another(tmp_path: P
             for _ in range(times):
                 col.count()
         assert _counted(metrics_port, "Points/Count") - before == 7
+        # tenants: a multi-tenant collection is followed too
+        tenants = reader.create_collection("tenants", dim=DIM, multi_tenant=True)
+        tenants.upsert([1, 2], vectors[:2], tenant="acme")
+        assert reader.get_collection("tenants").count(tenant="acme") == 2
+        assert tenants.search(vectors[1], k=5, tenant="acme")[0].id == 2
         # a collection dropped through the writer leaves the reader
         writer.delete_collection("docs")
+        writer.delete_collection("tenants")
         assert reader.list_collections() == []
         # the shared port reaches the processes too
         with lamina.connect(server.address) as client:
