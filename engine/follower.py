@@ -231,6 +231,8 @@ class FollowerCollection(Collection):
             return True
         with self._lock:
             self._check_open()
+            if not self.behind():  # another request caught up meanwhile
+                return True
             with open(self.journal, "rb") as fh:
                 fh.seek(self._applied)
                 raw = fh.read()
