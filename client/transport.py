@@ -90,7 +90,7 @@ class EmbeddedTransport:
         self,
         path: str,
         *,
-        sync_writes: bool = False,
+        sync_writes: bool = True,
         limits: Limits = DEFAULT_LIMITS,
         db: DatabaseProtocol | None = None,
     ) -> None:

@@ -181,7 +181,7 @@ _shared_lock = threading.Lock()
 
 
 def open_shared(
-    path: str | os.PathLike[str], *, sync_writes: bool = False, limits: Limits = DEFAULT_LIMITS
+    path: str | os.PathLike[str], *, sync_writes: bool = True, limits: Limits = DEFAULT_LIMITS
 ) -> Database:
     """The Database over ``path`` for one more client in this process: opened by the first,
     shared by the next ones (a notebook that runs ``lamina.connect(path)`` twice), closed
@@ -233,7 +233,7 @@ class Database(DatabaseProtocol):
         self,
         path: str | os.PathLike[str],
         *,
-        sync_writes: bool = False,
+        sync_writes: bool = True,
         limits: Limits = DEFAULT_LIMITS,
         read_only: bool = False,
     ) -> None:

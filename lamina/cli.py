@@ -59,8 +59,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     }
     if args.no_console:
         overrides["console"] = False
-    if args.sync_writes:
-        overrides["sync_writes"] = True
+    if args.sync_writes is not None:
+        overrides["sync_writes"] = args.sync_writes
     if args.metrics_names:
         overrides["metrics_names"] = True
     if args.limit:
@@ -455,7 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-console", action="store_true", help="do not serve the web console")
     serve.add_argument(
-        "--sync-writes", action="store_true", help="fsync the WAL on every write (power-loss safe)"
+        "--sync-writes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fsync the write-ahead log before each reply, so acknowledged writes survive power loss "
+        "(default; --no-sync-writes: a kill -9 still loses nothing, a power loss may lose the last writes)",
     )
     serve.add_argument(
         "--limit",

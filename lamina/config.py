@@ -83,7 +83,7 @@ class ServerConfig:
         port = 6334
         workers = 8
         processes = 1              # server processes on one port (1 writer + readers)
-        sync_writes = false
+        sync_writes = true         # fsync the write-ahead log before each reply (false: kill -9 safe only)
         metrics_port = 9464        # Prometheus /metrics (left out: no endpoint); TLS as [tls]
         metrics_key = "sha256:..." # optional: scrapes send Authorization: Bearer <key>
         metrics_names = false      # true: per-collection metrics labelled by name
@@ -111,10 +111,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 6334
     workers: int = 8
-    processes: int = (
-        1  # server processes sharing the port: one writer, the rest readers (docs/architecture.md)
-    )
-    sync_writes: bool = False
+    processes: int = 1  # server processes sharing the port: one writer, the rest readers
+    sync_writes: bool = True
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None  # serve Prometheus metrics on this port (same host)
     metrics_key: str | None = None  # sha256:... hash of the key a scrape must send (None: no key)

@@ -43,11 +43,11 @@ IN_FLIGHT = 4
 
 
 def connect(
-    root: str | os.PathLike[str], *, sync_writes: bool = False, limits: Limits = DEFAULT_LIMITS
+    root: str | os.PathLike[str], *, sync_writes: bool = True, limits: Limits = DEFAULT_LIMITS
 ) -> Client:
     """A ``Client`` over the sharded data root ``root``: collections created with
     ``shards=``/``replicas=`` live in Ray actors (``ray.init`` first). One process at a
-    time may open a root. ``sync_writes=True``: replicas fsync every write (power-loss safe)."""
+    time may open a root. ``sync_writes`` (default on): replicas fsync every write (power-loss safe)."""
     db = ShardedDatabase(root, sync_writes=sync_writes, limits=limits)
     return Client(EmbeddedTransport(str(root), limits=limits, db=db), limits)
 

@@ -36,7 +36,7 @@ class ServerThread:
         tls: tuple[bytes, bytes] | None = None,
         metrics_port: int | None = None,
         port: int = 0,
-        sync_writes: bool = False,
+        sync_writes: bool = True,
         metrics_key: str | None = None,
         metrics_names: bool = False,
         console: bool = False,

@@ -105,10 +105,10 @@ def test_unusable_data_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_acknowledged_writes_survive_kill_9(tmp_path: Path, server_process: type[ServerProcess]) -> None:
-    """Without --sync-writes: kill -9 keeps the OS page cache, so the WAL alone carries every
-    acknowledged write across it (what --sync-writes adds is checked by the test below)."""
+    """With --no-sync-writes: kill -9 keeps the OS page cache, so the WAL alone carries every
+    acknowledged write across it (what the default fsync adds is checked by the test below)."""
     data = tmp_path / "data"
-    proc = server_process(data)
+    proc = server_process(data, "--no-sync-writes")
     with lamina.connect(proc.address) as db:
         col = db.create_collection("docs", dim=DIM, metric="dot")
         expected = write_workload(col, seed=2)
@@ -129,15 +129,17 @@ def _wal_counts(db: Database, name: str) -> tuple[int, int]:
     return int(found[1]), int(found[2])
 
 
-@pytest.mark.parametrize("sync_writes", [False, True])
-def test_sync_writes_fsyncs_the_log_before_each_reply(tmp_path: Path, sync_writes: bool) -> None:
-    """`lamina serve --sync-writes` reaches RocksDB: by the time the client holds the reply
-    to a write, its write-ahead log record has been synced (RocksDB counts WAL syncs in its
-    DB stats; a kill -9 cannot tell, as the OS page cache survives it). Without the flag
-    the log is written but never synced per write."""
-    args = build_parser().parse_args(
-        ["serve", "--data", str(tmp_path / "data")] + ["--sync-writes"] * sync_writes
-    )
+@pytest.mark.parametrize(
+    ("flags", "sync_writes"), [([], True), (["--sync-writes"], True), (["--no-sync-writes"], False)]
+)
+def test_sync_writes_fsyncs_the_log_before_each_reply(
+    tmp_path: Path, flags: list[str], sync_writes: bool
+) -> None:
+    """`lamina serve` (by default, or with --sync-writes) reaches RocksDB: by the time the
+    client holds the reply to a write, its write-ahead log record has been synced (RocksDB
+    counts WAL syncs in its DB stats; a kill -9 cannot tell, as the OS page cache survives
+    it). With --no-sync-writes the log is written but never synced per write."""
+    args = build_parser().parse_args(["serve", "--data", str(tmp_path / "data"), *flags])
     config = server_config(args)
     assert config.sync_writes is sync_writes
     srv = ServerThread(Path(config.data), sync_writes=config.sync_writes)
@@ -197,3 +199,19 @@ def test_close_stops_an_index_build_and_the_next_open_builds_it(
         assert info.status.segments == 1 and info.status.indexed_points == 20_000
         hits = col.search(vectors[123], k=1)
         assert hits[0].id == 123 and hits[0].score == 0.0
+
+
+@pytest.mark.parametrize("sync_writes", [None, False])
+def test_embedded_writes_are_fsynced_by_default(tmp_path: Path, sync_writes: bool | None) -> None:
+    """`lamina.connect(path)` fsyncs the write-ahead log before an upsert returns, as the
+    server does; `sync_writes=False` writes the log without syncing it."""
+    options = {} if sync_writes is None else {"sync_writes": sync_writes}
+    with lamina.connect(str(tmp_path / "data"), **options) as client:
+        col = client.create_collection("docs", dim=DIM)
+        db = client._transport.db
+        assert isinstance(db, Database)
+        writes, syncs = _wal_counts(db, "docs")
+        col.upsert([1, 2], np.ones((2, DIM), np.float32))
+        after_writes, after_syncs = _wal_counts(db, "docs")
+        assert after_writes > writes
+        assert after_syncs - syncs == (after_writes - writes if sync_writes is None else 0)

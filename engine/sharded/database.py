@@ -55,7 +55,7 @@ class ShardedDatabase(DatabaseProtocol):
     ``ray.init(...)`` must have run in this process."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, sync_writes: bool = False, limits: Limits = DEFAULT_LIMITS
+        self, path: str | os.PathLike[str], *, sync_writes: bool = True, limits: Limits = DEFAULT_LIMITS
     ) -> None:
         """``sync_writes``: every replica fsyncs its write-ahead log on every write."""
         self.ray = ray_module()

@@ -64,7 +64,7 @@ class Replica:
     GIL), so a long write does not hold searches back; numbered writes are applied in
     order whatever order they arrive in."""
 
-    def __init__(self, path: str, name: str, config: dict[str, Any], sync: bool = False) -> None:
+    def __init__(self, path: str, name: str, config: dict[str, Any], sync: bool = True) -> None:
         if not logging.getLogger().handlers:  # a fresh Ray worker: its log reaches the server's
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.path = Path(path)
