@@ -135,7 +135,7 @@ def test_writes_through_one_process_are_read_at_once_through_another(tmp_path: P
     assert not any(_alive(pid) for pid in pids)
 
 
-def test_killed_reader_is_restarted_and_no_acknowledged_write_is_lost(tmp_path: Path) -> None:
+def test_killed_processes_are_restarted_and_no_acknowledged_write_is_lost(tmp_path: Path) -> None:
     server, run, pids = _start(tmp_path, 2)
     try:
         with lamina.connect(server.address, retries=8) as setup:
@@ -165,7 +165,10 @@ def test_killed_reader_is_restarted_and_no_acknowledged_write_is_lost(tmp_path: 
         os.kill(pids[1], 9)  # the reader, under load
         new = _ready(run, 1, not_pid=pids[1])
         assert new != pids[1] and _alive(new)
-        time.sleep(2.0)
+        time.sleep(1.0)
+        os.kill(pids[0], 9)  # the writer: forwarded writes are retried until it is back
+        writer = _ready(run, 0, not_pid=pids[0])
+        time.sleep(1.0)
         stop.set()
         for t in threads:
             t.join(60)
@@ -174,8 +177,8 @@ def test_killed_reader_is_restarted_and_no_acknowledged_write_is_lost(tmp_path: 
             col = client.get_collection("load")
             assert col.count() == len(acked)
             assert len(col.get(acked)) == len(acked)
-        pids[1] = new
-        assert "exited with signal 9; starting it again" in server.log.read_text()
+        pids[:2] = [writer, new]
+        assert server.log.read_text().count("exited with signal 9; starting it again") == 2
     finally:
         assert server.terminate() == 0  # SIGTERM to the supervisor stops every process
     assert not any(_alive(pid) for pid in pids)
