@@ -36,15 +36,24 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        if PROCESS is not None:
+            entry["process"] = PROCESS
         return orjson.dumps(entry).decode()
 
 
-def _setup_logging(level: str, fmt: str = "text") -> None:
+#: the index of this process in ``lamina serve --processes N`` (None: the only one), in each log line
+PROCESS: int | None = None
+
+
+def _setup_logging(level: str, fmt: str = "text", process: int | None = None) -> None:
+    global PROCESS
+    PROCESS = process
+    tag = "" if process is None else f"[process {process}] "
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter()
         if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s")
     )
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
@@ -653,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the supervisor of --processes runs it again
-    _setup_logging(args.log_level, args.log_format)
+    _setup_logging(args.log_level, args.log_format, getattr(args, "process_index", None))
     try:
         return int(args.func(args))
     except LaminaError as exc:
