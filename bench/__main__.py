@@ -21,6 +21,7 @@ BENCHMARKS = {
     "embed": "bench.embed",
     "serve": "bench.serve",
     "scale": "bench.scale",
+    "processes": "bench.processes",
 }
 
 

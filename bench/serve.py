@@ -39,8 +39,10 @@ from bench.common import RESULTS, _pyplot, machine
 from bench.compare import TARGET_RECALL, K, prepare
 from bench.peers import EF_CONSTRUCTION, EF_SWEEP, M, tree_pss_mb
 
-SYSTEMS = ["echo", "echo-sync", "lamina", "lamina-sync", "pgvector"]
-DEFAULT_SYSTEMS = ["echo", "lamina", "pgvector"]
+SYSTEMS = ["echo", "echo-sync", "lamina", "lamina-sync", "lamina-processes", "pgvector"]
+#: processes of the lamina-processes system (``lamina serve --processes``): this machine's cores
+PROCESSES = max(2, os.cpu_count() or 1)
+DEFAULT_SYSTEMS = ["echo", "lamina", "lamina-processes", "pgvector"]
 COLLECTION = "serve"
 TABLE = "items"
 
@@ -245,6 +247,24 @@ class LaminaServer(Server):
 
     def close(self) -> None:
         self.server.terminate()
+
+
+class LaminaProcessesServer(LaminaServer):
+    """``lamina serve --processes N``: a writer and N - 1 readers on one port."""
+
+    def __init__(self, work: Path) -> None:
+        from lamina.testing import ServerProcess
+
+        self.name = f"lamina serve --processes {PROCESSES}"
+        run = work / "lamina-run"
+        self.server = ServerProcess(
+            work / "lamina-processes-data", "--processes", str(PROCESSES), "--run-dir", str(run)
+        )
+        deadline = time.monotonic() + 300
+        while not all((run / f"process-{i}.ready").exists() for i in range(PROCESSES)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"lamina serve --processes {PROCESSES}: not every process started")
+            time.sleep(0.1)
 
 
 class PgvectorServer(Server):
@@ -471,6 +491,7 @@ def run_system(system: str, work: Path, clients: list[int], duration: float) -> 
         "echo-sync": SyncEchoServer,
         "lamina": LaminaServer,
         "lamina-sync": SyncLaminaServer,
+        "lamina-processes": LaminaProcessesServer,
         "pgvector": PgvectorServer,
     }
     try:

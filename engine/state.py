@@ -112,7 +112,8 @@ class CollectionState:
         if raw is None and self._multi and self._next_row:  # written before they were kept per tenant
             log.info("learning the payload keys of each tenant of %r (once)", name)
             self._tenant_fields = TenantFields.learn(store, self._tenants.names)
-            store.put_meta({TENANT_FIELDS: self._tenant_fields.encode()})
+            if not store.read_only:  # a read-only server or a follower learns them each time
+                store.put_meta({TENANT_FIELDS: self._tenant_fields.encode()})
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._busy = False
@@ -136,6 +137,11 @@ class CollectionState:
         dead = self._store.dead_rows()
         for segment in self._segments:
             segment.kill(dead)
+        self._load_mutable()
+
+    def _load_mutable(self) -> None:
+        """Rebuild the mutable segment from the vectors stored from ``_mut_start`` on (and,
+        in a multi-tenant collection, count the live points of each tenant)."""
         dim = self.config.dim
         block_rows: list[int] = []
         block_vecs: list[bytes] = []

@@ -36,15 +36,24 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        if PROCESS is not None:
+            entry["process"] = PROCESS
         return orjson.dumps(entry).decode()
 
 
-def _setup_logging(level: str, fmt: str = "text") -> None:
+#: the index of this process in ``lamina serve --processes N`` (None: the only one), in each log line
+PROCESS: int | None = None
+
+
+def _setup_logging(level: str, fmt: str = "text", process: int | None = None) -> None:
+    global PROCESS
+    PROCESS = process
+    tag = "" if process is None else f"[process {process}] "
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter()
         if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s")
     )
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
@@ -54,7 +63,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     config = ServerConfig.load(args.config) if args.config else ServerConfig()
     overrides: dict[str, Any] = {
         key: getattr(args, key)
-        for key in ("data", "host", "port", "workers", "metrics_port", "http_port")
+        for key in ("data", "host", "port", "workers", "processes", "metrics_port", "http_port")
         if getattr(args, key) is not None
     }
     if args.no_console:
@@ -123,13 +132,29 @@ def _start_ray(address: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from lamina.engine.database import Database
+    from lamina.engine.follower import Follower, JournaledDatabase
     from lamina.engine.protocol import DatabaseProtocol
     from lamina.engine.sharded import ShardedDatabase
     from lamina.server.app import Companion, serve
+    from lamina.server.processes import ProcessRole, Supervisor, check_processes
 
     config = server_config(args)
+    role = None
+    if args.process_index is not None:  # one process of --processes N, started by the supervisor
+        role = ProcessRole(args.process_index, Path(args.run_dir))
+        role.die_with_parent()
+    elif check_processes(config.processes) > 1:
+        if args.ray is not None or args.read_only:
+            raise InvalidArgument(
+                f"--processes {config.processes} cannot be combined with "
+                f"{'--ray' if args.ray is not None else '--read-only'} (yet): serve with --processes 1"
+            )
+        supervisor = Supervisor(
+            args.argv, config.processes, config.host, config.port, config.grace_seconds, args.run_dir
+        )
+        return supervisor.serve()
     companions: list[Companion] = []
-    if config.console:
+    if config.console and (role is None or role.writer):
         from lamina.console import Console
 
         companions.append(Console(config.http_port, announce=True))
@@ -146,6 +171,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
         _start_ray(args.ray)
         db = ShardedDatabase(config.data, sync_writes=config.sync_writes, limits=config.limits)
+    elif role is not None and role.writer:
+        db = JournaledDatabase(config.data, role.run, sync_writes=config.sync_writes, limits=config.limits)
+    elif role is not None:
+        db = Follower(config.data, role.run, limits=config.limits)
     else:
         db = Database(
             config.data, sync_writes=config.sync_writes, limits=config.limits, read_only=args.read_only
@@ -159,11 +188,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 config.workers,
                 config.keys,
                 tls,
-                config.metrics_port,
+                config.metrics_port if role is None or role.writer else None,
                 config.metrics_key,
                 config.metrics_names,
                 config.grace_seconds,
                 companions,
+                role,
             )
         )
     finally:
@@ -408,6 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
     serve.add_argument("--workers", type=int, help="threads running engine calls (default 8)")
     serve.add_argument(
+        "--processes",
+        type=int,
+        help="server processes sharing the port: one writer, the others serve reads and forward "
+        "writes to it (default 1; the number of cores serves on all of them; docs/architecture.md)",
+    )
+    serve.add_argument("--process-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    serve.add_argument(
+        "--run-dir",
+        help="with --processes: the folder for the processes' sockets and journals (default: a new "
+        "temporary one); process I also listens on unix:RUN_DIR/process-I.sock",
+    )
+    serve.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)"
     )
     serve.add_argument(
@@ -619,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level, args.log_format)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the supervisor of --processes runs it again
+    _setup_logging(args.log_level, args.log_format, getattr(args, "process_index", None))
     try:
         return int(args.func(args))
     except LaminaError as exc:

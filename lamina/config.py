@@ -82,6 +82,7 @@ class ServerConfig:
         host = "127.0.0.1"
         port = 6334
         workers = 8
+        processes = 1              # server processes on one port (1 writer + readers)
         sync_writes = true         # fsync the write-ahead log before each reply (false: kill -9 safe only)
         metrics_port = 9464        # Prometheus /metrics (left out: no endpoint); TLS as [tls]
         metrics_key = "sha256:..." # optional: scrapes send Authorization: Bearer <key>
@@ -110,6 +111,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 6334
     workers: int = 8
+    processes: int = 1  # server processes sharing the port: one writer, the rest readers
     sync_writes: bool = True
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None  # serve Prometheus metrics on this port (same host)
@@ -140,6 +142,7 @@ class ServerConfig:
             "host": str,
             "port": int,
             "workers": int,
+            "processes": int,
             "sync_writes": bool,
             "metrics_port": int,
             "metrics_key": str,
@@ -187,6 +190,8 @@ class ServerConfig:
             raise InvalidArgument(f"{where}: http_port must be in 0..65535, got {config.http_port}")
         if config.workers < 1:
             raise InvalidArgument(f"{where}: workers must be at least 1, got {config.workers}")
+        if config.processes < 1:
+            raise InvalidArgument(f"{where}: processes must be at least 1, got {config.processes}")
         if config.metrics_key is not None and (
             not config.metrics_key.startswith("sha256:") or len(config.metrics_key) != 71
         ):

@@ -30,6 +30,7 @@ from lamina.server.admission import Gate
 from lamina.server.auth import ApiKey, Authorizer
 from lamina.server.metrics import Metrics
 from lamina.server.network import host_port, is_loopback
+from lamina.server.processes import Forwarder, ProcessRole, forwarded_peer
 from lamina.server.servicers import (
     CollectionsServicer,
     InfoServicer,
@@ -106,6 +107,8 @@ class Api:
         self.metrics = metrics
         self.methods: dict[str, tuple[Callable[[bytes], Any], Any]] = {}  # path -> (parse, servicer method)
         self.handlers: list[grpc.GenericRpcHandler] = []
+        #: a reader process of ``--processes N``: sends what it does not answer to the writer
+        self.forward: Forwarder | None = None
 
     def add(self, module: Any, servicer: Any) -> None:
         """Register the one service in ``module``, implemented by ``servicer``."""
@@ -131,6 +134,8 @@ class Api:
         started = time.perf_counter()
         code = "OK"
         try:
+            if self.forward is not None and self.forward.forwards(path) and isinstance(request, bytes):
+                return await self.forward(path, request, context)
             return await self._checked(path, request, context)
         except asyncio.CancelledError:
             code = "CANCELLED"
@@ -160,7 +165,7 @@ class Api:
                 log.info("denied %s to key %r: %s", path, key.name, exc)
                 await context.abort(grpc.StatusCode[exc.code], str(exc))
         request_key.set(key)
-        request_caller.set(f"key {key.name}" if key is not None else f"peer {context.peer()}")
+        request_caller.set(f"key {key.name}" if key is not None else f"peer {forwarded_peer(context)}")
         response = await impl(request, context)
         if key is not None and key.collections is not None and path == "Collections/List":
             visible = [c for c in response.collections if key.sees(c.name)]
@@ -196,8 +201,10 @@ class LaminaServer:
         metrics_port: int | None = None,
         metrics_key: str | None = None,
         metrics_names: bool = False,
+        role: ProcessRole | None = None,
     ) -> None:
         self.db = db
+        self.role = role  # one process of ``lamina serve --processes N`` (None: the only one)
         self.metrics_port = metrics_port  # None: no metrics endpoint; 0: pick a port
         self.metrics_key = metrics_key  # sha256:... hash of the key a scrape must carry (None: none)
         self.metrics_names = metrics_names  # label gauges with collection names (default: totals only)
@@ -224,7 +231,8 @@ class LaminaServer:
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),
-                ("grpc.so_reuseport", 0),
+                # one process: a port in use is an error; several share it (the supervisor checked it)
+                ("grpc.so_reuseport", 0 if self.role is None else 1),
             ],
         )
         self._health = health.aio.HealthServicer()
@@ -241,6 +249,8 @@ class LaminaServer:
         self.api = Api(self.auth, self.metrics)
         for module, cls in servicers:
             self.api.add(module, cls(db, self.gate))
+        if self.role is not None and not self.role.writer:
+            self.api.forward = Forwarder(self.role.run)
         server.add_generic_rpc_handlers(self.api.handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -264,6 +274,8 @@ class LaminaServer:
             self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {address}")
+        if self.role is not None:
+            self._server.add_insecure_port(self.role.address)  # the writer's: readers forward to it
         await self._server.start()
         assert self._health is not None
         for name in ("", *SERVICE_NAMES):
@@ -282,6 +294,8 @@ class LaminaServer:
             log.info("no API keys configured: serving local clients only (%s)", self.host)
         if self.tls is None and self.auth.enabled and not loopback:
             log.warning("API keys travel in plaintext: configure [tls] for connections from other machines")
+        if self.role is not None:
+            self.role.announce()
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -300,6 +314,8 @@ class LaminaServer:
             await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         if self.metrics is not None:
             self.metrics.stop()
+        if self.api is not None and self.api.forward is not None:
+            await self.api.forward.close()
         self.db.close()
         log.info("stopped; data flushed and closed")
 
@@ -325,10 +341,12 @@ async def serve(
     metrics_names: bool = False,
     grace: float = 5.0,
     companions: Sequence[Companion] = (),
+    role: ProcessRole | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully (``grace`` seconds for the
-    requests in flight, then their work is stopped)."""
-    server = LaminaServer(db, host, port, workers, keys, tls, metrics_port, metrics_key, metrics_names)
+    requests in flight, then their work is stopped). ``role``: one process of ``lamina serve
+    --processes N`` (server/processes.py)."""
+    server = LaminaServer(db, host, port, workers, keys, tls, metrics_port, metrics_key, metrics_names, role)
     await server.start()
     started: list[Companion] = []
     try:

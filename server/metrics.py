@@ -32,6 +32,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from lamina.engine.protocol import DatabaseProtocol
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lamina.server")
 
+#: the folder where each process of ``lamina serve --processes N`` keeps its request counts
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: request latency buckets, seconds (0.5 ms .. 30 s)
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -166,16 +169,18 @@ class Metrics:
 
     def __init__(self, db: DatabaseProtocol, gate: Gate, names: bool = False) -> None:
         self.registry = CollectorRegistry()
+        # lamina serve --processes N: every process counts into files of this folder, and the
+        # writer's endpoint sums them (prometheus_client's multiprocess mode)
+        shared = os.environ.get(MULTIPROCESS_ENV)
+        own = None if shared else self.registry
         self.requests = Counter(
-            "lamina_requests", "Requests by RPC and status code", ["method", "code"], registry=self.registry
+            "lamina_requests", "Requests by RPC and status code", ["method", "code"], registry=own
         )
         self.latency = Histogram(
-            "lamina_request_seconds",
-            "Request latency by RPC",
-            ["method"],
-            buckets=BUCKETS,
-            registry=self.registry,
+            "lamina_request_seconds", "Request latency by RPC", ["method"], buckets=BUCKETS, registry=own
         )
+        if shared:
+            MultiProcessCollector(self.registry, path=shared)
         self.registry.register(_EngineCollector(db, gate, names))
         self._counters: dict[tuple[str, str], Any] = {}  # (method, code) -> its series of requests
         self._timers: dict[str, Any] = {}  # method -> its latency series

@@ -101,6 +101,9 @@ class CollectionStore:
         self._shadow: Path | None = None
         self._write_opts = WriteOptions()
         self._write_opts.sync = sync
+        #: called with the rows a write dropped once it is durable (``lamina serve --processes``:
+        #: the writer's journal tells its followers; see engine/follower.py)
+        self.after_write: Callable[[Sequence[int]], None] | None = None
         self._open(read_only)
 
     def _open(self, read_only: bool) -> None:
@@ -203,6 +206,8 @@ class CollectionStore:
         for row in add_dead:
             batch.put(row_key(row), b"", self._handle["dead"])
         self._write(batch)
+        if self.after_write is not None:
+            self.after_write(add_dead)
 
     # ----------------------------------------------------------------- writes
     def apply(
@@ -250,6 +255,8 @@ class CollectionStore:
             batch.put(key, value, self._handle["meta"])
         del ids_cf, rows_cf, vecs_cf, pays_cf  # no frame of a failed write may hold the database
         self._write(batch)
+        if self.after_write is not None:
+            self.after_write([row for _, row in dead])
 
     # ----------------------------------------------------------------- reads
     def rows_of(self, id_keys: Sequence[bytes]) -> list[int | None]:

@@ -11,6 +11,7 @@ from bench import serve
 def test_serve_measures_lamina_pgvector_and_the_echo_floor_with_client_processes(tmp_path: Path) -> None:
     out = tmp_path / "out"
     argv = ["--rows", "2000", "--queries", "50", "--clients", "1,2", "--duration", "1", "--out", str(out)]
+    argv += ["--systems", "echo,lamina,pgvector"]  # lamina-processes: tests/test_processes.py covers it
     assert serve.main(argv) == 0
     report = json.loads(next(out.glob("*-serve.json")).read_text())
     results = {r["system"]: r for r in report["results"]}

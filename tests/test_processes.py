@@ -1,0 +1,184 @@
+"""``lamina serve --processes N``: a writer and reader processes on one port (real servers on
+loopback, each process also reached directly on its unix socket in the run directory)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+import lamina
+from lamina.client.api import Client
+from lamina.client.transport import GrpcTransport
+from lamina.config import DEFAULT_LIMITS
+from lamina.errors import InvalidArgument
+from lamina.testing import ServerProcess, free_port
+
+DIM = 16
+
+
+def _ready(run: Path, index: int, timeout: float = 90.0, not_pid: int | None = None) -> int:
+    """The pid of process ``index`` once it serves (a new one, when ``not_pid`` is given)."""
+    deadline = time.monotonic() + timeout
+    mark = run / f"process-{index}.ready"
+    while time.monotonic() < deadline:
+        try:
+            pid = int(mark.read_text())
+            if pid != not_pid:
+                return pid
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"process {index} not ready in {timeout}s")
+
+
+def _direct(run: Path, index: int) -> Client:
+    """A client of process ``index`` alone (its unix socket)."""
+    return Client(GrpcTransport(f"unix:{run / f'process-{index}.sock'}", timeout=30.0), DEFAULT_LIMITS)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def _start(tmp_path: Path, n: int, *extra: str) -> tuple[ServerProcess, Path, list[int]]:
+    run = tmp_path / "run"
+    server = ServerProcess(tmp_path / "data", "--processes", str(n), "--run-dir", str(run), *extra)
+    return server, run, [_ready(run, i) for i in range(n)]
+
+
+def test_processes_flag_is_validated(tmp_path: Path) -> None:
+    for bad in ("0", "100000"):
+        out = subprocess.run(
+            [sys.executable, "-m", "lamina", "serve", "--data", str(tmp_path), "--processes", bad],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 2, out.stderr
+        assert "--processes must be between 1 and" in out.stderr
+
+
+def _counted(port: int, method: str) -> float:
+    """The writer's /metrics count of successful ``method`` calls (summed over processes)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    line = f'lamina_requests_total{{code="OK",method="{method}"}} '
+    return sum(float(x.removeprefix(line)) for x in text.splitlines() if x.startswith(line))
+
+
+def test_writes_through_one_process_are_read_at_once_through_another(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    server, run, pids = _start(tmp_path, 2, "--metrics-port", str(metrics_port))
+    rng = np.random.default_rng(7)
+    try:
+        writer, reader = _direct(run, 0), _direct(run, 1)
+        assert len(set(pids)) == 2
+        # admin through the reader is forwarded to the writer; the reader follows the catalog
+        reader.create_collection("docs", dim=DIM, segment_rows=256)
+        assert writer.list_collections() == reader.list_collections() == ["docs"]
+        w, r = writer.get_collection("docs"), reader.get_collection("docs")
+        vectors = rng.standard_normal((600, DIM)).astype(np.float32)
+        for i in range(0, 600, 20):  # alternate: write through one, read through the other at once
+            src, dst = (w, r) if i % 40 else (r, w)
+            src.upsert(list(range(i, i + 20)), vectors[i : i + 20], [{"n": j} for j in range(i, i + 20)])
+            assert dst.count() == i + 20
+            hit = dst.search(vectors[i + 19], k=1)[0]
+            assert (hit.id, hit.payload) == (i + 19, {"n": i + 19})
+        # seals and merges made by the writer's optimizer are followed
+        r.optimize()
+        assert w.info().status.segments >= 1
+        w.delete([0, 1, 2])
+        r.upsert([3], vectors[10:11])
+        assert r.count() == w.count() == 597
+        assert [h.id for h in r.search(vectors[10], k=2)] in ([3, 10], [10, 3])
+        assert r.get([0, 3])[0].id == 3 and len(r.get([0, 1, 2])) == 0
+        # bad input is refused the same way by both processes, and changes nothing
+        errors = []
+        for col in (w, r):
+            with pytest.raises(InvalidArgument) as exc:
+                col.upsert([9999], np.zeros((1, DIM + 1), np.float32))
+            errors.append(str(exc.value))
+        assert errors[0] == errors[1] and "dim" in errors[0]
+        assert r.count() == 597
+        # the writer's metrics count the requests of every process
+        before = _counted(metrics_port, "Points/Count")
+        for col, times in ((w, 3), (r, 4)):
+            for _ in range(times):
+                col.count()
+        assert _counted(metrics_port, "Points/Count") - before == 7
+        # tenants: a multi-tenant collection is followed too
+        tenants = reader.create_collection("tenants", dim=DIM, multi_tenant=True)
+        tenants.upsert([1, 2], vectors[:2], tenant="acme")
+        assert reader.get_collection("tenants").count(tenant="acme") == 2
+        assert tenants.search(vectors[1], k=5, tenant="acme")[0].id == 2
+        # a collection dropped through the writer leaves the reader
+        writer.delete_collection("docs")
+        writer.delete_collection("tenants")
+        assert reader.list_collections() == []
+        # the shared port reaches the processes too
+        with lamina.connect(server.address) as client:
+            assert client.list_collections() == []
+    finally:
+        assert server.terminate() == 0
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_killed_processes_are_restarted_and_no_acknowledged_write_is_lost(tmp_path: Path) -> None:
+    server, run, pids = _start(tmp_path, 2)
+    try:
+        with lamina.connect(server.address, retries=8) as setup:
+            setup.create_collection("load", dim=DIM)
+        acked: list[int] = []
+        failures: list[BaseException] = []
+        stop = threading.Event()
+
+        def load(worker: int) -> None:
+            rng = np.random.default_rng(worker)
+            with lamina.connect(server.address, retries=8) as client:
+                col = client.get_collection("load")
+                i = worker * 1_000_000
+                while not stop.is_set():
+                    try:
+                        col.upsert(list(range(i, i + 5)), rng.standard_normal((5, DIM)).astype(np.float32))
+                        acked.extend(range(i, i + 5))
+                        col.search(rng.standard_normal(DIM).astype(np.float32), k=3)
+                    except grpc.RpcError as exc:  # a retried request that still failed
+                        failures.append(exc)
+                    i += 5
+
+        threads = [threading.Thread(target=load, args=(w,)) for w in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        os.kill(pids[1], 9)  # the reader, under load
+        new = _ready(run, 1, not_pid=pids[1])
+        assert new != pids[1] and _alive(new)
+        time.sleep(1.0)
+        os.kill(pids[0], 9)  # the writer: forwarded writes are retried until it is back
+        writer = _ready(run, 0, not_pid=pids[0])
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        assert acked and not failures
+        with lamina.connect(server.address) as client:
+            col = client.get_collection("load")
+            assert col.count() == len(acked)
+            assert len(col.get(acked)) == len(acked)
+        pids[:2] = [writer, new]
+        assert server.log.read_text().count("exited with signal 9; starting it again") == 2
+    finally:
+        assert server.terminate() == 0  # SIGTERM to the supervisor stops every process
+    assert not any(_alive(pid) for pid in pids)
