@@ -239,11 +239,14 @@ class FollowerCollection(Collection):
             raw = raw[: len(raw) - len(raw) % 8]
             store = self._store
             assert isinstance(store, SecondaryStore)
+            killed = np.frombuffer(raw, dtype="<i8")
+            if (killed != END).any():  # points moved or went: counted before RocksDB forgets
+                # their old rows, so a search that sees either runs again (as Writes.upsert does)
+                self._replaced += 1
             store.catch_up()
             if store.get_meta(CONFIG) != self._config_raw:
                 return False
             self._applied += len(raw)
-            killed = np.frombuffer(raw, dtype="<i8")
             self._refresh_meta()
             self._follow_segments()
             self._follow_rows(killed[killed != END])
@@ -341,7 +344,7 @@ class FollowerCollection(Collection):
                     self._mut_pidx.add(self.config.payload_index, rows, payloads)
         killed = killed[killed < self._next_row]
         if killed.size:
-            self._kill(killed.tolist(), replaced=True)
+            self._kill(killed.tolist())
         if self._multi:
             self._count_tenants()
 
