@@ -6,7 +6,9 @@ Column families:
 ``meta``   name                    value
 ``ids``    id key (storage.keys)   row (8-byte big-endian)
 ``rows``   row                     id key
-``vecs``   row                     float32 little-endian vector bytes
+``vecs``   row                     float32 little-endian vector bytes (unsealed rows;
+                                   sealed rows' vectors live in their segment, see
+                                   engine/segments.py)
 ``pays``   row                     payload JSON bytes
 ``dead``   row                     (empty): rows deleted after they were
                                    sealed into a segment, re-applied to the
@@ -190,11 +192,19 @@ class CollectionStore:
         return None if value is None else bytes(value)
 
     def put_meta(
-        self, items: dict[bytes, bytes], forget_dead: Sequence[int] = (), add_dead: Sequence[int] = ()
+        self,
+        items: dict[bytes, bytes],
+        forget_dead: Sequence[int] = (),
+        add_dead: Sequence[int] = (),
+        sealed: tuple[int, int] | None = None,
+        kept: Sequence[tuple[int, bytes]] = (),
     ) -> None:
         """Write meta keys in one batch, dropping ``forget_dead`` rows from the dead list
         (rows that a rewritten segment no longer holds) and adding ``add_dead`` (rows
-        deleted while the segment that now holds them was being built)."""
+        deleted while the segment that now holds them was being built). ``sealed``: rows
+        [lo, hi) that a segment now holds, whose vectors are dropped in the same batch
+        (the segment's file is their one copy) but for the (row, vector) pairs ``kept``
+        (vectors the segment cannot give back bit for bit)."""
         batch = WriteBatch(raw_mode=True)
         for key, value in items.items():
             batch.put(key, value, self._handle["meta"])
@@ -202,6 +212,10 @@ class CollectionStore:
             batch.delete(row_key(row), self._handle["dead"])
         for row in add_dead:
             batch.put(row_key(row), b"", self._handle["dead"])
+        if sealed is not None:
+            batch.delete_range(row_key(sealed[0]), row_key(sealed[1]), self._handle["vecs"])
+            for row, vector in kept:  # later in the batch than the range delete: they stay
+                batch.put(row_key(row), vector, self._handle["vecs"])
         self._write(batch)
 
     # ----------------------------------------------------------------- writes
