@@ -46,5 +46,5 @@ def test_relabel_refuses_labels_that_are_not_row_numbers(tmp_path: Path) -> None
     index.init_index(max_elements=10, M=8, ef_construction=16)
     index.add_items(np.eye(4, dtype=np.float32), [0, 1, 2, 7])
     index.save_index(str(tmp_path / "raw"))
-    with pytest.raises(ValueError, match="labels are not 0..3"):
+    with pytest.raises(ValueError, match=r"labels are not 0\.\.3"):
         graphfile.relabel(tmp_path / "raw", tmp_path / "graph")
