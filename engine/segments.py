@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import numpy as np
+from numba import njit
 
 from lamina.engine.payload import FieldIndex
 from lamina.errors import DataLoss
@@ -637,21 +638,34 @@ def restoring_scales(raw: FloatMatrix, unit: FloatMatrix) -> tuple[np.ndarray, n
     """For a cosine segment: a float32 scale per row such that ``unit * scale`` is the
     ``raw`` vector bit for bit, and whether one was found (the norm or one of the
     ``SCALE_STEPS`` floats either side of it; for unit-length embeddings nearly always).
-    Rows without one keep their stored vector in RocksDB."""
+    Rows without one keep their stored vector in RocksDB. A numba kernel, GIL released."""
     norm = np.sqrt(np.einsum("ij,ij->i", raw, raw, dtype=np.float64)).astype(np.float32)
     scales = norm.copy()
     exact = np.zeros(raw.shape[0], np.bool_)
-    for direction in (np.float32(np.inf), np.float32(0)):
-        step = norm.copy()
-        for _ in range(SCALE_STEPS + 1):
-            todo = np.flatnonzero(~exact)
-            if todo.size == 0:
-                return scales, exact
-            hit = (unit[todo] * step[todo, None] == raw[todo]).all(axis=1)
-            scales[todo[hit]] = step[todo[hit]]
-            exact[todo[hit]] = True
-            step = np.nextafter(step, direction)
+    _find_scales(np.ascontiguousarray(raw), np.ascontiguousarray(unit), norm, SCALE_STEPS, scales, exact)
     return scales, exact
+
+
+@njit(nogil=True, cache=True)
+def _find_scales(
+    raw: np.ndarray, unit: np.ndarray, norm: np.ndarray, steps: int, scales: np.ndarray, exact: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    for i in range(raw.shape[0]):
+        for side in range(2):
+            scale = norm[i]
+            for _ in range(steps + 1):
+                same = True
+                for j in range(raw.shape[1]):
+                    if unit[i, j] * scale != raw[i, j]:
+                        same = False
+                        break
+                if same:
+                    scales[i] = scale
+                    exact[i] = True
+                    break
+                scale = np.float32(np.nextafter(scale, np.float32(np.inf) if side == 0 else np.float32(0.0)))
+            if exact[i]:
+                break
 
 
 def _map_vectors(folder: Path, tier: Tier, dim: int) -> FloatMatrix:

@@ -37,6 +37,8 @@ log = logging.getLogger("lamina.engine")
 #: segment's rows are rewritten about 1 / MERGE_FRACTION times while it grows (I/O), and
 #: the small segments beside the largest stay few
 MERGE_FRACTION = 0.25
+#: rows per RocksDB multi-get of a build (each holds the GIL for a few milliseconds)
+READ_CHUNK = 2_048
 
 
 #: a search this recent (seconds) means searches are being served: builds leave them a core
@@ -91,8 +93,8 @@ class SegmentBuilder(CollectionState):
         if self.config.metric != "cosine":
             return None, []
         blobs: list[bytes | None] = []
-        for lo in range(0, rows.size, 65_536):
-            blobs.extend(self._store.vectors_of([int(r) for r in rows[lo : lo + 65_536]]))
+        for lo in range(0, rows.size, READ_CHUNK):  # RocksDB reads hold the GIL: searches get turns between
+            blobs.extend(self._store.vectors_of([int(r) for r in rows[lo : lo + READ_CHUNK]]))
         zero = bytes(4 * self.config.dim)  # a row deleted meanwhile: killed in the segment anyway
         raw = np.frombuffer(b"".join(b if b is not None else zero for b in blobs), "<f4")
         scales, exact = restoring_scales(raw.reshape(-1, self.config.dim), prepared)
