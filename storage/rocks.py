@@ -350,6 +350,12 @@ class CollectionStore:
         with storage_errors(dest):
             Checkpoint(self._db).create_checkpoint(str(dest))
 
+    def compact_vectors(self, lo: int, hi: int) -> None:
+        """Compact the vectors of rows [lo, hi) (dropped by a seal: see ``put_meta``) out of
+        RocksDB's files, so that the disk they held is freed now."""
+        with storage_errors(self.path):
+            self._cf["vecs"].compact_range(row_key(lo), row_key(hi))
+
     def flush(self) -> None:
         with storage_errors(self.path):
             self._db.flush_wal(True)

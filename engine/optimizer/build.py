@@ -69,10 +69,21 @@ class SegmentBuilder(CollectionState):
         """Remove ``folder`` (a replaced segment's) after the current step (caller holds the lock)."""
         self._replaced_folders.append(folder)
 
+    #: row spans whose vectors a seal dropped from RocksDB, compacted away after the step
+    _dropped_vectors: list[tuple[int, int]]
+
     def _remove_replaced(self) -> None:
-        """Remove the folders of replaced segments (without the lock)."""
+        """Remove the folders of replaced segments, and compact the vectors sealed rows left
+        in RocksDB's files (a range delete frees no disk until its range is compacted;
+        RocksDB compacts with the GIL released) (without the lock)."""
         while self._replaced_folders:
             shutil.rmtree(self._replaced_folders.pop(), ignore_errors=True)
+        while self._dropped_vectors:
+            lo, hi = self._dropped_vectors.pop()
+            try:
+                self._store.compact_vectors(lo, hi)
+            except Exception as exc:  # only disk space is at stake: RocksDB compacts them later anyway
+                log.warning("compacting the sealed vectors of %r (rows %d..%d): %s", self.name, lo, hi, exc)
 
     def _keys_for_build(self, rows: np.ndarray) -> list[bytes]:
         """Id keys of ``rows`` from RocksDB; a row deleted meanwhile gets an empty key

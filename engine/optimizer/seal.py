@@ -79,6 +79,7 @@ class Seal(SegmentBuilder):
                 if base is not None:
                     segment.kill(base.rows[~base.live])  # deleted from the base while it grew
                 self._segments = [*before, segment]
+        self._dropped_vectors.append((start, start + take_rows))
         if segment is not None and base is not None:
             self._drop_stale_indexes(segment)
             self._discard(base.folder)
