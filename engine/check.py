@@ -35,7 +35,7 @@ from lamina.config import DEFAULT_LIMITS
 from lamina.engine.collection import Collection
 from lamina.engine.manifest import MAPPED, verify_segment
 from lamina.engine.payload import FieldIndex
-from lamina.engine.segments import SCALES, Segment, payload_file, read_ids
+from lamina.engine.segments import SCALES, Segment, payload_file, read_ids, restoring_scales
 from lamina.errors import DataLoss, FailedPrecondition, LaminaError
 from lamina.index.tiers import GRAPH, HnswTier
 from lamina.storage.keys import without_tenant
@@ -382,6 +382,8 @@ def repair_collection(name: str, folder: Path) -> list[str]:
             rows = np.array([r for r, _ in store.scan_rows(lo) if r < hi], dtype=np.int64)
             forget = [int(r) for r in store.dead_rows().tolist() if lo <= r < hi]
             segment: Segment | None = None
+            scales: np.ndarray | None = None
+            kept: list[tuple[int, bytes]] = []
             if rows.size:
                 blobs = _salvage(store, folder / "segments" / seg_name, rows, collection.config)
                 vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, collection.config.dim)
@@ -391,10 +393,14 @@ def repair_collection(name: str, folder: Path) -> list[str]:
                     f: FieldIndex.build(kind, tuple(f.split(".")), range(rows.size), payloads)
                     for f, kind in collection.config.payload_index.items()
                 }
-                segment = collection._build(rows, prepared, indexes)
+                if collection.config.metric == "cosine":  # as a seal does (see segments.restoring_scales)
+                    scales, exact = restoring_scales(vectors, prepared)
+                    kept = [(int(rows[i]), blobs[i]) for i in np.flatnonzero(~exact).tolist()]
+                segment = collection._build(rows, prepared, indexes, scales)
             fresh = [n if n != seg_name else (segment.name if segment else "") for n in names]
             names = [n for n in fresh if n]
-            store.put_meta({SEGMENTS: orjson.dumps(names)}, forget_dead=forget)
+            # the rebuilt segment holds the one copy of its rows' vectors, as after a seal
+            store.put_meta({SEGMENTS: orjson.dumps(names)}, forget_dead=forget, sealed=(lo, hi), kept=kept)
             shutil.rmtree(folder / "segments" / seg_name, ignore_errors=True)
             done.append(
                 f"{name}: rebuilt segment {seg_name} as {segment.name if segment else '(none: no live rows)'} "

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from lamina.config import Limits
-from lamina.errors import InvalidArgument, LaminaError, NotFound
+from lamina.errors import DataLoss, InvalidArgument, LaminaError, NotFound
 from lamina.index.kernels import METRIC_IP, METRIC_L2, normalize_rows
 from lamina.index.tiers import Knobs
 from lamina.storage.faults import Backoff
@@ -325,8 +325,14 @@ class CollectionState:
                 for at, vec in zip(np.flatnonzero(hit).tolist(), vectors, strict=True):
                     found[left[at]] = vec.astype("<f4").tobytes()
         lost = [rows[i] for i in left if found[i] is None]
-        if lost and self._damaged and any(k is not None for k in self._store.id_keys_of(lost)):
+        live = [r for r, k in zip(lost, self._store.id_keys_of(lost), strict=True) if k is not None]
+        if live and self._damaged:
             raise degraded_error(self.name, self._damaged)  # live rows whose segment is damaged
+        if live:  # never an answer quietly short of a point
+            raise DataLoss(
+                f"collection {self.name!r}: the vectors of {len(live)} live row(s) are in no segment "
+                f"and not in RocksDB (first: row {live[0]}); run `lamina check --data DIR --deep`"
+            )
         return found
 
     def _read(self, read: Callable[[ReadSnapshot], T]) -> T:
