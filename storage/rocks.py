@@ -73,6 +73,10 @@ TENANT_FIELDS = b"tenant_fields"  # multi-tenant collections: {code: top-level p
 #: memtable memory of one collection (all column families together); RocksDB's default is
 #: 64 MiB per column family, up to 768 MiB for our six, per collection
 MEMTABLE_BUDGET = 16 << 20
+#: write-ahead log kept by one collection: past it RocksDB flushes the column families that
+#: hold the oldest log (the small ids / rows / payload memtables would otherwise keep every log
+#: of a bulk load, with every vector in it, long after a seal dropped those vectors)
+MAX_WAL = 2 * MEMTABLE_BUDGET
 
 
 def _options(*, db: bool = False) -> Options:
@@ -82,6 +86,7 @@ def _options(*, db: bool = False) -> Options:
     opts.set_write_buffer_size(MEMTABLE_BUDGET // 4)
     if db:
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET)
+        opts.set_max_total_wal_size(MAX_WAL)
     return opts
 
 
@@ -352,9 +357,12 @@ class CollectionStore:
 
     def compact_vectors(self, lo: int, hi: int) -> None:
         """Compact the vectors of rows [lo, hi) (dropped by a seal: see ``put_meta``) out of
-        RocksDB's files, so that the disk they held is freed now."""
+        RocksDB's files and flush the memtables, so that the disk they held (table files and
+        write-ahead logs) is freed now."""
         with storage_errors(self.path):
             self._cf["vecs"].compact_range(row_key(lo), row_key(hi))
+            for family in self._cf.values():  # the logs still holding those vectors can then go
+                family.flush(True)
 
     def flush(self) -> None:
         with storage_errors(self.path):
