@@ -316,6 +316,8 @@ class CollectionState:
         for segment in segments:
             if not left:
                 break
+            if not segment.size:
+                continue
             pos = np.minimum(np.searchsorted(segment.rows, want), segment.size - 1)
             hit = (segment.rows[pos] == want) & segment.live[pos]
             if not hit.any():
