@@ -97,6 +97,10 @@ class Writer:
                 fresh = list(dict.fromkeys(fresh))
             ids: list[Any] = [f"s{i}" if isinstance(i, int) and i % 5 == 0 else i for i in fresh]
             vectors = self.rng.standard_normal((len(ids), DIM)).astype(np.float32)
+            # half unit length, as real embeddings are: a seal drops their vectors from RocksDB
+            # (the segment holds the one copy); the others stay there (see Segment.stored_vectors)
+            unit = self.rng.random(len(ids)) < 0.5
+            vectors[unit] /= np.linalg.norm(vectors[unit], axis=1, keepdims=True)
             payloads = [
                 {"batch": self.acked, "tag": TAGS[int(self.rng.integers(0, 3))], "n": {"i": j}}
                 for j in range(len(ids))

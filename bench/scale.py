@@ -233,6 +233,7 @@ def _lamina(
     memory = _memory() - before
     ef_now[0] = chosen(curve)["ef"]
     ingest = _search_while_ingesting(col, search, base, qs, ingest_s) if ingest_s > 0 else {}
+    held = col.count()  # the ingest added points: disk is compared with the float32 of all held
     db.close()
     disk = folder_mb(path)
     began = time.perf_counter()
@@ -248,6 +249,7 @@ def _lamina(
         "curve": curve,
         "memory_mb": memory,
         "disk_mb": disk,
+        "rows_held": held,
         "reopen_s": reopen,
         "layout": layout,
         "segments": status.segments,
@@ -319,24 +321,26 @@ def run_one(system: str, folder: Path, queries: int, ingest_s: float, limit: flo
 def markdown(results: list[dict[str, Any]], params: dict[str, Any]) -> str:
     head = (
         "| N | system | layout | load s | until indexed s | ef | recall@10 | QPS | vs hnswlib | p50 ms | "
-        "p99 ms | RSS MB | disk MB | reopen s | load avg |"
+        "p99 ms | RSS MB | disk MB | disk / float32 | reopen s | load avg |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for n in params["sizes"]:
         ref = next(
             (r for r in results if r.get("n") == n and r["system"] == "hnswlib" and "error" not in r), None
         )
         for r in (r for r in results if r.get("n") == n):
             if "error" in r:
-                lines.append(f"| {n:,} | {r['system']} | {r['error']} |" + " |" * 12)
+                lines.append(f"| {n:,} | {r['system']} | {r['error']} |" + " |" * 13)
                 continue
             c = r["chosen"]
             ratio = f"{c['qps'] / ref['chosen']['qps']:.2f}x" if ref else "-"
             load = f"{r['load_s']:.1f}" if "load_s" in r else "-"
+            # the float32 of the rows the system holds when its disk is measured (Lamina: after the ingest)
+            raw_mb = r.get("rows_held", n) * r["dim"] * 4 / 2**20  # MiB, as folder_mb
             lines.append(
                 f"| {n:,} | {r['system']} | {r['layout']} | {load} | {r['indexed_s']:.1f} | {c['ef']} | "
                 f"{c['recall']:.3f} | {c['qps']:,.0f} | {ratio} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | "
-                f"{r['memory_mb']:,.0f} | {r['disk_mb']:,.0f} | {r['reopen_s']:.2f} | "
+                f"{r['memory_mb']:,.0f} | {r['disk_mb']:,.0f} | {r['disk_mb'] / raw_mb:.2f}x | {r['reopen_s']:.2f} | "
                 f"{r['load_before']:.1f}-{r['load_after']:.1f} |"
             )
     ingest = [r for r in results if r.get("ingest")]

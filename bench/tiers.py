@@ -35,6 +35,7 @@ import numpy as np
 
 import lamina
 from bench.common import Row, clustered, plot_curves, save, table
+from lamina.index import graphfile
 from lamina.index.kernels import METRIC_IP, rerank
 from lamina.storage.rocks import CollectionStore
 
@@ -378,7 +379,11 @@ def gather_mmap_vs_rocksdb(path: Path, base: np.ndarray, n_rows: int = 100, reps
     client = lamina.connect(str(path))
     client.close()
     seg_dir = next((path / "collections" / "bench" / "segments").iterdir())
-    mm = np.memmap(seg_dir / "vectors.f32", dtype="<f4", mode="r").reshape(-1, base.shape[1])
+    mm = (  # an HNSW segment's vectors are the records of its graph file (index/graphfile.py)
+        np.memmap(seg_dir / "vectors.f32", dtype="<f4", mode="r").reshape(-1, base.shape[1])
+        if (seg_dir / "vectors.f32").exists()
+        else graphfile.vectors(seg_dir / "graph.hnsw", base.shape[1])
+    )
     store = CollectionStore(path / "collections" / "bench")
     rng = np.random.default_rng(2)
     picks = [np.sort(rng.choice(mm.shape[0], n_rows, replace=False)) for _ in range(reps)]

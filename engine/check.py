@@ -33,16 +33,20 @@ import orjson
 
 from lamina.config import DEFAULT_LIMITS
 from lamina.engine.collection import Collection
-from lamina.engine.manifest import verify_segment
+from lamina.engine.manifest import MAPPED, verify_segment
 from lamina.engine.payload import FieldIndex
-from lamina.engine.segments import Segment, payload_file
-from lamina.errors import FailedPrecondition, LaminaError
+from lamina.engine.segments import SCALES, Segment, payload_file, read_ids, restoring_scales
+from lamina.errors import DataLoss, FailedPrecondition, LaminaError
+from lamina.index.tiers import GRAPH, HnswTier
+from lamina.storage.keys import without_tenant
 from lamina.storage.rocks import CONFIG, MUTABLE_START, SEGMENTS, CollectionStore
+from lamina.storage.vectorfile import map_matrix
+from lamina.types import CollectionConfig
 
 log = logging.getLogger("lamina.check")
 
 RESTORE = "restore the collection from a snapshot (`lamina restore SNAPSHOT --data DIR --name NAME`)"
-REBUILD = "rebuild the segment from the vectors RocksDB holds: `lamina check --data DIR --repair`"
+REBUILD = "rebuild the segment from its vectors: `lamina check --data DIR --repair`"
 _SMALL_FAMILIES = ("meta", "ids", "rows", "dead")
 _ALL_FAMILIES = ("meta", "ids", "rows", "vecs", "pays", "dead")
 
@@ -230,8 +234,12 @@ def _check_rows(
     """Deep: vectors and payloads of every row, sealed rows against the segments, and
     payload indexes against the stored payloads. Returns how many segment rows were checked."""
     live = np.array(sorted(rows), dtype=np.int64)
-    for family, reader in (("vecs", store.vectors_of), ("pays", store.payloads_of)):
-        missing = [int(r) for r, v in zip(live.tolist(), reader(live.tolist()), strict=True) if v is None]
+    # sealed rows' vectors live in their segment's file (checked with the segment)
+    for family, reader, which in (
+        ("vecs", store.vectors_of, live[live >= mut_start]),
+        ("pays", store.payloads_of, live),
+    ):
+        missing = [int(r) for r, v in zip(which.tolist(), reader(which.tolist()), strict=True) if v is None]
         if missing:
             report(f"{len(missing)} live row(s) have no {family[:-1]} stored (first: row {missing[0]})")
     dead = set(store.dead_rows().tolist())
@@ -303,6 +311,62 @@ def _index_matches(
     )
 
 
+def _salvage(
+    store: CollectionStore, seg_folder: Path, rows: np.ndarray, config: CollectionConfig
+) -> list[bytes]:
+    """The stored vectors of the live ``rows`` of a damaged segment: from RocksDB (rows it
+    kept, or a segment sealed before vectors were stored once), else from the segment's
+    own vector file when that passes its checksum (the damage is elsewhere: its row list,
+    a payload index...). Rows are found in it by their row list, or when that is damaged
+    by their ids. Raises DataLoss naming the segment when the vectors themselves are lost."""
+    blobs = store.vectors_of(rows.tolist())
+    need = [i for i, b in enumerate(blobs) if b is None]
+    if not need:
+        return [b for b in blobs if b is not None]
+    problems = verify_segment(seg_folder, deep=True)
+
+    def intact(file: str) -> bool:
+        return (seg_folder / file).exists() and not any(
+            f": {file} " in p or f" {file}:" in p for p in problems
+        )
+
+    lost = f"segment {seg_folder.name}: the vectors of {len(need):,} row(s) were stored only in it and "
+    source = MAPPED if (seg_folder / MAPPED).exists() else GRAPH
+    cosine = config.metric == "cosine"
+    if not intact(source) or (cosine and not intact(SCALES)):
+        raise DataLoss(
+            lost + f"its {source if intact(SCALES) or not cosine else SCALES} is damaged: "
+            "restore the collection from a snapshot"
+        )
+    vectors = (
+        map_matrix(seg_folder / MAPPED, config.dim)
+        if source == MAPPED
+        else HnswTier.vectors(seg_folder, config.dim)
+    )
+    want = rows[need]
+    if intact("rows.npy"):
+        seg_rows = np.load(seg_folder / "rows.npy")
+        local = np.minimum(np.searchsorted(seg_rows, want), seg_rows.size - 1)
+        found = seg_rows[local] == want
+    else:  # by id: a row's id key is at its position (the last one: an upserted id's live row)
+        ids = Segment.keys_of(read_ids(seg_folder))
+        where = {key: at for at, key in enumerate(ids)}
+        keys = store.id_keys_of(want.tolist())
+        plain = isinstance(read_ids(seg_folder), np.ndarray)
+        local = np.array(
+            [where.get(without_tenant(k) if plain else k, -1) if k else -1 for k in keys], np.int64
+        )
+        found = (local >= 0) & (local < vectors.shape[0])
+    if not found.all():
+        raise DataLoss(lost + "its row list and ids are damaged: restore the collection from a snapshot")
+    got = np.asarray(vectors[local], dtype=np.float32)
+    if cosine:
+        got = got * np.load(seg_folder / SCALES)[local][:, None]
+    for i, vec in zip(need, got, strict=True):
+        blobs[i] = vec.astype("<f4").tobytes()
+    return [b for b in blobs if b is not None]
+
+
 def repair_collection(name: str, folder: Path) -> list[str]:
     """Rebuild every damaged segment of the collection in ``folder`` from the vectors and
     payloads RocksDB holds for its rows (offline: the caller holds the directory lock).
@@ -318,21 +382,25 @@ def repair_collection(name: str, folder: Path) -> list[str]:
             rows = np.array([r for r, _ in store.scan_rows(lo) if r < hi], dtype=np.int64)
             forget = [int(r) for r in store.dead_rows().tolist() if lo <= r < hi]
             segment: Segment | None = None
+            scales: np.ndarray | None = None
+            kept: list[tuple[int, bytes]] = []
             if rows.size:
-                blobs = store.vectors_of(rows.tolist())
-                vectors = np.frombuffer(b"".join(b or b"" for b in blobs), dtype="<f4").reshape(
-                    -1, collection.config.dim
-                )
+                blobs = _salvage(store, folder / "segments" / seg_name, rows, collection.config)
+                vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, collection.config.dim)
                 prepared = collection._prepare(vectors.astype(np.float32))
                 payloads = collection._stored_payloads(rows)
                 indexes = {
                     f: FieldIndex.build(kind, tuple(f.split(".")), range(rows.size), payloads)
                     for f, kind in collection.config.payload_index.items()
                 }
-                segment = collection._build(rows, prepared, indexes)
+                if collection.config.metric == "cosine":  # as a seal does (see segments.restoring_scales)
+                    scales, exact = restoring_scales(vectors, prepared)
+                    kept = [(int(rows[i]), blobs[i]) for i in np.flatnonzero(~exact).tolist()]
+                segment = collection._build(rows, prepared, indexes, scales)
             fresh = [n if n != seg_name else (segment.name if segment else "") for n in names]
             names = [n for n in fresh if n]
-            store.put_meta({SEGMENTS: orjson.dumps(names)}, forget_dead=forget)
+            # the rebuilt segment holds the one copy of its rows' vectors, as after a seal
+            store.put_meta({SEGMENTS: orjson.dumps(names)}, forget_dead=forget, sealed=(lo, hi), kept=kept)
             shutil.rmtree(folder / "segments" / seg_name, ignore_errors=True)
             done.append(
                 f"{name}: rebuilt segment {seg_name} as {segment.name if segment else '(none: no live rows)'} "

@@ -495,7 +495,7 @@ class Reads(TenantSearch):
                 return [hits[lo:hi] for lo, hi in zip([0, *ends[:-1]], ends, strict=True)]
         flat_rows = flat.tolist()
         payloads: list[bytes | None] = self._store.payloads_of(flat_rows) if with_payload else []
-        vectors: list[bytes | None] = self._store.vectors_of(flat_rows) if with_vector else []
+        vectors: list[bytes | None] = self._vectors_of(flat_rows) if with_vector else []
         results: list[list[Hit]] = []
         lo = 0
         for hi in ends:
@@ -522,7 +522,7 @@ class Reads(TenantSearch):
         self, rows: Sequence[int], keys: Sequence[bytes | None], with_payload: bool, with_vector: bool
     ) -> list[Point | None]:
         payloads = self._store.payloads_of(rows) if with_payload else [None] * len(rows)
-        vectors = self._store.vectors_of(rows) if with_vector else [None] * len(rows)
+        vectors = self._vectors_of(rows) if with_vector else [None] * len(rows)
         out: list[Point | None] = []
         for key, pay, vec in zip(keys, payloads, vectors, strict=True):
             if key is None or (with_payload and pay is None) or (with_vector and vec is None):

@@ -2,7 +2,9 @@
 file and an index tier in memory.
 
 A segment folder holds ``rows.npy`` (the global row numbers it covers, ascending),
-``vectors.f32`` (their prepared float32 vectors, memory-mapped), the point ids of
+their prepared float32 vectors, memory-mapped (``vectors.f32``; an HNSW segment keeps
+them only in its graph file, whose records are in row order: see index/graphfile.py,
+so that every sealed vector is stored once), the point ids of
 its rows (``ids.npy`` when all are integers, else ``keys.bin`` + ``keys.off.npy``;
 memory-mapped, so that a search answers ids without a RocksDB read), ``segment.json``
 (tier kind and note), the tier's own files and, in a multi-tenant collection,
@@ -32,12 +34,24 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import numpy as np
+from numba import njit
 
 from lamina.engine.payload import FieldIndex
 from lamina.errors import DataLoss
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import rerank
-from lamina.index.tiers import ExactTier, HnswTier, Knobs, Stop, Tier, TopK, build_tier, load_tier
+from lamina.index.tiers import (
+    GRAPH,
+    ExactTier,
+    HnswTier,
+    Knobs,
+    Stop,
+    Threads,
+    Tier,
+    TopK,
+    build_tier,
+    load_tier,
+)
 from lamina.storage import faults
 from lamina.storage.keys import id_from_key, tenant_of_key, without_tenant
 from lamina.storage.vectorfile import atomic_folder, fsync_path, map_matrix, write_matrix
@@ -54,6 +68,10 @@ WIDEN = 1.5
 MATCH_CACHE = 32
 #: gather() reads at most this many runs of consecutive rows with pread, else the map
 MAX_READ_RUNS = 64
+#: a cosine segment's file of per-row scales (see restoring_scales)
+SCALES = "scales.npy"
+#: restoring_scales tries the float32 norm and this many neighbouring floats each side
+SCALE_STEPS = 6
 
 
 log = logging.getLogger("lamina.engine")
@@ -143,11 +161,15 @@ class Segment:
         ids: _Ids,
         payload: dict[str, FieldIndex],
         tenants: np.ndarray | None = None,
+        scales: np.ndarray | None = None,
     ) -> None:
         self.folder = folder
-        self._mapped = (
-            folder / MAPPED
-        )  # what _reads_disk checks (made once: a path join per read is not free)
+        #: cosine: each row's vector as stored is its unit vector times its scale (see restoring_scales)
+        self.scales = scales
+        # the file the vectors are mapped from, which _reads_disk checks (made once: a
+        # path join per read is not free): vectors.f32, or an HNSW segment's graph
+        in_graph = isinstance(tier, HnswTier) and not (folder / MAPPED).exists()
+        self._mapped = folder / (GRAPH if in_graph else MAPPED)
         self.payload = payload
         self._ids = ids
         self.name = folder.name
@@ -190,6 +212,18 @@ class Segment:
     def tenant_codes_live(self) -> np.ndarray:
         """The tenant code of every live row (in tenant order)."""
         return self._tenant_sorted[self.live[self._tenant_order]]
+
+    @_reads_disk
+    def stored_vectors(self, local: np.ndarray, cosine: bool) -> FloatMatrix | None:
+        """The vectors of ``local`` rows as they were stored (a cosine collection's: the unit
+        vector times the row's scale, bit for bit what was written; see restoring_scales);
+        None for a segment sealed before vectors were stored once (RocksDB still has them)."""
+        if local.size and self.scales is None and cosine:
+            return None
+        found = np.asarray(self.vectors[local], dtype=np.float32)
+        if self.scales is not None:
+            found = found * self.scales[local][:, None]
+        return found
 
     @_reads_disk
     def gather(self, local: np.ndarray) -> FloatMatrix:
@@ -252,13 +286,15 @@ class Segment:
         vectors: FloatMatrix,
         config: CollectionConfig,
         metric: int,
-        threads: int,
+        threads: Threads,
         payload: dict[str, FieldIndex],
         stop: Stop = None,
+        scales: np.ndarray | None = None,
     ) -> Segment:
         """Build the tier over ``vectors`` (prepared, one per row; ``keys`` are the rows'
-        id keys) and write the segment folder durably with its payload indexes (in the
-        segment's row positions); the caller commits it to the collection manifest."""
+        id keys; ``scales`` give back the stored vectors of a cosine collection) and write
+        the segment folder durably with its payload indexes (in the segment's row
+        positions); the caller commits it to the collection manifest."""
         # a multi-tenant collection answers from tenant partitions, never from a shared graph
         tier, note = (
             (ExactTier(metric), "")
@@ -267,7 +303,7 @@ class Segment:
         )
         tenants = np.array([tenant_of_key(k) for k in keys], np.int32) if config.multi_tenant else None
         return cls._write(
-            folder, rows.astype(np.int64), [vectors], keys, None, tier, note, payload, config, tenants
+            folder, rows.astype(np.int64), [vectors], keys, None, tier, note, payload, config, tenants, scales
         )
 
     @classmethod
@@ -283,21 +319,26 @@ class Segment:
         payload: dict[str, FieldIndex],
         config: CollectionConfig,
         tenants: np.ndarray | None = None,
+        scales: np.ndarray | None = None,
     ) -> Segment:
         """Write a segment folder durably (see ``atomic_folder``) and open it: ``vectors``
         are written one part after another, ids are ``before``'s (if any) then ``keys``."""
+        in_graph = isinstance(tier, HnswTier)  # the graph's file holds the vectors: no second copy
         with atomic_folder(folder) as tmp:
             np.save(tmp / "rows.npy", rows)
-            write_matrix(tmp / "vectors.f32", *vectors)
+            if not in_graph:
+                write_matrix(tmp / MAPPED, *vectors)
             _write_ids(tmp, keys, before)
             if tenants is not None:
                 np.save(tmp / "tenants.npy", tenants)
+            if scales is not None:
+                np.save(tmp / SCALES, scales.astype(np.float32))
             tier.save(tmp)
             for name, index in payload.items():
                 index.save(tmp / payload_file(name, index.kind))
             write_meta(tmp, {"tier": tier.kind, "note": note, "rows": int(rows.size)})
-        vecs = map_matrix(folder / "vectors.f32", config.dim)
-        return cls(folder, rows, vecs, tier, note, _read_ids(folder), dict(payload), tenants)
+        vecs = _map_vectors(folder, tier, config.dim)
+        return cls(folder, rows, vecs, tier, note, read_ids(folder), dict(payload), tenants, scales)
 
     @classmethod
     def grow(
@@ -309,9 +350,10 @@ class Segment:
         vectors: FloatMatrix,
         config: CollectionConfig,
         metric: int,
-        threads: int,
+        threads: Threads,
         payload: dict[str, FieldIndex],
         stop: Stop = None,
+        scales: np.ndarray | None = None,
     ) -> Segment:
         """A new segment in ``folder`` holding every row of ``base`` (an HNSW segment; its
         dead rows stay, marked deleted, at the same positions) and then ``rows`` (all past
@@ -322,8 +364,12 @@ class Segment:
         dead = np.flatnonzero(~base.live)
         tier = HnswTier.grow(base.folder, config, metric, dead, vectors, threads, stop)
         all_rows = np.concatenate([base.rows, rows.astype(np.int64)])
+        both = scales
+        if scales is not None:  # a base sealed before vectors were stored once: RocksDB has its rows'
+            before = base.scales if base.scales is not None else np.ones(base.size, np.float32)
+            both = np.concatenate([before, scales])
         segment = cls._write(
-            folder, all_rows, [base.vectors, vectors], keys, base._ids, tier, "", payload, config
+            folder, all_rows, [base.vectors, vectors], keys, base._ids, tier, "", payload, config, None, both
         )
         segment.kill(base.rows[dead])  # the graph has them marked already; the live mask learns them
         return segment
@@ -355,14 +401,17 @@ class Segment:
     def _load(cls, folder: Path, meta: dict[str, Any], config: CollectionConfig, metric: int) -> Segment:
         tier = load_tier(meta["tier"], folder, config, metric)
         rows = np.load(folder / "rows.npy")
-        vecs = map_matrix(folder / "vectors.f32", config.dim)
+        vecs = _map_vectors(folder, tier, config.dim)
         payload = {
             name: FieldIndex.load(folder / payload_file(name, kind))
             for name, kind in config.payload_index.items()
             if (folder / payload_file(name, kind)).exists()
         }
         tenants = np.load(folder / "tenants.npy") if (folder / "tenants.npy").exists() else None
-        segment = cls(folder, rows, vecs, tier, meta.get("note", ""), _read_ids(folder), payload, tenants)
+        scales = np.load(folder / SCALES) if (folder / SCALES).exists() else None
+        segment = cls(
+            folder, rows, vecs, tier, meta.get("note", ""), read_ids(folder), payload, tenants, scales
+        )
         segment.verified = "files" not in meta  # written before checksums: nothing to verify
         return segment
 
@@ -605,6 +654,48 @@ class Segment:
 _Ids = np.ndarray | tuple[memoryview, np.ndarray]
 
 
+def restoring_scales(raw: FloatMatrix, unit: FloatMatrix) -> tuple[np.ndarray, np.ndarray]:
+    """For a cosine segment: a float32 scale per row such that ``unit * scale`` is the
+    ``raw`` vector bit for bit, and whether one was found (the norm or one of the
+    ``SCALE_STEPS`` floats either side of it; for unit-length embeddings nearly always).
+    Rows without one keep their stored vector in RocksDB. A numba kernel, GIL released."""
+    norm = np.sqrt(np.einsum("ij,ij->i", raw, raw, dtype=np.float64)).astype(np.float32)
+    scales = norm.copy()
+    exact = np.zeros(raw.shape[0], np.bool_)
+    _find_scales(np.ascontiguousarray(raw), np.ascontiguousarray(unit), norm, SCALE_STEPS, scales, exact)
+    return scales, exact
+
+
+@njit(nogil=True, cache=True)
+def _find_scales(
+    raw: np.ndarray, unit: np.ndarray, norm: np.ndarray, steps: int, scales: np.ndarray, exact: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    for i in range(raw.shape[0]):
+        for side in range(2):
+            scale = norm[i]
+            for _ in range(steps + 1):
+                same = True
+                for j in range(raw.shape[1]):
+                    if unit[i, j] * scale != raw[i, j]:
+                        same = False
+                        break
+                if same:
+                    scales[i] = scale
+                    exact[i] = True
+                    break
+                scale = np.float32(np.nextafter(scale, np.float32(np.inf) if side == 0 else np.float32(0.0)))
+            if exact[i]:
+                break
+
+
+def _map_vectors(folder: Path, tier: Tier, dim: int) -> FloatMatrix:
+    """A segment's vectors, memory-mapped: ``vectors.f32``, or the records of an HNSW
+    segment's graph (segments sealed since vectors are stored once have no vectors.f32)."""
+    if isinstance(tier, HnswTier) and not (folder / MAPPED).exists():
+        return HnswTier.vectors(folder, dim)
+    return map_matrix(folder / MAPPED, dim)
+
+
 def take_first(found: TopK, keep: np.ndarray, k: int) -> TopK:
     """The first k hits of each query among those ``keep`` (same shape as the hits) passes."""
     scores, rows, counts = found
@@ -641,7 +732,8 @@ def _write_ids(folder: Path, keys: list[bytes], before: _Ids | None = None) -> N
     np.save(folder / "keys.off.npy", offsets)
 
 
-def _read_ids(folder: Path) -> _Ids:
+def read_ids(folder: Path) -> _Ids:
+    """The point ids of a segment folder's rows (see ``_write_ids``), memory-mapped."""
     if (folder / "ids.npy").exists():
         return np.asarray(np.load(folder / "ids.npy", mmap_mode="r"))  # a plain view: cheaper to index
     blob = (

@@ -12,6 +12,7 @@ import logging
 import math
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, TypeVar
 
@@ -19,7 +20,7 @@ import numpy as np
 import orjson
 
 from lamina.config import Limits
-from lamina.errors import InvalidArgument, LaminaError, NotFound
+from lamina.errors import DataLoss, InvalidArgument, LaminaError, NotFound
 from lamina.index.kernels import METRIC_IP, METRIC_L2, normalize_rows
 from lamina.index.tiers import Knobs
 from lamina.storage.faults import Backoff
@@ -77,6 +78,10 @@ class CollectionState:
         self._limits = limits
         self._metric = METRIC_L2 if config.metric == "l2" else METRIC_IP
         self._lock = threading.Lock()
+        # held (inside _lock) while a seal drops its rows' vectors from RocksDB and adds
+        # the segment holding them; a reader missing a vector in both takes it to look again
+        self._sealing = threading.Lock()
+        self._last_read = 0.0  # time.monotonic() of the last search (or other snapshot read)
         self._closed = False
         raw = store.get_meta(NEXT_ROW)
         self._next_row = row_from_key(raw) if raw else 0
@@ -296,12 +301,53 @@ class CollectionState:
             self._partitions,
         )
 
+    def _vectors_of(self, rows: Sequence[int]) -> list[bytes | None]:
+        """The stored vector of each of ``rows`` (None: the row is gone): unsealed rows, and
+        the few sealed rows their segment cannot give back bit for bit, from RocksDB; other
+        sealed rows from their segment's file, their one copy on disk."""
+        found = self._store.vectors_of(rows)
+        missing = [i for i, vec in enumerate(found) if vec is None]
+        if not missing:
+            return found
+        with self._sealing:  # a seal is either not committed or its segment is in the list
+            again = self._store.vectors_of([rows[i] for i in missing])
+            segments = self._segments
+        cosine = self.config.metric == "cosine"
+        for i, vec in zip(missing, again, strict=True):
+            found[i] = vec
+        left = [i for i in missing if found[i] is None]
+        want = np.array([rows[i] for i in left], dtype=np.int64)
+        for segment in segments:
+            if not left:
+                break
+            if not segment.size:
+                continue
+            pos = np.minimum(np.searchsorted(segment.rows, want), segment.size - 1)
+            hit = (segment.rows[pos] == want) & segment.live[pos]
+            if not hit.any():
+                continue
+            vectors = segment.stored_vectors(pos[hit], cosine)
+            if vectors is not None:
+                for at, vec in zip(np.flatnonzero(hit).tolist(), vectors, strict=True):
+                    found[left[at]] = vec.astype("<f4").tobytes()
+        lost = [rows[i] for i in left if found[i] is None]
+        live = [r for r, k in zip(lost, self._store.id_keys_of(lost), strict=True) if k is not None]
+        if live and self._damaged:
+            raise degraded_error(self.name, self._damaged)  # live rows whose segment is damaged
+        if live:  # never an answer quietly short of a point
+            raise DataLoss(
+                f"collection {self.name!r}: the vectors of {len(live)} live row(s) are in no segment "
+                f"and not in RocksDB (first: row {live[0]}); run `lamina check --data DIR --deep`"
+            )
+        return found
+
     def _read(self, read: Callable[[ReadSnapshot], T]) -> T:
         """``read(snapshot)``, consistent with concurrent writes. An upsert that replaces a
         point while a search runs writes it at a row past the search's snapshot and drops its
         old row: sealed segments hide the old row at once (their live masks and graphs are
         shared, not copied), and its id and payload leave RocksDB, so the search could see
         the point nowhere. Such a read is run again; the last attempt holds the writer lock."""
+        self._last_read = time.monotonic()  # searches are being served (see optimizer/build.py)
         for _ in range(READ_ATTEMPTS - 1):
             snap = self._snapshot()
             result = read(snap)

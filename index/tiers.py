@@ -33,6 +33,7 @@ import faiss
 import hnswlib
 import numpy as np
 
+from lamina.index import graphfile
 from lamina.index.flat import exact_topk
 from lamina.index.kernels import METRIC_IP, hamming_topn, rerank
 from lamina.types import CollectionConfig, FloatMatrix
@@ -45,6 +46,18 @@ PQ_MAX_TRAIN = 65_536
 TopK = tuple[FloatMatrix, np.ndarray, np.ndarray]
 #: asked between chunks of an index build: True ends it (the database is closing)
 Stop = Callable[[], bool] | None
+#: threads an index build inserts with: a number, or asked before each chunk (fewer while
+#: searches are being served, see engine/optimizer/build.py)
+Threads = int | Callable[[], int]
+
+
+def threads_now(threads: Threads) -> int:
+    """The threads the next chunk of a build inserts with."""
+    return threads() if callable(threads) else threads
+
+
+#: the file of a float HNSW tier: the hnswlib graph, holding the segment's vectors
+GRAPH = "graph.hnsw"
 #: rows added to a graph per call: a build notices ``stop`` within one chunk (~1 s)
 BUILD_CHUNK = 8_192
 
@@ -159,7 +172,7 @@ class BinaryTier:
 
     @classmethod
     def build(
-        cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int, stop: Stop = None
+        cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: Threads, stop: Stop = None
     ) -> BinaryTier:
         assert config.quantization is not None
         thresholds = binary_thresholds(vectors, config.quantization.bits)
@@ -229,7 +242,7 @@ class PQTier:
 
     @classmethod
     def build(
-        cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int, stop: Stop = None
+        cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: Threads, stop: Stop = None
     ) -> PQTier:
         assert config.quantization is not None
         m = config.quantization.m
@@ -383,17 +396,19 @@ class HnswTier:
 
     @classmethod
     def build(
-        cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int, stop: Stop = None
+        cls, config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: Threads, stop: Stop = None
     ) -> HnswTier:
         index = hnsw_index(config, metric, vectors.shape[0])
         for lo, hi in build_chunks(vectors.shape[0], stop):
-            index.add_items(np.ascontiguousarray(vectors[lo:hi]), np.arange(lo, hi), num_threads=threads)
+            index.add_items(
+                np.ascontiguousarray(vectors[lo:hi]), np.arange(lo, hi), num_threads=threads_now(threads)
+            )
         return cls(metric, index)
 
     @classmethod
     def load(cls, folder: Path, config: CollectionConfig, metric: int) -> HnswTier:
         index = hnsw_index(config, metric)
-        index.load_index(str(folder / "graph.hnsw"))
+        index.load_index(str(folder / GRAPH))
         return cls(metric, index)
 
     @classmethod
@@ -404,7 +419,7 @@ class HnswTier:
         metric: int,
         dead: np.ndarray,
         vectors: FloatMatrix,
-        threads: int,
+        threads: Threads,
         stop: Stop = None,
     ) -> HnswTier:
         """A copy of the graph saved in ``folder`` (n labels, ``dead`` of them marked deleted)
@@ -412,22 +427,36 @@ class HnswTier:
         the smaller segment's points instead of building both again. hnswlib releases the
         GIL while it inserts, on ``threads`` threads."""
         index = hnsw_index(config, metric)
-        path = str(folder / "graph.hnsw")
+        path = str(folder / GRAPH)
         index.load_index(path)
         start = index.get_current_count()
         index.resize_index(start + vectors.shape[0])
         hnsw_mark_deleted(index, dead.tolist())
         for lo, hi in build_chunks(vectors.shape[0], stop):
             index.add_items(
-                np.ascontiguousarray(vectors[lo:hi]), np.arange(start + lo, start + hi), num_threads=threads
+                np.ascontiguousarray(vectors[lo:hi]),
+                np.arange(start + lo, start + hi),
+                num_threads=threads_now(threads),
             )
         return cls(metric, index)
 
     def save(self, folder: Path) -> None:
-        self.index.save_index(str(folder / "graph.hnsw"))
+        """Save the graph in label order (see graphfile): its records then hold the
+        segment's vectors, row i at label i, and the segment writes no other copy."""
+        raw = folder / "graph.raw"
+        try:
+            self.index.save_index(str(raw))
+            graphfile.relabel(raw, folder / GRAPH)
+        finally:
+            raw.unlink(missing_ok=True)
+
+    @staticmethod
+    def vectors(folder: Path, dim: int) -> FloatMatrix:
+        """The segment's vectors inside the graph ``save`` wrote (a strided memory map)."""
+        return graphfile.vectors(folder / GRAPH, dim)
 
     def files(self) -> list[str]:
-        return ["graph.hnsw"]
+        return [GRAPH]
 
     def kill(self, local_rows: np.ndarray) -> None:
         hnsw_mark_deleted(self.index, local_rows.tolist())
@@ -467,7 +496,7 @@ class HnswTier:
 
 
 def build_tier(
-    config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: int, stop: Stop = None
+    config: CollectionConfig, vectors: FloatMatrix, metric: int, threads: Threads, stop: Stop = None
 ) -> tuple[Tier, str]:
     """The tier ``config`` asks for over ``vectors``, or the exact fallback with a note
     saying why it could not be built yet. ``stop`` is asked between chunks of the graph

@@ -6,7 +6,9 @@ Column families:
 ``meta``   name                    value
 ``ids``    id key (storage.keys)   row (8-byte big-endian)
 ``rows``   row                     id key
-``vecs``   row                     float32 little-endian vector bytes
+``vecs``   row                     float32 little-endian vector bytes (unsealed rows;
+                                   sealed rows' vectors live in their segment, see
+                                   engine/segments.py)
 ``pays``   row                     payload JSON bytes
 ``dead``   row                     (empty): rows deleted after they were
                                    sealed into a segment, re-applied to the
@@ -71,6 +73,10 @@ TENANT_FIELDS = b"tenant_fields"  # multi-tenant collections: {code: top-level p
 #: memtable memory of one collection (all column families together); RocksDB's default is
 #: 64 MiB per column family, up to 768 MiB for our six, per collection
 MEMTABLE_BUDGET = 16 << 20
+#: write-ahead log kept by one collection: past it RocksDB flushes the column families that
+#: hold the oldest log (the small ids / rows / payload memtables would otherwise keep every log
+#: of a bulk load, with every vector in it, long after a seal dropped those vectors)
+MAX_WAL = 2 * MEMTABLE_BUDGET
 
 
 def _options(*, db: bool = False) -> Options:
@@ -80,6 +86,7 @@ def _options(*, db: bool = False) -> Options:
     opts.set_write_buffer_size(MEMTABLE_BUDGET // 4)
     if db:
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET)
+        opts.set_max_total_wal_size(MAX_WAL)
     return opts
 
 
@@ -193,11 +200,19 @@ class CollectionStore:
         return None if value is None else bytes(value)
 
     def put_meta(
-        self, items: dict[bytes, bytes], forget_dead: Sequence[int] = (), add_dead: Sequence[int] = ()
+        self,
+        items: dict[bytes, bytes],
+        forget_dead: Sequence[int] = (),
+        add_dead: Sequence[int] = (),
+        sealed: tuple[int, int] | None = None,
+        kept: Sequence[tuple[int, bytes]] = (),
     ) -> None:
         """Write meta keys in one batch, dropping ``forget_dead`` rows from the dead list
         (rows that a rewritten segment no longer holds) and adding ``add_dead`` (rows
-        deleted while the segment that now holds them was being built)."""
+        deleted while the segment that now holds them was being built). ``sealed``: rows
+        [lo, hi) that a segment now holds, whose vectors are dropped in the same batch
+        (the segment's file is their one copy) but for the (row, vector) pairs ``kept``
+        (vectors the segment cannot give back bit for bit)."""
         batch = WriteBatch(raw_mode=True)
         for key, value in items.items():
             batch.put(key, value, self._handle["meta"])
@@ -205,6 +220,10 @@ class CollectionStore:
             batch.delete(row_key(row), self._handle["dead"])
         for row in add_dead:
             batch.put(row_key(row), b"", self._handle["dead"])
+        if sealed is not None:
+            batch.delete_range(row_key(sealed[0]), row_key(sealed[1]), self._handle["vecs"])
+            for row, vector in kept:  # later in the batch than the range delete: they stay
+                batch.put(row_key(row), vector, self._handle["vecs"])
         self._write(batch)
         if self.after_write is not None:
             self.after_write(add_dead)
@@ -342,6 +361,15 @@ class CollectionStore:
         are hard-linked, the rest copied): it opens as a RocksDB of its own."""
         with storage_errors(dest):
             Checkpoint(self._db).create_checkpoint(str(dest))
+
+    def compact_vectors(self, lo: int, hi: int) -> None:
+        """Compact the vectors of rows [lo, hi) (dropped by a seal: see ``put_meta``) out of
+        RocksDB's files and flush the memtables, so that the disk they held (table files and
+        write-ahead logs) is freed now."""
+        with storage_errors(self.path):
+            self._cf["vecs"].compact_range(row_key(lo), row_key(hi))
+            for family in self._cf.values():  # the logs still holding those vectors can then go
+                family.flush(True)
 
     def flush(self) -> None:
         with storage_errors(self.path):

@@ -26,8 +26,9 @@ import lamina
 from lamina import cli
 from lamina.engine.database import Database
 from lamina.errors import DataLoss, FailedPrecondition, ResourceExhausted
+from lamina.index.graphfile import HEADER_BYTES, GraphLayout
 from lamina.storage import faults
-from lamina.types import CollectionConfig, SearchParams
+from lamina.types import CollectionConfig, IndexConfig, SearchParams
 from tests.conftest import ServerThread
 
 DIM = 32
@@ -173,7 +174,8 @@ def test_disk_full_at_every_stage_refuses_whole_and_resumes_without_restart(tmpf
         segments = col.info().status.segments
         ballast.free()
         _wait(lambda: col.info().status.mutable_points == 0 and col.info().status.segments > segments)
-        assert col.info().status.write_stall == ""
+        # the stall clears when the optimizer's round ends (after the seal it compacts the dropped vectors)
+        _wait(lambda: col.info().status.write_stall == "")
 
         # --- compaction: many dead rows, rewrite on a full disk
         col.delete(ids=list(range(0, 200)))
@@ -220,11 +222,15 @@ def test_disk_full_at_every_stage_refuses_whole_and_resumes_without_restart(tmpf
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def _seed(data: Path, n: int = 600) -> np.ndarray:
-    """A data directory with collection "docs": n points, partly sealed."""
+def _seed(data: Path, n: int = 600, index: str = "hnsw", metric: str = "l2") -> np.ndarray:
+    """A data directory with collection "docs": n points, partly sealed (cosine: every other
+    vector of unit length, whose segment then holds its only copy; the others stay in RocksDB)."""
     vecs = _vectors(n, 1)
+    if metric == "cosine":
+        vecs[::2] /= np.linalg.norm(vecs[::2], axis=1, keepdims=True)
     with Database(data) as db:
-        col = db.create_collection("docs", CollectionConfig(dim=DIM, metric="l2", segment_rows=256))
+        config = CollectionConfig(dim=DIM, metric=metric, segment_rows=256, index=IndexConfig(type=index))
+        col = db.create_collection("docs", config)
         col.upsert(list(range(n)), vecs, [{"i": i} for i in range(n)])
         col.optimize()
     return vecs
@@ -343,9 +349,9 @@ def test_io_error_reading_a_segment_fails_the_queries_that_touch_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """EIO from a segment file (the storage/faults.py seam raises the OSError a failing
-    disk raises): searches that read it are DATA_LOSS naming the segment, reads that do not
-    (get by id, other collections) go on, the log says what to do, and it passes when the
-    disk does."""
+    disk raises): searches that read it, and gets of the vectors it alone holds, are
+    DATA_LOSS naming the segment; reads that do not (get by id without vectors, other
+    collections) go on, the log says what to do, and it passes when the disk does."""
     data = tmp_path / "data"
     vecs = _seed(data)
     with Database(data) as db:
@@ -359,7 +365,9 @@ def test_io_error_reading_a_segment_fails_the_queries_that_touch_it(
         try:
             with pytest.raises(DataLoss, match=f"segment {bad}"):
                 col.search(vecs[0], k=3)
-            assert col.get([0])[0].id == 0
+            assert col.get([0], with_vector=False)[0].id == 0
+            with pytest.raises(DataLoss, match=f"segment {bad}"):  # its vector is stored only there
+                col.get([0])
             assert [h.id for h in client.get_collection("other").search(vecs[0], k=1)] == [1]
             assert _serving(srv.address)
             assert any("lamina check" in r.getMessage() and bad in r.getMessage() for r in caplog.records)
@@ -384,13 +392,17 @@ def _flip(path: Path, at: int) -> None:
     path.write_bytes(bytes(raw))
 
 
-def _exact_top(vecs: np.ndarray, query: np.ndarray, k: int) -> list[int]:
+def _exact_top(vecs: np.ndarray, query: np.ndarray, k: int, metric: str = "l2") -> list[int]:
+    if metric == "cosine":
+        unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+        return [int(i) for i in np.argsort(-(unit @ (query / np.linalg.norm(query))), kind="stable")[:k]]
     return [int(i) for i in np.argsort(((vecs - query) ** 2).sum(axis=1), kind="stable")[:k]]
 
 
-def test_damaged_segment_opens_degraded_and_check_repairs_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_damaged_segment_opens_degraded_and_check_repairs_it(tmp_path: Path, metric: str) -> None:
     data = tmp_path / "data"
-    vecs = _seed(data)
+    vecs = _seed(data, metric=metric)
     assert _check(data, "--deep").returncode == 0
     victim = _segment_folders(data)[0]
     _flip(victim / "rows.npy", 200)
@@ -401,7 +413,9 @@ def test_damaged_segment_opens_degraded_and_check_repairs_it(tmp_path: Path) -> 
             col.search(vecs[0], k=3)
         with pytest.raises(DataLoss):
             col.count()
-        assert col.get([0])[0].id == 0  # reads by id come from RocksDB
+        assert col.get([0], with_vector=False)[0].id == 0  # ids and payloads come from RocksDB
+        with pytest.raises(DataLoss, match="degraded"):  # its vector is stored only in the segment
+            col.get([0])
     done = _check(data)
     assert done.returncode == 1
     assert f"segment {victim.name}: rows.npy fails its checksum" in done.stdout
@@ -412,14 +426,17 @@ def test_damaged_segment_opens_degraded_and_check_repairs_it(tmp_path: Path) -> 
     with Database(data) as db:
         col = db.get_collection("docs")
         assert col.count() == len(vecs)
+        # rebuilt from the segment's own vectors, found by id since its row list was damaged
+        got = col.get(list(range(len(vecs))))
+        assert len(got) == len(vecs) and all(p.vector.tobytes() == vecs[p.id].tobytes() for p in got)  # type: ignore[union-attr]
         for q in (0, 17, 333):
             hits = col.search(vecs[q], k=5, params=SearchParams(exact=True))
-            assert [h.id for h in hits] == _exact_top(vecs, vecs[q], 5)
+            assert [h.id for h in hits] == _exact_top(vecs, vecs[q], 5, metric)
 
 
 def test_flipped_vector_byte_found_by_the_scrub_and_check_deep(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    _seed(data)
+    _seed(data, index="flat")  # a flat segment's vectors are in vectors.f32, mapped, not read at open
     victim = _segment_folders(data)[-1]
     _flip(victim / "vectors.f32", 1000)
     assert _check(data).returncode == 0  # the size is right: only --deep reads the vectors
@@ -430,6 +447,28 @@ def test_flipped_vector_byte_found_by_the_scrub_and_check_deep(tmp_path: Path) -
         _wait(lambda: "degraded" in col.info().status.note)  # the background scrub finds it
         with pytest.raises(DataLoss):
             col.search(np.zeros(DIM, np.float32), k=1)
+
+
+def test_flipped_vector_byte_in_an_hnsw_graph_is_found_at_open(tmp_path: Path) -> None:
+    """An HNSW segment keeps its vectors only inside its graph file, which is checked
+    whenever the segment opens (the graph is read whole anyway)."""
+    data = tmp_path / "data"
+    _seed(data)
+    victim = _segment_folders(data)[-1]
+    assert not (victim / "vectors.f32").exists()
+    layout = GraphLayout(victim / "graph.hnsw")
+    _flip(victim / "graph.hnsw", HEADER_BYTES + 3 * layout.record + layout.vector_at + 4)  # row 3's vector
+    done = _check(data)
+    assert done.returncode == 1 and f"segment {victim.name}: graph.hnsw fails its checksum" in done.stdout
+    with Database(data) as db:
+        col = db.get_collection("docs")
+        assert "degraded" in col.info().status.note
+        with pytest.raises(DataLoss):
+            col.search(np.zeros(DIM, np.float32), k=1)
+    done = _check(data, "--repair")  # nothing else holds those vectors: no rebuild to make
+    assert done.returncode != 0 and "REPAIRED" not in done.stdout
+    assert f"segment {victim.name}: the vectors of" in done.stdout + done.stderr
+    assert "restore the collection from a snapshot" in done.stdout + done.stderr
 
 
 def test_torn_segment_manifest_is_detected_at_open(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import pytest
 import lamina
 from lamina.engine.check import check_data_directory
 from lamina.errors import InvalidArgument
+from lamina.storage.rocks import CollectionStore
 from lamina.types import CollectionConfig
 
 DIM = 24
@@ -162,6 +163,53 @@ def test_an_uncommitted_merge_leaves_the_old_segments_in_force(tmp_path: Path) -
         assert col.info().status == before
         assert sorted(p.name for p in segments[0].parent.iterdir()) == sorted(s.name for s in segments)
         assert [h.id for h in col.search(data[7], 1)] == [7]
+
+
+def test_sealed_vectors_are_stored_once_and_read_back_bit_for_bit(tmp_path: Path) -> None:
+    """A seal drops its rows' vectors from RocksDB in the batch that commits the segment:
+    the segment's graph file holds the one copy (no vectors.f32 beside an HNSW graph). A
+    cosine segment gives a stored vector back as unit vector x scale, bit for bit; the rows
+    for which no scale does (vectors far from unit length) keep theirs in RocksDB."""
+    rng = np.random.default_rng(5)
+    n = 6_000
+    data = unit(rng, n)
+    scaled = np.arange(n) % 3 == 0  # a third far from unit length
+    data[scaled] *= rng.uniform(0.1, 40, int(scaled.sum()))[:, None].astype(np.float32)
+    with lamina.connect(str(tmp_path / "db")) as db:
+        for name, metric in (("cos", "cosine"), ("l2", "l2")):
+            col = db.create_collection(name, DIM, metric=metric, segment_rows=1_000)
+            col.upsert(list(range(n)), data)
+            col.optimize()
+            col.upsert(list(range(n, n + 50)), data[:50])  # an unsealed tail keeps its vectors in RocksDB
+            col.delete([1, 2, 3])
+    for name in ("cos", "l2"):
+        folder = tmp_path / "db" / "collections" / name
+        segments = [p for p in (folder / "segments").iterdir()]
+        assert segments and all(not (p / "vectors.f32").exists() for p in segments)
+        store = CollectionStore(folder, read_only=True)
+        try:
+            in_rocks = {row for row, _ in store.scan_vectors(0)}
+            mut_start = max(int(np.load(p / "rows.npy")[-1]) for p in segments) + 1
+        finally:
+            store.close()
+        sealed_in_rocks = {r for r in in_rocks if r < mut_start}
+        assert {r for r in in_rocks if r >= mut_start} == set(range(n, n + 50))
+        if name == "l2":
+            assert sealed_in_rocks == set()
+        else:  # rows are numbered in id order here: row r is point r
+            assert sealed_in_rocks <= set(np.flatnonzero(scaled).tolist())
+            assert len(sealed_in_rocks) > scaled.sum() // 2  # most far from unit length stay
+    with lamina.connect(str(tmp_path / "db")) as db:
+        for name in ("cos", "l2"):
+            col = db.get_collection(name)
+            got = {p.id: p.vector.tobytes() for p in col.get(list(range(n + 50)))}  # type: ignore[union-attr]
+            assert len(got) == n + 47
+            assert all(got[i] == data[i if i < n else i - n].tobytes() for i in got)
+            hits = col.search(data[7], 3, with_vector=True)
+            assert hits[0].id == 7 and hits[0].vector.tobytes() == data[7].tobytes()  # type: ignore[union-attr]
+            page, _ = col.scroll(limit=500, offset=4_000, with_vector=True)
+            assert [p.vector.tobytes() for p in page] == [data[p.id].tobytes() for p in page]  # type: ignore[union-attr, index]
+    assert not check_data_directory(tmp_path / "db", deep=True).problems
 
 
 def test_segment_size_settings_are_validated_by_name() -> None:

@@ -27,7 +27,7 @@ from lamina.index.tiers import HnswTier
 from lamina.types import FloatMatrix
 
 from ..payload import FieldIndex
-from ..segments import Segment
+from ..segments import Segment, restoring_scales
 from ..state import CollectionState
 
 log = logging.getLogger("lamina.engine")
@@ -37,11 +37,23 @@ log = logging.getLogger("lamina.engine")
 #: segment's rows are rewritten about 1 / MERGE_FRACTION times while it grows (I/O), and
 #: the small segments beside the largest stay few
 MERGE_FRACTION = 0.25
+#: rows per RocksDB multi-get of a build (each holds the GIL for a few milliseconds)
+READ_CHUNK = 2_048
 
 
-def build_threads() -> int:
-    """Threads an index build may use: LAMINA_BUILD_THREADS, or every core."""
-    return max(1, int(os.environ.get("LAMINA_BUILD_THREADS", "0")) or (os.cpu_count() or 1))
+#: a search this recent (seconds) means searches are being served: builds leave them a core
+SERVING_WINDOW = 2.0
+
+
+def build_threads(serving: bool = False) -> int:
+    """Threads an index build may use: LAMINA_BUILD_THREADS, or every core, one fewer while
+    searches are being ``serving`` (a graph insert on every core leaves a search waiting for
+    one: the p99 of searches during an ingest)."""
+    chosen = int(os.environ.get("LAMINA_BUILD_THREADS", "0"))
+    if chosen > 0:
+        return chosen
+    cores = os.cpu_count() or 1
+    return max(1, cores - 1) if serving else cores
 
 
 class SegmentBuilder(CollectionState):
@@ -57,10 +69,21 @@ class SegmentBuilder(CollectionState):
         """Remove ``folder`` (a replaced segment's) after the current step (caller holds the lock)."""
         self._replaced_folders.append(folder)
 
+    #: row spans whose vectors a seal dropped from RocksDB, compacted away after the step
+    _dropped_vectors: list[tuple[int, int]]
+
     def _remove_replaced(self) -> None:
-        """Remove the folders of replaced segments (without the lock)."""
+        """Remove the folders of replaced segments, and compact the vectors sealed rows left
+        in RocksDB's files (a range delete frees no disk until its range is compacted;
+        RocksDB compacts with the GIL released) (without the lock)."""
         while self._replaced_folders:
             shutil.rmtree(self._replaced_folders.pop(), ignore_errors=True)
+        while self._dropped_vectors:
+            lo, hi = self._dropped_vectors.pop()
+            try:
+                self._store.compact_vectors(lo, hi)
+            except Exception as exc:  # only disk space is at stake: RocksDB compacts them later anyway
+                log.warning("compacting the sealed vectors of %r (rows %d..%d): %s", self.name, lo, hi, exc)
 
     def _keys_for_build(self, rows: np.ndarray) -> list[bytes]:
         """Id keys of ``rows`` from RocksDB; a row deleted meanwhile gets an empty key
@@ -71,7 +94,33 @@ class SegmentBuilder(CollectionState):
             keys.extend(k if k is not None else b"" for k in found)
         return keys
 
-    def _build(self, rows: np.ndarray, vectors: FloatMatrix, payload: dict[str, FieldIndex]) -> Segment:
+    def _restoring(
+        self, rows: np.ndarray, prepared: FloatMatrix
+    ) -> tuple[np.ndarray | None, list[tuple[int, bytes]]]:
+        """How a segment of ``rows`` (with their ``prepared`` vectors) gives back the stored
+        vectors once RocksDB drops them at the seal: a cosine collection's per-row scales
+        (see ``restoring_scales``) and the (row, stored vector) of the rows no scale gives
+        back exactly, which RocksDB keeps. Other metrics store the vectors as they came."""
+        if self.config.metric != "cosine":
+            return None, []
+        blobs: list[bytes | None] = []
+        for lo in range(0, rows.size, READ_CHUNK):  # RocksDB reads hold the GIL: searches get turns between
+            blobs.extend(self._store.vectors_of([int(r) for r in rows[lo : lo + READ_CHUNK]]))
+        zero = bytes(4 * self.config.dim)  # a row deleted meanwhile: killed in the segment anyway
+        raw = np.frombuffer(b"".join(b if b is not None else zero for b in blobs), "<f4")
+        scales, exact = restoring_scales(raw.reshape(-1, self.config.dim), prepared)
+        kept = [
+            (int(rows[i]), blob) for i in np.flatnonzero(~exact).tolist() if (blob := blobs[i]) is not None
+        ]
+        return scales, kept
+
+    def _build(
+        self,
+        rows: np.ndarray,
+        vectors: FloatMatrix,
+        payload: dict[str, FieldIndex],
+        scales: np.ndarray | None = None,
+    ) -> Segment:
         folder = self._segment_dir / f"{int(rows[0]):012d}-{uuid.uuid4().hex[:8]}"
         started = time.perf_counter()
         keys = self._keys_for_build(rows)
@@ -82,9 +131,10 @@ class SegmentBuilder(CollectionState):
             vectors,
             self.config,
             self._metric,
-            build_threads(),
+            self._build_threads,
             payload,
             stop=lambda: self._closed,  # closing does not wait for a whole build
+            scales=scales,
         )
         log.info(
             "built %s segment of %d rows for %r in %.1f s",
@@ -94,6 +144,11 @@ class SegmentBuilder(CollectionState):
             time.perf_counter() - started,
         )
         return segment
+
+    def _build_threads(self) -> int:
+        """Threads for the next chunk of a build (asked before each): one core fewer while
+        searches are being served."""
+        return build_threads(time.monotonic() - self._last_read < SERVING_WINDOW)
 
     def _growable(self, segment: Segment) -> bool:
         """Whether merges grow ``segment``'s graph instead of rebuilding: a float HNSW
@@ -106,7 +161,12 @@ class SegmentBuilder(CollectionState):
         return rows >= MERGE_FRACTION * segment.live_count and kept + rows <= self.config.max_segment_rows
 
     def _grow(
-        self, base: Segment, rows: np.ndarray, vectors: FloatMatrix, payload: dict[str, FieldIndex]
+        self,
+        base: Segment,
+        rows: np.ndarray,
+        vectors: FloatMatrix,
+        payload: dict[str, FieldIndex],
+        scales: np.ndarray | None = None,
     ) -> Segment:
         """A new segment: ``base`` grown by ``rows`` (see ``Segment.grow``)."""
         folder = self._segment_dir / f"{base.lo:012d}-{uuid.uuid4().hex[:8]}"
@@ -119,9 +179,10 @@ class SegmentBuilder(CollectionState):
             vectors,
             self.config,
             self._metric,
-            build_threads(),
+            self._build_threads,
             payload,
             stop=lambda: self._closed,
+            scales=scales,
         )
         log.info(
             "grew segment %s of %d rows by %d rows for %r in %.1f s",

@@ -61,6 +61,7 @@ class Compaction(SegmentBuilder):
             segment = None
             if rows.size:
                 vectors = np.concatenate([seg.vectors[lv] for seg, lv in zip(group, lives, strict=True)])
+                scales = _scales(group, lives)
                 maps, offset = [], 0
                 for seg, lv in zip(group, lives, strict=True):
                     mapping = np.full(seg.size, -1, dtype=np.int64)
@@ -72,7 +73,7 @@ class Compaction(SegmentBuilder):
                     for name in schema
                     if all(name in seg.payload for seg in group)
                 }
-                segment = self._build(rows, vectors, payload)
+                segment = self._build(rows, vectors, payload, scales)
         finally:
             self._lock.acquire()
         if self._closed:
@@ -104,6 +105,7 @@ class Compaction(SegmentBuilder):
         try:
             rows = np.concatenate([seg.rows[lv] for seg, lv in zip(group, lives, strict=True)])
             vectors = np.concatenate([seg.vectors[lv] for seg, lv in zip(group, lives, strict=True)])
+            scales = _scales(group, lives)
             maps, offset = [np.arange(base.size)], base.size
             for seg, lv in zip(group, lives, strict=True):
                 mapping = np.full(seg.size, -1, dtype=np.int64)
@@ -116,7 +118,7 @@ class Compaction(SegmentBuilder):
                 for name in schema
                 if all(name in seg.payload for seg in parts)
             }
-            segment = self._grow(base, rows, vectors, payload)
+            segment = self._grow(base, rows, vectors, payload, scales)
         finally:
             self._lock.acquire()
         if self._closed:
@@ -137,3 +139,17 @@ class Compaction(SegmentBuilder):
             "merged %d segment(s) of %r into %s (%d rows)", len(group), self.name, segment.name, segment.size
         )
         return True
+
+
+def _scales(group: list[Segment], lives: list[np.ndarray]) -> np.ndarray | None:
+    """The scales of the live rows of ``group`` (see segments.restoring_scales); None when
+    no segment has any (not cosine). A segment sealed before vectors were stored once has
+    none: RocksDB still holds its rows' vectors, which readers ask first, so its rows get 1."""
+    if all(seg.scales is None for seg in group):
+        return None
+    return np.concatenate(
+        [
+            seg.scales[lv] if seg.scales is not None else np.ones(int(lv.sum()), np.float32)
+            for seg, lv in zip(group, lives, strict=True)
+        ]
+    )

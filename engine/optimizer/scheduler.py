@@ -48,6 +48,7 @@ class Scheduler(Scrub, Seal, Compaction, PayloadIndexing, TenantGraphs):
     def _start_optimizer(self) -> None:
         """Start the optimizer thread and have it look for work at once."""
         self._replaced_folders = []
+        self._dropped_vectors = []
         self._optimizer = threading.Thread(
             target=self._optimize_loop, name=f"optimizer-{self.name}", daemon=True
         )

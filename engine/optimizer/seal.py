@@ -34,6 +34,7 @@ class Seal(SegmentBuilder):
         pidx = self._mut_pidx.snapshot()
         local = np.flatnonzero(live)
         segment = None
+        kept: list[tuple[int, bytes]] = []
         last = self._segments[-1] if self._segments else None
         base = last if last is not None and self._growable(last) and self._joins(last, local.size) else None
         log.info(
@@ -43,9 +44,11 @@ class Seal(SegmentBuilder):
         try:
             if local.size:
                 rows = local + start
+                vectors = matrix[local]
+                scales, kept = self._restoring(rows, vectors)
                 payload = {name: take(kind, pidx.get(name, []), rows) for name, kind in schema.items()}
                 if base is None:
-                    segment = self._build(rows, matrix[local], payload)
+                    segment = self._build(rows, vectors, payload, scales)
                 else:
                     at = np.arange(base.size, base.size + rows.size)
                     payload = {  # a field the segment lacks is built over the grown one later
@@ -53,26 +56,33 @@ class Seal(SegmentBuilder):
                         for name, index in payload.items()
                         if name in base.payload
                     }
-                    segment = self._grow(base, rows, matrix[local], payload)
+                    segment = self._grow(base, rows, vectors, payload, scales)
         finally:
             self._lock.acquire()
         if self._closed:
             return False
-        kept = self._segments[:-1] if segment is not None and base is not None else self._segments
-        names = [s.name for s in kept] + ([segment.name] if segment is not None else [])
+        before = self._segments[:-1] if segment is not None and base is not None else self._segments
+        names = [s.name for s in before] + ([segment.name] if segment is not None else [])
         died = local[~self._live[local]] + start  # deleted while the segment was built
-        with discard_unless_committed(segment):
+        gone = set(died.tolist())
+        with self._sealing, discard_unless_committed(segment):
+            # the segment's file (durable now) becomes the one copy of the sealed rows'
+            # vectors in the batch that names it: a crash leaves both or the old state
             self._store.put_meta(
                 {SEGMENTS: orjson.dumps(names), MUTABLE_START: row_key(start + take_rows)},
                 add_dead=[int(r) for r in died] if segment is not None else [],
+                sealed=(start, start + take_rows),
+                kept=[(row, vec) for row, vec in kept if row not in gone],
             )
-        if segment is not None:
-            segment.kill(died)
-            if base is not None:
-                segment.kill(base.rows[~base.live])  # deleted from the base while it grew
-                self._drop_stale_indexes(segment)
-                self._discard(base.folder)
-            self._segments = [*kept, segment]
+            if segment is not None:
+                segment.kill(died)
+                if base is not None:
+                    segment.kill(base.rows[~base.live])  # deleted from the base while it grew
+                self._segments = [*before, segment]
+        self._dropped_vectors.append((start, start + take_rows))
+        if segment is not None and base is not None:
+            self._drop_stale_indexes(segment)
+            self._discard(base.folder)
         rest = self._next_row - start - take_rows
         capacity = max(MIN_CAPACITY, int(rest * GROW))
         new_matrix = np.zeros((capacity, self.config.dim), dtype=np.float32)
