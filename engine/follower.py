@@ -229,7 +229,9 @@ class FollowerCollection(Collection):
         settings changed (a payload index came or went): the caller opens it again."""
         if not self.behind():
             return True
-        with self._lock:
+        # _sealing as a seal holds it: a vector read sees RocksDB before the catch-up (the
+        # sealed rows' vectors still there) or the segments after it, never the gap between
+        with self._sealing, self._lock:
             self._check_open()
             if not self.behind():  # another request caught up meanwhile
                 return True

@@ -197,6 +197,7 @@ class Reads(TenantSearch):
             matrix = self._matrix
             live = self._live[:n]  # a view (see _snapshot)
             replaced = self._replaced
+        self._last_read = time.monotonic()  # searches are being served (see optimizer/build.py)
         kernel = self._metric
         # per sealed segment: kernel scores, local rows and point ids of its top-k
         found = [seg.nearest(query, k, knobs) for seg in segments]

@@ -112,3 +112,21 @@ def test_plain_search_under_concurrent_upserts_never_misses_or_repeats(tmp_path:
         finally:
             stop.set()
             writer.join()
+
+
+def test_searches_leave_a_core_to_searches_while_an_index_builds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build asks for its threads before each chunk: every core while nobody searches, one
+    fewer once searches (plain or filtered) are being served."""
+    monkeypatch.delenv("LAMINA_BUILD_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    rng = np.random.default_rng(5)
+    with lamina.connect(str(tmp_path)) as db:
+        col = db.create_collection("c", dim=DIM, segment_rows=256)
+        col.upsert(list(range(300)), rng.standard_normal((300, DIM)).astype(np.float32))
+        col.optimize()
+        engine = _engine(db, "c")
+        assert engine._build_threads() == 4  # nobody searched yet
+        col.search(rng.standard_normal(DIM).astype(np.float32), k=K, with_payload=False)
+        assert engine._build_threads() == 3
