@@ -71,21 +71,21 @@ class Server:
         return sum(sum(tree_pss_mb(pid)) for pid in self.pids())
 
 
-class EchoServer(Server):
-    name = "grpc echo (floor)"
-    knob = ""
-    flag = "--echo-server"
+class BenchProcessServer(Server):
+    """A server that ``python -m bench serve <flag> PORT [more]`` runs in a process of its own."""
 
-    def __init__(self, work: Path) -> None:
+    flag = ""
+
+    def __init__(self, more: list[str], wait: float = 30.0) -> None:
         from lamina.testing import free_port
 
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench", "serve", self.flag, str(self.port)],
+            [sys.executable, "-m", "bench", "serve", self.flag, str(self.port), *more],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        _wait_port(self.port, self.proc)
+        _wait_port(self.port, self.proc, timeout=wait)
 
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
@@ -96,6 +96,15 @@ class EchoServer(Server):
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+
+
+class EchoServer(BenchProcessServer):
+    name = "grpc echo (floor)"
+    knob = ""
+    flag = "--echo-server"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__([])
 
 
 class SyncEchoServer(EchoServer):
@@ -105,43 +114,17 @@ class SyncEchoServer(EchoServer):
     flag = "--echo-sync-server"
 
 
-class SyncLaminaServer(Server):
+class SyncLaminaServer(BenchProcessServer):
     """Lamina's engine and request conversion behind grpc's sync (thread-pool) server, serving
     Collections/Get and Search only (``lamina_sync_server``): what moving the Search hot path off
     grpc.aio would give. It has no API keys, admission control or metrics, so it is an upper
     bound; it loads the data itself (embedded, then ``optimize()``) before it listens."""
 
     name = "lamina engine, sync server (Search only)"
+    flag = "--lamina-sync-server"
 
     def __init__(self, work: Path) -> None:
-        from lamina.testing import free_port
-
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench",
-                "serve",
-                "--lamina-sync-server",
-                str(self.port),
-                "--work",
-                str(work),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        _wait_port(self.port, self.proc, timeout=3600)  # listens once loaded and indexed
-
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def pids(self) -> list[int]:
-        return [self.proc.pid]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+        super().__init__(["--work", str(work)], wait=3600)  # listens once loaded and indexed
 
 
 def lamina_sync_server(port: int, work: Path) -> None:
