@@ -127,6 +127,20 @@ class SyncLaminaServer(BenchProcessServer):
         super().__init__(["--work", str(work)], wait=3600)  # listens once loaded and indexed
 
 
+def load_collection(client: Any, base: np.ndarray, batch: int) -> None:
+    """Create the benchmark's collection (cosine, HNSW M / ef_construction as the peers), upsert
+    ``base`` (row i gets id i) in batches of ``batch`` and wait for its index (``optimize()``)."""
+    col = client.create_collection(
+        COLLECTION,
+        dim=base.shape[1],
+        metric="cosine",
+        index={"type": "hnsw", "m": M, "ef_construction": EF_CONSTRUCTION},
+    )
+    for lo in range(0, base.shape[0], batch):
+        col.upsert(list(range(lo, min(lo + batch, base.shape[0]))), base[lo : lo + batch])
+    col.optimize()
+
+
 def lamina_sync_server(port: int, work: Path) -> None:
     """``SyncLaminaServer``'s process: load ``work``'s base vectors into an embedded collection,
     then answer Collections/Get and Search on grpc's sync server, as the grpc.aio server's
@@ -143,15 +157,7 @@ def lamina_sync_server(port: int, work: Path) -> None:
 
     base = np.load(work / "base.npy")
     client = lamina.connect(str(work / "lamina-sync-data"))
-    col = client.create_collection(
-        COLLECTION,
-        dim=base.shape[1],
-        metric="cosine",
-        index={"type": "hnsw", "m": M, "ef_construction": EF_CONSTRUCTION},
-    )
-    for lo in range(0, base.shape[0], 5000):
-        col.upsert(list(range(lo, min(lo + 5000, base.shape[0]))), base[lo : lo + 5000])
-    col.optimize()
+    load_collection(client, base, batch=5000)
     db = client._transport.db  # type: ignore[attr-defined]
 
     def get(request: cpb.GetCollectionRequest, context: grpc.ServicerContext) -> cpb.CollectionInfo:
@@ -218,15 +224,7 @@ class LaminaServer(Server):
         import lamina
 
         with lamina.connect(self.server.address, timeout=3600) as db:
-            col = db.create_collection(
-                COLLECTION,
-                dim=base.shape[1],
-                metric="cosine",
-                index={"type": "hnsw", "m": M, "ef_construction": EF_CONSTRUCTION},
-            )
-            for lo in range(0, base.shape[0], 1000):
-                col.upsert(list(range(lo, min(lo + 1000, base.shape[0]))), base[lo : lo + 1000])
-            col.optimize()
+            load_collection(db, base, batch=1000)
 
     def close(self) -> None:
         self.server.terminate()
