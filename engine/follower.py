@@ -2,8 +2,8 @@
 ``lamina serve --processes N`` (docs/architecture.md, "Serving on every core").
 
 The writer is an ordinary ``Database`` with a ``Journal``: after every durable write of a
-collection it appends the rows the write dropped, then an end mark (-1), to that
-collection's journal file in the run directory (a folder of the supervisor's, on local
+collection it appends the rows the write dropped, then an end mark (``-2 - seq``, where
+``seq`` is RocksDB's sequence number once the write is applied), to that collection's journal file in the run directory (a folder of the supervisor's, on local
 disk). It appends to a catalog file when a collection is created, dropped or restored.
 
 A ``Follower`` opens every collection as a RocksDB *secondary* instance (it never writes,
@@ -40,7 +40,7 @@ from lamina.engine.database import _TMP_PREFIX, _TRASH_PREFIX, Database
 from lamina.engine.payload import MutableIndexes
 from lamina.engine.segments import Segment
 from lamina.engine.tenants import TenantFields, Tenants
-from lamina.errors import FailedPrecondition, LaminaError, NotFound
+from lamina.errors import FailedPrecondition, LaminaError, NotFound, Unavailable
 from lamina.storage.faults import storage_errors
 from lamina.storage.keys import row_from_key, tenant_of_key
 from lamina.storage.rocks import (
@@ -61,7 +61,23 @@ from .manifest import DamagedSegment
 from .state import MIN_CAPACITY
 
 log = logging.getLogger("lamina.engine")
-END = -1  # ends the record of one write in a journal
+#: how long a follower tries to see in RocksDB a write that the journal lists: a secondary
+#: instance's catch-up can miss the newest log records while the writer switches logs (a
+#: memtable flush), and a later catch-up sees them
+CATCH_UP_SECONDS = 5.0
+
+
+def end_mark(seq: int) -> int:
+    """The journal's mark ending the record of one write, applied at RocksDB sequence ``seq``
+    (rows are >= 0, marks < 0)."""
+    return -2 - seq
+
+
+def mark_seq(marks: np.ndarray) -> int:
+    """The highest sequence number that the end marks ``marks`` promise."""
+    return int((-2 - marks).max()) if marks.size else 0
+
+
 CATALOG = "catalog"  # the run directory's file that grows when collections come or go
 #: how many times a follower reads the manifest again when a segment folder it names vanished
 MANIFEST_ATTEMPTS = 20
@@ -89,7 +105,8 @@ class Journal:
             self._files[id(store)] = fd
 
         def wrote(rows: Sequence[int]) -> None:
-            os.write(fd, np.asarray([*rows, END], dtype="<i8").tobytes())
+            mark = end_mark(store.sequence())
+            os.write(fd, np.asarray([*rows, mark], dtype="<i8").tobytes())
 
         store.after_write = wrote
 
@@ -153,12 +170,27 @@ class JournaledDatabase(Database):
         self.journal.close()
 
 
+def newest_log(path: Path) -> int:
+    """The number of the newest write-ahead log file of the RocksDB at ``path``."""
+    return max((int(e.name[:-4]) for e in os.scandir(path) if e.name.endswith(".log")), default=0)
+
+
 class SecondaryStore(CollectionStore):
     """A collection's RocksDB opened as a secondary instance: it reads what the primary (the
-    writer) wrote up to its last ``catch_up``, and refuses writes as a read-only store."""
+    writer) wrote up to its last ``catch_up``, and refuses writes as a read-only store.
+
+    A secondary's catch-up is exact while the primary appends to one write-ahead log. Across
+    a log switch (a memtable flush: at a seal, or when a memtable fills) it can miss records
+    the flush moved into a table file, or keep values the flush superseded (rocksdb issues
+    #14444 and #15051). So when the newest log is not the one this instance last saw, it opens
+    a fresh instance instead of catching up, and it repeats until no switch happened while it
+    read."""
+
+    _wal: int  # the newest log when this instance was opened
 
     def _open(self, read_only: bool) -> None:
         self._secondary = Path(tempfile.mkdtemp(prefix="lamina-follower-"))
+        self._wal = newest_log(self.path)
         families = {cf: _options() for cf in _COLUMN_FAMILIES}
         with storage_errors(self.path):
             self._db = Rdict(
@@ -170,11 +202,34 @@ class SecondaryStore(CollectionStore):
         self._cf = {cf: self._db.get_column_family(cf) for cf in _COLUMN_FAMILIES}
         self._handle = {cf: self._db.get_column_family_handle(cf) for cf in _COLUMN_FAMILIES}
 
-    def catch_up(self) -> None:
+    def _reopen(self) -> None:
+        """A fresh secondary instance in place of this one. Reads in flight keep the old one
+        (they hold its column families) until they finish; it closes when they drop it."""
+        old = self._secondary
+        with self._swap:
+            self._open(True)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def catch_up(self, seq: int = 0) -> None:
         """Read what the primary has written since the last call (its write-ahead log and
-        flushed tables)."""
+        flushed tables), at least up to its sequence number ``seq`` (caller serialises calls)."""
+        deadline = time.monotonic() + CATCH_UP_SECONDS
         with storage_errors(self.path):
-            self._db.try_catch_up_with_primary()
+            for attempt in range(1, 1_000_000):
+                if newest_log(self.path) != self._wal:
+                    self._reopen()
+                self._db.try_catch_up_with_primary()
+                if newest_log(self.path) == self._wal and self._db.latest_sequence_number() >= seq:
+                    if attempt > 1:
+                        log.info("follower of %s: caught up at try %d", self.path, attempt)
+                    return
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.001 * min(attempt, 10))
+        raise Unavailable(
+            f"{self.path}: the follower could not catch up with the writer's journal (sequence "
+            f"{self._db.latest_sequence_number()} of {seq}) in {CATCH_UP_SECONDS:.0f} s; retry the request"
+        )
 
     def close(self) -> None:
         super().close()
@@ -241,17 +296,18 @@ class FollowerCollection(Collection):
             raw = raw[: len(raw) - len(raw) % 8]
             store = self._store
             assert isinstance(store, SecondaryStore)
-            killed = np.frombuffer(raw, dtype="<i8")
-            if (killed != END).any():  # points moved or went: counted before RocksDB forgets
+            entries = np.frombuffer(raw, dtype="<i8")
+            killed = entries[entries >= 0]
+            if killed.size:  # points moved or went: counted before RocksDB forgets
                 # their old rows, so a search that sees either runs again (as Writes.upsert does)
                 self._replaced += 1
-            store.catch_up()
+            store.catch_up(mark_seq(entries[entries < 0]))
             if store.get_meta(CONFIG) != self._config_raw:
                 return False
             self._applied += len(raw)
             self._refresh_meta()
             self._follow_segments()
-            self._follow_rows(killed[killed != END])
+            self._follow_rows(killed)
         return True
 
     def _refresh_meta(self) -> None:

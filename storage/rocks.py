@@ -169,6 +169,10 @@ class CollectionStore:
             return f"read-only: {self.path} is served read-only"
         return self.stall or (str(fault) if fault is not None else "")
 
+    def sequence(self) -> int:
+        """RocksDB's last applied sequence number (every write applied so far is at or below it)."""
+        return int(self._db.latest_sequence_number())
+
     def _write(self, batch: WriteBatch) -> None:
         """Apply one batch whole, or raise the typed error and apply none of it."""
         self.check_writable()

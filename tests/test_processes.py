@@ -19,8 +19,10 @@ import lamina
 from lamina.client.api import Client
 from lamina.client.transport import GrpcTransport
 from lamina.config import DEFAULT_LIMITS
+from lamina.engine.follower import Follower, JournaledDatabase
 from lamina.errors import InvalidArgument
 from lamina.testing import ServerProcess, free_port
+from lamina.types import CollectionConfig
 
 DIM = 16
 
@@ -133,6 +135,32 @@ def test_writes_through_one_process_are_read_at_once_through_another(tmp_path: P
     finally:
         assert server.terminate() == 0
     assert not any(_alive(pid) for pid in pids)
+
+
+def test_a_follower_sees_every_write_across_the_writers_log_switches(tmp_path: Path) -> None:
+    """A seal flushes RocksDB's memtables, which switches its write-ahead log; a secondary
+    instance's plain catch-up across such a switch missed rows (the CI failure of stop 28); it fails with the plain catch-up."""
+    run = tmp_path / "run"
+    run.mkdir()
+    writer = JournaledDatabase(tmp_path / "data", run)
+    follower = None
+    try:
+        docs = writer.create_collection("docs", CollectionConfig(dim=DIM, segment_rows=256))
+        follower = Follower(tmp_path / "data", run)
+        vectors = np.random.default_rng(3).standard_normal((1200, DIM)).astype(np.float32)
+        for i in range(0, 1200, 40):
+            docs.upsert(list(range(i, i + 40)), vectors[i : i + 40], [{"n": j} for j in range(i, i + 40)])
+            if i % 120 == 80:
+                docs.optimize()  # seals: the writer flushes its memtables, a new log begins
+            seen = follower.get_collection("docs")
+            assert seen.count() == docs.count() == i + 40
+            hit = seen.search(vectors[i + 39], k=1)[0]
+            assert (hit.id, hit.payload) == (i + 39, {"n": i + 39})
+        assert follower.get_collection("docs").info().status.segments >= 1
+    finally:
+        if follower is not None:
+            follower.close()
+        writer.close()
 
 
 def test_killed_processes_are_restarted_and_no_acknowledged_write_is_lost(tmp_path: Path) -> None:
