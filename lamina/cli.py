@@ -1,86 +1,20 @@
-"""The ``lamina`` command: serve, ingest, collections, info."""
+"""The ``lamina`` command: its parser and the subcommands (``serve`` is in lamina/serving.py)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
-import logging
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from lamina.config import Limits, ServerConfig
 from lamina.errors import FailedPrecondition, InvalidArgument, LaminaError
+from lamina.serving import cmd_serve, setup_logging, start_ray
 from lamina.validation import check_tenant
 
 DEFAULT_DATA = "./lamina-data"
 DEFAULT_PORT = 6334
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message (and the
-    exception, when there is one), for log collectors."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        if PROCESS is not None:
-            entry["process"] = PROCESS
-        return orjson.dumps(entry).decode()
-
-
-#: the index of this process in ``lamina serve --processes N`` (None: the only one), in each log line
-PROCESS: int | None = None
-
-
-def _setup_logging(level: str, fmt: str = "text", process: int | None = None) -> None:
-    global PROCESS
-    PROCESS = process
-    tag = "" if process is None else f"[process {process}] "
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s")
-    )
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
-
-
-def server_config(args: argparse.Namespace) -> ServerConfig:
-    """The config file (if any) overridden by the flags given on the command line."""
-    config = ServerConfig.load(args.config) if args.config else ServerConfig()
-    overrides: dict[str, Any] = {
-        key: getattr(args, key)
-        for key in ("data", "host", "port", "workers", "processes", "metrics_port", "http_port")
-        if getattr(args, key) is not None
-    }
-    if args.no_console:
-        overrides["console"] = False
-    if args.sync_writes is not None:
-        overrides["sync_writes"] = args.sync_writes
-    if args.metrics_names:
-        overrides["metrics_names"] = True
-    if args.limit:
-        limits = dict(config.limits.__dict__)
-        for item in args.limit:
-            name, sep, value = item.partition("=")
-            if not sep or not value.strip().isdigit():
-                raise InvalidArgument(f"--limit {item!r}: write NAME=INTEGER, e.g. --limit max_k=1000")
-            limits[name.strip()] = int(value)
-        overrides["limits"] = Limits.from_dict(limits, "--limit")
-    return dataclasses.replace(config, **overrides)
 
 
 def _connect(args: argparse.Namespace) -> Any:
@@ -112,92 +46,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
     print(f"API key (shown once; give it to the client, keep it secret):\n  {key}\n")
     print("Add to the server's config file:\n")
     print(entry.to_toml())
-    return 0
-
-
-def _start_ray(address: str) -> None:
-    """Join the Ray cluster at ``address``, or start a local one for ``local``."""
-    try:
-        import ray
-    except ImportError:
-        raise FailedPrecondition('--ray needs Ray: pip install "laminadb[ray]"') from None
-    log = logging.getLogger("lamina.server")
-    if address == "local":
-        log.info("starting a local Ray")
-    else:
-        log.info("joining the Ray cluster at %s", address)
-    ray.init(address=None if address == "local" else address, include_dashboard=False)
-    log.info("Ray resources: %s", ray.cluster_resources())
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from lamina.engine.database import Database
-    from lamina.engine.follower import Follower, JournaledDatabase
-    from lamina.engine.protocol import DatabaseProtocol
-    from lamina.engine.sharded import ShardedDatabase
-    from lamina.server.app import Companion, serve
-    from lamina.server.processes import ProcessRole, Supervisor, check_processes
-
-    config = server_config(args)
-    role = None
-    if args.process_index is not None:  # one process of --processes N, started by the supervisor
-        role = ProcessRole(args.process_index, Path(args.run_dir))
-        role.die_with_parent()
-    elif check_processes(config.processes) > 1:
-        if args.ray is not None or args.read_only:
-            raise InvalidArgument(
-                f"--processes {config.processes} cannot be combined with "
-                f"{'--ray' if args.ray is not None else '--read-only'} (yet): serve with --processes 1"
-            )
-        supervisor = Supervisor(
-            args.argv, config.processes, config.host, config.port, config.grace_seconds, args.run_dir
-        )
-        return supervisor.serve()
-    companions: list[Companion] = []
-    if config.console and (role is None or role.writer):
-        from lamina.console import Console
-
-        companions.append(Console(config.http_port, announce=True))
-    tls = None
-    if config.tls_cert and config.tls_key:
-        tls = (Path(config.tls_cert).read_bytes(), Path(config.tls_key).read_bytes())
-    db: DatabaseProtocol
-    if args.ray is not None:
-        if args.read_only:
-            raise InvalidArgument(
-                "--read-only cannot be combined with --ray: every replica of a sharded collection applies "
-                "the writes of its shard, so there is no read-only sharded server; serve a restored "
-                "snapshot of it without --ray instead (lamina restore --ray, then lamina serve --read-only)"
-            )
-        _start_ray(args.ray)
-        db = ShardedDatabase(config.data, sync_writes=config.sync_writes, limits=config.limits)
-    elif role is not None and role.writer:
-        db = JournaledDatabase(config.data, role.run, sync_writes=config.sync_writes, limits=config.limits)
-    elif role is not None:
-        db = Follower(config.data, role.run, limits=config.limits)
-    else:
-        db = Database(
-            config.data, sync_writes=config.sync_writes, limits=config.limits, read_only=args.read_only
-        )
-    try:
-        asyncio.run(
-            serve(
-                db,
-                config.host,
-                config.port,
-                config.workers,
-                config.keys,
-                tls,
-                config.metrics_port if role is None or role.writer else None,
-                config.metrics_key,
-                config.metrics_names,
-                config.grace_seconds,
-                companions,
-                role,
-            )
-        )
-    finally:
-        db.close()
     return 0
 
 
@@ -247,7 +95,7 @@ def _ingest_ray(args: argparse.Namespace) -> int:
             "--ray opens a sharded data directory in this process; to load through a "
             "`lamina serve --ray` server, leave --ray out (the server routes to its shards)"
         )
-    _start_ray(args.ray)
+    start_ray(args.ray)
     path = Path(args.file)
     with distributed.connect(args.target) as db:
         by_tasks = path.suffix in (".npy", ".parquet", ".pq") and not (
@@ -406,7 +254,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from lamina import distributed
 
-        _start_ray(args.ray)
+        start_ray(args.ray)
         with distributed.connect(args.data) as db:
             info = distributed.restore_snapshot(db, args.snapshot, args.name)
     else:
@@ -662,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the supervisor of --processes runs it again
-    _setup_logging(args.log_level, args.log_format, getattr(args, "process_index", None))
+    setup_logging(args.log_level, args.log_format, getattr(args, "process_index", None))
     try:
         return int(args.func(args))
     except LaminaError as exc:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import lamina
-from lamina.cli import build_parser, server_config
+from lamina.cli import build_parser
 from lamina.engine.database import Database
+from lamina.serving import server_config
 from tests.conftest import ServerProcess, ServerThread
 from tests.test_api import snapshot
 

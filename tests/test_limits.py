@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 import lamina
-from lamina.cli import build_parser, server_config
+from lamina.cli import build_parser
 from lamina.client.transport import Op
 from lamina.config import Limits, ServerConfig
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
+from lamina.serving import server_config
 from lamina.testing import free_port
 from tests.conftest import ServerProcess, ServerThread
 
