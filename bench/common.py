@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -64,8 +65,16 @@ def time_each(fn: Callable[[int], Any], count: int) -> tuple[float, np.ndarray]:
     return count / (time.perf_counter() - start), lat
 
 
-def rss_mb(pid: int | None = None) -> float:
-    return psutil.Process(pid or os.getpid()).memory_info().rss / 2**20
+def rss_mb(pid: int | None = None, children: bool = False) -> float:
+    """Resident memory of process ``pid`` (default: this one), with its descendants' when
+    ``children`` (``lamina serve --processes N``: the supervisor and its N processes)."""
+    proc = psutil.Process(pid or os.getpid())
+    procs = [proc, *proc.children(recursive=True)] if children else [proc]
+    total = 0
+    for one in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += one.memory_info().rss
+    return total / 2**20
 
 
 def machine() -> dict[str, Any]:

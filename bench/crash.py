@@ -25,9 +25,9 @@ restart the harness checks that
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
-import signal
 import tempfile
 import threading
 import time
@@ -39,6 +39,9 @@ from typing import Any
 import numpy as np
 
 import lamina
+from lamina.client.api import Client
+from lamina.client.transport import GrpcTransport
+from lamina.config import DEFAULT_LIMITS
 from lamina.testing import ServerProcess
 
 DIM = 16
@@ -166,7 +169,7 @@ def kill_during(
     while time.monotonic() < deadline:
         if ready() and doing in in_progress(server.log.read_text()):
             killed_at = time.monotonic()
-            server.proc.send_signal(signal.SIGKILL)
+            server.kill(group=True)  # the server and its processes, if any
             return killed_at
         time.sleep(0.0005)
     return None
@@ -264,22 +267,42 @@ def verify(
         tally.snapshots_restored += 1
 
 
-def run(cycles: int, seed: int = 0, workdir: Path | None = None, log: Any = print) -> Tally:
-    """Run ``cycles`` start / write / SIGKILL / restart / verify cycles; raise on the first failure."""
+def through_reader(run: Path, stack: contextlib.ExitStack, timeout: float = 60.0) -> Client:
+    """A client of the first reader process of ``lamina serve --processes N`` alone (its unix
+    socket in the run directory), once it serves."""
+    deadline = time.monotonic() + timeout
+    while not (run / "process-1.ready").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reader process not ready in {timeout:.0f} s")
+        time.sleep(0.05)
+    client = Client(GrpcTransport(f"unix:{run / 'process-1.sock'}", timeout=30.0), DEFAULT_LIMITS)
+    stack.callback(client.close)
+    return client
+
+
+def run(
+    cycles: int, seed: int = 0, workdir: Path | None = None, log: Any = print, processes: int = 1
+) -> Tally:
+    """Run ``cycles`` start / write / SIGKILL / restart / verify cycles against ``lamina serve
+    --processes processes`` (each kill takes every process, as a machine going down does);
+    raise on the first failure."""
     rng = random.Random(seed)
     tmp = tempfile.TemporaryDirectory(prefix="lamina-crash-") if workdir is None else None
     root = Path(tmp.name) if tmp is not None else workdir
     assert root is not None
     data = root / "data"
+    flags: tuple[str, ...] = ("--processes", str(processes))
+    if processes > 1:
+        flags += ("--run-dir", str(root / "run"))
     model: Model = {}
     tally = Tally()
     next_id = 0
     last_snapshot: Any = None  # the last acknowledged snapshot, of any cycle so far
     try:
         for cycle in range(cycles):
-            server = ServerProcess(data)
+            server = ServerProcess(data, *flags)
             try:
-                with lamina.connect(server.address, timeout=30) as client:
+                with lamina.connect(server.address, timeout=30) as client, contextlib.ExitStack() as stack:
                     if COLLECTION not in client.list_collections():
                         client.create_collection(
                             COLLECTION,
@@ -289,6 +312,8 @@ def run(cycles: int, seed: int = 0, workdir: Path | None = None, log: Any = prin
                             payload_index={"tag": "keyword", "batch": "int"},
                         )
                     col = client.get_collection(COLLECTION)
+                    if processes > 1:  # write through a reader: it forwards every write to the writer
+                        col = through_reader(root / "run", stack).get_collection(COLLECTION)
                     writer = Writer(col, model, seed * 1000 + cycle, next_id)
                     snapshots: list[Any] = []
                     snap_failure: list[Any] = [None, 0.0]  # (error, when) that stopped the snapshot taker
@@ -316,7 +341,7 @@ def run(cycles: int, seed: int = 0, workdir: Path | None = None, log: Any = prin
                         killed_at = kill_during(server, "graph growth")
                     if killed_at is None:
                         killed_at = time.monotonic()
-                        server.proc.send_signal(signal.SIGKILL)
+                        server.kill(group=True)
                     server.proc.wait(30)
                     writer.thread.join(60)
                     snapper.join(60)
@@ -326,12 +351,12 @@ def run(cycles: int, seed: int = 0, workdir: Path | None = None, log: Any = prin
                         last_snapshot = snapshots[-1]
             finally:
                 if server.proc.poll() is None:
-                    server.kill()
+                    server.kill(group=True)
             tally.kills += 1
             tally.events[in_progress(server.log.read_text())] += 1
             tally.acked_requests += writer.acked
             next_id = writer.next_id
-            restarted = ServerProcess(data)
+            restarted = ServerProcess(data, *flags)
             try:
                 verify(
                     restarted.address,
@@ -358,9 +383,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the tally here as JSON")
+    parser.add_argument("--processes", type=int, default=1, help="lamina serve --processes (default 1)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    tally = run(args.cycles, args.seed)
+    tally = run(args.cycles, args.seed, processes=args.processes)
     print(f"\nsurvived: {tally.line()} ({time.perf_counter() - started:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps({**tally.__dict__, "events": dict(tally.events)}, indent=2))

@@ -142,14 +142,16 @@ def run(
     interval: float = 5.0,
     warmup: float | None = None,
     log: Any = print,
+    processes: int = 1,
 ) -> Report:
-    """Start a server, load ``points`` vectors, run the mix for ``duration`` seconds."""
+    """Start a server (``lamina serve --processes processes``), load ``points`` vectors, run
+    the mix for ``duration`` seconds."""
     warmup = duration * 0.2 if warmup is None else warmup
     rng = np.random.default_rng(0)
     data = rng.standard_normal((points, dim)).astype(np.float32)
     report = Report(clients, duration, points, dim)
     with tempfile.TemporaryDirectory(prefix="lamina-load-") as tmp:
-        server = ServerProcess(Path(tmp) / "data")
+        server = ServerProcess(Path(tmp) / "data", "--processes", str(processes))
         try:
             with lamina.connect(server.address, timeout=120) as client:
                 col = client.create_collection(
@@ -193,7 +195,7 @@ def run(
                     search_p99_ms=float(np.percentile(search, 99)) if search else 0.0,
                     upsert_p99_ms=float(np.percentile(upsert, 99)) if upsert else 0.0,
                     errors=sum(errs.values()),
-                    rss_mb=rss_mb(server.proc.pid),
+                    rss_mb=rss_mb(server.proc.pid, children=True),
                     segments=status.segments,
                     mutable_points=status.mutable_points,
                 )
@@ -246,8 +248,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--points", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--processes", type=int, default=1, help="lamina serve --processes (default 1)")
     args = parser.parse_args(argv)
-    report = run(args.clients, args.duration, args.points, args.dim, args.interval)
+    report = run(args.clients, args.duration, args.points, args.dim, args.interval, processes=args.processes)
     print("\n" + summary(report))
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"{time.strftime('%Y-%m-%d')}-load"

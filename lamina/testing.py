@@ -79,13 +79,26 @@ class ServerProcess:
         raise TimeoutError(f"server not ready in {timeout}s:\n{self.log.read_text()}")
 
     def kill(self, group: bool = False) -> None:
-        """SIGKILL the server; ``group``: with every process it started (its Ray, say), as
-        when its machine goes down."""
+        """SIGKILL the server; ``group``: with every process it started (its Ray, the
+        processes of ``--processes N``), as when its machine goes down, and wait until they
+        are all gone (so a restart finds the data directory's lock free)."""
+        import psutil
+
+        started = psutil.Process(self.proc.pid).children(recursive=True) if group else []
         if group:
             os.killpg(self.proc.pid, 9)
         else:
             self.proc.kill()
         self.proc.wait(30)
+        deadline = time.monotonic() + 30
+        for proc in started:
+            while time.monotonic() < deadline:
+                try:
+                    if proc.status() == psutil.STATUS_ZOMBIE:
+                        break
+                except psutil.NoSuchProcess:
+                    break
+                time.sleep(0.01)
 
     def terminate(self) -> int:
         self.proc.terminate()

@@ -23,3 +23,18 @@ def test_server_survives_sigkill_at_random_moments(tmp_path: Path) -> None:
         tally.snapshots_restored >= 2
     )  # cycles 2 and 3 restore a snapshot (cycle 2's aimed kill waits for one)
     print("\n".join(lines))
+
+
+def test_every_process_of_a_multi_process_server_survives_sigkill(tmp_path: Path) -> None:
+    """``lamina serve --processes 2`` killed whole (the supervisor, the writer and the reader
+    at once, as a machine going down) in two cycles, one aimed at a snapshot. The harness
+    writes through the reader's socket, so every write is forwarded to the writer, and every
+    acknowledged write is read back after the restart (a reader that acknowledged a write
+    without forwarding it fails this)."""
+    lines: list[str] = []
+    tally = crash.run(2, seed=2, workdir=tmp_path, log=lines.append, processes=2)
+    assert tally.cycles == tally.kills == 2
+    assert tally.acked_requests > 0 and tally.points_checked > 0
+    assert tally.in_flight_applied + tally.in_flight_not_applied == 2
+    assert sum(n for doing, n in tally.events.items() if "snapshot" in doing) >= 1
+    print("\n".join(lines))
