@@ -33,8 +33,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lamina.engine.database import Database
+from lamina.client.api import Client
+from lamina.client.transport import EmbeddedTransport, GrpcTransport
+from lamina.config import DEFAULT_LIMITS
 from lamina.proto.lamina.v1 import collections_pb2, common_pb2, info_pb2, points_pb2, search_pb2
+from lamina.testing import ServerProcess
 from lamina.types import CollectionConfig
 from tests.conftest import ServerThread
 
@@ -42,6 +45,7 @@ DIM = 8
 COLLECTION = "fz"
 TENANTED = "fzt"  # a multi-tenant collection, with tenants "acme" and "beta"
 EXAMPLES = int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "1000"))
+PROCESSES_EXAMPLES = int(os.environ.get("LAMINA_FUZZ_PROCESSES_EXAMPLES", "150"))
 # statuses a well-formed answer to a bad request may carry; never INTERNAL or UNKNOWN
 PRECISE = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -267,31 +271,33 @@ requests = st.one_of(
 )
 
 
-def fingerprint(db: Database) -> str:
+def fingerprint(client: Client) -> str:
     """A digest of everything a client could observe: collections, configs, points."""
     digest = hashlib.sha256()
-    for name in db.list_collections():
-        col = db.get_collection(name)
-        digest.update(name.encode() + orjson.dumps(col.config.to_dict()))
-        tenants = [t.name for t in col.list_tenants()] if col.config.multi_tenant else [None]
+    for name in client.list_collections():
+        col = client.get_collection(name)
+        config = col.info().config
+        digest.update(name.encode() + orjson.dumps(config.to_dict()))
+        tenants = [t.name for t in col.list_tenants()] if config.multi_tenant else [None]
         for tenant in tenants:
             digest.update(repr(tenant).encode())
             offset = None
             while True:
-                points, offset = col.scroll(10_000, offset, None, True, True, tenant=tenant)
+                points, offset = col.scroll(1_000, offset, with_payload=True, with_vector=True, tenant=tenant)
                 for p in points:
                     digest.update(repr(p.id).encode() + p.vector.tobytes() + orjson.dumps(p.payload))  # type: ignore[union-attr]
                 if offset is None:
                     break
-    digest.update(orjson.dumps([s.name for s in db.list_snapshots()]))
+    digest.update(orjson.dumps([s.name for s in client.list_snapshots()]))
     return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, grpc.Channel]]:
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, grpc.Channel]]:
+    """The server in this process, and a client of its database (in-process too)."""
     srv = ServerThread(Path(tmp_path_factory.mktemp("fuzz")) / "data")
     channel = grpc.insecure_channel(srv.address, options=[("grpc.max_send_message_length", 128 << 20)])
-    yield srv, channel
+    yield Client(EmbeddedTransport("", db=srv.db), DEFAULT_LIMITS), channel
     channel.close()
     srv.stop()
     print(f"\nfuzzed {sum(TALLY.values())} requests: {dict(sorted(TALLY.items()))}")
@@ -300,36 +306,78 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
             print(f"  {method:<20} {code:<20} {n}")
 
 
-def reset(db: Database) -> None:
+@pytest.fixture(scope="module")
+def processes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, grpc.Channel]]:
+    """``lamina serve --processes 2``: a client of the writer process, and a channel to the
+    reader process alone (it answers reads, forwards the rest to the writer)."""
+    root = Path(tmp_path_factory.mktemp("fuzzprocesses"))
+    server = ServerProcess(root / "data", "--processes", "2", "--run-dir", str(root / "run"))
+    try:
+        for index in (0, 1):
+            deadline = time.monotonic() + 60
+            while not (root / "run" / f"process-{index}.ready").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        writer = Client(
+            GrpcTransport(f"unix:{root / 'run' / 'process-0.sock'}", timeout=60.0), DEFAULT_LIMITS
+        )
+        channel = grpc.insecure_channel(
+            f"unix:{root / 'run' / 'process-1.sock'}", options=[("grpc.max_send_message_length", 128 << 20)]
+        )
+        yield writer, channel
+        channel.close()
+        writer.close()
+    finally:
+        assert server.terminate() == 0
+
+
+def reset(client: Client) -> None:
     """The collection the requests aim at, with a few points and a payload index."""
-    for name in db.list_collections():
+    for name in client.list_collections():
         if name not in (COLLECTION, TENANTED):
-            db.delete_collection(name)
-    if COLLECTION not in db.list_collections():
-        col = db.create_collection(COLLECTION, CollectionConfig(dim=DIM, payload_index={"a": "int"}))
+            client.delete_collection(name)
+    if COLLECTION not in client.list_collections():
+        col = client.create_collection(COLLECTION, dim=DIM, payload_index={"a": "int"})
         rng = np.random.default_rng(0)
         col.upsert(
             list(range(50)), rng.standard_normal((50, DIM)), [{"a": i, "n": {"x": [i]}} for i in range(50)]
         )
-    if TENANTED not in db.list_collections() or {
-        t.name for t in db.get_collection(TENANTED).list_tenants()
-    } != {
+    names = client.list_collections()
+    if TENANTED not in names or {t.name for t in client.get_collection(TENANTED).list_tenants()} != {
         "acme",
         "beta",
     }:
-        if TENANTED in db.list_collections():
-            db.delete_collection(TENANTED)
-        mt = db.create_collection(
-            TENANTED, CollectionConfig(dim=DIM, multi_tenant=True, tenant_index_rows=16)
-        )
+        if TENANTED in names:
+            client.delete_collection(TENANTED)
+        mt = client.create_collection(TENANTED, dim=DIM, multi_tenant=True, tenant_index_rows=16)
         rng = np.random.default_rng(1)
         for tenant in ("acme", "beta"):
             mt.upsert(
                 list(range(30)), rng.standard_normal((30, DIM)), [{"a": i} for i in range(30)], tenant=tenant
             )
         mt.optimize()
-    for snap in db.list_snapshots():
-        db.delete_snapshot(snap.collection, snap.name)
+    for snap in client.list_snapshots():
+        client.delete_snapshot(snap.collection, snap.name)
+
+
+def fuzz_one(client: Client, channel: grpc.Channel, method: str, raw: bytes) -> None:
+    """Send one request: it is answered, or refused with a precise status and a message
+    and changes nothing; the server stays healthy."""
+    reset(client)
+    before = fingerprint(client)
+    call = channel.unary_unary(method)
+    try:
+        call(raw, timeout=60)
+        TALLY["ok"] += 1
+        BY_METHOD[method.rsplit("/", 1)[1], "ok"] += 1
+    except grpc.RpcError as exc:
+        code = exc.code()
+        TALLY[code.name] += 1
+        BY_METHOD[method.rsplit("/", 1)[1], code.name] += 1
+        assert code in PRECISE, f"{method} answered {code}: {exc.details()}"
+        assert exc.details(), f"{method} answered {code} without a message"
+        assert fingerprint(client) == before, f"{method} was rejected ({code}) but changed the state"
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @settings(
@@ -343,26 +391,27 @@ def reset(db: Database) -> None:
 )
 @given(requests)
 def test_server_answers_every_fuzzed_request_precisely(
-    fuzz_server: tuple[ServerThread, grpc.Channel], request: tuple[str, bytes]
+    fuzz_server: tuple[Client, grpc.Channel], request: tuple[str, bytes]
 ) -> None:
-    srv, channel = fuzz_server
-    method, raw = request
-    reset(srv.db)
-    before = fingerprint(srv.db)
-    call = channel.unary_unary(method)
-    try:
-        call(raw, timeout=60)
-        TALLY["ok"] += 1
-        BY_METHOD[method.rsplit("/", 1)[1], "ok"] += 1
-    except grpc.RpcError as exc:
-        code = exc.code()
-        TALLY[code.name] += 1
-        BY_METHOD[method.rsplit("/", 1)[1], code.name] += 1
-        assert code in PRECISE, f"{method} answered {code}: {exc.details()}"
-        assert exc.details(), f"{method} answered {code} without a message"
-        assert fingerprint(srv.db) == before, f"{method} was rejected ({code}) but changed the state"
-    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
-    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    fuzz_one(*fuzz_server, *request)
+
+
+@settings(
+    max_examples=PROCESSES_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(requests)
+def test_every_process_of_a_multi_process_server_answers_fuzzed_requests_precisely(
+    processes_server: tuple[Client, grpc.Channel], request: tuple[str, bytes]
+) -> None:
+    """The same requests sent to the reader process of ``lamina serve --processes 2``: the
+    reads it answers and the writes it forwards are refused as precisely, and change nothing."""
+    fuzz_one(*processes_server, *request)
 
 
 # ---------------------------------------------------------------- expensive but valid requests

@@ -139,7 +139,8 @@ def test_writes_through_one_process_are_read_at_once_through_another(tmp_path: P
 
 def test_a_follower_sees_every_write_across_the_writers_log_switches(tmp_path: Path) -> None:
     """A seal flushes RocksDB's memtables, which switches its write-ahead log; a secondary
-    instance's plain catch-up across such a switch missed rows (the CI failure of stop 28); it fails with the plain catch-up."""
+    instance's plain catch-up across such a switch missed rows (stop 28's CI failure; this
+    test failed 3 runs in 3 with the plain catch-up)."""
     run = tmp_path / "run"
     run.mkdir()
     writer = JournaledDatabase(tmp_path / "data", run)
