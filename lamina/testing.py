@@ -54,7 +54,8 @@ class ServerProcess:
         )
         self._wait_ready()
 
-    def _wait_ready(self, timeout: float = 60.0) -> None:
+    def _wait_ready(self, timeout: float = 180.0) -> None:
+        # a server with --ray starts a local Ray first: 30-40 s on a loaded 2-core machine
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
