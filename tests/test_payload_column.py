@@ -284,6 +284,16 @@ def test_a_damaged_column_is_a_damaged_segment(tmp_path: Path) -> None:
         with pytest.raises(DataLoss):
             col.search(model.points[0][0], k=1)
 
+    victim = _segment_folders(data)[0]
+    blob = (victim / PAYLOADS).read_bytes()
+    at = blob.index(b'"n":') + 4  # a digit of some row's "n": still JSON, the same size
+    (victim / PAYLOADS).write_bytes(
+        blob[:at] + (b"7" if blob[at : at + 1] != b"7" else b"8") + blob[at + 1 :]
+    )
+    write_meta(victim, read_meta(victim))  # its checksums agree: only the comparison with RocksDB tells
+    code, out = _check(data, "--deep")
+    assert code == 1 and f"segment {victim.name}: its payload column differs from the stored" in out, out
+
     offsets = _segment_folders(data)[0] / PAYLOAD_OFFSETS
     raw = bytearray(offsets.read_bytes())
     raw[-3] ^= 0x01  # the offsets file is checked in full at open
