@@ -197,20 +197,23 @@ def lamina_sync_server(port: int, work: Path) -> None:
             raise
 
     def search(request: spb.SearchRequest, context: grpc.ServicerContext) -> spb.SearchResponse:
+        response = spb.SearchResponse()
         try:
-            hits = db.get_collection(request.collection).search(
-                convert.vector_from_bytes(request.vector),
-                request.k,
-                convert.filter_from_json(request.filter_json),
-                request.with_payload,
-                request.with_vector,
-                convert.params_from_proto(request.params),
-                convert.tenant_from_proto(request.tenant),
+            col = db.get_collection(request.collection)
+            query = convert.vector_from_bytes(request.vector)
+            flt = convert.filter_from_json(request.filter_json)
+            params = convert.params_from_proto(request.params)
+            tenant = convert.tenant_from_proto(request.tenant)
+            if request.with_payload and not request.with_vector:  # the stored bytes, as the servicer
+                hits, payloads = col.search_json(query, request.k, flt, params, tenant)
+                convert.hits_to_proto(hits, response.hits, payloads)
+                return response
+            hits = col.search(
+                query, request.k, flt, request.with_payload, request.with_vector, params, tenant
             )
         except LaminaError as exc:
             context.abort(grpc.StatusCode[exc.code], str(exc))
             raise
-        response = spb.SearchResponse()
         convert.hits_to_proto(hits, response.hits)
         return response
 
