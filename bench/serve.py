@@ -14,7 +14,7 @@ single-query searches with Lamina's ef, on the same graph (the sealed segment's 
 time per query, layer by layer (raw walk, tier, segment, engine, SDK, payloads), with and without a
 small mutable tail (``--systems '' --ef 32``: that measurement alone). ``--payloads text`` gives every
 point its kernel-docs record as payload (source, section, chars and the paragraph's text, as a RAG store
-holds; about 0.8 KB of JSON) in Lamina and in pgvector (a jsonb column), and every client fetches it with
+holds; 324 bytes of JSON on average) in Lamina and in pgvector (a jsonb column), and every client fetches it with
 its hits (Lamina ``with_payload=True``, pgvector ``SELECT id, payload``); the embedded measurement then
 stores those payloads too. The load average is recorded: the machine may be shared. Lamina runs with its defaults: its index is
 built by ``optimize()`` once loaded, as a collection under 100,000 points would otherwise stay in the
