@@ -640,11 +640,11 @@ def embedded(work: Path, ef: int, rounds: int = 5, tail: int = TAIL_ROWS) -> dic
 
 def _without_column(segment: Any, call: Any) -> Any:
     """``call()`` with ``segment`` read as one written before payload columns (RocksDB answers)."""
-    column, segment.payloads = getattr(segment, "payloads", None), None
+    column, segment.payload_column = getattr(segment, "payload_column", None), None
     try:
         return call()
     finally:
-        segment.payloads = column
+        segment.payload_column = column
 
 
 def _median_us(calls: dict[str, Any], n: int, rounds: int) -> dict[str, float]:

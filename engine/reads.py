@@ -306,7 +306,7 @@ class Reads(TenantSearch):
             return hits
         if merged:
             blobs = self._payloads(segments, start, rows)
-        elif segments[0].payloads is not None:
+        elif segments[0].payload_column is not None:
             blobs = segments[0].payloads_local(rows)
         else:  # a segment written before payload columns
             blobs = self._store.payloads_of(segments[0].rows[rows].tolist())
@@ -327,7 +327,7 @@ class Reads(TenantSearch):
         written before payload columns from RocksDB, in one multi-get."""
         if rows.size == 0:
             return []
-        if len(segments) == 1 and segments[0].payloads is not None and rows.max() < start:
+        if len(segments) == 1 and segments[0].payload_column is not None and rows.max() < start:
             only = segments[0]  # the common case: one sealed segment
             return only.payloads_local(np.searchsorted(only.rows, rows))
         out: list[bytes | None] = [None] * rows.size
@@ -339,7 +339,7 @@ class Reads(TenantSearch):
             for w in np.unique(which).tolist():
                 pick = sealed[which == w]
                 segment = segments[w]
-                if segment.payloads is None:
+                if segment.payload_column is None:
                     rest[pick] = True
                     continue
                 found = segment.payloads_local(np.searchsorted(segment.rows, rows[pick]))

@@ -181,7 +181,7 @@ class Segment:
     ) -> None:
         self.folder = folder
         #: the payload column (blob, offsets), None for a segment written before it (RocksDB has them)
-        self.payloads = payloads
+        self.payload_column = payloads
         #: cosine: each row's vector as stored is its unit vector times its scale (see restoring_scales)
         self.scales = scales
         # the file the vectors are mapped from, which _reads_disk checks (made once: a
@@ -420,8 +420,8 @@ class Segment:
             before = base.scales if base.scales is not None else np.ones(base.size, np.float32)
             both = np.concatenate([before, scales])
         column: tuple[_Column | None, Sequence[bytes]] | None = None
-        if payloads is not None and base.payloads is not None:
-            column = (base.payloads, payloads)
+        if payloads is not None and base.payload_column is not None:
+            column = (base.payload_column, payloads)
         elif payloads is not None and base_payloads is not None:
             column = (None, [*base_payloads, *payloads])
         segment = cls._write(
@@ -710,8 +710,8 @@ class Segment:
         """The stored payload JSON of local rows ``local`` from the payload column, one slice
         each (None: a row deleted before the segment was written; the caller checks that the
         segment has a column)."""
-        assert self.payloads is not None
-        blob, offsets = self.payloads
+        assert self.payload_column is not None
+        blob, offsets = self.payload_column
         return [
             blob[a:b] or None
             for a, b in zip(offsets[local].tolist(), offsets[local + 1].tolist(), strict=True)

@@ -98,8 +98,8 @@ def _check_answers(col: Any, model: Model, sample: list[int], engine: Collection
 def _check_columns(engine: Collection, with_column: bool = True) -> None:
     """Each sealed segment's column holds exactly the bytes RocksDB holds for its live rows."""
     for segment in engine._segments:
-        assert (segment.payloads is not None) == with_column, segment.name
-        if segment.payloads is None:
+        assert (segment.payload_column is not None) == with_column, segment.name
+        if segment.payload_column is None:
             continue
         local = np.flatnonzero(segment.live)
         stored = engine._store.payloads_of(segment.rows[local].tolist())

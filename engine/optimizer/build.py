@@ -195,7 +195,7 @@ class SegmentBuilder(CollectionState):
             scales=scales,
             payloads=self._payloads_for_build(rows),
             # a base written before payload columns gets one now, from RocksDB
-            base_payloads=self._payloads_for_build(base.rows) if base.payloads is None else None,
+            base_payloads=self._payloads_for_build(base.rows) if base.payload_column is None else None,
         )
         log.info(
             "grew segment %s of %d rows by %d rows for %r in %.1f s",
