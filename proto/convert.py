@@ -305,25 +305,17 @@ def hits_to_proto(hits: Sequence[Hit], into: Any, payloads: Sequence[bytes] | No
     ``payloads``: each hit's payload as stored JSON bytes (``search_json``), set as they are
     (the hits' own payloads are then None)."""
     add = into.add
-    if payloads is not None:
-        for hit, blob in zip(hits, payloads, strict=True):
-            msg = add()
-            if isinstance(hit.id, str):
-                msg.id.str = hit.id
-            else:
-                msg.id.num = hit.id
-            msg.score = hit.score
-            if blob:
-                msg.payload_json = blob  # UTF-8 JSON, as stored: no decoding and encoding again
-        return
-    for hit in hits:
+    for at, hit in enumerate(hits):
         msg = add()
         if isinstance(hit.id, str):
             msg.id.str = hit.id
         else:
             msg.id.num = hit.id
         msg.score = hit.score
-        if hit.payload is not None:
+        if payloads is not None:
+            if blob := payloads[at]:
+                msg.payload_json = blob  # UTF-8 JSON, as stored: no decoding and encoding again
+        elif hit.payload is not None:
             msg.payload_json = orjson.dumps(hit.payload).decode()
         if hit.vector is not None:
             msg.vector = _vector_bytes(hit.vector)

@@ -161,14 +161,20 @@ def test_hits_carry_the_upserted_payloads_through_seals_merges_reopen_and_snapsh
         _check_answers(col, model, list(model.points)[::37] + moved)
 
 
+def _seed(data: Path, model: Model, sealed: int, tail: int = 0) -> None:
+    """A collection of ``sealed`` points in HNSW segments of 256+ rows, then ``tail`` more."""
+    with lamina.connect(str(data)) as db:
+        col = db.create_collection("c", dim=DIM, index=HNSW, segment_rows=256)  # type: ignore[arg-type]
+        model.upsert(col, list(range(sealed)), _payload)
+        col.optimize()
+        if tail:
+            model.upsert(col, list(range(sealed, sealed + tail)), _payload)
+
+
 def test_the_server_sends_the_stored_payload_bytes(tmp_path: Path) -> None:
     model = Model(seed=9)
     data = tmp_path / "data"
-    with lamina.connect(str(data)) as db:
-        col = db.create_collection("c", dim=DIM, index=HNSW, segment_rows=256)  # type: ignore[arg-type]
-        model.upsert(col, list(range(400)), _payload)
-        col.optimize()
-        model.upsert(col, list(range(400, 450)), _payload)  # a tail
+    _seed(data, model, 400, tail=50)
     srv = ServerThread(data)
     try:
         with lamina.connect(srv.address) as client:
@@ -212,10 +218,7 @@ def _strip_column(folder: Path) -> None:
 def test_segments_without_a_column_answer_from_rocksdb_and_get_one_when_rewritten(tmp_path: Path) -> None:
     model = Model(seed=11)
     data = tmp_path / "data"
-    with lamina.connect(str(data)) as db:
-        col = db.create_collection("c", dim=DIM, index=HNSW, segment_rows=256)  # type: ignore[arg-type]
-        model.upsert(col, list(range(600)), _payload)
-        col.optimize()
+    _seed(data, model, 600)
     for folder in _segment_folders(data):
         _strip_column(folder)
     with lamina.connect(str(data)) as db:
