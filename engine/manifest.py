@@ -2,8 +2,9 @@
 other file of the folder with its size and CRC-32 (taken as the folder is written, from the page
 cache, before it is fsynced and renamed into place), and carries a CRC-32 of its own
 body. Opening a segment checks the manifest's own checksum, that every file it lists is
-there with its size, and the checksums of every file but the memory-mapped vectors (read
-at open anyway); ``verify_segment(deep=True)`` (``lamina check --deep``) checks them all.
+there with its size, and the checksums of every file but the memory-mapped vectors and
+payload column (``UNREAD_AT_OPEN``: large, read as searches touch them; the scrub checks
+them in the background); ``verify_segment(deep=True)`` (``lamina check --deep``) checks them all.
 A segment written before checksums (no ``files`` in its manifest) still opens, unchecked.
 Any mismatch raises ``DamagedSegment``; the collection then opens degraded (see
 ``engine/check.py``).
@@ -25,6 +26,12 @@ META = "segment.json"
 #: files checked at open by size and checksum; the vector file (memory-mapped, read as
 #: searches touch it) by size only, unless deep
 MAPPED = "vectors.f32"
+#: a segment's payload column: each row's stored payload JSON back to back (the bytes RocksDB
+#: holds), and the uint64 offsets of the rows in it (see engine/segments.py)
+PAYLOADS = "payloads.bin"
+PAYLOAD_OFFSETS = "payloads.off.npy"
+#: files checked at open by size only (memory-mapped and possibly large), by checksum when deep
+UNREAD_AT_OPEN = (MAPPED, PAYLOADS)
 
 
 class DamagedSegment(DataLoss):
@@ -88,7 +95,7 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 def verify_segment(folder: Path, *, deep: bool) -> list[str]:
     """Problems of the segment in ``folder`` (empty: intact): its manifest, then every file
-    it lists by size, and by checksum (the memory-mapped vector file only when ``deep``)."""
+    it lists by size, and by checksum (the memory-mapped vectors and payloads only when ``deep``)."""
     try:
         meta = read_meta(folder)
     except DamagedSegment as exc:
@@ -104,7 +111,7 @@ def verify_segment(folder: Path, *, deep: bool) -> list[str]:
             actual = path.stat().st_size
             if actual != size:
                 problems.append(f"segment {folder.name}: {name} has {actual} bytes, its manifest says {size}")
-            elif (deep or name != MAPPED) and crc_file(path) != crc:
+            elif (deep or name not in UNREAD_AT_OPEN) and crc_file(path) != crc:
                 problems.append(f"segment {folder.name}: {name} fails its checksum")
         except FileNotFoundError:
             problems.append(f"segment {folder.name}: {name} is missing")

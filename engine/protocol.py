@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from lamina.config import Limits
 from lamina.types import (
     CollectionConfig,
@@ -25,6 +27,7 @@ from lamina.types import (
     SearchParams,
     SnapshotInfo,
     TenantInfo,
+    make_hit,
 )
 
 
@@ -111,6 +114,22 @@ class CollectionProtocol(Protocol):
     ) -> list[Hit]:
         """The ``k`` nearest points to one query vector, best first."""
         ...
+
+    def search_json(
+        self,
+        vector: object,
+        k: int = 10,
+        filter: Any = None,
+        params: SearchParams | None = None,
+        tenant: str | None = None,
+    ) -> tuple[list[Hit], list[bytes]]:
+        """``search`` with payloads, as a server answers it: the hits (payloads left None) and
+        each hit's payload as JSON bytes (empty: none). The local engine gives the bytes it stores, never
+        decoded; this default encodes the payloads ``search`` gives."""
+        hits = self.search(vector, k, filter, True, False, params, tenant)
+        return [make_hit(h.id, h.score) for h in hits], [
+            orjson.dumps(h.payload) if h.payload is not None else b"" for h in hits
+        ]
 
     def search_batch(
         self,

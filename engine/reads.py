@@ -2,7 +2,7 @@
 (engine/state.py), asks every sealed segment for its top-k (with an allow mask from
 engine/planner.py under a filter), scans the mutable segment exactly, merges the lists
 (engine/topk.py) and turns rows into hits (ids from the segments' id files or RocksDB,
-payloads and vectors from RocksDB)."""
+payloads from the segments' payload columns or RocksDB, vectors from RocksDB)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from . import bounds
 from .filters import CompiledFilter
 from .manifest import degraded_error
 from .planner import DEFAULT_PARAMS
+from .segments import Segment
 from .state import ReadSnapshot
 from .tenancy import TenantSearch
 from .topk import merge_topk, mutable_topk
@@ -146,25 +147,62 @@ class Reads(TenantSearch):
         tenant: str | None = None,
     ) -> list[Hit]:
         """The ``k`` nearest points (of ``tenant``) to one query vector, best first."""
+        return self._search_one(vector, k, filter, with_payload, with_vector, params, tenant, None)
+
+    def search_json(
+        self,
+        vector: object,
+        k: int = 10,
+        filter: Any = None,
+        params: SearchParams | None = None,
+        tenant: str | None = None,
+    ) -> tuple[list[Hit], list[bytes]]:
+        """``search`` with payloads, for the server (CollectionProtocol): the hits' payloads
+        are left None and given instead as the JSON bytes stored, one per hit, never decoded."""
+        raw: list[bytes] = []
+        return self._search_one(vector, k, filter, True, False, params, tenant, raw), raw
+
+    def _search_one(
+        self,
+        vector: object,
+        k: object,
+        filter: Any,
+        with_payload: bool,
+        with_vector: bool,
+        params: SearchParams | None,
+        tenant: str | None,
+        raw: list[bytes] | None,
+    ) -> list[Hit]:
+        """``search``; ``raw``: a list that receives the hits' stored payload JSON instead of
+        their payloads (see ``search_json``)."""
         if filter is None and tenant is None and not with_vector and (params is None or not params.exact):
-            hits = self._plain(vector, k, with_payload, params)
+            hits = self._plain(vector, k, with_payload, params, raw)
             if hits is not None:
                 return hits
+            if raw is not None:
+                raw.clear()  # the plain path gave up after building its hits
         code = self._tenant(tenant)
         query = as_query(vector, self.config.dim)
-        self._check_answer(1, check_k(k, self._limits), code, with_payload, with_vector)
+        checked = check_k(k, self._limits)
+        self._check_answer(1, checked, code, with_payload, with_vector)
         return self._search(
             query.reshape(1, -1),
-            k,
+            checked,
             self._compile(filter, tenant),
             with_payload,
             with_vector,
             params,
             code=code,
+            raw=raw,
         )[0]
 
     def _plain(
-        self, vector: object, k: object, with_payload: bool, params: SearchParams | None
+        self,
+        vector: object,
+        k: object,
+        with_payload: bool,
+        params: SearchParams | None,
+        raw: list[bytes] | None = None,
     ) -> list[Hit] | None:
         """A plain search (no filter, tenant, text, explain or vectors) from the snapshot to
         the hits in one go: one dot product validates (and normalises) the query, each sealed
@@ -207,7 +245,7 @@ class Reads(TenantSearch):
         elif len(found) == 1:  # the common case: one sealed segment and nothing else
             only = found[0]
             hits = self._plain_hits(
-                finish_scores(only[0], kernel).tolist(), only[2], segments[0].rows, only[1], with_payload
+                finish_scores(only[0], kernel).tolist(), only[2], segments, start, only[1], with_payload, raw
             )
             return hits if self._replaced == replaced else None
         elif not found:
@@ -232,19 +270,25 @@ class Reads(TenantSearch):
             ids = [sealed_ids[i] if i < sealed else _id_or_none(next(keys)) for i in picks]
         else:
             ids = [sealed_ids[i] for i in picks]
-        hits = self._plain_hits(finish_scores(joined[order], kernel).tolist(), ids, None, rows, with_payload)
+        hits = self._plain_hits(
+            finish_scores(joined[order], kernel).tolist(), ids, segments, start, rows, with_payload, raw, True
+        )
         return hits if self._replaced == replaced else None
 
     def _plain_hits(
         self,
         scores: list[float],
         ids: Sequence[PointId | None],
-        owner: np.ndarray | None,
+        segments: Sequence[Segment],
+        start: int,
         rows: np.ndarray,
         with_payload: bool,
+        raw: list[bytes] | None,
+        merged: bool = False,
     ) -> list[Hit]:
-        """Hits of a plain search; ``rows``: global rows, or local rows of the segment whose
-        global rows are ``owner`` (payloads are read at global rows)."""
+        """Hits of a plain search over ``segments`` and the mutable rows from ``start``;
+        ``rows``: global rows when ``merged``, else local rows of the one segment. ``raw``:
+        receives the stored payload JSON of each hit kept, whose payload is left None."""
         hits: list[Hit] = []
         add = hits.append
         if not with_payload:
@@ -260,11 +304,52 @@ class Reads(TenantSearch):
                     )
                     add(hit)
             return hits
-        blobs = self._store.payloads_of((owner[rows] if owner is not None else rows).tolist())
+        if merged:
+            blobs = self._payloads(segments, start, rows)
+        elif segments[0].payload_column is not None:
+            blobs = segments[0].payloads_local(rows)
+        else:  # a segment written before payload columns
+            blobs = self._store.payloads_of(segments[0].rows[rows].tolist())
+        if raw is not None:
+            for pid, score, blob in zip(ids, scores, blobs, strict=True):
+                if pid is not None and blob is not None:
+                    add(make_hit(pid, score))
+                    raw.append(blob)
+            return hits
         for pid, score, blob in zip(ids, scores, blobs, strict=True):
             if pid is not None and blob is not None:
                 add(make_hit(pid, score, orjson.loads(blob)))
         return hits
+
+    def _payloads(self, segments: Sequence[Segment], start: int, rows: np.ndarray) -> list[bytes | None]:
+        """Stored payload JSON of result ``rows`` (global; None: deleted): a sealed row's from
+        its segment's payload column (one slice), the mutable segment's and those of segments
+        written before payload columns from RocksDB, in one multi-get."""
+        if rows.size == 0:
+            return []
+        if len(segments) == 1 and segments[0].payload_column is not None and rows.max() < start:
+            only = segments[0]  # the common case: one sealed segment
+            return only.payloads_local(np.searchsorted(only.rows, rows))
+        out: list[bytes | None] = [None] * rows.size
+        rest = rows >= start
+        sealed = np.flatnonzero(~rest)
+        if sealed.size:
+            los = np.array([s.lo for s in segments])
+            which = np.searchsorted(los, rows[sealed], side="right") - 1
+            for w in np.unique(which).tolist():
+                pick = sealed[which == w]
+                segment = segments[w]
+                if segment.payload_column is None:
+                    rest[pick] = True
+                    continue
+                found = segment.payloads_local(np.searchsorted(segment.rows, rows[pick]))
+                for pos, blob in zip(pick.tolist(), found, strict=True):
+                    out[pos] = blob
+        if rest.any():
+            at = np.flatnonzero(rest)
+            for pos, blob in zip(at.tolist(), self._store.payloads_of(rows[at].tolist()), strict=True):
+                out[pos] = blob
+        return out
 
     def search_batch(
         self,
@@ -387,6 +472,7 @@ class Reads(TenantSearch):
         params: SearchParams | None,
         explain: list[SegmentPlan] | None = None,
         code: int | None = None,
+        raw: list[bytes] | None = None,
     ) -> list[list[Hit]]:
         asked = k  # checked by every caller (check_k)
         prepared = self._prepare(queries)
@@ -399,16 +485,24 @@ class Reads(TenantSearch):
             k = max(1, min(asked, sum(s.size for s in snap.segments) + snap.live.size))
             if explain is not None:
                 explain.clear()
+            if raw is not None:
+                raw.clear()  # an earlier attempt's (see _read)
             if code is not None:
                 masks = self._masks(compiled, snap, code) if compiled is not None else None
                 found = self._tenant_rows(prepared, k, snap, code, masks, params, explain)
                 return self._hits(
-                    snap, finish_scores(found[0], self._metric), found[1], found[2], with_payload, with_vector
+                    snap,
+                    finish_scores(found[0], self._metric),
+                    found[1],
+                    found[2],
+                    with_payload,
+                    with_vector,
+                    raw,
                 )
             masks = self._filter_masks(compiled, snap) if compiled is not None else None
             scores, rows, counts = self._search_rows(prepared, k, snap, masks, params, explain)
             return self._hits(
-                snap, finish_scores(scores, self._metric), rows, counts, with_payload, with_vector
+                snap, finish_scores(scores, self._metric), rows, counts, with_payload, with_vector, raw
             )
 
         return self._read(read)
@@ -482,7 +576,9 @@ class Reads(TenantSearch):
         counts: np.ndarray,
         with_payload: bool,
         with_vector: bool,
+        raw: list[bytes] | None = None,
     ) -> list[list[Hit]]:
+        """The hits of a search's top-k rows (see ``_plain_hits`` for ``raw``)."""
         nq = len(counts)
         ends = np.cumsum(counts).tolist() if nq > 1 else [int(counts[0])]
         flat = np.concatenate([rows[q, : counts[q]] for q in range(nq)]) if nq > 1 else rows[0, : counts[0]]
@@ -495,7 +591,7 @@ class Reads(TenantSearch):
             if len(hits) == len(ids):  # nothing deleted while we read: cut the flat list per query
                 return [hits[lo:hi] for lo, hi in zip([0, *ends[:-1]], ends, strict=True)]
         flat_rows = flat.tolist()
-        payloads: list[bytes | None] = self._store.payloads_of(flat_rows) if with_payload else []
+        payloads = self._payloads(snap.segments, snap.start, flat) if with_payload else []
         vectors: list[bytes | None] = self._vectors_of(flat_rows) if with_vector else []
         results: list[list[Hit]] = []
         lo = 0
@@ -507,6 +603,9 @@ class Reads(TenantSearch):
                 vec = vectors[pos] if with_vector else None
                 if pid is None or (with_payload and pay is None) or (with_vector and vec is None):
                     continue  # deleted while we read
+                if raw is not None and pay is not None:
+                    raw.append(pay)
+                    pay = None
                 hits.append(
                     Hit(
                         pid,

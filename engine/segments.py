@@ -7,7 +7,12 @@ them only in its graph file, whose records are in row order: see index/graphfile
 so that every sealed vector is stored once), the point ids of
 its rows (``ids.npy`` when all are integers, else ``keys.bin`` + ``keys.off.npy``;
 memory-mapped, so that a search answers ids without a RocksDB read), ``segment.json``
-(tier kind and note), the tier's own files and, in a multi-tenant collection,
+(tier kind and note), the tier's own files, the payload column (``payloads.bin``: each
+row's stored payload JSON, exactly the bytes RocksDB holds, back to back, and
+``payloads.off.npy``: uint64 offsets, one more than rows; memory-mapped, so that a search
+reads a hit's payload as one slice; RocksDB keeps every payload too, as the truth that
+get, scroll, filters, payload indexes and repair read; segments written before the
+column have none and their hits' payloads come from RocksDB) and, in a multi-tenant collection,
 ``tenants.npy`` (each row's tenant code; see engine/tenants.py). Deletes after sealing only clear a
 bit in the in-memory ``live`` mask (and are recorded durably in RocksDB, which
 re-applies them at start); compaction rewrites a segment without its dead rows.
@@ -22,12 +27,13 @@ import functools
 import hashlib
 import logging
 import math
+import mmap
 import os
 import shutil
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
@@ -57,7 +63,16 @@ from lamina.storage.keys import id_from_key, tenant_of_key, without_tenant
 from lamina.storage.vectorfile import atomic_folder, fsync_path, map_matrix, write_matrix
 from lamina.types import CollectionConfig, FloatMatrix, PointId, SegmentPlan
 
-from .manifest import MAPPED, META, DamagedSegment, read_meta, verify_segment, write_meta
+from .manifest import (
+    MAPPED,
+    META,
+    PAYLOAD_OFFSETS,
+    PAYLOADS,
+    DamagedSegment,
+    read_meta,
+    verify_segment,
+    write_meta,
+)
 
 #: a graph step (one candidate of an HNSW walk) costs about this many exact row scores
 #: (measured on kernel-docs: ef=64 walk ≈ 125 µs, exact score of a gathered row ≈ 0.2 µs at 384-d)
@@ -162,8 +177,11 @@ class Segment:
         payload: dict[str, FieldIndex],
         tenants: np.ndarray | None = None,
         scales: np.ndarray | None = None,
+        payloads: _Column | None = None,
     ) -> None:
         self.folder = folder
+        #: the payload column (blob, offsets), None for a segment written before it (RocksDB has them)
+        self.payload_column = payloads
         #: cosine: each row's vector as stored is its unit vector times its scale (see restoring_scales)
         self.scales = scales
         # the file the vectors are mapped from, which _reads_disk checks (made once: a
@@ -290,11 +308,14 @@ class Segment:
         payload: dict[str, FieldIndex],
         stop: Stop = None,
         scales: np.ndarray | None = None,
+        payloads: Sequence[bytes] | None = None,
     ) -> Segment:
         """Build the tier over ``vectors`` (prepared, one per row; ``keys`` are the rows'
         id keys; ``scales`` give back the stored vectors of a cosine collection) and write
         the segment folder durably with its payload indexes (in the segment's row
-        positions); the caller commits it to the collection manifest."""
+        positions) and its payload column (``payloads``: each row's stored payload JSON,
+        empty for a row deleted meanwhile; None: no column); the caller commits it to the
+        collection manifest."""
         # a multi-tenant collection answers from tenant partitions, never from a shared graph
         tier, note = (
             (ExactTier(metric), "")
@@ -303,7 +324,18 @@ class Segment:
         )
         tenants = np.array([tenant_of_key(k) for k in keys], np.int32) if config.multi_tenant else None
         return cls._write(
-            folder, rows.astype(np.int64), [vectors], keys, None, tier, note, payload, config, tenants, scales
+            folder,
+            rows.astype(np.int64),
+            [vectors],
+            keys,
+            None,
+            tier,
+            note,
+            payload,
+            config,
+            tenants,
+            scales,
+            (None, payloads) if payloads is not None else None,
         )
 
     @classmethod
@@ -320,9 +352,11 @@ class Segment:
         config: CollectionConfig,
         tenants: np.ndarray | None = None,
         scales: np.ndarray | None = None,
+        payloads: tuple[_Column | None, Sequence[bytes]] | None = None,
     ) -> Segment:
         """Write a segment folder durably (see ``atomic_folder``) and open it: ``vectors``
-        are written one part after another, ids are ``before``'s (if any) then ``keys``."""
+        are written one part after another, ids are ``before``'s (if any) then ``keys``,
+        the payload column (if ``payloads``) a column's rows (if any) then stored payloads."""
         in_graph = isinstance(tier, HnswTier)  # the graph's file holds the vectors: no second copy
         with atomic_folder(folder) as tmp:
             np.save(tmp / "rows.npy", rows)
@@ -333,12 +367,25 @@ class Segment:
                 np.save(tmp / "tenants.npy", tenants)
             if scales is not None:
                 np.save(tmp / SCALES, scales.astype(np.float32))
+            if payloads is not None:
+                _write_payloads(tmp, *payloads)
             tier.save(tmp)
             for name, index in payload.items():
                 index.save(tmp / payload_file(name, index.kind))
             write_meta(tmp, {"tier": tier.kind, "note": note, "rows": int(rows.size)})
         vecs = _map_vectors(folder, tier, config.dim)
-        return cls(folder, rows, vecs, tier, note, read_ids(folder), dict(payload), tenants, scales)
+        return cls(
+            folder,
+            rows,
+            vecs,
+            tier,
+            note,
+            read_ids(folder),
+            dict(payload),
+            tenants,
+            scales,
+            read_payloads(folder, rows.size),
+        )
 
     @classmethod
     def grow(
@@ -354,13 +401,17 @@ class Segment:
         payload: dict[str, FieldIndex],
         stop: Stop = None,
         scales: np.ndarray | None = None,
+        payloads: Sequence[bytes] | None = None,
+        base_payloads: Sequence[bytes] | None = None,
     ) -> Segment:
         """A new segment in ``folder`` holding every row of ``base`` (an HNSW segment; its
         dead rows stay, marked deleted, at the same positions) and then ``rows`` (all past
         ``base``'s, with their id ``keys`` and prepared ``vectors``): base's graph is loaded
         and grown by inserting the new points (each point of a merge is inserted once, not
         the whole segment again). ``payload`` holds the indexes in the new segment's
-        positions. Written durably like ``build``; the caller commits it to the manifest."""
+        positions. Its payload column is ``base``'s (or, for a base without one,
+        ``base_payloads``: those of its rows) then ``payloads`` (see ``build``).
+        Written durably like ``build``; the caller commits it to the manifest."""
         dead = np.flatnonzero(~base.live)
         tier = HnswTier.grow(base.folder, config, metric, dead, vectors, threads, stop)
         all_rows = np.concatenate([base.rows, rows.astype(np.int64)])
@@ -368,8 +419,24 @@ class Segment:
         if scales is not None:  # a base sealed before vectors were stored once: RocksDB has its rows'
             before = base.scales if base.scales is not None else np.ones(base.size, np.float32)
             both = np.concatenate([before, scales])
+        column: tuple[_Column | None, Sequence[bytes]] | None = None
+        if payloads is not None and base.payload_column is not None:
+            column = (base.payload_column, payloads)
+        elif payloads is not None and base_payloads is not None:
+            column = (None, [*base_payloads, *payloads])
         segment = cls._write(
-            folder, all_rows, [base.vectors, vectors], keys, base._ids, tier, "", payload, config, None, both
+            folder,
+            all_rows,
+            [base.vectors, vectors],
+            keys,
+            base._ids,
+            tier,
+            "",
+            payload,
+            config,
+            None,
+            both,
+            column,
         )
         segment.kill(base.rows[dead])  # the graph has them marked already; the live mask learns them
         return segment
@@ -410,7 +477,16 @@ class Segment:
         tenants = np.load(folder / "tenants.npy") if (folder / "tenants.npy").exists() else None
         scales = np.load(folder / SCALES) if (folder / SCALES).exists() else None
         segment = cls(
-            folder, rows, vecs, tier, meta.get("note", ""), read_ids(folder), payload, tenants, scales
+            folder,
+            rows,
+            vecs,
+            tier,
+            meta.get("note", ""),
+            read_ids(folder),
+            payload,
+            tenants,
+            scales,
+            read_payloads(folder, rows.size),
         )
         segment.verified = "files" not in meta  # written before checksums: nothing to verify
         return segment
@@ -630,6 +706,18 @@ class Segment:
         return [id_from_key(bytes(blob[a:b])) for a, b in zip(starts, ends, strict=True)]
 
     @_reads_disk
+    def payloads_local(self, local: np.ndarray) -> list[bytes | None]:
+        """The stored payload JSON of local rows ``local`` from the payload column, one slice
+        each (None: a row deleted before the segment was written; the caller checks that the
+        segment has a column)."""
+        assert self.payload_column is not None
+        blob, offsets = self.payload_column
+        return [
+            blob[a:b] or None
+            for a, b in zip(offsets[local].tolist(), offsets[local + 1].tolist(), strict=True)
+        ]
+
+    @_reads_disk
     def nearest(
         self, query: FloatMatrix, k: int, knobs: Knobs
     ) -> tuple[FloatMatrix, np.ndarray, list[PointId]]:
@@ -652,6 +740,8 @@ class Segment:
 
 
 _Ids = np.ndarray | tuple[memoryview, np.ndarray]
+#: a payload column: the blob (mapped; slicing it gives bytes) and the rows' offsets in it
+_Column = tuple[mmap.mmap | bytes, np.ndarray]
 
 
 def restoring_scales(raw: FloatMatrix, unit: FloatMatrix) -> tuple[np.ndarray, np.ndarray]:
@@ -730,6 +820,43 @@ def _write_ids(folder: Path, keys: list[bytes], before: _Ids | None = None) -> N
     offsets = np.zeros(len(keys) + 1, dtype=np.int64)
     np.cumsum([len(k) for k in keys], out=offsets[1:])
     np.save(folder / "keys.off.npy", offsets)
+
+
+def _write_payloads(folder: Path, before: _Column | None, payloads: Sequence[bytes]) -> None:
+    """The payload column of a segment folder: the rows of column ``before`` (if any, a grown
+    segment's base: copied as they are), then ``payloads``, back to back, and the uint64
+    offsets of every row (rows + 1 of them, the first 0)."""
+    head = np.zeros(1, np.uint64) if before is None else np.asarray(before[1], np.uint64)
+    end = int(head[-1])
+    offsets = np.empty(head.size + len(payloads), np.uint64)
+    offsets[: head.size] = head
+    np.cumsum(np.fromiter(map(len, payloads), np.uint64, len(payloads)), out=offsets[head.size :])
+    offsets[head.size :] += np.uint64(end)
+    with open(folder / PAYLOADS, "wb") as fh:
+        if before is not None:
+            for lo in range(0, end, 64 << 20):
+                fh.write(before[0][lo : min(end, lo + (64 << 20))])
+        for lo in range(0, len(payloads), 65_536):
+            fh.write(b"".join(payloads[lo : lo + 65_536]))
+    np.save(folder / PAYLOAD_OFFSETS, offsets)
+
+
+def read_payloads(folder: Path, rows: int) -> _Column | None:
+    """The payload column of a segment folder of ``rows`` rows (see ``_write_payloads``),
+    memory-mapped; None for a segment written before columns. ValueError when the offsets
+    do not fit the rows or the blob."""
+    path = folder / PAYLOADS
+    if not path.exists():
+        return None
+    offsets = np.asarray(np.load(folder / PAYLOAD_OFFSETS, mmap_mode="r"))
+    if offsets.dtype != np.uint64 or offsets.shape != (rows + 1,):
+        raise ValueError(f"{PAYLOAD_OFFSETS} holds {offsets.shape} {offsets.dtype}, not {rows + 1} uint64")
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size != int(offsets[-1]):
+            raise ValueError(f"{PAYLOADS} has {size} bytes, its offsets end at {int(offsets[-1])}")
+        blob = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    return blob, offsets
 
 
 def read_ids(folder: Path) -> _Ids:

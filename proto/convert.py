@@ -299,18 +299,23 @@ def point_from_proto(msg: pb.Point, with_vector: bool, with_payload: bool) -> Po
     )
 
 
-def hits_to_proto(hits: Sequence[Hit], into: Any) -> None:
+def hits_to_proto(hits: Sequence[Hit], into: Any, payloads: Sequence[bytes] | None = None) -> None:
     """Append ``hits`` to ``into`` (a repeated ScoredPoint field), setting fields on messages
-    the field adds: a third of the time of building each message from keyword arguments."""
+    the field adds: a third of the time of building each message from keyword arguments.
+    ``payloads``: each hit's payload as stored JSON bytes (``search_json``), set as they are
+    (the hits' own payloads are then None)."""
     add = into.add
-    for hit in hits:
+    for at, hit in enumerate(hits):
         msg = add()
         if isinstance(hit.id, str):
             msg.id.str = hit.id
         else:
             msg.id.num = hit.id
         msg.score = hit.score
-        if hit.payload is not None:
+        if payloads is not None:
+            if blob := payloads[at]:
+                msg.payload_json = blob  # UTF-8 JSON, as stored: no decoding and encoding again
+        elif hit.payload is not None:
             msg.payload_json = orjson.dumps(hit.payload).decode()
         if hit.vector is not None:
             msg.vector = _vector_bytes(hit.vector)

@@ -325,19 +325,21 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
                 query = embedding.as_query_rows(col.name, col.config, request.text, self.db.limits)
             else:
                 query = convert.vector_from_bytes(request.vector)
-            args = (
-                query,
-                request.k,
-                convert.filter_from_json(request.filter_json),
-                request.with_payload,
-                request.with_vector,
-                convert.params_from_proto(request.params),
-                convert.tenant_from_proto(request.tenant),
-            )
+            flt = convert.filter_from_json(request.filter_json)
+            params = convert.params_from_proto(request.params)
+            tenant = convert.tenant_from_proto(request.tenant)
             response = spb.SearchResponse()
             if not request.explain:
-                convert.hits_to_proto(col.search(*args), response.hits)
+                if request.with_payload and not request.with_vector:  # payloads as the bytes stored
+                    hits, payloads = col.search_json(query, request.k, flt, params, tenant)
+                    convert.hits_to_proto(hits, response.hits, payloads)
+                    return response
+                hits = col.search(
+                    query, request.k, flt, request.with_payload, request.with_vector, params, tenant
+                )
+                convert.hits_to_proto(hits, response.hits)
                 return response
+            args = (query, request.k, flt, request.with_payload, request.with_vector, params, tenant)
             hits, plan = col.search_explained(*args)
             convert.hits_to_proto(hits, response.hits)
             response.plan.CopyFrom(convert.plan_to_proto(plan))

@@ -12,6 +12,7 @@ def test_serve_measures_lamina_pgvector_and_the_echo_floor_with_client_processes
     out = tmp_path / "out"
     argv = ["--rows", "2000", "--queries", "50", "--clients", "1,2", "--duration", "1", "--out", str(out)]
     argv += ["--systems", "echo,lamina,pgvector"]  # lamina-processes: tests/test_processes.py covers it
+    argv += ["--payloads", "text"]  # every point carries its kernel-docs record; clients fetch it
     assert serve.main(argv) == 0
     report = json.loads(next(out.glob("*-serve.json")).read_text())
     results = {r["system"]: r for r in report["results"]}
@@ -29,6 +30,7 @@ def test_serve_measures_lamina_pgvector_and_the_echo_floor_with_client_processes
             s["recall"] < serve.TARGET_RECALL for s in results[name]["sweep"] if s["ef"] < chosen["ef"]
         )
     table = next(out.glob("*-serve.md")).read_text()
+    assert report["params"]["payloads"] == "text" and "fetched with its payload" in table
     lamina_1 = next(line for line in table.splitlines() if line.startswith("| lamina") and "| 1 |" in line)
     ratio = results["lamina"]["runs"][0]["qps"] / results["pgvector"]["runs"][0]["qps"]
     assert f"| {ratio:.2f}x |" in lamina_1  # the ratio column compares the same client count
@@ -36,7 +38,13 @@ def test_serve_measures_lamina_pgvector_and_the_echo_floor_with_client_processes
     single = report["embedded"]  # Lamina embedded against the same hnswlib graph walked directly
     assert single["ef"] == results["lamina"]["ef"]
     assert list(single["median_us"]) == list(serve.LAYERS)  # each layer of the search path
-    assert set(single["tail_median_us"]) == {"hnswlib", "engine", "lamina", "lamina_payload"}
+    assert set(single["tail_median_us"]) == {
+        "hnswlib",
+        "engine",
+        "lamina",
+        "lamina_payload",
+        "lamina_payload_rocksdb",
+    }
     assert all(v > 0 for v in [*single["median_us"].values(), *single["tail_median_us"].values()])
     sdk = next(line for line in table.splitlines() if line.startswith("| lamina: "))
     assert f"| {single['vs_hnswlib']['lamina']:.2f}x |" in sdk

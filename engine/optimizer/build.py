@@ -1,5 +1,5 @@
-"""Building a sealed segment (vectors file, id file, index tier, payload indexes) from
-rows of the collection, or growing an HNSW segment by more rows; every optimizer job
+"""Building a sealed segment (vectors file, id file, index tier, payload indexes, payload
+column) from rows of the collection, or growing an HNSW segment by more rows; every optimizer job
 that writes a segment goes through it.
 
 The segment lifecycle: the mutable segment is sealed at ``seal_rows`` (a few tens of
@@ -94,6 +94,15 @@ class SegmentBuilder(CollectionState):
             keys.extend(k if k is not None else b"" for k in found)
         return keys
 
+    def _payloads_for_build(self, rows: np.ndarray) -> list[bytes]:
+        """Stored payload JSON of ``rows`` from RocksDB, for a segment's payload column; a row
+        deleted meanwhile gets an empty one (it is killed in the new segment before use)."""
+        blobs: list[bytes] = []
+        for lo in range(0, rows.size, READ_CHUNK):  # RocksDB reads hold the GIL: searches get turns between
+            found = self._store.payloads_of([int(r) for r in rows[lo : lo + READ_CHUNK]])
+            blobs.extend(b if b is not None else b"" for b in found)
+        return blobs
+
     def _restoring(
         self, rows: np.ndarray, prepared: FloatMatrix
     ) -> tuple[np.ndarray | None, list[tuple[int, bytes]]]:
@@ -135,6 +144,7 @@ class SegmentBuilder(CollectionState):
             payload,
             stop=lambda: self._closed,  # closing does not wait for a whole build
             scales=scales,
+            payloads=self._payloads_for_build(rows),
         )
         log.info(
             "built %s segment of %d rows for %r in %.1f s",
@@ -183,6 +193,9 @@ class SegmentBuilder(CollectionState):
             payload,
             stop=lambda: self._closed,
             scales=scales,
+            payloads=self._payloads_for_build(rows),
+            # a base written before payload columns gets one now, from RocksDB
+            base_payloads=self._payloads_for_build(base.rows) if base.payload_column is None else None,
         )
         log.info(
             "grew segment %s of %d rows by %d rows for %r in %.1f s",
