@@ -44,7 +44,7 @@ def _datasets(args: argparse.Namespace) -> list[tuple[str, np.ndarray, np.ndarra
         out.append(("kernel-docs", base, qs))
     for n in args.sizes:
         folder = Path(args.data) / f"manifold-{n}"
-        base = np.ascontiguousarray(np.load(folder / "base.npy", mmap_mode="r")[:n], dtype=np.float32)
+        base = np.array(np.load(folder / "base.npy", mmap_mode="r")[:n], dtype=np.float32)
         qs = np.ascontiguousarray(np.load(folder / "queries.npy")[: args.queries], dtype=np.float32)
         out.append((f"manifold-{n}", base, qs))
     for _, base, qs in out:
