@@ -174,3 +174,33 @@ def test_a_damaged_graph_file_is_refused_with_a_typed_error(graph: tuple[int, Pa
     with pytest.raises(GraphDamaged, match="link points outside"):
         view.search(QUERIES[:1], K, 16, np.ones(N, np.bool_))
     assert isinstance(GraphDamaged("x"), ValueError)  # Segment.load reports it as a damaged segment
+
+
+def test_sealed_hnsw_segments_are_searched_through_a_view_of_their_file(tmp_path: Path) -> None:
+    """A collection's sealed HNSW segment holds no hnswlib copy once written, nor after reopen;
+    deletes (before and after the seal) are never returned, and answers survive the reopen."""
+    from lamina.engine.database import Database
+    from lamina.types import CollectionConfig, IndexConfig, SearchParams
+
+    config = CollectionConfig(dim=DIM, metric="cosine", index=IndexConfig(type="hnsw"), segment_rows=4_000)
+    with Database(tmp_path) as database:
+        col = database.create_collection("c", config)
+        col.upsert(list(range(N)), BASE)
+        col.delete(ids=list(range(0, N, 7)))
+        col.optimize()
+        segment = col._segments[0]
+        assert segment.tier.view is not None and segment.tier.index is None  # type: ignore[attr-defined]
+        truth = _exact(METRIC_IP)
+        col.delete(ids=truth[:20, 0].tolist())  # each query's nearest, after the seal
+        gone = set(range(0, N, 7)) | set(truth[:20, 0].tolist())
+        before = [[h.id for h in col.search(q, k=K, params=SearchParams(ef=64))] for q in QUERIES[:40]]
+    assert not gone & {i for hits in before for i in hits}
+    assert all(len(hits) == K for hits in before)  # the walk skipped them, nothing was dropped after
+    live = np.ones(N, np.bool_)
+    live[sorted(gone)] = False
+    assert _recall(np.array(before), _exact(METRIC_IP, live)[:40]) >= 0.95
+    with Database(tmp_path) as database:
+        col = database.get_collection("c")
+        assert all(s.tier.view is not None for s in col._segments)  # type: ignore[attr-defined]
+        after = [[h.id for h in col.search(q, k=K, params=SearchParams(ef=64))] for q in QUERIES[:40]]
+    assert after == before
