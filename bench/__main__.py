@@ -22,6 +22,7 @@ BENCHMARKS = {
     "serve": "bench.serve",
     "scale": "bench.scale",
     "processes": "bench.processes",
+    "graphview": "bench.graphview",
 }
 
 

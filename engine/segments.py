@@ -373,6 +373,8 @@ class Segment:
             for name, index in payload.items():
                 index.save(tmp / payload_file(name, index.kind))
             write_meta(tmp, {"tier": tier.kind, "note": note, "rows": int(rows.size)})
+        if in_graph:  # searched through a view of the file written, like after a restart; hnswlib's copy goes
+            tier = HnswTier.load(folder, config, cast(HnswTier, tier).metric)
         vecs = _map_vectors(folder, tier, config.dim)
         return cls(
             folder,
@@ -466,7 +468,8 @@ class Segment:
 
     @classmethod
     def _load(cls, folder: Path, meta: dict[str, Any], config: CollectionConfig, metric: int) -> Segment:
-        tier = load_tier(meta["tier"], folder, config, metric)
+        # a graph saved before vectors were stored once (beside a vectors.f32) is not in label order
+        tier = load_tier(meta["tier"], folder, config, metric, labelled=not (folder / MAPPED).exists())
         rows = np.load(folder / "rows.npy")
         vecs = _map_vectors(folder, tier, config.dim)
         payload = {
@@ -727,7 +730,7 @@ class Segment:
         labels are local rows, and ids are read at them)."""
         k = min(k, self.size)
         tier = self.tier
-        found = tier.nearest(query, k, knobs.ef) if type(tier) is HnswTier else None
+        found = tier.nearest(query, k, knobs.ef, self.live) if type(tier) is HnswTier else None
         if found is None:  # other tiers, or a graph with fewer than k live rows reachable
             scores, local, counts = tier.search(self.vectors, self.live, query, k, knobs)
             n = int(counts[0])

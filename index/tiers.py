@@ -35,6 +35,7 @@ import numpy as np
 
 from lamina.index import graphfile
 from lamina.index.flat import exact_topk
+from lamina.index.graphview import GraphView
 from lamina.index.kernels import METRIC_IP, hamming_topn, rerank
 from lamina.types import CollectionConfig, FloatMatrix
 
@@ -384,15 +385,22 @@ def hnsw_walk(
 
 
 class HnswTier:
-    """hnswlib graph over the float32 vectors: distances are exact, so no rerank; deleted
-    rows are marked in the graph so walks skip them."""
+    """HNSW graph over the float32 vectors: distances are exact, so no rerank.
+
+    A built (or grown) graph is an in-memory hnswlib index until ``save`` writes it; a
+    saved one is searched through a ``GraphView`` of its file (index/graphview.py): a
+    memory map shared by every process that opens the segment, walked by a numba kernel
+    that does hnswlib's search, with the segment's live mask (or a filter's allow-list)
+    deciding what is returned. hnswlib stays for building and growing graphs, and for
+    graphs saved before they were written in label order (``labelled=False``)."""
 
     kind = "hnsw"
 
-    def __init__(self, metric: int, index: hnswlib.Index) -> None:
+    def __init__(self, metric: int, index: hnswlib.Index | None, view: GraphView | None = None) -> None:
         self.metric = metric
         self.index = index
-        self._beam = beam_of(index)
+        self.view = view
+        self._beam = beam_of(index) if index is not None else None
 
     @classmethod
     def build(
@@ -406,7 +414,11 @@ class HnswTier:
         return cls(metric, index)
 
     @classmethod
-    def load(cls, folder: Path, config: CollectionConfig, metric: int) -> HnswTier:
+    def load(cls, folder: Path, config: CollectionConfig, metric: int, labelled: bool = True) -> HnswTier:
+        """The graph ``save`` wrote in ``folder``, as a view of its file; ``labelled=False``: a
+        graph saved by hnswlib as it was (internal ids are not rows), loaded into hnswlib."""
+        if labelled:
+            return cls(metric, None, GraphView(folder / GRAPH, config.dim, metric))
         index = hnsw_index(config, metric)
         index.load_index(str(folder / GRAPH))
         return cls(metric, index)
@@ -443,6 +455,8 @@ class HnswTier:
     def save(self, folder: Path) -> None:
         """Save the graph in label order (see graphfile): its records then hold the
         segment's vectors, row i at label i, and the segment writes no other copy."""
+        if self.index is None:
+            raise ValueError("a graph opened as a view is saved already")
         raw = folder / "graph.raw"
         try:
             self.index.save_index(str(raw))
@@ -459,26 +473,44 @@ class HnswTier:
         return [GRAPH]
 
     def kill(self, local_rows: np.ndarray) -> None:
-        hnsw_mark_deleted(self.index, local_rows.tolist())
+        if self.index is not None:  # a view is told by the live mask of each search
+            hnsw_mark_deleted(self.index, local_rows.tolist())
 
     def search(
         self, vectors: FloatMatrix, live: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
     ) -> TopK:
         return self._walk(vectors, live, queries, k, knobs, None)
 
-    def nearest(self, query: FloatMatrix, k: int, ef: int) -> tuple[FloatMatrix, np.ndarray] | None:
-        """``search`` of one (1, dim) query as flat arrays (kernel scores, labels), or None
-        when the graph cannot return k (the caller answers exactly): the plain search's walk,
-        without the counts and padding a batch needs."""
+    def nearest(
+        self, query: FloatMatrix, k: int, ef: int, live: np.ndarray
+    ) -> tuple[FloatMatrix, np.ndarray] | None:
+        """``search`` of one (1, dim) query among ``live`` rows as flat arrays (kernel scores,
+        labels), or None when the graph cannot return k (the caller answers exactly): the
+        plain search's walk, without the counts and padding a batch needs."""
+        view = self.view
+        if view is not None:
+            dists, labels, counts = view.search(query, k, ef, live)
+            if counts[0] < k:
+                return None
+            return self._scores(dists[0]), labels[0]
+        assert self.index is not None
         found = hnsw_walk(self.index, query, k, ef, self.metric, None, self._beam)
         return None if found is None else (found[0][0], found[1][0])
 
     def search_allowed(
         self, vectors: FloatMatrix, allow: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs
     ) -> TopK:
-        """hnswlib's filtered walk: a Python callback decides every visited node (slow; a
-        baseline plan for benchmarks and ``plan="allow_list"``)."""
-        return self._walk(vectors, allow, queries, k, knobs, allow.tolist().__getitem__)
+        """The graph walk asked about every node it would return: a view takes ``allow`` as its
+        returnable mask (a byte per visited node); hnswlib calls a Python callback per node
+        (slow; graphs saved before label order)."""
+        accept = None if self.view is not None else allow.tolist().__getitem__
+        return self._walk(vectors, allow, queries, k, knobs, accept)
+
+    def _scores(self, dists: FloatMatrix) -> FloatMatrix:
+        """hnswlib distances as kernel scores (higher is better)."""
+        return (
+            np.subtract(1.0, dists, out=dists) if self.metric == METRIC_IP else np.negative(dists, out=dists)
+        )
 
     def _walk(
         self,
@@ -489,6 +521,12 @@ class HnswTier:
         knobs: Knobs,
         accept: Callable[[int], bool] | None,
     ) -> TopK:
+        if self.view is not None:
+            dists, labels, counts = self.view.search(queries, k, knobs.ef, live)
+            if counts.size and counts.min() < k:  # fewer than k returnable rows reached: answer exactly
+                return exact_topk(vectors, live, queries, k, self.metric)
+            return self._scores(dists), labels, counts
+        assert self.index is not None
         found = hnsw_walk(self.index, queries, k, knobs.ef, self.metric, accept, self._beam)
         if found is None:  # fewer than k live rows reachable: answer exactly
             return exact_topk(vectors, live, queries, k, self.metric)
@@ -516,12 +554,12 @@ def build_tier(
     return PQTier.build(config, vectors, metric, threads, stop), ""
 
 
-def load_tier(kind: str, folder: Path, config: CollectionConfig, metric: int) -> Tier:
-    """The tier saved in ``folder`` by ``build_tier(...)[0].save``."""
+def load_tier(kind: str, folder: Path, config: CollectionConfig, metric: int, labelled: bool = True) -> Tier:
+    """The tier saved in ``folder`` by ``build_tier(...)[0].save`` (``labelled``: see ``HnswTier.load``)."""
     if kind == "binary":
         return BinaryTier.load(folder, config, metric)
     if kind == "pq":
         return PQTier.load(folder, config, metric)
     if kind == "hnsw":
-        return HnswTier.load(folder, config, metric)
+        return HnswTier.load(folder, config, metric, labelled)
     return ExactTier(metric)

@@ -1,0 +1,272 @@
+"""hnswlib against Lamina's ``GraphView`` (index/graphview.py) on the same saved graph.
+
+``python -m bench graphview`` (kernel-docs-minilm and, with ``--data DIR``, the manifold sets
+``manifold-N`` of ``--sizes``; see bench/scale.py). One hnswlib graph per data set (M=16,
+ef_construction=200, the metric's space as Lamina uses it: cosine = ``ip`` over unit vectors),
+saved and relabelled as a sealed segment's ``graph.hnsw`` (cached in ``--work``), then:
+
+- load: in a fresh process each, hnswlib's ``load_index`` against opening the view: seconds,
+  and the process's resident memory it added (RSS, and the anonymous part: private heap; the
+  view's pages are the file's, in the page cache, shared by every process mapping it);
+- search: both in this process, one thread, one query per call, k=10, at ef 16/32/64/128
+  (rounds alternate the two systems; the best round counts, the machine is shared):
+  recall@10 against exact ground truth, QPS, p50/p99, and the share of identical top-10 ids.
+
+Prints a markdown table, writes bench/results/<date>-graphview.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import RESULTS, machine
+from bench.peers import EF_CONSTRUCTION, K, M
+
+KERNEL_DOCS = Path(__file__).resolve().parents[2] / "shared" / "data" / "kernel-docs-minilm"
+EFS = (16, 32, 64, 128)
+
+
+def _datasets(args: argparse.Namespace) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, base, queries), unit-normalised float32."""
+    out = []
+    if not args.skip_kernel_docs:
+        base = np.load(KERNEL_DOCS / "base.f16.npy").astype(np.float32)
+        qs = np.load(KERNEL_DOCS / "queries.f16.npy").astype(np.float32)[: args.queries]
+        out.append(("kernel-docs", base, qs))
+    for n in args.sizes:
+        folder = Path(args.data) / f"manifold-{n}"
+        base = np.array(np.load(folder / "base.npy", mmap_mode="r")[:n], dtype=np.float32)
+        qs = np.ascontiguousarray(np.load(folder / "queries.npy")[: args.queries], dtype=np.float32)
+        out.append((f"manifold-{n}", base, qs))
+    for _, base, qs in out:
+        base /= np.linalg.norm(base, axis=1, keepdims=True)
+        qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    return out
+
+
+def _truth(base: np.ndarray, qs: np.ndarray, metric: str) -> np.ndarray:
+    """Exact top-K ids (cosine on unit vectors = inner product; l2 squared distance)."""
+    out = np.empty((qs.shape[0], K), np.int64)
+    sq = np.einsum("ij,ij->i", base, base) if metric == "l2" else None
+    for lo in range(0, qs.shape[0], 50):
+        scores = qs[lo : lo + 50] @ base.T
+        if sq is not None:
+            scores = 2 * scores - sq[None, :]
+        out[lo : lo + 50] = np.argsort(-scores, axis=1)[:, :K]
+    return out
+
+
+def _graph(work: Path, name: str, base: np.ndarray, metric: str) -> tuple[Path, float]:
+    """The relabelled saved graph of ``base`` (built once, then cached), and its build seconds."""
+    import hnswlib
+
+    from lamina.index import graphfile
+
+    path = work / f"{name}-{base.shape[0]}-{metric}-m{M}-efc{EF_CONSTRUCTION}.hnsw"
+    stamp = path.with_suffix(".build-s")
+    if path.exists() and stamp.exists():
+        return path, float(stamp.read_text())
+    work.mkdir(parents=True, exist_ok=True)
+    print(
+        f"building the graph of {name} ({base.shape[0]:,} x {base.shape[1]}) ...", file=sys.stderr, flush=True
+    )
+    began = time.perf_counter()
+    index = hnswlib.Index(space="ip" if metric == "cosine" else "l2", dim=base.shape[1])
+    index.init_index(max_elements=base.shape[0], M=M, ef_construction=EF_CONSTRUCTION, random_seed=100)
+    index.add_items(base, np.arange(base.shape[0]))
+    build = time.perf_counter() - began
+    raw = path.with_suffix(".raw")
+    index.save_index(str(raw))
+    graphfile.relabel(raw, path)
+    raw.unlink()
+    stamp.write_text(f"{build:.1f}")
+    return path, build
+
+
+def _memory() -> dict[str, float]:
+    status = dict(
+        line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line
+    )
+    return {"rss": int(status["VmRSS"].split()[0]) / 1024, "anon": int(status["RssAnon"].split()[0]) / 1024}
+
+
+def measure_load(system: str, path: str, dim: int, metric: str) -> dict[str, float]:
+    """In this (fresh) process: seconds to open the graph with ``system`` and memory it added."""
+    import hnswlib
+
+    from lamina.index.graphview import GraphView
+    from lamina.index.kernels import METRIC_IP, METRIC_L2, normalize_rows
+
+    normalize_rows(np.ones((1, 4), np.float32))  # numba's runtime starts (once per process, ~1-2 s) first
+    before = _memory()
+    began = time.perf_counter()
+    if system == "hnswlib":
+        index = hnswlib.Index(space="ip" if metric == "cosine" else "l2", dim=dim)
+        index.load_index(path)
+    else:
+        index = GraphView(Path(path), dim, METRIC_IP if metric == "cosine" else METRIC_L2)
+    seconds = time.perf_counter() - began
+    query = np.ones((1, dim), np.float32) / np.sqrt(dim)
+    began = time.perf_counter()
+    if isinstance(index, GraphView):
+        index.search(query, K, 16, np.ones(index.count, np.bool_))  # loads the cached kernel
+    else:
+        index.knn_query(query, k=K)
+    first = time.perf_counter() - began
+    after = _memory()
+    return {
+        "load_s": seconds,
+        "first_query_s": first,
+        "rss_mb": after["rss"] - before["rss"],
+        "anon_mb": after["anon"] - before["anon"],
+    }
+
+
+def _load_in_child(system: str, path: Path, dim: int, metric: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "graphview", "--measure-load", system, str(path), str(dim), metric],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _sweep(
+    path: Path, dim: int, metric: str, qs: np.ndarray, gt: np.ndarray, rounds: int
+) -> list[dict[str, Any]]:
+    import hnswlib
+
+    from lamina.index.graphview import GraphView
+    from lamina.index.kernels import METRIC_IP, METRIC_L2
+
+    index = hnswlib.Index(space="ip" if metric == "cosine" else "l2", dim=dim)
+    index.load_index(str(path))
+    view = GraphView(path, dim, METRIC_IP if metric == "cosine" else METRIC_L2)
+    live = np.ones(view.count, np.bool_)
+    one = [qs[i : i + 1] for i in range(qs.shape[0])]
+
+    def run_hnswlib(ef: int) -> tuple[np.ndarray, np.ndarray]:
+        index.set_ef(ef)
+        found = np.empty((len(one), K), np.int64)
+        lat = np.empty(len(one))
+        for i, q in enumerate(one):
+            t0 = time.perf_counter()
+            labels, _ = index.knn_query(q, k=K, num_threads=1)
+            lat[i] = time.perf_counter() - t0
+            found[i] = labels[0]
+        return found, lat
+
+    def run_view(ef: int) -> tuple[np.ndarray, np.ndarray]:
+        found = np.empty((len(one), K), np.int64)
+        lat = np.empty(len(one))
+        for i, q in enumerate(one):
+            t0 = time.perf_counter()
+            _, labels, _ = view.search(q, K, ef, live)
+            lat[i] = time.perf_counter() - t0
+            found[i] = labels[0]
+        return found, lat
+
+    rows = []
+    for ef in EFS:
+        best: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for _ in range(rounds):
+            for system, run in (("hnswlib", run_hnswlib), ("graphview", run_view)):
+                if system not in best:
+                    run(ef)  # warm the pages and caches the walk touches
+                found, lat = run(ef)
+                if system not in best or lat.sum() < best[system][1].sum():
+                    best[system] = (found, lat)
+        same = float(
+            np.mean(
+                [
+                    len(set(a) & set(b)) / K
+                    for a, b in zip(best["hnswlib"][0], best["graphview"][0], strict=True)
+                ]
+            )
+        )
+        for system, (found, lat) in best.items():
+            rows.append(
+                {
+                    "system": system,
+                    "ef": ef,
+                    "recall": float(
+                        np.mean([len(set(f) & set(t)) / K for f, t in zip(found, gt, strict=True)])
+                    ),
+                    "qps": len(one) / lat.sum(),
+                    "p50_ms": float(np.percentile(lat, 50) * 1e3),
+                    "p99_ms": float(np.percentile(lat, 99) * 1e3),
+                    "same_ids": same,
+                }
+            )
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench graphview", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="/work/data", help="folder of manifold-N sets (bench/scale.py)")
+    parser.add_argument("--sizes", default="", help="manifold sizes, comma-separated (e.g. 100000,300000)")
+    parser.add_argument("--skip-kernel-docs", action="store_true")
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per system and ef (best counts)")
+    parser.add_argument("--metric", choices=("cosine", "l2"), default="cosine")
+    parser.add_argument("--work", default="/tmp/lamina-bench-graphview", help="where built graphs are cached")
+    parser.add_argument("--name", default="graphview", help="results file name")
+    parser.add_argument(
+        "--measure-load", nargs=4, metavar=("SYSTEM", "PATH", "DIM", "METRIC"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    if args.measure_load:
+        system, path, dim, metric = args.measure_load
+        print(json.dumps(measure_load(system, path, int(dim), metric)))
+        return 0
+    args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    results: list[dict[str, Any]] = []
+    lines = [
+        f"GraphView vs hnswlib on the same saved graph (M={M}, ef_construction={EF_CONSTRUCTION}, {args.metric}); "
+        f"{args.queries} queries, k={K}, one thread, one query per call, best of {args.rounds} alternating rounds; "
+        f"load and memory in a fresh process each",
+        "",
+        "| data | N | system | load s | first query s | RSS added MB | anon MB | ef | recall@10 | QPS | vs hnswlib | p50 ms | p99 ms | same ids |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, base, qs in _datasets(args):
+        path, build = _graph(Path(args.work), name, base, args.metric)
+        gt = _truth(base, qs, args.metric)
+        dim, n = base.shape[1], base.shape[0]
+        del base
+        loads = {s: _load_in_child(s, path, dim, args.metric) for s in ("hnswlib", "graphview")}
+        curve = _sweep(path, dim, args.metric, qs, gt, args.rounds)
+        base_qps = {r["ef"]: r["qps"] for r in curve if r["system"] == "hnswlib"}
+        for r in curve:
+            ld = loads[r["system"]]
+            r.update(data=name, n=n, build_s=build, graph_mb=os.path.getsize(path) / 2**20, **ld)
+            lines.append(
+                f"| {name} | {n:,} | {r['system']} | {ld['load_s']:.3f} | {ld['first_query_s']:.3f} | {ld['rss_mb']:.0f} | {ld['anon_mb']:.0f} | "
+                f"{r['ef']} | {r['recall']:.3f} | {r['qps']:,.0f} | {r['qps'] / base_qps[r['ef']]:.2f}x | "
+                f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['same_ids']:.4f} |"
+            )
+            results.append(r)
+        print("\n".join(lines[-len(curve) :]), flush=True)
+    markdown = "\n".join(lines)
+    print(markdown)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d")
+    params = {k: v for k, v in vars(args).items() if k != "measure_load"}
+    params["load_average"] = os.getloadavg()
+    (RESULTS / f"{stamp}-{args.name}.json").write_text(
+        json.dumps(
+            {"benchmark": "graphview", "params": params, "machine": machine(), "rows": results}, indent=2
+        )
+    )
+    (RESULTS / f"{stamp}-{args.name}.md").write_text(markdown + "\n")
+    return 0

@@ -1,0 +1,420 @@
+"""A read-only HNSW graph searched in place in hnswlib's saved file.
+
+hnswlib's ``load_index`` copies a saved graph (links and float32 vectors) into the
+process's heap: every process serving a segment holds its own copy, and reopening a large
+collection reads every byte first. ``GraphView`` maps the file instead (one read-only
+``np.memmap``: its pages belong to the page cache and are shared by every process that maps
+it) and walks it with a numba kernel that does hnswlib's search step for step:
+
+- greedy descent on the upper levels from the entry point;
+- the level-0 beam search with ef = max(ef, k): a min-heap of candidates, a max-heap of the
+  ef best found, a visited mark per element; stop when the nearest candidate is farther than
+  the worst of a full beam;
+- distances as in hnswlib's spaces (``ip``: 1 - dot, ``l2``: squared L2).
+
+Rows that may not be returned (deleted, or outside a filter's allow-list) are walked through
+but never returned, as hnswlib does with deleted marks and filter callbacks; a ``returnable``
+mask per call replaces both, so a filter costs a byte per visited node, not a Python call.
+
+Opening reads only the header and the upper-level link lists' sizes (one small region at the
+end of the file): each element with level > 0 gets the word offset of its link lists in the
+file; level 0 (link count + links, vector, label per fixed-size record) is read in place.
+
+The file must be written by ``graphfile.relabel`` (internal id = label = the segment's local
+row). Every link read is checked against the element count, so a damaged file gives
+``GraphDamaged``, never a read outside the map.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from llvmlite import ir  # type: ignore[import-untyped]
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from lamina.errors import DataLoss
+from lamina.index.graphfile import HEADER_BYTES, GraphLayout
+from lamina.index.kernels import METRIC_IP
+from lamina.types import FloatMatrix
+
+#: reordered float sums (the dot product in SIMD lanes, as hnswlib's own SIMD distance does);
+#: not "ninf"/"nnan": the walk compares against infinity
+_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+#: the kernel's answer when a link points outside the graph (a damaged file)
+_BAD_LINK = -1
+
+
+class GraphDamaged(DataLoss, ValueError):
+    """A saved HNSW graph file is truncated or its structure is inconsistent; the message
+    names the file. (A ValueError too: a segment that cannot be opened is reported damaged.)"""
+
+
+class _Marks:
+    """Visited marks of one walk at a time: a uint16 tag per element and the current tag
+    (bumped per query, so that no query clears n bytes; cleared once every 65,535 queries)."""
+
+    __slots__ = ("marks", "tag")
+
+    def __init__(self, n: int) -> None:
+        self.marks = np.zeros(max(1, n), np.uint16)
+        self.tag = np.zeros(1, np.int64)  # the kernel bumps it
+
+
+class GraphView:
+    """An hnswlib graph (written by ``graphfile.relabel``) searched in its memory-mapped file."""
+
+    def __init__(self, path: Path, dim: int, metric: int) -> None:
+        self.path = path
+        self.metric = metric
+        self.dim = dim
+        try:
+            layout = GraphLayout(path)
+            mapped = np.memmap(path, dtype=np.uint8, mode="r")
+        except (OSError, ValueError) as exc:
+            raise GraphDamaged(f"HNSW graph {path} cannot be read: {exc}") from exc
+        n, record = layout.count, layout.record
+        size = mapped.size
+        level0_end = HEADER_BYTES + n * record
+        maxlevel = int(layout.fields[6])
+        self.count = n
+        if (size - HEADER_BYTES) % 4 or size < level0_end + 4 * n:
+            raise GraphDamaged(
+                f"HNSW graph {path} is truncated: {size} bytes, its header says {n} elements of "
+                f"{record} bytes"
+            )
+        if layout.vector_at + 4 * dim > layout.label_at or layout.vector_at < 4 * (1 + layout.max_m0):
+            raise GraphDamaged(f"HNSW graph {path}: records do not hold {dim}-d vectors ({layout.fields})")
+        if n and not (0 <= layout.entry < n and 0 <= maxlevel < 64):
+            raise GraphDamaged(
+                f"HNSW graph {path}: entry point {layout.entry} / level {maxlevel} out of range"
+            )
+        cols = record // 4
+        # the file after the header as 32-bit words: level-0 records, then the upper levels
+        self._words = np.ndarray(
+            ((size - HEADER_BYTES) // 4,), dtype="<u4", buffer=mapped, offset=HEADER_BYTES
+        )
+        self._level0 = self._words[: n * cols].reshape(n, cols)
+        self._floats = self._level0.view("<f4")
+        self._upper = np.full(n, -1, np.int64)
+        levels = np.zeros(n, np.int32)
+        end = _index_upper(self._words, n * cols, n, 1 + layout.max_m, self._upper, levels)
+        if end != self._words.size:
+            raise GraphDamaged(
+                f"HNSW graph {path} is damaged: its upper-level link lists "
+                + ("run past the end of the file" if end < 0 else f"end at word {end} of {self._words.size}")
+            )
+        if n and levels[layout.entry] != maxlevel:
+            raise GraphDamaged(f"HNSW graph {path}: the entry point's level is not the graph's top level")
+        self.entry = layout.entry
+        self.maxlevel = maxlevel
+        self.max_m = layout.max_m
+        self.max_m0 = layout.max_m0
+        self._vector_col = layout.vector_at // 4
+        self._pool: list[_Marks] = []
+        self._pool_lock = threading.Lock()
+
+    @property
+    def vectors(self) -> FloatMatrix:
+        """(count, dim) float32: row i is the vector of element (= label) i, a view of the map."""
+        return self._floats[:, self._vector_col : self._vector_col + self.dim]
+
+    def search(
+        self, queries: FloatMatrix, k: int, ef: int, returnable: np.ndarray
+    ) -> tuple[FloatMatrix, np.ndarray, np.ndarray]:
+        """hnswlib's ``knn_query`` with beam max(ef, k): (distances (q, k) float32 as hnswlib
+        gives them, best first; labels (q, k) int64, -1 past the count; counts (q,)). Only
+        rows where ``returnable`` is True are returned; the walk passes through the others.
+        Releases the GIL; any number of threads may search at once."""
+        nq = queries.shape[0]
+        k = min(k, self.count)
+        dists = np.full((nq, k), np.inf, np.float32)
+        labels = np.full((nq, k), -1, np.int64)
+        counts = np.zeros(nq, np.int64)
+        if self.count == 0 or k <= 0:
+            return dists, labels, counts
+        marks = self._take()
+        try:
+            status = _search(
+                self._level0,
+                self._floats,
+                self._words,
+                self._upper,
+                self._vector_col,
+                self.dim,
+                self.entry,
+                self.maxlevel,
+                1 + self.max_m,
+                self.max_m0,
+                self.metric == METRIC_IP,
+                np.ascontiguousarray(queries, dtype=np.float32),
+                k,
+                max(ef, k),
+                returnable,
+                marks.marks,
+                marks.tag,
+                dists,
+                labels,
+                counts,
+            )
+        finally:
+            self._give(marks)
+        if status == _BAD_LINK:
+            raise GraphDamaged(
+                f"HNSW graph {self.path} is damaged: a link points outside its {self.count} elements; "
+                "run `lamina check --repair`"
+            )
+        return dists, labels, counts
+
+    def _take(self) -> _Marks:
+        with self._pool_lock:
+            if self._pool:
+                return self._pool.pop()
+        return _Marks(self.count)
+
+    def _give(self, marks: _Marks) -> None:
+        with self._pool_lock:
+            self._pool.append(marks)
+
+
+@njit(nogil=True, cache=True)
+def _index_upper(
+    words: np.ndarray, start: int, n: int, per_level: int, upper: np.ndarray, levels: np.ndarray
+) -> int:  # pragma: no cover - compiled
+    """Fill ``upper[i]`` with the word offset of element i's level-1 list (-1: level 0 only)
+    and ``levels[i]``; returns the word offset after the last element (-1 past the end, or
+    when a list is malformed or links outside the graph)."""
+    at = start
+    size = words.size
+    for i in range(n):
+        if at >= size:
+            return -1
+        nbytes = words[at]
+        if nbytes % (4 * per_level):
+            return -1
+        length = nbytes // 4
+        if at + 1 + length > size:
+            return -1
+        if length:
+            upper[i] = at + 1
+            levels[i] = length // per_level
+            for level in range(length // per_level):
+                head = at + 1 + level * per_level
+                count = words[head] & 0xFFFF
+                if count >= per_level:
+                    return -1
+                for c in range(1, count + 1):
+                    if words[head + c] >= n:
+                        return -1
+        at += 1 + length
+    return at
+
+
+def _prefetch_intrinsic(typingctx, array, row, col):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Ask the CPU to fetch ``array[row, col]``'s cache line (``llvm.prefetch``, read, keep
+    in all levels), as hnswlib does with the next neighbour's vector and visited mark."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        at = [context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2)]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, at)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, row, col), codegen
+
+
+_prefetch: Any = intrinsic(_prefetch_intrinsic)
+
+
+@njit(nogil=True, fastmath=_FASTMATH, cache=True, inline="always")
+def _distance(floats: np.ndarray, i: int, col: int, dim: int, query: np.ndarray, ip: bool) -> np.float32:
+    row = floats[i, col : col + dim]  # a slice: LLVM vectorizes this loop (row[col + j] runs 3x slower)
+    acc = np.float32(0.0)
+    if ip:
+        for j in range(row.shape[0]):
+            acc += row[j] * query[j]
+        return np.float32(1.0) - acc
+    for j in range(row.shape[0]):
+        diff = row[j] - query[j]
+        acc += diff * diff
+    return acc
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _heap_push(dist: np.ndarray, ids: np.ndarray, size: int, d: np.float32, i: int, sign: np.float32) -> None:
+    """Push onto a binary heap whose top (index 0) has the largest ``sign * dist``."""
+    pos = size
+    key = sign * d
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if sign * dist[parent] >= key:
+            break
+        dist[pos] = dist[parent]
+        ids[pos] = ids[parent]
+        pos = parent
+    dist[pos] = d
+    ids[pos] = i
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _heap_pop(dist: np.ndarray, ids: np.ndarray, size: int, sign: np.float32) -> None:
+    """Remove the top of a heap of ``size`` (see ``_heap_push``)."""
+    size -= 1
+    d = dist[size]
+    i = ids[size]
+    key = sign * d
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        if child + 1 < size and sign * dist[child + 1] > sign * dist[child]:
+            child += 1
+        if sign * dist[child] <= key:
+            break
+        dist[pos] = dist[child]
+        ids[pos] = ids[child]
+        pos = child
+    if size > 0:
+        dist[pos] = d
+        ids[pos] = i
+
+
+@njit(nogil=True, fastmath=_FASTMATH, cache=True)
+def _search(
+    level0: np.ndarray,
+    floats: np.ndarray,
+    words: np.ndarray,
+    upper: np.ndarray,
+    col: int,
+    dim: int,
+    entry: int,
+    maxlevel: int,
+    per_level: int,
+    max_m0: int,
+    ip: bool,
+    queries: np.ndarray,
+    k: int,
+    ef: int,
+    returnable: np.ndarray,
+    marks: np.ndarray,
+    tag: np.ndarray,
+    out_dist: np.ndarray,
+    out_ids: np.ndarray,
+    counts: np.ndarray,
+) -> int:  # pragma: no cover - compiled
+    n = level0.shape[0]
+    marks2 = marks.reshape(marks.size, 1)  # 2-d for _prefetch
+    up = np.float32(1.0)  # max-heap of the beam: its worst at the top
+    down = np.float32(-1.0)  # min-heap of candidates: the nearest at the top
+    top_d = np.empty(ef + 1, np.float32)
+    top_i = np.empty(ef + 1, np.int64)
+    cap = 4 * ef + 64
+    cand_d = np.empty(cap, np.float32)
+    cand_i = np.empty(cap, np.int64)
+    for q in range(queries.shape[0]):
+        query = queries[q]
+        # greedy descent through the upper levels
+        cur = entry
+        cur_d = _distance(floats, cur, col, dim, query, ip)
+        for level in range(maxlevel, 0, -1):
+            changed = True
+            while changed:
+                changed = False
+                head = upper[cur]
+                if head < 0:
+                    return _BAD_LINK
+                head += (level - 1) * per_level
+                count = words[head] & 0xFFFF
+                for c in range(1, count + 1):
+                    nb = words[head + c]  # checked against n when the view was opened
+                    d = _distance(floats, nb, col, dim, query, ip)
+                    if d < cur_d:
+                        cur_d = d
+                        cur = nb
+                        changed = True
+        # level 0: beam search of width ef
+        tag[0] += 1
+        if tag[0] > 65535:
+            marks[:] = 0
+            tag[0] = 1
+        mark = np.uint16(tag[0])
+        n_top = 0
+        n_cand = 0
+        if returnable[cur]:
+            lower = cur_d
+            _heap_push(top_d, top_i, n_top, cur_d, cur, up)
+            n_top += 1
+            _heap_push(cand_d, cand_i, n_cand, cur_d, cur, down)
+        else:
+            lower = np.float32(np.inf)
+            _heap_push(cand_d, cand_i, n_cand, lower, cur, down)
+        n_cand += 1
+        marks[cur] = mark
+        while n_cand:
+            c_d = cand_d[0]
+            if c_d > lower and n_top == ef:
+                break
+            node = cand_i[0]
+            _heap_pop(cand_d, cand_i, n_cand, down)
+            n_cand -= 1
+            count = level0[node, 0] & 0xFFFF
+            if count > max_m0:
+                return _BAD_LINK
+            if count:
+                first = level0[node, 1]
+                if first < n:
+                    _prefetch(marks2, first, 0)
+                    _prefetch(floats, first, col)
+            for c in range(1, count + 1):
+                nb = level0[node, c]
+                if nb >= n:
+                    return _BAD_LINK
+                if c < count:  # the next neighbour's mark and vector, while this one is scored
+                    ahead = level0[node, c + 1]
+                    if ahead < n:
+                        _prefetch(marks2, ahead, 0)
+                        _prefetch(floats, ahead, col)
+                if marks[nb] == mark:
+                    continue
+                marks[nb] = mark
+                d = _distance(floats, nb, col, dim, query, ip)
+                if n_top < ef or lower > d:
+                    if n_cand == cand_d.size:  # grow the candidate heap
+                        grown_d = np.empty(2 * n_cand, np.float32)
+                        grown_i = np.empty(2 * n_cand, np.int64)
+                        grown_d[:n_cand] = cand_d
+                        grown_i[:n_cand] = cand_i
+                        cand_d = grown_d
+                        cand_i = grown_i
+                    _heap_push(cand_d, cand_i, n_cand, d, nb, down)
+                    n_cand += 1
+                    if returnable[nb]:
+                        _heap_push(top_d, top_i, n_top, d, nb, up)
+                        n_top += 1
+                        if n_top > ef:
+                            _heap_pop(top_d, top_i, n_top, up)
+                            n_top -= 1
+                    if n_top:
+                        lower = top_d[0]
+        # the k best, best first: drop the worst past k, then pop the rest from the back
+        while n_top > k:
+            _heap_pop(top_d, top_i, n_top, up)
+            n_top -= 1
+        counts[q] = n_top
+        while n_top:
+            out_dist[q, n_top - 1] = top_d[0]
+            out_ids[q, n_top - 1] = top_i[0]
+            _heap_pop(top_d, top_i, n_top, up)
+            n_top -= 1
+    return 0
