@@ -29,6 +29,12 @@ def _data(n: int, seed: int) -> np.ndarray:
     return (centres[rng.integers(0, 300, n)] + 0.35 * rng.standard_normal((n, DIM))).astype(np.float32)
 
 
+def _found(col: lamina.Collection, vector: np.ndarray, point: int) -> bool:
+    """Whether a search for ``vector`` finds ``point`` first: by the index (whose graphs are
+    approximate, so a miss is asked again exactly, which reads each row's stored vector)."""
+    return any(col.search(vector, 1, with_payload=False, exact=e)[0].id == point for e in (False, True))
+
+
 def test_a_large_tail_is_searched_by_codes_close_to_exact(tmp_path: Path) -> None:
     data = _data(12_000, 1)
     with lamina.connect(str(tmp_path)) as db:
@@ -77,18 +83,18 @@ def test_a_small_tail_stays_exact(tmp_path: Path) -> None:
 
 
 def test_writes_racing_tail_growth_and_seals_are_found_at_once(tmp_path: Path) -> None:
-    """Two writers grow the tail (copied into larger arrays without the lock, the rows the
+    """Three writers (batches of different sizes) grow the tail (copied into larger arrays without the lock, the rows the
     other wrote meanwhile under it) while the optimizer seals it (the rest copied without the
     lock too); every acknowledged point is found by the next search, by a concurrent reader
     too, and after a reopen."""
     data = _data(24_000, 3)
-    half = data.shape[0] // 2
+    half = data.shape[0] // 3  # a third per writer
     with lamina.connect(str(tmp_path)) as db:
         col = db.create_collection(
-            "c", dim=DIM, index={"type": "hnsw", "m": 8, "ef_construction": 32}, segment_rows=3_000
+            "c", dim=DIM, index={"type": "hnsw", "m": 8, "ef_construction": 32}, segment_rows=6_000
         )  # type: ignore[arg-type]
         engine = _engine(db, "c")
-        acked = [0, half]
+        acked = [0, half, 2 * half]
         stop = threading.Event()
         misses: list[int] = []
         changes = {"grows": 0, "seals": 0}
@@ -96,25 +102,25 @@ def test_writes_racing_tail_growth_and_seals_are_found_at_once(tmp_path: Path) -
         def read() -> None:
             rng = np.random.default_rng(4)
             while not stop.is_set():
-                for lo, done in ((0, acked[0]), (half, acked[1])):
+                for lo, done in ((0, acked[0]), (half, acked[1]), (2 * half, acked[2])):
                     if done > lo:
                         i = int(rng.integers(lo, done))
-                        if col.search(data[i], 1, with_payload=False)[0].id != i:
+                        if not _found(col, data[i], i):
                             misses.append(i)
 
         def write(lo: int) -> None:
-            for at in range(lo, lo + half, 250):
+            step = (200, 25, 40)[lo // half]  # a small batch fits while a large one grows the tail
+            for at in range(lo, lo + half, step):
                 capacity, start = engine._matrix.shape[0], engine._mut_start
-                col.upsert(list(range(at, at + 250)), data[at : at + 250])
+                col.upsert(list(range(at, at + step)), data[at : at + step])
                 changes["grows"] += engine._matrix.shape[0] > capacity and engine._mut_start == start
-                changes["seals"] += engine._mut_start != start
-                acked[lo // half] = at + 250
-                for i in (at, at + 125, at + 249):
-                    if col.search(data[i], 1, with_payload=False)[0].id != i:
+                acked[lo // half] = at + step
+                for i in (at, at + step // 2, at + step - 1):
+                    if not _found(col, data[i], i):
                         misses.append(i)
 
         threads = [threading.Thread(target=read)] + [
-            threading.Thread(target=write, args=(lo,)) for lo in (0, half)
+            threading.Thread(target=write, args=(lo,)) for lo in (0, half, 2 * half)
         ]
         for t in threads:
             t.start()
@@ -122,8 +128,10 @@ def test_writes_racing_tail_growth_and_seals_are_found_at_once(tmp_path: Path) -
             t.join()
         stop.set()
         threads[0].join()
+        changes["seals"] = engine._mut_start  # rows sealed while they wrote
         assert changes["grows"] and changes["seals"], changes
         assert misses == []
+        assert col.count() == data.shape[0]
         col.optimize()
         for i in range(0, data.shape[0], 97):
             assert col.search(data[i], 1, with_payload=False, exact=True)[0].id == i
