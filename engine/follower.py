@@ -366,10 +366,7 @@ class FollowerCollection(Collection):
         """The mutable segment from RocksDB, from ``_mut_start`` (caller holds the lock)."""
         raw = self._store.get_meta(NEXT_ROW)
         self._next_row = row_from_key(raw) if raw else 0
-        capacity = max(MIN_CAPACITY, self._next_row - self._mut_start)
-        self._matrix = np.zeros((capacity, self.config.dim), dtype=np.float32)
-        self._live = np.zeros(capacity, dtype=np.bool_)
-        self._tcodes = np.full(capacity, -1, dtype=np.int32)
+        self._empty_mutable(max(MIN_CAPACITY, self._next_row - self._mut_start))
         self._mut_pidx = MutableIndexes()
         self._replaced += 1  # searches in flight read the old one: they are run again
         self._load_mutable()

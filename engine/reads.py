@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from lamina.errors import InvalidArgument, ResourceExhausted
-from lamina.index.kernels import finish_scores, topk_scan
+from lamina.index.kernels import finish_scores
 from lamina.index.tiers import TopK
 from lamina.storage.keys import id_from_key, tenant_prefix
 from lamina.types import FloatMatrix, Hit, Point, PointId, QueryPlan, SearchParams, SegmentPlan, make_hit
@@ -29,7 +29,7 @@ from .planner import DEFAULT_PARAMS
 from .segments import Segment
 from .state import ReadSnapshot
 from .tenancy import TenantSearch
-from .topk import merge_topk, mutable_topk
+from .topk import coded, merge_topk, mutable_topk, tail_topk
 
 
 def _id_or_none(key: bytes | None) -> PointId | None:
@@ -232,7 +232,7 @@ class Reads(TenantSearch):
             segments = tuple(self._segments)
             start = self._mut_start
             n = self._next_row - start
-            matrix = self._matrix
+            matrix, codes, thresholds = self._matrix, self._codes, self._thresholds
             live = self._live[:n]  # a view (see _snapshot)
             replaced = self._replaced
         self._last_read = time.monotonic()  # searches are being served (see optimizer/build.py)
@@ -240,7 +240,7 @@ class Reads(TenantSearch):
         # per sealed segment: kernel scores, local rows and point ids of its top-k
         found = [seg.nearest(query, k, knobs) for seg in segments]
         if n and live.any():  # the mutable rows: their ids are read below, for the hits kept only
-            t_scores, t_rows, t_counts = topk_scan(matrix, live, query, min(k, n), kernel)
+            t_scores, t_rows, t_counts = tail_topk(matrix, codes, thresholds, live, query, min(k, n), kernel)
             tail = (t_scores[0, : t_counts[0]], t_rows[0, : t_counts[0]] + start)
         elif len(found) == 1:  # the common case: one sealed segment and nothing else
             only = found[0]
@@ -536,12 +536,18 @@ class Reads(TenantSearch):
             mask = masks[-1]
         started = time.perf_counter()
         if mask.any():
-            parts.append(mutable_topk(prepared, k, snap, mask, self._metric))
+            parts.append(mutable_topk(prepared, k, snap, mask, self._metric, params.exact))
         if explain is not None and masks is not None:
-            reason = "the mutable segment is always scanned exactly"
+            by_codes = not params.exact and coded(mask.size, min(k, mask.size), snap.thresholds)
+            method = "binary+rerank" if by_codes else "exact"
+            reason = (
+                "a large mutable segment is scanned by its binary codes, candidates reranked exactly"
+                if by_codes
+                else "the mutable segment is scanned exactly"
+            )
             seconds = time.perf_counter() - started
             explain.append(
-                SegmentPlan("mutable", int(snap.live.sum()), int(mask.sum()), "exact", reason, seconds)
+                SegmentPlan("mutable", int(snap.live.sum()), int(mask.sum()), method, reason, seconds)
             )
         return merge_topk(parts, prepared.shape[0], k)
 

@@ -1,20 +1,66 @@
-"""Top-k lists (kernel scores, global rows, counts): the exact top-k of the mutable
-segment and the merge of per-segment lists into one."""
+"""Top-k lists (kernel scores, global rows, counts): the top-k of the mutable segment
+(exact, or by its binary codes and an exact rerank once it is large) and the merge of
+per-segment lists into one."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from lamina.index.flat import exact_topk
-from lamina.index.tiers import TopK
+from lamina.index.flat import BLAS_MIN_QUERIES, exact_topk
+from lamina.index.kernels import hamming_topn, rerank
+from lamina.index.tiers import TopK, binary_encode
 from lamina.types import FloatMatrix
 
-from .state import ReadSnapshot
+from .state import CODED_TAIL_ROWS, ReadSnapshot
+
+#: candidates a coded scan of the mutable rows reranks exactly: at least this many, and
+#: ``CODED_OVERSAMPLE`` per result asked (recall@10 against the exact scan, 75,000 MiniLM rows:
+#: 0.973 with 200 candidates, 0.983 with 400, at 1.4 ms a query against 31 ms exactly)
+CODED_CANDIDATES = 400
+CODED_OVERSAMPLE = 40
 
 
-def mutable_topk(prepared: FloatMatrix, k: int, snap: ReadSnapshot, mask: np.ndarray, metric: int) -> TopK:
-    """Exact top-k (global rows) of the snapshot's mutable rows that ``mask`` passes."""
-    scores, local_rows, counts = exact_topk(snap.matrix, mask, prepared, min(k, mask.size), metric)
+def coded(rows: int, k: int, thresholds: FloatMatrix | None) -> bool:
+    """Whether a scan of ``rows`` mutable rows for ``k`` results goes by their binary codes:
+    they have codes, and there are many more rows than candidates to rerank."""
+    return (
+        thresholds is not None
+        and rows >= CODED_TAIL_ROWS
+        and rows > 4 * max(CODED_CANDIDATES, CODED_OVERSAMPLE * k)
+    )
+
+
+def tail_topk(
+    matrix: FloatMatrix,
+    codes: np.ndarray,
+    thresholds: FloatMatrix | None,
+    allowed: np.ndarray,
+    queries: FloatMatrix,
+    k: int,
+    metric: int,
+    exact: bool = False,
+) -> TopK:
+    """Top-k (local rows) of the mutable rows ``allowed`` passes (one entry per row of the
+    tail): exactly, or, for a large coded tail unless ``exact``, the Hamming-nearest
+    candidates by the rows' codes reranked exactly on their float vectors."""
+    n = allowed.shape[0]
+    if exact or queries.shape[0] >= BLAS_MIN_QUERIES or not coded(n, k, thresholds):  # a batch: BLAS
+        return exact_topk(matrix, allowed, queries, k, metric)
+    assert thresholds is not None
+    candidates = hamming_topn(
+        codes[:n], allowed, binary_encode(queries, thresholds), max(CODED_CANDIDATES, CODED_OVERSAMPLE * k)
+    )
+    return rerank(matrix, candidates, allowed, queries, k, metric)
+
+
+def mutable_topk(
+    prepared: FloatMatrix, k: int, snap: ReadSnapshot, mask: np.ndarray, metric: int, exact: bool = False
+) -> TopK:
+    """Top-k (global rows) of the snapshot's mutable rows that ``mask`` passes (see ``tail_topk``)."""
+    k = min(k, mask.size)
+    scores, local_rows, counts = tail_topk(
+        snap.matrix, snap.codes, snap.thresholds, mask, prepared, k, metric, exact
+    )
     return scores, np.where(local_rows >= 0, local_rows + snap.start, -1), counts
 
 

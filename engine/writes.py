@@ -42,6 +42,8 @@ class Writes(Planner):
         prepared = self._prepare(matrix)  # raises on zero vectors before anything is written
         raw = matrix.astype("<f4", copy=False)
         names = {name for p in payloads if p for name in p} if payloads is not None else set()
+        self._reserve(len(id_list))  # a large tail grows without the lock
+        codes = self._encode(prepared)
         with self._lock:
             self._check_open()
             tenants_meta: dict[bytes, bytes] = {}
@@ -68,7 +70,7 @@ class Writes(Planner):
                 self._tenant_fields.apply(meta[TENANT_FIELDS])
             self._fields = fields
             self._next_row = first + len(keys)
-            self._place(new_rows, prepared, -1 if code is None else code)
+            self._place(new_rows, prepared, -1 if code is None else code, codes)
             if self.config.payload_index and payloads is not None:
                 self._mut_pidx.add(self.config.payload_index, new_rows.tolist(), payloads)
             if code is not None:

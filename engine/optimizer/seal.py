@@ -57,6 +57,11 @@ class Seal(SegmentBuilder):
                         if name in base.payload
                     }
                     segment = self._grow(base, rows, vectors, payload, scales)
+            with self._lock:  # the rows written so far never change: copied without the lock
+                copied = self._next_row - start - take_rows
+                source = self._matrix
+            rest_matrix = np.zeros((max(MIN_CAPACITY, int(copied * GROW)), self.config.dim), np.float32)
+            rest_matrix[:copied] = source[take_rows : take_rows + copied]
         finally:
             self._lock.acquire()
         if self._closed:
@@ -84,15 +89,18 @@ class Seal(SegmentBuilder):
             self._drop_stale_indexes(segment)
             self._discard(base.folder)
         rest = self._next_row - start - take_rows
-        capacity = max(MIN_CAPACITY, int(rest * GROW))
-        new_matrix = np.zeros((capacity, self.config.dim), dtype=np.float32)
-        new_matrix[:rest] = self._matrix[take_rows : take_rows + rest]
-        new_live = np.zeros(capacity, dtype=np.bool_)
-        new_live[:rest] = self._live[take_rows : take_rows + rest]
-        new_tcodes = np.full(capacity, -1, dtype=np.int32)
-        new_tcodes[:rest] = self._tcodes[take_rows : take_rows + rest]
-        self._matrix, self._live, self._mut_start = new_matrix, new_live, start + take_rows
-        self._tcodes = new_tcodes
+        if rest > rest_matrix.shape[0]:  # the tail outgrew the copy meanwhile
+            grown = np.zeros((int(rest * GROW), self.config.dim), np.float32)
+            grown[:copied] = rest_matrix[:copied]
+            rest_matrix = grown
+        rest_matrix[copied:rest] = self._matrix[take_rows + copied : take_rows + rest]  # written meanwhile
+        matrix, live, tcodes, codes = self._matrix, self._live, self._tcodes, self._codes
+        self._empty_mutable(rest_matrix.shape[0])
+        self._matrix = rest_matrix
+        self._live[:rest] = live[take_rows : take_rows + rest]
+        self._tcodes[:rest] = tcodes[take_rows : take_rows + rest]
+        self._codes[:rest] = codes[take_rows : take_rows + rest]
+        self._mut_start = start + take_rows
         self._mut_pidx.forget_below(start + take_rows)
         log.info(
             "sealed %d rows of %r into segment %s", take_rows, self.name, segment.name if segment else "-"
