@@ -36,14 +36,8 @@ from lamina.config import DEFAULT_LIMITS
 from lamina.engine.collection import Collection
 from lamina.engine.manifest import MAPPED, verify_segment
 from lamina.engine.payload import FieldIndex
-from lamina.engine.segments import (
-    SCALES,
-    Segment,
-    payload_file,
-    read_ids,
-    read_payloads,
-    restoring_scales,
-)
+from lamina.engine.segment_files import SCALES, keys_of, read_ids, read_payloads, restoring_scales
+from lamina.engine.segments import Segment, payload_file
 from lamina.errors import DataLoss, FailedPrecondition, LaminaError
 from lamina.index.tiers import GRAPH, HnswTier
 from lamina.storage.keys import without_tenant
@@ -381,7 +375,7 @@ def _salvage(
         local = np.minimum(np.searchsorted(seg_rows, want), seg_rows.size - 1)
         found = seg_rows[local] == want
     else:  # by id: a row's id key is at its position (the last one: an upserted id's live row)
-        ids = Segment.keys_of(read_ids(seg_folder))
+        ids = keys_of(read_ids(seg_folder))
         where = {key: at for at, key in enumerate(ids)}
         keys = store.id_keys_of(want.tolist())
         plain = isinstance(read_ids(seg_folder), np.ndarray)

@@ -27,7 +27,6 @@ import functools
 import hashlib
 import logging
 import math
-import mmap
 import os
 import shutil
 import threading
@@ -40,7 +39,6 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import numpy as np
-from numba import njit
 
 from lamina.engine.payload import FieldIndex
 from lamina.errors import DataLoss
@@ -59,19 +57,27 @@ from lamina.index.tiers import (
     load_tier,
 )
 from lamina.storage import faults
-from lamina.storage.keys import id_from_key, tenant_of_key, without_tenant
-from lamina.storage.vectorfile import atomic_folder, fsync_path, map_matrix, write_matrix
+from lamina.storage.keys import id_from_key, tenant_of_key
+from lamina.storage.vectorfile import atomic_folder, fsync_path, write_matrix
 from lamina.types import CollectionConfig, FloatMatrix, PointId, SegmentPlan
 
 from .manifest import (
     MAPPED,
     META,
-    PAYLOAD_OFFSETS,
-    PAYLOADS,
     DamagedSegment,
     read_meta,
     verify_segment,
     write_meta,
+)
+from .segment_files import (
+    SCALES,
+    Column,
+    Ids,
+    map_vectors,
+    read_ids,
+    read_payloads,
+    write_ids,
+    write_payloads,
 )
 
 #: a graph step (one candidate of an HNSW walk) costs about this many exact row scores
@@ -83,10 +89,6 @@ WIDEN = 1.5
 MATCH_CACHE = 32
 #: gather() reads at most this many runs of consecutive rows with pread, else the map
 MAX_READ_RUNS = 64
-#: a cosine segment's file of per-row scales (see restoring_scales)
-SCALES = "scales.npy"
-#: restoring_scales tries the float32 norm and this many neighbouring floats each side
-SCALE_STEPS = 6
 
 
 log = logging.getLogger("lamina.engine")
@@ -173,11 +175,11 @@ class Segment:
         vectors: FloatMatrix,
         tier: Tier,
         note: str,
-        ids: _Ids,
+        ids: Ids,
         payload: dict[str, FieldIndex],
         tenants: np.ndarray | None = None,
         scales: np.ndarray | None = None,
-        payloads: _Column | None = None,
+        payloads: Column | None = None,
     ) -> None:
         self.folder = folder
         #: the payload column (blob, offsets), None for a segment written before it (RocksDB has them)
@@ -345,14 +347,14 @@ class Segment:
         rows: np.ndarray,
         vectors: list[FloatMatrix],
         keys: list[bytes],
-        before: _Ids | None,
+        before: Ids | None,
         tier: Tier,
         note: str,
         payload: dict[str, FieldIndex],
         config: CollectionConfig,
         tenants: np.ndarray | None = None,
         scales: np.ndarray | None = None,
-        payloads: tuple[_Column | None, Sequence[bytes]] | None = None,
+        payloads: tuple[Column | None, Sequence[bytes]] | None = None,
     ) -> Segment:
         """Write a segment folder durably (see ``atomic_folder``) and open it: ``vectors``
         are written one part after another, ids are ``before``'s (if any) then ``keys``,
@@ -362,20 +364,20 @@ class Segment:
             np.save(tmp / "rows.npy", rows)
             if not in_graph:
                 write_matrix(tmp / MAPPED, *vectors)
-            _write_ids(tmp, keys, before)
+            write_ids(tmp, keys, before)
             if tenants is not None:
                 np.save(tmp / "tenants.npy", tenants)
             if scales is not None:
                 np.save(tmp / SCALES, scales.astype(np.float32))
             if payloads is not None:
-                _write_payloads(tmp, *payloads)
+                write_payloads(tmp, *payloads)
             tier.save(tmp)
             for name, index in payload.items():
                 index.save(tmp / payload_file(name, index.kind))
             write_meta(tmp, {"tier": tier.kind, "note": note, "rows": int(rows.size)})
         if in_graph:  # searched through a view of the file written, like after a restart; hnswlib's copy goes
             tier = HnswTier.load(folder, config, cast(HnswTier, tier).metric)
-        vecs = _map_vectors(folder, tier, config.dim)
+        vecs = map_vectors(folder, tier, config.dim)
         return cls(
             folder,
             rows,
@@ -421,7 +423,7 @@ class Segment:
         if scales is not None:  # a base sealed before vectors were stored once: RocksDB has its rows'
             before = base.scales if base.scales is not None else np.ones(base.size, np.float32)
             both = np.concatenate([before, scales])
-        column: tuple[_Column | None, Sequence[bytes]] | None = None
+        column: tuple[Column | None, Sequence[bytes]] | None = None
         if payloads is not None and base.payload_column is not None:
             column = (base.payload_column, payloads)
         elif payloads is not None and base_payloads is not None:
@@ -443,16 +445,6 @@ class Segment:
         segment.kill(base.rows[dead])  # the graph has them marked already; the live mask learns them
         return segment
 
-    @staticmethod
-    def keys_of(ids: _Ids) -> list[bytes]:
-        """The id key of every row of a segment with ``ids``, as it was written with them."""
-        if isinstance(ids, np.ndarray):
-            raw = ids.astype(">u8").tobytes()
-            return [b"\x00" + raw[i : i + 8] for i in range(0, len(raw), 8)]
-        blob, offsets = ids
-        bounds = offsets.tolist()
-        return [bytes(blob[a:b]) for a, b in pairwise(bounds)]
-
     @classmethod
     def load(cls, folder: Path, config: CollectionConfig, metric: int) -> Segment:
         """Open the segment in ``folder``; DamagedSegment when its files do not match its
@@ -471,7 +463,7 @@ class Segment:
         # a graph saved before vectors were stored once (beside a vectors.f32) is not in label order
         tier = load_tier(meta["tier"], folder, config, metric, labelled=not (folder / MAPPED).exists())
         rows = np.load(folder / "rows.npy")
-        vecs = _map_vectors(folder, tier, config.dim)
+        vecs = map_vectors(folder, tier, config.dim)
         payload = {
             name: FieldIndex.load(folder / payload_file(name, kind))
             for name, kind in config.payload_index.items()
@@ -742,53 +734,6 @@ class Segment:
         return self._tier_bytes + self.live.nbytes + self._tenant_order.nbytes + self._tenant_sorted.nbytes
 
 
-_Ids = np.ndarray | tuple[memoryview, np.ndarray]
-#: a payload column: the blob (mapped; slicing it gives bytes) and the rows' offsets in it
-_Column = tuple[mmap.mmap | bytes, np.ndarray]
-
-
-def restoring_scales(raw: FloatMatrix, unit: FloatMatrix) -> tuple[np.ndarray, np.ndarray]:
-    """For a cosine segment: a float32 scale per row such that ``unit * scale`` is the
-    ``raw`` vector bit for bit, and whether one was found (the norm or one of the
-    ``SCALE_STEPS`` floats either side of it; for unit-length embeddings nearly always).
-    Rows without one keep their stored vector in RocksDB. A numba kernel, GIL released."""
-    norm = np.sqrt(np.einsum("ij,ij->i", raw, raw, dtype=np.float64)).astype(np.float32)
-    scales = norm.copy()
-    exact = np.zeros(raw.shape[0], np.bool_)
-    _find_scales(np.ascontiguousarray(raw), np.ascontiguousarray(unit), norm, SCALE_STEPS, scales, exact)
-    return scales, exact
-
-
-@njit(nogil=True, cache=True)
-def _find_scales(
-    raw: np.ndarray, unit: np.ndarray, norm: np.ndarray, steps: int, scales: np.ndarray, exact: np.ndarray
-) -> None:  # pragma: no cover - compiled
-    for i in range(raw.shape[0]):
-        for side in range(2):
-            scale = norm[i]
-            for _ in range(steps + 1):
-                same = True
-                for j in range(raw.shape[1]):
-                    if unit[i, j] * scale != raw[i, j]:
-                        same = False
-                        break
-                if same:
-                    scales[i] = scale
-                    exact[i] = True
-                    break
-                scale = np.float32(np.nextafter(scale, np.float32(np.inf) if side == 0 else np.float32(0.0)))
-            if exact[i]:
-                break
-
-
-def _map_vectors(folder: Path, tier: Tier, dim: int) -> FloatMatrix:
-    """A segment's vectors, memory-mapped: ``vectors.f32``, or the records of an HNSW
-    segment's graph (segments sealed since vectors are stored once have no vectors.f32)."""
-    if isinstance(tier, HnswTier) and not (folder / MAPPED).exists():
-        return HnswTier.vectors(folder, dim)
-    return map_matrix(folder / MAPPED, dim)
-
-
 def take_first(found: TopK, keep: np.ndarray, k: int) -> TopK:
     """The first k hits of each query among those ``keep`` (same shape as the hits) passes."""
     scores, rows, counts = found
@@ -803,72 +748,3 @@ def take_first(found: TopK, keep: np.ndarray, k: int) -> TopK:
         out_r[q, : pick.size] = rows[q, pick]
         out_c[q] = pick.size
     return out_s, out_r, out_c
-
-
-def _write_ids(folder: Path, keys: list[bytes], before: _Ids | None = None) -> None:
-    """Integer ids (tenant prefixes dropped: ``tenants.npy`` holds the tenants) as one
-    uint64 array; otherwise the id keys back to back with their offsets. ``before``: the
-    ids of the rows that come first (a grown segment's), kept as they are when both are
-    integers (no Python loop over a large segment's ids while searches wait for the GIL)."""
-    plain = [without_tenant(k) for k in keys]
-    if all(len(k) == 9 and k[:1] == b"\x00" for k in plain) and (
-        before is None or isinstance(before, np.ndarray)
-    ):
-        ints = np.frombuffer(b"".join(k[1:] for k in plain), dtype=">u8").astype(np.uint64)
-        np.save(folder / "ids.npy", ints if before is None else np.concatenate([before, ints]))
-        return
-    if before is not None:
-        keys = Segment.keys_of(before) + keys
-    (folder / "keys.bin").write_bytes(b"".join(keys))
-    offsets = np.zeros(len(keys) + 1, dtype=np.int64)
-    np.cumsum([len(k) for k in keys], out=offsets[1:])
-    np.save(folder / "keys.off.npy", offsets)
-
-
-def _write_payloads(folder: Path, before: _Column | None, payloads: Sequence[bytes]) -> None:
-    """The payload column of a segment folder: the rows of column ``before`` (if any, a grown
-    segment's base: copied as they are), then ``payloads``, back to back, and the uint64
-    offsets of every row (rows + 1 of them, the first 0)."""
-    head = np.zeros(1, np.uint64) if before is None else np.asarray(before[1], np.uint64)
-    end = int(head[-1])
-    offsets = np.empty(head.size + len(payloads), np.uint64)
-    offsets[: head.size] = head
-    np.cumsum(np.fromiter(map(len, payloads), np.uint64, len(payloads)), out=offsets[head.size :])
-    offsets[head.size :] += np.uint64(end)
-    with open(folder / PAYLOADS, "wb") as fh:
-        if before is not None:
-            for lo in range(0, end, 64 << 20):
-                fh.write(before[0][lo : min(end, lo + (64 << 20))])
-        for lo in range(0, len(payloads), 65_536):
-            fh.write(b"".join(payloads[lo : lo + 65_536]))
-    np.save(folder / PAYLOAD_OFFSETS, offsets)
-
-
-def read_payloads(folder: Path, rows: int) -> _Column | None:
-    """The payload column of a segment folder of ``rows`` rows (see ``_write_payloads``),
-    memory-mapped; None for a segment written before columns. ValueError when the offsets
-    do not fit the rows or the blob."""
-    path = folder / PAYLOADS
-    if not path.exists():
-        return None
-    offsets = np.asarray(np.load(folder / PAYLOAD_OFFSETS, mmap_mode="r"))
-    if offsets.dtype != np.uint64 or offsets.shape != (rows + 1,):
-        raise ValueError(f"{PAYLOAD_OFFSETS} holds {offsets.shape} {offsets.dtype}, not {rows + 1} uint64")
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size != int(offsets[-1]):
-            raise ValueError(f"{PAYLOADS} has {size} bytes, its offsets end at {int(offsets[-1])}")
-        blob = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-    return blob, offsets
-
-
-def read_ids(folder: Path) -> _Ids:
-    """The point ids of a segment folder's rows (see ``_write_ids``), memory-mapped."""
-    if (folder / "ids.npy").exists():
-        return np.asarray(np.load(folder / "ids.npy", mmap_mode="r"))  # a plain view: cheaper to index
-    blob = (
-        memoryview(cast(Any, np.memmap(folder / "keys.bin", dtype=np.uint8, mode="r")))
-        if (folder / "keys.bin").stat().st_size
-        else memoryview(b"")
-    )
-    return blob, np.asarray(np.load(folder / "keys.off.npy", mmap_mode="r"))

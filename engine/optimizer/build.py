@@ -27,7 +27,8 @@ from lamina.index.tiers import HnswTier
 from lamina.types import FloatMatrix
 
 from ..payload import FieldIndex
-from ..segments import Segment, restoring_scales
+from ..segment_files import restoring_scales
+from ..segments import Segment
 from ..state import CollectionState
 
 log = logging.getLogger("lamina.engine")
