@@ -22,12 +22,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from lamina.client.embedded import AsyncEmbeddedTransport, EmbeddedTransport
 from lamina.client.ops import _ClientOps, _CollectionOps
 from lamina.client.transport import (
-    AsyncEmbeddedTransport,
     AsyncGrpcTransport,
     AsyncTransport,
-    EmbeddedTransport,
     GrpcTransport,
     Op,
     Transport,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lamina.client.api import Client
-from lamina.client.transport import EmbeddedTransport
+from lamina.client.embedded import EmbeddedTransport
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.sharded import Part, Sent, ShardedDatabase, lamina_error_of, shard_of
 from lamina.errors import FailedPrecondition, InvalidArgument

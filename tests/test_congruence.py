@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 import lamina
-from lamina.client.transport import EmbeddedTransport, GrpcRequests
+from lamina.client.embedded import EmbeddedTransport
+from lamina.client.transport import GrpcRequests
 from tests.conftest import ServerThread
 
 

@@ -34,7 +34,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lamina.client.api import Client
-from lamina.client.transport import EmbeddedTransport, GrpcTransport
+from lamina.client.embedded import EmbeddedTransport
+from lamina.client.transport import GrpcTransport
 from lamina.config import DEFAULT_LIMITS
 from lamina.proto.lamina.v1 import collections_pb2, common_pb2, info_pb2, points_pb2, search_pb2
 from lamina.testing import ServerProcess

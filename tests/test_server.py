@@ -108,7 +108,8 @@ def test_unreachable_server_is_unavailable() -> None:
 
 
 def test_connect_picks_transport_by_target(tmp_path: object) -> None:
-    from lamina.client.transport import EmbeddedTransport, GrpcTransport
+    from lamina.client.embedded import EmbeddedTransport
+    from lamina.client.transport import GrpcTransport
 
     remote = lamina.connect("localhost:6334")
     assert isinstance(remote._transport, GrpcTransport)
