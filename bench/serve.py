@@ -566,7 +566,8 @@ LAYERS = {
 
 def embedded(work: Path, ef: int, rounds: int = 5, tail: int = TAIL_ROWS) -> dict[str, Any]:
     """Single-query searches (k = 10) of Lamina embedded against the same hnswlib graph walked
-    directly (the sealed segment's own index, so both walk the same nodes), layer by layer
+    directly (hnswlib loading the sealed segment's own graph file, so both walk the same
+    nodes), layer by layer
     (``LAYERS``: each adds one step of the search path to the one before), first with one
     sealed segment and nothing else, then with ``tail`` more points in the mutable segment
     (written after the optimizer finished, as a live collection has). Median CPU time of each
@@ -574,6 +575,7 @@ def embedded(work: Path, ef: int, rounds: int = 5, tail: int = TAIL_ROWS) -> dic
     took), measured in alternating blocks over the query set."""
     import lamina
     from lamina.engine.planner import DEFAULT_PARAMS
+    from lamina.index.tiers import GRAPH, hnsw_index
 
     base, queries = np.load(work / "base.npy"), np.load(work / "queries.npy")
     payloads = stored_payloads(work) or [{"doc": i} for i in range(base.shape[0])]
@@ -590,7 +592,10 @@ def embedded(work: Path, ef: int, rounds: int = 5, tail: int = TAIL_ROWS) -> dic
         col.optimize()
         engine = db._transport.db.get_collection(COLLECTION)  # type: ignore[attr-defined]
         (segment,) = engine._segments  # one sealed segment after optimize(): its graph
-        index = segment.tier.index
+        # the raw baseline: hnswlib itself, loaded from the graph file the segment searches
+        # through its memory-mapped view (index/graphview.py)
+        index = hnsw_index(engine.config, engine._metric)
+        index.load_index(str(segment.folder / GRAPH))
         knobs = engine._knobs(replace(DEFAULT_PARAMS, ef=ef))
         params = replace(DEFAULT_PARAMS, ef=ef)
         rows = [q.reshape(1, -1) for q in queries]
