@@ -140,7 +140,7 @@ def check_data_directory(
                 )
                 report.checked.append(f"collection {name}: check interrupted")
             if repair and len(report.problems) > before:
-                report.repaired.extend(repair_collection(name, folder))
+                report.repaired.extend(repair_collection(name, folder, deep))
     return report
 
 
@@ -393,13 +393,18 @@ def _salvage(
     return [b for b in blobs if b is not None]
 
 
-def repair_collection(name: str, folder: Path) -> list[str]:
+def repair_collection(name: str, folder: Path, deep: bool = False) -> list[str]:
     """Rebuild every damaged segment of the collection in ``folder`` from the vectors and
-    payloads RocksDB holds for its rows (offline: the caller holds the directory lock).
-    Returns a line per segment rebuilt."""
+    payloads RocksDB holds for its rows (offline: the caller holds the directory lock):
+    those found damaged at open, and (``deep``) those the scrub finds, whose memory-mapped
+    files opening checks by size only. Returns a line per segment rebuilt."""
     done: list[str] = []
     collection = Collection.open(name, folder, DEFAULT_LIMITS, sync=True)
     try:
+        if deep:  # the scrub, now rather than in the background: damaged segments join _damaged
+            with collection._lock:
+                while collection._scrub_step():
+                    pass
         store = collection._store
         raw = store.get_meta(SEGMENTS)
         names: list[str] = orjson.loads(raw) if raw else []

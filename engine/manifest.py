@@ -2,9 +2,9 @@
 other file of the folder with its size and CRC-32 (taken as the folder is written, from the page
 cache, before it is fsynced and renamed into place), and carries a CRC-32 of its own
 body. Opening a segment checks the manifest's own checksum, that every file it lists is
-there with its size, and the checksums of every file but the memory-mapped vectors and
-payload column (``UNREAD_AT_OPEN``: large, read as searches touch them; the scrub checks
-them in the background); ``verify_segment(deep=True)`` (``lamina check --deep``) checks them all.
+there with its size, and the checksums of every file but the memory-mapped vectors, the
+graph that holds them and the payload column (``UNREAD_AT_OPEN``: large, read as searches
+touch them; the scrub checks them in the background); ``verify_segment(deep=True)`` (``lamina check --deep``) checks them all.
 A segment written before checksums (no ``files`` in its manifest) still opens, unchecked.
 Any mismatch raises ``DamagedSegment``; the collection then opens degraded (see
 ``engine/check.py``).
@@ -20,6 +20,7 @@ from typing import Any, cast
 import orjson
 
 from lamina.errors import DataLoss
+from lamina.index.tiers import GRAPH
 from lamina.storage import faults
 
 META = "segment.json"
@@ -30,7 +31,11 @@ MAPPED = "vectors.f32"
 #: holds), and the uint64 offsets of the rows in it (see engine/segments.py)
 PAYLOADS = "payloads.bin"
 PAYLOAD_OFFSETS = "payloads.off.npy"
-#: files checked at open by size only (memory-mapped and possibly large), by checksum when deep
+#: files checked at open by size only (memory-mapped and possibly large), by checksum when deep;
+#: so is an HNSW segment's GRAPH when it is the segment's vector file (saved in label order, no
+#: vectors.f32 beside it, searched in place through a memory map: index/graphview.py); a graph
+#: beside a vectors.f32 was saved as hnswlib left it and is loaded into hnswlib, which parses
+#: every byte: checked at open
 UNREAD_AT_OPEN = (MAPPED, PAYLOADS)
 
 
@@ -104,6 +109,7 @@ def verify_segment(folder: Path, *, deep: bool) -> list[str]:
     if files is None:
         return []  # written before checksums: nothing to compare with
     problems = []
+    lazy = UNREAD_AT_OPEN if MAPPED in files else (*UNREAD_AT_OPEN, GRAPH)
     for name, (size, crc) in sorted(files.items()):
         path = folder / name
         try:
@@ -111,7 +117,7 @@ def verify_segment(folder: Path, *, deep: bool) -> list[str]:
             actual = path.stat().st_size
             if actual != size:
                 problems.append(f"segment {folder.name}: {name} has {actual} bytes, its manifest says {size}")
-            elif (deep or name not in UNREAD_AT_OPEN) and crc_file(path) != crc:
+            elif (deep or name not in lazy) and crc_file(path) != crc:
                 problems.append(f"segment {folder.name}: {name} fails its checksum")
         except FileNotFoundError:
             problems.append(f"segment {folder.name}: {name} is missing")

@@ -449,23 +449,44 @@ def test_flipped_vector_byte_found_by_the_scrub_and_check_deep(tmp_path: Path) -
             col.search(np.zeros(DIM, np.float32), k=1)
 
 
-def test_flipped_vector_byte_in_an_hnsw_graph_is_found_at_open(tmp_path: Path) -> None:
-    """An HNSW segment keeps its vectors only inside its graph file, which is checked
-    whenever the segment opens (the graph is read whole anyway)."""
+def test_check_deep_repair_rebuilds_a_segment_only_the_scrub_finds_damaged(tmp_path: Path) -> None:
+    """A flipped byte in a payload column passes the checks at open (size only); ``check
+    --deep --repair`` runs the scrub, finds it and rebuilds the segment from RocksDB, which
+    holds every payload too."""
+    data = tmp_path / "data"
+    vecs = _seed(data)
+    victim = _segment_folders(data)[0]
+    _flip(victim / "payloads.bin", 100)
+    assert _check(data).returncode == 0
+    done = _check(data, "--deep", "--repair")
+    assert done.returncode == 0 and f"rebuilt segment {victim.name}" in done.stdout, done.stdout + done.stderr
+    assert _check(data, "--deep").returncode == 0
+    with Database(data) as db:
+        col = db.get_collection("docs")
+        hits = col.search(vecs[7], k=3, params=SearchParams(exact=True))
+        assert hits[0].id == 7 and hits[0].payload == {"i": 7}
+        assert [p.payload for p in col.get(list(range(len(vecs))))] == [{"i": i} for i in range(len(vecs))]
+
+
+def test_flipped_vector_byte_in_an_hnsw_graph_is_found_by_the_scrub_and_check_deep(tmp_path: Path) -> None:
+    """An HNSW segment keeps its vectors only inside its graph file, searched in place
+    through a memory map: opening checks its size (reading every byte would make a large
+    collection slow to reopen), the background scrub and ``check --deep`` its checksum."""
     data = tmp_path / "data"
     _seed(data)
     victim = _segment_folders(data)[-1]
     assert not (victim / "vectors.f32").exists()
     layout = GraphLayout(victim / "graph.hnsw")
     _flip(victim / "graph.hnsw", HEADER_BYTES + 3 * layout.record + layout.vector_at + 4)  # row 3's vector
-    done = _check(data)
+    assert _check(data).returncode == 0  # the size is right: only --deep reads the graph
+    done = _check(data, "--deep")
     assert done.returncode == 1 and f"segment {victim.name}: graph.hnsw fails its checksum" in done.stdout
     with Database(data) as db:
         col = db.get_collection("docs")
-        assert "degraded" in col.info().status.note
+        _wait(lambda: "degraded" in col.info().status.note)  # the background scrub finds it
         with pytest.raises(DataLoss):
             col.search(np.zeros(DIM, np.float32), k=1)
-    done = _check(data, "--repair")  # nothing else holds those vectors: no rebuild to make
+    done = _check(data, "--deep", "--repair")  # nothing else holds those vectors: no rebuild to make
     assert done.returncode != 0 and "REPAIRED" not in done.stdout
     assert f"segment {victim.name}: the vectors of" in done.stdout + done.stderr
     assert "restore the collection from a snapshot" in done.stdout + done.stderr
