@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--processes",
         type=int,
         help="server processes sharing the port: one writer, the others serve reads and forward "
-        "writes to it (default 1; the number of cores serves on all of them; docs/architecture.md)",
+        "writes to it (default: one per usable core; 1: one process; docs/architecture.md)",
     )
     serve.add_argument("--process-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     serve.add_argument(

@@ -82,7 +82,7 @@ class ServerConfig:
         host = "127.0.0.1"
         port = 6334
         workers = 8
-        processes = 1              # server processes on one port (1 writer + readers)
+        processes = 2              # server processes on one port: 1 writer + readers (default: a core each)
         sync_writes = true         # fsync the write-ahead log before each reply (false: kill -9 safe only)
         metrics_port = 9464        # Prometheus /metrics (left out: no endpoint); TLS as [tls]
         metrics_key = "sha256:..." # optional: scrapes send Authorization: Bearer <key>
@@ -111,7 +111,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 6334
     workers: int = 8
-    processes: int = 1  # server processes sharing the port: one writer, the rest readers
+    processes: int | None = (
+        None  # server processes sharing the port: one writer, the rest readers (None: a core each)
+    )
     sync_writes: bool = True
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None  # serve Prometheus metrics on this port (same host)
@@ -190,7 +192,7 @@ class ServerConfig:
             raise InvalidArgument(f"{where}: http_port must be in 0..65535, got {config.http_port}")
         if config.workers < 1:
             raise InvalidArgument(f"{where}: workers must be at least 1, got {config.workers}")
-        if config.processes < 1:
+        if config.processes is not None and config.processes < 1:
             raise InvalidArgument(f"{where}: processes must be at least 1, got {config.processes}")
         if config.metrics_key is not None and (
             not config.metrics_key.startswith("sha256:") or len(config.metrics_key) != 71

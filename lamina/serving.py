@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from lamina.config import Limits, ServerConfig
+from lamina.cores import usable_cores
 from lamina.errors import FailedPrecondition, InvalidArgument
 
 
@@ -81,6 +82,26 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     return dataclasses.replace(config, **overrides)
 
 
+def serving_processes(config: ServerConfig, single: str | None = None) -> int:
+    """How many server processes ``lamina serve`` runs: ``processes`` from the config or
+    flag (checked), else one per usable core (lamina/cores.py). ``single``: the flag of a
+    server that runs in one process (``--ray``, ``--read-only``), which then refuses only an
+    explicit N > 1."""
+    from lamina.server.processes import check_processes
+
+    if config.processes is None:
+        return 1 if single else usable_cores()
+    if check_processes(config.processes) > 1 and single:
+        raise InvalidArgument(
+            f"--processes {config.processes} cannot be combined with {single} (yet): serve with --processes 1"
+        )
+    return config.processes
+
+
+def _one_process_flag(args: argparse.Namespace) -> str | None:
+    return "--ray" if args.ray is not None else "--read-only" if args.read_only else None
+
+
 def start_ray(address: str) -> None:
     """Join the Ray cluster at ``address``, or start a local one for ``local``."""
     try:
@@ -102,21 +123,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lamina.engine.protocol import DatabaseProtocol
     from lamina.engine.sharded import ShardedDatabase
     from lamina.server.app import Companion, serve
-    from lamina.server.processes import ProcessRole, Supervisor, check_processes
+    from lamina.server.processes import ProcessRole, Supervisor
 
     config = server_config(args)
     role = None
     if args.process_index is not None:  # one process of --processes N, started by the supervisor
         role = ProcessRole(args.process_index, Path(args.run_dir))
         role.die_with_parent()
-    elif check_processes(config.processes) > 1:
-        if args.ray is not None or args.read_only:
-            raise InvalidArgument(
-                f"--processes {config.processes} cannot be combined with "
-                f"{'--ray' if args.ray is not None else '--read-only'} (yet): serve with --processes 1"
-            )
+    elif (processes := serving_processes(config, _one_process_flag(args))) > 1:
         supervisor = Supervisor(
-            args.argv, config.processes, config.host, config.port, config.grace_seconds, args.run_dir
+            args.argv, processes, config.host, config.port, config.grace_seconds, args.run_dir
         )
         return supervisor.serve()
     companions: list[Companion] = []

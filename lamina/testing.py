@@ -26,13 +26,20 @@ class ServerProcess:
         port: int | None = None,
         ca_cert: Path | None = None,
         global_args: tuple[str, ...] = (),
+        processes: int | None = 1,
     ) -> None:
+        """``processes``: ``--processes`` (None: leave the flag out, the server's default of
+        a process per core). One by default: what most tests drive (signals, TLS, keys,
+        kill -9) is the process that serves; several are driven by test_processes and the
+        multi-process runs of the crash, fuzz and load tests."""
         self.ca_cert = ca_cert  # the server speaks TLS with a certificate from this CA
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log = data.parent / f"server-{self.port}.log"
         if not {"--http-port", "--no-console"} & set(extra):
             extra = (*extra, "--no-console")  # the console's default port would be shared by every server
+        if processes is not None and "--processes" not in extra:
+            extra = (*extra, "--processes", str(processes))
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [

@@ -38,6 +38,7 @@ from typing import Any
 import grpc
 from google.protobuf.message_factory import GetMessageClass
 
+from lamina.cores import usable_cores
 from lamina.errors import FailedPrecondition, InvalidArgument
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
 from lamina.proto.lamina.v1 import info_pb2 as ipb
@@ -79,8 +80,8 @@ PR_SET_PDEATHSIG = 1
 
 
 def max_processes() -> int:
-    """The largest ``--processes`` accepted: ``MAX_PER_CORE`` per core."""
-    return MAX_PER_CORE * (os.cpu_count() or 1)
+    """The largest ``--processes`` accepted: ``MAX_PER_CORE`` per usable core."""
+    return MAX_PER_CORE * usable_cores()
 
 
 def check_processes(n: int) -> int:
@@ -89,7 +90,7 @@ def check_processes(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
         raise InvalidArgument(
             f"--processes must be between 1 and {limit} ({MAX_PER_CORE} per core on this machine's "
-            f"{os.cpu_count()} cores), got {n}; use the number of cores to serve on all of them"
+            f"{usable_cores()} usable cores), got {n}; leave it out to serve on every core"
         )
     return n
 

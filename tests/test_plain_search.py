@@ -120,7 +120,7 @@ def test_searches_leave_a_core_to_searches_while_an_index_builds(
     """A build asks for its threads before each chunk: every core while nobody searches, one
     fewer once searches (plain or filtered) are being served."""
     monkeypatch.delenv("LAMINA_BUILD_THREADS", raising=False)
-    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    monkeypatch.setattr("lamina.engine.optimizer.build.usable_cores", lambda: 4)
     rng = np.random.default_rng(5)
     with lamina.connect(str(tmp_path)) as db:
         col = db.create_collection("c", dim=DIM, segment_rows=256)

@@ -3,6 +3,8 @@ loopback, each process also reached directly on its unix socket in the run direc
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -18,9 +20,11 @@ import pytest
 import lamina
 from lamina.client.api import Client
 from lamina.client.transport import GrpcTransport
-from lamina.config import DEFAULT_LIMITS
+from lamina.config import DEFAULT_LIMITS, ServerConfig
+from lamina.cores import cgroup_cpus, usable_cores
 from lamina.engine.follower import Follower, JournaledDatabase
 from lamina.errors import InvalidArgument
+from lamina.serving import serving_processes
 from lamina.testing import ServerProcess, free_port
 from lamina.types import CollectionConfig
 
@@ -71,6 +75,60 @@ def test_processes_flag_is_validated(tmp_path: Path) -> None:
         )
         assert out.returncode == 2, out.stderr
         assert "--processes must be between 1 and" in out.stderr
+
+
+def test_serve_runs_a_process_per_usable_core_by_default(tmp_path: Path) -> None:
+    """Without --processes, ``lamina serve`` runs one process per core it may use (its CPU
+    affinity, bounded by a cgroup CPU quota: lamina/cores.py); --ray and --read-only run one,
+    and refuse an explicit N > 1."""
+    cores = usable_cores()
+    assert cores == min(len(os.sched_getaffinity(0)), math.ceil(cgroup_cpus() or 1e9))
+    run = tmp_path / "run"
+    server = ServerProcess(tmp_path / "data", "--run-dir", str(run), processes=None)
+    try:
+        if cores > 1:
+            pids = [_ready(run, i) for i in range(cores)]
+            assert len(set(pids)) == cores and not (run / f"process-{cores}.ready").exists()
+        else:  # one process: the server itself, no supervisor and no run directory
+            assert not run.exists()
+        with lamina.connect(server.address) as client:
+            client.create_collection("docs", dim=DIM).upsert([1], np.ones((1, DIM), np.float32))
+            assert client.get_collection("docs").count() == 1
+    finally:
+        assert server.terminate() == 0
+    defaults = ServerConfig()
+    assert defaults.processes is None
+    assert serving_processes(defaults) == cores
+    assert serving_processes(defaults, "--ray") == serving_processes(defaults, "--read-only") == 1
+    assert serving_processes(dataclasses.replace(defaults, processes=1), "--ray") == 1
+    with pytest.raises(InvalidArgument, match="--processes 2 cannot be combined with --read-only"):
+        serving_processes(dataclasses.replace(defaults, processes=2), "--read-only")
+    with pytest.raises(InvalidArgument, match="processes must be at least 1"):
+        ServerConfig.from_dict({"processes": 0})
+
+
+def test_usable_cores_follow_affinity_and_cgroup_quotas(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")  # docker --cpus 1.5
+    assert cgroup_cpus(v2) == 1.5
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpus(v2) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpus(v1) == 4.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpus(v1) is None
+    assert cgroup_cpus(tmp_path / "none") is None
+    mine = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(mine)})
+        assert usable_cores() == 1
+    finally:
+        os.sched_setaffinity(0, mine)
+    assert usable_cores() == min(len(mine), math.ceil(cgroup_cpus() or 1e9))
 
 
 def _counted(port: int, method: str) -> float:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lamina.cores import usable_cores
 from lamina.index.tiers import HnswTier
 from lamina.types import FloatMatrix
 
@@ -47,13 +48,13 @@ SERVING_WINDOW = 2.0
 
 
 def build_threads(serving: bool = False) -> int:
-    """Threads an index build may use: LAMINA_BUILD_THREADS, or every core, one fewer while
+    """Threads an index build may use: LAMINA_BUILD_THREADS, or every usable core (lamina/cores.py), one fewer while
     searches are being ``serving`` (a graph insert on every core leaves a search waiting for
     one: the p99 of searches during an ingest)."""
     chosen = int(os.environ.get("LAMINA_BUILD_THREADS", "0"))
     if chosen > 0:
         return chosen
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     return max(1, cores - 1) if serving else cores
 
 
