@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import serve
+from bench import layers, serve
 
 
 def test_serve_measures_lamina_pgvector_and_the_echo_floor_with_client_processes(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_serve_measures_lamina_pgvector_and_the_echo_floor_with_client_processes
     assert next(out.glob("*-serve.png")).stat().st_size > 0
     single = report["embedded"]  # Lamina embedded against the same hnswlib graph walked directly
     assert single["ef"] == results["lamina"]["ef"]
-    assert list(single["median_us"]) == list(serve.LAYERS)  # each layer of the search path
+    assert list(single["median_us"]) == list(layers.LAYERS)  # each layer of the search path
     assert set(single["tail_median_us"]) == {
         "hnswlib",
         "engine",
