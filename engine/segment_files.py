@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from lamina.index.tiers import HnswTier, Tier
+from lamina.index.warmup import warm
 from lamina.storage.keys import without_tenant
 from lamina.storage.vectorfile import map_matrix
 from lamina.types import FloatMatrix
@@ -79,8 +80,10 @@ def map_vectors(folder: Path, tier: Tier, dim: int) -> FloatMatrix:
     """A segment's vectors, memory-mapped: ``vectors.f32``, or the records of an HNSW
     segment's graph (segments sealed since vectors are stored once have no vectors.f32)."""
     if isinstance(tier, HnswTier) and not (folder / MAPPED).exists():
-        return HnswTier.vectors(folder, dim)
-    return map_matrix(folder / MAPPED, dim)
+        return HnswTier.vectors(folder, dim)  # the graph's own map is warmed (index/graphview.py)
+    vectors = map_matrix(folder / MAPPED, dim)
+    warm(vectors, f"segment {folder.name} {MAPPED}")  # reranks read rows all over it
+    return vectors
 
 
 def write_ids(folder: Path, keys: list[bytes], before: Ids | None = None) -> None:
