@@ -27,7 +27,10 @@ row). Every link read is checked against the element count, so a damaged file gi
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +118,11 @@ class GraphView:
         self.max_m = layout.max_m
         self.max_m0 = layout.max_m0
         self._vector_col = layout.vector_at // 4
+        #: what the kernel needs besides the arrays: vector column (words), dim, entry point,
+        #: top level, words per upper-level list, level-0 link capacity
+        self.shape = np.array(
+            [self._vector_col, dim, self.entry, maxlevel, 1 + self.max_m, self.max_m0], np.int64
+        )
         self._pool: list[_Marks] = []
         self._pool_lock = threading.Lock()
 
@@ -144,12 +152,7 @@ class GraphView:
                 self._floats,
                 self._words,
                 self._upper,
-                self._vector_col,
-                self.dim,
-                self.entry,
-                self.maxlevel,
-                1 + self.max_m,
-                self.max_m0,
+                self.shape,
                 self.metric == METRIC_IP,
                 np.ascontiguousarray(queries, dtype=np.float32),
                 k,
@@ -164,11 +167,14 @@ class GraphView:
         finally:
             self._give(marks)
         if status == _BAD_LINK:
-            raise GraphDamaged(
-                f"HNSW graph {self.path} is damaged: a link points outside its {self.count} elements; "
-                "run `lamina check --repair`"
-            )
+            raise self._bad_link()
         return dists, labels, counts
+
+    def _bad_link(self) -> GraphDamaged:
+        return GraphDamaged(
+            f"HNSW graph {self.path} is damaged: a link points outside its {self.count} elements; "
+            "run `lamina check --repair`"
+        )
 
     def _take(self) -> _Marks:
         with self._pool_lock:
@@ -179,6 +185,103 @@ class GraphView:
     def _give(self, marks: _Marks) -> None:
         with self._pool_lock:
             self._pool.append(marks)
+
+
+def search_views(
+    views: Sequence[GraphView],
+    returnables: Sequence[np.ndarray],
+    queries: FloatMatrix,
+    k: int,
+    ef: int,
+    parallel: bool = False,
+) -> tuple[FloatMatrix, np.ndarray, np.ndarray]:
+    """``GraphView.search`` of every view in one call (view s returns only rows where
+    ``returnables[s]``): distances (S, q, k) float32, labels (S, q, k) int64 and counts
+    (S, q); view s answers at most min(k, its count) per query, as ``search`` does. Python is
+    entered once, not once per view, and the GIL is released throughout.
+
+    ``parallel``: when the views hold ``PARALLEL_MIN`` elements or more, the machine has
+    two cores or more and no other ``search_views`` call is running in this process, the
+    first views (about half the elements) are walked on a helper thread while this thread
+    walks the rest. Under concurrent searches every core is busy already and the hand-off
+    would only add its cost, so they walk on their own thread."""
+    global _RUNNING
+    nv, nq = len(views), queries.shape[0]
+    dists = np.full((nv, nq, k), np.inf, np.float32)
+    labels = np.full((nv, nq, k), -1, np.int64)
+    counts = np.zeros((nv, nq), np.int64)
+    if nv == 0 or k <= 0:
+        return dists, labels, counts
+    metrics = {v.metric for v in views}
+    if len(metrics) != 1:
+        raise ValueError(f"views of one search must share a metric, got {sorted(metrics)}")
+    marks = [v._take() for v in views]
+    with _HELPER_LOCK:
+        _RUNNING += 1
+        split = _split(views) if parallel and _RUNNING == 1 else 0
+    try:
+        # tuples padded to 4 or a power of two: a compiled variant per size class, not per count
+        pad = max(4, 1 << (nv - 1).bit_length()) - nv
+        args = (
+            _padded([v._level0 for v in views], pad),
+            _padded([v._floats for v in views], pad),
+            _padded([v._words for v in views], pad),
+            _padded([v._upper for v in views], pad),
+            np.stack([v.shape for v in views]),
+            metrics.pop() == METRIC_IP,
+            np.ascontiguousarray(queries, dtype=np.float32),
+            k,
+            ef,
+            _padded(list(returnables), pad),
+            _padded([m.marks for m in marks], pad),
+            _padded([m.tag for m in marks], pad),
+        )
+        if 0 < split < nv:
+            helper = _helper().submit(_search_many, *args, 0, split, dists, labels, counts)
+            bad = _search_many(*args, split, nv, dists, labels, counts)
+            first = helper.result()
+            bad = first if first >= 0 else bad
+        else:
+            bad = _search_many(*args, 0, nv, dists, labels, counts)
+    finally:
+        with _HELPER_LOCK:
+            _RUNNING -= 1
+        for view, mark in zip(views, marks, strict=True):
+            view._give(mark)
+    if bad >= 0:
+        raise views[bad]._bad_link()
+    return dists, labels, counts
+
+
+def _padded(items: list[Any], pad: int) -> tuple[Any, ...]:
+    return tuple(items + items[-1:] * pad)
+
+
+#: elements (summed over the views of one call) from which ``search_views(parallel=True)``
+#: splits the walk over two threads; below it the hand-off costs more than it saves
+#: (measured with ``python -m bench graphview --segments``)
+PARALLEL_MIN = 50_000
+_HELPER: list[ThreadPoolExecutor] = []
+_HELPER_LOCK = threading.Lock()
+#: ``search_views`` calls running in this process
+_RUNNING = 0
+
+
+def _split(views: Sequence[GraphView]) -> int:
+    """How many of ``views`` (from the first) a helper thread walks: about half the elements,
+    at least one view each side; 0: no split (too small, one view, or one core)."""
+    sizes = np.cumsum([v.count for v in views])
+    if len(views) < 2 or sizes[-1] < PARALLEL_MIN or (os.cpu_count() or 1) < 2:
+        return 0
+    return int(min(max(np.searchsorted(sizes, sizes[-1] / 2) + 1, 1), len(views) - 1))
+
+
+def _helper() -> ThreadPoolExecutor:
+    """The one helper thread ``search_views`` hands half the views to (started on first use)."""
+    with _HELPER_LOCK:
+        if not _HELPER:
+            _HELPER.append(ThreadPoolExecutor(1, thread_name_prefix="lamina-graphs"))
+        return _HELPER[0]
 
 
 @njit(nogil=True, cache=True)
@@ -290,18 +393,139 @@ def _heap_pop(dist: np.ndarray, ids: np.ndarray, size: int, sign: np.float32) ->
         ids[pos] = i
 
 
+@njit(nogil=True, fastmath=_FASTMATH, cache=True, inline="always")
+def _walk(
+    level0: np.ndarray,
+    floats: np.ndarray,
+    words: np.ndarray,
+    upper: np.ndarray,
+    shape: np.ndarray,
+    ip: bool,
+    query: np.ndarray,
+    k: int,
+    ef: int,
+    returnable: np.ndarray,
+    marks: np.ndarray,
+    tag: np.ndarray,
+    top_d: np.ndarray,
+    top_i: np.ndarray,
+    cand_d: np.ndarray,
+    cand_i: np.ndarray,
+    out_dist: np.ndarray,
+    out_ids: np.ndarray,
+) -> tuple[int, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """hnswlib's search of one query in one graph (``shape``: see ``GraphView.shape``): its
+    k best returnable rows into ``out_dist``/``out_ids``, best first. Returns their count
+    (or ``_BAD_LINK``) and the candidate heap's arrays (larger ones when it filled);
+    ``top_*`` hold ef + 1."""
+    n = level0.shape[0]
+    col, dim, entry, maxlevel, per_level, max_m0 = shape[0], shape[1], shape[2], shape[3], shape[4], shape[5]
+    marks2 = marks.reshape(marks.size, 1)  # 2-d for _prefetch
+    up = np.float32(1.0)  # max-heap of the beam: its worst at the top
+    down = np.float32(-1.0)  # min-heap of candidates: the nearest at the top
+    # greedy descent through the upper levels
+    cur = entry
+    cur_d = _distance(floats, cur, col, dim, query, ip)
+    for level in range(maxlevel, 0, -1):
+        changed = True
+        while changed:
+            changed = False
+            head = upper[cur]
+            if head < 0:
+                return _BAD_LINK, cand_d, cand_i
+            head += (level - 1) * per_level
+            count = words[head] & 0xFFFF
+            for c in range(1, count + 1):
+                nb = words[head + c]  # checked against n when the view was opened
+                d = _distance(floats, nb, col, dim, query, ip)
+                if d < cur_d:
+                    cur_d = d
+                    cur = nb
+                    changed = True
+    # level 0: beam search of width ef
+    tag[0] += 1
+    if tag[0] > 65535:
+        marks[:] = 0
+        tag[0] = 1
+    mark = np.uint16(tag[0])
+    n_top = 0
+    n_cand = 0
+    if returnable[cur]:
+        lower = cur_d
+        _heap_push(top_d, top_i, n_top, cur_d, cur, up)
+        n_top += 1
+        _heap_push(cand_d, cand_i, n_cand, cur_d, cur, down)
+    else:
+        lower = np.float32(np.inf)
+        _heap_push(cand_d, cand_i, n_cand, lower, cur, down)
+    n_cand += 1
+    marks[cur] = mark
+    while n_cand:
+        c_d = cand_d[0]
+        if c_d > lower and n_top == ef:
+            break
+        node = cand_i[0]
+        _heap_pop(cand_d, cand_i, n_cand, down)
+        n_cand -= 1
+        count = level0[node, 0] & 0xFFFF
+        if count > max_m0:
+            return _BAD_LINK, cand_d, cand_i
+        if count:
+            first = level0[node, 1]
+            if first < n:
+                _prefetch(marks2, first, 0)
+                _prefetch(floats, first, col)
+        for c in range(1, count + 1):
+            nb = level0[node, c]
+            if nb >= n:
+                return _BAD_LINK, cand_d, cand_i
+            if c < count:  # the next neighbour's mark and vector, while this one is scored
+                ahead = level0[node, c + 1]
+                if ahead < n:
+                    _prefetch(marks2, ahead, 0)
+                    _prefetch(floats, ahead, col)
+            if marks[nb] == mark:
+                continue
+            marks[nb] = mark
+            d = _distance(floats, nb, col, dim, query, ip)
+            if n_top < ef or lower > d:
+                if n_cand == cand_d.size:  # grow the candidate heap
+                    grown_d = np.empty(2 * n_cand, np.float32)
+                    grown_i = np.empty(2 * n_cand, np.int64)
+                    grown_d[:n_cand] = cand_d
+                    grown_i[:n_cand] = cand_i
+                    cand_d = grown_d
+                    cand_i = grown_i
+                _heap_push(cand_d, cand_i, n_cand, d, nb, down)
+                n_cand += 1
+                if returnable[nb]:
+                    _heap_push(top_d, top_i, n_top, d, nb, up)
+                    n_top += 1
+                    if n_top > ef:
+                        _heap_pop(top_d, top_i, n_top, up)
+                        n_top -= 1
+                if n_top:
+                    lower = top_d[0]
+    # the k best, best first: drop the worst past k, then pop the rest from the back
+    while n_top > k:
+        _heap_pop(top_d, top_i, n_top, up)
+        n_top -= 1
+    found = n_top
+    while n_top:
+        out_dist[n_top - 1] = top_d[0]
+        out_ids[n_top - 1] = top_i[0]
+        _heap_pop(top_d, top_i, n_top, up)
+        n_top -= 1
+    return found, cand_d, cand_i
+
+
 @njit(nogil=True, fastmath=_FASTMATH, cache=True)
 def _search(
     level0: np.ndarray,
     floats: np.ndarray,
     words: np.ndarray,
     upper: np.ndarray,
-    col: int,
-    dim: int,
-    entry: int,
-    maxlevel: int,
-    per_level: int,
-    max_m0: int,
+    shape: np.ndarray,
     ip: bool,
     queries: np.ndarray,
     k: int,
@@ -313,108 +537,59 @@ def _search(
     out_ids: np.ndarray,
     counts: np.ndarray,
 ) -> int:  # pragma: no cover - compiled
-    n = level0.shape[0]
-    marks2 = marks.reshape(marks.size, 1)  # 2-d for _prefetch
-    up = np.float32(1.0)  # max-heap of the beam: its worst at the top
-    down = np.float32(-1.0)  # min-heap of candidates: the nearest at the top
+    """``_walk`` of each query in one graph; 0, or ``_BAD_LINK``."""
     top_d = np.empty(ef + 1, np.float32)
     top_i = np.empty(ef + 1, np.int64)
-    cap = 4 * ef + 64
-    cand_d = np.empty(cap, np.float32)
-    cand_i = np.empty(cap, np.int64)
+    cand_d = np.empty(4 * ef + 64, np.float32)
+    cand_i = np.empty(4 * ef + 64, np.int64)
     for q in range(queries.shape[0]):
-        query = queries[q]
-        # greedy descent through the upper levels
-        cur = entry
-        cur_d = _distance(floats, cur, col, dim, query, ip)
-        for level in range(maxlevel, 0, -1):
-            changed = True
-            while changed:
-                changed = False
-                head = upper[cur]
-                if head < 0:
-                    return _BAD_LINK
-                head += (level - 1) * per_level
-                count = words[head] & 0xFFFF
-                for c in range(1, count + 1):
-                    nb = words[head + c]  # checked against n when the view was opened
-                    d = _distance(floats, nb, col, dim, query, ip)
-                    if d < cur_d:
-                        cur_d = d
-                        cur = nb
-                        changed = True
-        # level 0: beam search of width ef
-        tag[0] += 1
-        if tag[0] > 65535:
-            marks[:] = 0
-            tag[0] = 1
-        mark = np.uint16(tag[0])
-        n_top = 0
-        n_cand = 0
-        if returnable[cur]:
-            lower = cur_d
-            _heap_push(top_d, top_i, n_top, cur_d, cur, up)
-            n_top += 1
-            _heap_push(cand_d, cand_i, n_cand, cur_d, cur, down)
-        else:
-            lower = np.float32(np.inf)
-            _heap_push(cand_d, cand_i, n_cand, lower, cur, down)
-        n_cand += 1
-        marks[cur] = mark
-        while n_cand:
-            c_d = cand_d[0]
-            if c_d > lower and n_top == ef:
-                break
-            node = cand_i[0]
-            _heap_pop(cand_d, cand_i, n_cand, down)
-            n_cand -= 1
-            count = level0[node, 0] & 0xFFFF
-            if count > max_m0:
-                return _BAD_LINK
-            if count:
-                first = level0[node, 1]
-                if first < n:
-                    _prefetch(marks2, first, 0)
-                    _prefetch(floats, first, col)
-            for c in range(1, count + 1):
-                nb = level0[node, c]
-                if nb >= n:
-                    return _BAD_LINK
-                if c < count:  # the next neighbour's mark and vector, while this one is scored
-                    ahead = level0[node, c + 1]
-                    if ahead < n:
-                        _prefetch(marks2, ahead, 0)
-                        _prefetch(floats, ahead, col)
-                if marks[nb] == mark:
-                    continue
-                marks[nb] = mark
-                d = _distance(floats, nb, col, dim, query, ip)
-                if n_top < ef or lower > d:
-                    if n_cand == cand_d.size:  # grow the candidate heap
-                        grown_d = np.empty(2 * n_cand, np.float32)
-                        grown_i = np.empty(2 * n_cand, np.int64)
-                        grown_d[:n_cand] = cand_d
-                        grown_i[:n_cand] = cand_i
-                        cand_d = grown_d
-                        cand_i = grown_i
-                    _heap_push(cand_d, cand_i, n_cand, d, nb, down)
-                    n_cand += 1
-                    if returnable[nb]:
-                        _heap_push(top_d, top_i, n_top, d, nb, up)
-                        n_top += 1
-                        if n_top > ef:
-                            _heap_pop(top_d, top_i, n_top, up)
-                            n_top -= 1
-                    if n_top:
-                        lower = top_d[0]
-        # the k best, best first: drop the worst past k, then pop the rest from the back
-        while n_top > k:
-            _heap_pop(top_d, top_i, n_top, up)
-            n_top -= 1
-        counts[q] = n_top
-        while n_top:
-            out_dist[q, n_top - 1] = top_d[0]
-            out_ids[q, n_top - 1] = top_i[0]
-            _heap_pop(top_d, top_i, n_top, up)
-            n_top -= 1
+        found, cand_d, cand_i = _walk(
+            level0, floats, words, upper, shape, ip, queries[q], k, ef, returnable, marks, tag,
+            top_d, top_i, cand_d, cand_i, out_dist[q], out_ids[q],
+        )  # fmt: skip
+        if found < 0:
+            return found
+        counts[q] = found
     return 0
+
+
+@njit(nogil=True, fastmath=_FASTMATH, cache=True)
+def _search_many(
+    level0s: tuple[np.ndarray, ...],
+    floatss: tuple[np.ndarray, ...],
+    wordss: tuple[np.ndarray, ...],
+    uppers: tuple[np.ndarray, ...],
+    shapes: np.ndarray,
+    ip: bool,
+    queries: np.ndarray,
+    k: int,
+    ef: int,
+    returnables: tuple[np.ndarray, ...],
+    markss: tuple[np.ndarray, ...],
+    tagss: tuple[np.ndarray, ...],
+    lo: int,
+    hi: int,
+    out_dist: np.ndarray,
+    out_ids: np.ndarray,
+    counts: np.ndarray,
+) -> int:  # pragma: no cover - compiled
+    """``_walk`` of each query in graphs ``lo`` to ``hi`` of the tuples (graph s: its k best
+    into ``out_*[s, q]``, their count into ``counts[s, q]``, at most its element count);
+    the beam is max(ef, k) per graph. Returns -1, or the first graph found damaged."""
+    top_d = np.empty(max(ef, k) + 1, np.float32)
+    top_i = np.empty(max(ef, k) + 1, np.int64)
+    cand_d = np.empty(4 * ef + 64, np.float32)
+    cand_i = np.empty(4 * ef + 64, np.int64)
+    for s in range(lo, hi):
+        level0 = level0s[s]
+        kk = min(k, level0.shape[0])
+        for q in range(queries.shape[0]):
+            found, cand_d, cand_i = _walk(
+                level0, floatss[s], wordss[s], uppers[s], shapes[s], ip, queries[q], kk, max(ef, kk),
+                returnables[s], markss[s], tagss[s], top_d, top_i, cand_d, cand_i,
+                out_dist[s, q], out_ids[s, q],
+            )  # fmt: skip
+            if found < 0:
+                return s
+            counts[s, q] = found
+    return -1
