@@ -12,6 +12,13 @@ saved and relabelled as a sealed segment's ``graph.hnsw`` (cached in ``--work``)
   (rounds alternate the two systems; the best round counts, the machine is shared):
   recall@10 against exact ground truth, QPS, p50/p99, and the share of identical top-10 ids.
 
+With ``--segments 4,2,1`` (and ``--sizes N``): the first manifold set in S equal segments, each
+its own saved graph (built once, cached), searched as a collection's sealed segments are: a
+Python loop of ``GraphView.search`` per segment against ``search_views`` (all segments in one
+GIL-released call; alone, and split over two threads), each followed by the same merge of the
+segments' top-k, against raw hnswlib over one graph of all N rows: recall@10 and QPS at equal
+ef, ratios to the loop and to hnswlib in the same run.
+
 Prints a markdown table, writes bench/results/<date>-graphview.{json,md}.
 """
 
@@ -211,6 +218,130 @@ def _sweep(
     return rows
 
 
+def _segmented(
+    args: argparse.Namespace, name: str, base: np.ndarray, qs: np.ndarray, gt: np.ndarray, whole: Path
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``--segments`` comparison on one data set (see the module's docstring)."""
+    import hnswlib
+
+    from lamina.index.kernels import METRIC_IP, METRIC_L2
+
+    metric = METRIC_IP if args.metric == "cosine" else METRIC_L2
+    dim = base.shape[1]
+    one = [qs[i : i + 1] for i in range(qs.shape[0])]
+    index = hnswlib.Index(space="ip" if args.metric == "cosine" else "l2", dim=dim)
+    index.load_index(str(whole))
+    rows: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for parts in args.segments:
+        got, table = _layout(args, name, base, parts, one, gt, index, metric, whole)
+        rows += got
+        lines += table
+    return rows, lines
+
+
+def _layout(
+    args: argparse.Namespace,
+    name: str,
+    base: np.ndarray,
+    parts: int,
+    one: list[np.ndarray],
+    gt: np.ndarray,
+    index: Any,
+    metric: int,
+    whole: Path,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """One layout of ``--segments``: ``base`` in ``parts`` graphs (one: ``whole``, hnswlib's
+    own graph), every system at every ef."""
+    from lamina.index import graphview
+    from lamina.index.graphview import GraphView, search_views
+
+    n, dim = base.shape
+    rows: list[dict[str, Any]] = []
+    lines: list[str] = []
+    step = n // parts
+    paths = (
+        [
+            _graph(Path(args.work), f"{name}-part{i}of{parts}", base[i * step : (i + 1) * step], args.metric)[
+                0
+            ]
+            for i in range(parts)
+        ]
+        if parts > 1
+        else [whole]
+    )
+    views = [GraphView(path, dim, metric) for path in paths]
+    lives = [np.ones(v.count, np.bool_) for v in views]
+    starts = np.arange(parts, dtype=np.int64)[:, None] * step
+
+    def merged(dists: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The segments' (S, k) top-k lists as one top-K of global rows (as Reads._plain merges)."""
+        order = np.argsort(dists.ravel(), kind="stable")[:K]
+        return (labels + starts).ravel()[order]
+
+    def run_loop(ef: int, q: np.ndarray) -> np.ndarray:
+        found = [v.search(q, K, ef, live) for v, live in zip(views, lives, strict=True)]
+        return merged(np.stack([f[0][0] for f in found]), np.stack([f[1][0] for f in found]))
+
+    def run_call(ef: int, q: np.ndarray) -> np.ndarray:
+        dists, labels, _ = search_views(views, lives, q, K, ef)
+        return merged(dists[:, 0], labels[:, 0])
+
+    def run_split(ef: int, q: np.ndarray) -> np.ndarray:
+        dists, labels, _ = search_views(views, lives, q, K, ef, parallel=True)
+        return merged(dists[:, 0], labels[:, 0])
+
+    def run_hnswlib(ef: int, q: np.ndarray) -> np.ndarray:
+        index.set_ef(ef)
+        return np.asarray(index.knn_query(q, k=K, num_threads=1)[0][0])
+
+    systems = {"loop": run_loop, "one call": run_call, "hnswlib (1 graph)": run_hnswlib}
+    if parts > 1:
+        systems["one call, 2 threads"] = run_split
+    saved = graphview.PARALLEL_MIN, graphview._idle_core
+    # "2 threads" splits at every size and load: where it pays is measured here
+    graphview.PARALLEL_MIN, graphview._idle_core = 0, lambda: True
+    try:
+        for ef in EFS:
+            best: dict[str, tuple[np.ndarray, float]] = {}
+            for _ in range(args.rounds):
+                for system, run in systems.items():
+                    if system not in best:
+                        for q in one[:50]:
+                            run(ef, q)  # warm pages and caches
+                    found = np.empty((len(one), K), np.int64)
+                    began = time.perf_counter()
+                    for i, q in enumerate(one):
+                        found[i] = run(ef, q)
+                    took = time.perf_counter() - began
+                    if system not in best or took < best[system][1]:
+                        best[system] = (found, took)
+            qps = {system: len(one) / took for system, (_, took) in best.items()}
+            for system, (found, _) in best.items():
+                row = {
+                    "data": name,
+                    "n": n,
+                    "segments": 1 if system.startswith("hnswlib") else parts,
+                    "system": system,
+                    "ef": ef,
+                    "recall": float(
+                        np.mean([len(set(f) & set(t)) / K for f, t in zip(found, gt, strict=True)])
+                    ),
+                    "qps": qps[system],
+                    "vs_loop": qps[system] / qps["loop"],
+                    "vs_hnswlib": qps[system] / qps["hnswlib (1 graph)"],
+                }
+                rows.append(row)
+                lines.append(
+                    f"| {name} | {parts} x {step:,} | {system} | {ef} | {row['recall']:.3f} | "
+                    f"{row['qps']:,.0f} | {row['vs_loop']:.2f}x | {row['vs_hnswlib']:.2f}x |"
+                )
+            print("\n".join(lines[-len(best) :]), flush=True)
+    finally:
+        graphview.PARALLEL_MIN, graphview._idle_core = saved
+    return rows, lines
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench graphview", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="/work/data", help="folder of manifold-N sets (bench/scale.py)")
@@ -222,6 +353,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--work", default="/tmp/lamina-bench-graphview", help="where built graphs are cached")
     parser.add_argument("--name", default="graphview", help="results file name")
     parser.add_argument(
+        "--segments",
+        default="",
+        help="segment counts, comma-separated (e.g. 4,2,1): the --sizes set split into that many graphs",
+    )
+    parser.add_argument(
         "--measure-load", nargs=4, metavar=("SYSTEM", "PATH", "DIM", "METRIC"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -230,6 +366,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps(measure_load(system, path, int(dim), metric)))
         return 0
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    args.segments = [int(s) for s in args.segments.split(",") if s]
+    if args.segments:
+        return segments_main(args)
     results: list[dict[str, Any]] = []
     lines = [
         f"GraphView vs hnswlib on the same saved graph (M={M}, ef_construction={EF_CONSTRUCTION}, {args.metric}); "
@@ -266,6 +405,44 @@ def main(argv: list[str]) -> int:
     (RESULTS / f"{stamp}-{args.name}.json").write_text(
         json.dumps(
             {"benchmark": "graphview", "params": params, "machine": machine(), "rows": results}, indent=2
+        )
+    )
+    (RESULTS / f"{stamp}-{args.name}.md").write_text(markdown + "\n")
+    return 0
+
+
+def segments_main(args: argparse.Namespace) -> int:
+    """``--segments``: one data set in S graphs, the loop against one call against hnswlib."""
+    args.skip_kernel_docs = True
+    args.sizes = args.sizes[:1]
+    if not args.sizes:
+        raise SystemExit("--segments needs --sizes N (a manifold set)")
+    lines = [
+        f"S sealed segments searched per query (M={M}, ef_construction={EF_CONSTRUCTION}, {args.metric}): a Python "
+        f"loop of GraphView.search per segment, search_views (one call; alone and split over 2 threads), and raw "
+        f"hnswlib over one graph of all rows; {args.queries} queries, k={K}, one query per call, the segments' "
+        f"top-k merged as Reads._plain does; best of {args.rounds} alternating rounds",
+        "",
+        "| data | segments | system | ef | recall@10 | QPS | vs loop | vs hnswlib |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    results: list[dict[str, Any]] = []
+    for name, base, qs in _datasets(args):
+        whole, _ = _graph(Path(args.work), name, base, args.metric)
+        gt = _truth(base, qs, args.metric)
+        rows, table = _segmented(args, name, base, qs, gt, whole)
+        results += rows
+        lines += table
+    markdown = "\n".join(lines)
+    print(markdown)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d")
+    params = {k: v for k, v in vars(args).items() if k != "measure_load"}
+    params["load_average"] = os.getloadavg()
+    (RESULTS / f"{stamp}-{args.name}.json").write_text(
+        json.dumps(
+            {"benchmark": "graphview-segments", "params": params, "machine": machine(), "rows": results},
+            indent=2,
         )
     )
     (RESULTS / f"{stamp}-{args.name}.md").write_text(markdown + "\n")

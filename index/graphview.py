@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -269,11 +270,26 @@ _RUNNING = 0
 
 def _split(views: Sequence[GraphView]) -> int:
     """How many of ``views`` (from the first) a helper thread walks: about half the elements,
-    at least one view each side; 0: no split (too small, one view, or one core)."""
+    at least one view each side; 0: no split (too small, one view, or no idle core)."""
     sizes = np.cumsum([v.count for v in views])
-    if len(views) < 2 or sizes[-1] < PARALLEL_MIN or (os.cpu_count() or 1) < 2:
+    if len(views) < 2 or sizes[-1] < PARALLEL_MIN or not _idle_core():
         return 0
     return int(min(max(np.searchsorted(sizes, sizes[-1] / 2) + 1, 1), len(views) - 1))
+
+
+_LOAD = [0.0, 0.0]  # when the load average was read (monotonic s), and whether a core was idle
+
+
+def _idle_core() -> bool:
+    """Whether the machine has a core to spare: two cores or more, and a 1-minute load average
+    below the cores less one (read at most once a second). On a loaded machine a second
+    thread only queues behind other work: measured slower than one thread."""
+    now = time.monotonic()
+    if now - _LOAD[0] > 1.0:
+        cores = os.cpu_count() or 1
+        _LOAD[1] = float(cores >= 2 and os.getloadavg()[0] < cores - 1)
+        _LOAD[0] = now
+    return bool(_LOAD[1])
 
 
 def _helper() -> ThreadPoolExecutor:
