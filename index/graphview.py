@@ -194,18 +194,18 @@ def search_views(
     queries: FloatMatrix,
     k: int,
     ef: int,
-    parallel: bool = False,
+    parallel: bool | None = False,
 ) -> tuple[FloatMatrix, np.ndarray, np.ndarray]:
     """``GraphView.search`` of every view in one call (view s returns only rows where
     ``returnables[s]``): distances (S, q, k) float32, labels (S, q, k) int64 and counts
     (S, q); view s answers at most min(k, its count) per query, as ``search`` does. Python is
     entered once, not once per view, and the GIL is released throughout.
 
-    ``parallel``: when the views hold ``PARALLEL_MIN`` elements or more, the machine has
-    two cores or more and no other ``search_views`` call is running in this process, the
-    first views (about half the elements) are walked on a helper thread while this thread
-    walks the rest. Under concurrent searches every core is busy already and the hand-off
-    would only add its cost, so they walk on their own thread."""
+    ``parallel``: True: the first views (about half the elements) are walked on a helper
+    thread while this thread walks the rest; None: so only when it can pay (``_worth_splitting``:
+    large views, an idle core, no other call running in this process: under concurrent
+    searches every core is busy already and the hand-off only adds its cost); False: one
+    thread."""
     global _RUNNING
     nv, nq = len(views), queries.shape[0]
     dists = np.full((nv, nq, k), np.inf, np.float32)
@@ -219,7 +219,11 @@ def search_views(
     marks = [v._take() for v in views]
     with _HELPER_LOCK:
         _RUNNING += 1
-        split = _split(views) if parallel and _RUNNING == 1 else 0
+        split = (
+            _halves(views)
+            if parallel or (parallel is None and _RUNNING == 1 and _worth_splitting(views))
+            else 0
+        )
     try:
         # tuples padded to 4 or a power of two: a compiled variant per size class, not per count
         pad = max(4, 1 << (nv - 1).bit_length()) - nv
@@ -258,9 +262,8 @@ def _padded(items: list[Any], pad: int) -> tuple[Any, ...]:
     return tuple(items + items[-1:] * pad)
 
 
-#: elements (summed over the views of one call) from which ``search_views(parallel=True)``
-#: splits the walk over two threads; below it the hand-off costs more than it saves
-#: (measured with ``python -m bench graphview --segments``)
+#: elements (summed over the views of one call) from which ``search_views(parallel=None)``
+#: splits the walk over two threads when a core is idle
 PARALLEL_MIN = 50_000
 _HELPER: list[ThreadPoolExecutor] = []
 _HELPER_LOCK = threading.Lock()
@@ -268,13 +271,18 @@ _HELPER_LOCK = threading.Lock()
 _RUNNING = 0
 
 
-def _split(views: Sequence[GraphView]) -> int:
+def _halves(views: Sequence[GraphView]) -> int:
     """How many of ``views`` (from the first) a helper thread walks: about half the elements,
-    at least one view each side; 0: no split (too small, one view, or no idle core)."""
+    at least one view each side (0: one view, no split)."""
     sizes = np.cumsum([v.count for v in views])
-    if len(views) < 2 or sizes[-1] < PARALLEL_MIN or not _idle_core():
+    if len(views) < 2:
         return 0
-    return int(min(max(np.searchsorted(sizes, sizes[-1] / 2) + 1, 1), len(views) - 1))
+    return int(min(np.searchsorted(sizes, sizes[-1] / 2) + 1, len(views) - 1))
+
+
+def _worth_splitting(views: Sequence[GraphView]) -> bool:
+    """Whether the views hold ``PARALLEL_MIN`` elements or more and a core is idle."""
+    return sum(v.count for v in views) >= PARALLEL_MIN and _idle_core()
 
 
 _LOAD = [0.0, 0.0]  # when the load average was read (monotonic s), and whether a core was idle

@@ -506,7 +506,7 @@ class HnswTier:
         idle): per tier its min(k, count) best among ``lives[i]``, or None when fewer were reached."""
         views = [tier.view for tier in tiers]
         assert all(view is not None for view in views)
-        dists, labels, counts = search_views(cast(list[GraphView], views), lives, query, k, ef, parallel=True)
+        dists, labels, counts = search_views(cast(list[GraphView], views), lives, query, k, ef, parallel=None)
         out: list[tuple[FloatMatrix, np.ndarray] | None] = []
         for s, tier in enumerate(tiers):
             kk = min(k, cast(GraphView, views[s]).count)

@@ -232,9 +232,7 @@ def _part_masks(metric: int) -> list[np.ndarray]:
     return [live[lo:hi].copy() for lo, hi in PARTS]
 
 
-def test_several_views_walked_in_one_call_answer_what_each_view_answers(
-    parts: list[GraphView], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_several_views_walked_in_one_call_answer_what_each_view_answers(parts: list[GraphView]) -> None:
     metric = parts[0].metric
     masks = _part_masks(metric)
     for k, ef in ((10, 16), (10, 64), (40, 16), (1, 8)):
@@ -256,21 +254,15 @@ def test_several_views_walked_in_one_call_answer_what_each_view_answers(
     )
     merged = np.take_along_axis(rows, np.argsort(dists.transpose(1, 0, 2).reshape(rows.shape), axis=1), 1)
     assert _recall(merged[:, :K], _exact(metric, np.concatenate(masks))) >= 0.95
-    # split over two threads (as when the process is otherwise idle): the same answers
-    monkeypatch.setattr(graphview, "PARALLEL_MIN", 0)
-    monkeypatch.setattr(graphview, "_idle_core", lambda: True)  # whatever the shared machine's load
-    assert 0 < graphview._split(parts) < len(parts)
+    # split over two threads (as when the views are large and a core is idle): the same answers
+    assert 0 < graphview._halves(parts) < len(parts)
     split = search_views(parts, masks, QUERIES, K, 64, parallel=True)
     assert all(np.array_equal(a, b) for a, b in zip(split, (dists, labels, counts), strict=True))
 
 
-def test_threads_walking_several_views_at_once_get_the_sequential_answers(
-    parts: list[GraphView], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_threads_walking_several_views_at_once_get_the_sequential_answers(parts: list[GraphView]) -> None:
     masks = _part_masks(parts[0].metric)
     want = [search_views(parts, masks, QUERIES[i : i + 1], K, 32)[1] for i in range(QUERIES.shape[0])]
-    monkeypatch.setattr(graphview, "PARALLEL_MIN", 0)  # the first to run alone may split
-    monkeypatch.setattr(graphview, "_idle_core", lambda: True)
     got: dict[tuple[int, int], np.ndarray] = {}
     start = threading.Barrier(4)
 
