@@ -12,6 +12,13 @@ saved and relabelled as a sealed segment's ``graph.hnsw`` (cached in ``--work``)
   (rounds alternate the two systems; the best round counts, the machine is shared):
   recall@10 against exact ground truth, QPS, p50/p99, and the share of identical top-10 ids.
 
+With ``--segments 4,2,1`` (and ``--sizes N``): the first manifold set in S equal segments, each
+its own saved graph (built once, cached), searched as a collection's sealed segments are: a
+Python loop of ``GraphView.search`` per segment against ``search_views`` (all segments in one
+GIL-released call; alone, and split over two threads), each followed by the same merge of the
+segments' top-k, against raw hnswlib over one graph of all N rows: recall@10 and QPS at equal
+ef, ratios to the loop and to hnswlib in the same run.
+
 Prints a markdown table, writes bench/results/<date>-graphview.{json,md}.
 """
 
@@ -211,6 +218,127 @@ def _sweep(
     return rows
 
 
+def _segmented(
+    args: argparse.Namespace, name: str, base: np.ndarray, qs: np.ndarray, gt: np.ndarray, whole: Path
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``--segments`` comparison on one data set (see the module's docstring)."""
+    import hnswlib
+
+    from lamina.index.kernels import METRIC_IP, METRIC_L2
+
+    metric = METRIC_IP if args.metric == "cosine" else METRIC_L2
+    dim = base.shape[1]
+    one = [qs[i : i + 1] for i in range(qs.shape[0])]
+    index = hnswlib.Index(space="ip" if args.metric == "cosine" else "l2", dim=dim)
+    index.load_index(str(whole))
+    rows: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for parts in args.segments:
+        got, table = _layout(args, name, base, parts, one, gt, index, metric, whole)
+        rows += got
+        lines += table
+    return rows, lines
+
+
+def _layout(
+    args: argparse.Namespace,
+    name: str,
+    base: np.ndarray,
+    parts: int,
+    one: list[np.ndarray],
+    gt: np.ndarray,
+    index: Any,
+    metric: int,
+    whole: Path,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """One layout of ``--segments``: ``base`` in ``parts`` graphs (one: ``whole``, hnswlib's
+    own graph), every system at every ef."""
+    from lamina.index.graphview import GraphView, search_views
+
+    n, dim = base.shape
+    rows: list[dict[str, Any]] = []
+    lines: list[str] = []
+    step = n // parts
+    paths = (
+        [
+            _graph(Path(args.work), f"{name}-part{i}of{parts}", base[i * step : (i + 1) * step], args.metric)[
+                0
+            ]
+            for i in range(parts)
+        ]
+        if parts > 1
+        else [whole]
+    )
+    views = [GraphView(path, dim, metric) for path in paths]
+    lives = [np.ones(v.count, np.bool_) for v in views]
+    starts = np.arange(parts, dtype=np.int64)[:, None] * step
+
+    def merged(dists: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The segments' (S, k) top-k lists as one top-K of global rows (as Reads._plain merges)."""
+        order = np.argsort(dists.ravel(), kind="stable")[:K]
+        return (labels + starts).ravel()[order]
+
+    def run_loop(ef: int, q: np.ndarray) -> np.ndarray:
+        found = [v.search(q, K, ef, live) for v, live in zip(views, lives, strict=True)]
+        return merged(np.stack([f[0][0] for f in found]), np.stack([f[1][0] for f in found]))
+
+    def run_call(ef: int, q: np.ndarray) -> np.ndarray:
+        dists, labels, _ = search_views(views, lives, q, K, ef)
+        return merged(dists[:, 0], labels[:, 0])
+
+    def run_split(ef: int, q: np.ndarray) -> np.ndarray:
+        dists, labels, _ = search_views(views, lives, q, K, ef, parallel=True)
+        return merged(dists[:, 0], labels[:, 0])
+
+    def run_hnswlib(ef: int, q: np.ndarray) -> np.ndarray:
+        index.set_ef(ef)
+        return np.asarray(index.knn_query(q, k=K, num_threads=1)[0][0])
+
+    systems = {"loop": run_loop, "one call": run_call, "hnswlib (1 graph)": run_hnswlib}
+    if parts > 1:
+        systems["one call, 2 threads"] = run_split
+    for ef in EFS:
+        best: dict[str, tuple[np.ndarray, float, float]] = {}
+        for _ in range(args.rounds):
+            for system, run in systems.items():
+                if system not in best:
+                    for q in one[:50]:
+                        run(ef, q)  # warm pages and caches
+                found = np.empty((len(one), K), np.int64)
+                began, cpu = time.perf_counter(), time.process_time()
+                for i, q in enumerate(one):
+                    found[i] = run(ef, q)
+                took, cpu = time.perf_counter() - began, time.process_time() - cpu
+                if system not in best or took < best[system][1]:
+                    best[system] = (found, took, min(cpu, best.get(system, (0, 0, cpu))[2]))
+                else:
+                    best[system] = (*best[system][:2], min(cpu, best[system][2]))
+        qps = {system: len(one) / took for system, (_, took, _) in best.items()}
+        cpu_us = {system: cpu / len(one) * 1e6 for system, (_, _, cpu) in best.items()}
+        for system, (found, _, _) in best.items():
+            row = {
+                "data": name,
+                "n": n,
+                "segments": 1 if system.startswith("hnswlib") else parts,
+                "system": system,
+                "ef": ef,
+                "recall": float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, gt, strict=True)])),
+                "qps": qps[system],
+                "vs_loop": qps[system] / qps["loop"],
+                "vs_hnswlib": qps[system] / qps["hnswlib (1 graph)"],
+                "cpu_us": cpu_us[system],
+                "cpu_vs_loop": cpu_us[system] / cpu_us["loop"],
+            }
+            rows.append(row)
+            lines.append(
+                f"| {name} | {parts} x {step:,} | {system} | {ef} | {row['recall']:.3f} | "
+                f"{row['qps']:,.0f} | {row['vs_loop']:.2f}x | {row['vs_hnswlib']:.2f}x | "
+                f"{row['cpu_us']:,.0f} | {row['cpu_vs_loop']:.2f}x |"
+            )
+        print("\n".join(lines[-len(best) :]), flush=True)
+    return rows, lines
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench graphview", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="/work/data", help="folder of manifold-N sets (bench/scale.py)")
@@ -222,6 +350,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--work", default="/tmp/lamina-bench-graphview", help="where built graphs are cached")
     parser.add_argument("--name", default="graphview", help="results file name")
     parser.add_argument(
+        "--segments",
+        default="",
+        help="segment counts, comma-separated (e.g. 4,2,1): the --sizes set split into that many graphs",
+    )
+    parser.add_argument(
         "--measure-load", nargs=4, metavar=("SYSTEM", "PATH", "DIM", "METRIC"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -230,6 +363,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps(measure_load(system, path, int(dim), metric)))
         return 0
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    args.segments = [int(s) for s in args.segments.split(",") if s]
+    if args.segments:
+        return segments_main(args)
     results: list[dict[str, Any]] = []
     lines = [
         f"GraphView vs hnswlib on the same saved graph (M={M}, ef_construction={EF_CONSTRUCTION}, {args.metric}); "
@@ -257,6 +393,12 @@ def main(argv: list[str]) -> int:
             )
             results.append(r)
         print("\n".join(lines[-len(curve) :]), flush=True)
+    _write(args, "graphview", lines, results)
+    return 0
+
+
+def _write(args: argparse.Namespace, benchmark: str, lines: list[str], results: list[dict[str, Any]]) -> None:
+    """Print the table; write bench/results/<date>-<name>.{json,md}."""
     markdown = "\n".join(lines)
     print(markdown)
     RESULTS.mkdir(exist_ok=True)
@@ -265,8 +407,90 @@ def main(argv: list[str]) -> int:
     params["load_average"] = os.getloadavg()
     (RESULTS / f"{stamp}-{args.name}.json").write_text(
         json.dumps(
-            {"benchmark": "graphview", "params": params, "machine": machine(), "rows": results}, indent=2
+            {"benchmark": benchmark, "params": params, "machine": machine(), "rows": results}, indent=2
         )
     )
     (RESULTS / f"{stamp}-{args.name}.md").write_text(markdown + "\n")
+
+
+def _dispatch(work: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """What a call costs beyond the walk: S graphs of 32 elements (384-d, k=10, ef=16, the walk a
+    few microseconds), CPU microseconds of this thread per query (immune to waiting for a core on
+    a loaded machine), best of 15 runs of 500: the loop of ``GraphView.search`` against
+    ``search_views``."""
+    import hnswlib
+
+    from lamina.index import graphfile
+    from lamina.index.graphview import GraphView, search_views
+    from lamina.index.kernels import METRIC_IP
+
+    rng = np.random.default_rng(0)
+    work.mkdir(parents=True, exist_ok=True)
+    views = []
+    for i in range(8):
+        data = rng.standard_normal((32, 384)).astype(np.float32)
+        data /= np.linalg.norm(data, axis=1, keepdims=True)
+        index = hnswlib.Index(space="ip", dim=384)
+        index.init_index(32, M=M, ef_construction=50, random_seed=1)
+        index.add_items(data, np.arange(32))
+        index.save_index(str(work / f"tiny{i}.raw"))
+        graphfile.relabel(work / f"tiny{i}.raw", work / f"tiny{i}.hnsw")
+        views.append(GraphView(work / f"tiny{i}.hnsw", 384, METRIC_IP))
+    masks = [np.ones(32, np.bool_) for _ in views]
+    query = rng.standard_normal((1, 384)).astype(np.float32)
+
+    def cpu_us(run: Any) -> float:
+        best = np.inf
+        for _ in range(15):
+            began = time.thread_time()
+            for _ in range(500):
+                run()
+            best = min(best, (time.thread_time() - began) / 500 * 1e6)
+        return float(best)
+
+    rows, lines = (
+        [],
+        [
+            "",
+            "| graphs of 32 elements | loop: CPU us per query | one call: CPU us per query | one call / loop |",
+            "|---|---|---|---|",
+        ],
+    )
+    for count in (1, 2, 4, 8):
+        vs, ms = views[:count], masks[:count]
+        search_views(vs, ms, query, K, 16)  # compiled / loaded
+        loop = cpu_us(lambda vs=vs, ms=ms: [v.search(query, K, 16, m) for v, m in zip(vs, ms, strict=True)])
+        call = cpu_us(lambda vs=vs, ms=ms: search_views(vs, ms, query, K, 16))
+        rows.append({"system": "dispatch", "segments": count, "loop_cpu_us": loop, "call_cpu_us": call})
+        lines.append(f"| {count} | {loop:.1f} | {call:.1f} | {call / loop:.2f}x |")
+    return rows, lines
+
+
+def segments_main(args: argparse.Namespace) -> int:
+    """``--segments``: one data set in S graphs, the loop against one call against hnswlib."""
+    args.skip_kernel_docs = True
+    args.sizes = args.sizes[:1]
+    if not args.sizes:
+        raise SystemExit("--segments needs --sizes N (a manifold set)")
+    lines = [
+        f"S sealed segments searched per query (M={M}, ef_construction={EF_CONSTRUCTION}, {args.metric}): a Python "
+        f"loop of GraphView.search per segment, search_views (one call; alone and split over 2 threads), and raw "
+        f"hnswlib over one graph of all rows; {args.queries} queries, k={K}, one query per call, the segments' "
+        f"top-k merged as Reads._plain does; best of {args.rounds} alternating rounds (wall clock: QPS; the "
+        f"process's CPU time per query, the least of the rounds: CPU us, robust to waiting for a core)",
+        "",
+        "| data | segments | system | ef | recall@10 | QPS | vs loop | vs hnswlib | CPU us | CPU vs loop |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    results: list[dict[str, Any]] = []
+    for name, base, qs in _datasets(args):
+        whole, _ = _graph(Path(args.work), name, base, args.metric)
+        gt = _truth(base, qs, args.metric)
+        rows, table = _segmented(args, name, base, qs, gt, whole)
+        results += rows
+        lines += table
+    rows, table = _dispatch(Path(args.work))
+    results += rows
+    lines += table
+    _write(args, "graphview-segments", lines, results)
     return 0

@@ -26,7 +26,7 @@ from . import bounds
 from .filters import CompiledFilter
 from .manifest import degraded_error
 from .planner import DEFAULT_PARAMS
-from .segments import Segment
+from .segments import Segment, nearest_all
 from .state import ReadSnapshot
 from .tenancy import TenantSearch
 from .topk import coded, merge_topk, mutable_topk, tail_topk
@@ -238,7 +238,7 @@ class Reads(TenantSearch):
         self._last_read = time.monotonic()  # searches are being served (see optimizer/build.py)
         kernel = self._metric
         # per sealed segment: kernel scores, local rows and point ids of its top-k
-        found = [seg.nearest(query, k, knobs) for seg in segments]
+        found = nearest_all(segments, query, k, knobs)
         if n and live.any():  # the mutable rows: their ids are read below, for the hits kept only
             t_scores, t_rows, t_counts = tail_topk(matrix, codes, thresholds, live, query, min(k, n), kernel)
             tail = (t_scores[0, : t_counts[0]], t_rows[0, : t_counts[0]] + start)

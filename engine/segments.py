@@ -714,15 +714,23 @@ class Segment:
 
     @_reads_disk
     def nearest(
-        self, query: FloatMatrix, k: int, knobs: Knobs
+        self,
+        query: FloatMatrix,
+        k: int,
+        knobs: Knobs,
+        walked: bool = False,
+        found: tuple[FloatMatrix, np.ndarray] | None = None,
     ) -> tuple[FloatMatrix, np.ndarray, list[PointId]]:
         """The plain search's step in this segment (engine/reads.py ``Reads._plain``): the
         tier's top-k of one prepared (1, dim) query among live rows, as kernel scores, local
         rows and point ids, without padding and without global row numbers (the graph's
-        labels are local rows, and ids are read at them)."""
+        labels are local rows, and ids are read at them). ``walked``: ``found`` is the graph's
+        answer (scores, local rows; None: fewer than k reached), walked with other segments'
+        (``nearest_all``)."""
         k = min(k, self.size)
         tier = self.tier
-        found = tier.nearest(query, k, knobs.ef, self.live) if type(tier) is HnswTier else None
+        if not walked:
+            found = tier.nearest(query, k, knobs.ef, self.live) if type(tier) is HnswTier else None
         if found is None:  # other tiers, or a graph with fewer than k live rows reachable
             scores, local, counts = tier.search(self.vectors, self.live, query, k, knobs)
             n = int(counts[0])
@@ -732,6 +740,33 @@ class Segment:
     def index_bytes(self) -> int:
         """Bytes the tier holds in memory (its files' sizes), the live mask and tenant membership."""
         return self._tier_bytes + self.live.nbytes + self._tenant_order.nbytes + self._tenant_sorted.nbytes
+
+
+def nearest_all(
+    segments: Sequence[Segment], query: FloatMatrix, k: int, knobs: Knobs
+) -> list[tuple[FloatMatrix, np.ndarray, list[PointId]]]:
+    """``Segment.nearest`` of each segment, in order. The graphs of those opened as views
+    (index/graphview.py) are walked in one GIL-released call (``HnswTier.nearest_views``)
+    instead of one Python round trip each; the others answer one by one."""
+    walk = [
+        i for i, s in enumerate(segments) if type(s.tier) is HnswTier and s.tier.view is not None and s.size
+    ]
+    if len(walk) < 2:
+        return [segment.nearest(query, k, knobs) for segment in segments]
+    tiers = [cast(HnswTier, segments[i].tier) for i in walk]
+    answers = dict(
+        zip(
+            walk,
+            HnswTier.nearest_views(tiers, query, k, knobs.ef, [segments[i].live for i in walk]),
+            strict=True,
+        )
+    )
+    return [
+        segment.nearest(query, k, knobs, True, answers[i])
+        if i in answers
+        else segment.nearest(query, k, knobs)
+        for i, segment in enumerate(segments)
+    ]
 
 
 def take_first(found: TopK, keep: np.ndarray, k: int) -> TopK:

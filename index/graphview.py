@@ -27,26 +27,21 @@ row). Every link read is checked against the element count, so a damaged file gi
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from llvmlite import ir  # type: ignore[import-untyped]
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 from lamina.errors import DataLoss
 from lamina.index.graphfile import HEADER_BYTES, GraphLayout
+from lamina.index.graphwalk import BAD_LINK, index_upper, walk_graph, walk_graphs
 from lamina.index.kernels import METRIC_IP
 from lamina.types import FloatMatrix
-
-#: reordered float sums (the dot product in SIMD lanes, as hnswlib's own SIMD distance does);
-#: not "ninf"/"nnan": the walk compares against infinity
-_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-#: the kernel's answer when a link points outside the graph (a damaged file)
-_BAD_LINK = -1
 
 
 class GraphDamaged(DataLoss, ValueError):
@@ -102,7 +97,7 @@ class GraphView:
         self._floats = self._level0.view("<f4")
         self._upper = np.full(n, -1, np.int64)
         levels = np.zeros(n, np.int32)
-        end = _index_upper(self._words, n * cols, n, 1 + layout.max_m, self._upper, levels)
+        end = index_upper(self._words, n * cols, n, 1 + layout.max_m, self._upper, levels)
         if end != self._words.size:
             raise GraphDamaged(
                 f"HNSW graph {path} is damaged: its upper-level link lists "
@@ -115,6 +110,11 @@ class GraphView:
         self.max_m = layout.max_m
         self.max_m0 = layout.max_m0
         self._vector_col = layout.vector_at // 4
+        #: what the kernel needs besides the arrays: vector column (words), dim, entry point,
+        #: top level, words per upper-level list, level-0 link capacity
+        self.shape = np.array(
+            [self._vector_col, dim, self.entry, maxlevel, 1 + self.max_m, self.max_m0], np.int64
+        )
         self._pool: list[_Marks] = []
         self._pool_lock = threading.Lock()
 
@@ -139,17 +139,12 @@ class GraphView:
             return dists, labels, counts
         marks = self._take()
         try:
-            status = _search(
+            status = walk_graph(
                 self._level0,
                 self._floats,
                 self._words,
                 self._upper,
-                self._vector_col,
-                self.dim,
-                self.entry,
-                self.maxlevel,
-                1 + self.max_m,
-                self.max_m0,
+                self.shape,
                 self.metric == METRIC_IP,
                 np.ascontiguousarray(queries, dtype=np.float32),
                 k,
@@ -163,12 +158,15 @@ class GraphView:
             )
         finally:
             self._give(marks)
-        if status == _BAD_LINK:
-            raise GraphDamaged(
-                f"HNSW graph {self.path} is damaged: a link points outside its {self.count} elements; "
-                "run `lamina check --repair`"
-            )
+        if status == BAD_LINK:
+            raise self._bad_link()
         return dists, labels, counts
+
+    def _bad_link(self) -> GraphDamaged:
+        return GraphDamaged(
+            f"HNSW graph {self.path} is damaged: a link points outside its {self.count} elements; "
+            "run `lamina check --repair`"
+        )
 
     def _take(self) -> _Marks:
         with self._pool_lock:
@@ -181,240 +179,121 @@ class GraphView:
             self._pool.append(marks)
 
 
-@njit(nogil=True, cache=True)
-def _index_upper(
-    words: np.ndarray, start: int, n: int, per_level: int, upper: np.ndarray, levels: np.ndarray
-) -> int:  # pragma: no cover - compiled
-    """Fill ``upper[i]`` with the word offset of element i's level-1 list (-1: level 0 only)
-    and ``levels[i]``; returns the word offset after the last element (-1 past the end, or
-    when a list is malformed or links outside the graph)."""
-    at = start
-    size = words.size
-    for i in range(n):
-        if at >= size:
-            return -1
-        nbytes = words[at]
-        if nbytes % (4 * per_level):
-            return -1
-        length = nbytes // 4
-        if at + 1 + length > size:
-            return -1
-        if length:
-            upper[i] = at + 1
-            levels[i] = length // per_level
-            for level in range(length // per_level):
-                head = at + 1 + level * per_level
-                count = words[head] & 0xFFFF
-                if count >= per_level:
-                    return -1
-                for c in range(1, count + 1):
-                    if words[head + c] >= n:
-                        return -1
-        at += 1 + length
-    return at
-
-
-def _prefetch_intrinsic(typingctx, array, row, col):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """Ask the CPU to fetch ``array[row, col]``'s cache line (``llvm.prefetch``, read, keep
-    in all levels), as hnswlib does with the next neighbour's vector and visited mark."""
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        at = [context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2)]
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, at)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return types.void(array, row, col), codegen
-
-
-_prefetch: Any = intrinsic(_prefetch_intrinsic)
-
-
-@njit(nogil=True, fastmath=_FASTMATH, cache=True, inline="always")
-def _distance(floats: np.ndarray, i: int, col: int, dim: int, query: np.ndarray, ip: bool) -> np.float32:
-    row = floats[i, col : col + dim]  # a slice: LLVM vectorizes this loop (row[col + j] runs 3x slower)
-    acc = np.float32(0.0)
-    if ip:
-        for j in range(row.shape[0]):
-            acc += row[j] * query[j]
-        return np.float32(1.0) - acc
-    for j in range(row.shape[0]):
-        diff = row[j] - query[j]
-        acc += diff * diff
-    return acc
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _heap_push(dist: np.ndarray, ids: np.ndarray, size: int, d: np.float32, i: int, sign: np.float32) -> None:
-    """Push onto a binary heap whose top (index 0) has the largest ``sign * dist``."""
-    pos = size
-    key = sign * d
-    while pos > 0:
-        parent = (pos - 1) >> 1
-        if sign * dist[parent] >= key:
-            break
-        dist[pos] = dist[parent]
-        ids[pos] = ids[parent]
-        pos = parent
-    dist[pos] = d
-    ids[pos] = i
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _heap_pop(dist: np.ndarray, ids: np.ndarray, size: int, sign: np.float32) -> None:
-    """Remove the top of a heap of ``size`` (see ``_heap_push``)."""
-    size -= 1
-    d = dist[size]
-    i = ids[size]
-    key = sign * d
-    pos = 0
-    while True:
-        child = 2 * pos + 1
-        if child >= size:
-            break
-        if child + 1 < size and sign * dist[child + 1] > sign * dist[child]:
-            child += 1
-        if sign * dist[child] <= key:
-            break
-        dist[pos] = dist[child]
-        ids[pos] = ids[child]
-        pos = child
-    if size > 0:
-        dist[pos] = d
-        ids[pos] = i
-
-
-@njit(nogil=True, fastmath=_FASTMATH, cache=True)
-def _search(
-    level0: np.ndarray,
-    floats: np.ndarray,
-    words: np.ndarray,
-    upper: np.ndarray,
-    col: int,
-    dim: int,
-    entry: int,
-    maxlevel: int,
-    per_level: int,
-    max_m0: int,
-    ip: bool,
-    queries: np.ndarray,
+def search_views(
+    views: Sequence[GraphView],
+    returnables: Sequence[np.ndarray],
+    queries: FloatMatrix,
     k: int,
     ef: int,
-    returnable: np.ndarray,
-    marks: np.ndarray,
-    tag: np.ndarray,
-    out_dist: np.ndarray,
-    out_ids: np.ndarray,
-    counts: np.ndarray,
-) -> int:  # pragma: no cover - compiled
-    n = level0.shape[0]
-    marks2 = marks.reshape(marks.size, 1)  # 2-d for _prefetch
-    up = np.float32(1.0)  # max-heap of the beam: its worst at the top
-    down = np.float32(-1.0)  # min-heap of candidates: the nearest at the top
-    top_d = np.empty(ef + 1, np.float32)
-    top_i = np.empty(ef + 1, np.int64)
-    cap = 4 * ef + 64
-    cand_d = np.empty(cap, np.float32)
-    cand_i = np.empty(cap, np.int64)
-    for q in range(queries.shape[0]):
-        query = queries[q]
-        # greedy descent through the upper levels
-        cur = entry
-        cur_d = _distance(floats, cur, col, dim, query, ip)
-        for level in range(maxlevel, 0, -1):
-            changed = True
-            while changed:
-                changed = False
-                head = upper[cur]
-                if head < 0:
-                    return _BAD_LINK
-                head += (level - 1) * per_level
-                count = words[head] & 0xFFFF
-                for c in range(1, count + 1):
-                    nb = words[head + c]  # checked against n when the view was opened
-                    d = _distance(floats, nb, col, dim, query, ip)
-                    if d < cur_d:
-                        cur_d = d
-                        cur = nb
-                        changed = True
-        # level 0: beam search of width ef
-        tag[0] += 1
-        if tag[0] > 65535:
-            marks[:] = 0
-            tag[0] = 1
-        mark = np.uint16(tag[0])
-        n_top = 0
-        n_cand = 0
-        if returnable[cur]:
-            lower = cur_d
-            _heap_push(top_d, top_i, n_top, cur_d, cur, up)
-            n_top += 1
-            _heap_push(cand_d, cand_i, n_cand, cur_d, cur, down)
+    parallel: bool | None = False,
+) -> tuple[FloatMatrix, np.ndarray, np.ndarray]:
+    """``GraphView.search`` of every view in one call (view s returns only rows where
+    ``returnables[s]``): distances (S, q, k) float32, labels (S, q, k) int64 and counts
+    (S, q); view s answers at most min(k, its count) per query, as ``search`` does. Python is
+    entered once, not once per view, and the GIL is released throughout.
+
+    ``parallel``: True: the first views (about half the elements) are walked on a helper
+    thread while this thread walks the rest; None: so only when it can pay (``_worth_splitting``:
+    large views, an idle core, no other call running in this process: under concurrent
+    searches every core is busy already and the hand-off only adds its cost); False: one
+    thread."""
+    global _RUNNING
+    nv, nq = len(views), queries.shape[0]
+    dists = np.full((nv, nq, k), np.inf, np.float32)
+    labels = np.full((nv, nq, k), -1, np.int64)
+    counts = np.zeros((nv, nq), np.int64)
+    if nv == 0 or k <= 0:
+        return dists, labels, counts
+    metrics = {v.metric for v in views}
+    if len(metrics) != 1:
+        raise ValueError(f"views of one search must share a metric, got {sorted(metrics)}")
+    marks = [v._take() for v in views]
+    with _HELPER_LOCK:
+        _RUNNING += 1
+        split = (
+            _halves(views)
+            if parallel or (parallel is None and _RUNNING == 1 and _worth_splitting(views))
+            else 0
+        )
+    try:
+        # tuples padded to 4 or a power of two: a compiled variant per size class, not per count
+        pad = max(4, 1 << (nv - 1).bit_length()) - nv
+        args = (
+            _padded([v._level0 for v in views], pad),
+            _padded([v._floats for v in views], pad),
+            _padded([v._words for v in views], pad),
+            _padded([v._upper for v in views], pad),
+            np.stack([v.shape for v in views]),
+            metrics.pop() == METRIC_IP,
+            np.ascontiguousarray(queries, dtype=np.float32),
+            k,
+            ef,
+            _padded(list(returnables), pad),
+            _padded([m.marks for m in marks], pad),
+            _padded([m.tag for m in marks], pad),
+        )
+        if 0 < split < nv:
+            helper = _helper().submit(walk_graphs, *args, 0, split, dists, labels, counts)
+            bad = walk_graphs(*args, split, nv, dists, labels, counts)
+            first = helper.result()
+            bad = first if first >= 0 else bad
         else:
-            lower = np.float32(np.inf)
-            _heap_push(cand_d, cand_i, n_cand, lower, cur, down)
-        n_cand += 1
-        marks[cur] = mark
-        while n_cand:
-            c_d = cand_d[0]
-            if c_d > lower and n_top == ef:
-                break
-            node = cand_i[0]
-            _heap_pop(cand_d, cand_i, n_cand, down)
-            n_cand -= 1
-            count = level0[node, 0] & 0xFFFF
-            if count > max_m0:
-                return _BAD_LINK
-            if count:
-                first = level0[node, 1]
-                if first < n:
-                    _prefetch(marks2, first, 0)
-                    _prefetch(floats, first, col)
-            for c in range(1, count + 1):
-                nb = level0[node, c]
-                if nb >= n:
-                    return _BAD_LINK
-                if c < count:  # the next neighbour's mark and vector, while this one is scored
-                    ahead = level0[node, c + 1]
-                    if ahead < n:
-                        _prefetch(marks2, ahead, 0)
-                        _prefetch(floats, ahead, col)
-                if marks[nb] == mark:
-                    continue
-                marks[nb] = mark
-                d = _distance(floats, nb, col, dim, query, ip)
-                if n_top < ef or lower > d:
-                    if n_cand == cand_d.size:  # grow the candidate heap
-                        grown_d = np.empty(2 * n_cand, np.float32)
-                        grown_i = np.empty(2 * n_cand, np.int64)
-                        grown_d[:n_cand] = cand_d
-                        grown_i[:n_cand] = cand_i
-                        cand_d = grown_d
-                        cand_i = grown_i
-                    _heap_push(cand_d, cand_i, n_cand, d, nb, down)
-                    n_cand += 1
-                    if returnable[nb]:
-                        _heap_push(top_d, top_i, n_top, d, nb, up)
-                        n_top += 1
-                        if n_top > ef:
-                            _heap_pop(top_d, top_i, n_top, up)
-                            n_top -= 1
-                    if n_top:
-                        lower = top_d[0]
-        # the k best, best first: drop the worst past k, then pop the rest from the back
-        while n_top > k:
-            _heap_pop(top_d, top_i, n_top, up)
-            n_top -= 1
-        counts[q] = n_top
-        while n_top:
-            out_dist[q, n_top - 1] = top_d[0]
-            out_ids[q, n_top - 1] = top_i[0]
-            _heap_pop(top_d, top_i, n_top, up)
-            n_top -= 1
-    return 0
+            bad = walk_graphs(*args, 0, nv, dists, labels, counts)
+    finally:
+        with _HELPER_LOCK:
+            _RUNNING -= 1
+        for view, mark in zip(views, marks, strict=True):
+            view._give(mark)
+    if bad >= 0:
+        raise views[bad]._bad_link()
+    return dists, labels, counts
+
+
+def _padded(items: list[Any], pad: int) -> tuple[Any, ...]:
+    return tuple(items + items[-1:] * pad)
+
+
+#: elements (summed over the views of one call) from which ``search_views(parallel=None)``
+#: splits the walk over two threads when a core is idle
+PARALLEL_MIN = 50_000
+_HELPER: list[ThreadPoolExecutor] = []
+_HELPER_LOCK = threading.Lock()
+#: ``search_views`` calls running in this process
+_RUNNING = 0
+
+
+def _halves(views: Sequence[GraphView]) -> int:
+    """How many of ``views`` (from the first) a helper thread walks: about half the elements,
+    at least one view each side (0: one view, no split)."""
+    sizes = np.cumsum([v.count for v in views])
+    if len(views) < 2:
+        return 0
+    return int(min(np.searchsorted(sizes, sizes[-1] / 2) + 1, len(views) - 1))
+
+
+def _worth_splitting(views: Sequence[GraphView]) -> bool:
+    """Whether the views hold ``PARALLEL_MIN`` elements or more and a core is idle."""
+    return sum(v.count for v in views) >= PARALLEL_MIN and _idle_core()
+
+
+_LOAD = [0.0, 0.0]  # when the load average was read (monotonic s), and whether a core was idle
+
+
+def _idle_core() -> bool:
+    """Whether the machine has a core to spare: two cores or more, and a 1-minute load average
+    below the cores less one (read at most once a second). On a loaded machine a second
+    thread only queues behind other work: measured slower than one thread."""
+    now = time.monotonic()
+    if now - _LOAD[0] > 1.0:
+        cores = os.cpu_count() or 1
+        _LOAD[1] = float(cores >= 2 and os.getloadavg()[0] < cores - 1)
+        _LOAD[0] = now
+    return bool(_LOAD[1])
+
+
+def _helper() -> ThreadPoolExecutor:
+    """The one helper thread ``search_views`` hands half the views to (started on first use)."""
+    with _HELPER_LOCK:
+        if not _HELPER:
+            _HELPER.append(ThreadPoolExecutor(1, thread_name_prefix="lamina-graphs"))
+        return _HELPER[0]

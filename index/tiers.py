@@ -24,10 +24,10 @@ import contextlib
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import faiss
 import hnswlib
@@ -35,7 +35,7 @@ import numpy as np
 
 from lamina.index import graphfile
 from lamina.index.flat import exact_topk
-from lamina.index.graphview import GraphView
+from lamina.index.graphview import GraphView, search_views
 from lamina.index.kernels import METRIC_IP, hamming_topn, rerank
 from lamina.types import CollectionConfig, FloatMatrix
 
@@ -496,6 +496,22 @@ class HnswTier:
         assert self.index is not None
         found = hnsw_walk(self.index, query, k, ef, self.metric, None, self._beam)
         return None if found is None else (found[0][0], found[1][0])
+
+    @staticmethod
+    def nearest_views(
+        tiers: Sequence[HnswTier], query: FloatMatrix, k: int, ef: int, lives: Sequence[np.ndarray]
+    ) -> list[tuple[FloatMatrix, np.ndarray] | None]:
+        """``nearest`` of each tier (all opened as views), the graphs walked in one GIL-released
+        call (``search_views``; split over two threads when large and the process is otherwise
+        idle): per tier its min(k, count) best among ``lives[i]``, or None when fewer were reached."""
+        views = [tier.view for tier in tiers]
+        assert all(view is not None for view in views)
+        dists, labels, counts = search_views(cast(list[GraphView], views), lives, query, k, ef, parallel=None)
+        out: list[tuple[FloatMatrix, np.ndarray] | None] = []
+        for s, tier in enumerate(tiers):
+            kk = min(k, cast(GraphView, views[s]).count)
+            out.append(None if counts[s, 0] < kk else (tier._scores(dists[s, 0, :kk]), labels[s, 0, :kk]))
+        return out
 
     def search_allowed(
         self, vectors: FloatMatrix, allow: np.ndarray, queries: FloatMatrix, k: int, knobs: Knobs

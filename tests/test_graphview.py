@@ -10,8 +10,8 @@ import hnswlib
 import numpy as np
 import pytest
 
-from lamina.index import graphfile
-from lamina.index.graphview import GraphDamaged, GraphView
+from lamina.index import graphfile, graphview
+from lamina.index.graphview import GraphDamaged, GraphView, search_views
 from lamina.index.kernels import METRIC_IP, METRIC_L2
 
 N, DIM, K = 6_000, 48, 10
@@ -204,3 +204,139 @@ def test_sealed_hnsw_segments_are_searched_through_a_view_of_their_file(tmp_path
         assert all(s.tier.view is not None for s in col._segments)  # type: ignore[attr-defined]
         after = [[h.id for h in col.search(q, k=K, params=SearchParams(ef=64))] for q in QUERIES[:40]]
     assert after == before
+
+
+#: several graphs over parts of BASE (local labels), the last smaller than K: one call over all
+PARTS = ((0, 3_000), (3_000, 5_000), (5_000, 5_994), (5_994, N))
+
+
+@pytest.fixture(scope="module", params=[METRIC_IP, METRIC_L2], ids=["ip", "l2"])
+def parts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[GraphView]:
+    metric = request.param
+    folder = tmp_path_factory.mktemp(f"parts-{SPACES[metric]}")
+    views = []
+    for i, (lo, hi) in enumerate(PARTS):
+        index = hnswlib.Index(space=SPACES[metric], dim=DIM)
+        index.init_index(max_elements=hi - lo, M=16, ef_construction=100, random_seed=100 + i)
+        index.add_items(BASE[lo:hi], np.arange(hi - lo), num_threads=2)
+        index.save_index(str(folder / f"raw{i}"))
+        graphfile.relabel(folder / f"raw{i}", folder / f"graph{i}.hnsw")
+        views.append(GraphView(folder / f"graph{i}.hnsw", DIM, metric))
+    return views
+
+
+def _part_masks(metric: int) -> list[np.ndarray]:
+    """Live masks of PARTS: a quarter of the rows and every query's nearest row deleted."""
+    live = np.random.default_rng(5).random(N) > 0.25
+    live[_exact(metric)[:, 0]] = False
+    return [live[lo:hi].copy() for lo, hi in PARTS]
+
+
+def test_several_views_walked_in_one_call_answer_what_each_view_answers(parts: list[GraphView]) -> None:
+    metric = parts[0].metric
+    masks = _part_masks(metric)
+    for k, ef in ((10, 16), (10, 64), (40, 16), (1, 8)):
+        dists, labels, counts = search_views(parts, masks, QUERIES, k, ef)
+        assert dists.shape == labels.shape == (len(parts), QUERIES.shape[0], k)
+        for s, view in enumerate(parts):
+            want_d, want_l, want_c = view.search(QUERIES, k, ef, masks[s])
+            kk = min(k, view.count)
+            assert np.array_equal(labels[s, :, :kk], want_l) and np.array_equal(dists[s, :, :kk], want_d)
+            assert np.array_equal(counts[s], want_c) and (labels[s, :, kk:] == -1).all()
+            assert all(masks[s][labels[s, q, : counts[s, q]]].all() for q in range(QUERIES.shape[0]))
+    # the parts' top-k merged: recall against exact ground truth over every live row
+    dists, labels, counts = search_views(parts, masks, QUERIES, K, 64)
+    starts = np.array([lo for lo, _ in PARTS])
+    rows = (
+        np.where(labels >= 0, labels + starts[:, None, None], -1)
+        .transpose(1, 0, 2)
+        .reshape(QUERIES.shape[0], -1)
+    )
+    merged = np.take_along_axis(rows, np.argsort(dists.transpose(1, 0, 2).reshape(rows.shape), axis=1), 1)
+    assert _recall(merged[:, :K], _exact(metric, np.concatenate(masks))) >= 0.95
+    # split over two threads (as when the views are large and a core is idle): the same answers
+    assert 0 < graphview._halves(parts) < len(parts)
+    split = search_views(parts, masks, QUERIES, K, 64, parallel=True)
+    assert all(np.array_equal(a, b) for a, b in zip(split, (dists, labels, counts), strict=True))
+
+
+def test_threads_walking_several_views_at_once_get_the_sequential_answers(parts: list[GraphView]) -> None:
+    masks = _part_masks(parts[0].metric)
+    want = [search_views(parts, masks, QUERIES[i : i + 1], K, 32)[1] for i in range(QUERIES.shape[0])]
+    got: dict[tuple[int, int], np.ndarray] = {}
+    start = threading.Barrier(4)
+
+    def work(t: int) -> None:
+        start.wait()
+        for rep in range(2):
+            for i in range(t % 2, QUERIES.shape[0], 2):
+                got[(i, t * 2 + rep)] = search_views(parts, masks, QUERIES[i : i + 1], K, 32, parallel=True)[
+                    1
+                ]
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 2 * 2 * QUERIES.shape[0]
+    assert all(np.array_equal(labels, want[i]) for (i, _), labels in got.items())
+    assert graphview._RUNNING == 0
+
+
+def test_a_damaged_graph_among_several_is_named(parts: list[GraphView], tmp_path: Path) -> None:
+    good = parts[0]
+    raw = good.path.read_bytes()
+    cols = graphfile.GraphLayout(good.path).record // 4
+    words = np.frombuffer(raw, np.uint32, offset=graphfile.HEADER_BYTES).copy()
+    n = good.count
+    words[: n * cols : cols] = (words[: n * cols : cols] & ~np.uint32(0xFFFF)) | 3
+    words[1 : n * cols : cols] = n + 7  # every node's first level-0 link points past the last element
+    (tmp_path / "bad.hnsw").write_bytes(raw[: graphfile.HEADER_BYTES] + words.tobytes())
+    bad = GraphView(tmp_path / "bad.hnsw", DIM, good.metric)
+    views = [parts[1], bad, parts[2]]
+    pools = [len(v._pool) for v in views]
+    with pytest.raises(GraphDamaged, match=r"bad\.hnsw is damaged: a link points outside"):
+        search_views(views, [np.ones(v.count, np.bool_) for v in views], QUERIES[:1], K, 16)
+    assert [len(v._pool) for v in views] == [max(1, p) for p in pools]  # every view's marks came back
+
+
+def test_a_collections_sealed_graphs_are_walked_in_one_call_with_the_per_segment_answers(
+    tmp_path: Path,
+) -> None:
+    """``nearest_all`` (the plain search's step over sealed segments) answers exactly what each
+    segment's own ``nearest`` answers, with deletes and moved points, at several k and ef."""
+    from lamina.engine.database import Database
+    from lamina.engine.segments import nearest_all
+    from lamina.index.tiers import Knobs
+    from lamina.types import CollectionConfig, IndexConfig, SearchParams
+
+    config = CollectionConfig(
+        dim=DIM, metric="cosine", index=IndexConfig(type="hnsw"), segment_rows=1_500, max_segment_rows=1_500
+    )
+    truth = _exact(METRIC_IP)
+    with Database(tmp_path) as database:
+        col = database.create_collection("c", config)
+        for lo in range(0, N, 1_500):  # sealed one by one: no merges into one graph
+            col.upsert(list(range(lo, lo + 1_500)), BASE[lo : lo + 1_500])
+            col.optimize()
+        gone = set(range(0, N, 5)) | set(truth[:50, 0].tolist())
+        col.delete(ids=sorted(gone))
+        moved = truth[50:60, 0].tolist()  # upserted: their sealed rows die, the new ones are in the tail
+        col.upsert(moved, BASE[moved] * -1)
+        segments = col._segments
+        assert len(segments) >= 4 and all(s.tier.view is not None for s in segments)  # type: ignore[attr-defined]
+        for k, ef in ((10, 16), (10, 64), (1, 8), (2_000, 16)):  # k past a segment's live rows: exact
+            knobs = Knobs(ef=ef, oversample=1.0)
+            for q in QUERIES[:60]:
+                query = q.reshape(1, -1)
+                got = nearest_all(segments, query, k, knobs)
+                want = [s.nearest(query, k, knobs) for s in segments]
+                assert len(got) == len(want)
+                for (gs, gr, gi), (ws, wr, wi) in zip(got, want, strict=True):
+                    assert np.array_equal(gs, ws) and np.array_equal(gr, wr) and gi == wi
+                    assert not gone & set(gi) and not set(moved) & set(gi)
+        hits = [[h.id for h in col.search(q, k=K, params=SearchParams(ef=64))] for q in QUERIES]
+    live = np.ones(N, np.bool_)
+    live[sorted(gone | set(moved))] = False
+    assert _recall(np.array(hits), _exact(METRIC_IP, live)) >= 0.95
