@@ -41,6 +41,7 @@ from lamina.errors import DataLoss
 from lamina.index.graphfile import HEADER_BYTES, GraphLayout
 from lamina.index.graphwalk import BAD_LINK, index_upper, walk_graph, walk_graphs
 from lamina.index.kernels import METRIC_IP
+from lamina.index.warmup import warm
 from lamina.types import FloatMatrix
 
 
@@ -94,6 +95,8 @@ class GraphView:
             ((size - HEADER_BYTES) // 4,), dtype="<u4", buffer=mapped, offset=HEADER_BYTES
         )
         self._level0 = self._words[: n * cols].reshape(n, cols)
+        #: pages the map in now, rather than one search fault at a time (None: not worth it)
+        self.warming = warm(self._words, f"HNSW graph {path}")
         self._floats = self._level0.view("<f4")
         self._upper = np.full(n, -1, np.int64)
         levels = np.zeros(n, np.int32)

@@ -55,3 +55,29 @@ def test_small_and_oversized_maps_are_left_to_page_in(
     thread = warmup.warm(map_matrix(big, DIM), "big")
     assert thread is not None
     thread.join(60)
+
+
+def test_a_graph_view_pages_its_file_in_as_it_opens(tmp_path: Path) -> None:
+    """``GraphView`` warms its map: once its thread is done, searches walk it without faults."""
+    import hnswlib
+
+    from lamina.index import graphfile
+    from lamina.index.graphview import GraphView
+    from lamina.index.kernels import METRIC_IP
+
+    dim, n = 128, 12_000  # a ~7 MiB graph file
+    base = np.random.default_rng(3).standard_normal((n, dim)).astype(np.float32)
+    index = hnswlib.Index(space="ip", dim=dim)
+    index.init_index(max_elements=n, M=16, ef_construction=40, random_seed=1)
+    index.add_items(base, np.arange(n), num_threads=2)
+    index.save_index(str(tmp_path / "raw"))
+    graphfile.relabel(tmp_path / "raw", tmp_path / "graph.hnsw")
+    view = GraphView(tmp_path / "graph.hnsw", dim, METRIC_IP)
+    assert view.warming is not None
+    view.warming.join(60)
+    queries = np.random.default_rng(4).standard_normal((300, dim)).astype(np.float32)
+    live = np.ones(n, np.bool_)
+    view.search(queries[:1], 10, 64, live)  # the marks and output arrays of a first search
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    view.search(queries[1:], 10, 64, live)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before <= 10
