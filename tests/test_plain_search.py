@@ -150,7 +150,7 @@ def test_searches_do_not_wait_for_a_writer_inside_its_durable_write(tmp_path: Pa
 
         def stall(rows: object) -> None:
             inside.set()
-            go.wait(60)
+            go.wait(300)
 
         def top(i: int, **how: object) -> object:
             return col.search(data[i], k=1, with_payload=False, **how)[0].id  # type: ignore[arg-type]
@@ -181,7 +181,7 @@ def test_searches_do_not_wait_for_a_writer_inside_its_durable_write(tmp_path: Pa
                 )
             )
             search.start()
-            search.join(10)
+            search.join(120)  # they finish while the writer is held (a bound for the failure only)
             waited = search.is_alive()
             store.after_write = None
             go.set()
