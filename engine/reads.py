@@ -593,8 +593,6 @@ class Reads(TenantSearch):
             hits = [Hit(pid, s) for pid, s in zip(ids, flat_scores, strict=True) if pid is not None]
             if len(hits) == len(ids):  # nothing deleted while we read: cut the flat list per query
                 return [hits[lo:hi] for lo, hi in zip([0, *ends[:-1]], ends, strict=True)]
-            if not snap.final:
-                raise Vanished  # a delete in flight: run again (CollectionState._read)
         flat_rows = flat.tolist()
         payloads = self._payloads(snap.segments, snap.start, flat) if with_payload else []
         vectors: list[bytes | None] = self._vectors_of(flat_rows) if with_vector else []
