@@ -27,7 +27,7 @@ from .filters import CompiledFilter
 from .manifest import degraded_error
 from .planner import DEFAULT_PARAMS
 from .segments import Segment, nearest_all
-from .state import ReadSnapshot
+from .state import ReadSnapshot, Vanished
 from .tenancy import TenantSearch
 from .topk import coded, merge_topk, mutable_topk, tail_topk
 
@@ -225,16 +225,12 @@ class Reads(TenantSearch):
             query = vector.reshape(1, -1)
         self._check_answer(1, k, None, with_payload, False)
         knobs = self._knobs(params or DEFAULT_PARAMS)
-        with self._lock:
-            self._check_open()
-            if self._damaged:
-                return None
-            segments = tuple(self._segments)
-            start = self._mut_start
-            n = self._next_row - start
-            matrix, codes, thresholds = self._matrix, self._codes, self._thresholds
-            live = self._live[:n]  # a view (see _snapshot)
-            replaced = self._replaced
+        snap = self._published  # without the lock: a writer holding it does not hold us up
+        if snap is None:  # closed or damaged
+            return None
+        segments, start, live, replaced = snap.segments, snap.start, snap.live, snap.replaced
+        matrix, codes, thresholds = snap.matrix, snap.codes, snap.thresholds
+        n = live.size
         self._last_read = time.monotonic()  # searches are being served (see optimizer/build.py)
         kernel = self._metric
         # per sealed segment: kernel scores, local rows and point ids of its top-k
@@ -247,7 +243,7 @@ class Reads(TenantSearch):
             hits = self._plain_hits(
                 finish_scores(only[0], kernel).tolist(), only[2], segments, start, only[1], with_payload, raw
             )
-            return hits if self._replaced == replaced else None
+            return hits if self._replaced == replaced and len(hits) == len(only[2]) else None
         elif not found:
             return []
         else:
@@ -273,7 +269,8 @@ class Reads(TenantSearch):
         hits = self._plain_hits(
             finish_scores(joined[order], kernel).tolist(), ids, segments, start, rows, with_payload, raw, True
         )
-        return hits if self._replaced == replaced else None
+        # a point moved, or a hit's row dropped by a delete in flight: the general path reads again
+        return hits if self._replaced == replaced and len(hits) == len(picks) else None
 
     def _plain_hits(
         self,
@@ -608,6 +605,8 @@ class Reads(TenantSearch):
                 pay = payloads[pos] if with_payload else None
                 vec = vectors[pos] if with_vector else None
                 if pid is None or (with_payload and pay is None) or (with_vector and vec is None):
+                    if not snap.final:
+                        raise Vanished  # a delete in flight: run again (CollectionState._read)
                     continue  # deleted while we read
                 if raw is not None and pay is not None:
                     raw.append(pay)

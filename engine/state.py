@@ -72,11 +72,56 @@ class ReadSnapshot(NamedTuple):
     partitions: dict[int, tuple[Partition, ...]]  # tenant code -> its HNSW partitions (main, delta)
     codes: np.ndarray  # binary codes of the mutable rows (from ``start``), valid when thresholds is set
     thresholds: FloatMatrix | None  # the cuts of those codes; None: the tail is scanned exactly
+    #: taken under the lock (the last attempt of ``CollectionState._read``): nothing it holds
+    #: leaves RocksDB while it is read. A published one is read while a writer may be inside its
+    #: RocksDB write: a row the writer drops there is still live in it (see ``Vanished``)
+    final: bool = True
+
+
+class Vanished(Exception):
+    """A search read a row of its snapshot that a writer holding the lock has meanwhile dropped
+    from RocksDB (a delete in flight, not yet acknowledged): ``CollectionState._read`` runs it
+    again rather than answer with a hit fewer, the last time under the lock."""
+
+
+class PublishingLock:
+    """The collection lock: a ``threading.Lock`` that, each time it is released, first calls
+    ``publish`` (set once the state is loaded) while it is still held. Every change to what
+    searches read is made under this lock, so the snapshot published as it is released is
+    always the state as of the last release: searches read it without the lock and never
+    wait for a writer (an upsert holds the lock across its RocksDB write and fsync, 30-170 ms
+    per 1,000 rows under load), yet see every write that has returned."""
+
+    __slots__ = ("_inner", "publish")
+
+    def __init__(self) -> None:
+        self._inner = threading.Lock()
+        self.publish: Callable[[], None] | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._inner.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        try:
+            if self.publish is not None:
+                self.publish()
+        finally:
+            self._inner.release()
+
+    def locked(self) -> bool:
+        return self._inner.locked()
+
+    def __enter__(self) -> bool:
+        return self._inner.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class CollectionState:
-    """A collection's data and the lock around it. Thread-safe: writers are
-    serialised by ``_lock``; searches take a ``ReadSnapshot`` under it and then scan without it."""
+    """A collection's data and the lock around it. Thread-safe: writers are serialised by
+    ``_lock``, which publishes a ``ReadSnapshot`` as it is released (``PublishingLock``);
+    searches read the last one published, without the lock, and scan it."""
 
     def __init__(self, name: str, store: CollectionStore, config: CollectionConfig, limits: Limits) -> None:
         self.name = name
@@ -84,7 +129,8 @@ class CollectionState:
         self._store = store
         self._limits = limits
         self._metric = METRIC_L2 if config.metric == "l2" else METRIC_IP
-        self._lock = threading.Lock()
+        self._lock = PublishingLock()
+        self._published: ReadSnapshot | None = None  # what searches read (see _publish)
         # held (inside _lock) while a seal drops its rows' vectors from RocksDB and adds
         # the segment holding them; a reader missing a vector in both takes it to look again
         self._sealing = threading.Lock()
@@ -125,13 +171,15 @@ class CollectionState:
             if not store.read_only:  # a read-only server or a follower learns them each time
                 store.put_meta({TENANT_FIELDS: self._tenant_fields.encode()})
         self._wake = threading.Event()
-        self._idle = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)  # type: ignore[arg-type]  # it calls acquire/release
         self._busy = False
         self._force_seal = False
         self._sealed_last = False  # the optimizer's last step was a seal (see _optimize_step)
         self._error: str = ""
         self._fault: LaminaError | None = None  # a full or read-only disk stalls the optimizer
         self._backoff = Backoff(self._wake.set)
+        self._publish()
+        self._lock.publish = self._publish
 
     def _load(self) -> None:
         """Load the sealed segments of the manifest, re-apply deletes made after sealing,
@@ -340,8 +388,21 @@ class CollectionState:
     def _live_count(self) -> int:
         return self._mutable_count() + sum(s.live_count for s in self._segments)
 
+    def _publish(self) -> None:
+        """Make the state as it is now what searches read without the lock (called by
+        ``_lock`` as it is released, so while it is held; None while the collection is closed
+        or damaged: searches then take the lock and are refused)."""
+        self._published = (
+            None if self._closed or self._damaged else self._snapshot(locked=True)._replace(final=False)
+        )
+
     def _snapshot(self, locked: bool = False) -> ReadSnapshot:
+        """What a search reads: the snapshot published when the lock was last released (no
+        wait for a writer holding it), or, ``locked`` (the caller holds the lock), the state now."""
         if not locked:
+            published = self._published
+            if published is not None:
+                return published
             with self._lock:
                 return self._snapshot(locked=True)
         self._check_open()
@@ -412,7 +473,10 @@ class CollectionState:
         self._last_read = time.monotonic()  # searches are being served (see optimizer/build.py)
         for _ in range(READ_ATTEMPTS - 1):
             snap = self._snapshot()
-            result = read(snap)
+            try:
+                result = read(snap)
+            except Vanished:
+                continue
             if self._replaced == snap.replaced:
                 return result
         with self._lock:
