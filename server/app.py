@@ -2,17 +2,24 @@
 deadline, metrics) in front of the servicers of server/servicers.py, health checking,
 reflection and graceful shutdown. Protobuf stops here: requests are converted by
 ``lamina.proto.convert`` and the engine only sees Python types.
+
+The server is grpc's sync (thread-pool) server: its per-call work costs less than
+grpc.aio's, which was more than half of a search's time served (docs/architecture.md,
+"Serving"). A plain search (``SearchServicer.search_here``) is answered on the gRPC thread
+that took it; every other call runs the servicers' async methods on the event loop that
+started the server (``Api.serve``), as before. Both go through the same checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -32,6 +39,7 @@ from lamina.server.metrics import Metrics
 from lamina.server.network import host_port, is_loopback
 from lamina.server.processes import Forwarder, ProcessRole, forwarded_peer
 from lamina.server.servicers import (
+    CallAborted,
     CollectionsServicer,
     InfoServicer,
     PointsServicer,
@@ -50,16 +58,6 @@ SERVICE_NAMES = (
     spb.DESCRIPTOR.services_by_name["Search"].full_name,
     ipb.DESCRIPTOR.services_by_name["Info"].full_name,
 )
-
-
-class CallAborted(Exception):
-    """A call made through ``Api.call`` by an in-process caller ended with a gRPC status
-    other than OK: ``code`` (a ``grpc.StatusCode``) and ``details``, as a gRPC client sees them."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
 
 
 class CallContext:
@@ -91,7 +89,7 @@ class CallContext:
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
         self._code = code
-        raise CallAborted(code, details)
+        raise CallAborted(code, details, trailing_metadata or ())
 
 
 class Api:
@@ -100,7 +98,8 @@ class Api:
     or with bad UTF-8 in a string, is INVALID_ARGUMENT rather than gRPC's generic UNKNOWN),
     check the key's role, collections and tenants, run the servicer, trim the answer to what
     the key may see, and count and time the call. The gRPC handlers and the web console
-    both call ``call``, so both follow the same rules, limits and errors."""
+    both call ``call``, so both follow the same rules, limits and errors; the gRPC handlers
+    (``serve``) answer the hot methods (``hot``) on their own thread through the same checks."""
 
     def __init__(self, auth: Authorizer, metrics: Metrics | None) -> None:
         self.auth = auth
@@ -109,6 +108,11 @@ class Api:
         self.handlers: list[grpc.GenericRpcHandler] = []
         #: a reader process of ``--processes N``: sends what it does not answer to the writer
         self.forward: Forwarder | None = None
+        #: path -> its hot path: (request, context, caller) -> the response, or None when the
+        #: request is not one the hot path answers (see ``SearchServicer.search_here``)
+        self.hot: dict[str, Callable[[Any, Any, str], Any]] = {}
+        #: the event loop that runs the async pipeline (set by ``LaminaServer.start``)
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, module: Any, servicer: Any) -> None:
         """Register the one service in ``module``, implemented by ``servicer``."""
@@ -119,8 +123,8 @@ class Api:
             parse = GetMessageClass(method.input_type).FromString
             self.methods[path] = (parse, getattr(servicer, method.name))
 
-            async def handle(raw: bytes, context: grpc.aio.ServicerContext, path: str = path) -> Any:
-                return await self.call(path, raw, context)
+            def handle(raw: bytes, context: grpc.ServicerContext, path: str = path) -> Any:
+                return self.serve(path, raw, context)
 
             grpc_methods[method.name] = grpc.unary_unary_rpc_method_handler(
                 handle, response_serializer=GetMessageClass(method.output_type).SerializeToString
@@ -147,26 +151,85 @@ class Api:
             if self.metrics is not None:
                 self.metrics.observe(path, code, time.perf_counter() - started)
 
-    async def _checked(self, path: str, raw: Any, context: Any) -> Any:
+    def serve(self, path: str, raw: bytes, context: grpc.ServicerContext) -> Any:
+        """Answer one gRPC call on grpc's thread: a hot method's request the hot path takes
+        here, through the same checks as ``call``; any other call through ``call`` on the
+        event loop."""
+        hot = self.hot.get(path)
+        if hot is None or (self.forward is not None and self.forward.forwards(path)):
+            try:
+                return self._on_loop(lambda ctx: self.call(path, raw, ctx), context)  # counted there
+            except CallAborted as exc:
+                _abort(context, exc)
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            key, request = self.admitted(path, raw, context)
+            response = hot(request, context, caller_of(key, context))
+            if response is None:  # not for the hot path: the servicer's async method answers
+                return self._on_loop(lambda ctx: self._answer(path, key, request, ctx), context)
+            return self.trim(path, key, response)
+        except CallAborted as exc:
+            code = exc.code.name
+            _abort(context, exc)
+        except BaseException:
+            code = "UNKNOWN"
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe(path, code, time.perf_counter() - started)
+
+    def _on_loop(self, run: Callable[[CallContext], Any], context: grpc.ServicerContext) -> Any:
+        """Await ``run(ctx)`` on the event loop: its result, or ``CallAborted`` with its status;
+        ``ctx`` carries the call's metadata, peer and deadline. A call the client gives up on
+        is cancelled on the loop, as grpc.aio cancels its handler."""
+        assert self.loop is not None, "the server was not started"
+        ctx = CallContext(context.invocation_metadata(), context.peer(), context.time_remaining())
+        future = asyncio.run_coroutine_threadsafe(run(ctx), self.loop)
+        context.add_callback(future.cancel)  # when the RPC ends; a no-op once answered
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise CallAborted(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
+
+    def admitted(self, path: str, raw: Any, context: Any) -> tuple[ApiKey | None, Any]:
+        """The caller's key and its parsed request, once the key, the message and the key's
+        rights are checked (``CallAborted`` says which failed)."""
         auth = self.auth
-        parse, impl = self.methods[path]
+        parse, _ = self.methods[path]
         try:
             key = auth.authenticate(context.invocation_metadata())
         except LaminaError as exc:
-            await context.abort(grpc.StatusCode[exc.code], str(exc))
+            raise CallAborted(grpc.StatusCode[exc.code], str(exc)) from None
         try:
             request = parse(raw) if isinstance(raw, bytes) else raw
         except DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
+            raise CallAborted(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}") from None
         if key is not None:  # without keys every caller may do everything
             try:
                 auth.authorize(key, path, collection_of(request), tenant_of(request))
             except LaminaError as exc:
                 log.info("denied %s to key %r: %s", path, key.name, exc)
-                await context.abort(grpc.StatusCode[exc.code], str(exc))
+                raise CallAborted(grpc.StatusCode[exc.code], str(exc)) from None
+        return key, request
+
+    async def _checked(self, path: str, raw: Any, context: Any) -> Any:
+        try:
+            key, request = self.admitted(path, raw, context)
+        except CallAborted as exc:
+            await context.abort(exc.code, exc.details, trailing_metadata=exc.trailing)
+        return await self._answer(path, key, request, context)
+
+    async def _answer(self, path: str, key: ApiKey | None, request: Any, context: Any) -> Any:
+        """The servicer's answer to an admitted request, trimmed to what ``key`` may see."""
         request_key.set(key)
-        request_caller.set(f"key {key.name}" if key is not None else f"peer {forwarded_peer(context)}")
-        response = await impl(request, context)
+        request_caller.set(caller_of(key, context))
+        _, impl = self.methods[path]
+        return self.trim(path, key, await impl(request, context))
+
+    @staticmethod
+    def trim(path: str, key: ApiKey | None, response: Any) -> Any:
+        """``response`` without what ``key`` may not see (other collections, other tenants)."""
         if key is not None and key.collections is not None and path == "Collections/List":
             visible = [c for c in response.collections if key.sees(c.name)]
             del response.collections[:]
@@ -181,6 +244,20 @@ class Api:
                     info.count = 0
                     info.ClearField("status")
         return response
+
+
+def caller_of(key: ApiKey | None, context: Any) -> str:
+    """Who a request counts against in admission control: its API key, or without keys its
+    connection (for a call a reader process forwarded, the reader's caller's)."""
+    return f"key {key.name}" if key is not None else f"peer {forwarded_peer(context)}"
+
+
+def _abort(context: grpc.ServicerContext, aborted: CallAborted) -> NoReturn:
+    """End a call on grpc's sync server with ``aborted``'s status (raises)."""
+    if aborted.trailing:
+        context.set_trailing_metadata(aborted.trailing)
+    context.abort(aborted.code, aborted.details)
+    raise AssertionError("unreachable")  # abort raises
 
 
 class LaminaServer:
@@ -215,19 +292,27 @@ class LaminaServer:
         self.auth = Authorizer(keys)
         self.tls = tls  # (certificate chain, private key), PEM
         self._executor: ThreadPoolExecutor | None = None
-        self._server: grpc.aio.Server | None = None
-        self._health: health.aio.HealthServicer | None = None
+        self._calls: ThreadPoolExecutor | None = None  # grpc's server's threads
+        self._server: grpc.Server | None = None
+        self._health: health.HealthServicer | None = None
         self.api: Api | None = None  # set by start(): every RPC behind the auth pipeline
 
-    def _build(self) -> grpc.aio.Server:
-        """Make the grpc.aio server; it must be created on the loop that runs it."""
+    def _build(self) -> grpc.Server:
+        """Make grpc's sync server, its threads and the pipeline behind it."""
         db = self.db
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lamina-worker")
         limits = db.limits
         max_bytes = db.limits.max_message_bytes
-        server = grpc.aio.server(
-            # a backstop behind the Gate, which answers with a clearer message first
-            maximum_concurrent_rpcs=2 * db.limits.max_concurrent_requests + 16,
+        # Every call holds one of grpc's threads until answered (calls served on the event loop
+        # wait for it there), so there is a thread for every call the Gate may admit, plus as
+        # many again: a burst past the Gate's limits reaches the Gate at once and gets its
+        # RESOURCE_EXHAUSTED, never a queue. Past that, grpc's own limit turns calls away
+        # (a backstop behind the Gate, which answers with a clearer message first).
+        calls = 2 * limits.max_concurrent_requests + 16
+        self._calls = ThreadPoolExecutor(max_workers=calls, thread_name_prefix="lamina-grpc")
+        server = grpc.server(
+            self._calls,
+            maximum_concurrent_rpcs=calls,
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),
@@ -235,7 +320,7 @@ class LaminaServer:
                 ("grpc.so_reuseport", 0 if self.role is None else 1),
             ],
         )
-        self._health = health.aio.HealthServicer()
+        self._health = health.HealthServicer()
         self.gate = Gate(
             limits.max_concurrent_requests, limits.max_requests_per_caller, self._executor, self.workers
         )
@@ -248,7 +333,10 @@ class LaminaServer:
         )
         self.api = Api(self.auth, self.metrics)
         for module, cls in servicers:
-            self.api.add(module, cls(db, self.gate))
+            servicer = cls(db, self.gate)
+            self.api.add(module, servicer)
+            if isinstance(servicer, SearchServicer):
+                self.api.hot["Search/Search"] = servicer.search_here
         if self.role is not None and not self.role.writer:
             self.api.forward = Forwarder(self.role.run)
         server.add_generic_rpc_handlers(self.api.handlers)
@@ -276,10 +364,11 @@ class LaminaServer:
             raise OSError(f"could not bind {address}")
         if self.role is not None:
             self._server.add_insecure_port(self.role.address)  # the writer's: readers forward to it
-        await self._server.start()
-        assert self._health is not None
+        assert self.api is not None and self._health is not None
+        self.api.loop = asyncio.get_running_loop()  # the servicers' async methods run on it
+        self._server.start()
         for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving on %s over %s (data: %s)",
             host_port(self.host, self.port),
@@ -303,15 +392,17 @@ class LaminaServer:
         stop their work (each at its next deadline check) and close the database."""
         log.info("shutting down: finishing requests in flight (up to %.0fs), then stopping them", grace)
         if self._health is not None:
-            await self._health.enter_graceful_shutdown()
+            self._health.enter_graceful_shutdown()
+        # off the loop's thread, here and below: the calls served on the loop finish meanwhile
         if self._server is not None:
-            await self._server.stop(grace)
+            await asyncio.to_thread(self._server.stop(grace).wait)
         if self._executor is not None:
             if self.gate.in_flight:
                 log.info("stopping the work of %d request(s) still in flight", self.gate.in_flight)
             self.gate.cancel_all("the server is shutting down")
-            # off the loop's thread: the jobs' completions run on it meanwhile
             await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        if self._calls is not None:  # the calls grpc still runs stop at their next deadline check
+            await asyncio.to_thread(self._calls.shutdown, wait=True)
         if self.metrics is not None:
             self.metrics.stop()
         if self.api is not None and self.api.forward is not None:
