@@ -48,6 +48,7 @@ from lamina.server.servicers import (
     request_caller,
     request_key,
     tenant_of,
+    time_left,
 )
 
 log = logging.getLogger("lamina.server")
@@ -184,7 +185,7 @@ class Api:
         ``ctx`` carries the call's metadata, peer and deadline. A call the client gives up on
         is cancelled on the loop, as grpc.aio cancels its handler."""
         assert self.loop is not None, "the server was not started"
-        ctx = CallContext(context.invocation_metadata(), context.peer(), context.time_remaining())
+        ctx = CallContext(context.invocation_metadata(), context.peer(), time_left(context))
         future = asyncio.run_coroutine_threadsafe(run(ctx), self.loop)
         context.add_callback(future.cancel)  # when the RPC ends; a no-op once answered
         try:

@@ -123,7 +123,7 @@ class _Base:
         refusal = self._gate.admit(caller)
         if refusal is not None:
             raise CallAborted(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, BUSY)
-        return Deadline(context.time_remaining())
+        return Deadline(time_left(context))
 
     def _served(self, caller: str, fn: Callable[..., Any], started: float) -> None:
         self._gate.count_served(caller)
@@ -505,6 +505,18 @@ class InfoServicer(_Base, igrpc.InfoServicer):
             requests_in_flight=gate.in_flight,
             read_only=getattr(self.db, "read_only", ""),
         )
+
+
+#: grpc's sync server gives a call without a deadline one in the year 292 billion: longer than
+#: this (about 30 years) is none
+_NO_DEADLINE = 1e9
+
+
+def time_left(context: Any) -> float | None:
+    """Seconds until the call's deadline, None when it has none (grpc.aio says None; grpc's
+    sync server a number of seconds past any forwarded deadline a channel accepts)."""
+    remaining: float | None = context.time_remaining()
+    return None if remaining is None or remaining > _NO_DEADLINE else remaining
 
 
 def _job(deadline: Deadline, fn: Callable[..., T], *args: Any) -> Callable[[], T]:
