@@ -24,7 +24,7 @@ from lamina.server.auth import ApiKey, hash_key, new_key
 from tests.conftest import ServerThread
 
 SEARCH = "/lamina.v1.Search/Search"
-DIM = 256
+DIM = 768
 ROWS = 4_000  # a mutable segment the engine still counts as quick (scanned exactly, ~1 ms)
 
 
@@ -141,31 +141,42 @@ def hammer(address: str, raw: bytes, threads: int, calls: int) -> list[Any]:
     return outcomes
 
 
+def burst(address: str, raw: bytes) -> list[Any]:
+    """``hammer`` in rounds until some calls were refused (at most 10 rounds): searches overlap
+    while their scans run without the GIL, but how often depends on the machine's load."""
+    outcomes: list[Any] = []
+    for _ in range(10):
+        outcomes += hammer(address, raw, threads=8, calls=25)
+        if any(o != "ok" for o in outcomes):
+            break
+    return outcomes
+
+
 def test_a_burst_of_hot_searches_past_the_limits_is_refused_at_once(tmp_path: Path) -> None:
     """Hot searches run at once on grpc's threads, so the Gate's limits hold for them: past
     ``max_concurrent_requests`` they are answered RESOURCE_EXHAUSTED with the Gate's message
     and the retry mark, counted as rejected, and nothing stays in flight."""
-    srv = ServerThread(tmp_path / "data", limits=Limits(max_concurrent_requests=2))
+    srv = ServerThread(tmp_path / "data", limits=Limits(max_concurrent_requests=1))
     try:
         vectors = quick_collection(srv.address)
-        outcomes = hammer(srv.address, search_bytes(vectors[5]), threads=8, calls=25)
+        outcomes = burst(srv.address, search_bytes(vectors[5]))
         refused = [o for o in outcomes if o != "ok"]
-        assert len(outcomes) == 200 and "ok" in outcomes and refused, outcomes[:5]
+        assert "ok" in outcomes and refused, f"none of {len(outcomes)} overlapping searches was refused"
         for code, details, trailing in refused:
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
-            assert "server is busy" in details and "max_concurrent_requests=2" in details
+            assert "server is busy" in details and "max_concurrent_requests=1" in details
             assert ("lamina-retry", "busy") in trailing
         with lamina.connect(srv.address) as client:
             info = client.server_info()
         assert info["requests_rejected"] == len(refused) and info["requests_in_flight"] == 0
-        assert info["requests_served"] >= 200 - len(refused)
+        assert info["requests_served"] >= len(outcomes) - len(refused)
     finally:
         srv.stop()
 
     # the per-caller limit: one connection is one caller (the server has no keys)
     srv = ServerThread(tmp_path / "data", limits=Limits(max_requests_per_caller=1))
     try:
-        outcomes = hammer(srv.address, search_bytes(vectors[5]), threads=6, calls=20)
+        outcomes = burst(srv.address, search_bytes(vectors[5]))
         refused = [o for o in outcomes if o != "ok"]
         assert "ok" in outcomes and refused
         for code, details, _ in refused:
