@@ -3,17 +3,20 @@ deadline, metrics) in front of the servicers of server/servicers.py, health chec
 reflection and graceful shutdown. Protobuf stops here: requests are converted by
 ``lamina.proto.convert`` and the engine only sees Python types.
 
-The server is grpc's sync (thread-pool) server: its per-call work costs less than
-grpc.aio's, which was more than half of a search's time served (docs/architecture.md,
-"Serving"). A plain search (``SearchServicer.search_here``) is answered on the gRPC thread
-that took it; every other call runs the servicers' async methods on the event loop that
-started the server (``Api.serve``), as before. Both go through the same checks.
+Two server models (``LaminaServer(sync_server=)``, default ``SYNC_SERVER``): grpc's sync
+(thread-pool) server, whose per-call work costs less than grpc.aio's, which was more than
+half of a search's time served (docs/architecture.md, "Server"); there a plain search
+(``SearchServicer.search_here``) is answered on the gRPC thread that took it, and every other
+call runs the servicers' async methods on the event loop that started the server
+(``Api.serve``). Or grpc.aio's server, every call on the event loop (``Api.call``). Both
+go through the same checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import signal
 import time
@@ -52,6 +55,11 @@ from lamina.server.servicers import (
 )
 
 log = logging.getLogger("lamina.server")
+#: the server model ``LaminaServer`` uses unless told (see the module's doc): grpc.aio's. The
+#: sync server with the hot path did not win at every client count on this 2-core machine
+#: (docs/architecture.md, "Server": 0.97x / 0.90x / 1.15x the aio server's QPS at 1 / 4 / 16
+#: clients, medians of 3 alternated rounds), so it is there to choose, not the default
+SYNC_SERVER = False
 
 SERVICE_NAMES = (
     cpb.DESCRIPTOR.services_by_name["Collections"].full_name,
@@ -106,7 +114,8 @@ class Api:
         self.auth = auth
         self.metrics = metrics
         self.methods: dict[str, tuple[Callable[[bytes], Any], Any]] = {}  # path -> (parse, servicer method)
-        self.handlers: list[grpc.GenericRpcHandler] = []
+        self.handlers: list[grpc.GenericRpcHandler] = []  # for grpc.aio's server (``call``)
+        self.sync_handlers: list[grpc.GenericRpcHandler] = []  # for grpc's sync server (``serve``)
         #: a reader process of ``--processes N``: sends what it does not answer to the writer
         self.forward: Forwarder | None = None
         #: path -> its hot path: (request, context, caller) -> the response, or None when the
@@ -118,19 +127,25 @@ class Api:
     def add(self, module: Any, servicer: Any) -> None:
         """Register the one service in ``module``, implemented by ``servicer``."""
         (service,) = module.DESCRIPTOR.services_by_name.values()
-        grpc_methods = {}
+        on_aio, on_sync = {}, {}
         for method in service.methods:
             path = f"{service.name}/{method.name}"
             parse = GetMessageClass(method.input_type).FromString
             self.methods[path] = (parse, getattr(servicer, method.name))
+            serialize = GetMessageClass(method.output_type).SerializeToString
 
-            def handle(raw: bytes, context: grpc.ServicerContext, path: str = path) -> Any:
+            async def handle(raw: bytes, context: grpc.aio.ServicerContext, path: str = path) -> Any:
+                return await self.call(path, raw, context)
+
+            def handle_sync(raw: bytes, context: grpc.ServicerContext, path: str = path) -> Any:
                 return self.serve(path, raw, context)
 
-            grpc_methods[method.name] = grpc.unary_unary_rpc_method_handler(
-                handle, response_serializer=GetMessageClass(method.output_type).SerializeToString
+            on_aio[method.name] = grpc.unary_unary_rpc_method_handler(handle, response_serializer=serialize)
+            on_sync[method.name] = grpc.unary_unary_rpc_method_handler(
+                handle_sync, response_serializer=serialize
             )
-        self.handlers.append(grpc.method_handlers_generic_handler(service.full_name, grpc_methods))
+        self.handlers.append(grpc.method_handlers_generic_handler(service.full_name, on_aio))
+        self.sync_handlers.append(grpc.method_handlers_generic_handler(service.full_name, on_sync))
 
     async def call(self, path: str, request: Any, context: Any) -> Any:
         """Answer one call of ``path``: ``request`` is the serialized message (gRPC) or the
@@ -280,8 +295,11 @@ class LaminaServer:
         metrics_key: str | None = None,
         metrics_names: bool = False,
         role: ProcessRole | None = None,
+        sync_server: bool = SYNC_SERVER,
     ) -> None:
         self.db = db
+        #: grpc's sync server with Search's hot path (True), or grpc.aio's (False); see the module
+        self.sync_server = sync_server
         self.role = role  # one process of ``lamina serve --processes N`` (None: the only one)
         self.metrics_port = metrics_port  # None: no metrics endpoint; 0: pick a port
         self.metrics_key = metrics_key  # sha256:... hash of the key a scrape must carry (None: none)
@@ -294,34 +312,35 @@ class LaminaServer:
         self.tls = tls  # (certificate chain, private key), PEM
         self._executor: ThreadPoolExecutor | None = None
         self._calls: ThreadPoolExecutor | None = None  # grpc's server's threads
-        self._server: grpc.Server | None = None
-        self._health: health.HealthServicer | None = None
+        self._server: grpc.Server | grpc.aio.Server | None = None
+        self._health: health.HealthServicer | health.aio.HealthServicer | None = None
         self.api: Api | None = None  # set by start(): every RPC behind the auth pipeline
 
-    def _build(self) -> grpc.Server:
-        """Make grpc's sync server, its threads and the pipeline behind it."""
+    def _build(self) -> grpc.Server | grpc.aio.Server:
+        """Make the gRPC server and the pipeline behind it (grpc.aio's on the running loop)."""
         db = self.db
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lamina-worker")
         limits = db.limits
         max_bytes = db.limits.max_message_bytes
-        # Every call holds one of grpc's threads until answered (calls served on the event loop
-        # wait for it there), so there is a thread for every call the Gate may admit, plus as
-        # many again: a burst past the Gate's limits reaches the Gate at once and gets its
-        # RESOURCE_EXHAUSTED, never a queue. Past that, grpc's own limit turns calls away
-        # (a backstop behind the Gate, which answers with a clearer message first).
+        # A backstop behind the Gate, which answers with a clearer message first. On the sync
+        # server every call holds one of grpc's threads until answered (calls served on the event
+        # loop wait for it there), so there is a thread for each: a burst past the Gate's limits
+        # reaches the Gate at once and gets its RESOURCE_EXHAUSTED, never a queue.
         calls = 2 * limits.max_concurrent_requests + 16
-        self._calls = ThreadPoolExecutor(max_workers=calls, thread_name_prefix="lamina-grpc")
-        server = grpc.server(
-            self._calls,
-            maximum_concurrent_rpcs=calls,
-            options=[
-                ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.max_send_message_length", max_bytes),
-                # one process: a port in use is an error; several share it (the supervisor checked it)
-                ("grpc.so_reuseport", 0 if self.role is None else 1),
-            ],
-        )
-        self._health = health.HealthServicer()
+        options = [
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            # one process: a port in use is an error; several share it (the supervisor checked it)
+            ("grpc.so_reuseport", 0 if self.role is None else 1),
+        ]
+        server: grpc.Server | grpc.aio.Server
+        if self.sync_server:
+            self._calls = ThreadPoolExecutor(max_workers=calls, thread_name_prefix="lamina-grpc")
+            server = grpc.server(self._calls, maximum_concurrent_rpcs=calls, options=options)
+            self._health = health.HealthServicer()
+        else:
+            server = grpc.aio.server(maximum_concurrent_rpcs=calls, options=options)
+            self._health = health.aio.HealthServicer()
         self.gate = Gate(
             limits.max_concurrent_requests, limits.max_requests_per_caller, self._executor, self.workers
         )
@@ -340,7 +359,7 @@ class LaminaServer:
                 self.api.hot["Search/Search"] = servicer.search_here
         if self.role is not None and not self.role.writer:
             self.api.forward = Forwarder(self.role.run)
-        server.add_generic_rpc_handlers(self.api.handlers)
+        server.add_generic_rpc_handlers(self.api.sync_handlers if self.sync_server else self.api.handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -367,9 +386,14 @@ class LaminaServer:
             self._server.add_insecure_port(self.role.address)  # the writer's: readers forward to it
         assert self.api is not None and self._health is not None
         self.api.loop = asyncio.get_running_loop()  # the servicers' async methods run on it
-        self._server.start()
+        if isinstance(self._server, grpc.aio.Server):
+            await self._server.start()
+        else:
+            self._server.start()
         for name in ("", *SERVICE_NAMES):
-            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            answer = self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if inspect.isawaitable(answer):  # grpc.aio's
+                await answer
         log.info(
             "serving on %s over %s (data: %s)",
             host_port(self.host, self.port),
@@ -393,14 +417,18 @@ class LaminaServer:
         stop their work (each at its next deadline check) and close the database."""
         log.info("shutting down: finishing requests in flight (up to %.0fs), then stopping them", grace)
         if self._health is not None:
-            self._health.enter_graceful_shutdown()
-        # off the loop's thread, here and below: the calls served on the loop finish meanwhile
-        if self._server is not None:
+            answer = self._health.enter_graceful_shutdown()
+            if inspect.isawaitable(answer):
+                await answer
+        if isinstance(self._server, grpc.aio.Server):
+            await self._server.stop(grace)
+        elif self._server is not None:  # off the loop's thread: the calls it serves finish meanwhile
             await asyncio.to_thread(self._server.stop(grace).wait)
         if self._executor is not None:
             if self.gate.in_flight:
                 log.info("stopping the work of %d request(s) still in flight", self.gate.in_flight)
             self.gate.cancel_all("the server is shutting down")
+            # off the loop's thread: the jobs' completions run on it meanwhile
             await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         if self._calls is not None:  # the calls grpc still runs stop at their next deadline check
             await asyncio.to_thread(self._calls.shutdown, wait=True)

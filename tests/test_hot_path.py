@@ -63,13 +63,16 @@ def through_loop(srv: ServerThread, raw: bytes, metadata: tuple[tuple[str, str],
         return exc.code, exc.details
 
 
-def test_the_hot_path_and_the_async_path_answer_and_refuse_alike(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync_server", [True, False], ids=["sync", "aio"])
+def test_the_hot_path_and_the_async_path_answer_and_refuse_alike(tmp_path: Path, sync_server: bool) -> None:
+    """Over gRPC (the hot path on the sync server; grpc.aio's handlers otherwise) and through
+    ``Api.call`` on the event loop: the same answer, or the same status and message."""
     admin, scoped = new_key(), new_key()
     keys = [
         ApiKey("admin", hash_key(admin), "admin"),
         ApiKey("scoped", hash_key(scoped), "read", frozenset({"kb"})),
     ]
-    srv = ServerThread(tmp_path / "data", keys=keys)
+    srv = ServerThread(tmp_path / "data", keys=keys, sync_server=sync_server)
     try:
         vectors = quick_collection(srv.address, admin)
         assert srv.db.get_collection("q").quick()
@@ -156,7 +159,7 @@ def test_a_burst_of_hot_searches_past_the_limits_is_refused_at_once(tmp_path: Pa
     """Hot searches run at once on grpc's threads, so the Gate's limits hold for them: past
     ``max_concurrent_requests`` they are answered RESOURCE_EXHAUSTED with the Gate's message
     and the retry mark, counted as rejected, and nothing stays in flight."""
-    srv = ServerThread(tmp_path / "data", limits=Limits(max_concurrent_requests=1))
+    srv = ServerThread(tmp_path / "data", limits=Limits(max_concurrent_requests=1), sync_server=True)
     try:
         vectors = quick_collection(srv.address)
         outcomes = burst(srv.address, search_bytes(vectors[5]))
@@ -174,7 +177,7 @@ def test_a_burst_of_hot_searches_past_the_limits_is_refused_at_once(tmp_path: Pa
         srv.stop()
 
     # the per-caller limit: one connection is one caller (the server has no keys)
-    srv = ServerThread(tmp_path / "data", limits=Limits(max_requests_per_caller=1))
+    srv = ServerThread(tmp_path / "data", limits=Limits(max_requests_per_caller=1), sync_server=True)
     try:
         outcomes = burst(srv.address, search_bytes(vectors[5]))
         refused = [o for o in outcomes if o != "ok"]
@@ -190,7 +193,7 @@ def test_a_search_in_progress_does_not_hold_up_other_calls(tmp_path: Path) -> No
     """While hot searches run one after another on grpc's threads, calls served on the event
     loop (GetInfo) are answered meanwhile: they see the searches in flight. Served on the
     event loop itself, a search would hold the loop until done and GetInfo would never see one."""
-    srv = ServerThread(tmp_path / "data")
+    srv = ServerThread(tmp_path / "data", sync_server=True)
     try:
         vectors = quick_collection(srv.address)
         stop = threading.Event()
@@ -223,7 +226,7 @@ def test_a_search_in_progress_does_not_hold_up_other_calls(tmp_path: Path) -> No
 def test_stop_drains_the_hot_searches_and_closes_the_data(tmp_path: Path) -> None:
     """Stopping a server under a stream of hot searches: each search is answered or refused
     with a clear status (never INTERNAL or UNKNOWN), stop returns, and the data reopens whole."""
-    srv = ServerThread(tmp_path / "data")
+    srv = ServerThread(tmp_path / "data", sync_server=True)
     vectors = quick_collection(srv.address)
     outcomes: list[Any] = []
     started = threading.Event()
