@@ -462,11 +462,15 @@ async def serve(
     grace: float = 5.0,
     companions: Sequence[Companion] = (),
     role: ProcessRole | None = None,
+    sync_server: bool = SYNC_SERVER,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully (``grace`` seconds for the
     requests in flight, then their work is stopped). ``role``: one process of ``lamina serve
-    --processes N`` (server/processes.py)."""
-    server = LaminaServer(db, host, port, workers, keys, tls, metrics_port, metrics_key, metrics_names, role)
+    --processes N`` (server/processes.py); ``sync_server``: grpc's sync server with Search's
+    hot path instead of grpc.aio's (see the module's doc)."""
+    server = LaminaServer(
+        db, host, port, workers, keys, tls, metrics_port, metrics_key, metrics_names, role, sync_server
+    )
     await server.start()
     started: list[Companion] = []
     try:
