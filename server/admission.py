@@ -8,12 +8,18 @@ takes the next request of the next caller in turn (round robin); one caller runs
 most all workers but one, so a caller that floods the server with heavy requests slows
 itself: another caller's light request finds a free worker, or waits for one, not for
 the flood. Every request carries a ``Deadline``; ``cancel_all`` (shutdown) stops them all.
+
+Queued jobs are dispatched from the event loop's thread; a short job may also run where its
+request arrived (``run_here``: the event loop, or a thread of grpc's server for the Search hot
+path), so the tallies are kept under one lock and a request is counted in by ``admit``, which
+checks the limits and counts it in one step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,8 +51,9 @@ class _Tally:
 
 
 class Gate:
-    """Admission control and request tallies shared by every servicer of one server. All
-    methods run on the event loop's thread (no locks); jobs run on ``executor``."""
+    """Admission control and request tallies shared by every servicer of one server. Queued
+    jobs run on ``executor`` (dispatched on the event loop's thread); ``admit`` and
+    ``run_here`` may be called from any thread."""
 
     def __init__(self, limit: int, per_caller: int, executor: ThreadPoolExecutor, workers: int) -> None:
         self.limit = limit
@@ -65,6 +72,22 @@ class Gate:
         self._turn: deque[str] = deque()  # callers with queued jobs, in round-robin order
         self._running = 0
         self._jobs: set[_Job] = set()
+        self._here: set[Deadline] = set()  # the deadlines of jobs running where they arrived
+        self._lock = threading.RLock()
+
+    def admit(self, caller: str) -> str | None:
+        """Count a new request of ``caller`` in, or say why it is turned away (then it counts
+        as rejected): one step, so requests arriving at once on several threads never pass a
+        limit together. An admitted request goes on to ``submit`` or ``run_here``."""
+        with self._lock:
+            refusal = self.refusal(caller)
+            if refusal is not None:
+                self.rejected += 1
+                self._count(caller, "rejected")
+                return refusal
+            self._callers.setdefault(caller, _Tally()).admitted += 1
+            self.in_flight += 1
+            return None
 
     def refusal(self, caller: str) -> str | None:
         """Why a new request of ``caller`` is turned away now, or None to admit it."""
@@ -84,37 +107,42 @@ class Gate:
         return None
 
     def submit(self, caller: str, run: Callable[[], Any], deadline: Deadline) -> asyncio.Future[Any]:
-        """Admit a job (``refusal`` said yes) and queue it; the future holds its result."""
+        """Queue the job of an admitted request (``admit``), on the event loop's thread; the
+        future holds its result."""
         loop = asyncio.get_running_loop()
         job = _Job(caller, run, deadline, loop.create_future())
-        tally = self._callers.setdefault(caller, _Tally())
-        tally.admitted += 1
-        self.in_flight += 1
-        self._jobs.add(job)
-        if not tally.queue:
-            self._turn.append(caller)
-        tally.queue.append(job)
-        self._dispatch()
+        with self._lock:
+            tally = self._callers[caller]
+            self._jobs.add(job)
+            if not tally.queue:
+                self._turn.append(caller)
+            tally.queue.append(job)
+            self._dispatch()
         return job.done
 
-    def run_inline(self, caller: str, run: Callable[[], Any]) -> Any:
-        """Run an admitted job (``refusal`` said yes) here, on the event loop's thread: a
-        short one (see ``CollectionProtocol.quick``) costs less than its hops to a worker and
-        back. It counts as in flight while it runs, as a queued job does."""
-        tally = self._callers.setdefault(caller, _Tally())
-        tally.admitted += 1
-        self.in_flight += 1
+    def run_here(self, caller: str, run: Callable[[], Any], deadline: Deadline) -> Any:
+        """Run the job of an admitted request (``admit``) on this thread: a short one (see
+        ``CollectionProtocol.quick``) costs less than its hops to a worker and back. It counts
+        as in flight while it runs, as a queued job does, and ``cancel_all`` stops it."""
+        with self._lock:
+            self._here.add(deadline)
+            if self._closed:  # shutdown began after it was admitted
+                deadline.cancel("the server is shutting down")
         try:
             return run()
         except (Cancelled, DeadlineExceeded):
-            self.abandoned += 1
-            self._count(caller, "abandoned")
+            with self._lock:
+                self.abandoned += 1
+                self._count(caller, "abandoned")
             raise
         finally:
-            tally.admitted -= 1
-            self.in_flight -= 1
-            if tally.admitted == 0 and not tally.queue:
-                self._callers.pop(caller, None)
+            with self._lock:
+                self._here.discard(deadline)
+                tally = self._callers[caller]
+                tally.admitted -= 1
+                self.in_flight -= 1
+                if tally.admitted == 0 and not tally.queue:
+                    self._callers.pop(caller, None)
 
     def _dispatch(self) -> None:
         """Give free workers to queued jobs, one caller after another."""
@@ -145,13 +173,14 @@ class Gate:
             self._callers.pop(job.caller, None)
 
     def _finished(self, job: _Job, inner: asyncio.Future[Any]) -> None:
-        tally = self._callers[job.caller]
-        tally.running -= 1
-        self._running -= 1
-        self._settle(job, tally)
-        if not inner.cancelled() and isinstance(inner.exception(), (Cancelled, DeadlineExceeded)):
-            self.abandoned += 1
-            self._count(job.caller, "abandoned")
+        with self._lock:
+            tally = self._callers[job.caller]
+            tally.running -= 1
+            self._running -= 1
+            self._settle(job, tally)
+            if not inner.cancelled() and isinstance(inner.exception(), (Cancelled, DeadlineExceeded)):
+                self.abandoned += 1
+                self._count(job.caller, "abandoned")
         if not job.done.done():  # its handler may have gone (cancelled): the error is consumed
             if inner.cancelled():
                 job.done.cancel()
@@ -162,7 +191,8 @@ class Gate:
                 job.done.set_result(inner.result())
         elif not inner.cancelled():
             inner.exception()
-        self._dispatch()
+        with self._lock:
+            self._dispatch()
 
     def _count(self, caller: str, what: str) -> None:
         tally = self._tallies.get(caller)
@@ -173,17 +203,15 @@ class Gate:
         tally[what] += 1
 
     def count_served(self, caller: str) -> None:
-        self.served += 1
-        self._count(caller, "served")
-
-    def reject(self, caller: str) -> None:
-        self.rejected += 1
-        self._count(caller, "rejected")
+        with self._lock:
+            self.served += 1
+            self._count(caller, "served")
 
     def tally_of(self, caller: str) -> dict[str, int]:
         """One caller's requests: served, rejected, abandoned and in flight."""
-        tally = self._tallies.get(caller, Counter())
-        now = self._callers.get(caller)
+        with self._lock:
+            tally = Counter(self._tallies.get(caller, Counter()))
+            now = self._callers.get(caller)
         return {
             "served": tally["served"],
             "rejected": tally["rejected"],
@@ -194,7 +222,13 @@ class Gate:
     def cancel_all(self, why: str) -> None:
         """Stop every admitted request: running ones at their next check, queued ones
         without starting; nothing is dispatched any more (the server is stopping)."""
+        with self._lock:
+            self._cancel_all(why)
+
+    def _cancel_all(self, why: str) -> None:
         self._closed = True
+        for deadline in list(self._here):
+            deadline.cancel(why)
         for job in list(self._jobs):
             job.deadline.cancel(why)
         for tally in list(self._callers.values()):

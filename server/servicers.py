@@ -37,7 +37,7 @@ from lamina.types import Hit
 from lamina.validation import check_collection_name
 
 log = logging.getLogger("lamina.server")
-#: searches of at most this many hits may run on the event loop (see SearchServicer._quick)
+#: searches of at most this many hits may run where they arrive (see SearchServicer._quick)
 QUICK_MAX_K = 100
 T = TypeVar("T")
 
@@ -46,6 +46,24 @@ T = TypeVar("T")
 #: for admission control (the key, or the connection when the server has no keys)
 request_key: contextvars.ContextVar[ApiKey | None] = contextvars.ContextVar("lamina_key", default=None)
 request_caller: contextvars.ContextVar[str] = contextvars.ContextVar("lamina_caller", default="-")
+
+
+#: trailing metadata of a request turned away by admission control: nothing was done, so it
+#: is safe to send again
+BUSY = (("lamina-retry", "busy"),)
+
+
+class CallAborted(Exception):
+    """A call ended with a gRPC status other than OK: ``code`` (a ``grpc.StatusCode``),
+    ``details`` and ``trailing`` metadata, as a gRPC client sees them. The pipeline's checks
+    raise it; each transport turns it into its context's ``abort`` (or in-process callers,
+    the web console, catch it)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailing = tuple(trailing)
 
 
 class _Base:
@@ -65,50 +83,68 @@ class _Base:
         loop's thread instead, which spares it two thread hops."""
         gate = self._gate
         caller = request_caller.get()
-        refusal = gate.refusal(caller)
-        if refusal is not None:
-            gate.reject(caller)
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                refusal,
-                trailing_metadata=(("lamina-retry", "busy"),),  # nothing was done: safe to send again
-            )
-        deadline = Deadline(context.time_remaining())
-
-        def job() -> T:
-            with bounds.running(deadline):
-                deadline.check()  # the client may have gone while this waited for a worker
-                return fn(*args)
-
+        try:
+            deadline = self._admit(caller, context)
+        except CallAborted as exc:
+            await context.abort(exc.code, exc.details, trailing_metadata=exc.trailing)
+        job = _job(deadline, fn, *args)
         started = time.perf_counter()
         try:
             if inline:
-                result = gate.run_inline(caller, job)
+                result = gate.run_here(caller, job, deadline)
             else:
                 # a request counts until its job is over, even when its client has gone
                 result = await asyncio.shield(gate.submit(caller, job, deadline))
-            gate.count_served(caller)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s ok in %.1f ms", fn.__name__, (time.perf_counter() - started) * 1000)
+            self._served(caller, fn, started)
             return result
         except asyncio.CancelledError:
             deadline.cancel()  # the job stops at its next check (or before it starts)
             raise
-        except LaminaError as exc:
+        except Exception as exc:
+            failed = self._failed(exc, fn, started)
+            await context.abort(failed.code, failed.details)
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    def _run_here(self, context: Any, caller: str, fn: Callable[..., T], *args: Any) -> T:
+        """``_run`` of a short job on the calling thread (grpc's server's, for the hot path of
+        server/app.py ``Api.serve``), under the same admission, deadline and error rules:
+        a refusal or a failure raises ``CallAborted``."""
+        deadline = self._admit(caller, context)
+        started = time.perf_counter()
+        try:
+            result = self._gate.run_here(caller, _job(deadline, fn, *args), deadline)
+        except Exception as exc:
+            raise self._failed(exc, fn, started) from None
+        self._served(caller, fn, started)
+        return result
+
+    def _admit(self, caller: str, context: Any) -> Deadline:
+        """The deadline of a request admission control lets in (``CallAborted`` when not)."""
+        refusal = self._gate.admit(caller)
+        if refusal is not None:
+            raise CallAborted(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, BUSY)
+        return Deadline(time_left(context))
+
+    def _served(self, caller: str, fn: Callable[..., Any], started: float) -> None:
+        self._gate.count_served(caller)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s ok in %.1f ms", fn.__name__, (time.perf_counter() - started) * 1000)
+
+    def _failed(self, exc: Exception, fn: Callable[..., Any], started: float) -> CallAborted:
+        """The status that answers a job which raised ``exc`` (call it in the ``except``)."""
+        if isinstance(exc, LaminaError):
             log.debug(
                 "%s rejected (%s) in %.1f ms", fn.__name__, exc.code, (time.perf_counter() - started) * 1000
             )
-            await context.abort(grpc.StatusCode[exc.code], str(exc))
-        except Exception as exc:
-            fault = classify(exc, self.db.path)  # a storage fault the engine let through
-            if fault is not None:
-                log.warning("%s refused: %s", fn.__name__, fault)
-                await context.abort(grpc.StatusCode[fault.code], str(fault))
-            log.exception("internal error")
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error in Lamina; the server log has the details"
-            )
-        raise AssertionError("unreachable")  # context.abort always raises
+            return CallAborted(grpc.StatusCode[exc.code], str(exc))
+        fault = classify(exc, self.db.path)  # a storage fault the engine let through
+        if fault is not None:
+            log.warning("%s refused: %s", fn.__name__, fault)
+            return CallAborted(grpc.StatusCode[fault.code], str(fault))
+        log.exception("internal error")
+        return CallAborted(
+            grpc.StatusCode.INTERNAL, "internal error in Lamina; the server log has the details"
+        )
 
     def _collection(self, name: str) -> CollectionProtocol:
         if not name:
@@ -316,39 +352,47 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
         self, request: spb.SearchRequest, context: grpc.aio.ServicerContext
     ) -> spb.SearchResponse:
         quick = self._quick(request)
+        return await self._run(context, self._search, request, quick, inline=quick is not None)
 
-        def search() -> spb.SearchResponse:
-            col = quick or self._collection(request.collection)
-            if request.HasField("text"):
-                if request.vector:
-                    raise InvalidArgument("send a query vector or a text, not both")
-                query = embedding.as_query_rows(col.name, col.config, request.text, self.db.limits)
-            else:
-                query = convert.vector_from_bytes(request.vector)
-            flt = convert.filter_from_json(request.filter_json)
-            params = convert.params_from_proto(request.params)
-            tenant = convert.tenant_from_proto(request.tenant)
-            response = spb.SearchResponse()
-            if not request.explain:
-                if request.with_payload and not request.with_vector:  # payloads as the bytes stored
-                    hits, payloads = col.search_json(query, request.k, flt, params, tenant)
-                    convert.hits_to_proto(hits, response.hits, payloads)
-                    return response
-                hits = col.search(
-                    query, request.k, flt, request.with_payload, request.with_vector, params, tenant
-                )
-                convert.hits_to_proto(hits, response.hits)
+    def search_here(self, request: spb.SearchRequest, context: Any, caller: str) -> spb.SearchResponse | None:
+        """Search's hot path (server/app.py ``Api.serve``): a search short enough to answer
+        on the calling thread (``_quick``) is answered there, under the same rules as
+        ``Search``; None for any other, which ``Search`` then serves."""
+        quick = self._quick(request)
+        if quick is None:
+            return None
+        return self._run_here(context, caller, self._search, request, quick)
+
+    def _search(self, request: spb.SearchRequest, quick: CollectionProtocol | None) -> spb.SearchResponse:
+        col = quick or self._collection(request.collection)
+        if request.HasField("text"):
+            if request.vector:
+                raise InvalidArgument("send a query vector or a text, not both")
+            query = embedding.as_query_rows(col.name, col.config, request.text, self.db.limits)
+        else:
+            query = convert.vector_from_bytes(request.vector)
+        flt = convert.filter_from_json(request.filter_json)
+        params = convert.params_from_proto(request.params)
+        tenant = convert.tenant_from_proto(request.tenant)
+        response = spb.SearchResponse()
+        if not request.explain:
+            if request.with_payload and not request.with_vector:  # payloads as the bytes stored
+                hits, payloads = col.search_json(query, request.k, flt, params, tenant)
+                convert.hits_to_proto(hits, response.hits, payloads)
                 return response
-            args = (query, request.k, flt, request.with_payload, request.with_vector, params, tenant)
-            hits, plan = col.search_explained(*args)
+            hits = col.search(
+                query, request.k, flt, request.with_payload, request.with_vector, params, tenant
+            )
             convert.hits_to_proto(hits, response.hits)
-            response.plan.CopyFrom(convert.plan_to_proto(plan))
             return response
-
-        return await self._run(context, search, inline=quick is not None)
+        args = (query, request.k, flt, request.with_payload, request.with_vector, params, tenant)
+        hits, plan = col.search_explained(*args)
+        convert.hits_to_proto(hits, response.hits)
+        response.plan.CopyFrom(convert.plan_to_proto(plan))
+        return response
 
     def _quick(self, request: spb.SearchRequest) -> CollectionProtocol | None:
-        """The collection of a search short enough to answer on the event loop (a vector, no
+        """The collection of a search short enough to answer where it arrived (a vector, no
         filter, no plan, a few hits without their vectors, a ``quick`` collection), or None."""
         if (
             request.filter_json
@@ -461,6 +505,29 @@ class InfoServicer(_Base, igrpc.InfoServicer):
             requests_in_flight=gate.in_flight,
             read_only=getattr(self.db, "read_only", ""),
         )
+
+
+#: grpc's sync server gives a call without a deadline one in the year 292 billion: longer than
+#: this (about 30 years) is none
+_NO_DEADLINE = 1e9
+
+
+def time_left(context: Any) -> float | None:
+    """Seconds until the call's deadline, None when it has none (grpc.aio says None; grpc's
+    sync server a number of seconds past any forwarded deadline a channel accepts)."""
+    remaining: float | None = context.time_remaining()
+    return None if remaining is None or remaining > _NO_DEADLINE else remaining
+
+
+def _job(deadline: Deadline, fn: Callable[..., T], *args: Any) -> Callable[[], T]:
+    """``fn(*args)`` under ``deadline`` (the engine's checks see it), unless it already passed."""
+
+    def job() -> T:
+        with bounds.running(deadline):
+            deadline.check()  # the client may have gone while this waited for a worker
+            return fn(*args)
+
+    return job
 
 
 def _hit_list(hits: Sequence[Hit]) -> spb.HitList:

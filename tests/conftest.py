@@ -17,7 +17,7 @@ import lamina
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.console import Console
 from lamina.engine.database import Database
-from lamina.server.app import LaminaServer
+from lamina.server.app import SYNC_SERVER, LaminaServer
 from lamina.server.auth import ApiKey
 from lamina.testing import ServerProcess
 
@@ -41,6 +41,7 @@ class ServerThread:
         metrics_names: bool = False,
         console: bool = False,
         sample_every: float = 2.0,
+        sync_server: bool = SYNC_SERVER,
     ) -> None:
         self.data = data
         self.loop = asyncio.new_event_loop()
@@ -57,6 +58,7 @@ class ServerThread:
             metrics_port=metrics_port,
             metrics_key=metrics_key,
             metrics_names=metrics_names,
+            sync_server=sync_server,
         )
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
         self.address = f"127.0.0.1:{self.port}"

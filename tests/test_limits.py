@@ -215,10 +215,11 @@ def test_client_retries_a_busy_server_and_an_unreachable_one(tmp_path: Path) -> 
             late.stop()
 
 
-def test_quick_search_is_answered_on_the_event_loop(tmp_path: Path) -> None:
-    """A plain search of a collection its index answers (``quick``) runs on the server's event
-    loop, not on a worker: with the only worker busy on a long batch search, it is answered at
-    once; it is counted as served and leaves nothing in flight, and its errors keep their status."""
+def test_quick_search_is_answered_where_it_arrives(tmp_path: Path) -> None:
+    """A plain search of a collection its index answers (``quick``) runs where it arrives (on
+    grpc.aio's server the event loop, on the sync server the gRPC thread that took it), not on a
+    worker: with the only worker busy on a long batch search, it is answered at once; it is
+    counted as served and leaves nothing in flight, and its errors keep their status."""
     srv = ServerThread(tmp_path / "data", workers=1)
     try:
         with lamina.connect(srv.address) as client:
