@@ -408,8 +408,6 @@ class LaminaServer:
             log.info("no API keys configured: serving local clients only (%s)", self.host)
         if self.tls is None and self.auth.enabled and not loopback:
             log.warning("API keys travel in plaintext: configure [tls] for connections from other machines")
-        if self.role is not None:
-            self.role.announce()
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -477,6 +475,8 @@ async def serve(
         for companion in companions:
             await companion.start(server)
             started.append(companion)
+        if role is not None:  # ready once its companions serve too: a console port taken is a start failure
+            role.announce()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
