@@ -9,28 +9,23 @@ import math
 import os
 from pathlib import Path
 
-#: cgroup v2's quota file, then cgroup v1's pair
-_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-_CFS_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
-_CFS_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+#: where cgroup v2 keeps ``cpu.max`` and cgroup v1 its ``cpu/cpu.cfs_*_us`` pair
+CGROUP = Path("/sys/fs/cgroup")
 
 
-def cgroup_cpus(root: Path | None = None) -> float | None:
+def cgroup_cpus(root: Path = CGROUP) -> float | None:
     """The CPU quota of this process's cgroup in CPUs (quota / period), or None when there
-    is none (``max``, -1, or no cgroup files). ``root``: a stand-in for /sys/fs/cgroup."""
-    v2 = _CPU_MAX if root is None else root / "cpu.max"
-    quota_file = _CFS_QUOTA if root is None else root / "cpu" / "cpu.cfs_quota_us"
-    period_file = _CFS_PERIOD if root is None else root / "cpu" / "cpu.cfs_period_us"
+    is none (``max``, -1, or no cgroup files). ``root``: the cgroup file system."""
     try:
-        quota, _, period = v2.read_text().partition(" ")
+        quota, _, period = (root / "cpu.max").read_text().partition(" ")
         if quota.strip() == "max":
             return None
         return int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:
-        quota_us = int(quota_file.read_text())
-        period_us = int(period_file.read_text())
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None
