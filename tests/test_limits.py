@@ -178,7 +178,7 @@ def test_client_retries_a_busy_server_and_an_unreachable_one(tmp_path: Path) -> 
             _, queries = slow_collection(setup, n=5000)
         with (
             lamina.connect(srv.address, retries=0) as eager,
-            lamina.connect(srv.address, retries=8) as patient,
+            lamina.connect(srv.address, retries=12) as patient,
         ):
             blocker = threading.Thread(
                 target=lambda: eager.get_collection("slow").search_batch(
