@@ -112,7 +112,12 @@ def markdown(results: list[dict[str, Any]], params: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench processes", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--rows", type=int, default=0, help="first N rows of kernel-docs (default all 60,000)"
+        "--rows", type=int, default=0, help="first N rows (default all; kernel-docs has 60,000)"
+    )
+    parser.add_argument(
+        "--data",
+        help="a folder with base.npy and queries.npy instead of kernel-docs (e.g. a manifold folder of "
+        "`python -m bench scale`: the per-process interpreter dominates at 60,000 rows)",
     )
     parser.add_argument("--processes", default="1,2,4", help="comma-separated process counts (1 first)")
     parser.add_argument("--tiers", default="hnsw,binary", help=f"comma-separated, of {','.join(TIERS)}")
@@ -125,8 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-processes-"))
     results = []
     try:
-        params = prepare(work, "kernel-docs", args.rows, 384, 100)
-        base, queries = np.load(work / "base.npy"), np.load(work / "queries.npy")
+        if args.data:
+            folder = Path(args.data)
+            base = np.ascontiguousarray(np.load(folder / "base.npy", mmap_mode="r")[: args.rows or None])
+            queries = np.ascontiguousarray(np.load(folder / "queries.npy")[:100], dtype=np.float32)
+            params = {"dataset": folder.name, "rows": base.shape[0], "dim": base.shape[1]}
+        else:
+            params = prepare(work, "kernel-docs", args.rows, 384, 100)
+            base, queries = np.load(work / "base.npy"), np.load(work / "queries.npy")
         for tier in tiers:
             for n in counts:
                 print(f"{tier}, {n} process(es) ...", file=sys.stderr, flush=True)

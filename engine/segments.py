@@ -46,6 +46,7 @@ from lamina.index.flat import exact_topk
 from lamina.index.kernels import rerank
 from lamina.index.tiers import (
     GRAPH,
+    BinaryTier,
     ExactTier,
     HnswTier,
     Knobs,
@@ -381,6 +382,8 @@ class Segment:
             write_meta(tmp, {"tier": tier.kind, "note": note, "rows": int(rows.size)})
         if in_graph:  # searched through a view of the file written, like after a restart; hnswlib's copy goes
             tier = HnswTier.load(folder, config, cast(HnswTier, tier).metric)
+        elif isinstance(tier, BinaryTier):  # its codes mapped, as other processes and a restart map them
+            tier.codes = BinaryTier.mapped_codes(folder)
         vecs = map_vectors(folder, tier, config.dim)
         return cls(
             folder,

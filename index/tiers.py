@@ -37,6 +37,7 @@ from lamina.index import graphfile
 from lamina.index.flat import exact_topk
 from lamina.index.graphview import GraphView, search_views
 from lamina.index.kernels import METRIC_IP, hamming_topn, rerank
+from lamina.index.warmup import warm
 from lamina.types import CollectionConfig, FloatMatrix
 
 #: PQ trains 256 centroids per sub-quantizer; faiss asks for 39 points per centroid
@@ -159,7 +160,7 @@ def binary_encode(vectors: FloatMatrix, thresholds: FloatMatrix) -> np.ndarray:
 
 
 class BinaryTier:
-    """Binary codes in memory; candidates by exhaustive Hamming scan (``flat``) or by
+    """Binary codes (memory-mapped once saved); candidates by exhaustive Hamming scan (``flat``) or by
     faiss IndexBinaryHNSW over the codes (``hnsw``), then numba rerank."""
 
     kind = "binary"
@@ -193,7 +194,15 @@ class BinaryTier:
         graph = None
         if (folder / "binary.hnsw").exists():
             graph = faiss.read_index_binary(str(folder / "binary.hnsw"))
-        return cls(metric, np.load(folder / "thresholds.npy"), np.load(folder / "codes.npy"), graph)
+        return cls(metric, np.load(folder / "thresholds.npy"), cls.mapped_codes(folder), graph)
+
+    @staticmethod
+    def mapped_codes(folder: Path) -> np.ndarray:
+        """The saved codes of ``folder``, memory-mapped read-only rather than read: every server
+        process searches the same pages (the page cache), paged in on a daemon thread."""
+        codes = np.asarray(np.load(folder / "codes.npy", mmap_mode="r"))  # a plain view: cheaper to index
+        warm(codes, f"binary codes {folder / 'codes.npy'}")
+        return codes
 
     def save(self, folder: Path) -> None:
         np.save(folder / "thresholds.npy", self.thresholds)

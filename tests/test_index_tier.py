@@ -214,7 +214,9 @@ def test_reopen_loads_segments_without_rebuilding(tmp_path: Path) -> None:
         col.delete(ids=[5, 6, 7])  # deleted after sealing: must stay deleted after reopen
         col.upsert([N], DATA[:1] * -1)  # still in the mutable segment
         before = [[(h.id, h.score) for h in hits] for hits in col.search_batch(QUERIES, k=10)]
-    folder = tmp_path / "collections" / "c" / "segments"
+        folder = tmp_path / "collections" / "c" / "segments"
+        codes = {str(p) for p in folder.rglob("codes.npy")}
+        assert len(codes) == N // SEGMENT and codes <= _mapped_files()  # mapped by the writer, not read
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.rglob("*")}
     with lamina.connect(str(tmp_path)) as client:
         col = client.get_collection("c")
@@ -223,7 +225,14 @@ def test_reopen_loads_segments_without_rebuilding(tmp_path: Path) -> None:
         after = [[(h.id, h.score) for h in hits] for hits in col.search_batch(QUERIES, k=10)]
         assert after == before
         assert col.search(-DATA[0], k=1)[0].id == N
+        assert codes <= _mapped_files()  # and after a reopen: every server process shares their pages
     assert {p.name: p.stat().st_mtime_ns for p in folder.rglob("*")} == stamps  # nothing rebuilt
+
+
+def _mapped_files() -> set[str]:
+    """Paths of the files this process has memory-mapped (/proc/self/maps)."""
+    with open("/proc/self/maps") as maps:
+        return {line.split(maxsplit=5)[5].strip() for line in maps if len(line.split(maxsplit=5)) == 6}
 
 
 def test_unfinished_segment_folders_are_removed_at_start(tmp_path: Path) -> None:
