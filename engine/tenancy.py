@@ -13,7 +13,8 @@ from lamina.index.tiers import Knobs, TopK
 from lamina.types import FloatMatrix, SearchParams, SegmentPlan, TenantInfo
 
 from .planner import DEFAULT_PARAMS, Planner
-from .segments import GRAPH_STEP_COST, WIDEN, Segment, take_first
+from .segment_search import GRAPH_STEP_COST, WIDEN, take_first
+from .segments import Segment
 from .state import ReadSnapshot
 from .tenants import Partition
 from .topk import merge_topk, mutable_topk
