@@ -308,9 +308,18 @@ class Reads(TenantSearch):
                     add(make_hit(pid, score))
                     raw.append(blob)
             return hits
+        loads = orjson.loads
         for pid, score, blob in zip(ids, scores, blobs, strict=True):
             if pid is not None and blob is not None:
-                add(make_hit(pid, score, orjson.loads(blob)))
+                hit = _new(Hit)  # make_hit, inline (as above)
+                fields = hit.__dict__
+                fields["id"], fields["score"], fields["payload"], fields["vector"] = (
+                    pid,
+                    score,
+                    loads(blob),
+                    None,
+                )
+                add(hit)
         return hits
 
     def _payloads(self, segments: Sequence[Segment], start: int, rows: np.ndarray) -> list[bytes | None]:
