@@ -53,7 +53,8 @@ class EmbeddedTransport:
     def run(self, op: Op[T]) -> T:
         if self._closed:
             raise FailedPrecondition("the database is closed")
-        return op.finish(getattr(self, op.name)(*op.args))
+        result = getattr(self, op.name)(*op.args)
+        return result if op.after is None else op.after(result)  # Op.finish, inline
 
     def create_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
         return self.db.create_collection(name, config).info()

@@ -202,6 +202,8 @@ class PayloadSize:
 
     def mean(self, store: Any, next_row: int) -> float:
         """Mean payload bytes of ``store`` (a CollectionStore) holding rows below ``next_row``."""
+        if self._rows >= 0 and next_row <= self._rows * 1.25 + 64:
+            return self._mean  # fresh enough: no lock (every search asks; a sample is an estimate)
         with self._lock:
             if self._rows >= 0 and next_row <= self._rows * 1.25 + 64:
                 return self._mean

@@ -6,7 +6,6 @@ payloads from the segments' payload columns or RocksDB, vectors from RocksDB).""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -16,11 +15,11 @@ import numpy as np
 import orjson
 
 from lamina.errors import InvalidArgument, ResourceExhausted
-from lamina.index.kernels import finish_scores
+from lamina.index.kernels import finish_scores, unit_query
 from lamina.index.tiers import TopK
 from lamina.storage.keys import id_from_key, tenant_prefix
 from lamina.types import FloatMatrix, Hit, Point, PointId, QueryPlan, SearchParams, SegmentPlan, make_hit
-from lamina.validation import as_matrix, as_query, check_ids, check_int, check_k, plain_norm2
+from lamina.validation import SAFE_NORM2, as_matrix, as_query, check_ids, check_int, check_k, plain_vector
 
 from . import bounds
 from .filters import CompiledFilter
@@ -213,16 +212,12 @@ class Reads(TenantSearch):
         ``search``'s general path then answers, and raises exactly what it raises."""
         if type(k) is not int or not 0 < k <= self._limits.max_k or self._multi:
             return None
-        norm2 = plain_norm2(vector, self.config.dim)
-        if norm2 is None:
+        if not plain_vector(vector, self.config.dim):
             return None
-        assert isinstance(vector, np.ndarray)  # plain_norm2 checked it
-        if self.config.metric == "cosine":
-            if norm2 == 0:
-                return None  # refused by the general path
-            query = (vector * np.float32(1.0 / math.sqrt(norm2))).reshape(1, -1)
-        else:
-            query = vector.reshape(1, -1)
+        cosine = self.config.metric == "cosine"
+        norm2, query = unit_query(cast(np.ndarray, vector), cosine)  # the general path's query, in one call
+        if not norm2 <= SAFE_NORM2 or (cosine and norm2 == 0):  # NaN, inf, too long, no direction
+            return None  # refused by the general path
         self._check_answer(1, k, None, with_payload, False)
         knobs = self._knobs(params or DEFAULT_PARAMS)
         snap = self._published  # without the lock: a writer holding it does not hold us up
@@ -313,9 +308,18 @@ class Reads(TenantSearch):
                     add(make_hit(pid, score))
                     raw.append(blob)
             return hits
+        loads = orjson.loads
         for pid, score, blob in zip(ids, scores, blobs, strict=True):
             if pid is not None and blob is not None:
-                add(make_hit(pid, score, orjson.loads(blob)))
+                hit = _new(Hit)  # make_hit, inline (as above)
+                fields = hit.__dict__
+                fields["id"], fields["score"], fields["payload"], fields["vector"] = (
+                    pid,
+                    score,
+                    loads(blob),
+                    None,
+                )
+                add(hit)
         return hits
 
     def _payloads(self, segments: Sequence[Segment], start: int, rows: np.ndarray) -> list[bytes | None]:

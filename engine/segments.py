@@ -513,6 +513,8 @@ def nearest_all(
     """``Segment.nearest`` of each segment, in order. The graphs of those opened as views
     (index/graphview.py) are walked in one GIL-released call (``HnswTier.nearest_views``)
     instead of one Python round trip each; the others answer one by one."""
+    if len(segments) < ONE_CALL_FROM:  # the common case, one segment: no list of walks to make
+        return [segment.nearest(query, k, knobs) for segment in segments]
     walk = [
         i for i, s in enumerate(segments) if type(s.tier) is HnswTier and s.tier.view is not None and s.size
     ]

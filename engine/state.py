@@ -9,7 +9,6 @@ path and the optimizer jobs are mixins over it (see engine/collection.py).
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import threading
 import time
@@ -21,7 +20,7 @@ import orjson
 
 from lamina.config import Limits
 from lamina.errors import DataLoss, InvalidArgument, LaminaError, NotFound
-from lamina.index.kernels import METRIC_IP, METRIC_L2, normalize_rows
+from lamina.index.kernels import METRIC_IP, METRIC_L2, normalize_rows, unit_query
 from lamina.index.tiers import Knobs, binary_encode, binary_thresholds
 from lamina.storage.faults import Backoff
 from lamina.storage.keys import id_key, row_from_key, tenant_of_key, tenant_prefix
@@ -256,11 +255,11 @@ class CollectionState:
         """Vectors as the kernel sees them: unit length for cosine."""
         if self.config.metric != "cosine":
             return vectors
-        if vectors.shape[0] == 1:  # one query: two numpy calls instead of a kernel dispatch
-            norm = float(np.dot(vectors[0], vectors[0]))
+        if vectors.shape[0] == 1:  # one query: the plain search's (engine/reads.py), one call
+            norm, unit = unit_query(vectors[0], True)
             if norm == 0:
                 raise InvalidArgument("vector 0 is all zeros: a zero vector has no direction under cosine")
-            return vectors * np.float32(1.0 / math.sqrt(norm))
+            return unit
         check_directions(np.einsum("ij,ij->i", vectors, vectors))
         return normalize_rows(vectors)
 

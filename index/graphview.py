@@ -140,6 +140,39 @@ class GraphView:
         counts = np.zeros(nq, np.int64)
         if self.count == 0 or k <= 0:
             return dists, labels, counts
+        self._walk(queries, k, ef, returnable, dists, labels, counts)
+        return dists, labels, counts
+
+    def nearest(
+        self, query: FloatMatrix, k: int, ef: int, returnable: np.ndarray
+    ) -> tuple[FloatMatrix, np.ndarray] | None:
+        """``search`` of one (1, dim) query when all k are wanted (the plain search's walk):
+        (distances (k,), labels (k,)), best first, or None when fewer than k rows (``k`` over the
+        count, or too few returnable reached) were found. Its outputs are fresh per call and
+        written only by the walk, not filled first (no padding to fill: a short answer is
+        None); any number of threads may call it at once."""
+        if not 0 < k <= self.count:
+            return None
+        dists = np.empty((1, k), np.float32)
+        labels = np.empty((1, k), np.int64)
+        counts = np.empty(1, np.int64)
+        self._walk(query, k, ef, returnable, dists, labels, counts)
+        return (dists[0], labels[0]) if counts[0] == k else None
+
+    def _walk(
+        self,
+        queries: FloatMatrix,
+        k: int,
+        ef: int,
+        returnable: np.ndarray,
+        dists: FloatMatrix,
+        labels: np.ndarray,
+        counts: np.ndarray,
+    ) -> None:
+        """``walk_graph`` of ``queries`` into the outputs, with visited marks from the pool
+        (0 < k <= count)."""
+        if queries.dtype != np.float32 or not queries.flags.c_contiguous:
+            queries = np.ascontiguousarray(queries, dtype=np.float32)
         marks = self._take()
         try:
             status = walk_graph(
@@ -149,7 +182,7 @@ class GraphView:
                 self._upper,
                 self.shape,
                 self.metric == METRIC_IP,
-                np.ascontiguousarray(queries, dtype=np.float32),
+                queries,
                 k,
                 max(ef, k),
                 returnable,
@@ -163,7 +196,6 @@ class GraphView:
             self._give(marks)
         if status == BAD_LINK:
             raise self._bad_link()
-        return dists, labels, counts
 
     def _bad_link(self) -> GraphDamaged:
         return GraphDamaged(

@@ -8,6 +8,7 @@ negated squared distance; ``finish_scores`` turns them into user-facing scores.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,23 @@ def topk_scan(
         sizes[q] = size
         _sort_heap(best, rows, size)
     return out_scores, out_rows, sizes
+
+
+@njit(nogil=False, fastmath=False, cache=True)
+def unit_query(vector: np.ndarray, cosine: bool) -> tuple[Any, np.ndarray]:  # pragma: no cover - compiled
+    """One (dim,) float32 query as the kernels take it, in one call: its squared norm (float32
+    sum, in order: NaN or inf stay NaN or inf, no fastmath) and a (1, dim) copy, unit length
+    when ``cosine`` and the norm is positive. The one-query form of ``normalize_rows`` for
+    searches and single writes (engine/state.py ``_prepare``, engine/reads.py ``_plain``)."""
+    dim = vector.shape[0]
+    acc = np.float32(0.0)
+    for j in range(dim):
+        acc += vector[j] * vector[j]
+    out = np.empty((1, dim), np.float32)
+    scale = np.float32(1.0 / math.sqrt(acc)) if cosine and 0 < acc < np.inf else np.float32(1.0)
+    for j in range(dim):
+        out[0, j] = vector[j] * scale
+    return acc, out
 
 
 @njit(nogil=True, fastmath=True, cache=True)

@@ -498,10 +498,8 @@ class HnswTier:
         plain search's walk, without the counts and padding a batch needs."""
         view = self.view
         if view is not None:
-            dists, labels, counts = view.search(query, k, ef, live)
-            if counts[0] < k:
-                return None
-            return self._scores(dists[0]), labels[0]
+            found = view.nearest(query, k, ef, live)
+            return None if found is None else (self._scores(found[0]), found[1])
         assert self.index is not None
         found = hnsw_walk(self.index, query, k, ef, self.metric, None, self._beam)
         return None if found is None else (found[0][0], found[1][0])

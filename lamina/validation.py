@@ -96,29 +96,25 @@ MAX_NORM = 1e18
 
 #: a float32 squared norm at most this means every value is finite and the norm is under MAX_NORM
 #: (1 % headroom covers float32 rounding in the dot product of up to ~100,000 dimensions)
-_SAFE_NORM2 = (0.99 * MAX_NORM) ** 2
+SAFE_NORM2 = (0.99 * MAX_NORM) ** 2
 
 
-def plain_norm2(vector: object, dim: int) -> float | None:
-    """The squared norm of a query that needs no conversion and passes every check
-    ``as_query`` makes (a C-contiguous float32 (dim,) array of finite values under the norm
-    limit), from one dot product; None for anything else (``as_query`` says what is wrong)."""
-    if (
+def plain_vector(vector: object, dim: int) -> bool:
+    """Whether ``vector`` is a query that needs no conversion: a C-contiguous float32 (dim,)
+    array (its values are checked by the caller's one norm against ``SAFE_NORM2``; anything
+    else: ``as_query`` converts it or says what is wrong)."""
+    return (
         type(vector) is np.ndarray
         and vector.dtype == np.float32
         and vector.shape == (dim,)
         and vector.flags.c_contiguous
-    ):
-        norm2 = float(np.dot(vector, vector))
-        if norm2 <= _SAFE_NORM2:  # False for NaN, inf or an overflow
-            return norm2
-    return None
+    )
 
 
 def _check_finite(arr: np.ndarray, what: str) -> None:
     # one query: one dot product answers both checks (NaN or inf make it NaN or inf, which fail
     # the comparison, as does an overflow); only a failure takes the precise path below
-    if arr.ndim == 1 and arr.dtype == np.float32 and float(np.dot(arr, arr)) <= _SAFE_NORM2:
+    if arr.ndim == 1 and arr.dtype == np.float32 and float(np.dot(arr, arr)) <= SAFE_NORM2:
         return
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]

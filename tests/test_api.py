@@ -98,6 +98,29 @@ def test_search_k_larger_than_collection_returns_all(col: lamina.Collection) -> 
     assert len(col.search(np.ones(DIM), k=1000)) == 100
 
 
+def test_search_params_are_checked_on_every_call_though_built_once(col: lamina.Collection) -> None:
+    """The SDK reuses the SearchParams of arguments it has seen (client/ops.py ``_params``):
+    the same answers, and a bad argument equal to a good one seen before (ef=True after ef=1,
+    ef=1.0) is still refused as it was the first time."""
+    query = np.ones(DIM, np.float32)
+    first = col.search(query, k=5, ef=1)
+    assert col.search(query, k=5, ef=1) == first
+    assert col.search(query, k=5, ef=64) == col.search(query, k=5, ef=64, plan="auto")
+    for bad in (
+        {"ef": True},
+        {"ef": 1.0},
+        {"ef": 0},
+        {"ef": "64"},
+        {"ef": [64]},
+        {"oversample": float("nan")},
+        {"plan": "fast"},
+    ):
+        for _ in range(2):  # refused again, not remembered
+            with pytest.raises(lamina.InvalidArgument):
+                col.search(query, k=5, **bad)
+    assert col.search(query, k=5, ef=1) == first
+
+
 def test_search_with_vector_and_without_payload(col: lamina.Collection) -> None:
     hit = col.search(np.ones(DIM), k=1, with_vector=True, with_payload=False)[0]
     assert hit.payload is None

@@ -134,6 +134,48 @@ def test_threads_searching_at_once_get_the_sequential_answers(graph: tuple[int, 
     assert len(view._pool) >= 2  # each concurrent walk had marks of its own
 
 
+def test_one_query_nearest_answers_what_search_answers(graph: tuple[int, Path]) -> None:
+    """``GraphView.nearest`` (the plain search's walk: outputs not filled first, no counts):
+    search's k best, None when fewer than k can be returned; threads at once get the same."""
+    metric, path = graph
+    view = GraphView(path, DIM, metric)
+    live = np.ones(N, np.bool_)
+    live[np.random.default_rng(8).choice(N, N // 5, replace=False)] = False
+    want = []
+    for i in range(QUERIES.shape[0]):
+        dists, labels, counts = view.search(QUERIES[i : i + 1], K, 32, live)
+        found = view.nearest(QUERIES[i : i + 1], K, 32, live)
+        assert counts[0] == K and found is not None
+        assert np.array_equal(found[0], dists[0]) and np.array_equal(found[1], labels[0])
+        want.append(found[1])
+    few = np.zeros(N, np.bool_)
+    few[[5, 77, 4_000]] = True
+    for q in range(5):
+        assert view.nearest(QUERIES[q : q + 1], K, 40, few) is None  # 3 of 10: not a full answer
+        three = view.nearest(QUERIES[q : q + 1], 3, 40, few)
+        assert three is not None and sorted(three[1].tolist()) == [5, 77, 4_000]
+    assert (
+        view.nearest(QUERIES[:1], N + 1, 40, live) is None and view.nearest(QUERIES[:1], 0, 40, live) is None
+    )
+    got: dict[tuple[int, int], np.ndarray] = {}
+    start = threading.Barrier(4)
+
+    def work(t: int) -> None:
+        start.wait()
+        for i in range(QUERIES.shape[0]):
+            found = view.nearest(QUERIES[i : i + 1], K, 32, live)
+            assert found is not None
+            got[(i, t)] = found[1]
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 4 * QUERIES.shape[0]
+    assert all(np.array_equal(labels, want[i]) for (i, _), labels in got.items())
+
+
 def test_visited_marks_are_reused_across_many_queries(graph: tuple[int, Path]) -> None:
     """The marks' tag wraps after 65,535 queries: they are cleared then, not mistaken for the
     visits of the walk that left them (here the same query's, under tag 1)."""

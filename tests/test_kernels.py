@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lamina.index.flat import exact_topk
-from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows, topk_scan
+from lamina.index.kernels import METRIC_IP, METRIC_L2, finish_scores, normalize_rows, topk_scan, unit_query
 
 
 def reference_topk(
@@ -83,6 +83,26 @@ def test_normalize_rows_matches_numpy() -> None:
     expected = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
     assert (out[3] == 0).all()
+
+
+def test_unit_query_matches_numpy_and_keeps_bad_values_visible() -> None:
+    """One query's norm and unit copy (the plain search's and a single write's): numpy's
+    answer; a zero, NaN, inf or overflowing vector keeps a norm the caller refuses."""
+    rng = np.random.default_rng(6)
+    for dim in (1, 7, 384):
+        vector = rng.standard_normal(dim).astype(np.float32)
+        norm2, unit = unit_query(vector, True)
+        assert unit.shape == (1, dim) and unit.dtype == np.float32
+        np.testing.assert_allclose(norm2, np.dot(vector, vector), rtol=1e-5)
+        np.testing.assert_allclose(unit[0], vector / np.linalg.norm(vector), rtol=1e-5, atol=1e-7)
+        norm2, same = unit_query(vector, False)  # dot and l2: the vector as it is, a copy
+        assert np.array_equal(same[0], vector) and not np.shares_memory(same, vector)
+    zero = np.zeros(5, np.float32)
+    norm2, unit = unit_query(zero, True)
+    assert norm2 == 0 and (unit == 0).all()
+    for bad in (np.array([1, np.nan], np.float32), np.array([1, np.inf], np.float32)):
+        assert not unit_query(bad, True)[0] < np.inf  # NaN or inf, never a finite norm
+    assert unit_query(np.full(4, 3e19, np.float32), True)[0] == np.inf  # overflow: refused too
 
 
 def test_finish_scores_turns_l2_into_distance() -> None:
