@@ -180,7 +180,7 @@ def lamina_sync_server(port: int, work: Path) -> None:
             tenant = convert.tenant_from_proto(request.tenant)
             if request.with_payload and not request.with_vector:  # the stored bytes, as the servicer
                 hits, payloads = col.search_json(query, request.k, flt, params, tenant)
-                convert.hits_to_proto(hits, response.hits, payloads)
+                convert.hits_to_response(hits, response, payloads, packed=request.packed_hits)
                 return response
             hits = col.search(
                 query, request.k, flt, request.with_payload, request.with_vector, params, tenant
@@ -188,7 +188,9 @@ def lamina_sync_server(port: int, work: Path) -> None:
         except LaminaError as exc:
             context.abort(grpc.StatusCode[exc.code], str(exc))
             raise
-        convert.hits_to_proto(hits, response.hits)
+        convert.hits_to_response(
+            hits, response, packed=request.packed_hits, with_payload=request.with_payload
+        )
         return response
 
     def method(fn: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:

@@ -246,9 +246,15 @@ class GrpcRequests:
             with_payload=with_payload,
             with_vector=with_vector,
             params=convert.params_to_proto(params),
+            packed_hits=True,
         )
         _set_query(request, query)
-        return Call("search", "Search", request, _hits_decoder(with_vector, with_payload))
+        return Call(
+            "search",
+            "Search",
+            request,
+            lambda response: convert.hits_from_response(response, with_vector, with_payload),
+        )
 
     def search_batch(
         self,
