@@ -395,9 +395,10 @@ class LaminaServer:
             if inspect.isawaitable(answer):  # grpc.aio's
                 await answer
         log.info(
-            "serving on %s over %s (data: %s)",
+            "serving on %s over %s on grpc's %s server (data: %s)",
             host_port(self.host, self.port),
             "TLS" if self.tls else "plaintext",
+            "sync" if self.sync_server else "aio",
             self.db.path,
         )
         if self.metrics_port is not None and self.metrics is not None:
