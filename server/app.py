@@ -58,7 +58,8 @@ log = logging.getLogger("lamina.server")
 #: the server model ``LaminaServer`` uses unless told (see the module's doc): grpc.aio's. The
 #: sync server with the hot path did not win at every client count on this 2-core machine
 #: (docs/architecture.md, "Server": 0.97x / 0.90x / 1.15x the aio server's QPS at 1 / 4 / 16
-#: clients, medians of 3 alternated rounds), so it is there to choose, not the default
+#: clients, medians of 3 alternated rounds; 1.00x / 1.38x / 1.23x in one bench serve run at load 12,
+#: its p99 worse at 1 client), so it is there to choose (``lamina serve --sync-server``)
 SYNC_SERVER = False
 
 SERVICE_NAMES = (
