@@ -461,7 +461,9 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
                 tenant=convert.tenant_from_proto(request.tenant),
             )
             response = spb.SearchResponse()
-            convert.hits_to_proto(hits, response.hits)
+            convert.hits_to_response(
+                hits, response, packed=request.packed_hits, with_payload=request.with_payload
+            )
             return response
 
         return await self._run(context, query)

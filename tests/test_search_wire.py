@@ -119,3 +119,22 @@ def test_either_form_of_an_answer_reads_as_the_same_hits() -> None:
     empty = spb.SearchResponse()
     convert.hits_to_response([], empty, packed=True)
     assert convert.hits_from_response(empty, False, True) == []
+
+
+def test_query_answers_packed_hits_too(served: ServerThread) -> None:
+    """Query (hybrid; a vector alone here) answers packed to a client that asks, a message per
+    hit otherwise, and the SDK's ``query`` reads the engine's hits with their payloads."""
+    query = queries()[1]
+    with grpc.insecure_channel(served.address) as channel:
+        search = sgrpc.SearchStub(channel).Query
+        request = spb.QueryRequest(collection="num", vector=query.tobytes(), k=6, with_payload=True)
+        old = search(request, timeout=30)
+        request.packed_hits = True
+        new = search(request, timeout=30)
+    assert len(old.hits) == 6 and not old.packed.ids and not new.hits
+    assert list(new.packed.ids) == [h.id.num for h in old.hits]
+    assert list(new.packed.scores) == [h.score for h in old.hits]
+    with lamina.connect(served.address) as client:
+        got = client.get_collection("num").query(vector=query, k=6)
+    want = served.db.get_collection("num").query(vector=query, k=6)
+    assert [(h.id, h.payload) for h in got] == [(h.id, h.payload or {}) for h in want]

@@ -367,6 +367,7 @@ class QueryRequest(_message.Message):
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    PACKED_HITS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     vector: _builtins.bytes
     """float32 little-endian; empty: text only"""
@@ -386,6 +387,8 @@ class QueryRequest(_message.Message):
     """Multi-tenant collections: the tenant the request acts for (required there,
     and must be empty for a collection without tenants).
     """
+    packed_hits: _builtins.bool
+    """As SearchRequest.packed_hits: the client reads SearchResponse.packed."""
     @_builtins.property
     def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """(dense, text); empty: (1, 1)"""
@@ -407,10 +410,11 @@ class QueryRequest(_message.Message):
         with_vector: _builtins.bool = ...,
         params: Global___SearchParams | None = ...,
         tenant: _builtins.str = ...,
+        packed_hits: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "params", b"params", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "collection", b"collection", "filter_json", b"filter_json", "fusion", b"fusion", "k", b"k", "params", b"params", "tenant", b"tenant", "text", b"text", "text_field", b"text_field", "vector", b"vector", "weights", b"weights", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "collection", b"collection", "filter_json", b"filter_json", "fusion", b"fusion", "k", b"k", "packed_hits", b"packed_hits", "params", b"params", "tenant", b"tenant", "text", b"text", "text_field", b"text_field", "vector", b"vector", "weights", b"weights", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__text: _TypeAlias = _typing.Literal["text"]  # noqa: Y015
     _WhichOneofArgType__text: _TypeAlias = _typing.Literal["_text", b"_text"]  # noqa: Y015
