@@ -50,6 +50,7 @@ from bench.servers import (
     LaminaOneServer,
     LaminaProcessesServer,
     LaminaServer,
+    LaminaServeSyncServer,
     PgvectorServer,
     Server,
     SyncEchoServer,
@@ -198,6 +199,7 @@ def run_system(system: str, work: Path, clients: list[int], duration: float) -> 
         "lamina": LaminaServer,
         "lamina-sync": SyncLaminaServer,
         "lamina-one": LaminaOneServer,
+        "lamina-sync-server": LaminaServeSyncServer,
         "lamina-processes": LaminaProcessesServer,
         "pgvector": PgvectorServer,
     }

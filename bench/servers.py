@@ -17,7 +17,16 @@ import numpy as np
 
 from bench.peers import EF_CONSTRUCTION, M, tree_pss_mb
 
-SYSTEMS = ["echo", "echo-sync", "lamina", "lamina-one", "lamina-sync", "lamina-processes", "pgvector"]
+SYSTEMS = [
+    "echo",
+    "echo-sync",
+    "lamina",
+    "lamina-sync-server",
+    "lamina-one",
+    "lamina-sync",
+    "lamina-processes",
+    "pgvector",
+]
 #: processes of the lamina-processes system (``lamina serve --processes``): this machine's cores
 PROCESSES = max(2, os.cpu_count() or 1)
 DEFAULT_SYSTEMS = ["echo", "lamina", "lamina-one", "pgvector"]
@@ -180,7 +189,7 @@ def lamina_sync_server(port: int, work: Path) -> None:
             tenant = convert.tenant_from_proto(request.tenant)
             if request.with_payload and not request.with_vector:  # the stored bytes, as the servicer
                 hits, payloads = col.search_json(query, request.k, flt, params, tenant)
-                convert.hits_to_proto(hits, response.hits, payloads)
+                convert.hits_to_response(hits, response, payloads, packed=request.packed_hits)
                 return response
             hits = col.search(
                 query, request.k, flt, request.with_payload, request.with_vector, params, tenant
@@ -188,7 +197,9 @@ def lamina_sync_server(port: int, work: Path) -> None:
         except LaminaError as exc:
             context.abort(grpc.StatusCode[exc.code], str(exc))
             raise
-        convert.hits_to_proto(hits, response.hits)
+        convert.hits_to_response(
+            hits, response, packed=request.packed_hits, with_payload=request.with_payload
+        )
         return response
 
     def method(fn: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
@@ -219,6 +230,8 @@ class LaminaServer(Server):
     name = "lamina serve (defaults)"
     #: ``--processes`` (None: leave it out, the default of a process per usable core)
     processes: int | None = None
+    #: more ``lamina serve`` flags
+    flags: tuple[str, ...] = ()
 
     def __init__(self, work: Path) -> None:
         from lamina.cores import usable_cores
@@ -226,9 +239,9 @@ class LaminaServer(Server):
 
         self.work = work
         n = self.processes or usable_cores()
-        tag = "default" if self.processes is None else str(n)
+        tag = ("default" if self.processes is None else str(n)) + "".join(self.flags)
         run = work / f"lamina-run-{tag}"
-        extra = ("--run-dir", str(run)) if n > 1 else ()
+        extra = (("--run-dir", str(run)) if n > 1 else ()) + self.flags
         self.server = ServerProcess(work / f"lamina-data-{tag}", *extra, processes=self.processes)
         deadline = time.monotonic() + 300
         while n > 1 and not all((run / f"process-{i}.ready").exists() for i in range(n)):
@@ -250,6 +263,13 @@ class LaminaServer(Server):
 
     def close(self) -> None:
         self.server.terminate()
+
+
+class LaminaServeSyncServer(LaminaServer):
+    """``lamina serve --sync-server``: its defaults on grpc's sync server (Search's hot path)."""
+
+    name = "lamina serve --sync-server"
+    flags = ("--sync-server",)
 
 
 class LaminaOneServer(LaminaServer):

@@ -246,9 +246,10 @@ class GrpcRequests:
             with_payload=with_payload,
             with_vector=with_vector,
             params=convert.params_to_proto(params),
+            packed_hits=True,
         )
         _set_query(request, query)
-        return Call("search", "Search", request, _hits_decoder(with_vector, with_payload))
+        return Call("search", "Search", request, _response_decoder(with_vector, with_payload))
 
     def search_batch(
         self,
@@ -324,10 +325,11 @@ class GrpcRequests:
             with_payload=with_payload,
             with_vector=with_vector,
             params=convert.params_to_proto(params),
+            packed_hits=True,
         )
         if text is not None:
             request.text = text
-        return Call("search", "Query", request, _hits_decoder(with_vector, with_payload))
+        return Call("search", "Query", request, _response_decoder(with_vector, with_payload))
 
     def embed(self, name: str, texts: list[str]) -> Call[FloatMatrix]:
         request = spb.EmbedRequest(collection=name, texts=texts)
@@ -413,6 +415,11 @@ def _set_query(request: spb.SearchRequest, query: FloatMatrix | str) -> None:
 
 def _hits_decoder(with_vector: bool, with_payload: bool) -> Callable[[Any], list[Hit]]:
     return lambda response: convert.hits_from_proto(response.hits, with_vector, with_payload)
+
+
+def _response_decoder(with_vector: bool, with_payload: bool) -> Callable[[Any], list[Hit]]:
+    """The hits of a SearchResponse, packed (``packed_hits``) or a message per hit."""
+    return lambda response: convert.hits_from_response(response, with_vector, with_payload)
 
 
 def _raise_lamina(err: grpc.RpcError) -> LaminaError:

@@ -291,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="server processes sharing the port: one writer, the others serve reads and forward "
         "writes to it (default: one per usable core; 1: one process; docs/architecture.md)",
     )
+    serve.add_argument(
+        "--sync-server",
+        action="store_true",
+        help="grpc's thread-pool server instead of grpc.aio's: a plain search is answered on the gRPC "
+        "thread that took it (docs/architecture.md, Server)",
+    )
     serve.add_argument("--process-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     serve.add_argument(
         "--run-dir",

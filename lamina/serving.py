@@ -71,6 +71,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         overrides["sync_writes"] = args.sync_writes
     if args.metrics_names:
         overrides["metrics_names"] = True
+    if args.sync_server:
+        overrides["sync_server"] = True
     if args.limit:
         limits = dict(config.limits.__dict__)
         for item in args.limit:
@@ -176,6 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 config.grace_seconds,
                 companions,
                 role,
+                config.sync_server,
             )
         )
     finally:

@@ -117,7 +117,7 @@ def filter_from_json(text: str) -> Filter | None:
         raise InvalidArgument(f"filter is not valid JSON: {exc}") from None
 
 
-def payload_from_json(text: str) -> Payload | None:
+def payload_from_json(text: str | bytes) -> Payload | None:
     if not text:
         return None
     try:
@@ -319,6 +319,47 @@ def hits_to_proto(hits: Sequence[Hit], into: Any, payloads: Sequence[bytes] | No
             msg.payload_json = orjson.dumps(hit.payload).decode()
         if hit.vector is not None:
             msg.vector = _vector_bytes(hit.vector)
+
+
+def hits_to_response(
+    hits: Sequence[Hit],
+    response: spb.SearchResponse,
+    payloads: Sequence[bytes] | None = None,
+    *,
+    packed: bool = False,
+    with_payload: bool = False,
+) -> None:
+    """Put ``hits`` in a SearchResponse: as parallel arrays in ``response.packed`` when
+    ``packed`` (the request's packed_hits) and every hit has a numeric id and no vector, else
+    a message per hit (``hits_to_proto``). ``payloads``: as for ``hits_to_proto``;
+    ``with_payload``: the request asked for payloads (packed answers carry one per hit then)."""
+    if packed:
+        ids = [hit.id for hit in hits]
+        if not any(isinstance(pid, str) for pid in ids) and all(hit.vector is None for hit in hits):
+            out = response.packed
+            out.ids.extend(cast(list[int], ids))
+            out.scores.extend([hit.score for hit in hits])
+            if payloads is not None:
+                out.payloads_json.extend([blob or b"" for blob in payloads])
+            elif with_payload:
+                out.payloads_json.extend(
+                    [b"" if hit.payload is None else orjson.dumps(hit.payload) for hit in hits]
+                )
+            return
+    hits_to_proto(hits, response.hits, payloads)
+
+
+def hits_from_response(response: spb.SearchResponse, with_vector: bool, with_payload: bool) -> list[Hit]:
+    """The hits of a SearchResponse, from ``packed`` (see ``hits_to_response``) or ``hits``."""
+    packed = response.packed
+    if not packed.ids:
+        return hits_from_proto(response.hits, with_vector, with_payload)
+    if with_payload:
+        return [
+            make_hit(pid, score, payload_from_json(blob) or {})
+            for pid, score, blob in zip(packed.ids, packed.scores, packed.payloads_json, strict=True)
+        ]
+    return [make_hit(pid, score) for pid, score in zip(packed.ids, packed.scores, strict=True)]
 
 
 def hit_from_proto(msg: spb.ScoredPoint, with_vector: bool, with_payload: bool) -> Hit:

@@ -58,7 +58,8 @@ log = logging.getLogger("lamina.server")
 #: the server model ``LaminaServer`` uses unless told (see the module's doc): grpc.aio's. The
 #: sync server with the hot path did not win at every client count on this 2-core machine
 #: (docs/architecture.md, "Server": 0.97x / 0.90x / 1.15x the aio server's QPS at 1 / 4 / 16
-#: clients, medians of 3 alternated rounds), so it is there to choose, not the default
+#: clients, medians of 3 alternated rounds; 1.00x / 1.38x / 1.23x in one bench serve run at load 12,
+#: its p99 worse at 1 client), so it is there to choose (``lamina serve --sync-server``)
 SYNC_SERVER = False
 
 SERVICE_NAMES = (
@@ -395,9 +396,10 @@ class LaminaServer:
             if inspect.isawaitable(answer):  # grpc.aio's
                 await answer
         log.info(
-            "serving on %s over %s (data: %s)",
+            "serving on %s over %s on grpc's %s server (data: %s)",
             host_port(self.host, self.port),
             "TLS" if self.tls else "plaintext",
+            "sync" if self.sync_server else "aio",
             self.db.path,
         )
         if self.metrics_port is not None and self.metrics is not None:

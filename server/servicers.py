@@ -376,14 +376,15 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
         tenant = convert.tenant_from_proto(request.tenant)
         response = spb.SearchResponse()
         if not request.explain:
+            packed = request.packed_hits
             if request.with_payload and not request.with_vector:  # payloads as the bytes stored
                 hits, payloads = col.search_json(query, request.k, flt, params, tenant)
-                convert.hits_to_proto(hits, response.hits, payloads)
+                convert.hits_to_response(hits, response, payloads, packed=packed)
                 return response
             hits = col.search(
                 query, request.k, flt, request.with_payload, request.with_vector, params, tenant
             )
-            convert.hits_to_proto(hits, response.hits)
+            convert.hits_to_response(hits, response, packed=packed, with_payload=request.with_payload)
             return response
         args = (query, request.k, flt, request.with_payload, request.with_vector, params, tenant)
         hits, plan = col.search_explained(*args)
@@ -460,7 +461,9 @@ class SearchServicer(_Base, sgrpc.SearchServicer):
                 tenant=convert.tenant_from_proto(request.tenant),
             )
             response = spb.SearchResponse()
-            convert.hits_to_proto(hits, response.hits)
+            convert.hits_to_response(
+                hits, response, packed=request.packed_hits, with_payload=request.with_payload
+            )
             return response
 
         return await self._run(context, query)

@@ -6,6 +6,7 @@ limits, without holding up other calls, and stop cleanly."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 from pathlib import Path
@@ -16,11 +17,13 @@ import numpy as np
 import pytest
 
 import lamina
-from lamina.config import Limits
+from lamina.config import Limits, ServerConfig
 from lamina.engine.database import Database
+from lamina.errors import InvalidArgument
 from lamina.proto.lamina.v1 import search_pb2 as spb
 from lamina.server.app import CallAborted, CallContext
 from lamina.server.auth import ApiKey, hash_key, new_key
+from lamina.testing import ServerProcess
 from tests.conftest import ServerThread
 from tests.test_limits import wait_for
 
@@ -262,3 +265,34 @@ def test_stop_drains_the_hot_searches_and_closes_the_data(tmp_path: Path) -> Non
         assert db.get_collection("q").count() == ROWS
     finally:
         db.close()
+
+
+def test_lamina_serve_runs_the_sync_server_from_its_config_or_its_flag(tmp_path: Path) -> None:
+    """``sync_server = true`` in the config file (every process of ``--processes 2``) or
+    ``--sync-server`` (one process) serves on grpc's sync server and answers searches; a
+    setting that is not a boolean is refused with its name."""
+    with pytest.raises(InvalidArgument, match="sync_server must be a bool"):
+        ServerConfig.from_dict({"sync_server": "yes"})
+    config = tmp_path / "lamina.toml"
+    config.write_text("sync_server = true\n")
+    for name, extra, processes in (
+        ("config", ("--config", str(config), "--run-dir", str(tmp_path / "run")), 2),
+        ("flag", ("--sync-server",), 1),
+    ):
+        (tmp_path / name).mkdir()
+        srv = ServerProcess(tmp_path / name / "data", *extra, processes=processes)
+        try:
+            vectors = quick_collection(srv.address)
+            with lamina.connect(srv.address) as client:
+                col = client.get_collection("q")
+                assert [h.id for h in col.search(vectors[7], k=3)][:1] == [7]
+            served = functools.partial(_logged, srv.log, "on grpc's sync server", processes)
+            assert wait_for(served), srv.log.read_text()
+            assert "grpc's aio server" not in srv.log.read_text()
+        finally:
+            srv.terminate()
+
+
+def _logged(log: Path, line: str, times: int) -> bool:
+    """Whether ``log`` holds ``line`` ``times`` times."""
+    return log.read_text().count(line) == times

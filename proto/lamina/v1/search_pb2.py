@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lamina.proto.lamina.v1 import common_pb2 as lamina_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16lamina/v1/search.proto\x12\tlamina.v1\x1a\x16lamina/v1/common.proto\"1\n\x0c\x45mbedRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\"4\n\rEmbedResponse\x12#\n\x07vectors\x18\x01 \x01(\x0b\x32\x12.lamina.v1.Vectors\"k\n\x0cSearchParams\x12\x0f\n\x02\x65\x66\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\noversample\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05\x65xact\x18\x03 \x01(\x08\x12\x0c\n\x04plan\x18\x04 \x01(\tB\x05\n\x03_efB\r\n\x0b_oversample\"\xe4\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\t\n\x01k\x18\x03 \x01(\x03\x12\x13\n\x0b\x66ilter_json\x18\x04 \x01(\t\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x13\n\x0bwith_vector\x18\x06 \x01(\x08\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.lamina.v1.SearchParams\x12\x0f\n\x07\x65xplain\x18\x08 \x01(\x08\x12\x0e\n\x06tenant\x18\t \x01(\t\x12\x11\n\x04text\x18\n \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_text\"b\n\x0bScoredPoint\x12\x1e\n\x02id\x18\x01 \x01(\x0b\x32\x12.lamina.v1.PointId\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x14\n\x0cpayload_json\x18\x03 \x01(\t\x12\x0e\n\x06vector\x18\x04 \x01(\x0c\"Z\n\x0eSearchResponse\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.lamina.v1.ScoredPoint\x12\"\n\x04plan\x18\x02 \x01(\x0b\x32\x14.lamina.v1.QueryPlan\"n\n\x0bSegmentPlan\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x12\x0f\n\x07matches\x18\x03 \x01(\x04\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\"\x86\x01\n\tQueryPlan\x12(\n\x08segments\x18\x01 \x03(\x0b\x32\x16.lamina.v1.SegmentPlan\x12\x16\n\x0eindexed_fields\x18\x02 \x03(\t\x12\x18\n\x10unindexed_fields\x18\x03 \x03(\t\x12\x0c\n\x04hits\x18\x04 \x01(\x04\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"\x87\x02\n\x0cQueryRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\x11\n\x04text\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\t\n\x01k\x18\x04 \x01(\x03\x12\x13\n\x0b\x66ilter_json\x18\x05 \x01(\t\x12\x0e\n\x06\x66usion\x18\x06 \x01(\t\x12\x0f\n\x07weights\x18\x07 \x03(\x01\x12\x12\n\ntext_field\x18\x08 \x01(\t\x12\x14\n\x0cwith_payload\x18\t \x01(\x08\x12\x13\n\x0bwith_vector\x18\n \x01(\x08\x12\'\n\x06params\x18\x0b \x01(\x0b\x32\x17.lamina.v1.SearchParams\x12\x0e\n\x06tenant\x18\x0c \x01(\tB\x07\n\x05_text\"\xe0\x01\n\x12SearchBatchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12#\n\x07vectors\x18\x02 \x01(\x0b\x32\x12.lamina.v1.Vectors\x12\t\n\x01k\x18\x03 \x01(\x03\x12\x13\n\x0b\x66ilter_json\x18\x04 \x01(\t\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x13\n\x0bwith_vector\x18\x06 \x01(\x08\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.lamina.v1.SearchParams\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\r\n\x05texts\x18\t \x03(\t\"/\n\x07HitList\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.lamina.v1.ScoredPoint\":\n\x13SearchBatchResponse\x12#\n\x07results\x18\x01 \x03(\x0b\x32\x12.lamina.v1.HitList2\x8e\x02\n\x06Search\x12=\n\x06Search\x12\x18.lamina.v1.SearchRequest\x1a\x19.lamina.v1.SearchResponse\x12L\n\x0bSearchBatch\x12\x1d.lamina.v1.SearchBatchRequest\x1a\x1e.lamina.v1.SearchBatchResponse\x12;\n\x05Query\x12\x17.lamina.v1.QueryRequest\x1a\x19.lamina.v1.SearchResponse\x12:\n\x05\x45mbed\x12\x17.lamina.v1.EmbedRequest\x1a\x18.lamina.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16lamina/v1/search.proto\x12\tlamina.v1\x1a\x16lamina/v1/common.proto\"1\n\x0c\x45mbedRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\"4\n\rEmbedResponse\x12#\n\x07vectors\x18\x01 \x01(\x0b\x32\x12.lamina.v1.Vectors\"k\n\x0cSearchParams\x12\x0f\n\x02\x65\x66\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\noversample\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05\x65xact\x18\x03 \x01(\x08\x12\x0c\n\x04plan\x18\x04 \x01(\tB\x05\n\x03_efB\r\n\x0b_oversample\"\xf9\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\t\n\x01k\x18\x03 \x01(\x03\x12\x13\n\x0b\x66ilter_json\x18\x04 \x01(\t\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x13\n\x0bwith_vector\x18\x06 \x01(\x08\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.lamina.v1.SearchParams\x12\x0f\n\x07\x65xplain\x18\x08 \x01(\x08\x12\x0e\n\x06tenant\x18\t \x01(\t\x12\x11\n\x04text\x18\n \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0bpacked_hits\x18\x0b \x01(\x08\x42\x07\n\x05_text\"b\n\x0bScoredPoint\x12\x1e\n\x02id\x18\x01 \x01(\x0b\x32\x12.lamina.v1.PointId\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x14\n\x0cpayload_json\x18\x03 \x01(\t\x12\x0e\n\x06vector\x18\x04 \x01(\x0c\"\x81\x01\n\x0eSearchResponse\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.lamina.v1.ScoredPoint\x12\"\n\x04plan\x18\x02 \x01(\x0b\x32\x14.lamina.v1.QueryPlan\x12%\n\x06packed\x18\x03 \x01(\x0b\x32\x15.lamina.v1.PackedHits\"@\n\nPackedHits\x12\x0b\n\x03ids\x18\x01 \x03(\x04\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x15\n\rpayloads_json\x18\x03 \x03(\x0c\"n\n\x0bSegmentPlan\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x12\x0f\n\x07matches\x18\x03 \x01(\x04\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\"\x86\x01\n\tQueryPlan\x12(\n\x08segments\x18\x01 \x03(\x0b\x32\x16.lamina.v1.SegmentPlan\x12\x16\n\x0eindexed_fields\x18\x02 \x03(\t\x12\x18\n\x10unindexed_fields\x18\x03 \x03(\t\x12\x0c\n\x04hits\x18\x04 \x01(\x04\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"\x9c\x02\n\x0cQueryRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\x11\n\x04text\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\t\n\x01k\x18\x04 \x01(\x03\x12\x13\n\x0b\x66ilter_json\x18\x05 \x01(\t\x12\x0e\n\x06\x66usion\x18\x06 \x01(\t\x12\x0f\n\x07weights\x18\x07 \x03(\x01\x12\x12\n\ntext_field\x18\x08 \x01(\t\x12\x14\n\x0cwith_payload\x18\t \x01(\x08\x12\x13\n\x0bwith_vector\x18\n \x01(\x08\x12\'\n\x06params\x18\x0b \x01(\x0b\x32\x17.lamina.v1.SearchParams\x12\x0e\n\x06tenant\x18\x0c \x01(\t\x12\x13\n\x0bpacked_hits\x18\r \x01(\x08\x42\x07\n\x05_text\"\xe0\x01\n\x12SearchBatchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12#\n\x07vectors\x18\x02 \x01(\x0b\x32\x12.lamina.v1.Vectors\x12\t\n\x01k\x18\x03 \x01(\x03\x12\x13\n\x0b\x66ilter_json\x18\x04 \x01(\t\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x13\n\x0bwith_vector\x18\x06 \x01(\x08\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.lamina.v1.SearchParams\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\r\n\x05texts\x18\t \x03(\t\"/\n\x07HitList\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.lamina.v1.ScoredPoint\":\n\x13SearchBatchResponse\x12#\n\x07results\x18\x01 \x03(\x0b\x32\x12.lamina.v1.HitList2\x8e\x02\n\x06Search\x12=\n\x06Search\x12\x18.lamina.v1.SearchRequest\x1a\x19.lamina.v1.SearchResponse\x12L\n\x0bSearchBatch\x12\x1d.lamina.v1.SearchBatchRequest\x1a\x1e.lamina.v1.SearchBatchResponse\x12;\n\x05Query\x12\x17.lamina.v1.QueryRequest\x1a\x19.lamina.v1.SearchResponse\x12:\n\x05\x45mbed\x12\x17.lamina.v1.EmbedRequest\x1a\x18.lamina.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,23 +39,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHPARAMS']._serialized_start=166
   _globals['_SEARCHPARAMS']._serialized_end=273
   _globals['_SEARCHREQUEST']._serialized_start=276
-  _globals['_SEARCHREQUEST']._serialized_end=504
-  _globals['_SCOREDPOINT']._serialized_start=506
-  _globals['_SCOREDPOINT']._serialized_end=604
-  _globals['_SEARCHRESPONSE']._serialized_start=606
-  _globals['_SEARCHRESPONSE']._serialized_end=696
-  _globals['_SEGMENTPLAN']._serialized_start=698
-  _globals['_SEGMENTPLAN']._serialized_end=808
-  _globals['_QUERYPLAN']._serialized_start=811
-  _globals['_QUERYPLAN']._serialized_end=945
-  _globals['_QUERYREQUEST']._serialized_start=948
-  _globals['_QUERYREQUEST']._serialized_end=1211
-  _globals['_SEARCHBATCHREQUEST']._serialized_start=1214
-  _globals['_SEARCHBATCHREQUEST']._serialized_end=1438
-  _globals['_HITLIST']._serialized_start=1440
-  _globals['_HITLIST']._serialized_end=1487
-  _globals['_SEARCHBATCHRESPONSE']._serialized_start=1489
-  _globals['_SEARCHBATCHRESPONSE']._serialized_end=1547
-  _globals['_SEARCH']._serialized_start=1550
-  _globals['_SEARCH']._serialized_end=1820
+  _globals['_SEARCHREQUEST']._serialized_end=525
+  _globals['_SCOREDPOINT']._serialized_start=527
+  _globals['_SCOREDPOINT']._serialized_end=625
+  _globals['_SEARCHRESPONSE']._serialized_start=628
+  _globals['_SEARCHRESPONSE']._serialized_end=757
+  _globals['_PACKEDHITS']._serialized_start=759
+  _globals['_PACKEDHITS']._serialized_end=823
+  _globals['_SEGMENTPLAN']._serialized_start=825
+  _globals['_SEGMENTPLAN']._serialized_end=935
+  _globals['_QUERYPLAN']._serialized_start=938
+  _globals['_QUERYPLAN']._serialized_end=1072
+  _globals['_QUERYREQUEST']._serialized_start=1075
+  _globals['_QUERYREQUEST']._serialized_end=1359
+  _globals['_SEARCHBATCHREQUEST']._serialized_start=1362
+  _globals['_SEARCHBATCHREQUEST']._serialized_end=1586
+  _globals['_HITLIST']._serialized_start=1588
+  _globals['_HITLIST']._serialized_end=1635
+  _globals['_SEARCHBATCHRESPONSE']._serialized_start=1637
+  _globals['_SEARCHBATCHRESPONSE']._serialized_end=1695
+  _globals['_SEARCH']._serialized_start=1698
+  _globals['_SEARCH']._serialized_end=1968
 # @@protoc_insertion_point(module_scope)

@@ -119,6 +119,7 @@ class SearchRequest(_message.Message):
     EXPLAIN_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    PACKED_HITS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     vector: _builtins.bytes
     """float32 little-endian query vector of the collection's dimension."""
@@ -136,6 +137,11 @@ class SearchRequest(_message.Message):
     """
     text: _builtins.str
     """A query text instead of the vector: embedded by the server with the collection's model."""
+    packed_hits: _builtins.bool
+    """The client reads SearchResponse.packed: the server may answer there instead of in `hits`
+    (see PackedHits). A client that leaves it unset always gets `hits`; a server that does
+    not know it ignores it and answers in `hits`, which a client setting it reads as well.
+    """
     @_builtins.property
     def params(self) -> Global___SearchParams: ...
     def __init__(
@@ -151,10 +157,11 @@ class SearchRequest(_message.Message):
         explain: _builtins.bool = ...,
         tenant: _builtins.str = ...,
         text: _builtins.str | None = ...,
+        packed_hits: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "params", b"params", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "collection", b"collection", "explain", b"explain", "filter_json", b"filter_json", "k", b"k", "params", b"params", "tenant", b"tenant", "text", b"text", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "collection", b"collection", "explain", b"explain", "filter_json", b"filter_json", "k", b"k", "packed_hits", b"packed_hits", "params", b"params", "tenant", b"tenant", "text", b"text", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__text: _TypeAlias = _typing.Literal["text"]  # noqa: Y015
     _WhichOneofArgType__text: _TypeAlias = _typing.Literal["_text", b"_text"]  # noqa: Y015
@@ -199,6 +206,7 @@ class SearchResponse(_message.Message):
 
     HITS_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
+    PACKED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredPoint]:
         """Best first."""
@@ -207,19 +215,63 @@ class SearchResponse(_message.Message):
     def plan(self) -> Global___QueryPlan:
         """set when the request asked to explain"""
 
+    @_builtins.property
+    def packed(self) -> Global___PackedHits:
+        """The hits as parallel arrays, when the request set packed_hits and every hit has a
+        numeric id and no vector; `hits` is then empty.
+        """
+
     def __init__(
         self,
         *,
         hits: _abc.Iterable[Global___ScoredPoint] | None = ...,
         plan: Global___QueryPlan | None = ...,
+        packed: Global___PackedHits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["packed", b"packed", "plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "plan", b"plan"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "packed", b"packed", "plan", b"plan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
+
+@_typing.final
+class PackedHits(_message.Message):
+    """Hits as parallel arrays, best first: the i-th hit is ids[i], scores[i] (and
+    payloads_json[i] when the request asked for payloads). One packed field each rather than a
+    message per hit, which costs its building on the server and its reading on the client.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    PAYLOADS_JSON_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def payloads_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Each hit's payload as UTF-8 JSON, empty for a point without one; absent (no entries)
+        when the request did not ask for payloads.
+        """
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+        payloads_json: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "payloads_json", b"payloads_json", "scores", b"scores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PackedHits: _TypeAlias = PackedHits  # noqa: Y015
 
 @_typing.final
 class SegmentPlan(_message.Message):
@@ -315,6 +367,7 @@ class QueryRequest(_message.Message):
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    PACKED_HITS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     vector: _builtins.bytes
     """float32 little-endian; empty: text only"""
@@ -334,6 +387,8 @@ class QueryRequest(_message.Message):
     """Multi-tenant collections: the tenant the request acts for (required there,
     and must be empty for a collection without tenants).
     """
+    packed_hits: _builtins.bool
+    """As SearchRequest.packed_hits: the client reads SearchResponse.packed."""
     @_builtins.property
     def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """(dense, text); empty: (1, 1)"""
@@ -355,10 +410,11 @@ class QueryRequest(_message.Message):
         with_vector: _builtins.bool = ...,
         params: Global___SearchParams | None = ...,
         tenant: _builtins.str = ...,
+        packed_hits: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "params", b"params", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "collection", b"collection", "filter_json", b"filter_json", "fusion", b"fusion", "k", b"k", "params", b"params", "tenant", b"tenant", "text", b"text", "text_field", b"text_field", "vector", b"vector", "weights", b"weights", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text", b"_text", "collection", b"collection", "filter_json", b"filter_json", "fusion", b"fusion", "k", b"k", "packed_hits", b"packed_hits", "params", b"params", "tenant", b"tenant", "text", b"text", "text_field", b"text_field", "vector", b"vector", "weights", b"weights", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__text: _TypeAlias = _typing.Literal["text"]  # noqa: Y015
     _WhichOneofArgType__text: _TypeAlias = _typing.Literal["_text", b"_text"]  # noqa: Y015
