@@ -195,11 +195,17 @@ class CollectionState:
         dead = self._store.dead_rows()
         for segment in self._segments:
             segment.kill(dead)
+        if not self._store.read_only and (swept := self._store.sweep(self._next_row)):
+            log.info(
+                "%r: swept %d row(s) of a write a crash interrupted (never acknowledged)", self.name, swept
+            )
         self._load_mutable()
 
     def _load_mutable(self) -> None:
-        """Rebuild the mutable segment from the vectors stored from ``_mut_start`` on (and,
-        in a multi-tenant collection, count the live points of each tenant)."""
+        """Rebuild the mutable segment from the vectors stored from ``_mut_start`` up to the
+        row counter (rows past it belong to a write not yet applied whole: see
+        CollectionStore.apply) (and, in a multi-tenant collection, count the live points of
+        each tenant)."""
         dim = self.config.dim
         block_rows: list[int] = []
         block_vecs: list[bytes] = []
@@ -216,6 +222,8 @@ class CollectionState:
                 block_vecs.clear()
 
         for row, vec in self._store.scan_vectors(self._mut_start):
+            if row >= self._next_row:
+                break
             block_rows.append(row)
             block_vecs.append(vec)
             if len(block_rows) >= 65_536:
@@ -239,6 +247,8 @@ class CollectionState:
         rows: list[int] = []
         payloads: list[Payload | None] = []
         for row, blob in self._store.scan_payloads(self._mut_start):
+            if row >= self._next_row:
+                break
             rows.append(row)
             payloads.append(orjson.loads(blob))
             if len(rows) >= 16_384:
