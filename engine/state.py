@@ -24,7 +24,7 @@ from lamina.errors import DataLoss, InvalidArgument, LaminaError, NotFound
 from lamina.index.kernels import METRIC_IP, METRIC_L2, normalize_rows
 from lamina.index.tiers import Knobs, binary_encode, binary_thresholds
 from lamina.storage.faults import Backoff
-from lamina.storage.keys import id_key, row_from_key, tenant_of_key, tenant_prefix
+from lamina.storage.keys import id_key, id_keys, row_from_key, tenant_of_key, tenant_prefix
 from lamina.storage.rocks import (
     FIELDS,
     MUTABLE_START,
@@ -377,6 +377,10 @@ class CollectionState:
 
     def _key(self, point_id: PointId, code: int | None) -> bytes:
         return id_key(point_id) if code is None else tenant_prefix(code) + id_key(point_id)
+
+    def _keys(self, point_ids: Sequence[PointId], code: int | None) -> list[bytes]:
+        """``_key`` of each id."""
+        return id_keys(point_ids, b"" if code is None else tenant_prefix(code))
 
     def _stored_payloads(self, rows: np.ndarray) -> Iterator[Payload | None]:
         """Decoded payloads of global ``rows`` (None: deleted), read in blocks, between which

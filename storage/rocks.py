@@ -277,18 +277,20 @@ class CollectionStore:
         which ``sweep`` drops at the next open.
         """
         n = len(id_keys)
-        stride = len(vectors) // n if n else 0
-        row_keys = np.arange(first_row, first_row + n, dtype=">u8").tobytes()
+        # one bytes object per row, made by numpy rather than by a Python slice each
+        row_keys: list[bytes] = np.arange(first_row, first_row + n, dtype=">u8").view("V8").tolist()
+        rows_vectors: list[bytes] = (
+            np.frombuffer(vectors, f"V{len(vectors) // n}").tolist() if n and vectors else []
+        )
         ids_cf, rows_cf, vecs_cf, pays_cf = (self._handle[c] for c in ("ids", "rows", "vecs", "pays"))
         batch = WriteBatch(raw_mode=True)
         chunked = len(vectors) + sum(map(len, payloads)) > CHUNK_BYTES
         if chunked:
             held = 0
-            for i in range(n):
-                rk = row_keys[8 * i : 8 * i + 8]
-                batch.put(rk, vectors[stride * i : stride * (i + 1)], vecs_cf)
-                batch.put(rk, payloads[i], pays_cf)
-                held += stride + len(payloads[i])
+            for i, (rk, vector, payload) in enumerate(zip(row_keys, rows_vectors, payloads, strict=True)):
+                batch.put(rk, vector, vecs_cf)
+                batch.put(rk, payload, pays_cf)
+                held += len(vector) + len(payload)
                 if held >= CHUNK_BYTES or i == n - 1:
                     self._write(batch, self._chunk_opts)
                     batch, held = WriteBatch(raw_mode=True), 0
@@ -306,13 +308,13 @@ class CollectionStore:
             batch.delete(rk, pays_cf)
             if row < sealed_below:
                 batch.put(rk, b"", self._handle["dead"])
-        for i, key in enumerate(id_keys):
-            rk = row_keys[8 * i : 8 * i + 8]
+        for key, rk in zip(id_keys, row_keys, strict=True):
             batch.put(key, rk, ids_cf)
             batch.put(rk, key, rows_cf)
-            if not chunked:
-                batch.put(rk, vectors[stride * i : stride * (i + 1)], vecs_cf)
-                batch.put(rk, payloads[i], pays_cf)
+        if not chunked:
+            for rk, vector, payload in zip(row_keys, rows_vectors, payloads, strict=True):
+                batch.put(rk, vector, vecs_cf)
+                batch.put(rk, payload, pays_cf)
         batch.put(NEXT_ROW, row_key(first_row + n), self._handle["meta"])
         for key, value in (meta or {}).items():
             batch.put(key, value, self._handle["meta"])
