@@ -216,6 +216,15 @@ def test_embedded_writes_are_fsynced_by_default(tmp_path: Path, sync_writes: boo
         after_writes, after_syncs = _wal_counts(db, "docs")
         assert after_writes > writes
         assert after_syncs - syncs == (after_writes - writes if sync_writes is None else 0)
+        # an upsert written in chunks (storage/rocks.py CHUNK_BYTES): unsynced chunks, then a
+        # synced last batch (flush_wal syncs the chunks before it without the GIL)
+        big = client.create_collection("big", dim=CUT_DIM)
+        writes, syncs = _wal_counts(db, "big")
+        big.upsert(list(range(3000)), np.ones((3000, CUT_DIM), np.float32))
+        after_writes, after_syncs = _wal_counts(db, "big")
+        assert after_writes - writes >= 4  # the chunks, then the last batch
+        assert after_syncs - syncs == (1 if sync_writes is None else 0)  # the last batch
+        assert big.count() == 3000
 
 
 CUT_DIM = 128  # 3,000 rows of it: 1.5 MB, six chunks
