@@ -344,3 +344,54 @@ def test_a_large_upsert_failing_between_its_chunks_changes_nothing(
         assert col.count() == 3_101 and col.get([100, 999]) == []
         assert [h.id for h in col.search(np.ones(CUT_DIM, np.float32), k=1, exact=True)] == [5000]
         assert col.get([50])[0].payload == {"i": 50}
+
+
+def test_readers_see_nothing_of_a_chunked_upsert_until_it_returns(tmp_path: Path) -> None:
+    """A writer held between the chunks of a large upsert (the store's ``between_chunks``
+    hook waits) while other threads read: count, get, plain and exact searches and a
+    filtered count see the collection as before the write; once the upsert returns, all of
+    it. (New ids only: an upsert replacing points makes searches run again under the lock,
+    so they wait for it by design; the kill test above covers replaced points.)"""
+    import queue
+    import threading
+
+    old = np.zeros((100, CUT_DIM), np.float32)
+    old[:, 0] = np.arange(100)
+    new = np.full((3000, CUT_DIM), 0.5, np.float32)
+    with lamina.connect(str(tmp_path / "data")) as db:
+        col = db.create_collection("docs", dim=CUT_DIM, metric="l2")
+        col.upsert(list(range(100)), old, [{"v": 0}] * 100)
+        store = db._transport.db.get_collection("docs")._store  # type: ignore[attr-defined]
+        inside: queue.Queue[int] = queue.Queue()
+        go = threading.Semaphore(0)
+        chunks: list[int] = []
+
+        def hold() -> None:
+            chunks.append(1)
+            inside.put(len(chunks))
+            assert go.acquire(timeout=60)
+
+        store.between_chunks = hold
+        writer = threading.Thread(
+            target=col.upsert, args=(list(range(100, 3100)), new, [{"v": 1}] * 3000), daemon=True
+        )
+        writer.start()
+        try:
+            for _ in range(3):  # held after each of its first three chunks
+                inside.get(timeout=60)
+                # (an unfiltered count takes the collection lock, which the writer holds)
+                assert col.count(filter={"v": 0}) == 100 and col.count(filter={"v": 1}) == 0
+                assert len(col.search(new[0], k=3_100, exact=True)) == 100
+                assert col.get([100, 3099]) == []
+                for exact in (False, True):
+                    hits = col.search(new[0], k=5, exact=exact)
+                    assert len(hits) == 5 and all(h.id < 100 for h in hits)
+                go.release()
+        finally:
+            store.between_chunks = None
+            go.release()
+            writer.join(60)
+        assert len(chunks) == 3  # held at three chunk boundaries, then let go
+        assert col.count() == 3_100 and col.count(filter={"v": 1}) == 3_000
+        assert not writer.is_alive()
+        assert {h.id for h in col.search(new[0], k=3_000, exact=True)} == set(range(100, 3100))
