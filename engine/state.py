@@ -23,7 +23,7 @@ from lamina.errors import DataLoss, InvalidArgument, LaminaError, NotFound
 from lamina.index.kernels import METRIC_IP, METRIC_L2, normalize_rows, unit_query
 from lamina.index.tiers import Knobs, binary_encode, binary_thresholds
 from lamina.storage.faults import Backoff
-from lamina.storage.keys import id_key, row_from_key, tenant_of_key, tenant_prefix
+from lamina.storage.keys import id_key, id_keys, row_from_key, tenant_of_key, tenant_prefix
 from lamina.storage.rocks import (
     FIELDS,
     MUTABLE_START,
@@ -194,11 +194,17 @@ class CollectionState:
         dead = self._store.dead_rows()
         for segment in self._segments:
             segment.kill(dead)
+        if not self._store.read_only and (swept := self._store.sweep(self._next_row)):
+            log.info(
+                "%r: swept %d row(s) of a write a crash interrupted (never acknowledged)", self.name, swept
+            )
         self._load_mutable()
 
     def _load_mutable(self) -> None:
-        """Rebuild the mutable segment from the vectors stored from ``_mut_start`` on (and,
-        in a multi-tenant collection, count the live points of each tenant)."""
+        """Rebuild the mutable segment from the vectors stored from ``_mut_start`` up to the
+        row counter (rows past it belong to a write not yet applied whole: see
+        CollectionStore.apply) (and, in a multi-tenant collection, count the live points of
+        each tenant)."""
         dim = self.config.dim
         block_rows: list[int] = []
         block_vecs: list[bytes] = []
@@ -215,6 +221,8 @@ class CollectionState:
                 block_vecs.clear()
 
         for row, vec in self._store.scan_vectors(self._mut_start):
+            if row >= self._next_row:
+                break
             block_rows.append(row)
             block_vecs.append(vec)
             if len(block_rows) >= 65_536:
@@ -238,6 +246,8 @@ class CollectionState:
         rows: list[int] = []
         payloads: list[Payload | None] = []
         for row, blob in self._store.scan_payloads(self._mut_start):
+            if row >= self._next_row:
+                break
             rows.append(row)
             payloads.append(orjson.loads(blob))
             if len(rows) >= 16_384:
@@ -366,6 +376,10 @@ class CollectionState:
 
     def _key(self, point_id: PointId, code: int | None) -> bytes:
         return id_key(point_id) if code is None else tenant_prefix(code) + id_key(point_id)
+
+    def _keys(self, point_ids: Sequence[PointId], code: int | None) -> list[bytes]:
+        """``_key`` of each id."""
+        return id_keys(point_ids, b"" if code is None else tenant_prefix(code))
 
     def _stored_payloads(self, rows: np.ndarray) -> Iterator[Payload | None]:
         """Decoded payloads of global ``rows`` (None: deleted), read in blocks, between which

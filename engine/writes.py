@@ -51,7 +51,7 @@ class Writes(Planner):
                 code = self._tenants.codes.get(tenant or "", -1)  # it may have been added meanwhile
                 if code == -1:
                     code, tenants_meta[TENANTS] = self._tenants.added(tenant or "")
-            keys = [self._key(i, code) for i in id_list]
+            keys = self._keys(id_list, code)
             old_rows = self._store.rows_of(keys)
             first = self._next_row
             new_rows = np.arange(first, first + len(keys), dtype=np.int64)

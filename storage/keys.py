@@ -13,6 +13,9 @@ key its segment stores.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+
+import numpy as np
 
 from lamina.types import PointId
 
@@ -28,6 +31,22 @@ def id_key(point_id: PointId) -> bytes:
     if isinstance(point_id, str):
         return _STR_TAG + point_id.encode("utf-8")
     return _INT_TAG + _U64.pack(point_id)
+
+
+#: an integer id's key as numpy lays it out: the tag byte, then the id big-endian
+_INT_KEY = np.dtype([("tag", "u1"), ("id", ">u8")])
+
+
+def id_keys(point_ids: Sequence[PointId], prefix: bytes = b"") -> list[bytes]:
+    """``prefix + id_key(i)`` of each id; integer ids in one numpy pass (a write of 1,000
+    points built its keys one Python call each, with the GIL held)."""
+    if not all(type(i) is int for i in point_ids):
+        return [prefix + id_key(i) for i in point_ids]
+    packed = np.empty(len(point_ids), _INT_KEY)
+    packed["tag"] = _INT_TAG[0]
+    packed["id"] = point_ids
+    keys: list[bytes] = packed.view(f"V{_INT_KEY.itemsize}").tolist()
+    return [prefix + k for k in keys] if prefix else keys
 
 
 def tenant_prefix(code: int) -> bytes:

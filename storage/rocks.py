@@ -15,9 +15,11 @@ Column families:
                                    segment's live mask at start
 =========  ======================  =====================================
 
-Every request becomes one ``WriteBatch``, so it is applied whole or not at all;
-the write-ahead log makes an acknowledged batch survive ``kill -9`` of the
-process, and ``sync=True`` fsyncs the log on each batch for power-loss safety.
+Every request is applied whole or not at all: one ``WriteBatch``, or, for a large upsert,
+its new rows' vectors and payloads in chunks past the row counter and then one batch that
+makes them points (``apply``; rows a crash left past the counter are swept at open). The
+write-ahead log makes an acknowledged batch survive ``kill -9`` of the process, and
+``sync=True`` fsyncs the log on each write for power-loss safety.
 
 A batch that fails (disk full, file system turned read-only) is not applied, and
 RocksDB refuses every later write until it is reopened: the store keeps serving reads
@@ -77,6 +79,13 @@ MEMTABLE_BUDGET = 16 << 20
 #: hold the oldest log (the small ids / rows / payload memtables would otherwise keep every log
 #: of a bulk load, with every vector in it, long after a seal dropped those vectors)
 MAX_WAL = 2 * MEMTABLE_BUDGET
+#: an upsert whose vectors and payloads take more than this is written in chunks of about
+#: this size (see ``CollectionStore.apply``): rocksdict holds the GIL for a whole batch, so
+#: one batch of 1,000 384-d rows (1.6 MB) stopped every other thread of the process, the
+#: searches among them, for 20-30 ms; a 256 KiB chunk holds it ~1-2 ms
+CHUNK_BYTES = 256 << 10
+#: past every row key (8 bytes): the end of a range delete of all rows from one on
+_PAST_ROWS = b"\xff" * 9
 
 
 def _options(*, db: bool = False) -> Options:
@@ -106,11 +115,17 @@ class CollectionStore:
         self._raised = False  # an operation raised: tracebacks may hold column families
         self._swap = threading.Lock()  # held while the database is reopened
         self._shadow: Path | None = None
+        self._sync = sync
         self._write_opts = WriteOptions()
         self._write_opts.sync = sync
+        self._chunk_opts = WriteOptions()  # chunks of a large write: synced by its last batch
+        self._chunk_opts.sync = False
         #: called with the rows a write dropped once it is durable (``lamina serve --processes``:
         #: the writer's journal tells its followers; see engine/follower.py)
         self.after_write: Callable[[Sequence[int]], None] | None = None
+        #: called between the chunks of a large write (``apply``), before its last batch; the
+        #: crash tests kill the process or raise there
+        self.between_chunks: Callable[[], None] | None = None
         self._open(read_only)
 
     def _open(self, read_only: bool) -> None:
@@ -173,12 +188,12 @@ class CollectionStore:
         """RocksDB's last applied sequence number (every write applied so far is at or below it)."""
         return int(self._db.latest_sequence_number())
 
-    def _write(self, batch: WriteBatch) -> None:
+    def _write(self, batch: WriteBatch, opts: WriteOptions | None = None) -> None:
         """Apply one batch whole, or raise the typed error and apply none of it."""
         self.check_writable()
         try:
             with storage_errors(self.path):
-                self._db.write(batch, self._write_opts)
+                self._db.write(batch, self._write_opts if opts is None else opts)
         except LaminaError as exc:
             self._failed = self._raised = True
             self.stall = str(exc)
@@ -251,9 +266,38 @@ class CollectionStore:
         ``sealed_below`` (those in sealed segments) are recorded in the ``dead``
         column family. The row counter moves past the new rows in the same batch,
         with any ``meta`` keys.
+
+        A write of more than ``CHUNK_BYTES`` puts its rows' vectors and payloads first, in
+        unsynced chunks (rocksdict holds the GIL while it applies a batch, so each chunk stops
+        the process's other threads only briefly), syncs the log without the GIL, and then
+        writes one synced batch with the rest: the id <-> row mappings, the dead rows'
+        removal, the counter and ``meta``. Until that batch is applied nothing of the write
+        is a point: no id maps to its rows, every scan of rows stops at the counter, and a
+        replaced point keeps its old row. A crash before it leaves rows past the counter,
+        which ``sweep`` drops at the next open.
         """
-        batch = WriteBatch(raw_mode=True)
+        n = len(id_keys)
+        # one bytes object per row, made by numpy rather than by a Python slice each
+        row_keys: list[bytes] = np.arange(first_row, first_row + n, dtype=">u8").view("V8").tolist()
+        rows_vectors: list[bytes] = (
+            np.frombuffer(vectors, f"V{len(vectors) // n}").tolist() if n and vectors else []
+        )
         ids_cf, rows_cf, vecs_cf, pays_cf = (self._handle[c] for c in ("ids", "rows", "vecs", "pays"))
+        batch = WriteBatch(raw_mode=True)
+        chunked = len(vectors) + sum(map(len, payloads)) > CHUNK_BYTES
+        if chunked:
+            held = 0
+            for i, (rk, vector, payload) in enumerate(zip(row_keys, rows_vectors, payloads, strict=True)):
+                batch.put(rk, vector, vecs_cf)
+                batch.put(rk, payload, pays_cf)
+                held += len(vector) + len(payload)
+                if held >= CHUNK_BYTES or i == n - 1:
+                    self._write(batch, self._chunk_opts)
+                    batch, held = WriteBatch(raw_mode=True), 0
+                    if self.between_chunks is not None:
+                        self.between_chunks()
+            if self._sync:  # the chunks' log, fsynced without the GIL: the last batch's own sync is short
+                self._sync_log()
         live_keys = set(id_keys)
         for key, row in dead:
             rk = row_key(row)
@@ -264,15 +308,13 @@ class CollectionStore:
             batch.delete(rk, pays_cf)
             if row < sealed_below:
                 batch.put(rk, b"", self._handle["dead"])
-        n = len(id_keys)
-        stride = len(vectors) // n if n else 0
-        row_keys = np.arange(first_row, first_row + n, dtype=">u8").tobytes()
-        for i, key in enumerate(id_keys):
-            rk = row_keys[8 * i : 8 * i + 8]
+        for key, rk in zip(id_keys, row_keys, strict=True):
             batch.put(key, rk, ids_cf)
             batch.put(rk, key, rows_cf)
-            batch.put(rk, vectors[stride * i : stride * (i + 1)], vecs_cf)
-            batch.put(rk, payloads[i], pays_cf)
+        if not chunked:
+            for rk, vector, payload in zip(row_keys, rows_vectors, payloads, strict=True):
+                batch.put(rk, vector, vecs_cf)
+                batch.put(rk, payload, pays_cf)
         batch.put(NEXT_ROW, row_key(first_row + n), self._handle["meta"])
         for key, value in (meta or {}).items():
             batch.put(key, value, self._handle["meta"])
@@ -280,6 +322,32 @@ class CollectionStore:
         self._write(batch)
         if self.after_write is not None:
             self.after_write([row for _, row in dead])
+
+    def _sync_log(self) -> None:
+        """fsync the write-ahead log (rocksdict releases the GIL for it, not for a synced write)."""
+        try:
+            with storage_errors(self.path):
+                self._db.flush_wal(True)
+        except LaminaError as exc:
+            self._failed = self._raised = True
+            self.stall = str(exc)
+            log.warning("syncing the log of %s failed: %s", self.path, str(exc))
+            raise
+
+    def sweep(self, next_row: int) -> int:
+        """Drop every row at or past ``next_row`` (the row counter): the vectors and payloads
+        of a chunked write (``apply``) that a crash cut off before its last batch. Returns
+        how many rows there were (0 and no write, usually)."""
+        start = row_key(next_row)
+        leftover = {row for row, _ in self.scan_vectors(next_row)} | {
+            row for row, _ in self.scan_payloads(next_row)
+        }
+        if leftover:
+            batch = WriteBatch(raw_mode=True)
+            for cf in ("vecs", "pays"):
+                batch.delete_range(start, _PAST_ROWS, self._handle[cf])
+            self._write(batch)
+        return len(leftover)
 
     # ----------------------------------------------------------------- reads
     def rows_of(self, id_keys: Sequence[bytes]) -> list[int | None]:

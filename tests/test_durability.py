@@ -216,3 +216,182 @@ def test_embedded_writes_are_fsynced_by_default(tmp_path: Path, sync_writes: boo
         after_writes, after_syncs = _wal_counts(db, "docs")
         assert after_writes > writes
         assert after_syncs - syncs == (after_writes - writes if sync_writes is None else 0)
+        # an upsert written in chunks (storage/rocks.py CHUNK_BYTES): unsynced chunks, then a
+        # synced last batch (flush_wal syncs the chunks before it without the GIL)
+        big = client.create_collection("big", dim=CUT_DIM)
+        writes, syncs = _wal_counts(db, "big")
+        big.upsert(list(range(3000)), np.ones((3000, CUT_DIM), np.float32))
+        after_writes, after_syncs = _wal_counts(db, "big")
+        assert after_writes - writes >= 4  # the chunks, then the last batch
+        assert after_syncs - syncs == (1 if sync_writes is None else 0)  # the last batch
+        assert big.count() == 3000
+
+
+CUT_DIM = 128  # 3,000 rows of it: 1.5 MB, six chunks
+_CUT_WRITER = """
+import os, signal, sys
+import numpy as np
+import lamina
+
+path, dim = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(5)
+with lamina.connect(path) as db:
+    col = db.get_collection("docs")
+    store = db._transport.db.get_collection("docs")._store
+    col.upsert(list(range(1000, 4000)), rng.standard_normal((3000, dim)).astype(np.float32),
+               [{"n": i} for i in range(3000)])  # chunked, acknowledged
+    print("acknowledged", flush=True)
+    calls = []
+
+    def cut() -> None:
+        calls.append(1)
+        if len(calls) == 2:  # between two chunks of the next write
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    store.between_chunks = cut
+    col.upsert(list(range(50, 3050)), np.ones((3000, dim), np.float32), [{"cut": True}] * 3000)
+    print("not killed", flush=True)
+"""
+
+
+def _cut_state(col: lamina.Collection, old: np.ndarray) -> None:
+    """What a reader of ``docs`` must see after a write cut between its chunks: only the 100
+    first points (ids 0-99, ``old`` vectors) and the 3,000 acknowledged ones (1000-3999)."""
+    assert col.count() == 3_100
+    got = col.get(list(range(50, 100)), with_vector=True)
+    assert [p.id for p in got] == list(range(50, 100))  # replaced points keep their old row
+    assert all(p.payload == {"i": p.id} for p in got)
+    assert np.array_equal(np.array([p.vector for p in got], np.float32), old[50:100])
+    assert col.get(list(range(100, 1000))) == []  # new ids of the cut write: no point
+    assert col.count(filter={"cut": True}) == 0
+    hits = col.search(np.ones(CUT_DIM, np.float32), k=3_100, exact=True)
+    assert len(hits) == 3_100 and {h.id for h in hits} == set(range(100)) | set(range(1000, 4000))
+
+
+def test_a_large_upsert_killed_between_its_chunks_is_all_or_nothing(tmp_path: Path) -> None:
+    """An upsert larger than CHUNK_BYTES is written in chunks (rocksdict holds the GIL per
+    batch). A process killed between two chunks (the store's real ``between_chunks`` hook
+    sends it SIGKILL) leaves no part of that write visible after a reopen: no new id, every
+    replaced point as it was, the acknowledged chunked write before it whole; and the rows
+    the cut write left past the row counter are swept at the open."""
+    import subprocess
+    import sys
+
+    from lamina.storage.rocks import CHUNK_BYTES
+
+    assert 3_000 * CUT_DIM * 4 > 2 * CHUNK_BYTES  # the writes below take three chunks or more
+    path = tmp_path / "data"
+    old = np.random.default_rng(4).standard_normal((100, CUT_DIM)).astype(np.float32)
+    with lamina.connect(str(path)) as db:
+        db.create_collection("docs", dim=CUT_DIM, metric="l2").upsert(
+            list(range(100)), old, [{"i": i} for i in range(100)]
+        )
+    done = subprocess.run(
+        [sys.executable, "-c", _CUT_WRITER, str(path), str(CUT_DIM)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert done.stdout.split() == ["acknowledged"]
+    reader = Database(path, read_only=True)  # opens without sweeping: it must stop at the counter
+    try:
+        assert reader.get_collection("docs").count() == 3_100
+        assert reader.get_collection("docs").get(list(range(100, 1000))) == []
+    finally:
+        reader.close()
+    with lamina.connect(str(path)) as db:
+        engine = db._transport.db.get_collection("docs")  # type: ignore[attr-defined]
+        store, next_row = engine._store, engine._next_row
+        assert next_row == 3_100
+        assert list(store.scan_vectors(next_row)) == [] and list(store.scan_payloads(next_row)) == []
+        _cut_state(db.get_collection("docs"), old)
+    with lamina.connect(str(path)) as db:  # and once more after the sweep
+        _cut_state(db.get_collection("docs"), old)
+
+
+def test_a_large_upsert_failing_between_its_chunks_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chunked upsert that raises between its chunks (the ``between_chunks`` hook raises)
+    is refused whole: readers see nothing of it, the next writes take its rows, and the
+    leftover rows past the counter are swept at the next open."""
+    caplog.set_level(logging.INFO, logger="lamina")
+    path = tmp_path / "data"
+    old = np.random.default_rng(4).standard_normal((100, CUT_DIM)).astype(np.float32)
+    with lamina.connect(str(path)) as db:
+        col = db.create_collection("docs", dim=CUT_DIM, metric="l2")
+        col.upsert(list(range(100)), old, [{"i": i} for i in range(100)])
+        col.upsert(list(range(1000, 4000)), np.full((3000, CUT_DIM), 2.0, np.float32))
+        store = db._transport.db.get_collection("docs")._store  # type: ignore[attr-defined]
+
+        def fail() -> None:
+            raise OSError("cut between chunks")
+
+        store.between_chunks = fail
+        with pytest.raises(OSError, match="cut between chunks"):
+            col.upsert(list(range(50, 3050)), np.ones((3000, CUT_DIM), np.float32), [{"cut": True}] * 3000)
+        store.between_chunks = None
+        assert col.count() == 3_100 and col.get([100, 999]) == []
+        assert [h.id for h in col.search(np.ones(CUT_DIM, np.float32), k=1, exact=True)] != [50]
+        assert len(list(store.scan_vectors(3_100))) > 0  # the first chunk, past the counter
+        col.upsert([5000], np.ones((1, CUT_DIM), np.float32))  # a small write takes the first row again
+        assert [h.id for h in col.search(np.ones(CUT_DIM, np.float32), k=1)] == [5000]
+    caplog.clear()
+    with lamina.connect(str(path)) as db:
+        col = db.get_collection("docs")
+        assert any("swept" in r.getMessage() for r in caplog.records)
+        assert col.count() == 3_101 and col.get([100, 999]) == []
+        assert [h.id for h in col.search(np.ones(CUT_DIM, np.float32), k=1, exact=True)] == [5000]
+        assert col.get([50])[0].payload == {"i": 50}
+
+
+def test_readers_see_nothing_of_a_chunked_upsert_until_it_returns(tmp_path: Path) -> None:
+    """A writer held between the chunks of a large upsert (the store's ``between_chunks``
+    hook waits) while other threads read: count, get, plain and exact searches and a
+    filtered count see the collection as before the write; once the upsert returns, all of
+    it. (New ids only: an upsert replacing points makes searches run again under the lock,
+    so they wait for it by design; the kill test above covers replaced points.)"""
+    import queue
+    import threading
+
+    old = np.zeros((100, CUT_DIM), np.float32)
+    old[:, 0] = np.arange(100)
+    new = np.full((3000, CUT_DIM), 0.5, np.float32)
+    with lamina.connect(str(tmp_path / "data")) as db:
+        col = db.create_collection("docs", dim=CUT_DIM, metric="l2")
+        col.upsert(list(range(100)), old, [{"v": 0}] * 100)
+        store = db._transport.db.get_collection("docs")._store  # type: ignore[attr-defined]
+        inside: queue.Queue[int] = queue.Queue()
+        go = threading.Semaphore(0)
+        chunks: list[int] = []
+
+        def hold() -> None:
+            chunks.append(1)
+            inside.put(len(chunks))
+            assert go.acquire(timeout=60)
+
+        store.between_chunks = hold
+        writer = threading.Thread(
+            target=col.upsert, args=(list(range(100, 3100)), new, [{"v": 1}] * 3000), daemon=True
+        )
+        writer.start()
+        try:
+            for _ in range(3):  # held after each of its first three chunks
+                inside.get(timeout=60)
+                # (an unfiltered count takes the collection lock, which the writer holds)
+                assert col.count(filter={"v": 0}) == 100 and col.count(filter={"v": 1}) == 0
+                assert len(col.search(new[0], k=3_100, exact=True)) == 100
+                assert col.get([100, 3099]) == []
+                for exact in (False, True):
+                    hits = col.search(new[0], k=5, exact=exact)
+                    assert len(hits) == 5 and all(h.id < 100 for h in hits)
+                go.release()
+        finally:
+            store.between_chunks = None
+            go.release()
+            writer.join(60)
+        assert len(chunks) == 3  # held at three chunk boundaries, then let go
+        assert col.count() == 3_100 and col.count(filter={"v": 1}) == 3_000
+        assert not writer.is_alive()
+        assert {h.id for h in col.search(new[0], k=3_000, exact=True)} == set(range(100, 3100))
