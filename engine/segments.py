@@ -486,7 +486,7 @@ class Segment(SegmentSearch):
         walked: bool = False,
         found: tuple[FloatMatrix, np.ndarray] | None = None,
     ) -> tuple[FloatMatrix, np.ndarray, list[PointId]]:
-        """The plain search's step in this segment (engine/reads.py ``Reads._plain``): the
+        """The plain search's step in this segment (engine/plain.py ``PlainSearch._plain``): the
         tier's top-k of one prepared (1, dim) query among live rows, as kernel scores, local
         rows and point ids, without padding and without global row numbers (the graph's
         labels are local rows, and ids are read at them). ``walked``: ``found`` is the graph's

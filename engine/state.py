@@ -265,7 +265,7 @@ class CollectionState:
         """Vectors as the kernel sees them: unit length for cosine."""
         if self.config.metric != "cosine":
             return vectors
-        if vectors.shape[0] == 1:  # one query: the plain search's (engine/reads.py), one call
+        if vectors.shape[0] == 1:  # one query: the plain search's (engine/plain.py), one call
             norm, unit = unit_query(vectors[0], True)
             if norm == 0:
                 raise InvalidArgument("vector 0 is all zeros: a zero vector has no direction under cosine")

@@ -139,7 +139,7 @@ def unit_query(vector: np.ndarray, cosine: bool) -> tuple[Any, np.ndarray]:  # p
     """One (dim,) float32 query as the kernels take it, in one call: its squared norm (float32
     sum, in order: NaN or inf stay NaN or inf, no fastmath) and a (1, dim) copy, unit length
     when ``cosine`` and the norm is positive. The one-query form of ``normalize_rows`` for
-    searches and single writes (engine/state.py ``_prepare``, engine/reads.py ``_plain``)."""
+    searches and single writes (engine/state.py ``_prepare``, engine/plain.py ``_plain``)."""
     dim = vector.shape[0]
     acc = np.float32(0.0)
     for j in range(dim):

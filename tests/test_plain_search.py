@@ -1,4 +1,4 @@
-"""The plain search (engine/reads.py ``Reads._plain``: no filter, tenant or vectors back) answers
+"""The plain search (engine/plain.py ``PlainSearch._plain``: no filter, tenant or vectors back) answers
 exactly what the general path answers, over sealed HNSW segments (integer and string ids), a
 mutable tail, deletes and upserts, for every metric, with and without payloads."""
 
