@@ -65,7 +65,7 @@ class Reads(PlainSearch):
         if code == -1:
             return []
         self._check_answer(1, len(id_list), code, with_payload, with_vector, "ask for fewer ids per request")
-        keys = [self._key(i, code) for i in id_list]
+        keys = self._keys(id_list, code)
         rows = self._store.rows_of(keys)
         present = [(k, r) for k, r in zip(keys, rows, strict=True) if r is not None]
         points = self._points([r for _, r in present], [k for k, _ in present], with_payload, with_vector)

@@ -96,7 +96,7 @@ class Writes(Planner):
                 code = self._tenant(tenant)
                 if code == -1:
                     return 0
-                keys = list(dict.fromkeys(self._key(i, code) for i in id_list))
+                keys = list(dict.fromkeys(self._keys(id_list, code)))
                 rows_of = self._store.rows_of(keys)
                 dead = [(k, r) for k, r in zip(keys, rows_of, strict=True) if r is not None]
                 return self._drop(dead, code)
