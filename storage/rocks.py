@@ -126,6 +126,9 @@ class CollectionStore:
         #: called between the chunks of a large write (``apply``), before its last batch; the
         #: crash tests kill the process or raise there
         self.between_chunks: Callable[[], None] | None = None
+        #: called after each chunk of a large write: the engine lets searches of this process
+        #: take the GIL there (engine/state.py ``_yield_to_searches``)
+        self.yield_gil: Callable[[], object] | None = None
         self._open(read_only)
 
     def _open(self, read_only: bool) -> None:
@@ -294,6 +297,8 @@ class CollectionStore:
                 if held >= CHUNK_BYTES or i == n - 1:
                     self._write(batch, self._chunk_opts)
                     batch, held = WriteBatch(raw_mode=True), 0
+                    if self.yield_gil is not None:
+                        self.yield_gil()
                     if self.between_chunks is not None:
                         self.between_chunks()
             if self._sync:  # the chunks' log, fsynced without the GIL: the last batch's own sync is short

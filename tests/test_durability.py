@@ -395,3 +395,23 @@ def test_readers_see_nothing_of_a_chunked_upsert_until_it_returns(tmp_path: Path
         assert col.count() == 3_100 and col.count(filter={"v": 1}) == 3_000
         assert not writer.is_alive()
         assert {h.id for h in col.search(new[0], k=3_000, exact=True)} == set(range(100, 3100))
+
+
+def test_a_large_write_hands_the_gil_to_searches_between_chunks(tmp_path: Path) -> None:
+    """While searches are being served, a chunked upsert sleeps after each chunk (a search
+    waiting for the GIL takes it there instead of at the 5 ms switch interval); a load that
+    nobody searches does not."""
+    big = np.random.default_rng(3).standard_normal((3000, CUT_DIM)).astype(np.float32)
+    with lamina.connect(str(tmp_path / "data")) as db:
+        col = db.create_collection("docs", dim=CUT_DIM, metric="l2")
+        store = db._transport.db.get_collection("docs")._store  # type: ignore[attr-defined]
+        real = store.yield_gil
+        slept: list[object] = []
+        store.yield_gil = lambda: slept.append(real())
+        col.upsert(list(range(3000)), big)  # nobody has searched
+        assert len(slept) >= 3 and not any(slept)
+        slept.clear()
+        col.search(big[0], k=1)
+        col.upsert(list(range(3000, 6000)), big)
+        assert len(slept) >= 3 and all(slept)
+        assert col.count() == 6000

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lamina.cores import usable_cores
+from lamina.cores import niced, usable_cores
 from lamina.index.tiers import HnswTier
 from lamina.types import FloatMatrix
 
 from ..payload import FieldIndex
 from ..segment_files import restoring_scales
 from ..segments import Segment
-from ..state import CollectionState
+from ..state import SERVING_WINDOW, CollectionState
 
 log = logging.getLogger("lamina.engine")
 
@@ -41,10 +41,6 @@ log = logging.getLogger("lamina.engine")
 MERGE_FRACTION = 0.25
 #: rows per RocksDB multi-get of a build (each holds the GIL for a few milliseconds)
 READ_CHUNK = 2_048
-
-
-#: a search this recent (seconds) means searches are being served: builds leave them a core
-SERVING_WINDOW = 2.0
 
 
 def build_threads(serving: bool = False) -> int:
@@ -134,19 +130,21 @@ class SegmentBuilder(CollectionState):
     ) -> Segment:
         folder = self._segment_dir / f"{int(rows[0]):012d}-{uuid.uuid4().hex[:8]}"
         started = time.perf_counter()
-        keys = self._keys_for_build(rows)
-        segment = Segment.build(
-            folder,
-            rows,
-            keys,
-            vectors,
-            self.config,
-            self._metric,
-            self._build_threads,
-            payload,
-            stop=lambda: self._closed,  # closing does not wait for a whole build
-            scales=scales,
-            payloads=self._payloads_for_build(rows),
+        segment = niced(  # the build yields the CPU to searches and writes (lamina/cores.py)
+            self._nice,
+            lambda: Segment.build(
+                folder,
+                rows,
+                self._keys_for_build(rows),
+                vectors,
+                self.config,
+                self._metric,
+                self._build_threads,
+                payload,
+                stop=lambda: self._closed,  # closing does not wait for a whole build
+                scales=scales,
+                payloads=self._payloads_for_build(rows),
+            ),
         )
         log.info(
             "built %s segment of %d rows for %r in %.1f s",
@@ -183,21 +181,24 @@ class SegmentBuilder(CollectionState):
         """A new segment: ``base`` grown by ``rows`` (see ``Segment.grow``)."""
         folder = self._segment_dir / f"{base.lo:012d}-{uuid.uuid4().hex[:8]}"
         started = time.perf_counter()
-        segment = Segment.grow(
-            folder,
-            base,
-            rows,
-            self._keys_for_build(rows),
-            vectors,
-            self.config,
-            self._metric,
-            self._build_threads,
-            payload,
-            stop=lambda: self._closed,
-            scales=scales,
-            payloads=self._payloads_for_build(rows),
-            # a base written before payload columns gets one now, from RocksDB
-            base_payloads=self._payloads_for_build(base.rows) if base.payload_column is None else None,
+        segment = niced(  # as _build
+            self._nice,
+            lambda: Segment.grow(
+                folder,
+                base,
+                rows,
+                self._keys_for_build(rows),
+                vectors,
+                self.config,
+                self._metric,
+                self._build_threads,
+                payload,
+                stop=lambda: self._closed,
+                scales=scales,
+                payloads=self._payloads_for_build(rows),
+                # a base written before payload columns gets one now, from RocksDB
+                base_payloads=self._payloads_for_build(base.rows) if base.payload_column is None else None,
+            ),
         )
         log.info(
             "grew segment %s of %d rows by %d rows for %r in %.1f s",

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from lamina.cores import background_nice
 from lamina.errors import FailedPrecondition
 from lamina.index.tiers import BuildStopped
 
@@ -49,6 +50,7 @@ class Scheduler(Scrub, Seal, Compaction, PayloadIndexing, TenantGraphs):
         """Start the optimizer thread and have it look for work at once."""
         self._replaced_folders = []
         self._dropped_vectors = []
+        self._nice = background_nice()  # a bad LAMINA_BUILD_NICE fails the open, not the thread
         self._optimizer = threading.Thread(
             target=self._optimize_loop, name=f"optimizer-{self.name}", daemon=True
         )

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from lamina.cores import niced
+
 from ..state import CollectionState
 from ..tenants import DELTA_SHARE, MERGE_SHARE, Partition
 from .build import build_threads
@@ -76,8 +78,11 @@ class TenantGraphs(CollectionState):
             rows = np.concatenate([seg.rows[loc] for seg, loc in picks])
             vectors = np.concatenate([seg.gather(loc) for seg, loc in picks])
             order = np.argsort(rows)
-            part = Partition.build(
-                code, lo, bound, rows[order], vectors[order], self.config, self._metric, build_threads()
+            part = niced(  # the build yields the CPU to searches and writes (lamina/cores.py)
+                self._nice,
+                lambda: Partition.build(
+                    code, lo, bound, rows[order], vectors[order], self.config, self._metric, build_threads()
+                ),
             )
         finally:
             self._lock.acquire()
