@@ -245,26 +245,46 @@ def _popcount64(x: np.uint64) -> np.uint64:
 def hamming_topn(codes: np.ndarray, live: np.ndarray, query_codes: np.ndarray, n: int) -> np.ndarray:
     """The ``n`` live rows of ``codes`` nearest to each query code in Hamming distance.
 
-    ``codes`` is (rows, words) uint64. One pass over the codes per query with a bounded
-    heap: after the first rows almost every row fails the single comparison against
-    the heap's worst entry, so the scan runs at memory speed and writes nothing per row
-    (a histogram selection that stores every distance measured 1.6x slower on 1M rows).
+    ``codes`` is (rows, words) uint64. Per query, three passes: every row's distance
+    into a buffer (a branch-free loop), a histogram of the live rows' distances (integers
+    up to 64 x words) that gives the cut-off distance, then the rows below it and as many
+    at it as fit. A bounded heap in one pass measured 1.2-2.4x slower on the 5,000-80,000
+    rows of a coded tail (its pushes cost more than the scan) and no faster on 1M rows.
     Returns (q, n) row numbers, -1 where fewer than ``n`` rows are live; rows come in
     no particular order.
     """
     rows = codes.shape[0]
     words = codes.shape[1]
     out = np.full((query_codes.shape[0], n), -1, dtype=np.int64)
-    heap = np.empty(n, dtype=np.float32)
+    dist = np.empty(rows, dtype=np.uint32)
+    hist = np.empty(64 * words + 1, dtype=np.int64)
     for q in range(query_codes.shape[0]):
         qc = query_codes[q]
-        hr = out[q]
-        size = 0
         for i in range(rows):
             bits = np.uint64(0)
             for w in range(words):
                 bits += _popcount64(codes[i, w] ^ qc[w])
-            score = -np.float32(bits)
-            if (size < n or score > heap[0]) and live[i]:
-                size = _push(heap, hr, size, n, score, i)
+            dist[i] = np.uint32(bits)
+        hist[:] = 0
+        for i in range(rows):
+            if live[i]:
+                hist[dist[i]] += 1
+        below = 0  # live rows closer than the cut-off
+        cut = 0
+        while cut < hist.size and below + hist[cut] < n:
+            below += hist[cut]
+            cut += 1
+        at_cut = n - below  # rows at the cut-off distance that still fit
+        hr = out[q]
+        m = 0
+        for i in range(rows):
+            d = dist[i]
+            if d <= cut and live[i]:
+                if d < cut:
+                    hr[m] = i
+                    m += 1
+                elif at_cut > 0:
+                    hr[m] = i
+                    m += 1
+                    at_cut -= 1
     return out

@@ -3,6 +3,7 @@ deletes and compaction, persistence without rebuilds, settings and bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -409,6 +410,31 @@ def test_hamming_topn_matches_numpy(bits: int) -> None:
         assert (got >= 0).all() and len(set(got.tolist())) == 50 and live[got].all()
         assert (dist[got] <= cut).all()  # no row closer than the cut-off was passed over
         assert (dist[got] < cut).sum() == (dist < cut).sum()
+    everything = hamming_topn(codes, live, query_codes[:1], 3_000)[0]  # more asked than live rows
+    assert sorted(everything[everything >= 0].tolist()) == np.flatnonzero(live).tolist()
+    assert (everything[int(live.sum()) :] == -1).all()
+
+
+def test_hamming_topn_ties_at_the_cut_off() -> None:
+    """Rows tied at the cut-off distance fill exactly the places left, and none is taken twice."""
+    codes = np.zeros((100, 1), np.uint64)
+    codes[:10, 0] = 0  # distance 0 from the query
+    codes[10:, 0] = 1  # distance 1: 90 rows tied
+    live = np.ones(100, np.bool_)
+    live[5] = False
+    found = hamming_topn(codes, live, np.zeros((1, 1), np.uint64), 30)[0]
+    assert len(set(found.tolist())) == 30 and (found >= 0).all() and live[found].all()
+    assert set(range(10)) - {5} <= set(found.tolist())  # every closer live row is in
+
+
+@pytest.mark.parametrize(("dim", "bits"), [(384, 1), (40, 2), (100, 4), (7, 1)])
+def test_binary_encode_of_one_query_matches_the_batch_encoding(dim: int, bits: int) -> None:
+    """A single query (the search path) takes a shorter way to its code: the same bits."""
+    vectors = np.random.default_rng(dim).standard_normal((200, dim)).astype(np.float32)
+    thresholds = binary_thresholds(vectors, bits)
+    batch = binary_encode(vectors, thresholds)
+    for i in range(20):
+        np.testing.assert_array_equal(binary_encode(vectors[i : i + 1], thresholds), batch[i : i + 1])
 
 
 def test_median_thresholds_set_each_bit_for_half_the_points() -> None:
@@ -425,6 +451,68 @@ def test_build_threads_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert build_threads() == 1
     monkeypatch.delenv("LAMINA_BUILD_THREADS")
     assert build_threads() == len(os.sched_getaffinity(0))  # this machine sets no cgroup CPU quota
+
+
+def test_niced_work_runs_on_a_lower_priority_thread_and_hands_back_its_outcome() -> None:
+    from lamina.cores import niced
+
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = own_nice()
+    assert niced(5, own_nice) == min(19, mine + 5)
+    assert own_nice() == mine  # the caller keeps its priority
+    assert niced(0, own_nice) == mine
+    with pytest.raises(KeyError, match="gone"):
+        niced(5, lambda: {}["gone"])
+
+
+def test_index_builds_run_below_searches_and_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build (and the graph builder's threads it starts, which inherit it) runs niced by
+    LAMINA_BUILD_NICE (default BACKGROUND_NICE): it yields the CPU to searches and writes,
+    while the optimizer thread, which holds the collection lock between builds, keeps its
+    priority; 0 keeps the build's; a bad value fails the open with its name."""
+    from lamina.cores import BACKGROUND_NICE
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    monkeypatch.setenv("LAMINA_BUILD_THREADS", "1")  # a build long enough to be seen
+
+    def nices_during_a_build(path: Path) -> set[int]:
+        seen: set[int] = set()
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                for task in Path("/proc/self/task").iterdir():
+                    with contextlib.suppress(OSError):  # ended meanwhile
+                        seen.add(os.getpriority(os.PRIO_PROCESS, int(task.name)))
+                time.sleep(0.002)
+
+        vectors = np.random.default_rng(8).standard_normal((6_000, 32)).astype(np.float32)
+        with lamina.connect(str(path)) as db:
+            col = db.create_collection("c", dim=32)
+            col.upsert(list(range(6_000)), vectors)
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            try:
+                assert col.optimize(timeout=120)
+            finally:
+                done.set()
+                sampler.join()
+            optimizer = next(t for t in threading.enumerate() if t.name == "optimizer-c")
+            assert optimizer.native_id is not None
+            assert os.getpriority(os.PRIO_PROCESS, optimizer.native_id) == mine
+        return seen
+
+    assert min(19, mine + BACKGROUND_NICE) in nices_during_a_build(tmp_path / "a")
+    monkeypatch.setenv("LAMINA_BUILD_NICE", "0")
+    assert nices_during_a_build(tmp_path / "b") == {mine}
+    monkeypatch.setenv("LAMINA_BUILD_NICE", "lowest")
+    with (
+        pytest.raises(ValueError, match=r"LAMINA_BUILD_NICE must be an integer 0\.\.19"),
+        lamina.connect(str(tmp_path / "a")) as db,
+    ):
+        db.get_collection("c")
 
 
 def test_engine_direct_use_with_configs(tmp_path: Path) -> None:
