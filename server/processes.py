@@ -47,6 +47,10 @@ from lamina.proto.lamina.v1 import search_pb2 as spb
 from lamina.server.metrics import MULTIPROCESS_ENV
 from lamina.server.network import host_port
 
+#: how a process holds its graphs (index/graphview.py ``GRAPH_MEMORY_ENV``; the server speaks to
+#: the engine, not to the index, so the name is repeated here and tests hold the two together)
+GRAPH_MEMORY_ENV = "LAMINA_GRAPH_MEMORY"
+
 log = logging.getLogger("lamina.server")
 
 #: calls a reader answers itself; every other one is forwarded to the writer
@@ -256,11 +260,18 @@ class Supervisor:
         (self.run / f"process-{index}.ready").unlink(missing_ok=True)
         args = [sys.executable, "-m", "lamina", *self.argv]
         args += ["--port", str(self.port), "--process-index", str(index), "--run-dir", str(self.run)]
-        env = dict(os.environ, **{MULTIPROCESS_ENV: str(self.run / "metrics")})
-        child = subprocess.Popen(args, env=env)
+        child = subprocess.Popen(args, env=self.child_env())
         self.children[index] = child
         self.started[index] = time.monotonic()
         log.info("process %d (%s) started: pid %d", index, "writer" if index == 0 else "reader", child.pid)
+
+    def child_env(self) -> dict[str, str]:
+        """The environment of a process: this one's, the folder of its request counts, and its
+        graphs held shared (one page-cache copy for all processes, not one each; see
+        index/graphview.py), unless LAMINA_GRAPH_MEMORY asks for private copies."""
+        env = dict(os.environ, **{MULTIPROCESS_ENV: str(self.run / "metrics")})
+        env.setdefault(GRAPH_MEMORY_ENV, "shared")
+        return env
 
     def _wait_ready(self, index: int, timeout: float = 600.0) -> bool:
         """Wait until process ``index`` serves; False if it exited first."""

@@ -3,6 +3,7 @@ hnswlib gives on the same file (real hnswlib, real files, no stand-ins)."""
 
 from __future__ import annotations
 
+import mmap
 import threading
 from pathlib import Path
 
@@ -87,6 +88,36 @@ def test_the_view_walks_like_hnswlib_on_the_same_file(graph: tuple[int, Path], e
     wide = _recall(view.search(QUERIES, K, 64, np.ones(N, np.bool_))[1], truth)
     assert wide >= 0.95
     assert abs(_recall(labels, truth) - _recall(want_labels, truth)) <= 0.01
+
+
+def _mapped(array: np.ndarray) -> bool:
+    """Whether ``array`` is (a view of) a memory map."""
+    base: object = array
+    while isinstance(base, np.ndarray):
+        if isinstance(base, np.memmap):
+            return True
+        base = base.base
+    return isinstance(base, mmap.mmap)
+
+
+def test_a_private_graph_is_the_process_s_copy_and_walks_like_the_shared_map(
+    graph: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LAMINA_GRAPH_MEMORY: ``shared`` (the default) walks the file's memory map, ``private``
+    a copy in the process's own memory; both answer the same; another value is refused by name."""
+    metric, path = graph
+    monkeypatch.delenv(graphview.GRAPH_MEMORY_ENV, raising=False)
+    shared = GraphView(path, DIM, metric)
+    monkeypatch.setenv(graphview.GRAPH_MEMORY_ENV, "private")
+    private = GraphView(path, DIM, metric)
+    assert private.private and not _mapped(private._words) and private.warming is None
+    assert not shared.private and _mapped(shared._words)
+    live = np.ones(N, np.bool_)
+    for a, b in zip(private.search(QUERIES, K, 40, live), shared.search(QUERIES, K, 40, live), strict=True):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setenv(graphview.GRAPH_MEMORY_ENV, "heap")
+    with pytest.raises(ValueError, match="LAMINA_GRAPH_MEMORY must be 'private' or 'shared'"):
+        GraphView(path, DIM, metric)
 
 
 def test_rows_that_are_not_returnable_are_walked_through_but_never_returned(graph: tuple[int, Path]) -> None:

@@ -107,6 +107,19 @@ def test_serve_runs_a_process_per_usable_core_by_default(tmp_path: Path) -> None
         ServerConfig.from_dict({"processes": 0})
 
 
+def test_the_processes_hold_their_graphs_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processes of ``--processes N`` walk one copy of each graph in the page cache
+    (LAMINA_GRAPH_MEMORY=shared), not a copy each, unless the environment says otherwise."""
+    from lamina.index.graphview import GRAPH_MEMORY_ENV
+    from lamina.server.processes import Supervisor
+
+    monkeypatch.delenv(GRAPH_MEMORY_ENV, raising=False)
+    supervisor = Supervisor(["serve"], 2, "127.0.0.1", free_port(), 5.0, run=str(tmp_path / "run"))
+    assert supervisor.child_env()[GRAPH_MEMORY_ENV] == "shared"
+    monkeypatch.setenv(GRAPH_MEMORY_ENV, "private")
+    assert supervisor.child_env()[GRAPH_MEMORY_ENV] == "private"
+
+
 def test_usable_cores_follow_affinity_and_cgroup_quotas(tmp_path: Path) -> None:
     v2 = tmp_path / "v2"
     v2.mkdir()

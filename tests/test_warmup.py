@@ -57,8 +57,9 @@ def test_small_and_oversized_maps_are_left_to_page_in(
     thread.join(60)
 
 
-def test_a_graph_view_pages_its_file_in_as_it_opens(tmp_path: Path) -> None:
-    """``GraphView`` warms its map: once its thread is done, searches walk it without faults."""
+def test_a_graph_view_pages_its_file_in_as_it_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared ``GraphView`` (the default) warms its map: once its thread is done, searches
+    walk it without faults. (A private one copies the file as it opens.)"""
     import hnswlib
 
     from lamina.index import graphfile
@@ -72,6 +73,7 @@ def test_a_graph_view_pages_its_file_in_as_it_opens(tmp_path: Path) -> None:
     index.add_items(base, np.arange(n), num_threads=2)
     index.save_index(str(tmp_path / "raw"))
     graphfile.relabel(tmp_path / "raw", tmp_path / "graph.hnsw")
+    monkeypatch.setenv("LAMINA_GRAPH_MEMORY", "shared")
     view = GraphView(tmp_path / "graph.hnsw", dim, METRIC_IP)
     assert view.warming is not None
     view.warming.join(60)
