@@ -44,6 +44,9 @@ SYSTEMS = ["lamina", "hnswlib", "faiss"]
 BATCH = 5_000
 TARGET_RECALL = 0.95
 DEFAULT_SIZES = [100_000, 300_000]
+#: ingest rates (rows/s) of the p99-during-ingest phases: one an index build on 2 cores keeps
+#: up with (the tail stays near a seal's size), one it does not (a bulk load: the tail grows)
+DEFAULT_RATES = [1_000, 4_000]
 
 
 # ------------------------------------------------------------------ data
@@ -119,13 +122,15 @@ def _memory() -> float:
     return anon + file
 
 
-def worker(system: str, folder: Path, queries: int, work: Path, ingest_s: float) -> dict[str, Any]:
+def worker(
+    system: str, folder: Path, queries: int, work: Path, ingest_s: float, rates: list[int] = DEFAULT_RATES
+) -> dict[str, Any]:
     base, qs, gt = _load(folder, queries)
     n, dim = base.shape
     before = _memory()
     result: dict[str, Any] = {"system": system, "n": n, "dim": dim, "load_before": os.getloadavg()[0]}
     if system == "lamina":
-        result |= _lamina(base, qs, gt, work, before, ingest_s)
+        result |= _lamina(base, qs, gt, work, before, ingest_s, rates)
     elif system == "hnswlib":
         result |= _hnswlib(base, qs, gt, work, before)
     else:
@@ -208,7 +213,13 @@ def _wait_indexed(col: Any, timeout: float) -> tuple[float, Any]:
 
 
 def _lamina(
-    base: np.ndarray, qs: np.ndarray, gt: np.ndarray, work: Path, before: float, ingest_s: float
+    base: np.ndarray,
+    qs: np.ndarray,
+    gt: np.ndarray,
+    work: Path,
+    before: float,
+    ingest_s: float,
+    rates: list[int],
 ) -> dict[str, Any]:
     import lamina
 
@@ -232,7 +243,14 @@ def _lamina(
     curve = sweep(search, lambda ef: ef_now.__setitem__(0, ef), qs, gt)
     memory = _memory() - before
     ef_now[0] = chosen(curve)["ef"]
-    ingest = _search_while_ingesting(col, search, base, qs, ingest_s) if ingest_s > 0 else {}
+    ingest: list[dict[str, Any]] = []
+    # the idle p99 once, everything indexed; then each ingest phase from an idle optimizer (rows
+    # a phase left below the seal size stay in the tail), the slower first
+    idle = _p99(search, qs, min(10.0, ingest_s)) if ingest_s > 0 else (0.0, 0, 0.0)
+    for rate in rates if ingest_s > 0 else []:
+        _wait_indexed(col, timeout=max(600.0, n / 200))
+        first_id = n + len(ingest) * 10**8
+        ingest.append(_search_while_ingesting(col, search, base, qs, ingest_s, rate, first_id, idle))
     held = col.count()  # the ingest added points: disk is compared with the float32 of all held
     db.close()
     disk = folder_mb(path)
@@ -257,57 +275,86 @@ def _lamina(
     }
 
 
+def _p99(search: Any, qs: np.ndarray, duration: float) -> tuple[float, int, float]:
+    """p99 latency (ms) of back-to-back single searches for ``duration`` seconds, their number,
+    and the p99 of their own CPU time (ms; the gap to the latency is time spent waiting: for the
+    GIL, for a core)."""
+    lat, cpu = [], []
+    end = time.perf_counter() + duration
+    i = 0
+    while time.perf_counter() < end:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        search(qs[i % qs.shape[0]])
+        lat.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
+        i += 1
+    return float(np.percentile(lat, 99) * 1000), len(lat), float(np.percentile(cpu, 99) * 1000)
+
+
+def steady_upserts(
+    col: Any,
+    base: np.ndarray,
+    rate: float,
+    first_id: int,
+    stop: threading.Event,
+    upserts: list[tuple[float, float]],
+) -> None:
+    """Upsert 1,000-row batches (the vectors of ``base``'s rows under new ids from ``first_id``)
+    at ``rate`` rows a second until ``stop`` is set, appending each upsert's (start, end)
+    ``time.perf_counter()`` to ``upserts``. (scripts/ingest_trace.py drives the same writer.)"""
+    row, n = 0, base.shape[0]
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        lo = row % (n - 1_000)
+        col.upsert(list(range(first_id + row, first_id + row + 1_000)), base[lo : lo + 1_000])
+        upserts.append((t0, time.perf_counter()))
+        row += 1_000
+        stop.wait(max(0.0, 1_000 / rate - (time.perf_counter() - t0)))
+
+
 def _search_while_ingesting(
-    col: Any, search: Any, base: np.ndarray, qs: np.ndarray, seconds: float
+    col: Any,
+    search: Any,
+    base: np.ndarray,
+    qs: np.ndarray,
+    seconds: float,
+    rate: int,
+    first_id: int,
+    idle: tuple[float, int, float],
 ) -> dict[str, Any]:
-    """Search p99 idle, then while a writer upserts new points (1,000 per batch, 4 batches a
-    second, the vectors of existing points under new ids) for ``seconds``."""
-
-    def p99(duration: float) -> tuple[float, int]:
-        lat = []
-        end = time.perf_counter() + duration
-        i = 0
-        while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            search(qs[i % qs.shape[0]])
-            lat.append(time.perf_counter() - t0)
-            i += 1
-        return float(np.percentile(lat, 99) * 1000), len(lat)
-
-    idle, idle_count = p99(min(10.0, seconds))
+    """Search p99 while a writer upserts new points (1,000 per batch, ``rate`` rows a second,
+    the vectors of existing points under new ids from ``first_id``) for ``seconds``, against
+    the ``idle`` p99 (and its search count) measured once, with everything indexed."""
+    idle_p99, idle_count, idle_cpu = idle
     stop = threading.Event()
-    written = [0]
-    n = base.shape[0]
-
-    def write() -> None:
-        row = 0
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            lo = row % (n - 1_000)
-            col.upsert(list(range(n + row, n + row + 1_000)), base[lo : lo + 1_000])
-            row += 1_000
-            written[0] = row
-            stop.wait(max(0.0, 0.25 - (time.perf_counter() - t0)))
-
-    writer = threading.Thread(target=write, daemon=True)
+    upserts: list[tuple[float, float]] = []
+    writer = threading.Thread(
+        target=steady_upserts, args=(col, base, rate, first_id, stop, upserts), daemon=True
+    )
     writer.start()
-    busy, busy_count = p99(seconds)
+    busy, busy_count, busy_cpu = _p99(search, qs, seconds)
     stop.set()
     writer.join()
     return {
-        "idle_p99_ms": idle,
+        "rate": rate,
+        "idle_p99_ms": idle_p99,
         "ingest_p99_ms": busy,
-        "ratio": busy / idle,
-        "rows_per_s": written[0] / seconds,
+        "ratio": busy / idle_p99,
+        "idle_cpu_p99_ms": idle_cpu,
+        "ingest_cpu_p99_ms": busy_cpu,
+        "rows_per_s": len(upserts) * 1_000 / seconds,
         "searches": [idle_count, busy_count],
         "load": os.getloadavg()[0],
     }
 
 
-def run_one(system: str, folder: Path, queries: int, ingest_s: float, limit: float) -> dict[str, Any]:
+def run_one(
+    system: str, folder: Path, queries: int, ingest_s: float, limit: float, rates: list[int] = DEFAULT_RATES
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         cmd = [sys.executable, "-m", "bench", "scale", "--worker", system, "--work", tmp]
         cmd += ["--folder", str(folder), "--queries", str(queries), "--ingest-seconds", str(ingest_s)]
+        cmd += ["--ingest-rates", ",".join(map(str, rates))]
         try:
             done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
@@ -347,15 +394,17 @@ def markdown(results: list[dict[str, Any]], params: dict[str, Any]) -> str:
     if ingest:
         lines += [
             "",
-            "| N | idle p99 ms | p99 ms during ingest | ratio | rows/s written | load avg |",
-            "|---|---|---|---|---|---|",
+            "| N | ingest rows/s asked | idle p99 ms | p99 ms during ingest | ratio | search CPU p99 ms idle / "
+            "ingest | rows/s written | load avg |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in ingest:
-            g = r["ingest"]
-            lines.append(
-                f"| {r['n']:,} | {g['idle_p99_ms']:.2f} | {g['ingest_p99_ms']:.2f} | {g['ratio']:.2f}x | "
-                f"{g['rows_per_s']:,.0f} | {g['load']:.1f} |"
-            )
+            for g in r["ingest"]:
+                lines.append(
+                    f"| {r['n']:,} | {g['rate']:,} | {g['idle_p99_ms']:.2f} | {g['ingest_p99_ms']:.2f} | "
+                    f"{g['ratio']:.2f}x | {g['idle_cpu_p99_ms']:.2f} / {g['ingest_cpu_p99_ms']:.2f} | "
+                    f"{g['rows_per_s']:,.0f} | {g['load']:.1f} |"
+                )
     setup = (
         f"{params['data']}, x {params.get('dim', '?')}, {params['queries']} queries, k = {K}; QPS: one thread, "
         f"one query per call, at the narrowest ef reaching recall@10 >= {TARGET_RECALL}; until indexed: "
@@ -401,16 +450,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ingest-seconds", type=float, default=30.0, help="search p99 during ingest (0: skip)"
     )
+    parser.add_argument(
+        "--ingest-rates",
+        default=",".join(map(str, DEFAULT_RATES)),
+        help="rows/s of each ingest phase, comma-separated (each starts from an idle optimizer)",
+    )
     parser.add_argument("--limit", type=float, default=3600.0, help="seconds one system at one N may take")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    rates = [int(r) for r in args.ingest_rates.split(",") if r]
+    if any(r <= 0 for r in rates):
+        parser.error("--ingest-rates: rows per second must be positive")
     if args.worker:
         print(
             json.dumps(
-                worker(args.worker, Path(args.folder), args.queries, Path(args.work), args.ingest_seconds)
+                worker(
+                    args.worker, Path(args.folder), args.queries, Path(args.work), args.ingest_seconds, rates
+                )
             )
         )
         return 0
@@ -425,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         for system in systems:
             print(f"N = {n:,}: {system} ...", file=sys.stderr, flush=True)
             ingest = args.ingest_seconds if system == "lamina" else 0.0
-            result = run_one(system, folder, args.queries, ingest, args.limit)
+            result = run_one(system, folder, args.queries, ingest, args.limit, rates)
             result.setdefault("n", n)
             results.append(result)
             if "error" in result:

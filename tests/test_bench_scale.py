@@ -23,7 +23,10 @@ def test_scale_measures_lamina_defaults_against_one_graph_per_size(tmp_path: Pat
         assert all(0 <= c["recall"] <= 1 and c["qps"] > 0 for c in r["curve"])
         assert r["indexed_s"] > 0 and r["disk_mb"] > 0 and r["reopen_s"] > 0
     lamina = results["lamina"]
-    assert lamina["load_s"] > 0 and lamina["ingest"]["idle_p99_ms"] > 0 and lamina["ingest"]["rows_per_s"] > 0
+    assert lamina["load_s"] > 0 and [g["rate"] for g in lamina["ingest"]] == [1_000, 4_000]
+    assert all(
+        g["idle_p99_ms"] > 0 and g["rows_per_s"] > 0 and g["ingest_cpu_p99_ms"] > 0 for g in lamina["ingest"]
+    )
     table = next(out.glob("*.md")).read_text()
     assert all(f"| {name} |" in table for name in results)
     assert next(out.glob("*-scale-synthetic.png")).stat().st_size > 0
