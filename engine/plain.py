@@ -23,9 +23,11 @@ from .segments import Segment, nearest_all
 from .tenancy import TenantSearch
 from .topk import tail_topk
 
-#: a collection is ``quick`` while its mutable segment (scanned exactly by every search) holds
-#: at most this many rows: a scan of 4,096 x 384 floats takes well under a millisecond
-QUICK_MUTABLE_ROWS = 4_096
+#: a collection is ``quick`` while its mutable segment (scanned by every search) holds at most
+#: this many rows: a live collection's tail (up to ``seal_rows``, 20,000 by default, and the
+#: writes that land while it is sealed); 40,000 x 384 rows by their codes and a rerank take
+#: ~0.2 ms a query (engine/state.py CODED_TAIL_ROWS)
+QUICK_MUTABLE_ROWS = 40_000
 _new = object.__new__
 
 

@@ -48,9 +48,11 @@ SEGMENT_DIR = "segments"  # sealed segments live in this folder of the collectio
 READ_ATTEMPTS = 3  # see CollectionState._read
 #: once the mutable segment holds this many live rows, its rows get binary codes (one bit
 #: per dimension, cut at the median of these rows) that searches scan instead of the floats
-#: (see topk.tail_topk): an ingest that outruns the index builds leaves a tail of tens of
-#: thousands of rows, 0.3-0.4 us per row to scan exactly, 15-20 ns per row by code
-CODED_TAIL_ROWS = 4_096
+#: (see topk.tail_topk; a search for k results uses them from 4 x its candidates, 1,600 rows
+#: at k 10). A live collection keeps a tail of up to ``seal_rows`` (20,000) between seals;
+#: one query over 384-d rows, exactly / by codes + rerank of 400: 2,000 rows 103 / 54 us,
+#: 4,096 rows 220 / 64 us, 20,000 rows 1,032 / 126 us (session 25, /tmp/tailcost.py)
+CODED_TAIL_ROWS = 1_024
 #: a search this recent (seconds) means searches are being served: builds leave them a core
 #: (optimizer/build.py) and large writes hand them the GIL between chunks (``_yield_to_searches``)
 SERVING_WINDOW = 2.0

