@@ -333,7 +333,7 @@ class Reads(PlainSearch):
             by_codes = not params.exact and coded(mask.size, min(k, mask.size), snap.thresholds)
             method = "binary+rerank" if by_codes else "exact"
             reason = (
-                "a large mutable segment is scanned by its binary codes, candidates reranked exactly"
+                "the mutable segment is scanned by its binary codes, candidates reranked exactly"
                 if by_codes
                 else "the mutable segment is scanned exactly"
             )
