@@ -34,7 +34,7 @@ from bench.scale import steady_upserts
 
 
 def _overlapping(searches: np.ndarray, windows: list[tuple[float, float]]) -> int:
-    return sum(1 for t0, d, _ in searches if any(a < t0 + d and t0 < b for a, b in windows))
+    return sum(1 for t0, d, *_ in searches if any(a < t0 + d and t0 < b for a, b in windows))
 
 
 def main(prebuilt: str, data: str, seconds: float) -> None:
@@ -85,7 +85,9 @@ def main(prebuilt: str, data: str, seconds: float) -> None:
         while time.perf_counter() < end:
             t0, c0 = time.perf_counter(), time.thread_time()
             search(queries[i % 200])
-            out.append((t0, time.perf_counter() - t0, time.thread_time() - c0))
+            wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+            snap = engine._published
+            out.append((t0, wall, cpu, snap.live.size, len(snap.segments)))
             i += 1
         return np.array(out)
 
@@ -119,6 +121,16 @@ def main(prebuilt: str, data: str, seconds: float) -> None:
         f"{slowest[:, 2].mean() * ms:.2f} ms; overlapping an upsert {_overlapping(slowest, upserts)}, a growth "
         f"{_overlapping(slowest, growths)}; upsert p50 {np.median([b - a for a, b in upserts]) * ms:.1f} ms"
     )
+    for name, col_at in (("tail rows", 3), ("segments", 4)):
+        values = np.unique(slowest[:, col_at] // (5_000 if col_at == 3 else 1))
+        print(
+            f"slowest 1% by {name}:",
+            " ".join(
+                f"{int(v)}:{int(np.sum(slowest[:, col_at] // (5_000 if col_at == 3 else 1) == v))}/"
+                f"{int(np.sum(busy[:, col_at] // (5_000 if col_at == 3 else 1) == v))}"
+                for v in values
+            ),
+        )
     second = (busy[:, 0] - began).astype(int)
     per = [busy[(second >= s) & (second < s + 2), 1] for s in range(0, int(seconds), 2)]
     print("p99 per 2 s (ms):", " ".join(f"{np.percentile(p, 99) * ms:.1f}" if p.size else "-" for p in per))
