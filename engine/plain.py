@@ -26,7 +26,7 @@ from .topk import tail_topk
 #: a collection is ``quick`` while its mutable segment (scanned by every search) holds at most
 #: this many rows: a live collection's tail (up to ``seal_rows``, 20,000 by default, and the
 #: writes that land while it is sealed); 40,000 x 384 rows by their codes and a rerank take
-#: ~0.2 ms a query (engine/state.py CODED_TAIL_ROWS)
+#: ~0.2 ms a query (engine/state.py ``coded_tail_rows``)
 QUICK_MUTABLE_ROWS = 40_000
 _new = object.__new__
 

@@ -46,13 +46,24 @@ GROW = 1.5  # the mutable matrix grows by this factor
 MIN_CAPACITY = 1024  # rows of a fresh mutable matrix
 SEGMENT_DIR = "segments"  # sealed segments live in this folder of the collection
 READ_ATTEMPTS = 3  # see CollectionState._read
-#: once the mutable segment holds this many live rows, its rows get binary codes (one bit
-#: per dimension, cut at the median of these rows) that searches scan instead of the floats
-#: (see topk.tail_topk; a search for k results uses them from 4 x its candidates, 1,600 rows
-#: at k 10). A live collection keeps a tail of up to ``seal_rows`` (20,000) between seals;
-#: one query over 384-d rows, exactly / by codes + rerank of 400: 2,000 rows 103 / 54 us,
-#: 4,096 rows 220 / 64 us, 20,000 rows 1,032 / 126 us (session 25, /tmp/tailcost.py)
+#: once the mutable segment's live rows hold this many bytes of vectors (and at least
+#: ``CODED_TAIL_ROWS`` rows), they get binary codes (one bit per dimension, cut at the median
+#: of the first rows) that searches scan instead of the floats (see topk.tail_topk; a search for
+#: k results uses them from 4 x its candidates, 1,600 rows at k 10). A live collection keeps a
+#: tail of up to ``seal_rows`` (20,000) between seals; one query over 384-d rows, exactly / by
+#: codes + rerank of 400: 2,000 rows 103 / 54 us, 4,096 rows 220 / 64 us, 20,000 rows 1,032 /
+#: 126 us (docs/scale.md, session 25). Narrow vectors are cheap to scan exactly and their few
+#: bits tell neighbours apart badly (48-d, 2,000 clustered rows: recall@10 0.80 by codes), so
+#: they wait for more rows: 1,024 rows at 384-d and wider, 8,192 at 48-d.
+CODED_TAIL_BYTES = 1_024 * 384 * 4
 CODED_TAIL_ROWS = 1_024
+
+
+def coded_tail_rows(dim: int) -> int:
+    """Live rows of ``dim``-d vectors from which the mutable segment is coded (see above)."""
+    return max(CODED_TAIL_ROWS, CODED_TAIL_BYTES // (4 * max(1, dim)))
+
+
 #: a search this recent (seconds) means searches are being served: builds leave them a core
 #: (optimizer/build.py) and large writes hand them the GIL between chunks (``_yield_to_searches``)
 SERVING_WINDOW = 2.0
@@ -148,7 +159,7 @@ class CollectionState:
         self._next_row = row_from_key(raw) if raw else 0
         raw = store.get_meta(MUTABLE_START)
         self._mut_start = row_from_key(raw) if raw else 0
-        self._thresholds: FloatMatrix | None = None  # cuts of the mutable rows' codes (CODED_TAIL_ROWS)
+        self._thresholds: FloatMatrix | None = None  # cuts of the mutable rows' codes (coded_tail_rows)
         self._empty_mutable(max(MIN_CAPACITY, self._next_row - self._mut_start))
         self._multi = config.multi_tenant
         self._tenants = Tenants(store.get_meta(TENANTS))
@@ -365,9 +376,9 @@ class CollectionState:
             self._tcodes[local] = code
             if self._thresholds is not None:
                 self._codes[local] = codes if codes is not None else binary_encode(prepared, self._thresholds)
-            elif np.count_nonzero(self._live[:high]) >= CODED_TAIL_ROWS:
+            elif np.count_nonzero(self._live[:high]) >= (due := coded_tail_rows(self.config.dim)):
                 # the cuts of the first rows serve every later row of the collection (until it reopens)
-                sample = self._matrix[:high][self._live[:high]][:CODED_TAIL_ROWS]
+                sample = self._matrix[:high][self._live[:high]][:due]
                 self._thresholds = binary_thresholds(sample, 1)
                 self._codes[:high] = binary_encode(self._matrix[:high], self._thresholds)
 

@@ -11,7 +11,7 @@ from lamina.index.kernels import hamming_topn, rerank
 from lamina.index.tiers import TopK, binary_encode
 from lamina.types import FloatMatrix
 
-from .state import CODED_TAIL_ROWS, ReadSnapshot
+from .state import ReadSnapshot, coded_tail_rows
 
 #: candidates a coded scan of the mutable rows reranks exactly: at least this many, and
 #: ``CODED_OVERSAMPLE`` per result asked (recall@10 against the exact scan, 75,000 MiniLM rows:
@@ -25,7 +25,7 @@ def coded(rows: int, k: int, thresholds: FloatMatrix | None) -> bool:
     they have codes, and there are many more rows than candidates to rerank."""
     return (
         thresholds is not None
-        and rows >= CODED_TAIL_ROWS
+        and rows >= coded_tail_rows(thresholds.shape[1])
         and rows > 4 * max(CODED_CANDIDATES, CODED_OVERSAMPLE * k)
     )
 

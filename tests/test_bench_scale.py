@@ -21,6 +21,9 @@ def test_scale_measures_lamina_defaults_against_one_graph_per_size(tmp_path: Pat
         assert "error" not in r, r
         assert r["n"] == 2000 and r["chosen"]["recall"] >= scale.TARGET_RECALL, name
         assert all(0 <= c["recall"] <= 1 and c["qps"] > 0 for c in r["curve"])
+        # QPS is the fastest of the timed passes
+        assert all(len(c["qps_passes"]) == scale.PASSES for c in r["curve"])
+        assert all(abs(c["qps"] - max(c["qps_passes"])) <= 0.1 for c in r["curve"])
         assert r["indexed_s"] > 0 and r["disk_mb"] > 0 and r["reopen_s"] > 0
     lamina = results["lamina"]
     assert lamina["load_s"] > 0 and [g["rate"] for g in lamina["ingest"]] == [1_000, 4_000]
@@ -38,3 +41,15 @@ def test_the_ground_truth_of_generated_data_is_exact(tmp_path: Path) -> None:
     for q, top in zip(queries, gt, strict=True):
         scores = base @ q
         assert np.allclose(np.sort(scores)[::-1][: scale.K], scores[top])
+
+
+def test_qps_at_the_target_recall_is_interpolated_between_the_efs_around_it() -> None:
+    curve = [
+        {"ef": 16, "recall": 0.90, "qps": 8000.0},
+        {"ef": 32, "recall": 0.94, "qps": 4000.0},
+        {"ef": 64, "recall": 0.96, "qps": 2000.0},
+    ]
+    # halfway in recall between 4,000 and 2,000 QPS: their geometric mean
+    assert abs(scale.qps_at_target(curve) - (4000 * 2000) ** 0.5) < 1e-6  # type: ignore[operator]
+    assert scale.qps_at_target(curve[2:]) == 2000.0  # the first point already reaches it
+    assert scale.qps_at_target(curve[:2]) is None  # no point reaches it

@@ -12,7 +12,7 @@ import numpy as np
 
 import lamina
 from lamina.engine.collection import Collection
-from lamina.engine.state import CODED_TAIL_ROWS
+from lamina.engine.state import coded_tail_rows
 
 DIM = 48
 K = 10
@@ -22,11 +22,11 @@ def _engine(db: lamina.Client, name: str) -> Collection:
     return db._transport.db.get_collection(name)  # type: ignore[attr-defined, no-any-return]
 
 
-def _data(n: int, seed: int) -> np.ndarray:
+def _data(n: int, seed: int, dim: int = DIM) -> np.ndarray:
     """Points near a few hundred centres (neighbourhoods like embeddings', not uniform noise)."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((300, DIM))
-    return (centres[rng.integers(0, 300, n)] + 0.35 * rng.standard_normal((n, DIM))).astype(np.float32)
+    centres = rng.standard_normal((300, dim))
+    return (centres[rng.integers(0, 300, n)] + 0.35 * rng.standard_normal((n, dim))).astype(np.float32)
 
 
 def _found(col: lamina.Collection, vector: np.ndarray, point: int) -> bool:
@@ -72,7 +72,7 @@ def test_a_large_tail_is_searched_by_codes_close_to_exact(tmp_path: Path) -> Non
 
 
 def test_a_small_tail_stays_exact(tmp_path: Path) -> None:
-    data = _data(CODED_TAIL_ROWS - 100, 2)
+    data = _data(coded_tail_rows(DIM) - 100, 2)
     with lamina.connect(str(tmp_path)) as db:
         col = db.create_collection("c", dim=DIM, segment_rows=50_000)
         col.upsert(list(range(data.shape[0])), data)
@@ -82,16 +82,17 @@ def test_a_small_tail_stays_exact(tmp_path: Path) -> None:
             assert got == [h.id for h in col.search(q, K, with_payload=False, exact=True)]
 
 
-def test_a_tail_of_two_thousand_rows_is_already_coded(tmp_path: Path) -> None:
+def test_a_tail_of_two_thousand_wide_rows_is_already_coded(tmp_path: Path) -> None:
     """Codes pay from a few times the rerank's 400 candidates (a live collection's tail between
-    seals: 2,000 x 384 rows exactly 103 us a query, by codes 54 us): a 2,000-row tail is scanned
-    by its codes, and finds what the exact scan finds."""
-    data = _data(2_040, 5)
+    seals: 2,000 x 384 rows exactly 103 us a query, by codes 54 us): a 2,000-row tail of 384-d
+    points is scanned by its codes, and finds what the exact scan finds; one of 48-d points
+    (cheap to scan, its 48 bits tell neighbours apart badly) stays exact."""
+    wide = _data(2_040, 5, dim=384)
     with lamina.connect(str(tmp_path)) as db:
-        col = db.create_collection("c", dim=DIM, segment_rows=50_000)
-        col.upsert(list(range(2_000)), data[:2_000], [{"even": i % 2 == 0} for i in range(2_000)])
+        col = db.create_collection("c", dim=384, segment_rows=50_000)
+        col.upsert(list(range(2_000)), wide[:2_000], [{"even": i % 2 == 0} for i in range(2_000)])
         assert _engine(db, "c")._thresholds is not None
-        plan = col.explain(data[2_000], K, filter={"even": True})  # a plan lists segments when filtered
+        plan = col.explain(wide[2_000], K, filter={"even": True})  # a plan lists segments when filtered
         assert [p.method for p in plan.segments if p.segment == "mutable"] == ["binary+rerank"]
         recall = np.mean(
             [
@@ -100,10 +101,15 @@ def test_a_tail_of_two_thousand_rows_is_already_coded(tmp_path: Path) -> None:
                     & {h.id for h in col.search(q, K, with_payload=False, exact=True)}
                 )
                 / K
-                for q in data[2_000:]
+                for q in wide[2_000:]
             ]
         )
         assert recall >= 0.95, recall
+        narrow = db.create_collection("n", dim=DIM, segment_rows=50_000)
+        narrow.upsert(list(range(2_000)), _data(2_000, 6), [{"even": i % 2 == 0} for i in range(2_000)])
+        assert _engine(db, "n")._thresholds is None
+        plan = narrow.explain(_data(1, 7)[0], K, filter={"even": True})
+        assert [p.method for p in plan.segments if p.segment == "mutable"] == ["exact"]
 
 
 def test_writes_racing_tail_growth_and_seals_are_found_at_once(tmp_path: Path) -> None:
