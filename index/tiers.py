@@ -227,7 +227,9 @@ class BinaryTier:
         n = knobs.candidates(k, self.codes.shape[0])
         query_codes = binary_encode(queries, self.thresholds)
         if self.graph is None:
-            candidates = hamming_topn(self.codes, live, query_codes, n)
+            candidates = hamming_topn(
+                self.codes, live, query_codes, n, np.zeros(query_codes.shape[0], np.bool_)
+            )
         else:
             with self._graph_lock:
                 self.graph.hnsw.efSearch = max(knobs.ef, n)

@@ -399,7 +399,8 @@ def test_hamming_topn_matches_numpy(bits: int) -> None:
     thresholds = binary_thresholds(vectors, bits)
     codes, query_codes = binary_encode(vectors, thresholds), binary_encode(queries, thresholds)
     live = rng.random(3_000) > 0.1
-    found = hamming_topn(codes, live, query_codes, 50)
+    crowded = np.zeros(5, np.bool_)
+    found = hamming_topn(codes, live, query_codes, 50, crowded)
     unpack = np.unpackbits(codes.view(np.uint8), axis=1).astype(np.int32)
     for q in range(5):
         qbits = np.unpackbits(query_codes[q].view(np.uint8)).astype(np.int32)
@@ -410,7 +411,8 @@ def test_hamming_topn_matches_numpy(bits: int) -> None:
         assert (got >= 0).all() and len(set(got.tolist())) == 50 and live[got].all()
         assert (dist[got] <= cut).all()  # no row closer than the cut-off was passed over
         assert (dist[got] < cut).sum() == (dist < cut).sum()
-    everything = hamming_topn(codes, live, query_codes[:1], 3_000)[0]  # more asked than live rows
+        assert crowded[q] == ((dist == cut).sum() > 50)  # more tie at the cut than fit
+    everything = hamming_topn(codes, live, query_codes[:1], 3_000, np.zeros(1, np.bool_))[0]  # more than live
     assert sorted(everything[everything >= 0].tolist()) == np.flatnonzero(live).tolist()
     assert (everything[int(live.sum()) :] == -1).all()
 
@@ -422,9 +424,13 @@ def test_hamming_topn_ties_at_the_cut_off() -> None:
     codes[10:, 0] = 1  # distance 1: 90 rows tied
     live = np.ones(100, np.bool_)
     live[5] = False
-    found = hamming_topn(codes, live, np.zeros((1, 1), np.uint64), 30)[0]
+    crowded = np.zeros(1, np.bool_)
+    found = hamming_topn(codes, live, np.zeros((1, 1), np.uint64), 30, crowded)[0]
     assert len(set(found.tolist())) == 30 and (found >= 0).all() and live[found].all()
     assert set(range(10)) - {5} <= set(found.tolist())  # every closer live row is in
+    assert crowded[0]  # 90 rows tie at the cut-off, more than the 30 asked
+    hamming_topn(codes, live, np.zeros((1, 1), np.uint64), 95, crowded)
+    assert not crowded[0]  # all 99 live rows fit: nothing left out at random
 
 
 @pytest.mark.parametrize(("dim", "bits"), [(384, 1), (40, 2), (100, 4), (7, 1)])

@@ -112,6 +112,18 @@ def test_a_tail_of_two_thousand_wide_rows_is_already_coded(tmp_path: Path) -> No
         assert [p.method for p in plan.segments if p.segment == "mutable"] == ["exact"]
 
 
+def test_a_coded_tail_of_look_alike_rows_still_finds_a_fresh_point(tmp_path: Path) -> None:
+    """Codes that cannot tell the rows apart (thousands of identical vectors: every code alike)
+    would pick the rerank's candidates at random among them; the tail is then scanned exactly,
+    and a point written last is found by its own vector."""
+    with lamina.connect(str(tmp_path)) as db:
+        col = db.create_collection("c", dim=384, metric="l2", segment_rows=50_000)
+        col.upsert(list(range(3_000)), np.full((3_000, 384), 2.0, np.float32))
+        assert _engine(db, "c")._thresholds is not None  # coded
+        col.upsert([5_000], np.ones((1, 384), np.float32))
+        assert [h.id for h in col.search(np.ones(384, np.float32), k=1, with_payload=False)] == [5_000]
+
+
 def test_writes_racing_tail_growth_and_seals_are_found_at_once(tmp_path: Path) -> None:
     """Three writers (batches of different sizes) grow the tail (copied into larger arrays without the lock, the rows the
     other wrote meanwhile under it) while the optimizer seals it (the rest copied without the
