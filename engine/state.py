@@ -293,6 +293,10 @@ class CollectionState:
         check_directions(np.einsum("ij,ij->i", vectors, vectors))
         return normalize_rows(vectors)
 
+    def _serving(self) -> bool:
+        """Whether searches are being served: one ran in the last ``SERVING_WINDOW`` seconds."""
+        return time.monotonic() - self._last_read < SERVING_WINDOW
+
     def _yield_to_searches(self) -> bool:
         """Between the RocksDB chunks of a large write (storage/rocks.py ``apply``), while searches
         are being served: sleep ``GIL_YIELD`` so that a search waiting for the GIL (back from a
@@ -300,7 +304,7 @@ class CollectionState:
         (5 ms) and the writer's next RocksDB call, which holds the GIL: the slowest 1% of searches
         during a 4,000 rows/s ingest (no build running) fell from 5.3 to 3.9 ms (docs/scale.md). ~6 sleeps per
         1,000 rows of 384-d; none during a load nobody searches. True if it slept."""
-        if time.monotonic() - self._last_read >= SERVING_WINDOW:
+        if not self._serving():
             return False
         time.sleep(GIL_YIELD)
         return True

@@ -30,7 +30,7 @@ from lamina.types import FloatMatrix
 from ..payload import FieldIndex
 from ..segment_files import restoring_scales
 from ..segments import Segment
-from ..state import SERVING_WINDOW, CollectionState
+from ..state import CollectionState
 
 log = logging.getLogger("lamina.engine")
 
@@ -158,7 +158,7 @@ class SegmentBuilder(CollectionState):
     def _build_threads(self) -> int:
         """Threads for the next chunk of a build (asked before each): one core fewer while
         searches are being served."""
-        return build_threads(time.monotonic() - self._last_read < SERVING_WINDOW)
+        return build_threads(self._serving())
 
     def _growable(self, segment: Segment) -> bool:
         """Whether merges grow ``segment``'s graph instead of rebuilding: a float HNSW
