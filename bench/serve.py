@@ -49,6 +49,7 @@ from bench.servers import (
     EchoServer,
     LaminaOneServer,
     LaminaProcessesServer,
+    LaminaServeAioServer,
     LaminaServer,
     LaminaServeSyncServer,
     PgvectorServer,
@@ -200,6 +201,7 @@ def run_system(system: str, work: Path, clients: list[int], duration: float) -> 
         "lamina-sync": SyncLaminaServer,
         "lamina-one": LaminaOneServer,
         "lamina-sync-server": LaminaServeSyncServer,
+        "lamina-aio-server": LaminaServeAioServer,
         "lamina-processes": LaminaProcessesServer,
         "pgvector": PgvectorServer,
     }

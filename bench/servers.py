@@ -22,6 +22,7 @@ SYSTEMS = [
     "echo-sync",
     "lamina",
     "lamina-sync-server",
+    "lamina-aio-server",
     "lamina-one",
     "lamina-sync",
     "lamina-processes",
@@ -266,10 +267,18 @@ class LaminaServer(Server):
 
 
 class LaminaServeSyncServer(LaminaServer):
-    """``lamina serve --sync-server``: its defaults on grpc's sync server (Search's hot path)."""
+    """``lamina serve --sync-server``: its defaults on grpc's sync server (Search's hot path;
+    the default server model since 2026-12-01, named here for runs that compare the two)."""
 
     name = "lamina serve --sync-server"
     flags = ("--sync-server",)
+
+
+class LaminaServeAioServer(LaminaServer):
+    """``lamina serve --aio-server``: its defaults on grpc.aio's server (every call on the loop)."""
+
+    name = "lamina serve --aio-server"
+    flags = ("--aio-server",)
 
 
 class LaminaOneServer(LaminaServer):

@@ -291,11 +291,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="server processes sharing the port: one writer, the others serve reads and forward "
         "writes to it (default: one per usable core; 1: one process; docs/architecture.md)",
     )
-    serve.add_argument(
+    model = serve.add_mutually_exclusive_group()
+    model.add_argument(
         "--sync-server",
         action="store_true",
-        help="grpc's thread-pool server instead of grpc.aio's: a plain search is answered on the gRPC "
-        "thread that took it (docs/architecture.md, Server)",
+        help="grpc's thread-pool server (the default): a plain search is answered on the gRPC thread "
+        "that took it (docs/architecture.md, Server)",
+    )
+    model.add_argument(
+        "--aio-server",
+        action="store_true",
+        help="grpc.aio's server instead: every call on one event loop (config sync_server = false)",
     )
     serve.add_argument("--process-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     serve.add_argument(

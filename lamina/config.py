@@ -83,7 +83,7 @@ class ServerConfig:
         port = 6334
         workers = 8
         processes = 2              # server processes on one port: 1 writer + readers (default: a core each)
-        sync_server = false        # true: grpc's thread-pool server, plain searches on its threads
+        sync_server = true         # grpc's thread-pool server, plain searches on its threads (false: grpc.aio)
         sync_writes = true         # fsync the write-ahead log before each reply (false: kill -9 safe only)
         metrics_port = 9464        # Prometheus /metrics (left out: no endpoint); TLS as [tls]
         metrics_key = "sha256:..." # optional: scrapes send Authorization: Bearer <key>
@@ -115,9 +115,9 @@ class ServerConfig:
     processes: int | None = (
         None  # server processes sharing the port: one writer, the rest readers (None: a core each)
     )
-    #: grpc's sync (thread-pool) server, a plain search answered on the gRPC thread that took it,
-    #: instead of grpc.aio's (server/app.py; docs/architecture.md, "Server")
-    sync_server: bool = False
+    #: grpc's sync (thread-pool) server, a plain search answered on the gRPC thread that took it;
+    #: False: grpc.aio's, every call on the event loop (server/app.py; docs/architecture.md, "Server")
+    sync_server: bool = True
     sync_writes: bool = True
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None  # serve Prometheus metrics on this port (same host)

@@ -73,6 +73,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         overrides["metrics_names"] = True
     if args.sync_server:
         overrides["sync_server"] = True
+    if args.aio_server:
+        overrides["sync_server"] = False
     if args.limit:
         limits = dict(config.limits.__dict__)
         for item in args.limit:

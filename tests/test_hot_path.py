@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import lamina
+from lamina.cli import build_parser
 from lamina.config import Limits, ServerConfig
 from lamina.engine.database import Database
 from lamina.errors import InvalidArgument
@@ -274,17 +275,24 @@ def test_stop_drains_the_hot_searches_and_closes_the_data(tmp_path: Path) -> Non
         db.close()
 
 
-def test_lamina_serve_runs_the_sync_server_from_its_config_or_its_flag(tmp_path: Path) -> None:
-    """``sync_server = true`` in the config file (every process of ``--processes 2``) or
-    ``--sync-server`` (one process) serves on grpc's sync server and answers searches; a
-    setting that is not a boolean is refused with its name."""
+def test_lamina_serve_picks_its_server_model_from_its_config_or_its_flag(tmp_path: Path) -> None:
+    """grpc's sync server is the default (one process, and every process of ``--processes 2``);
+    ``sync_server = false`` in the config file or ``--aio-server`` serves on grpc.aio's (every
+    process), ``--sync-server`` overrides the config file; a setting that is not a boolean is
+    refused with its name, and the two flags together are refused."""
     with pytest.raises(InvalidArgument, match="sync_server must be a bool"):
         ServerConfig.from_dict({"sync_server": "yes"})
+    assert ServerConfig().sync_server
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--sync-server", "--aio-server"])
     config = tmp_path / "lamina.toml"
-    config.write_text("sync_server = true\n")
-    for name, extra, processes in (
-        ("config", ("--config", str(config), "--run-dir", str(tmp_path / "run")), 2),
-        ("flag", ("--sync-server",), 1),
+    config.write_text("sync_server = false\n")
+    sync, aio = "on grpc's sync server", "on grpc's aio server"
+    for name, extra, processes, line, other in (
+        ("default", ("--run-dir", str(tmp_path / "run-default")), 2, sync, aio),
+        ("config", ("--config", str(config), "--run-dir", str(tmp_path / "run-config")), 2, aio, sync),
+        ("flag", ("--aio-server",), 1, aio, sync),
+        ("both", ("--config", str(config), "--sync-server"), 1, sync, aio),
     ):
         (tmp_path / name).mkdir()
         srv = ServerProcess(tmp_path / name / "data", *extra, processes=processes)
@@ -293,9 +301,9 @@ def test_lamina_serve_runs_the_sync_server_from_its_config_or_its_flag(tmp_path:
             with lamina.connect(srv.address) as client:
                 col = client.get_collection("q")
                 assert [h.id for h in col.search(vectors[7], k=3)][:1] == [7]
-            served = functools.partial(_logged, srv.log, "on grpc's sync server", processes)
+            served = functools.partial(_logged, srv.log, line, processes)
             assert wait_for(served), srv.log.read_text()
-            assert "grpc's aio server" not in srv.log.read_text()
+            assert other not in srv.log.read_text()
         finally:
             srv.terminate()
 
