@@ -1,7 +1,9 @@
 """Lamina's gRPC server against PostgreSQL + pgvector and a bare gRPC echo, under many client processes.
 
 ``python -m bench serve`` (kernel-docs-minilm: 60,000 x 384 real embeddings; ``--rows N`` for fewer,
-``--clients 1,4,16``, ``--duration S`` seconds per measurement, ``--systems lamina,pgvector,echo``).
+``--clients 1,4,16``, ``--duration S`` seconds per measurement, ``--rounds R`` (default 3: every
+server stays up and the systems are alternated within each round, each point the median of its rounds),
+``--systems lamina,pgvector,echo``).
 
 Every system is a real server on loopback and every client is a process of its own doing single-query
 searches (k = 10), as RAG backends do. Both databases build HNSW with M = 16 and ef_construction = 200
@@ -193,47 +195,93 @@ def choose_ef(system: str, target: str, work: Path) -> tuple[int | None, list[di
     return EF_SWEEP[-1], sweep
 
 
-def run_system(system: str, work: Path, clients: list[int], duration: float) -> dict[str, Any]:
-    makers = {
-        "echo": EchoServer,
-        "echo-sync": SyncEchoServer,
-        "lamina": LaminaServer,
-        "lamina-sync": SyncLaminaServer,
-        "lamina-one": LaminaOneServer,
-        "lamina-sync-server": LaminaServeSyncServer,
-        "lamina-aio-server": LaminaServeAioServer,
-        "lamina-processes": LaminaProcessesServer,
-        "pgvector": PgvectorServer,
-    }
+MAKERS: dict[str, Any] = {
+    "echo": EchoServer,
+    "echo-sync": SyncEchoServer,
+    "lamina": LaminaServer,
+    "lamina-sync": SyncLaminaServer,
+    "lamina-one": LaminaOneServer,
+    "lamina-sync-server": LaminaServeSyncServer,
+    "lamina-aio-server": LaminaServeAioServer,
+    "lamina-processes": LaminaProcessesServer,
+    "pgvector": PgvectorServer,
+}
+
+
+def start_system(system: str, work: Path) -> tuple[Server | None, dict[str, Any]]:
+    """``system``'s server started, loaded and its ef chosen, with its result so far (no
+    runs yet); (None, the error) when it cannot be installed or started: reported, not dropped."""
     try:
-        server = makers[system](work)
-    except Exception as exc:  # a peer that cannot be installed or started is reported, not dropped
-        return {"system": system, "error": f"{type(exc).__name__}: {exc}"}
+        server = MAKERS[system](work)
+    except Exception as exc:
+        return None, {"system": system, "error": f"{type(exc).__name__}: {exc}"}
     try:
         t0 = time.perf_counter()
         server.load(np.load(work / "base.npy"))
         load_s = time.perf_counter() - t0
         ef, sweep = (None, []) if system.startswith("echo") else choose_ef(system, server.target(), work)
-        runs = []
-        for n in clients:
-            result = measure(server, system, ef, work, n, duration)
-            runs.append(result)
-            print(
-                f"  {n:>3} clients: {result['qps']:,.0f} QPS, p50 {result['p50_ms']:.2f} ms, "
-                f"p99 {result['p99_ms']:.2f} ms, server {result['server_mb']:,.0f} MB",
-                file=sys.stderr,
-                flush=True,
-            )
-        return {
-            "system": system,
-            "name": server.name,
-            "load_s": load_s,
-            "ef": ef,
-            "sweep": sweep,
-            "runs": runs,
-        }
-    finally:
+    except BaseException:
         server.close()
+        raise
+    return server, {"system": system, "name": server.name, "load_s": load_s, "ef": ef, "sweep": sweep}
+
+
+def run_systems(
+    systems: list[str], work: Path, clients: list[int], duration: float, rounds: int
+) -> list[dict[str, Any]]:
+    """Every system's server up at once, then ``rounds`` rounds of every client count, the
+    systems alternated within each (this machine's speed drifts by tens of percent over
+    minutes: one system measured after another compares two moments); each point is the
+    median over the rounds (QPS of each round kept in ``qps_rounds``)."""
+    servers: dict[str, Server] = {}
+    results: list[dict[str, Any]] = []
+    seq = 0
+    try:
+        for system in systems:
+            print(f"{system} ...", file=sys.stderr, flush=True)
+            server, result = start_system(system, work)
+            results.append(result)
+            if server is None:
+                print(f"  {result['error']}", file=sys.stderr)
+            else:
+                servers[system] = server
+        for r in range(rounds):
+            for n in clients:
+                for result in results:
+                    if "error" in result:
+                        continue
+                    system = result["system"]
+                    run = measure(servers[system], system, result["ef"], work, n, duration)
+                    seq += 1  # the order of measurements across systems (they alternate)
+                    result.setdefault("rounds", []).append({"round": r, "seq": seq, **run})
+                    print(
+                        f"  round {r + 1}/{rounds}, {system}, {n:>3} clients: {run['qps']:,.0f} QPS, "
+                        f"p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
+                        f"server {run['server_mb']:,.0f} MB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        for server in servers.values():
+            server.close()
+    for result in results:
+        if "error" not in result:
+            result["runs"] = [
+                _median_run([x for x in result["rounds"] if x["clients"] == n]) for n in clients
+            ]
+    return results
+
+
+def _median_run(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One client count's result over its rounds: the median of each figure."""
+    return {
+        "clients": rounds[0]["clients"],
+        **{
+            key: float(np.median([x[key] for x in rounds]))
+            for key in ("qps", "p50_ms", "p99_ms", "server_mb")
+        },
+        "qps_rounds": [x["qps"] for x in rounds],
+    }
 
 
 def markdown(results: list[dict[str, Any]], params: dict[str, Any]) -> str:
@@ -247,7 +295,8 @@ def markdown(results: list[dict[str, Any]], params: dict[str, Any]) -> str:
     lines = [
         f"{params['dataset']}, {params['rows']:,} x {params['dim']}, {params['queries']} queries, k = {K}, "
         f"HNSW M = {M} / ef_construction = {EF_CONSTRUCTION}, ef per system for recall@10 >= {TARGET_RECALL}, "
-        f"{params['duration']:.0f} s per measurement, every client its own process"
+        f"{params['duration']:.0f} s per measurement, median of {params.get('rounds', 1)} rounds "
+        "(systems alternated in each), every client its own process"
         + (
             ", every hit fetched with its payload (--payloads text)"
             if params.get("payloads") == "text"
@@ -311,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,4,16", help="comma-separated client process counts")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of every client count, the systems alternated in each; each point is their median",
+    )
+    parser.add_argument(
         "--systems",
         default=",".join(DEFAULT_SYSTEMS),
         help=f"comma-separated, of {','.join(SYSTEMS)} (echo-sync: the echo on grpc's sync server)",
@@ -350,10 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown:
         parser.error(f"unknown systems {unknown}; choose from {SYSTEMS}")
+    if args.rounds < 1:
+        parser.error("--rounds takes a positive count")
     clients = sorted({int(c) for c in args.clients.split(",") if c})
     if not clients or min(clients) < 1:
         parser.error("--clients takes positive counts, e.g. 1,4,16")
-    results = []
+    results: list[dict[str, Any]] = []
     single: dict[str, Any] | None = None
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:
@@ -363,11 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.payloads == "text":
             write_payloads(work, params["rows"])
         print(f"data: {params}", file=sys.stderr)
-        for system in systems:
-            print(f"{system} ...", file=sys.stderr, flush=True)
-            results.append(run_system(system, work, clients, args.duration))
-            if "error" in results[-1]:
-                print(f"  {results[-1]['error']}", file=sys.stderr)
+        params["rounds"] = args.rounds
+        results = run_systems(systems, work, clients, args.duration, args.rounds)
         lamina_ef = next((r["ef"] for r in results if r["system"] == "lamina" and "error" not in r), args.ef)
         if lamina_ef is not None and not args.no_embedded:
             print("lamina embedded vs raw hnswlib ...", file=sys.stderr, flush=True)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from bench import layers, serve
 
 
 def test_serve_measures_lamina_pgvector_and_the_echo_floor_with_client_processes(tmp_path: Path) -> None:
     out = tmp_path / "out"
     argv = ["--rows", "2000", "--queries", "50", "--clients", "1,2", "--duration", "1", "--out", str(out)]
+    argv += ["--rounds", "2"]  # every point measured twice, the systems alternated
     argv += ["--systems", "echo,lamina,pgvector"]  # lamina-processes: tests/test_processes.py covers it
     argv += ["--payloads", "text"]  # every point carries its kernel-docs record; clients fetch it
     assert serve.main(argv) == 0
@@ -20,15 +23,24 @@ def test_serve_measures_lamina_pgvector_and_the_echo_floor_with_client_processes
     for name, r in results.items():
         assert "error" not in r, r
         assert [run["clients"] for run in r["runs"]] == [1, 2]
+        assert [(x["round"], x["clients"]) for x in r["rounds"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
         for run in r["runs"]:
             assert run["qps"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"], (name, run)
             assert run["server_mb"] > 1, (name, run)  # the server's memory, not this process's
+            each = [x["qps"] for x in r["rounds"] if x["clients"] == run["clients"]]
+            assert run["qps_rounds"] == each and run["qps"] == float(np.median(each))
     for name in ("lamina", "pgvector"):  # ef was chosen by recall against exact ground truth
         chosen = next(s for s in results[name]["sweep"] if s["ef"] == results[name]["ef"])
         assert chosen["recall"] >= serve.TARGET_RECALL, results[name]["sweep"]
         assert all(
             s["recall"] < serve.TARGET_RECALL for s in results[name]["sweep"] if s["ef"] < chosen["ef"]
         )
+    # the systems alternate: every measurement of round 0 comes before any of round 1
+    seqs = {
+        r: sorted(x["seq"] for res in results.values() for x in res["rounds"] if x["round"] == r)
+        for r in (0, 1)
+    }
+    assert max(seqs[0]) < min(seqs[1]) and len(seqs[0]) == len(seqs[1]) == 6
     table = next(out.glob("*-serve.md")).read_text()
     assert report["params"]["payloads"] == "text" and "fetched with its payload" in table
     lamina_1 = next(line for line in table.splitlines() if line.startswith("| lamina") and "| 1 |" in line)
