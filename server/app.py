@@ -30,6 +30,7 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from lamina.config import ServerConfig
 from lamina.engine.protocol import DatabaseProtocol
 from lamina.errors import FailedPrecondition, LaminaError
 from lamina.proto.lamina.v1 import collections_pb2 as cpb
@@ -55,11 +56,12 @@ from lamina.server.servicers import (
 )
 
 log = logging.getLogger("lamina.server")
-#: the server model ``LaminaServer`` uses unless told (see the module's doc): grpc's sync server.
-#: On a quiet 2-core host (2026-12-01, ``python -m bench serve``, 2 processes) it answered 1.30x /
-#: 1.20x / 1.07x grpc.aio's QPS at 1 / 4 / 16 clients with half its p99 (1.16 / 4.6 / 24.5 ms
-#: against 2.3 / 9.5 / 46.9); grpc.aio stays there to choose (``lamina serve --aio-server``)
-SYNC_SERVER = True
+#: the server model ``LaminaServer`` uses unless told (see the module's doc), the config file's
+#: default: grpc's sync server. On a quiet 2-core host (2026-12-01, ``python -m bench serve``, 2
+#: processes, 3 alternated rounds) it answered 1.11x / 1.01x / 1.09x grpc.aio's QPS at 1 / 4 / 16
+#: clients (README, "Served, against PostgreSQL + pgvector"); grpc.aio stays there to choose
+#: (``lamina serve --aio-server``)
+SYNC_SERVER = ServerConfig.sync_server
 
 SERVICE_NAMES = (
     cpb.DESCRIPTOR.services_by_name["Collections"].full_name,
