@@ -46,18 +46,10 @@ from bench.servers import (
     COLLECTION,
     DEFAULT_SYSTEMS,
     PAYLOADS_FILE,
+    SERVERS,
     SYSTEMS,
     TABLE,
-    EchoServer,
-    LaminaOneServer,
-    LaminaProcessesServer,
-    LaminaServeAioServer,
-    LaminaServer,
-    LaminaServeSyncServer,
-    PgvectorServer,
     Server,
-    SyncEchoServer,
-    SyncLaminaServer,
     echo_server,
     echo_sync_server,
     lamina_sync_server,
@@ -195,24 +187,11 @@ def choose_ef(system: str, target: str, work: Path) -> tuple[int | None, list[di
     return EF_SWEEP[-1], sweep
 
 
-MAKERS: dict[str, Any] = {
-    "echo": EchoServer,
-    "echo-sync": SyncEchoServer,
-    "lamina": LaminaServer,
-    "lamina-sync": SyncLaminaServer,
-    "lamina-one": LaminaOneServer,
-    "lamina-sync-server": LaminaServeSyncServer,
-    "lamina-aio-server": LaminaServeAioServer,
-    "lamina-processes": LaminaProcessesServer,
-    "pgvector": PgvectorServer,
-}
-
-
 def start_system(system: str, work: Path) -> tuple[Server | None, dict[str, Any]]:
     """``system``'s server started, loaded and its ef chosen, with its result so far (no
     runs yet); (None, the error) when it cannot be installed or started: reported, not dropped."""
     try:
-        server = MAKERS[system](work)
+        server = SERVERS[system](work)
     except Exception as exc:
         return None, {"system": system, "error": f"{type(exc).__name__}: {exc}"}
     try:

@@ -17,17 +17,6 @@ import numpy as np
 
 from bench.peers import EF_CONSTRUCTION, M, tree_pss_mb
 
-SYSTEMS = [
-    "echo",
-    "echo-sync",
-    "lamina",
-    "lamina-sync-server",
-    "lamina-aio-server",
-    "lamina-one",
-    "lamina-sync",
-    "lamina-processes",
-    "pgvector",
-]
 #: processes of the lamina-processes system (``lamina serve --processes``): this machine's cores
 PROCESSES = max(2, os.cpu_count() or 1)
 DEFAULT_SYSTEMS = ["echo", "lamina", "lamina-one", "pgvector"]
@@ -341,6 +330,22 @@ class PgvectorServer(Server):
 
     def close(self) -> None:
         self.server.cleanup()
+
+
+#: the systems ``python -m bench serve`` knows, by name, and the server each runs (a peer that
+#: cannot be installed or started is reported by ``bench/serve.py start_system``, not dropped)
+SERVERS: dict[str, type[Server]] = {
+    "echo": EchoServer,
+    "echo-sync": SyncEchoServer,
+    "lamina": LaminaServer,
+    "lamina-sync-server": LaminaServeSyncServer,
+    "lamina-aio-server": LaminaServeAioServer,
+    "lamina-one": LaminaOneServer,
+    "lamina-sync": SyncLaminaServer,
+    "lamina-processes": LaminaProcessesServer,
+    "pgvector": PgvectorServer,
+}
+SYSTEMS = list(SERVERS)
 
 
 def _wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
