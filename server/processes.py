@@ -20,6 +20,8 @@ sent SIGTERM by the kernel (PR_SET_PDEATHSIG), so none is left behind.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -149,9 +151,20 @@ def _methods() -> dict[str, tuple[str, Any]]:
     return found
 
 
+#: how long a forwarded call waits for a writer that is not reachable (restarting after it
+#: died: it imports numpy, numba and grpc and opens the data directory first, 2-10 s here)
+#: before it is refused UNAVAILABLE, at most the caller's deadline
+WRITER_WAIT_S = 30.0
+#: the reconnect back-off of a reader's channel to the writer: a unix socket is cheap to try,
+#: and grpc's default (1 s growing to 120 s) would leave a restarted writer unseen for seconds
+_WRITER_BACKOFF = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)]
+
+
 class Forwarder:
     """A reader's channel to the writer: sends a call on with the caller's metadata and
-    deadline, and answers with the writer's response or status."""
+    deadline, and answers with the writer's response or status. While the writer is not
+    reachable (restarting), a call waits for it (``WRITER_WAIT_S``, within the caller's
+    deadline), so a client sees a slower write, not an error."""
 
     def __init__(self, run: Path) -> None:
         self.target = f"unix:{socket_path(run, 0)}"
@@ -165,9 +178,14 @@ class Forwarder:
         if self._channel is None:  # made on the loop that serves
             self._channel = grpc.aio.insecure_channel(
                 self.target,
-                options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
+                options=[
+                    ("grpc.max_receive_message_length", -1),
+                    ("grpc.max_send_message_length", -1),
+                    *_WRITER_BACKOFF,
+                ],
             )
         full, parse = self._methods[path]
+        await self._writer_ready(self._channel, context.time_remaining())
         metadata = [
             (k, v)
             for k, v in context.invocation_metadata()
@@ -185,6 +203,16 @@ class Forwarder:
             await context.abort(exc.code(), details, trailing_metadata=exc.trailing_metadata() or ())
             raise AssertionError("unreachable") from exc  # abort raises
         return parse(answer)
+
+    @staticmethod
+    async def _writer_ready(channel: grpc.aio.Channel, remaining: float | None) -> None:
+        """Wait until ``channel`` reaches the writer, for at most ``WRITER_WAIT_S`` or the
+        caller's ``remaining`` seconds; the call that follows fails if it still cannot."""
+        if channel.get_state() is grpc.ChannelConnectivity.READY:
+            return
+        wait = WRITER_WAIT_S if remaining is None else max(0.0, min(remaining, WRITER_WAIT_S))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(channel.channel_ready(), wait)
 
     async def close(self) -> None:
         if self._channel is not None:

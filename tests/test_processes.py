@@ -24,6 +24,7 @@ from lamina.config import DEFAULT_LIMITS, ServerConfig
 from lamina.cores import cgroup_cpus, usable_cores
 from lamina.engine.follower import Follower, JournaledDatabase
 from lamina.errors import InvalidArgument, LaminaError
+from lamina.server.auth import hash_key, new_key
 from lamina.serving import serving_processes
 from lamina.testing import ServerProcess, free_port
 from lamina.types import CollectionConfig
@@ -208,6 +209,59 @@ def test_writes_through_one_process_are_read_at_once_through_another(tmp_path: P
     assert not any(_alive(pid) for pid in pids)
 
 
+def test_keys_and_limits_are_checked_alike_by_every_process(tmp_path: Path) -> None:
+    """A reader answers reads under the server's keys and limits itself and forwards writes
+    with the caller's key: each process refuses the same request with the same status and
+    words, and a write refused through the reader changes nothing."""
+    keys = {role: new_key() for role in ("read", "write", "admin")}
+    config = tmp_path / "lamina.toml"
+    config.write_text(
+        "".join(
+            f'[[keys]]\nname = "{role}-key"\nhash = "{hash_key(key)}"\nrole = "{role}"\n\n'
+            for role, key in keys.items()
+        )
+    )
+    server, run, pids = _start(tmp_path, 2, "--config", str(config), "--limit", "max_k=5")
+
+    def direct(index: int, role: str | None) -> Client:
+        transport = GrpcTransport(
+            f"unix:{run / f'process-{index}.sock'}", timeout=30.0, api_key=role and keys[role]
+        )
+        return Client(transport, DEFAULT_LIMITS)
+
+    try:
+        with pytest.raises(lamina.PermissionDenied, match="needs admin"):
+            direct(1, "write").create_collection("docs", dim=DIM)  # forwarded, refused by the writer
+        direct(1, "admin").create_collection("docs", dim=DIM)
+        vectors = np.random.default_rng(3).standard_normal((8, DIM)).astype(np.float32)
+        direct(1, "write").get_collection("docs").upsert(list(range(8)), vectors)
+        refused: dict[str, list[tuple[str, str]]] = {}
+        for index in (0, 1):
+            seen = refused.setdefault("search without a key", [])
+            with pytest.raises(LaminaError) as exc:
+                direct(index, None).get_collection("docs")
+            seen.append((type(exc.value).__name__, str(exc.value)))
+            reader = direct(index, "read").get_collection("docs")
+            assert reader.search(vectors[2], k=5)[0].id == 2  # read key, k within the limit
+            with pytest.raises(InvalidArgument) as exc:
+                reader.search(vectors[2], k=6)  # over --limit max_k=5
+            refused.setdefault("k over max_k", []).append((type(exc.value).__name__, str(exc.value)))
+            with pytest.raises(LaminaError) as exc:
+                reader.upsert([100 + index], vectors[:1])  # a read key may not write
+            refused.setdefault("upsert with a read key", []).append(
+                (type(exc.value).__name__, str(exc.value))
+            )
+        for what, (on_writer, on_reader) in refused.items():
+            assert on_writer == on_reader, what
+        assert refused["search without a key"][0][0] == "Unauthenticated"
+        assert "max_k" in refused["k over max_k"][0][1] or "5" in refused["k over max_k"][0][1]
+        assert refused["upsert with a read key"][0][0] == "PermissionDenied"
+        assert direct(1, "read").get_collection("docs").count() == 8  # the refused writes changed nothing
+    finally:
+        assert server.terminate() == 0
+    assert not any(_alive(pid) for pid in pids)
+
+
 def test_a_follower_sees_every_write_across_the_writers_log_switches(tmp_path: Path) -> None:
     """A seal flushes RocksDB's memtables, which switches its write-ahead log; a secondary
     instance's plain catch-up across such a switch missed rows (stop 28's CI failure; this
@@ -238,7 +292,7 @@ def test_a_follower_sees_every_write_across_the_writers_log_switches(tmp_path: P
 def test_killed_processes_are_restarted_and_no_acknowledged_write_is_lost(tmp_path: Path) -> None:
     server, run, pids = _start(tmp_path, 2)
     try:
-        with lamina.connect(server.address, retries=12) as setup:
+        with lamina.connect(server.address) as setup:
             setup.create_collection("load", dim=DIM)
         acked: list[int] = []
         failures: list[BaseException] = []
@@ -246,9 +300,10 @@ def test_killed_processes_are_restarted_and_no_acknowledged_write_is_lost(tmp_pa
 
         def load(worker: int) -> None:
             rng = np.random.default_rng(worker)
-            # 12 retries back off for ~15 s in all: a restarted writer imports numpy, numba and grpc
-            # first, which took longer than 8 retries' ~7 s on a loaded machine
-            with lamina.connect(server.address, retries=12) as client:
+            # the SDK's default retries (3, ~0.35 s of back-off in all): a client of the process that
+            # died is sent to another one by its retry, and a reader holds a write until the
+            # restarted writer (seconds: it imports numpy, numba and grpc first) takes it
+            with lamina.connect(server.address) as client:
                 col = client.get_collection("load")
                 i = worker * 1_000_000
                 while not stop.is_set():
