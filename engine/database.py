@@ -35,8 +35,10 @@ import orjson
 from lamina.config import DEFAULT_LIMITS, Limits
 from lamina.engine.collection import Collection
 from lamina.engine.embedding import complete_config
+from lamina.engine.optimizer.build import build_threads_setting
 from lamina.engine.protocol import DatabaseProtocol
 from lamina.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ReadOnly
+from lamina.index.graphview import graph_memory
 from lamina.storage.faults import read_only_reason, storage_errors
 from lamina.storage.vectorfile import atomic_folder, fsync_path, fsync_tree
 from lamina.types import COLLECTION_NAME_RE, CollectionConfig, SnapshotInfo
@@ -237,6 +239,8 @@ class Database(DatabaseProtocol):
         limits: Limits = DEFAULT_LIMITS,
         read_only: bool = False,
     ) -> None:
+        build_threads_setting()  # a bad LAMINA_BUILD_THREADS fails here, not in a background build
+        graph_memory()  # the same for LAMINA_GRAPH_MEMORY, not at the first sealed segment opened
         self.path = Path(path)
         self.limits = limits
         self.sync_writes = sync_writes

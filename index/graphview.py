@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from lamina.errors import DataLoss
+from lamina.errors import DataLoss, InvalidArgument
 from lamina.index.graphfile import HEADER_BYTES, GraphLayout
 from lamina.index.graphwalk import BAD_LINK, index_upper, walk_graph, walk_graphs
 from lamina.index.kernels import METRIC_IP
@@ -63,7 +63,7 @@ def graph_memory() -> str:
     """How this process holds the graphs it opens: ``LAMINA_GRAPH_MEMORY``, default ``shared``."""
     value = os.environ.get(GRAPH_MEMORY_ENV, "").strip() or "shared"
     if value not in GRAPH_MEMORY_MODES:
-        raise ValueError(f"{GRAPH_MEMORY_ENV} must be 'private' or 'shared', not {value!r}")
+        raise InvalidArgument(f"{GRAPH_MEMORY_ENV} must be 'private' or 'shared', not {value!r}")
     return value
 
 

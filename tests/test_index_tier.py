@@ -459,6 +459,23 @@ def test_build_threads_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert build_threads() == len(os.sched_getaffinity(0))  # this machine sets no cgroup CPU quota
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("LAMINA_BUILD_THREADS", "abc"), ("LAMINA_BUILD_THREADS", "-2"), ("LAMINA_GRAPH_MEMORY", "heap")],
+)
+def test_bad_engine_settings_are_refused_at_open_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """A bad environment setting of the engine fails when a database opens, naming the
+    variable and the value, not later in a background build or the first graph opened."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(lamina.InvalidArgument, match=f"{variable} must be .*{value!r}"):
+        lamina.connect(str(tmp_path / "data"))
+    monkeypatch.delenv(variable)
+    with lamina.connect(str(tmp_path / "data")) as db:  # the same directory opens once it is fixed
+        assert db.list_collections() == []
+
+
 def test_niced_work_runs_on_a_lower_priority_thread_and_hands_back_its_outcome() -> None:
     from lamina.cores import niced
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lamina.cores import niced, usable_cores
+from lamina.errors import InvalidArgument
 from lamina.index.tiers import HnswTier
 from lamina.types import FloatMatrix
 
@@ -43,11 +44,31 @@ MERGE_FRACTION = 0.25
 READ_CHUNK = 2_048
 
 
+#: the environment variable fixing the threads of every index build (0 or unset: the cores)
+BUILD_THREADS_ENV = "LAMINA_BUILD_THREADS"
+
+
+def build_threads_setting() -> int:
+    """``LAMINA_BUILD_THREADS`` as a number of threads (0: unset, every usable core);
+    InvalidArgument naming the variable when it is not a whole number >= 0. Checked when a
+    database opens (engine/database.py), so a typo fails there, not in a background build."""
+    raw = os.environ.get(BUILD_THREADS_ENV, "").strip() or "0"
+    try:
+        chosen = int(raw)
+    except ValueError:
+        chosen = -1
+    if chosen < 0:
+        raise InvalidArgument(
+            f"{BUILD_THREADS_ENV} must be a whole number of threads (0 or unset: every core), not {raw!r}"
+        )
+    return chosen
+
+
 def build_threads(serving: bool = False) -> int:
     """Threads an index build may use: LAMINA_BUILD_THREADS, or every usable core (lamina/cores.py), one fewer while
     searches are being ``serving`` (a graph insert on every core leaves a search waiting for
     one: the p99 of searches during an ingest)."""
-    chosen = int(os.environ.get("LAMINA_BUILD_THREADS", "0"))
+    chosen = build_threads_setting()
     if chosen > 0:
         return chosen
     cores = usable_cores()
