@@ -90,7 +90,9 @@ def test_merges_grow_one_graph_with_recall_filters_and_explain(tmp_path: Path, e
     assert report.problems == [] and "6,000 ids" in report.checked[0], report
 
 
-def test_deletes_and_upserts_racing_merges_never_bring_a_point_back(tmp_path: Path, events: Events) -> None:
+def test_deletes_upserts_and_snapshots_racing_merges_never_bring_a_point_back(
+    tmp_path: Path, events: Events
+) -> None:
     rng = np.random.default_rng(5)
     data = unit(rng, 12_000)
     fresh = unit(rng, 12_000)  # the vectors upserts replace points with
@@ -102,6 +104,8 @@ def test_deletes_and_upserts_racing_merges_never_bring_a_point_back(tmp_path: Pa
         deleted: set[int] = set()
         replaced: set[int] = set()
         raced = 0  # rounds whose delete was acknowledged while the seal or merge still built
+        # (snapshot, deleted, replaced, points) taken in each round, while its seal or merge built
+        snapshots: list[tuple[lamina.SnapshotInfo, set[int], set[int], int]] = []
         for round_, lo in enumerate(range(8_000, 12_000, 1_000)):
             started = events.wait_for("merging " if round_ % 2 else "sealing ")
             started.clear()
@@ -114,6 +118,8 @@ def test_deletes_and_upserts_racing_merges_never_bring_a_point_back(tmp_path: Pa
             victims = [int(x) for x in rng.choice(lo + 1_000, 60, replace=False)]
             gone, again = victims[:30], victims[30:]
             col.delete(gone)
+            # a snapshot taken while the build runs holds the state of this moment
+            snapshots.append((col.snapshot(), deleted | set(gone), replaced - set(gone), lo + 1_000))
             began = max(i for i, line in enumerate(events.lines) if line.startswith(("sealing ", "merging ")))
             raced += not any(line.startswith(("grew segment", "built ")) for line in events.lines[began:])
             col.upsert(again, fresh[again])
@@ -127,6 +133,10 @@ def test_deletes_and_upserts_racing_merges_never_bring_a_point_back(tmp_path: Pa
         check_model(col, data, fresh, deleted, replaced, 12_000)
     with lamina.connect(str(tmp_path / "db")) as db:  # the dead rows are durable too
         check_model(db.get_collection("c"), data, fresh, deleted, replaced, 12_000)
+    for i, (snap, gone_then, replaced_then, n_then) in enumerate(snapshots):
+        lamina.restore_snapshot(snap.path, tmp_path / f"restored-{i}")
+        with lamina.connect(str(tmp_path / f"restored-{i}")) as db:
+            check_model(db.get_collection("c"), data, fresh, gone_then, replaced_then, n_then)
 
 
 def check_model(
