@@ -47,9 +47,10 @@ def _ready(run: Path, index: int, timeout: float = 90.0, not_pid: int | None = N
     raise TimeoutError(f"process {index} not ready in {timeout}s")
 
 
-def _direct(run: Path, index: int) -> Client:
-    """A client of process ``index`` alone (its unix socket)."""
-    return Client(GrpcTransport(f"unix:{run / f'process-{index}.sock'}", timeout=30.0), DEFAULT_LIMITS)
+def _direct(run: Path, index: int, api_key: str | None = None) -> Client:
+    """A client of process ``index`` alone (its unix socket), sending ``api_key`` if given."""
+    transport = GrpcTransport(f"unix:{run / f'process-{index}.sock'}", timeout=30.0, api_key=api_key)
+    return Client(transport, DEFAULT_LIMITS)
 
 
 def _alive(pid: int) -> bool:
@@ -224,10 +225,7 @@ def test_keys_and_limits_are_checked_alike_by_every_process(tmp_path: Path) -> N
     server, run, pids = _start(tmp_path, 2, "--config", str(config), "--limit", "max_k=5")
 
     def direct(index: int, role: str | None) -> Client:
-        transport = GrpcTransport(
-            f"unix:{run / f'process-{index}.sock'}", timeout=30.0, api_key=role and keys[role]
-        )
-        return Client(transport, DEFAULT_LIMITS)
+        return _direct(run, index, role and keys[role])
 
     try:
         with pytest.raises(lamina.PermissionDenied, match="needs admin"):
@@ -237,7 +235,7 @@ def test_keys_and_limits_are_checked_alike_by_every_process(tmp_path: Path) -> N
         direct(1, "write").get_collection("docs").upsert(list(range(8)), vectors)
         refused: dict[str, list[tuple[str, str]]] = {}
         for index in (0, 1):
-            seen = refused.setdefault("search without a key", [])
+            seen = refused.setdefault("a read without a key", [])
             with pytest.raises(LaminaError) as exc:
                 direct(index, None).get_collection("docs")
             seen.append((type(exc.value).__name__, str(exc.value)))
@@ -253,8 +251,8 @@ def test_keys_and_limits_are_checked_alike_by_every_process(tmp_path: Path) -> N
             )
         for what, (on_writer, on_reader) in refused.items():
             assert on_writer == on_reader, what
-        assert refused["search without a key"][0][0] == "Unauthenticated"
-        assert "max_k" in refused["k over max_k"][0][1] or "5" in refused["k over max_k"][0][1]
+        assert refused["a read without a key"][0][0] == "Unauthenticated"
+        assert "exceeds the maximum of 5" in refused["k over max_k"][0][1]
         assert refused["upsert with a read key"][0][0] == "PermissionDenied"
         assert direct(1, "read").get_collection("docs").count() == 8  # the refused writes changed nothing
     finally:
