@@ -24,7 +24,7 @@ from lamina.config import DEFAULT_LIMITS, ServerConfig
 from lamina.cores import cgroup_cpus, usable_cores
 from lamina.engine.follower import Follower, JournaledDatabase
 from lamina.errors import InvalidArgument, LaminaError
-from lamina.server.auth import hash_key, new_key
+from lamina.server.auth import ApiKey, hash_key, new_key
 from lamina.serving import serving_processes
 from lamina.testing import ServerProcess, free_port
 from lamina.types import CollectionConfig
@@ -217,10 +217,7 @@ def test_keys_and_limits_are_checked_alike_by_every_process(tmp_path: Path) -> N
     keys = {role: new_key() for role in ("read", "write", "admin")}
     config = tmp_path / "lamina.toml"
     config.write_text(
-        "".join(
-            f'[[keys]]\nname = "{role}-key"\nhash = "{hash_key(key)}"\nrole = "{role}"\n\n'
-            for role, key in keys.items()
-        )
+        "\n\n".join(ApiKey(f"{role}-key", hash_key(key), role).to_toml() for role, key in keys.items())
     )
     server, run, pids = _start(tmp_path, 2, "--config", str(config), "--limit", "max_k=5")
 
